@@ -1,0 +1,1 @@
+"""Event-streaming dual-write broadcaster."""

@@ -1,0 +1,462 @@
+"""Events: identity, validation, canonical bytes and the wire form.
+
+Pure code: values in, values out, no I/O and no asyncio. The clock is passed in.
+
+An event goes through three shapes:
+
+* :class:`EventDraft` — what ``publish()`` accepted: validated fields, a ULID,
+  a timestamp and the payload already encoded once (sorted keys, compact,
+  UTF-8). No sequence id yet, so no checksum.
+* :class:`EventRecord` — the draft sealed with its ``sequence_id`` and checksum.
+  It holds the canonical bytes and the wire bytes (the JSON text frame), each
+  built once and reused by the store and every adapter.
+* :class:`Event` — the pydantic model of the wire object (SPEC 2), used where
+  events come in from outside: consumers, the admin API, tools.
+
+Canonical bytes (SPEC 2) are the UTF-8 JSON of ``event_id, sequence_id,
+category, event_type, timestamp, key, source, payload``, keys sorted at every
+level, no whitespace, non-ASCII kept. They are assembled from pre-encoded
+pieces; ``tests/test_events.py`` proves the assembly equals
+``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .checksums import ALGORITHMS, ChecksumAlgorithm, compute_checksum
+from .exceptions import ChecksumMismatch, FrameError, InvalidEvent
+
+__all__ = [
+    "CANONICAL_FIELDS",
+    "Category",
+    "ChecksumInfo",
+    "DEFAULT_CHECKSUM",
+    "DEFAULT_EVENT_MAX_BYTES",
+    "Event",
+    "EventDraft",
+    "EventFactory",
+    "EventRecord",
+    "UlidGenerator",
+    "canonical_bytes_of",
+    "format_timestamp",
+    "parse_frame",
+    "record_from_wire",
+    "seal",
+    "verify_event_dict",
+]
+
+
+class Category(StrEnum):
+    """Event categories; each has its own routing flags and checksum algorithm."""
+
+    CRITICAL = "CRITICAL"
+    PERFORMANCE = "PERFORMANCE"
+    USER_ACTIVITY = "USER_ACTIVITY"
+    SYSTEM = "SYSTEM"
+    DEBUG = "DEBUG"
+
+
+#: SPEC 2: sha256 where exactness matters most, crc32 for high-volume categories.
+DEFAULT_CHECKSUM: Final[Mapping[Category, ChecksumAlgorithm]] = {
+    Category.CRITICAL: "sha256",
+    Category.USER_ACTIVITY: "sha256",
+    Category.PERFORMANCE: "crc32",
+    Category.SYSTEM: "crc32",
+    Category.DEBUG: "crc32",
+}
+
+DEFAULT_EVENT_MAX_BYTES: Final = 262_144
+
+CANONICAL_FIELDS: Final = (
+    "event_id",
+    "sequence_id",
+    "category",
+    "event_type",
+    "timestamp",
+    "key",
+    "source",
+    "payload",
+)
+
+# Patterns anchored with ^...$ (pydantic's Rust regex has no \Z; Python's
+# fullmatch is used below so a trailing newline cannot slip through).
+_EVENT_TYPE_PATTERN: Final = r"^[A-Za-z0-9_.:-]{1,128}$"
+_ULID_PATTERN: Final = r"^[0-9A-HJKMNP-TV-Z]{26}$"
+_TIMESTAMP_PATTERN: Final = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
+_EVENT_TYPE_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_HEX_RE: Final = re.compile(r"[0-9a-f]+")
+_HEX_LENGTH: Final = {"crc32": 8, "crc32c": 8, "sha256": 64}
+MAX_KEY_LENGTH: Final = 512
+MAX_SOURCE_LENGTH: Final = 128
+
+_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Two base32 digits per lookup: 10 bits -> 2 chars.
+_PAIRS: Final = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
+_RANDOM_MAX: Final = (1 << 80) - 1
+
+
+def _encode_base32(value: int, digits: int) -> str:
+    """``value`` as ``digits`` Crockford base32 characters (``digits`` even)."""
+    out = []
+    for _ in range(digits // 2):
+        out.append(_PAIRS[value & 0x3FF])
+        value >>= 10
+    return "".join(reversed(out))
+
+
+class UlidGenerator:
+    """Monotonic ULIDs: 48-bit millisecond time + 80 random bits.
+
+    Within one millisecond the random part is incremented, so ids sort in
+    creation order within a process (the ULID spec's monotonic mode). If the
+    clock steps back, the last timestamp is kept, so order still holds.
+    python-ulid parses and validates these (see the tests); it has no
+    monotonic generator and its ``str()`` costs ~10 µs, too much per event.
+    """
+
+    def __init__(self, random_bits: Callable[[], int] | None = None) -> None:
+        self._random = random_bits or (lambda: int.from_bytes(os.urandom(10)))
+        self._last_ms = -1
+        self._last_random = 0
+        self._prefix = ""
+
+    def __call__(self, now_ms: int) -> str:
+        if now_ms > self._last_ms:
+            self._last_ms = now_ms
+            self._prefix = (_CROCKFORD[(now_ms >> 45) & 0x1F] + _encode_base32(now_ms, 8))[-10:]
+            # Leave headroom so increments within the millisecond cannot overflow.
+            self._last_random = self._random() >> 1
+        else:
+            self._last_random += 1
+            if self._last_random > _RANDOM_MAX:  # pragma: no cover - needs 2**79 ids in 1 ms
+                raise OverflowError("ULID random part overflowed within one millisecond")
+        return self._prefix + _encode_base32(self._last_random, 16)
+
+
+def format_timestamp(epoch_ms: int) -> str:
+    """UTC ISO-8601 with milliseconds and ``Z``: ``2026-11-23T09:21:48.343Z``."""
+    seconds, ms = divmod(epoch_ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class EventDraft:
+    """A validated event waiting for its sequence id (see :func:`seal`)."""
+
+    event_id: str
+    category: Category
+    event_type: str
+    timestamp: str
+    key: str | None
+    source: str
+    payload_json: bytes
+    checksum_algorithm: ChecksumAlgorithm
+
+    @property
+    def routing_key(self) -> str:
+        """The key sticky sampling hashes: ``key``, or ``event_id`` when null."""
+        return self.key if self.key is not None else self.event_id
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """A sealed event: sequence id, checksum, canonical and wire bytes."""
+
+    sequence_id: int
+    event_id: str
+    category: Category
+    event_type: str
+    timestamp: str
+    key: str | None
+    source: str
+    payload_json: bytes
+    checksum_algorithm: ChecksumAlgorithm
+    checksum: str
+    canonical: bytes
+    wire: bytes
+
+    @property
+    def routing_key(self) -> str:
+        return self.key if self.key is not None else self.event_id
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire object as a fresh dict (safe to hand to serialisers)."""
+        result: dict[str, Any] = orjson.loads(self.wire)
+        return result
+
+    def to_event(self) -> Event:
+        return Event.model_validate(self.to_dict())
+
+
+class ChecksumInfo(BaseModel):
+    """``{"algorithm": ..., "value": "<lowercase hex>"}``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    algorithm: ChecksumAlgorithm
+    value: str
+
+    @field_validator("value")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        if not _HEX_RE.fullmatch(value):
+            raise ValueError("must be lowercase hex")
+        return value
+
+
+class Event(BaseModel):
+    """The wire object of SPEC 2, validated. Build one from a received frame
+    with :func:`parse_frame`; check its integrity with :meth:`verify`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str = Field(pattern=_ULID_PATTERN)
+    sequence_id: int = Field(ge=1)
+    category: Category
+    event_type: str = Field(pattern=_EVENT_TYPE_PATTERN)
+    timestamp: str = Field(pattern=_TIMESTAMP_PATTERN)
+    key: str | None
+    source: str = Field(min_length=1, max_length=MAX_SOURCE_LENGTH)
+    payload: dict[str, Any]
+    checksum: ChecksumInfo
+
+    def canonical_bytes(self) -> bytes:
+        return canonical_bytes_of(self.model_dump(include=set(CANONICAL_FIELDS)))
+
+    def verify(self) -> None:
+        """Raise :class:`ChecksumMismatch` unless the checksum matches."""
+        actual = compute_checksum(self.checksum.algorithm, self.canonical_bytes())
+        if actual != self.checksum.value:
+            raise ChecksumMismatch(
+                self.sequence_id, self.checksum.algorithm, self.checksum.value, actual
+            )
+
+
+def canonical_bytes_of(obj: Mapping[str, Any]) -> bytes:
+    """Canonical bytes of an event mapping (extra fields such as ``checksum`` ignored)."""
+    try:
+        return orjson.dumps({f: obj[f] for f in CANONICAL_FIELDS}, option=orjson.OPT_SORT_KEYS)
+    except KeyError as exc:
+        raise FrameError(f"event lacks field {exc.args[0]!r}") from None
+    except TypeError as exc:
+        raise FrameError(f"event is not JSON-serialisable: {exc}") from None
+
+
+def verify_event_dict(obj: Mapping[str, Any]) -> tuple[bool, str, str]:
+    """Check a received event object's checksum; fast path for consumers.
+
+    Returns ``(ok, expected, actual)``. Raises :class:`FrameError` when the
+    object lacks fields or names an unknown algorithm.
+    """
+    checksum = obj.get("checksum")
+    if not isinstance(checksum, dict):
+        raise FrameError("event lacks a checksum object")
+    algorithm = checksum.get("algorithm")
+    expected = checksum.get("value")
+    if algorithm not in _HEX_LENGTH or not isinstance(expected, str):
+        raise FrameError(f"event checksum is malformed: {checksum!r}")
+    actual = compute_checksum(algorithm, canonical_bytes_of(obj))
+    return actual == expected, expected, actual
+
+
+def parse_frame(data: str | bytes) -> Event:
+    """Parse and validate one wire frame. Raises :class:`FrameError` naming the problem."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise FrameError(f"frame is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise FrameError(f"frame is a JSON {type(obj).__name__}, not an object")
+    try:
+        return Event.model_validate(obj)
+    except ValueError as exc:
+        raise FrameError(f"frame is not a valid event: {exc}") from None
+
+
+def _check_json_payload(payload: object, max_bytes: int) -> bytes:
+    if not isinstance(payload, dict):
+        raise InvalidEvent("payload", f"must be a JSON object (dict), not {type(payload).__name__}")
+    try:
+        encoded = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+    except TypeError as exc:
+        raise InvalidEvent("payload", f"not JSON-serialisable: {exc}") from None
+    if b"null" in encoded:
+        # orjson writes NaN and Infinity as null: a silent change of the data.
+        # Only payloads that contain "null" somewhere pay for the strict check.
+        try:
+            json.dumps(payload, allow_nan=False)
+        except ValueError:
+            raise InvalidEvent("payload", "NaN and Infinity are not valid JSON") from None
+    if len(encoded) > max_bytes:
+        raise InvalidEvent(
+            "payload", f"encoded size {len(encoded)} bytes exceeds the limit of {max_bytes}"
+        )
+    return encoded
+
+
+def _category(value: object) -> Category:
+    if isinstance(value, Category):
+        return value
+    if isinstance(value, str):
+        try:
+            return Category(value.upper())
+        except ValueError:
+            pass
+    raise InvalidEvent(
+        "category", f"unknown category {value!r}; expected one of {', '.join(Category)}"
+    )
+
+
+class EventFactory:
+    """Validates ``publish()`` input and turns it into :class:`EventDraft`\\ s.
+
+    ``clock`` returns wall time in seconds (``time.time`` in production).
+    ``checksums`` maps each category to its algorithm.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        checksums: Mapping[Category, ChecksumAlgorithm] = DEFAULT_CHECKSUM,
+        max_payload_bytes: int = DEFAULT_EVENT_MAX_BYTES,
+        ulids: UlidGenerator | None = None,
+    ) -> None:
+        self._clock = clock
+        self._checksums = dict(DEFAULT_CHECKSUM) | dict(checksums)
+        self._max_bytes = max_payload_bytes
+        self._ulids = ulids or UlidGenerator()
+        self._ts_ms = -1
+        self._ts_str = ""
+
+    def set_checksum(self, category: Category, algorithm: ChecksumAlgorithm) -> None:
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown checksum algorithm {algorithm!r}")
+        self._checksums[category] = algorithm
+
+    def draft(
+        self,
+        category: str | Category,
+        event_type: str,
+        payload: object,
+        *,
+        key: str | None = None,
+        source: str = "default",
+    ) -> EventDraft:
+        """Validate one event. Raises :class:`InvalidEvent` naming the field."""
+        cat = _category(category)
+        if not isinstance(event_type, str) or not _EVENT_TYPE_RE.fullmatch(event_type):
+            raise InvalidEvent(
+                "event_type", f"{event_type!r} must be 1-128 characters of [A-Za-z0-9_.:-]"
+            )
+        if key is not None and (not isinstance(key, str) or len(key) > MAX_KEY_LENGTH):
+            raise InvalidEvent("key", f"must be a string of at most {MAX_KEY_LENGTH} characters")
+        if not isinstance(source, str) or not 0 < len(source) <= MAX_SOURCE_LENGTH:
+            raise InvalidEvent(
+                "source", f"must be a non-empty string of at most {MAX_SOURCE_LENGTH}"
+            )
+        encoded = _check_json_payload(payload, self._max_bytes)
+        now_ms = int(self._clock() * 1000)
+        if now_ms != self._ts_ms:
+            self._ts_ms = now_ms
+            self._ts_str = format_timestamp(now_ms)
+        return EventDraft(
+            event_id=self._ulids(now_ms),
+            category=cat,
+            event_type=event_type,
+            timestamp=self._ts_str,
+            key=key,
+            source=source,
+            payload_json=encoded,
+            checksum_algorithm=self._checksums[cat],
+        )
+
+
+def _json_str(value: str) -> bytes:
+    return orjson.dumps(value)
+
+
+def seal(draft: EventDraft, sequence_id: int) -> EventRecord:
+    """Give ``draft`` its sequence id; build canonical bytes, checksum and wire bytes."""
+    key = b"null" if draft.key is None else _json_str(draft.key)
+    source = b'"default"' if draft.source == "default" else _json_str(draft.source)
+    # Fields in sorted order: category, event_id, event_type, key, payload,
+    # sequence_id, source, timestamp. category, event_id, event_type and
+    # timestamp are validated to need no JSON escaping.
+    canonical = b"".join(
+        (
+            b'{"category":"',
+            draft.category.value.encode(),
+            b'","event_id":"',
+            draft.event_id.encode(),
+            b'","event_type":"',
+            draft.event_type.encode(),
+            b'","key":',
+            key,
+            b',"payload":',
+            draft.payload_json,
+            b',"sequence_id":',
+            str(sequence_id).encode(),
+            b',"source":',
+            source,
+            b',"timestamp":"',
+            draft.timestamp.encode(),
+            b'"}',
+        )
+    )
+    checksum = compute_checksum(draft.checksum_algorithm, canonical)
+    wire = b"".join(
+        (
+            canonical[:-1],
+            b',"checksum":{"algorithm":"',
+            draft.checksum_algorithm.encode(),
+            b'","value":"',
+            checksum.encode(),
+            b'"}}',
+        )
+    )
+    return EventRecord(
+        sequence_id=sequence_id,
+        event_id=draft.event_id,
+        category=draft.category,
+        event_type=draft.event_type,
+        timestamp=draft.timestamp,
+        key=draft.key,
+        source=draft.source,
+        payload_json=draft.payload_json,
+        checksum_algorithm=draft.checksum_algorithm,
+        checksum=checksum,
+        canonical=canonical,
+        wire=wire,
+    )
+
+
+def record_from_wire(wire: bytes) -> EventRecord:
+    """Rebuild an :class:`EventRecord` from stored wire bytes (store, backfill)."""
+    obj = orjson.loads(wire)
+    checksum = obj["checksum"]
+    return EventRecord(
+        sequence_id=obj["sequence_id"],
+        event_id=obj["event_id"],
+        category=Category(obj["category"]),
+        event_type=obj["event_type"],
+        timestamp=obj["timestamp"],
+        key=obj["key"],
+        source=obj["source"],
+        payload_json=orjson.dumps(obj["payload"], option=orjson.OPT_SORT_KEYS),
+        checksum_algorithm=checksum["algorithm"],
+        checksum=checksum["value"],
+        canonical=canonical_bytes_of(obj),
+        wire=wire,
+    )

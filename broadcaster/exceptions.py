@@ -1,0 +1,142 @@
+"""Every error the broadcaster raises on purpose.
+
+All of them derive from one root, so a caller can catch ``BroadcasterError``
+and know it came from here. Third-party errors (websockets, the Realtime
+client, sqlite3, psycopg) are translated into this tree at the adapter or store
+edge, with the original kept as ``__cause__``.
+
+::
+
+    BroadcasterError
+    ├── InvalidEvent            bad input to publish(); .field names what is wrong
+    ├── ConfigError             bad setting; .variable and .value name it
+    ├── BroadcasterClosed       publish() after close(), or before start
+    ├── FlushTimeout            flush(timeout=...) ran out; .pending counts what is left
+    ├── StoreError
+    │   └── StoreUnavailable    the store cannot durably accept the event (disk full,
+    │                           database down); the event was NOT accepted
+    ├── AdapterError            an adapter could not take a batch; .adapter names it
+    │   ├── AdapterUnavailable  not connected / not started / connection lost
+    │   ├── AdapterTimeout      no acknowledgement in time
+    │   └── AdapterRejected     the far side answered with an error
+    └── FrameError              a received frame is not a valid event (consumer side)
+        └── ChecksumMismatch    the event's checksum does not match its canonical bytes
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AdapterError",
+    "AdapterRejected",
+    "AdapterTimeout",
+    "AdapterUnavailable",
+    "BroadcasterClosed",
+    "BroadcasterError",
+    "ChecksumMismatch",
+    "ConfigError",
+    "FlushTimeout",
+    "FrameError",
+    "InvalidEvent",
+    "StoreError",
+    "StoreUnavailable",
+]
+
+
+class BroadcasterError(Exception):
+    """Root of every error raised by this package."""
+
+
+class InvalidEvent(BroadcasterError, ValueError):
+    """``publish()`` was given an event that cannot be accepted.
+
+    Nothing was stored and no sequence id was consumed. ``field`` is the name
+    of the offending field (``category``, ``event_type``, ``payload``, ``key``,
+    ``source``); ``index`` is the position in a ``publish_many`` batch.
+    """
+
+    def __init__(self, field: str, reason: str, *, index: int | None = None) -> None:
+        self.field = field
+        self.reason = reason
+        self.index = index
+        where = f"event[{index}].{field}" if index is not None else field
+        super().__init__(f"{where}: {reason}")
+
+    def at(self, index: int) -> InvalidEvent:
+        """The same error, located at position ``index`` of a batch."""
+        return InvalidEvent(self.field, self.reason, index=index)
+
+
+class ConfigError(BroadcasterError, ValueError):
+    """A setting is invalid. ``variable`` is the environment variable's name."""
+
+    def __init__(self, variable: str, value: object, reason: str) -> None:
+        self.variable = variable
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{variable}={value!s}: {reason}")
+
+
+class BroadcasterClosed(BroadcasterError, RuntimeError):
+    """The broadcaster is not running (never started, or already closed)."""
+
+
+class FlushTimeout(BroadcasterError, TimeoutError):
+    """``flush(timeout=...)`` returned before every routed event was acknowledged."""
+
+    def __init__(self, pending: int, timeout: float) -> None:
+        self.pending = pending
+        self.timeout = timeout
+        super().__init__(f"{pending} event deliveries still unacknowledged after {timeout}s")
+
+
+class StoreError(BroadcasterError):
+    """The event store failed."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot durably accept events right now (disk full, database down).
+
+    The events of the failed call were not accepted: the caller may retry them.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"store unavailable: {reason}")
+
+
+class AdapterError(BroadcasterError):
+    """An adapter could not deliver a batch. ``adapter`` names it."""
+
+    def __init__(self, adapter: str, reason: str) -> None:
+        self.adapter = adapter
+        self.reason = reason
+        super().__init__(f"{adapter}: {reason}")
+
+
+class AdapterUnavailable(AdapterError):
+    """The adapter is not connected, not started, or lost its connection."""
+
+
+class AdapterTimeout(AdapterError):
+    """The adapter got no acknowledgement in time."""
+
+
+class AdapterRejected(AdapterError):
+    """The far side answered the batch with an error."""
+
+
+class FrameError(BroadcasterError, ValueError):
+    """A received frame is not a valid event object."""
+
+
+class ChecksumMismatch(FrameError):
+    """An event's checksum does not match its canonical bytes."""
+
+    def __init__(self, sequence_id: int, algorithm: str, expected: str, actual: str) -> None:
+        self.sequence_id = sequence_id
+        self.algorithm = algorithm
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"sequence_id {sequence_id}: {algorithm} checksum {actual} != expected {expected}"
+        )

@@ -1,0 +1,313 @@
+"""Settings (SPEC 4): built once from the environment and ``.env``, then passed in.
+
+Nothing here is read at import time. :func:`load_settings` is the one entry
+point; it raises :class:`~broadcaster.exceptions.ConfigError` naming the
+variable and value of the first invalid setting.
+
+Flat variables map to fields by name (``WEBSOCKET_PORT`` → ``websocket_port``).
+The per-category and per-adapter families (``DUAL_WRITE_<CAT>_<FIELD>``,
+``ADAPTER_<NAME>_<FIELD>``) are gathered by a custom settings source into
+``categories`` and ``adapters``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from .checksums import ChecksumAlgorithm
+from .events import DEFAULT_CHECKSUM, DEFAULT_EVENT_MAX_BYTES, Category
+from .exceptions import ConfigError
+from .routing import ADAPTER_NAMES, OVERRIDE_ALL, CategoryRoute, RoutingTable
+
+__all__ = [
+    "AdapterSettings",
+    "CategorySettings",
+    "Settings",
+    "load_settings",
+]
+
+
+class CategorySettings(BaseModel):
+    """One category's flags. Also validates admin API changes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool
+    percentage: int = Field(ge=0, le=100)
+    adapters: tuple[str, ...]
+    checksum: ChecksumAlgorithm
+
+    @field_validator("adapters", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip().lower() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("adapters")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if name not in ADAPTER_NAMES:
+                raise ValueError(f"unknown adapter {name!r}; known: {', '.join(ADAPTER_NAMES)}")
+        return tuple(dict.fromkeys(value))
+
+    def route(self) -> CategoryRoute:
+        return CategoryRoute(self.enabled, self.percentage, self.adapters)
+
+
+_CATEGORY_DEFAULTS: dict[Category, dict[str, Any]] = {
+    Category.CRITICAL: {"enabled": True, "percentage": 100, "adapters": ("websocket", "realtime")},
+    Category.PERFORMANCE: {"enabled": True, "percentage": 50, "adapters": ("websocket",)},
+    Category.USER_ACTIVITY: {"enabled": False, "percentage": 0, "adapters": ("realtime",)},
+    Category.SYSTEM: {"enabled": True, "percentage": 100, "adapters": ("websocket", "realtime")},
+    Category.DEBUG: {"enabled": False, "percentage": 0, "adapters": ()},
+}
+
+
+class AdapterSettings(BaseModel):
+    """Breaker thresholds of one adapter."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    error_threshold: float = Field(default=0.05, ge=0, le=1)
+    latency_threshold_ms: float = Field(gt=0)
+
+
+_ADAPTER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "websocket": {"latency_threshold_ms": 200.0},
+    "realtime": {"latency_threshold_ms": 150.0},
+}
+
+_CATEGORY_FIELDS = ("enabled", "percentage", "adapters", "checksum")
+_ADAPTER_FIELDS = ("error_threshold", "latency_threshold_ms")
+
+
+def _default_categories() -> dict[Category, CategorySettings]:
+    return {
+        cat: CategorySettings(**values, checksum=DEFAULT_CHECKSUM[cat])
+        for cat, values in _CATEGORY_DEFAULTS.items()
+    }
+
+
+def _default_adapters() -> dict[str, AdapterSettings]:
+    return {name: AdapterSettings(**values) for name, values in _ADAPTER_DEFAULTS.items()}
+
+
+class _FamilySource(PydanticBaseSettingsSource):
+    """Gathers ``DUAL_WRITE_<CAT>_<FIELD>`` and ``ADAPTER_<NAME>_<FIELD>`` variables."""
+
+    def __init__(self, settings_cls: type[BaseSettings], *variables: Mapping[str, str | None]):
+        super().__init__(settings_cls)
+        merged: dict[str, str] = {}
+        for mapping in variables:  # later mappings win
+            for name, value in mapping.items():
+                if value is not None:
+                    merged[name.upper()] = value
+        self._vars = merged
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise AssertionError("unused: __call__ is overridden")  # pragma: no cover
+
+    def __call__(self) -> dict[str, Any]:
+        categories: dict[str, dict[str, Any]] = {}
+        for cat in Category:
+            values = {**_CATEGORY_DEFAULTS[cat], "checksum": DEFAULT_CHECKSUM[cat]}
+            for field_name in _CATEGORY_FIELDS:
+                raw = self._vars.get(f"DUAL_WRITE_{cat.value}_{field_name.upper()}")
+                if raw is not None:
+                    values[field_name] = raw.strip().lower() if field_name == "checksum" else raw
+            categories[cat.value] = values
+        adapters: dict[str, dict[str, Any]] = {}
+        for name in ADAPTER_NAMES:
+            avalues: dict[str, Any] = dict(_ADAPTER_DEFAULTS[name])
+            for field_name in _ADAPTER_FIELDS:
+                raw = self._vars.get(f"ADAPTER_{name.upper()}_{field_name.upper()}")
+                if raw is not None:
+                    avalues[field_name] = raw
+            adapters[name] = avalues
+        return {"categories": categories, "adapters": adapters}
+
+
+class Settings(BaseSettings):
+    """Every setting of SPEC 4. Build with :func:`load_settings`, or directly
+    with keyword arguments in tests (``Settings(_env_file=None, ...)``)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        frozen=True,
+    )
+
+    dual_write_enabled: bool = True
+    dual_write_primary_adapter: str = "websocket"
+    dual_write_global_override: str | None = None
+    categories: dict[Category, CategorySettings] = Field(default_factory=_default_categories)
+    adapters: dict[str, AdapterSettings] = Field(default_factory=_default_adapters)
+
+    breaker_recovery_time_s: float = Field(default=30.0, gt=0)
+    breaker_half_open_requests: int = Field(default=5, ge=1)
+    breaker_latency_multiplier: float = Field(default=2.0, ge=1)
+
+    reconcile_window_s: float = Field(default=5.0, gt=0)
+    reconcile_buffer_s: float = Field(default=30.0, ge=0)
+    reconcile_max_delay_s: float = Field(default=300.0, gt=0)
+
+    websocket_host: str = "127.0.0.1"
+    websocket_port: int = Field(default=8765, ge=0, le=65535)
+
+    supabase_url: str | None = None
+    supabase_key: SecretStr | None = None
+    realtime_channel_prefix: str = Field(default="events", min_length=1)
+    realtime_batch_ms: float = Field(default=5.0, ge=0)
+    realtime_batch_max: int = Field(default=100, ge=1)
+    realtime_batch_bytes: int = Field(default=200_000, ge=1024)
+    realtime_max_messages_per_s: float = Field(default=0.0, ge=0)
+
+    store_url: str = "sqlite:///./broadcaster.db"
+
+    admin_host: str = "127.0.0.1"
+    admin_port: int = Field(default=8080, ge=0, le=65535)
+    broadcaster_admin_token: SecretStr | None = None
+
+    event_max_bytes: int = Field(default=DEFAULT_EVENT_MAX_BYTES, ge=1)
+    log_format: Literal["console", "json"] = "console"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("dual_write_primary_adapter", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("dual_write_global_override", mode="before")
+    @classmethod
+    def _override(cls, value: object) -> object:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = value.strip().lower()
+            return None if value in ("", "null", "none") else value
+        return value
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _case(cls, value: object, info: Any) -> object:
+        if isinstance(value, str):
+            return value.lower() if info.field_name == "log_format" else value.upper()
+        return value
+
+    @field_validator("supabase_url", mode="before")
+    @classmethod
+    def _empty_url(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        dotenv_vars = getattr(dotenv_settings, "env_vars", {})
+        env_vars = env_settings.env_vars if isinstance(env_settings, EnvSettingsSource) else {}
+        family = _FamilySource(settings_cls, dotenv_vars, env_vars)
+        return (init_settings, env_settings, dotenv_settings, family)
+
+    # -- derived views -------------------------------------------------------
+
+    def routing_table(self) -> RoutingTable:
+        return RoutingTable(
+            enabled=self.dual_write_enabled,
+            primary=self.dual_write_primary_adapter,
+            override=self.dual_write_global_override,
+            categories={cat: cs.route() for cat, cs in self.categories.items()},
+            adapters=ADAPTER_NAMES,
+        )
+
+    def checksum_algorithms(self) -> dict[Category, ChecksumAlgorithm]:
+        return {cat: cs.checksum for cat, cs in self.categories.items()}
+
+    def realtime_url(self) -> str | None:
+        """The Realtime endpoint the official client connects to, as supabase-py
+        derives it: ``<SUPABASE_URL>/realtime/v1``."""
+        if self.supabase_url is None:
+            return None
+        return self.supabase_url.rstrip("/") + "/realtime/v1"
+
+    def effective(self) -> dict[str, Any]:
+        """The effective configuration as plain JSON-able data, secrets masked."""
+        data = self.model_dump(mode="json")
+        for secret in ("supabase_key", "broadcaster_admin_token"):
+            if data.get(secret):
+                data[secret] = "********"
+        return data
+
+
+def _variable_for(loc: tuple[int | str, ...]) -> str:
+    if loc and loc[0] == "categories" and len(loc) >= 3:
+        return f"DUAL_WRITE_{str(loc[1]).upper()}_{str(loc[2]).upper()}"
+    if loc and loc[0] == "adapters" and len(loc) >= 3:
+        return f"ADAPTER_{str(loc[1]).upper()}_{str(loc[2]).upper()}"
+    return str(loc[0]).upper() if loc else "?"
+
+
+def _check_cross_fields(settings: Settings) -> None:
+    if settings.dual_write_primary_adapter not in ADAPTER_NAMES:
+        raise ConfigError(
+            "DUAL_WRITE_PRIMARY_ADAPTER",
+            settings.dual_write_primary_adapter,
+            f"unknown adapter; known: {', '.join(ADAPTER_NAMES)}",
+        )
+    override = settings.dual_write_global_override
+    if override is not None and override != OVERRIDE_ALL and override not in ADAPTER_NAMES:
+        raise ConfigError(
+            "DUAL_WRITE_GLOBAL_OVERRIDE",
+            override,
+            f"names no adapter; expected one of {', '.join(ADAPTER_NAMES)}, 'all' or 'null'",
+        )
+    if settings.reconcile_max_delay_s < settings.reconcile_window_s:
+        raise ConfigError(
+            "RECONCILE_MAX_DELAY_S",
+            settings.reconcile_max_delay_s,
+            "must be at least RECONCILE_WINDOW_S",
+        )
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    """Build the settings from the environment, ``env_file`` and ``overrides``.
+
+    Raises :class:`ConfigError` naming the first invalid variable and value.
+    """
+    try:
+        settings = Settings(_env_file=env_file, **overrides)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        value = error.get("input")
+        reason = error.get("msg", "invalid")
+        if isinstance(value, dict):  # a whole family failed; show the field's own value
+            value = "?"
+        raise ConfigError(_variable_for(tuple(error["loc"])), value, reason) from None
+    _check_cross_fields(settings)
+    return settings

@@ -1,0 +1,133 @@
+"""The event store interface: a sequence-keyed outbox and delivery ledger.
+
+For each event the store keeps the sealed record (wire bytes), the adapters it
+was routed to, and per adapter a delivery state; consumers' receipts are kept
+beside them. ``append`` is the durability point of ``publish()``.
+
+Backends: :class:`~broadcaster.store.memory.MemoryStore` (tests, ``memory://``),
+SQLite (``sqlite:///path``) and PostgreSQL (``postgresql://...``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import TracebackType
+from typing import Self
+
+from ..events import EventDraft, EventRecord
+
+__all__ = [
+    "ConsumerReceipt",
+    "DeliveryState",
+    "Store",
+    "StoredEvent",
+]
+
+
+class DeliveryState(StrEnum):
+    """Where one event stands with one adapter."""
+
+    QUEUED = "queued"  # routed and stored, not yet acknowledged
+    ACKED = "acked"  # the adapter acknowledged it
+    FAILED = "failed"  # the last attempt failed (error kept); will be retried
+    PENDING = "pending"  # held back by an open breaker or the restore ramp; backfilled later
+    REPAIRED = "repaired"  # re-sent by reconciliation repair and acknowledged
+
+
+#: States in which an event still has to reach the adapter.
+UNDELIVERED_STATES: frozenset[DeliveryState] = frozenset(
+    {DeliveryState.QUEUED, DeliveryState.FAILED, DeliveryState.PENDING}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerReceipt:
+    """A consumer saw event ``sequence_id`` on ``adapter``'s path."""
+
+    sequence_id: int
+    adapter: str
+    event_type: str
+    received_at_ms: int
+    checksum: str
+    checksum_ok: bool
+    consumer: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event with its trace: routing, per-adapter state, receipts."""
+
+    record: EventRecord
+    routed_to: tuple[str, ...]
+    created_at_ms: int
+    states: dict[str, DeliveryState]
+    errors: dict[str, str] = field(default_factory=dict)
+    receipts: tuple[ConsumerReceipt, ...] = ()
+
+
+class Store(ABC):
+    """Async store. Implementations never block the event loop.
+
+    Errors that mean "cannot durably accept" (disk full, database down) are
+    raised as :class:`~broadcaster.exceptions.StoreUnavailable`.
+    """
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect, create or migrate the schema."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Flush what is buffered and release the connection. Idempotent."""
+
+    @abstractmethod
+    async def append(
+        self, items: Sequence[tuple[EventDraft, tuple[str, ...]]]
+    ) -> list[EventRecord]:
+        """Give each draft the next sequence id, seal it, store it with its
+        routing (every routed adapter starts ``QUEUED``) and commit. All or
+        nothing; returns the records in sequence order once durable."""
+
+    @abstractmethod
+    async def mark(
+        self,
+        adapter: str,
+        sequence_ids: Sequence[int],
+        state: DeliveryState,
+        error: str | None = None,
+    ) -> None:
+        """Record a delivery state for ``adapter`` on each of ``sequence_ids``."""
+
+    @abstractmethod
+    async def undelivered(
+        self, adapter: str, *, after: int = 0, limit: int = 1000
+    ) -> list[EventRecord]:
+        """Events routed to ``adapter`` and not yet acknowledged by it, with
+        sequence id > ``after``, in sequence order, at most ``limit``."""
+
+    @abstractmethod
+    async def get(self, sequence_id: int) -> StoredEvent | None:
+        """One event with its trace, or ``None``."""
+
+    @abstractmethod
+    async def record_receipts(self, receipts: Sequence[ConsumerReceipt]) -> None:
+        """Store consumer receipts (duplicates are kept: they are evidence)."""
+
+    @abstractmethod
+    async def last_sequence_id(self) -> int:
+        """The highest sequence id ever handed out (0 for a new store)."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,88 @@
+"""An in-memory store: fast, not durable. For tests and for benchmarks that
+measure the broadcaster without a store (``STORE_URL=memory://``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from ..events import EventDraft, EventRecord, seal
+from .base import UNDELIVERED_STATES, ConsumerReceipt, DeliveryState, Store, StoredEvent
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore(Store):
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._last = 0
+        self._events: dict[int, tuple[EventRecord, tuple[str, ...], int]] = {}
+        self._states: dict[int, dict[str, DeliveryState]] = {}
+        self._errors: dict[int, dict[str, str]] = {}
+        self._receipts: dict[int, list[ConsumerReceipt]] = {}
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def append(
+        self, items: Sequence[tuple[EventDraft, tuple[str, ...]]]
+    ) -> list[EventRecord]:
+        now_ms = int(self._clock() * 1000)
+        records = []
+        for draft, routed in items:
+            self._last += 1
+            record = seal(draft, self._last)
+            self._events[self._last] = (record, routed, now_ms)
+            self._states[self._last] = {name: DeliveryState.QUEUED for name in routed}
+            records.append(record)
+        return records
+
+    async def mark(
+        self,
+        adapter: str,
+        sequence_ids: Sequence[int],
+        state: DeliveryState,
+        error: str | None = None,
+    ) -> None:
+        for seq in sequence_ids:
+            states = self._states.get(seq)
+            if states is None or adapter not in states:
+                continue
+            states[adapter] = state
+            if error is not None:
+                self._errors.setdefault(seq, {})[adapter] = error
+
+    async def undelivered(
+        self, adapter: str, *, after: int = 0, limit: int = 1000
+    ) -> list[EventRecord]:
+        out = []
+        for seq in sorted(s for s in self._states if s > after):
+            if self._states[seq].get(adapter) in UNDELIVERED_STATES:
+                out.append(self._events[seq][0])
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def get(self, sequence_id: int) -> StoredEvent | None:
+        entry = self._events.get(sequence_id)
+        if entry is None:
+            return None
+        record, routed, created = entry
+        return StoredEvent(
+            record=record,
+            routed_to=routed,
+            created_at_ms=created,
+            states=dict(self._states[sequence_id]),
+            errors=dict(self._errors.get(sequence_id, {})),
+            receipts=tuple(self._receipts.get(sequence_id, ())),
+        )
+
+    async def record_receipts(self, receipts: Sequence[ConsumerReceipt]) -> None:
+        for receipt in receipts:
+            self._receipts.setdefault(receipt.sequence_id, []).append(receipt)
+
+    async def last_sequence_id(self) -> int:
+        return self._last
