@@ -1,0 +1,34 @@
+"""Shared fixtures. Every test starts from a clean environment: no broadcaster
+variables inherited from the shell, no .env from the working directory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_PREFIXES = (
+    "DUAL_WRITE_",
+    "ADAPTER_",
+    "BREAKER_",
+    "RECONCILE_",
+    "WEBSOCKET_",
+    "SUPABASE_",
+    "REALTIME_",
+    "STORE_",
+    "ADMIN_",
+    "BROADCASTER_",
+    "EVENT_",
+    "LOG_",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    for name in list(os.environ):
+        if name.startswith(_PREFIXES):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    yield
