@@ -134,7 +134,7 @@ class UlidGenerator:
     def __call__(self, now_ms: int) -> str:
         if now_ms > self._last_ms:
             self._last_ms = now_ms
-            self._prefix = (_CROCKFORD[(now_ms >> 45) & 0x1F] + _encode_base32(now_ms, 8))[-10:]
+            self._prefix = _encode_base32(now_ms, 10)
             # Leave headroom so increments within the millisecond cannot overflow.
             self._last_random = self._random() >> 1
         else:

@@ -1,0 +1,463 @@
+"""The :class:`Broadcaster`: publish → validate → route → store → deliver.
+
+``publish()`` validates and routes on the caller's task, then hands the event
+to a group-commit writer: one task that takes everything submitted since its
+last commit, gives it sequence ids, seals it (canonical bytes + checksum) and
+stores it in one transaction. Once that commit is durable the records go to the
+adapters' lanes (one ordered lane per adapter) and the callers' ``publish()``
+calls return. Delivery runs concurrently; ``flush()`` waits for it.
+
+Backpressure: at most ``max_pending`` events may be waiting for the writer or
+for the slowest lane; beyond that ``publish()`` waits. It never drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import structlog
+
+from .adapters.base import Adapter, AdapterHealth
+from .events import Category, ChecksumInfo, EventDraft, EventFactory, EventRecord
+from .exceptions import (
+    BroadcasterClosed,
+    BroadcasterError,
+    FlushTimeout,
+    InvalidEvent,
+    StoreError,
+    StoreUnavailable,
+)
+from .lanes import Lane
+from .routing import RoutingTable
+from .settings import Settings, load_settings
+from .stats import DeliveryStats
+from .store import Store, store_from_url
+
+__all__ = ["Broadcaster", "Receipt"]
+
+log = structlog.get_logger("broadcaster")
+
+_RECOVERY_PAGE = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What ``publish()`` returns once the event is durably stored and routed.
+
+    ``routed_to`` lists the adapters the routing rules chose, in delivery
+    order (primary first), including one whose breaker is open.
+    """
+
+    sequence_id: int
+    event_id: str
+    category: Category
+    timestamp: str
+    checksum: ChecksumInfo
+    routed_to: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sequence_id": self.sequence_id,
+            "event_id": self.event_id,
+            "category": self.category.value,
+            "timestamp": self.timestamp,
+            "checksum": self.checksum.model_dump(),
+            "routed_to": list(self.routed_to),
+        }
+
+
+def _receipt(record: EventRecord, routed: tuple[str, ...]) -> Receipt:
+    return Receipt(
+        sequence_id=record.sequence_id,
+        event_id=record.event_id,
+        category=record.category,
+        timestamp=record.timestamp,
+        checksum=ChecksumInfo(algorithm=record.checksum_algorithm, value=record.checksum),
+        routed_to=routed,
+    )
+
+
+class _Submission:
+    __slots__ = ("future", "items")
+
+    def __init__(
+        self,
+        items: list[tuple[EventDraft, tuple[str, ...]]],
+        future: asyncio.Future[list[EventRecord]],
+    ) -> None:
+        self.items = items
+        self.future = future
+
+
+class Broadcaster:
+    """Dual-write broadcaster. Use as an async context manager::
+
+        async with Broadcaster.from_env() as b:
+            receipt = await b.publish("CRITICAL", "order.created", {"order": 42})
+            await b.flush()
+
+    ``adapters`` and ``store`` default to what ``settings`` describes: the
+    WebSocket fan-out server and the Realtime adapter (with an embedded local
+    Realtime server when ``SUPABASE_URL`` is unset), and ``STORE_URL``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        adapters: Sequence[Adapter] | None = None,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.time,
+        max_pending: int = 20_000,
+        lane_max_batch: int = 500,
+        lane_max_in_flight: int = 16,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings(_env_file=None)
+        self._injected_adapters = list(adapters) if adapters is not None else None
+        self._store = store if store is not None else store_from_url(self.settings.store_url)
+        self._factory = EventFactory(
+            clock=clock,
+            checksums=self.settings.checksum_algorithms(),
+            max_payload_bytes=self.settings.event_max_bytes,
+        )
+        self._routing = self.settings.routing_table()
+        self._max_pending = max_pending
+        self._lane_max_batch = lane_max_batch
+        self._lane_max_in_flight = lane_max_in_flight
+        self.stats = DeliveryStats()
+        self.adapters: dict[str, Adapter] = {}
+        self._lanes: dict[str, Lane] = {}
+        self._submissions: list[_Submission] = []
+        self._pending_count = 0
+        self._has_work = asyncio.Event()
+        self._writer_idle = asyncio.Event()
+        self._writer_idle.set()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._writer: asyncio.Task[None] | None = None
+        self._running = False
+        self._closers: list[Callable[[], Any]] = []
+        self._routing_listeners: list[Callable[[RoutingTable], None]] = []
+        #: URL of the embedded local Realtime server, when one was started.
+        self.local_realtime_url: str | None = None
+
+    # -- construction --------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, env_file: str | None = ".env", **kwargs: Any) -> Broadcaster:
+        """Build from the environment (and ``env_file``). Raises ConfigError."""
+        return cls(load_settings(env_file), **kwargs)
+
+    async def _build_adapters(self) -> list[Adapter]:
+        if self._injected_adapters is not None:
+            return self._injected_adapters
+        from .adapters.realtime import RealtimeAdapter
+        from .adapters.websocket import WebSocketAdapter
+
+        url = self.settings.supabase_url
+        if url is None:
+            # No Supabase project configured: run the local Realtime-protocol
+            # server in this process so the realtime path is real end to end.
+            from .realtime_server import LocalRealtimeServer
+
+            server = LocalRealtimeServer(host="127.0.0.1", port=0)
+            await server.start()
+            self._closers.append(server.close)
+            self.local_realtime_url = server.url
+            url = server.url
+            log.info("local realtime server started", url=url)
+        realtime_url = url.rstrip("/") + "/realtime/v1"
+        return [
+            WebSocketAdapter.from_settings(self.settings),
+            RealtimeAdapter.from_settings(self.settings, url=realtime_url),
+        ]
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store, start adapters and lanes, re-send what a previous
+        run left undelivered."""
+        if self._running:
+            return
+        await self._store.open()
+        try:
+            for adapter in await self._build_adapters():
+                self.adapters[adapter.name] = adapter
+            await self._start_adapters()
+            for name, adapter in self.adapters.items():
+                self._lanes[name] = Lane(
+                    adapter,
+                    self._store,
+                    self.stats,
+                    max_batch=self._lane_max_batch,
+                    max_in_flight=self._lane_max_in_flight,
+                    on_progress=self._on_progress,
+                )
+            await self._recover()
+        except BaseException:
+            await self._shutdown()
+            raise
+        for lane in self._lanes.values():
+            lane.start()
+        self._writer = asyncio.get_running_loop().create_task(
+            self._write_loop(), name="broadcaster-writer"
+        )
+        self._running = True
+        log.info(
+            "broadcaster started",
+            adapters=list(self.adapters),
+            store=type(self._store).__name__,
+        )
+
+    async def _start_adapters(self) -> None:
+        primary = self._routing.primary
+        results = await asyncio.gather(
+            *(a.start() for a in self.adapters.values()), return_exceptions=True
+        )
+        for adapter, result in zip(self.adapters.values(), results, strict=True):
+            if isinstance(result, BaseException):
+                if adapter.name == primary or not isinstance(result, BroadcasterError):
+                    raise result
+                # A secondary path that is down at start must not stop the
+                # primary: its lane retries until it comes up.
+                log.warning("adapter failed to start", adapter=adapter.name, error=str(result))
+            else:
+                log.info("adapter started", adapter=adapter.name)
+
+    async def _recover(self) -> None:
+        for name, lane in self._lanes.items():
+            after, total = 0, 0
+            while True:
+                records = await self._store.undelivered(name, after=after, limit=_RECOVERY_PAGE)
+                if not records:
+                    break
+                lane.enqueue(records)
+                total += len(records)
+                after = records[-1].sequence_id
+            if total:
+                log.info("recovering undelivered events", adapter=name, count=total)
+
+    async def close(self, drain_timeout_s: float = 10.0) -> None:
+        """Stop accepting events, deliver what is in flight (up to
+        ``drain_timeout_s`` seconds), then close adapters and the store. What is not delivered by
+        then stays in the store and is re-sent on the next start."""
+        if not self._running:
+            await self._shutdown()
+            return
+        self._running = False
+        try:
+            await self.flush(timeout=drain_timeout_s)
+        except FlushTimeout as exc:
+            log.warning("closing with undelivered events", pending=exc.pending)
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
+        for lane in self._lanes.values():
+            await lane.stop()
+        for adapter in self.adapters.values():
+            try:
+                await adapter.close()
+            except Exception as exc:
+                log.warning("adapter close failed", adapter=adapter.name, error=str(exc))
+        for closer in reversed(self._closers):
+            await closer()
+        self._closers.clear()
+        await self._store.close()
+        log.info("broadcaster closed")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- routing -------------------------------------------------------------
+
+    @property
+    def routing(self) -> RoutingTable:
+        return self._routing
+
+    def set_routing(self, table: RoutingTable) -> None:
+        """Swap the routing table; the next published event uses it."""
+        self._routing = table
+        for listener in self._routing_listeners:
+            listener(table)
+
+    def on_routing_change(self, listener: Callable[[RoutingTable], None]) -> None:
+        self._routing_listeners.append(listener)
+
+    # -- publishing ----------------------------------------------------------
+
+    async def publish(
+        self,
+        category: str | Category,
+        event_type: str,
+        payload: Mapping[str, Any],
+        *,
+        key: str | None = None,
+        source: str = "default",
+    ) -> Receipt:
+        """Publish one event; return once it is durably stored and routed.
+
+        Raises :class:`InvalidEvent` (nothing stored, no sequence id used),
+        :class:`StoreUnavailable` (not accepted; safe to retry) or
+        :class:`BroadcasterClosed`.
+        """
+        self._check_running()
+        draft = self._factory.draft(category, event_type, payload, key=key, source=source)
+        routed = self._routing.route(draft.category, draft.routing_key)
+        records = await self._submit([(draft, routed)])
+        return _receipt(records[0], routed)
+
+    async def publish_many(self, events: Iterable[Mapping[str, Any]]) -> list[Receipt]:
+        """Publish a batch: each mapping has ``category``, ``event_type``,
+        ``payload`` and optionally ``key`` and ``source``. All are validated
+        first: one invalid event raises :class:`InvalidEvent` (``.index`` says
+        which) and none is stored."""
+        self._check_running()
+        items: list[tuple[EventDraft, tuple[str, ...]]] = []
+        table = self._routing
+        for index, spec in enumerate(events):
+            try:
+                if not isinstance(spec, Mapping):
+                    raise InvalidEvent("event", f"must be a mapping, not {type(spec).__name__}")
+                unknown = set(spec) - {"category", "event_type", "payload", "key", "source"}
+                if unknown:
+                    raise InvalidEvent(sorted(unknown)[0], "unknown field")
+                for required in ("category", "event_type", "payload"):
+                    if required not in spec:
+                        raise InvalidEvent(required, "is required")
+                draft = self._factory.draft(
+                    spec["category"],
+                    spec["event_type"],
+                    spec["payload"],
+                    key=spec.get("key"),
+                    source=spec.get("source", "default"),
+                )
+            except InvalidEvent as exc:
+                raise exc.at(index) from None
+            items.append((draft, table.route(draft.category, draft.routing_key)))
+        if not items:
+            return []
+        records = await self._submit(items)
+        return [_receipt(rec, routed) for rec, (_, routed) in zip(records, items, strict=True)]
+
+    def _check_running(self) -> None:
+        if not self._running:
+            raise BroadcasterClosed("the broadcaster is not running (use 'async with' or start())")
+
+    async def _submit(self, items: list[tuple[EventDraft, tuple[str, ...]]]) -> list[EventRecord]:
+        while self._backlog() >= self._max_pending:
+            self._space.clear()
+            await self._space.wait()
+            self._check_running()
+        future: asyncio.Future[list[EventRecord]] = asyncio.get_running_loop().create_future()
+        self._submissions.append(_Submission(items, future))
+        self._pending_count += len(items)
+        self._writer_idle.clear()
+        self._has_work.set()
+        try:
+            return await future
+        except StoreError as exc:
+            log.error(
+                "publish failed: store unavailable",
+                error=str(exc),
+                event_id=items[0][0].event_id,
+                category=items[0][0].category.value,
+                count=len(items),
+            )
+            raise
+
+    def _backlog(self) -> int:
+        lanes = self._lanes.values()
+        return self._pending_count + (max(lane.outstanding for lane in lanes) if lanes else 0)
+
+    def _on_progress(self) -> None:
+        if not self._space.is_set() and self._backlog() < self._max_pending:
+            self._space.set()
+
+    async def _write_loop(self) -> None:
+        while True:
+            if not self._submissions:
+                self._writer_idle.set()
+                self._has_work.clear()
+                await self._has_work.wait()
+                continue
+            submissions, self._submissions = self._submissions, []
+            items = [item for sub in submissions for item in sub.items]
+            try:
+                records = await self._store.append(items)
+            except Exception as exc:
+                error = exc if isinstance(exc, StoreError) else StoreUnavailable(repr(exc))
+                self._pending_count -= len(items)
+                for sub in submissions:
+                    if not sub.future.done():
+                        sub.future.set_exception(error)
+                self._on_progress()
+                continue
+            self._dispatch(records, items)
+            self._pending_count -= len(items)
+            start = 0
+            for sub in submissions:
+                end = start + len(sub.items)
+                if not sub.future.done():
+                    sub.future.set_result(records[start:end])
+                start = end
+
+    def _dispatch(
+        self, records: list[EventRecord], items: list[tuple[EventDraft, tuple[str, ...]]]
+    ) -> None:
+        per_lane: dict[str, list[EventRecord]] = {name: [] for name in self._lanes}
+        count_routed = self.stats.count_routed
+        for record, (_, routed) in zip(records, items, strict=True):
+            count_routed(record.category, routed)
+            for name in routed:
+                lane_records = per_lane.get(name)
+                if lane_records is not None:
+                    lane_records.append(record)
+        for name, lane_records in per_lane.items():
+            self._lanes[name].enqueue(lane_records)
+
+    # -- flushing and inspection ---------------------------------------------
+
+    async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (SPEC 10 API)
+        """Wait until every event published so far is acknowledged by each of
+        its adapters. Raises :class:`FlushTimeout` after ``timeout`` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    await self._writer_idle.wait()
+                    for lane in self._lanes.values():
+                        await lane.wait_idle()
+                    if self._writer_idle.is_set() and all(
+                        lane.outstanding == 0 for lane in self._lanes.values()
+                    ):
+                        return
+        except TimeoutError:
+            pending = self._pending_count + sum(lane.outstanding for lane in self._lanes.values())
+            raise FlushTimeout(pending, timeout or 0.0) from None
+
+    def health(self) -> dict[str, AdapterHealth]:
+        return {name: adapter.health() for name, adapter in self.adapters.items()}
+
+    def lane(self, name: str) -> Lane:
+        return self._lanes[name]
+
+    @property
+    def store(self) -> Store:
+        return self._store

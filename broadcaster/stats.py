@@ -1,0 +1,55 @@
+"""In-process counters per category and adapter (published, routed, delivered,
+failed). Plain integers, updated on the event loop; ``/stats`` and the
+Prometheus exporter read them."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .events import Category, EventRecord
+
+__all__ = ["DeliveryStats"]
+
+
+@dataclass
+class DeliveryStats:
+    published: Counter[str] = field(default_factory=Counter)
+    routed: Counter[tuple[str, str]] = field(default_factory=Counter)
+    delivered: Counter[tuple[str, str]] = field(default_factory=Counter)
+    failed: Counter[tuple[str, str]] = field(default_factory=Counter)
+    retried_batches: Counter[str] = field(default_factory=Counter)
+
+    def count_routed(self, category: Category, adapters: Iterable[str]) -> None:
+        self.published[category.value] += 1
+        for name in adapters:
+            self.routed[(category.value, name)] += 1
+
+    def count_delivered(self, adapter: str, records: Iterable[EventRecord]) -> None:
+        for record in records:
+            self.delivered[(record.category.value, adapter)] += 1
+
+    def count_failed(self, adapter: str, records: Iterable[EventRecord]) -> None:
+        for record in records:
+            self.failed[(record.category.value, adapter)] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """Per category and adapter, as JSON-able data."""
+        categories: dict[str, Any] = {}
+        for cat in Category:
+            adapters: dict[str, Any] = {}
+            names = {a for (c, a) in self.routed if c == cat.value} | {
+                a for (c, a) in self.delivered if c == cat.value
+            }
+            for name in sorted(names):
+                routed = self.routed[(cat.value, name)]
+                delivered = self.delivered[(cat.value, name)]
+                adapters[name] = {
+                    "routed": routed,
+                    "delivered": delivered,
+                    "failed": self.failed[(cat.value, name)],
+                }
+            categories[cat.value] = {"published": self.published[cat.value], "adapters": adapters}
+        return {"categories": categories}

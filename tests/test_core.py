@@ -1,0 +1,277 @@
+"""Broadcaster core: publish, routing into lanes, ordering, backpressure,
+failure isolation and recovery, with in-memory adapters and stores."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
+
+from broadcaster.adapters.memory import MemoryAdapter
+from broadcaster.core import Broadcaster
+from broadcaster.events import Category, EventRecord, seal
+from broadcaster.exceptions import (
+    AdapterUnavailable,
+    BroadcasterClosed,
+    FlushTimeout,
+    InvalidEvent,
+    StoreUnavailable,
+)
+from broadcaster.settings import load_settings
+from broadcaster.store.base import DeliveryState
+from broadcaster.store.memory import MemoryStore
+
+
+class GatedAdapter(MemoryAdapter):
+    """Holds every send until ``gate`` is set."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.gate = asyncio.Event()
+
+    async def send(self, batch: Sequence[EventRecord]) -> None:
+        await self.gate.wait()
+        await super().send(batch)
+
+
+class FlakyAdapter(MemoryAdapter):
+    """Fails the first ``failures`` sends."""
+
+    def __init__(self, name: str, failures: int) -> None:
+        super().__init__(name)
+        self.failures = failures
+        self.attempts = 0
+
+    async def send(self, batch: Sequence[EventRecord]) -> None:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise AdapterUnavailable(self.name, "connection refused")
+        await super().send(batch)
+
+
+class BrokenStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = True
+
+    async def append(self, items):  # type: ignore[no-untyped-def]
+        if self.broken:
+            raise StoreUnavailable("database or disk is full")
+        return await super().append(items)
+
+
+def make(
+    *adapters: MemoryAdapter, store: MemoryStore | None = None, **kwargs: object
+) -> Broadcaster:
+    settings = load_settings(env_file=None)
+    return Broadcaster(
+        settings,
+        adapters=list(adapters) or [MemoryAdapter("websocket"), MemoryAdapter("realtime")],
+        store=store or MemoryStore(),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def test_publish_returns_receipt_and_delivers_to_routed_adapters() -> None:
+    ws, rt = MemoryAdapter("websocket"), MemoryAdapter("realtime")
+    async with make(ws, rt) as b:
+        receipt = await b.publish("CRITICAL", "order.created", {"order": 42}, key="order-42")
+        perf = await b.publish("PERFORMANCE", "cpu.sample", {"cpu": 0.5})
+        await b.flush(timeout=5)
+    assert receipt.sequence_id == 1
+    assert len(receipt.event_id) == 26
+    assert receipt.checksum.algorithm == "sha256" and len(receipt.checksum.value) == 64
+    assert receipt.routed_to == ("websocket", "realtime")
+    assert perf.routed_to == ("websocket",)
+    assert perf.checksum.algorithm == "crc32"
+    assert ws.sequence_ids == [1, 2]
+    assert rt.sequence_ids == [1]
+    assert rt.events[0].wire == ws.events[0].wire
+
+
+async def test_invalid_event_consumes_no_sequence_id() -> None:
+    async with make() as b:
+        with pytest.raises(InvalidEvent) as info:
+            await b.publish("NOPE", "x", {})
+        assert info.value.field == "category"
+        with pytest.raises(InvalidEvent):
+            await b.publish("CRITICAL", "bad type!", {})
+        receipt = await b.publish("CRITICAL", "ok", {})
+    assert receipt.sequence_id == 1
+
+
+async def test_publish_many_validates_all_before_storing() -> None:
+    store = MemoryStore()
+    async with make(store=store) as b:
+        with pytest.raises(InvalidEvent) as info:
+            await b.publish_many(
+                [
+                    {"category": "SYSTEM", "event_type": "a", "payload": {}},
+                    {"category": "SYSTEM", "event_type": "b", "payload": [1]},
+                ]
+            )
+        assert info.value.index == 1 and info.value.field == "payload"
+        assert "event[1].payload" in str(info.value)
+        assert await store.last_sequence_id() == 0
+        with pytest.raises(InvalidEvent, match="event_type: is required"):
+            await b.publish_many([{"category": "SYSTEM", "payload": {}}])
+        with pytest.raises(InvalidEvent, match="colour: unknown field"):
+            await b.publish_many([{"category": "SYSTEM", "event_type": "a", "payload": {}, "colour": 1}])
+        receipts = await b.publish_many(
+            {"category": "SYSTEM", "event_type": f"e{i}", "payload": {"i": i}} for i in range(5)
+        )
+        assert [r.sequence_id for r in receipts] == [1, 2, 3, 4, 5]
+        assert await b.publish_many([]) == []
+
+
+async def test_concurrent_producers_get_unique_ordered_ids_and_lanes_keep_order() -> None:
+    ws, rt = MemoryAdapter("websocket"), MemoryAdapter("realtime")
+    async with make(ws, rt) as b:
+
+        async def producer(p: int) -> list[int]:
+            return [
+                (await b.publish("SYSTEM", "tick", {"p": p, "i": i})).sequence_id
+                for i in range(200)
+            ]
+
+        results = await asyncio.gather(*(producer(p) for p in range(5)))
+        await b.flush(timeout=5)
+    all_ids = sorted(i for r in results for i in r)
+    assert all_ids == list(range(1, 1001))
+    for ids in results:
+        assert ids == sorted(ids)
+    assert ws.sequence_ids == list(range(1, 1001))
+    assert rt.sequence_ids == list(range(1, 1001))
+
+
+async def test_slow_adapter_does_not_delay_the_other() -> None:
+    ws, rt = MemoryAdapter("websocket"), GatedAdapter("realtime")
+    async with make(ws, rt) as b:
+        for i in range(50):
+            await b.publish("CRITICAL", "e", {"i": i})
+        await asyncio.wait_for(b.lane("websocket").wait_idle(), 2)
+        assert ws.sequence_ids == list(range(1, 51))
+        assert rt.sequence_ids == []
+        assert b.lane("realtime").outstanding == 50
+        rt.gate.set()
+        await b.flush(timeout=5)
+    assert rt.sequence_ids == list(range(1, 51))
+
+
+async def test_failing_adapter_is_retried_until_delivered_and_failure_recorded() -> None:
+    ws, rt = MemoryAdapter("websocket"), FlakyAdapter("realtime", failures=3)
+    store = MemoryStore()
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        async with make(ws, rt, store=store) as b:
+            for i in range(20):
+                await b.publish("CRITICAL", "e", {"i": i})
+            await b.flush(timeout=10)
+            trace = await store.get(1)
+    assert sorted(rt.sequence_ids) == list(range(1, 21))
+    assert ws.sequence_ids == list(range(1, 21))
+    assert trace is not None and trace.states["realtime"] is DeliveryState.ACKED
+    assert b.stats.failed[("CRITICAL", "realtime")] >= 1
+    failures = [e for e in logs if e["event"] == "delivery failed; will retry"]
+    assert failures and all(e["adapter"] == "realtime" for e in failures)
+    assert "connection refused" in failures[0]["error"]
+
+
+async def test_backpressure_blocks_publish_and_never_drops() -> None:
+    ws = GatedAdapter("websocket")
+    async with make(ws, MemoryAdapter("realtime"), max_pending=10) as b:
+        receipts = [await b.publish("PERFORMANCE", "e", {"i": i}, key="k") for i in range(10)]
+        blocked = asyncio.create_task(b.publish("PERFORMANCE", "e", {"i": 10}, key="k"))
+        await asyncio.sleep(0.05)
+        assert not blocked.done()
+        ws.gate.set()
+        receipts.append(await asyncio.wait_for(blocked, 2))
+        await b.flush(timeout=5)
+    assert ws.sequence_ids == [r.sequence_id for r in receipts] == list(range(1, 12))
+
+
+async def test_store_unavailable_is_raised_and_publishing_resumes() -> None:
+    store = BrokenStore()
+    ws = MemoryAdapter("websocket")
+    with capture_logs() as logs:
+        async with make(ws, MemoryAdapter("realtime"), store=store) as b:
+            with pytest.raises(StoreUnavailable, match="disk is full"):
+                await b.publish("SYSTEM", "e", {"n": 1})
+            store.broken = False
+            receipt = await b.publish("SYSTEM", "e", {"n": 2})
+            await b.flush(timeout=5)
+    assert receipt.sequence_id == 1
+    assert ws.sequence_ids == [1]
+    errors = [e for e in logs if e["event"] == "publish failed: store unavailable"]
+    assert errors and errors[0]["category"] == "SYSTEM" and len(errors[0]["event_id"]) == 26
+
+
+async def test_start_resends_what_the_store_holds_undelivered() -> None:
+    store = MemoryStore()
+    ws, rt = MemoryAdapter("websocket"), MemoryAdapter("realtime")
+    async with make(ws, rt, store=store) as b:
+        for i in range(3):
+            await b.publish("CRITICAL", "e", {"i": i})
+        await b.flush(timeout=5)
+    # A previous run stored an event but never got it acknowledged by realtime.
+    await store.mark("realtime", [2], DeliveryState.FAILED, "timeout")
+    ws2, rt2 = MemoryAdapter("websocket"), MemoryAdapter("realtime")
+    async with make(ws2, rt2, store=store) as b:
+        await b.flush(timeout=5)
+    assert rt2.sequence_ids == [2]
+    assert ws2.sequence_ids == []
+
+
+async def test_flush_timeout_reports_pending() -> None:
+    rt = GatedAdapter("realtime")
+    b = make(MemoryAdapter("websocket"), rt)
+    await b.start()
+    try:
+        await b.publish("CRITICAL", "e", {})
+        with pytest.raises(FlushTimeout) as info:
+            await b.flush(timeout=0.05)
+        assert info.value.pending == 1
+    finally:
+        rt.gate.set()
+        await b.close()
+
+
+async def test_publish_when_not_running_raises() -> None:
+    b = make()
+    with pytest.raises(BroadcasterClosed):
+        await b.publish("CRITICAL", "e", {})
+    async with b:
+        pass
+    with pytest.raises(BroadcasterClosed):
+        await b.publish_many([{"category": "CRITICAL", "event_type": "e", "payload": {}}])
+
+
+async def test_routing_change_applies_to_next_event() -> None:
+    ws, rt = MemoryAdapter("websocket"), MemoryAdapter("realtime")
+    seen = []
+    async with make(ws, rt) as b:
+        b.on_routing_change(seen.append)
+        first = await b.publish("CRITICAL", "e", {})
+        b.set_routing(b.routing.with_override("websocket"))
+        second = await b.publish("CRITICAL", "e", {})
+        await b.flush(timeout=5)
+    assert first.routed_to == ("websocket", "realtime")
+    assert second.routed_to == ("websocket",)
+    assert seen and seen[0].override == "websocket"
+
+
+async def test_receipt_as_dict_and_records_match_store() -> None:
+    store = MemoryStore()
+    async with make(store=store) as b:
+        receipt = await b.publish("USER_ACTIVITY", "login", {"user": "é"}, key="u1")
+    stored = await store.get(receipt.sequence_id)
+    assert stored is not None
+    data = receipt.as_dict()
+    assert data["checksum"] == {"algorithm": "sha256", "value": stored.record.checksum}
+    assert data["category"] == "USER_ACTIVITY"
+    assert stored.record.category is Category.USER_ACTIVITY
+    # The default routing keeps USER_ACTIVITY on the primary only.
+    assert data["routed_to"] == ["websocket"]
+    assert seal  # imported for type checkers of helpers
