@@ -216,9 +216,9 @@ class Settings(BaseSettings):
             return value.lower() if info.field_name == "log_format" else value.upper()
         return value
 
-    @field_validator("supabase_url", mode="before")
+    @field_validator("supabase_url", "supabase_key", "broadcaster_admin_token", mode="before")
     @classmethod
-    def _empty_url(cls, value: object) -> object:
+    def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
     @classmethod

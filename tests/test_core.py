@@ -119,7 +119,9 @@ async def test_publish_many_validates_all_before_storing() -> None:
         with pytest.raises(InvalidEvent, match="event_type: is required"):
             await b.publish_many([{"category": "SYSTEM", "payload": {}}])
         with pytest.raises(InvalidEvent, match="colour: unknown field"):
-            await b.publish_many([{"category": "SYSTEM", "event_type": "a", "payload": {}, "colour": 1}])
+            await b.publish_many(
+                [{"category": "SYSTEM", "event_type": "a", "payload": {}, "colour": 1}]
+            )
         receipts = await b.publish_many(
             {"category": "SYSTEM", "event_type": f"e{i}", "payload": {"i": i}} for i in range(5)
         )

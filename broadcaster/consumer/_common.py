@@ -60,7 +60,8 @@ class ReceiptCollector:
         self.stats = ConsumerStats()
         self.seen: set[int] = set()
         self._track = track_seen
-        self._on_event = on_event
+        #: Called for every well-formed event; may be replaced at any time.
+        self.on_event = on_event
         self._on_receipt = on_receipt
         self._clock = clock
 
@@ -110,8 +111,8 @@ class ReceiptCollector:
                     consumer=self.consumer,
                 )
             )
-        if self._on_event is not None:
-            self._on_event(obj, ok)
+        if self.on_event is not None:
+            self.on_event(obj, ok)
         return ok
 
 

@@ -1,0 +1,127 @@
+"""The ``broadcaster`` command (SPEC 9).
+
+Exit codes: 0 success, 1 the command ran and found a problem, 2 bad
+configuration or arguments (one line on stderr naming the variable and value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+
+from .events import Category
+from .exceptions import ConfigError
+from .logs import configure_logging
+from .settings import Settings, load_settings
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+EXIT_CONFIG = 2
+
+
+def _categories(value: str) -> list[str]:
+    names = [part.strip().upper() for part in value.split(",") if part.strip()]
+    for name in names:
+        if name not in Category.__members__:
+            raise argparse.ArgumentTypeError(
+                f"unknown category {name!r}; expected some of {','.join(Category)}"
+            )
+    return names
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="broadcaster",
+        description="Event-streaming dual-write broadcaster (WebSocket + Supabase Realtime).",
+    )
+    parser.add_argument(
+        "--env-file", default=".env", help="read settings from this file too (default: .env)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run the whole system locally and print a summary")
+    demo.add_argument("--seconds", type=float, default=6.0, help="how long to publish")
+    demo.add_argument("--rate", type=float, default=2000.0, help="target events per second")
+
+    config = sub.add_parser("config", help="show or check the configuration")
+    config.add_argument("action", choices=["show", "check"])
+
+    subscribe = sub.add_parser("subscribe", help="tail the WebSocket stream, verifying checksums")
+    subscribe.add_argument("--url", help="ws://host:port/events (default: from settings)")
+    subscribe.add_argument(
+        "--categories", type=_categories, help="comma list, e.g. CRITICAL,SYSTEM"
+    )
+    subscribe.add_argument("--limit", type=int, help="stop after this many events")
+
+    server = sub.add_parser(
+        "realtime-server", help="run the local Realtime-protocol server on its own"
+    )
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=54321)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    return load_settings(args.env_file)
+
+
+def _config(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "show":
+        print(json.dumps(settings.effective(), indent=2, sort_keys=True))
+    else:
+        print("configuration OK")
+    return EXIT_OK
+
+
+def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
+    from .consumer.websocket import tail
+
+    url = args.url or f"ws://{settings.websocket_host}:{settings.websocket_port}/events"
+    try:
+        stats = asyncio.run(tail(url, args.categories, sys.stdout, limit=args.limit))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_PROBLEM if stats.mismatches or stats.malformed else EXIT_OK
+
+
+def _realtime_server(args: argparse.Namespace) -> int:
+    from .realtime_server import main as server_main
+
+    return server_main(["--host", args.host, "--port", str(args.port)])
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from .demo import run_demo
+
+    try:
+        summary = asyncio.run(run_demo(settings, seconds=args.seconds, rate=args.rate))
+    except KeyboardInterrupt:
+        return EXIT_PROBLEM
+    return EXIT_OK if summary.ok else EXIT_PROBLEM
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``broadcaster`` console script."""
+    args = _parser().parse_args(argv)
+    if args.command == "realtime-server":
+        return _realtime_server(args)
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log_format, settings.log_level)
+    if args.command == "config":
+        return _config(args, settings)
+    if args.command == "subscribe":
+        return _subscribe(args, settings)
+    return _demo(args, settings)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
