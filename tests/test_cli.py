@@ -1,0 +1,66 @@
+"""The ``broadcaster`` command: exit codes and output (SPEC 9)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from broadcaster.cli import main
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    full_env = {k: v for k, v in os.environ.items()} | (env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "broadcaster", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=60,
+    )
+
+
+def test_config_check_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "check"]) == 0
+    assert "configuration OK" in capsys.readouterr().out
+
+
+def test_config_show_prints_effective_configuration_with_secrets_masked(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SUPABASE_KEY", "very-secret")
+    monkeypatch.setenv("DUAL_WRITE_PERFORMANCE_PERCENTAGE", "75")
+    assert main(["config", "show"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["categories"]["PERFORMANCE"]["percentage"] == 75
+    assert data["supabase_key"] == "********"
+
+
+def test_bad_configuration_exits_2_with_one_line_naming_variable_and_value() -> None:
+    result = run("config", "check", env={"DUAL_WRITE_CRITICAL_PERCENTAGE": "150"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "DUAL_WRITE_CRITICAL_PERCENTAGE=150" in lines[0]
+
+
+def test_bad_configuration_from_env_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env_file = tmp_path / "custom.env"
+    env_file.write_text("DUAL_WRITE_GLOBAL_OVERRIDE=kafka\n")
+    assert main(["--env-file", str(env_file), "config", "check"]) == 2
+    err = capsys.readouterr().err
+    assert "DUAL_WRITE_GLOBAL_OVERRIDE=kafka" in err
+
+
+def test_bad_arguments_exit_2() -> None:
+    assert run("no-such-command").returncode == 2
+    result = run("subscribe", "--categories", "CRITICAL,BOGUS")
+    assert result.returncode == 2
+    assert "BOGUS" in result.stderr
