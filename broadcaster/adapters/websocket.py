@@ -1,0 +1,423 @@
+"""The legacy delivery path: a WebSocket fan-out server (SPEC 7).
+
+Clients connect to ``ws://HOST:PORT/events`` and may filter with
+``?categories=CRITICAL,SYSTEM`` (case-insensitive). Every event is one JSON
+text frame holding exactly :attr:`EventRecord.wire`; frames to one connection
+follow sequence order.
+
+Delivery model: :meth:`WebSocketAdapter.send` writes the batch to every open,
+matching connection's transport and returns. That is this adapter's "ack":
+the frames are in each current subscriber's socket buffer. Nothing is awaited
+per subscriber, so one slow or vanished subscriber cannot stall the others or
+the broadcaster; instead a connection whose unsent backlog exceeds
+``max_buffer_bytes`` is closed with code 1013 ("subscriber too slow"). Events a
+subscriber misses that way show up in reconciliation (SPEC 5) — the fan-out
+never buffers without bound on a subscriber's behalf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+from urllib.parse import parse_qsl, urlsplit
+
+import structlog
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from ..events import Category, EventRecord
+from ..exceptions import AdapterUnavailable
+from .base import Adapter, AdapterHealth
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+__all__ = ["EVENTS_PATH", "SubscriberInfo", "WebSocketAdapter", "parse_categories"]
+
+#: The one path the fan-out serves.
+EVENTS_PATH: Final = "/events"
+
+#: Close code and reason sent to a subscriber that cannot keep up (RFC 6455 1013,
+#: "try again later": the client may reconnect and catch up via reconciliation).
+SLOW_CLOSE_CODE: Final = CloseCode.TRY_AGAIN_LATER
+SLOW_CLOSE_REASON: Final = "subscriber too slow"
+
+# Subscribers only send control frames (pongs, close); anything bigger is abuse.
+_MAX_INCOMING_BYTES: Final = 64 * 1024
+
+log = structlog.get_logger("broadcaster.adapters.websocket", adapter="websocket")
+
+
+def parse_categories(raw: str | None) -> frozenset[Category] | None:
+    """Parse a ``categories`` filter value: comma-separated, case-insensitive.
+
+    ``None`` (no filter) returns ``None``, meaning every category. Raises
+    :class:`ValueError` naming the offending value for an unknown category or
+    an empty list.
+    """
+    if raw is None:
+        return None
+    names = [part.strip().upper() for part in raw.split(",") if part.strip()]
+    if not names:
+        raise ValueError("categories is empty; omit it to receive every category")
+    selected: set[Category] = set()
+    for name in names:
+        try:
+            selected.add(Category(name))
+        except ValueError:
+            raise ValueError(
+                f"unknown category {name!r}; expected a comma-separated list of "
+                f"{', '.join(Category)}"
+            ) from None
+    return frozenset(selected)
+
+
+def _filter_from_path(path: str) -> frozenset[Category] | None:
+    """The category filter of a request path; ``ValueError``/``LookupError`` if bad."""
+    parts = urlsplit(path)
+    if parts.path != EVENTS_PATH:
+        raise LookupError(f"no such path {parts.path!r}; the event stream is at {EVENTS_PATH}")
+    values: list[str] = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name != "categories":
+            # Strict on purpose: a typo such as ?category=CRITICAL must not
+            # silently subscribe to every category.
+            raise ValueError(f"unknown query parameter {name!r}; only 'categories' is supported")
+        values.append(value)
+    if not values:
+        return None
+    return parse_categories(",".join(values))
+
+
+def _describe(categories: frozenset[Category] | None) -> tuple[str, ...] | None:
+    return None if categories is None else tuple(sorted(c.value for c in categories))
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberInfo:
+    """A snapshot of one connected subscriber (for health, admin and tests)."""
+
+    remote: str
+    categories: tuple[str, ...] | None
+    frames_sent: int
+    connected_at: float
+
+
+class _Subscriber:
+    """Per-connection state kept by the adapter."""
+
+    __slots__ = ("abort_handle", "categories", "connected_at", "frames_sent", "remote")
+
+    def __init__(self, remote: str, categories: frozenset[Category] | None) -> None:
+        self.remote = remote
+        self.categories = categories
+        self.frames_sent = 0
+        self.connected_at = time.time()
+        self.abort_handle: asyncio.TimerHandle | None = None
+
+    def info(self) -> SubscriberInfo:
+        return SubscriberInfo(
+            self.remote, _describe(self.categories), self.frames_sent, self.connected_at
+        )
+
+
+def _remote(connection: ServerConnection) -> str:
+    address = connection.remote_address
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address)
+
+
+class WebSocketAdapter(Adapter):
+    """WebSocket fan-out server at ``ws://host:port/events``.
+
+    ``port=0`` binds a free port; read it back from :attr:`port` / :attr:`url`
+    after :meth:`start`. A subscriber whose unsent backlog exceeds
+    ``max_buffer_bytes`` is sent close code 1013 and aborted after
+    ``close_timeout`` seconds if it has not gone by then. ``ping_interval`` /
+    ``ping_timeout`` drive keepalive pings that detect peers which vanished
+    without closing their socket (``None`` disables them).
+
+    :meth:`send` never waits on a subscriber; see the module docstring.
+    """
+
+    name = "websocket"
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8765,
+        *,
+        max_buffer_bytes: int = 16 * 2**20,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        close_timeout: float = 2.0,
+    ) -> None:
+        if max_buffer_bytes < 1:
+            raise ValueError("max_buffer_bytes must be positive")
+        self.host = host
+        self._port = port
+        self._max_buffer = max_buffer_bytes
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._close_timeout = close_timeout
+        self._server: Server | None = None
+        # Connections that receive events. A dropped connection leaves this
+        # dict at once, and ``_connections`` when its handler ends.
+        self._live: dict[ServerConnection, _Subscriber] = {}
+        self._connections: dict[ServerConnection, _Subscriber] = {}
+        # Set whenever a subscriber joins or leaves (never on the hot path).
+        self._membership = asyncio.Event()
+        self._frames_sent = 0
+        self._dropped_slow = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WebSocketAdapter:
+        """Build from ``WEBSOCKET_HOST`` / ``WEBSOCKET_PORT``."""
+        return cls(settings.websocket_host, settings.websocket_port)
+
+    # -- addresses -------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The bound port once started (the configured one before)."""
+        if self._server is not None:
+            for sock in self._server.sockets:
+                return int(sock.getsockname()[1])
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port/events``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}{EVENTS_PATH}"
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind and serve. Raises :class:`AdapterUnavailable` naming ``host:port``
+        if the address cannot be bound (port in use, bad host). Idempotent."""
+        if self._server is not None:
+            return
+        try:
+            self._server = await serve(
+                self._handler,
+                self.host,
+                self._port,
+                process_request=self._process_request,
+                # Compression would cost CPU per frame per subscriber on the
+                # hot path, and hide the real backlog size from the buffer check.
+                compression=None,
+                ping_interval=self._ping_interval,
+                ping_timeout=self._ping_timeout,
+                close_timeout=self._close_timeout,
+                max_size=_MAX_INCOMING_BYTES,
+                # Flow control only pauses websockets' own writers (keepalive
+                # pings, close); with the high-water mark at our limit a backlog
+                # below it never blocks a ping, so keepalive still detects
+                # vanished peers. Our writes bypass drain() by design.
+                write_limit=self._max_buffer,
+            )
+        except OSError as exc:
+            raise AdapterUnavailable(
+                self.name, f"cannot listen on {self.host}:{self._port}: {exc.strerror or exc}"
+            ) from exc
+        log.info("websocket server started", url=self.url, max_buffer_bytes=self._max_buffer)
+
+    async def close(self) -> None:
+        """Close every connection (code 1001) and stop listening. Idempotent.
+
+        Connections that do not finish the closing handshake within
+        ``close_timeout`` (stalled peers) are aborted.
+        """
+        server = self._server
+        if server is None:
+            return
+        url = self.url
+        self._server = None
+        self._live.clear()
+        self._membership.set()
+        server.close(close_connections=True)
+        try:
+            async with asyncio.timeout(self._close_timeout + 1.0):
+                await server.wait_closed()
+        except TimeoutError:
+            # A peer that stopped reading cannot take even a close frame.
+            for connection in list(self._connections):
+                connection.transport.abort()
+            await server.wait_closed()
+        for sub in self._connections.values():
+            if sub.abort_handle is not None:
+                sub.abort_handle.cancel()
+        self._connections.clear()
+        log.info("websocket server stopped", url=url)
+
+    def health(self) -> AdapterHealth:
+        """``connected`` while serving; ``extra`` has subscriber and frame counts."""
+        serving = self._server is not None and self._server.is_serving()
+        return AdapterHealth(
+            name=self.name,
+            connected=serving,
+            detail=self.url if serving else "not serving",
+            extra={
+                "subscribers": len(self._live),
+                "frames_sent": self._frames_sent,
+                "dropped_slow": self._dropped_slow,
+            },
+        )
+
+    # -- subscribers -----------------------------------------------------------
+
+    @property
+    def subscriber_count(self) -> int:
+        """Connections currently receiving events."""
+        return len(self._live)
+
+    def subscribers(self) -> list[SubscriberInfo]:
+        """Snapshot of the connections currently receiving events."""
+        return [sub.info() for sub in self._live.values()]
+
+    async def wait_for_subscribers(self, count: int) -> None:
+        """Wait until exactly ``count`` subscribers are connected (tests, demo).
+
+        Bound it with ``asyncio.timeout(...)``; it waits for ever otherwise.
+        """
+        while len(self._live) != count:
+            self._membership.clear()
+            await self._membership.wait()
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        # Refuse bad paths and filters at the HTTP handshake, so a client
+        # learns what is wrong from the status and body rather than a close.
+        try:
+            _filter_from_path(request.path)
+        except LookupError as exc:
+            return connection.respond(http.HTTPStatus.NOT_FOUND, f"{exc}\n")
+        except ValueError as exc:
+            return connection.respond(http.HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        return None
+
+    async def _handler(self, connection: ServerConnection) -> None:
+        # _process_request already validated the path, so this cannot fail.
+        categories = _filter_from_path(connection.request.path if connection.request else "")
+        sub = _Subscriber(_remote(connection), categories)
+        # Registered before the first await: a client whose handshake has
+        # completed gets every event sent after that.
+        self._live[connection] = sub
+        self._connections[connection] = sub
+        self._membership.set()
+        log.info("subscriber connected", remote=sub.remote, categories=_describe(categories))
+        try:
+            # Subscribers have nothing to say; reading (and discarding) keeps
+            # pongs and the close handshake flowing and ends when the peer goes.
+            async for _ in connection:
+                pass
+        except ConnectionClosed:
+            pass
+        finally:
+            self._forget(connection)
+            self._connections.pop(connection, None)
+            if sub.abort_handle is not None:
+                sub.abort_handle.cancel()
+            rcvd = connection.protocol.close_rcvd
+            sent = connection.protocol.close_sent
+            log.info(
+                "subscriber disconnected",
+                remote=sub.remote,
+                categories=_describe(categories),
+                frames_sent=sub.frames_sent,
+                close_code_received=rcvd.code if rcvd else None,
+                close_code_sent=sent.code if sent else None,
+            )
+
+    def _forget(self, connection: ServerConnection) -> None:
+        if self._live.pop(connection, None) is not None:
+            self._membership.set()
+
+    # -- delivery --------------------------------------------------------------
+
+    async def send(self, batch: Sequence[EventRecord]) -> None:
+        """Write ``batch`` to every open subscriber whose filter matches; return.
+
+        Never suspends: the frames are written synchronously, so batches reach
+        each connection in the order ``send`` was called (the ordering
+        contract of :class:`Adapter` holds without a lock). Raises
+        :class:`AdapterUnavailable` when the server is not running. Having no
+        subscribers is not an error.
+        """
+        if self._server is None:
+            raise AdapterUnavailable(self.name, "server not started")
+        if not batch or not self._live:
+            return
+        every: list[bytes] | None = None
+        by_filter: dict[frozenset[Category], list[bytes]] = {}
+        # Copy: a write failure or a slow drop removes entries as we go.
+        for connection, sub in list(self._live.items()):
+            wanted = sub.categories
+            if wanted is None:
+                if every is None:
+                    every = [record.wire for record in batch]
+                frames = every
+            else:
+                selected = by_filter.get(wanted)
+                if selected is None:
+                    selected = [r.wire for r in batch if r.category in wanted]
+                    by_filter[wanted] = selected
+                frames = selected
+            if frames:
+                self._write(connection, sub, frames)
+
+    def _write(self, connection: ServerConnection, sub: _Subscriber, frames: list[bytes]) -> None:
+        transport = connection.transport
+        protocol = connection.protocol
+        if protocol.state is not State.OPEN or transport.is_closing():
+            # Closing: the handler will notice; stop feeding it now.
+            self._forget(connection)
+            return
+        try:
+            send_text = protocol.send_text
+            for wire in frames:
+                # The wire bytes are already UTF-8 JSON: framed as-is, never
+                # decoded or re-encoded.
+                send_text(wire)
+            # One flush per connection per batch; no drain(): waiting for one
+            # subscriber's socket would stall every other one.
+            connection.send_data()
+        except Exception as exc:  # OSError from the transport, InvalidState
+            self._forget(connection)
+            log.warning("subscriber write failed", remote=sub.remote, error=repr(exc))
+            transport.abort()
+            return
+        sub.frames_sent += len(frames)
+        self._frames_sent += len(frames)
+        backlog = transport.get_write_buffer_size()
+        if backlog > self._max_buffer:
+            self._drop_slow(connection, sub, backlog)
+
+    def _drop_slow(self, connection: ServerConnection, sub: _Subscriber, backlog: int) -> None:
+        self._forget(connection)
+        self._dropped_slow += 1
+        log.warning(
+            "subscriber too slow; closing",
+            remote=sub.remote,
+            categories=_describe(sub.categories),
+            backlog_bytes=backlog,
+            max_buffer_bytes=self._max_buffer,
+            frames_sent=sub.frames_sent,
+        )
+        # The close frame queues behind the backlog: a slow-but-alive reader
+        # still learns why (1013) and can reconnect.
+        connection.protocol.send_close(SLOW_CLOSE_CODE, SLOW_CLOSE_REASON)
+        connection.send_data()
+        # A stalled peer will never read that far: abort after a grace period
+        # so its backlog is freed instead of held until keepalive gives up.
+        sub.abort_handle = asyncio.get_running_loop().call_later(
+            self._close_timeout, connection.transport.abort
+        )
