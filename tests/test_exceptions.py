@@ -1,0 +1,165 @@
+"""The error tree: one root, the hierarchy drawn in the module docstring is
+the real one, and each error carries its data."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import broadcaster.exceptions as exc_module
+from broadcaster.exceptions import (
+    AdapterError,
+    AdapterRejected,
+    AdapterTimeout,
+    AdapterUnavailable,
+    BroadcasterClosed,
+    BroadcasterError,
+    ChecksumMismatch,
+    ConfigError,
+    FlushTimeout,
+    FrameError,
+    InvalidEvent,
+    StoreError,
+    StoreUnavailable,
+)
+
+
+def _docstring_tree() -> dict[str, str | None]:
+    """Parse the ``::`` tree of the module docstring into {class: parent}."""
+    doc = exc_module.__doc__
+    assert doc is not None
+    lines = [line for line in doc.split("::", 1)[1].splitlines() if line.strip()]
+    margin = min(len(line) - len(line.lstrip(" ")) for line in lines)
+    parents: dict[str, str | None] = {}
+    stack: list[tuple[int, str]] = []  # (depth, name) of the open ancestors
+    for raw in lines:
+        line = raw[margin:]
+        branch = re.match(r"^([ │]*)[├└]── (\w+)", line)
+        if branch:
+            depth, name = len(branch.group(1)) // 4 + 1, branch.group(2)
+        elif re.fullmatch(r"\w+", line.strip()) and not line.startswith(" "):
+            depth, name = 0, line.strip()
+        else:
+            continue  # a wrapped description line
+        while stack and stack[-1][0] >= depth:
+            stack.pop()
+        parents[name] = stack[-1][1] if stack else None
+        stack.append((depth, name))
+    return parents
+
+
+def _local_base(cls: type) -> str | None:
+    """The one base class from this module (the others are builtins)."""
+    local = [b.__name__ for b in cls.__bases__ if b.__module__ == exc_module.__name__]
+    assert len(local) <= 1, f"{cls.__name__} has several package bases: {local}"
+    return local[0] if local else None
+
+
+def test_every_exported_class_derives_from_the_root() -> None:
+    for name in exc_module.__all__:
+        cls = getattr(exc_module, name)
+        assert isinstance(cls, type)
+        assert issubclass(cls, BroadcasterError), name
+        assert issubclass(cls, Exception)
+
+
+def test_all_lists_every_exception_class_of_the_module() -> None:
+    defined = {
+        name
+        for name, value in vars(exc_module).items()
+        if isinstance(value, type) and issubclass(value, BaseException)
+        if value.__module__ == exc_module.__name__
+    }
+    assert defined == set(exc_module.__all__)
+
+
+def test_docstring_tree_matches_the_class_hierarchy() -> None:
+    tree = _docstring_tree()
+    assert set(tree) == set(exc_module.__all__)
+    assert tree["BroadcasterError"] is None
+    for name, parent in tree.items():
+        cls = getattr(exc_module, name)
+        assert _local_base(cls) == parent, f"{name}: docstring says {parent}"
+        if parent is not None:
+            assert getattr(exc_module, parent) in cls.__mro__
+
+
+def test_tree_parser_sees_nesting() -> None:
+    # Guard the parser itself: a flat parse would make the comparison above weak.
+    tree = _docstring_tree()
+    assert tree["StoreUnavailable"] == "StoreError"
+    assert tree["ChecksumMismatch"] == "FrameError"
+    assert tree["AdapterTimeout"] == "AdapterError"
+    assert tree["FrameError"] == "BroadcasterError"
+
+
+@pytest.mark.parametrize(
+    ("cls", "builtin"),
+    [
+        (InvalidEvent, ValueError),
+        (ConfigError, ValueError),
+        (BroadcasterClosed, RuntimeError),
+        (FlushTimeout, TimeoutError),
+        (FrameError, ValueError),
+        (ChecksumMismatch, ValueError),
+    ],
+)
+def test_builtin_bases_for_generic_handlers(cls: type, builtin: type) -> None:
+    assert issubclass(cls, builtin)
+
+
+def test_invalid_event_carries_field_reason_and_index() -> None:
+    error = InvalidEvent("payload", "too big")
+    assert (error.field, error.reason, error.index) == ("payload", "too big", None)
+    assert str(error) == "payload: too big"
+    located = error.at(3)
+    assert located is not error
+    assert (located.field, located.reason, located.index) == ("payload", "too big", 3)
+    assert str(located) == "event[3].payload: too big"
+    assert error.index is None  # the original is unchanged
+
+
+def test_config_error_carries_variable_and_value() -> None:
+    error = ConfigError("WEBSOCKET_PORT", 70000, "too large")
+    assert (error.variable, error.value, error.reason) == ("WEBSOCKET_PORT", 70000, "too large")
+    assert str(error) == "WEBSOCKET_PORT=70000: too large"
+
+
+def test_flush_timeout_carries_pending_and_timeout() -> None:
+    error = FlushTimeout(7, 1.5)
+    assert (error.pending, error.timeout) == (7, 1.5)
+    assert "7" in str(error) and "1.5" in str(error)
+
+
+def test_store_unavailable_carries_reason() -> None:
+    error = StoreUnavailable("disk full")
+    assert error.reason == "disk full"
+    assert isinstance(error, StoreError)
+    assert str(error) == "store unavailable: disk full"
+
+
+@pytest.mark.parametrize("cls", [AdapterError, AdapterUnavailable, AdapterTimeout, AdapterRejected])
+def test_adapter_errors_carry_adapter(cls: type[AdapterError]) -> None:
+    error = cls("realtime", "no ack")
+    assert (error.adapter, error.reason) == ("realtime", "no ack")
+    assert str(error) == "realtime: no ack"
+    assert isinstance(error, AdapterError)
+
+
+def test_checksum_mismatch_carries_its_data() -> None:
+    error = ChecksumMismatch(42, "crc32", "cbf43926", "00000000")
+    assert (error.sequence_id, error.algorithm, error.expected, error.actual) == (
+        42,
+        "crc32",
+        "cbf43926",
+        "00000000",
+    )
+    message = str(error)
+    assert "42" in message and "cbf43926" in message and "00000000" in message
+    assert isinstance(error, FrameError)
+
+
+def test_broadcaster_closed_is_catchable_as_root() -> None:
+    with pytest.raises(BroadcasterError):
+        raise BroadcasterClosed("closed")
