@@ -151,7 +151,21 @@ class Broadcaster:
     @classmethod
     def from_env(cls, env_file: str | None = ".env", **kwargs: Any) -> Broadcaster:
         """Build from the environment (and ``env_file``). Raises ConfigError."""
-        return cls(load_settings(env_file), **kwargs)
+        settings = load_settings(env_file)
+        table = settings.routing_table()
+        log.info(
+            "configuration loaded",
+            env_file=env_file,
+            dual_write_enabled=table.enabled,
+            primary=table.primary,
+            override=table.override,
+            categories={
+                cat.value: f"{'on' if r.enabled else 'off'} {r.percentage}% {','.join(r.adapters)}"
+                for cat, r in table.categories.items()
+            },
+            store_url=settings.store_url,
+        )
+        return cls(settings, **kwargs)
 
     async def _build_adapters(self) -> list[Adapter]:
         if self._injected_adapters is not None:
