@@ -1,25 +1,75 @@
-"""Event stores. :func:`open_store` picks the backend from ``STORE_URL``."""
+"""Event stores. :func:`store_from_url` picks the backend from ``STORE_URL``."""
 
 from __future__ import annotations
 
-from .base import ConsumerReceipt, DeliveryState, Store, StoredEvent
+from urllib.parse import parse_qs, urlsplit
+
+from .base import UNDELIVERED_STATES, ConsumerReceipt, DeliveryState, Store, StoredEvent
 from .memory import MemoryStore
+from .postgres import PostgresStore
+from .sqlite import SQLiteStore
 
 __all__ = [
+    "UNDELIVERED_STATES",
     "ConsumerReceipt",
     "DeliveryState",
     "MemoryStore",
+    "PostgresStore",
+    "SQLiteStore",
     "Store",
     "StoredEvent",
     "store_from_url",
 ]
 
+_SQLITE_OPTIONS = frozenset({"synchronous", "busy_timeout_ms"})
+
+
+def _sqlite_from_url(url: str) -> SQLiteStore:
+    # SQLAlchemy's convention: sqlite:///relative/path, sqlite:////absolute/path.
+    parts = urlsplit(url)
+    if parts.netloc:
+        raise ValueError(
+            f"unsupported STORE_URL {url!r}: sqlite URLs have no host (sqlite:///path)"
+        )
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if not path:
+        raise ValueError(f"unsupported STORE_URL {url!r}: no database path (sqlite:///path)")
+    options = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
+    unknown = set(options) - _SQLITE_OPTIONS
+    if unknown:
+        raise ValueError(
+            f"unsupported STORE_URL {url!r}: unknown option(s) {', '.join(sorted(unknown))};"
+            f" known: {', '.join(sorted(_SQLITE_OPTIONS))}"
+        )
+    synchronous = options.get("synchronous", ["NORMAL"])[-1]
+    busy = options.get("busy_timeout_ms", ["5000"])[-1]
+    try:
+        busy_ms = int(busy)
+    except ValueError:
+        raise ValueError(f"unsupported STORE_URL {url!r}: busy_timeout_ms={busy!r}") from None
+    try:
+        return SQLiteStore(path, synchronous=synchronous, busy_timeout_ms=busy_ms)
+    except ValueError as exc:
+        raise ValueError(f"unsupported STORE_URL {url!r}: {exc}") from None
+
 
 def store_from_url(url: str) -> Store:
-    """The store for ``url`` (not yet opened): ``memory://``, ``sqlite:///path``
-    or ``postgresql://...``. Raises ``ValueError`` for an unknown scheme."""
-    if url == "memory://" or url.startswith("memory:"):
+    """The store for ``url`` (not yet opened). Raises ``ValueError`` naming a bad URL.
+
+    * ``memory://`` — in-process, not durable (tests, benchmarks).
+    * ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` — the
+      embedded default; options ``?synchronous=normal|full`` (``full`` survives
+      power loss, ``normal`` a process crash) and ``?busy_timeout_ms=N``.
+    * ``postgresql://...`` or ``postgres://...`` — a libpq URL, for several
+      broadcaster processes sharing one store.
+    """
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme == "memory":
         return MemoryStore()
+    if scheme == "sqlite":
+        return _sqlite_from_url(url)
+    if scheme in ("postgresql", "postgres"):
+        return PostgresStore(url)
     raise ValueError(
-        f"unsupported STORE_URL {url!r}: expected memory://, sqlite:/// or postgresql://"
+        f"unsupported STORE_URL {url!r}: expected memory://, sqlite:///path or postgresql://..."
     )

@@ -1,0 +1,606 @@
+"""The embedded event store: one SQLite file in WAL mode (``sqlite:///./broadcaster.db``).
+
+What a caller must know:
+
+* **Durability.** ``append`` returns once its transaction is committed. With the
+  default ``synchronous="NORMAL"`` in WAL mode a committed transaction survives
+  a crash of the process (even ``SIGKILL``): the WAL frames are in the operating
+  system's page cache and are replayed when the file is next opened. It does
+  *not* survive a power loss or kernel crash, which can drop the last
+  transactions (never corrupt the file). ``synchronous="FULL"``
+  (``sqlite:///path?synchronous=full``) fsyncs the WAL on every commit and
+  survives power loss too, at the price of one fsync per ``append``/``mark``.
+* **Threads.** sqlite3 is blocking, so every statement runs on one dedicated
+  worker thread that owns the connection; the event loop only awaits futures.
+* **Batching.** One transaction per ``append`` call (all or nothing); concurrent
+  ``mark`` calls are coalesced into one transaction (group commit).
+* **Sequence ids** come from a high-water mark kept in the ``meta`` table and
+  updated in the same transaction as the inserts, so they are strictly
+  increasing and never reused: not after a crash, not after old rows are
+  pruned. A failed ``append`` consumes no id.
+* **Errors.** ``sqlite3.OperationalError`` (disk full, file locked, unwritable,
+  unopenable) is raised as :class:`~broadcaster.exceptions.StoreUnavailable`;
+  other sqlite errors (corrupt file, schema newer than this code) as
+  :class:`~broadcaster.exceptions.StoreError`. Nothing of a failed call is kept.
+* **One writer process.** Several processes may open the file (ids stay unique
+  because the high-water mark is read inside the write transaction), but SQLite
+  serialises their writes; use PostgreSQL for several broadcaster processes.
+
+Schema (``SCHEMA_VERSION`` in ``meta``; created and migrated by :meth:`SQLiteStore.open`)::
+
+    meta(key TEXT PRIMARY KEY, value INTEGER)     -- schema_version, last_sequence_id
+    events(sequence_id INTEGER PRIMARY KEY, event_id, category, event_type,
+           created_at_ms, routed_to TEXT  -- JSON array, routing order
+           , wire BLOB)                   -- the sealed JSON frame
+    deliveries(sequence_id, adapter, state, error, updated_at_ms,
+               PRIMARY KEY (sequence_id, adapter)) WITHOUT ROWID
+        + partial index deliveries_undelivered(adapter, sequence_id)
+          WHERE state IN ('queued', 'failed', 'pending')
+    receipts(id INTEGER PRIMARY KEY, sequence_id, adapter, event_type,
+             received_at_ms, checksum, checksum_ok, consumer)  -- duplicates kept
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Final, NamedTuple, TypeVar
+
+import orjson
+import structlog
+
+from ..events import EventDraft, EventRecord, record_from_wire, seal
+from ..exceptions import StoreError, StoreUnavailable
+from .base import ConsumerReceipt, DeliveryState, Store, StoredEvent
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SYNCHRONOUS_MODES",
+    "GroupCommit",
+    "MarkRequest",
+    "SQLiteStore",
+]
+
+_T = TypeVar("_T")
+# Row shapes as sqlite3 returns them.
+_EventRow = tuple[bytes, str, int]  # wire, routed_to, created_at_ms
+_DeliveryRow = tuple[str, str, str | None]  # adapter, state, error
+_ReceiptRow = tuple[int, str, str, int, str, int, str]
+
+_log = structlog.get_logger("broadcaster.store.sqlite").bind(store="sqlite")
+
+#: Accepted values of the ``synchronous`` pragma (see the module docstring).
+SYNCHRONOUS_MODES: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+#: The SQL of the undelivered states; must match ``UNDELIVERED_STATES`` in base.py.
+#: Spelled out literally so the partial index below is usable by the query planner.
+_UNDELIVERED_SQL: Final = "('queued', 'failed', 'pending')"
+
+#: Ordered schema migrations: migration ``n`` (1-based) brings the schema from
+#: version ``n - 1`` to ``n``. Append new tuples for new tables (reconciliation
+#: results, audit trail, runtime config); never edit a released one.
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    # 1: the outbox — events with their routing, per-adapter delivery state.
+    (
+        """CREATE TABLE events (
+            sequence_id   INTEGER PRIMARY KEY,
+            event_id      TEXT    NOT NULL,
+            category      TEXT    NOT NULL,
+            event_type    TEXT    NOT NULL,
+            created_at_ms INTEGER NOT NULL,
+            routed_to     TEXT    NOT NULL,
+            wire          BLOB    NOT NULL
+        )""",
+        # WITHOUT ROWID: the (sequence_id, adapter) key is the row; appends land
+        # at the right edge of one b-tree instead of a table plus an index.
+        """CREATE TABLE deliveries (
+            sequence_id   INTEGER NOT NULL,
+            adapter       TEXT    NOT NULL,
+            state         TEXT    NOT NULL,
+            error         TEXT,
+            updated_at_ms INTEGER NOT NULL,
+            PRIMARY KEY (sequence_id, adapter)
+        ) WITHOUT ROWID""",
+    ),
+    # 2: consumer receipts, and the index that makes undelivered() cheap with
+    # millions of acknowledged rows: it only holds rows still to deliver.
+    (
+        """CREATE TABLE receipts (
+            id             INTEGER PRIMARY KEY,
+            sequence_id    INTEGER NOT NULL,
+            adapter        TEXT    NOT NULL,
+            event_type     TEXT    NOT NULL,
+            received_at_ms INTEGER NOT NULL,
+            checksum       TEXT    NOT NULL,
+            checksum_ok    INTEGER NOT NULL,
+            consumer       TEXT    NOT NULL
+        )""",
+        "CREATE INDEX receipts_sequence_id ON receipts (sequence_id)",
+        f"""CREATE INDEX deliveries_undelivered ON deliveries (adapter, sequence_id)
+            WHERE state IN {_UNDELIVERED_SQL}""",
+    ),
+)
+
+#: The schema version this code writes.
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+_META_DDL: Final = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+
+_INSERT_EVENT: Final = (
+    "INSERT INTO events (sequence_id, event_id, category, event_type, created_at_ms,"
+    " routed_to, wire) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+# One statement per distinct routing in the batch: ids x adapters expanded in
+# SQL rather than bound row by row from Python (several times faster).
+_INSERT_DELIVERIES: Final = (
+    "INSERT INTO deliveries (sequence_id, adapter, state, updated_at_ms)"
+    " SELECT i.value, a.value, 'queued', ?1 FROM json_each(?2) AS i CROSS JOIN json_each(?3) AS a"
+)
+# COALESCE keeps the last error when a later state (acked) carries none.
+_MARK: Final = (
+    "UPDATE deliveries SET state = ?1, error = COALESCE(?2, error), updated_at_ms = ?3"
+    " WHERE adapter = ?4 AND sequence_id IN (SELECT value FROM json_each(?5))"
+)
+_UNDELIVERED: Final = (
+    "SELECT e.wire FROM deliveries AS d JOIN events AS e ON e.sequence_id = d.sequence_id"
+    f" WHERE d.adapter = ? AND d.state IN {_UNDELIVERED_SQL} AND d.sequence_id > ?"
+    " ORDER BY d.sequence_id LIMIT ?"
+)
+
+
+class MarkRequest(NamedTuple):
+    """One ``mark()`` call waiting for the next group commit."""
+
+    adapter: str
+    sequence_ids: Sequence[int]
+    state: DeliveryState
+    error: str | None
+
+
+class GroupCommit:
+    """Coalesces concurrent ``mark()`` calls into one transaction.
+
+    Callers :meth:`submit` a request and wait; one background task takes every
+    request queued so far, hands the list to ``flush`` (one transaction) and
+    wakes the callers with its outcome. Requests that arrive while a flush runs
+    go into the next one, so under load each transaction carries many calls.
+    """
+
+    def __init__(self, flush: Callable[[list[MarkRequest]], Awaitable[None]]) -> None:
+        self._flush = flush
+        self._queue: list[tuple[MarkRequest, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, request: MarkRequest) -> None:
+        """Queue ``request``; return when its transaction committed, or raise its error."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((request, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name="store-group-commit")
+        await future
+
+    async def wait_idle(self) -> None:
+        """Wait until every queued request has been flushed (for ``close()``)."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                await self._flush([request for request, _ in batch])
+            except asyncio.CancelledError:
+                for _, future in batch:
+                    future.cancel()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - every waiter gets the outcome
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+
+def _parse_synchronous(value: str) -> str:
+    mode = value.upper()
+    if mode not in SYNCHRONOUS_MODES:
+        known = ", ".join(m.lower() for m in SYNCHRONOUS_MODES)
+        raise ValueError(f"synchronous={value!r}: expected one of {known}")
+    return mode
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Sequence[str]] = MIGRATIONS) -> int:
+    """Bring the schema of ``conn`` (autocommit mode) up to ``len(migrations)``.
+
+    All pending migrations run in one transaction: a crash leaves the old
+    version intact. Returns the version found before migrating. Raises
+    :class:`StoreError` if the file's schema is newer than ``migrations``.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(_META_DDL)
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value)"
+            " VALUES ('schema_version', 0), ('last_sequence_id', 0)"
+        )
+        (found,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if found > len(migrations):
+            raise StoreError(
+                f"database schema version {found} is newer than this code's "
+                f"{len(migrations)}; upgrade the broadcaster"
+            )
+        for version in range(found + 1, len(migrations) + 1):
+            for statement in migrations[version - 1]:
+                conn.execute(statement)
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return int(found)
+
+
+class SQLiteStore(Store):
+    """Event store in one SQLite file (WAL mode), for a single broadcaster process.
+
+    ``path``: the database file (created with its schema if missing; its
+    directory must exist). ``synchronous``: ``"NORMAL"`` (default: survives a
+    process crash) or ``"FULL"`` (survives power loss); see the module docstring.
+    ``busy_timeout_ms``: how long a write waits for a lock held by another
+    process before raising :class:`StoreUnavailable`. ``clock``: wall time in
+    seconds, for ``created_at_ms``/``updated_at_ms``.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "NORMAL",
+        clock: Callable[[], float] = time.time,
+        busy_timeout_ms: int = 5000,
+    ) -> None:
+        self.path = Path(path)
+        self.synchronous = _parse_synchronous(synchronous)
+        self._clock = clock
+        self._busy_timeout_ms = busy_timeout_ms
+        self._executor: ThreadPoolExecutor | None = None
+        # Touched only on the worker thread.
+        self._conn: sqlite3.Connection | None = None
+        self._marks = GroupCommit(self._flush_marks)
+        self._log = _log.bind(path=str(self.path))
+
+    # -- plumbing ---------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., _T], *args: object) -> _T:
+        """Run ``fn(*args)`` on the worker thread (the only thread touching sqlite)."""
+        if self._executor is None:
+            raise StoreError(f"sqlite store {self.path} is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _translate(self, exc: sqlite3.Error, action: str) -> StoreError:
+        name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+        reason = f"sqlite {self.path}: {action}: {exc} ({name})"
+        if isinstance(exc, sqlite3.OperationalError):
+            return StoreUnavailable(reason)
+        return StoreError(reason)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"sqlite store {self.path} is not open")
+        return self._conn
+
+    def _write(self, action: str, body: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``body`` in one write transaction on the worker thread: commit, or
+        roll back and raise (translated) — never leave a half-written batch."""
+        conn = self._connection()
+        try:
+            # IMMEDIATE takes the write lock up front, so a lock held by another
+            # process fails here (after busy_timeout) rather than mid-batch.
+            conn.execute("BEGIN IMMEDIATE")
+            result = body(conn)
+            conn.execute("COMMIT")
+            return result
+        except sqlite3.Error as exc:
+            self._rollback(conn)
+            raise self._translate(exc, action) from exc
+        except BaseException:
+            self._rollback(conn)
+            raise
+
+    def _read(self, action: str, body: Callable[[sqlite3.Connection], _T]) -> _T:
+        conn = self._connection()
+        try:
+            # A read transaction gives multi-statement reads (get) one snapshot.
+            conn.execute("BEGIN")
+            try:
+                return body(conn)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback(conn)
+            raise self._translate(exc, action) from exc
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        # SQLite may already have rolled back by itself (e.g. after SQLITE_FULL).
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    # -- lifecycle --------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open (creating if needed) and migrate the database. Idempotent.
+
+        Raises :class:`StoreUnavailable` if the file cannot be opened or written,
+        :class:`StoreError` if it is not a database or its schema is newer.
+        """
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        try:
+            version = await self._call(self._open_sync)
+        except BaseException:
+            executor, self._executor = self._executor, None
+            executor.shutdown(wait=False)
+            raise
+        self._log.info(
+            "store opened",
+            schema_version=SCHEMA_VERSION,
+            migrated_from=version,
+            synchronous=self.synchronous,
+        )
+
+    def _open_sync(self) -> int:
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is
+            # exactly one transaction. The connection stays on this thread.
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, timeout=self._busy_timeout_ms / 1000
+            )
+        except sqlite3.Error as exc:
+            raise self._translate(exc, "open") from exc
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"sqlite {self.path}: WAL mode refused (journal_mode={mode})")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            conn.execute("PRAGMA cache_size = -32768")  # 32 MiB page cache
+            version = migrate(conn)
+            # Defensive: the high-water mark can never be below a stored id.
+            conn.execute(
+                "UPDATE meta SET value = max(value, (SELECT coalesce(max(sequence_id), 0)"
+                " FROM events)) WHERE key = 'last_sequence_id'"
+            )
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._translate(exc, "open") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return version
+
+    async def close(self) -> None:
+        """Flush queued marks, close the connection and stop the worker. Idempotent."""
+        if self._executor is None:
+            return
+        try:
+            await self._marks.wait_idle()
+        finally:
+            try:
+                await self._call(self._close_sync)
+            finally:
+                executor, self._executor = self._executor, None
+                executor.shutdown(wait=False)
+            self._log.info("store closed")
+
+    def _close_sync(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            # Closing the last connection checkpoints the WAL into the main file.
+            conn.close()
+
+    # -- writes -----------------------------------------------------------
+
+    async def append(
+        self, items: Sequence[tuple[EventDraft, tuple[str, ...]]]
+    ) -> list[EventRecord]:
+        """Seal and store ``items`` in one transaction; see :meth:`Store.append`.
+
+        Raises :class:`StoreUnavailable` (disk full, locked) with nothing stored
+        and no sequence id consumed.
+        """
+        if not items:
+            return []
+        return await self._call(self._append_sync, list(items), int(self._clock() * 1000))
+
+    def _append_sync(
+        self, items: list[tuple[EventDraft, tuple[str, ...]]], now_ms: int
+    ) -> list[EventRecord]:
+        def body(conn: sqlite3.Connection) -> list[EventRecord]:
+            # Read the high-water mark inside the write transaction: it is the
+            # single source of ids, and holding the write lock makes it ours.
+            (last,) = conn.execute(
+                "SELECT value FROM meta WHERE key = 'last_sequence_id'"
+            ).fetchone()
+            records: list[EventRecord] = []
+            rows: list[tuple[int, str, str, str, int, str, bytes]] = []
+            by_routing: dict[tuple[str, ...], list[int]] = {}
+            seq = int(last)
+            for draft, routed in items:
+                seq += 1
+                record = seal(draft, seq)
+                records.append(record)
+                rows.append(
+                    (
+                        seq,
+                        record.event_id,
+                        record.category.value,
+                        record.event_type,
+                        now_ms,
+                        orjson.dumps(routed).decode(),
+                        record.wire,
+                    )
+                )
+                by_routing.setdefault(routed, []).append(seq)
+            conn.executemany(_INSERT_EVENT, rows)
+            for routed, ids in by_routing.items():
+                adapters = list(dict.fromkeys(routed))
+                if adapters:
+                    conn.execute(
+                        _INSERT_DELIVERIES, (now_ms, orjson.dumps(ids), orjson.dumps(adapters))
+                    )
+            # Same transaction as the inserts: ids are consumed iff the events exist.
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'last_sequence_id'", (seq,))
+            return records
+
+        return self._write("append", body)
+
+    async def mark(
+        self,
+        adapter: str,
+        sequence_ids: Sequence[int],
+        state: DeliveryState,
+        error: str | None = None,
+    ) -> None:
+        """Set ``adapter``'s state on ``sequence_ids`` (unknown ids/adapters are
+        ignored). ``error=None`` keeps the last recorded error. Concurrent calls
+        share one transaction; returns once it committed."""
+        if not sequence_ids:
+            return
+        if self._executor is None:
+            raise StoreError(f"sqlite store {self.path} is not open")
+        await self._marks.submit(MarkRequest(adapter, sequence_ids, DeliveryState(state), error))
+
+    async def _flush_marks(self, requests: list[MarkRequest]) -> None:
+        await self._call(self._mark_sync, requests, int(self._clock() * 1000))
+
+    def _mark_sync(self, requests: list[MarkRequest], now_ms: int) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            for request in requests:
+                conn.execute(
+                    _MARK,
+                    (
+                        request.state.value,
+                        request.error,
+                        now_ms,
+                        request.adapter,
+                        orjson.dumps(list(request.sequence_ids)),
+                    ),
+                )
+
+        self._write("mark", body)
+
+    async def record_receipts(self, receipts: Sequence[ConsumerReceipt]) -> None:
+        """Store consumer receipts in one transaction; duplicates are kept."""
+        if not receipts:
+            return
+        rows = [
+            (
+                r.sequence_id,
+                r.adapter,
+                r.event_type,
+                r.received_at_ms,
+                r.checksum,
+                int(r.checksum_ok),
+                r.consumer,
+            )
+            for r in receipts
+        ]
+
+        def body(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO receipts (sequence_id, adapter, event_type, received_at_ms,"
+                " checksum, checksum_ok, consumer) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+        await self._call(self._write, "record_receipts", body)
+
+    # -- reads ------------------------------------------------------------
+
+    async def undelivered(
+        self, adapter: str, *, after: int = 0, limit: int = 1000
+    ) -> list[EventRecord]:
+        """Events still to deliver to ``adapter`` (queued, failed, pending) with
+        sequence id > ``after``, in order, at most ``limit``. Served by a
+        partial index, so the cost follows the result, not the table size."""
+
+        def body(conn: sqlite3.Connection) -> list[bytes]:
+            return [row[0] for row in conn.execute(_UNDELIVERED, (adapter, after, limit))]
+
+        wires = await self._call(self._read, "undelivered", body)
+        return [record_from_wire(wire) for wire in wires]
+
+    async def get(self, sequence_id: int) -> StoredEvent | None:
+        """One event with routing, per-adapter states, errors and receipts."""
+
+        def body(
+            conn: sqlite3.Connection,
+        ) -> tuple[_EventRow, list[_DeliveryRow], list[_ReceiptRow]] | None:
+            row = conn.execute(
+                "SELECT wire, routed_to, created_at_ms FROM events WHERE sequence_id = ?",
+                (sequence_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            deliveries = conn.execute(
+                "SELECT adapter, state, error FROM deliveries WHERE sequence_id = ?",
+                (sequence_id,),
+            ).fetchall()
+            receipts = conn.execute(
+                "SELECT sequence_id, adapter, event_type, received_at_ms, checksum,"
+                " checksum_ok, consumer FROM receipts WHERE sequence_id = ? ORDER BY id",
+                (sequence_id,),
+            ).fetchall()
+            return row, deliveries, receipts
+
+        found = await self._call(self._read, "get", body)
+        if found is None:
+            return None
+        (wire, routed_json, created_ms), deliveries, receipt_rows = found
+        routed = tuple(orjson.loads(routed_json))
+        by_adapter = {adapter: (state, error) for adapter, state, error in deliveries}
+        return StoredEvent(
+            record=record_from_wire(wire),
+            routed_to=routed,
+            created_at_ms=created_ms,
+            states={a: DeliveryState(by_adapter[a][0]) for a in routed if a in by_adapter},
+            errors={a: e for a, (_, e) in by_adapter.items() if e is not None},
+            receipts=tuple(
+                ConsumerReceipt(
+                    sequence_id=seq,
+                    adapter=adapter,
+                    event_type=event_type,
+                    received_at_ms=received,
+                    checksum=checksum,
+                    checksum_ok=bool(ok),
+                    consumer=consumer,
+                )
+                for seq, adapter, event_type, received, checksum, ok, consumer in receipt_rows
+            ),
+        )
+
+    async def last_sequence_id(self) -> int:
+        """The highest sequence id ever handed out (persisted; survives pruning)."""
+
+        def body(conn: sqlite3.Connection) -> int:
+            (value,) = conn.execute(
+                "SELECT value FROM meta WHERE key = 'last_sequence_id'"
+            ).fetchone()
+            return int(value)
+
+        return await self._call(self._read, "last_sequence_id", body)
