@@ -1,0 +1,348 @@
+"""Consumer of the WebSocket fan-out: receive frames, verify, count, report.
+
+:class:`WebSocketSubscriber` connects to ``ws://HOST:PORT/events`` (optionally
+with a category filter), decodes every text frame with orjson and feeds the
+object to a :class:`~broadcaster.consumer.ReceiptCollector`, which verifies the
+checksum and counts it. A malformed frame is counted in
+``collector.stats.malformed`` and logged; it never stops the loop. After a
+drop the subscriber reconnects with capped exponential backoff (events sent
+while it was away are not replayed here; reconciliation finds them).
+
+:func:`tail` is the ``broadcaster subscribe`` command: one line per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, Final, Self, TextIO
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import orjson
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from ..exceptions import AdapterError, AdapterRejected, AdapterUnavailable
+from ._common import ConsumerStats, ReceiptCollector
+
+__all__ = ["WebSocketSubscriber", "subscription_url", "tail"]
+
+ADAPTER: Final = "websocket"
+
+# Frames carry one event each; the payload limit is 256 KiB by default, so a
+# 4 MiB cap leaves room for EVENT_MAX_BYTES raised well above it.
+_MAX_FRAME_BYTES: Final = 4 * 2**20
+# Messages websockets may buffer before it stops reading the socket. The
+# default (16) makes the reader pause and resume constantly at 20k events/s.
+_MAX_QUEUE: Final = 1024
+
+log = structlog.get_logger("broadcaster.consumer.websocket", adapter=ADAPTER)
+
+
+def subscription_url(url: str, categories: Sequence[str] | None) -> str:
+    """``url`` with ``?categories=A,B`` set (upper-cased); unchanged for ``None``.
+
+    The server validates the names: an unknown one is refused with HTTP 400.
+    """
+    if not categories:
+        return url
+    parts = urlsplit(url)
+    query = urlencode({"categories": ",".join(c.strip().upper() for c in categories)}, safe=",")
+    return urlunsplit(parts._replace(query=query))
+
+
+def _rejection(url: str, exc: InvalidStatus) -> AdapterRejected:
+    body = bytes(exc.response.body or b"").decode("utf-8", "replace").strip()
+    return AdapterRejected(
+        ADAPTER, f"{url} refused the subscription: HTTP {exc.response.status_code}: {body}"
+    )
+
+
+class WebSocketSubscriber:
+    """One subscription to the WebSocket fan-out.
+
+    ``await start()`` returns once the first connection is open (so every
+    event sent after that reaches this subscriber) and raises
+    :class:`~broadcaster.exceptions.AdapterRejected` if the server refuses the
+    path or filter (HTTP 4xx, not retried), or
+    :class:`~broadcaster.exceptions.AdapterUnavailable` if no connection
+    opened within ``connect_timeout``. With ``reconnect=True`` a dropped
+    connection is re-opened after ``backoff_initial`` doubling up to
+    ``backoff_max`` seconds (with jitter); ``connections`` counts the opens.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        categories: Sequence[str] | None = None,
+        collector: ReceiptCollector,
+        reconnect: bool = True,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 5.0,
+        connect_timeout: float = 10.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+    ) -> None:
+        self.url = subscription_url(url, categories)
+        self.collector = collector
+        self.reconnect = reconnect
+        self.connections = 0
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._connect_timeout = connect_timeout
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._task: asyncio.Task[None] | None = None
+        self._ws: ClientConnection | None = None
+        self._opened: asyncio.Future[None] | None = None
+        self._closing = False
+        self._last_error: str | None = None
+        # (target count, future) pairs of wait_for() callers; empty on the
+        # hot path, so checking it costs one truth test per frame.
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    @property
+    def stats(self) -> ConsumerStats:
+        """The collector's counters."""
+        return self.collector.stats
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is open right now."""
+        return self._ws is not None
+
+    async def start(self) -> None:
+        """Connect; return once the first connection is open. See the class doc."""
+        if self._task is not None:
+            return
+        self._closing = False
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future[None] = loop.create_future()
+        self._opened = opened
+        self._task = loop.create_task(self._run(), name=f"websocket-subscriber {self.url}")
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await opened
+        except TimeoutError:
+            await self.close()
+            raise AdapterUnavailable(
+                ADAPTER,
+                f"no connection to {self.url} within {self._connect_timeout}s"
+                + (f" (last error: {self._last_error})" if self._last_error else ""),
+            ) from None
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Close the connection (code 1000) and stop reconnecting. Idempotent."""
+        self._closing = True
+        task, self._task = self._task, None
+        ws = self._ws
+        if ws is not None:
+            # A clean close ends the receive loop, which then sees _closing.
+            await ws.close()
+        if task is not None:
+            if not task.done():
+                task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                if (current := asyncio.current_task()) is not None and current.cancelling():
+                    raise
+            except AdapterError:
+                pass  # already delivered to start(); nothing else to report
+        for _, waiter in self._waiters:
+            if not waiter.done():
+                waiter.cancel()
+        self._waiters.clear()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def wait_for(self, count: int, timeout: float) -> ConsumerStats:  # noqa: ASYNC109
+        """Wait until ``stats.received >= count``; return the stats.
+
+        Raises :class:`TimeoutError` saying how many arrived. (``timeout`` is
+        a parameter rather than ``asyncio.timeout`` so the message can say so.)
+        """
+        if self.collector.stats.received >= count:
+            return self.collector.stats
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (count, waiter)
+        self._waiters.append(entry)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            raise TimeoutError(
+                f"received {self.collector.stats.received} of {count} events "
+                f"from {self.url} in {timeout}s"
+            ) from None
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+        return self.collector.stats
+
+    # -- receive loop ----------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                ws = await connect(
+                    self.url,
+                    # Compression costs CPU on both ends; the server refuses it anyway.
+                    compression=None,
+                    max_size=_MAX_FRAME_BYTES,
+                    max_queue=_MAX_QUEUE,
+                    ping_interval=self._ping_interval,
+                    ping_timeout=self._ping_timeout,
+                    open_timeout=self._connect_timeout,
+                    close_timeout=2.0,
+                )
+            except InvalidStatus as exc:
+                # A 4xx names a bad path or filter: retrying cannot fix it.
+                error: AdapterError = _rejection(self.url, exc)
+                if self._fail_start(error) or not self.reconnect:
+                    raise error from exc
+                self._last_error = str(error)
+                log.error("subscription refused", url=self.url, error=str(error))
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                error = AdapterUnavailable(ADAPTER, f"cannot connect to {self.url}: {exc}")
+                if not self.reconnect:
+                    self._fail_start(error)
+                    raise error from exc
+                self._last_error = str(exc)
+                log.info("connect failed; will retry", url=self.url, error=str(exc))
+            else:
+                attempt = 0
+                await self._serve(ws)
+                if self._closing or not self.reconnect:
+                    return
+            delay = min(self._backoff_max, self._backoff_initial * 2**attempt)
+            attempt += 1
+            # Jitter keeps many subscribers from reconnecting in lock-step.
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+
+    def _fail_start(self, error: AdapterError) -> bool:
+        """Hand ``error`` to a waiting ``start()``; True if one was waiting."""
+        opened = self._opened
+        if opened is not None and not opened.done():
+            opened.set_exception(error)
+            return True
+        return False
+
+    async def _serve(self, ws: ClientConnection) -> None:
+        self._ws = ws
+        self.connections += 1
+        log.info("subscribed", url=self.url, connection=self.connections)
+        if self._opened is not None and not self._opened.done():
+            self._opened.set_result(None)
+        try:
+            recv = ws.recv
+            on_frame = self._on_frame
+            while True:
+                on_frame(await recv())
+        except ConnectionClosed as exc:
+            if not self._closing:
+                rcvd = exc.rcvd
+                log.warning(
+                    "subscription dropped",
+                    url=self.url,
+                    code=rcvd.code if rcvd else None,
+                    reason=rcvd.reason if rcvd else None,
+                    received=self.collector.stats.received,
+                )
+        finally:
+            self._ws = None
+            # Release the socket whatever ended the loop (cancel included).
+            await ws.close()
+
+    def _on_frame(self, frame: str | bytes) -> None:
+        collector = self.collector
+        try:
+            if isinstance(frame, bytes):
+                raise ValueError("binary frame; events are JSON text frames")
+            obj = orjson.loads(frame)
+            if not isinstance(obj, dict):
+                raise ValueError(f"frame is a JSON {type(obj).__name__}, not an object")
+        except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
+            stats = collector.stats
+            stats.received += 1
+            stats.malformed += 1
+            log.warning("malformed frame", url=self.url, error=str(exc), frame=repr(frame[:200]))
+        else:
+            try:
+                collector.handle(obj)
+            except Exception as exc:
+                # The collector counts what it recognises as malformed; anything
+                # else it chokes on (odd types in the checksum object, a failing
+                # callback) must not end the subscription either.
+                collector.stats.malformed += 1
+                log.warning("malformed event", url=self.url, error=repr(exc))
+        if self._waiters:
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        received = self.collector.stats.received
+        for count, waiter in self._waiters:
+            if received >= count and not waiter.done():
+                waiter.set_result(None)
+
+
+async def tail(
+    url: str,
+    categories: Sequence[str] | None,
+    out: TextIO = sys.stdout,
+    *,
+    limit: int | None = None,
+) -> ConsumerStats:
+    """Print one line per event received from the fan-out at ``url``.
+
+    Each line is ``<sequence_id> <category> <event_type> OK|MISMATCH`` (the
+    checksum verdict). Returns the stats once ``limit`` events were seen, or
+    when cancelled (Ctrl-C, a timeout): cancellation ends the tail, it is not
+    an error. Raises :class:`~broadcaster.exceptions.AdapterRejected` for a bad
+    filter and :class:`~broadcaster.exceptions.AdapterUnavailable` when the
+    server cannot be reached at the start.
+    """
+    done = asyncio.get_running_loop().create_future()
+
+    def on_event(obj: Mapping[str, Any], ok: bool) -> None:
+        verdict = "OK" if ok else "MISMATCH"
+        out.write(f"{obj['sequence_id']} {obj['category']} {obj['event_type']} {verdict}\n")
+        if limit is not None and collector.stats.received >= limit and not done.done():
+            done.set_result(None)
+
+    collector = ReceiptCollector(ADAPTER, consumer="tail", on_event=on_event, track_seen=False)
+    subscriber = WebSocketSubscriber(url, categories=categories, collector=collector)
+    try:
+        await subscriber.start()
+        while not done.done():
+            # Flush a few times a second: per-line flushes cost too much when
+            # piped at thousands of events per second.
+            await asyncio.wait([done], timeout=0.25)
+            out.flush()
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()
+    finally:
+        await subscriber.close()
+        out.flush()
+    return collector.stats
