@@ -1,0 +1,711 @@
+"""Events (SPEC 2): validation, identity, canonical bytes, checksums, wire form."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import math
+import re
+import uuid
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import crcmod.predefined
+import orjson
+import pytest
+import ulid
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from broadcaster.events import (
+    Category,
+    Event,
+    EventFactory,
+    EventRecord,
+    UlidGenerator,
+    canonical_bytes_of,
+    format_timestamp,
+    parse_frame,
+    record_from_wire,
+    seal,
+    verify_event_dict,
+)
+from broadcaster.exceptions import ChecksumMismatch, FrameError, InvalidEvent
+
+# -- references, written independently of the code under test ---------------
+
+_crc32c_ref = crcmod.predefined.mkPredefinedCrcFun("crc-32c")
+
+REFERENCE_CHECKSUM: dict[str, Callable[[bytes], str]] = {
+    "crc32": lambda data: f"{zlib.crc32(data) & 0xFFFFFFFF:08x}",
+    "crc32c": lambda data: f"{_crc32c_ref(data):08x}",
+    "sha256": lambda data: hashlib.sha256(data).hexdigest(),
+}
+
+#: SPEC 2's default table, spelled out (not imported from the code).
+SPEC_DEFAULT_ALGORITHM = {
+    "CRITICAL": "sha256",
+    "USER_ACTIVITY": "sha256",
+    "PERFORMANCE": "crc32",
+    "SYSTEM": "crc32",
+    "DEBUG": "crc32",
+}
+
+ULID_RE = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
+TIMESTAMP_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def reference_canonical(obj: dict[str, Any]) -> bytes:
+    fields = {
+        f: obj[f]
+        for f in (
+            "event_id",
+            "sequence_id",
+            "category",
+            "event_type",
+            "timestamp",
+            "key",
+            "source",
+            "payload",
+        )
+    }
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Clock:
+    """An injected wall clock, in milliseconds; returns mid-millisecond seconds."""
+
+    def __init__(self, ms: int = 1_700_000_000_123) -> None:
+        self.ms = ms
+
+    def __call__(self) -> float:
+        return self.ms / 1000 + 0.0004
+
+
+def wire_factory(**kwargs: Any) -> EventFactory:
+    return EventFactory(clock=Clock(), **kwargs)
+
+
+# -- strategies ------------------------------------------------------------------
+
+_NASTY = ['"', "\\", "\n", "\t", "\x00", "\x1f", "\x7f", "\u2028", "é", "日本", "😀", "/", "\b"]
+text = st.one_of(
+    st.text(st.characters(exclude_categories=("Cs",)), max_size=16),
+    st.lists(st.sampled_from(_NASTY), max_size=5).map("".join),
+)
+# Floats whose repr has a one-digit negative exponent (1e-07) are formatted
+# differently by orjson and json: see test_small_float_exponent_matches_json.
+floats = st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: "e-0" not in repr(f))
+scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | floats | text
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+    max_leaves=16,
+)
+payloads = st.dictionaries(text, values, max_size=6)
+event_types = st.from_regex(r"[A-Za-z0-9_.:-]{1,128}", fullmatch=True)
+categories = st.sampled_from(list(Category))
+routing_keys = st.none() | text
+sources = st.just("default") | text.filter(lambda s: 0 < len(s) <= 128)
+sequence_ids = st.integers(1, 2**63 - 1)
+
+
+def record_obj(record: EventRecord, payload: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "event_id": record.event_id,
+        "sequence_id": record.sequence_id,
+        "category": record.category.value,
+        "event_type": record.event_type,
+        "timestamp": record.timestamp,
+        "key": record.key,
+        "source": record.source,
+        "payload": payload,
+    }
+
+
+# -- canonical bytes and checksums -------------------------------------------------
+
+
+@settings(max_examples=150)
+@given(categories, event_types, payloads, routing_keys, sources, sequence_ids)
+def test_canonical_bytes_equal_json_dumps(
+    category: Category,
+    event_type: str,
+    payload: dict[str, Any],
+    key: str | None,
+    source: str,
+    sequence_id: int,
+) -> None:
+    draft = EventFactory(clock=Clock()).draft(category, event_type, payload, key=key, source=source)
+    record = seal(draft, sequence_id)
+    obj = record_obj(record, payload)
+    expected = reference_canonical(obj)
+    assert record.canonical == expected
+    algorithm = SPEC_DEFAULT_ALGORITHM[category.value]
+    assert record.checksum_algorithm == algorithm
+    assert record.checksum == REFERENCE_CHECKSUM[algorithm](expected)
+    # The wire object is the canonical object plus the checksum, nothing else.
+    assert json.loads(record.wire) == {
+        **obj,
+        "checksum": {"algorithm": algorithm, "value": record.checksum},
+    }
+    assert record.to_dict() == json.loads(record.wire)
+    assert canonical_bytes_of(json.loads(record.wire)) == expected
+
+
+FLOAT_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="BUG events.py canonical bytes: orjson writes 1e-7 where json.dumps writes 1e-07, "
+    "so a consumer re-canonicalising with json.dumps sees a mismatch; see report",
+)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(1e-07, marks=FLOAT_BUG),
+        pytest.param(5e-05, marks=FLOAT_BUG),
+        pytest.param(-3.5e-09, marks=FLOAT_BUG),
+        1e-10,
+        1e16,
+        1.5e300,
+        0.0001,
+    ],
+)
+def test_small_float_exponent_matches_json(value: float) -> None:
+    record = seal(EventFactory(clock=Clock()).draft("DEBUG", "t", {"x": value}), 1)
+    assert record.canonical == reference_canonical(record_obj(record, {"x": value}))
+
+
+@pytest.mark.parametrize(
+    "checksums",
+    [
+        {Category.CRITICAL: "crc32c"},
+        {Category.PERFORMANCE: "sha256", Category.DEBUG: "crc32c"},
+        {c: "crc32c" for c in Category},
+    ],
+)
+def test_checksum_override_per_category(checksums: dict[Category, str]) -> None:
+    factory = EventFactory(clock=Clock(), checksums=checksums)  # type: ignore[arg-type]
+    for seq, category in enumerate(Category, start=1):
+        record = seal(factory.draft(category, "t", {"n": seq, "s": "ü"}), seq)
+        algorithm = checksums.get(category, SPEC_DEFAULT_ALGORITHM[category.value])
+        assert record.checksum_algorithm == algorithm
+        assert record.checksum == REFERENCE_CHECKSUM[algorithm](record.canonical)
+
+
+def test_set_checksum_changes_one_category() -> None:
+    factory = EventFactory(clock=Clock())
+    factory.set_checksum(Category.SYSTEM, "sha256")
+    assert factory.draft("SYSTEM", "t", {}).checksum_algorithm == "sha256"
+    assert factory.draft("DEBUG", "t", {}).checksum_algorithm == "crc32"
+    with pytest.raises(ValueError, match="md5"):
+        factory.set_checksum(Category.SYSTEM, "md5")  # type: ignore[arg-type]
+    assert factory.draft("SYSTEM", "t", {}).checksum_algorithm == "sha256"
+
+
+def test_default_table_matches_spec() -> None:
+    factory = EventFactory(clock=Clock())
+    for category in Category:
+        draft = factory.draft(category, "t", {})
+        assert draft.checksum_algorithm == SPEC_DEFAULT_ALGORITHM[category.value]
+
+
+def test_known_record_bytes() -> None:
+    """A pinned example: any change of field order, spacing or escaping fails."""
+    # Random part 2 >> 1 = 1: the generator halves it to leave room for increments.
+    factory = EventFactory(clock=Clock(), ulids=UlidGenerator(random_bits=lambda: 2))
+    draft = factory.draft("system", "disk.full", {"b": [1, 2.5, None], "a": "é"}, key='k"1')
+    record = seal(draft, 7)
+    assert (
+        record.canonical
+        == (
+            '{"category":"SYSTEM","event_id":"01HF7YAT3V0000000000000001","event_type":"disk.full",'
+            '"key":"k\\"1","payload":{"a":"é","b":[1,2.5,null]},"sequence_id":7,'
+            '"source":"default","timestamp":"2023-11-14T22:13:20.123Z"}'
+        ).encode()
+    )
+    assert record.checksum == f"{zlib.crc32(record.canonical):08x}"
+    assert ulid.ULID.from_str(record.event_id).milliseconds == 1_700_000_000_123
+
+
+# -- the wire form ---------------------------------------------------------------
+
+
+@settings(max_examples=75)
+@given(categories, event_types, payloads, routing_keys, sources, sequence_ids)
+def test_wire_round_trip(
+    category: Category,
+    event_type: str,
+    payload: dict[str, Any],
+    key: str | None,
+    source: str,
+    sequence_id: int,
+) -> None:
+    record = seal(
+        wire_factory().draft(category, event_type, payload, key=key, source=source), sequence_id
+    )
+    for frame in (record.wire, record.wire.decode()):
+        event = parse_frame(frame)
+        event.verify()
+        assert event.event_id == record.event_id
+        assert event.sequence_id == sequence_id
+        assert event.category is category
+        assert event.event_type == event_type
+        assert event.timestamp == record.timestamp
+        assert event.key == key
+        assert event.source == source
+        assert event.payload == payload
+        assert event.checksum.algorithm == record.checksum_algorithm
+        assert event.checksum.value == record.checksum
+        assert event.canonical_bytes() == record.canonical
+    assert record.to_event() == parse_frame(record.wire)
+    assert verify_event_dict(orjson.loads(record.wire)) == (True, record.checksum, record.checksum)
+    rebuilt = record_from_wire(record.wire)
+    assert rebuilt == record
+
+
+def test_default_factory_frames_parse() -> None:
+    record = seal(EventFactory().draft("CRITICAL", "order.created", {"order": 42}), 1)
+    parse_frame(record.wire).verify()
+
+
+def test_to_dict_is_a_fresh_copy() -> None:
+    record = seal(wire_factory().draft("DEBUG", "t", {"a": [1]}), 3)
+    first = record.to_dict()
+    first["payload"]["a"].append(2)
+    assert record.to_dict()["payload"] == {"a": [1]}
+
+
+def test_routing_key_defaults_to_event_id() -> None:
+    factory = wire_factory()
+    keyless = factory.draft("DEBUG", "t", {})
+    keyed = factory.draft("DEBUG", "t", {}, key="user-1")
+    assert keyless.routing_key == keyless.event_id
+    assert keyed.routing_key == "user-1"
+    assert seal(keyless, 1).routing_key == keyless.event_id
+    assert seal(keyed, 2).routing_key == "user-1"
+    assert seal(factory.draft("DEBUG", "t", {}, key=""), 3).routing_key == ""
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path to a value inside the payload (containers included)."""
+    out = [prefix] if prefix else []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.extend(_paths(v, (*prefix, k)))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out.extend(_paths(v, (*prefix, i)))
+    return out
+
+
+@settings(max_examples=100)
+@given(payloads.filter(bool), st.data())
+def test_verify_detects_any_single_changed_payload_value(
+    payload: dict[str, Any], data: st.DataObject
+) -> None:
+    record = seal(wire_factory().draft("CRITICAL", "t", payload), 5)
+    obj = orjson.loads(record.wire)
+    assert verify_event_dict(obj)[0]
+    path = data.draw(st.sampled_from(_paths(obj["payload"])))
+    parent = obj["payload"]
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = [parent[path[-1]]]  # wrapping always changes the JSON
+    ok, expected, actual = verify_event_dict(obj)
+    assert not ok
+    assert expected == record.checksum != actual
+    with pytest.raises(ChecksumMismatch) as info:
+        Event.model_validate(obj).verify()
+    assert info.value.sequence_id == 5
+
+
+@pytest.mark.parametrize("algorithm", ["crc32", "crc32c", "sha256"])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("event_type", "order.updated"),
+        ("sequence_id", 8),
+        ("category", "SYSTEM"),
+        ("key", "other"),
+        ("key", None),
+        ("source", "elsewhere"),
+        ("timestamp", "2023-11-14T22:13:20.124Z"),
+        ("event_id", "01HF00000000000000000000ZZ"),
+        ("payload", {}),
+        ("payload", {"order": 42, "extra": None}),
+        ("payload", {"order": 42.0}),
+        ("payload", {"order": "42"}),
+    ],
+)
+def test_verify_detects_changed_fields(algorithm: str, field: str, value: Any) -> None:
+    factory = wire_factory(checksums={Category.CRITICAL: algorithm})
+    record = seal(factory.draft("CRITICAL", "order.created", {"order": 42}, key="k"), 7)
+    obj = orjson.loads(record.wire)
+    obj[field] = value
+    ok, expected, actual = verify_event_dict(obj)
+    assert (ok, expected) == (False, record.checksum)
+    assert actual == REFERENCE_CHECKSUM[algorithm](reference_canonical(obj))
+    with pytest.raises(ChecksumMismatch) as info:
+        Event.model_validate(obj).verify()
+    error = info.value
+    assert (error.algorithm, error.expected, error.actual) == (algorithm, record.checksum, actual)
+
+
+def test_verify_event_dict_ignores_the_checksum_field_in_canonical_bytes() -> None:
+    record = seal(wire_factory().draft("SYSTEM", "t", {"a": 1}), 1)
+    obj = orjson.loads(record.wire)
+    obj["extra"] = "ignored by canonical bytes"
+    assert verify_event_dict(obj)[0]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda o: o.pop("checksum"), "lacks a checksum"),
+        (lambda o: o.__setitem__("checksum", "abc"), "lacks a checksum"),
+        (lambda o: o["checksum"].__setitem__("algorithm", "md5"), "malformed"),
+        (lambda o: o["checksum"].pop("algorithm"), "malformed"),
+        (lambda o: o["checksum"].__setitem__("value", 5), "malformed"),
+        (lambda o: o.pop("payload"), "lacks field 'payload'"),
+        (lambda o: o.pop("event_type"), "lacks field 'event_type'"),
+        (lambda o: o.__setitem__("payload", {"s": {1, 2}}), "not JSON-serialisable"),
+    ],
+)
+def test_verify_event_dict_rejects_malformed_objects(
+    mutate: Callable[[dict[str, Any]], Any], message: str
+) -> None:
+    obj = orjson.loads(seal(wire_factory().draft("SYSTEM", "t", {"a": 1}), 1).wire)
+    mutate(obj)
+    with pytest.raises(FrameError, match=message):
+        verify_event_dict(obj)
+
+
+def _valid_wire() -> dict[str, Any]:
+    record = seal(wire_factory().draft("SYSTEM", "t", {"a": 1}), 1)
+    result: dict[str, Any] = orjson.loads(record.wire)
+    return result
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (b"{not json", "not JSON"),
+        (b"", "not JSON"),
+        (b"[1, 2]", "JSON list, not an object"),
+        (b'"text"', "JSON str, not an object"),
+        (orjson.dumps({**_valid_wire(), "sequence_id": 0}), "not a valid event"),
+        (orjson.dumps({**_valid_wire(), "category": "NOPE"}), "not a valid event"),
+        (orjson.dumps({**_valid_wire(), "event_type": "a b"}), "not a valid event"),
+        (orjson.dumps({**_valid_wire(), "event_id": "short"}), "not a valid event"),
+        (orjson.dumps({**_valid_wire(), "timestamp": "2023-11-14 22:13:20"}), "not a valid event"),
+        (orjson.dumps({**_valid_wire(), "source": ""}), "not a valid event"),
+        (orjson.dumps({**_valid_wire(), "payload": [1]}), "not a valid event"),
+        (orjson.dumps({**_valid_wire(), "unexpected": 1}), "not a valid event"),
+        (
+            orjson.dumps({**_valid_wire(), "checksum": {"algorithm": "crc32", "value": "ABCD"}}),
+            "not a valid event",
+        ),
+        (
+            orjson.dumps({**_valid_wire(), "checksum": {"algorithm": "md5", "value": "ab"}}),
+            "not a valid event",
+        ),
+        (
+            orjson.dumps({k: v for k, v in _valid_wire().items() if k != "key"}),
+            "not a valid event",
+        ),
+    ],
+)
+def test_parse_frame_rejects_bad_frames(frame: bytes, message: str) -> None:
+    with pytest.raises(FrameError, match=message):
+        parse_frame(frame)
+
+
+def test_parse_frame_accepts_the_valid_fixture() -> None:
+    # The rejections above differ from this frame in exactly one field.
+    parse_frame(orjson.dumps(_valid_wire())).verify()
+
+
+# -- ULIDs -----------------------------------------------------------------------
+
+_TIMES = [0, 1, 2**40 - 1, 2**40, 1_700_000_000_123, 2**44 + 12345, 2**48 - 1]
+
+
+@pytest.mark.parametrize("now_ms", _TIMES)
+def test_ulid_is_26_crockford_chars_carrying_the_time(now_ms: int) -> None:
+    value = UlidGenerator()(now_ms)
+    assert ULID_RE.fullmatch(value)
+    assert ulid.ULID.from_str(value).milliseconds == now_ms
+
+
+def test_factory_ulid_carries_the_clock_millisecond() -> None:
+    clock = Clock(1_700_000_000_123)
+    factory = EventFactory(clock=clock)
+    for step in (0, 1, 1000, 86_400_000):
+        clock.ms = 1_700_000_000_123 + step
+        event_id = factory.draft("DEBUG", "t", {}).event_id
+        assert ULID_RE.fullmatch(event_id)
+        assert ulid.ULID.from_str(event_id).milliseconds == clock.ms
+
+
+def test_ulids_strictly_increase_within_one_millisecond() -> None:
+    generate = UlidGenerator()
+    ids = [generate(1_700_000_000_000) for _ in range(5_000)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_ulids_within_one_millisecond_increment_the_random_part() -> None:
+    generate = UlidGenerator(random_bits=lambda: (1 << 80) - 2)
+    first, second, third = (generate(1_700_000_000_000) for _ in range(3))
+    assert first < second < third
+    # The random part is halved to leave headroom, then incremented by one.
+    assert first[-16:] != second[-16:] and first[:-16] == second[:-16]
+
+
+def test_ulids_strictly_increase_across_milliseconds() -> None:
+    generate = UlidGenerator()
+    ids = [generate(ms) for ms in range(1_700_000_000_000, 1_700_000_000_000 + 2_000) for _ in "ab"]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+
+
+@example(times=[2**40 - 1, 2**40])
+@given(st.lists(st.integers(0, 2**48 - 1), min_size=2, max_size=20).map(sorted))
+def test_ulids_strictly_increase_over_the_whole_48_bit_range(times: list[int]) -> None:
+    generate = UlidGenerator()
+    ids = [generate(ms) for ms in times]
+    assert all(a < b for a, b in zip(ids, ids[1:], strict=False))
+
+
+def test_ulids_keep_increasing_when_the_clock_steps_back() -> None:
+    generate = UlidGenerator()
+    ms = 1_700_000_000_500
+    ids = [generate(t) for t in (ms, ms + 1, ms - 300, ms - 299, ms + 1, ms - 10_000, ms + 2)]
+    assert all(a < b for a, b in zip(ids, ids[1:], strict=False))
+
+
+def test_factory_ids_increase_with_a_clock_that_repeats_and_steps_back() -> None:
+    clock = Clock(1_700_000_000_000)
+    factory = EventFactory(clock=clock)
+    ids = []
+    for ms in [0, 0, 0, 1, 1, -5, -5, 2, 2, 3]:
+        clock.ms = 1_700_000_000_000 + ms
+        ids.append(factory.draft("DEBUG", "t", {}).event_id)
+    assert all(a < b for a, b in zip(ids, ids[1:], strict=False))
+
+
+def test_ulids_differ_between_generators() -> None:
+    assert UlidGenerator()(1_700_000_000_000) != UlidGenerator()(1_700_000_000_000)
+
+
+# -- timestamps ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("epoch_ms", "expected"),
+    [
+        (0, "1970-01-01T00:00:00.000Z"),
+        (1, "1970-01-01T00:00:00.001Z"),
+        (999, "1970-01-01T00:00:00.999Z"),
+        (1_700_000_000_123, "2023-11-14T22:13:20.123Z"),
+        (951_782_400_000, "2000-02-29T00:00:00.000Z"),
+        (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
+    ],
+)
+def test_format_timestamp_known_values(epoch_ms: int, expected: str) -> None:
+    assert format_timestamp(epoch_ms) == expected
+
+
+@given(st.integers(0, 253_402_300_799_999))
+def test_format_timestamp_matches_datetime(epoch_ms: int) -> None:
+    moment = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=epoch_ms)
+    expected = moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{moment.microsecond // 1000:03d}Z"
+    value = format_timestamp(epoch_ms)
+    assert value == expected
+    assert TIMESTAMP_RE.fullmatch(value)
+
+
+def test_factory_timestamp_comes_from_the_injected_clock() -> None:
+    clock = Clock(1_700_000_000_123)
+    factory = EventFactory(clock=clock)
+    first = factory.draft("DEBUG", "t", {})
+    second = factory.draft("DEBUG", "t", {})
+    assert first.timestamp == second.timestamp == "2023-11-14T22:13:20.123Z"
+    clock.ms += 1
+    assert factory.draft("DEBUG", "t", {}).timestamp == "2023-11-14T22:13:20.124Z"
+    clock.ms = 0
+    assert factory.draft("DEBUG", "t", {}).timestamp == "1970-01-01T00:00:00.000Z"
+
+
+# -- validation -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("category", "expected"),
+    [
+        ("CRITICAL", Category.CRITICAL),
+        ("critical", Category.CRITICAL),
+        ("Critical", Category.CRITICAL),
+        ("user_activity", Category.USER_ACTIVITY),
+        ("dEbUg", Category.DEBUG),
+        (Category.SYSTEM, Category.SYSTEM),
+    ],
+)
+def test_category_is_case_insensitive(category: str, expected: Category) -> None:
+    draft = EventFactory(clock=Clock()).draft(category, "t", {})
+    assert draft.category is expected
+
+
+_BAD_INPUT: list[tuple[dict[str, Any], str]] = [
+    ({"category": "BOGUS"}, "category"),
+    ({"category": ""}, "category"),
+    ({"category": " CRITICAL"}, "category"),
+    ({"category": 5}, "category"),
+    ({"category": None}, "category"),
+    ({"event_type": ""}, "event_type"),
+    ({"event_type": "a" * 129}, "event_type"),
+    ({"event_type": "order created"}, "event_type"),
+    ({"event_type": "ordér.created"}, "event_type"),
+    ({"event_type": "order.created\n"}, "event_type"),
+    ({"event_type": "order/created"}, "event_type"),
+    ({"event_type": 5}, "event_type"),
+    ({"payload": [1, 2]}, "payload"),
+    ({"payload": "text"}, "payload"),
+    ({"payload": None}, "payload"),
+    ({"payload": 5}, "payload"),
+    ({"payload": {"s": {1, 2}}}, "payload"),
+    ({"payload": {"o": object()}}, "payload"),
+    ({"payload": {1: "x"}}, "payload"),
+    ({"payload": {"nested": {(1, 2): "x"}}}, "payload"),
+    ({"payload": {"i": 2**64}}, "payload"),
+    ({"payload": {"i": -(2**63) - 1}}, "payload"),
+    ({"payload": {"s": "\ud800"}}, "payload"),
+    ({"payload": {"n": math.nan}}, "payload"),
+    ({"payload": {"n": math.inf}}, "payload"),
+    ({"payload": {"deep": [{"x": -math.inf}]}}, "payload"),
+    ({"payload": {"n": math.nan, "null": None}}, "payload"),
+    ({"key": 5}, "key"),
+    ({"key": "k" * 513}, "key"),
+    ({"source": ""}, "source"),
+    ({"source": "s" * 129}, "source"),
+    ({"source": None}, "source"),
+    ({"source": 5}, "source"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "field"), _BAD_INPUT)
+def test_invalid_input_raises_invalid_event_naming_the_field(
+    overrides: dict[str, Any], field: str
+) -> None:
+    args: dict[str, Any] = {
+        "category": "CRITICAL",
+        "event_type": "order.created",
+        "payload": {"order": 42},
+        "key": None,
+        "source": "default",
+    } | overrides
+    factory = EventFactory(clock=Clock())
+    with pytest.raises(InvalidEvent) as info:
+        factory.draft(
+            args["category"],
+            args["event_type"],
+            args["payload"],
+            key=args["key"],
+            source=args["source"],
+        )
+    error = info.value
+    assert error.field == field
+    assert str(error).startswith(f"{field}: ")
+    assert isinstance(error, ValueError)
+    located = error.at(3)
+    assert located.field == field and located.index == 3
+    assert str(located).startswith(f"event[3].{field}: ")
+
+
+@pytest.mark.parametrize(
+    ("kwargs"),
+    [
+        {"event_type": "a" * 128},
+        {"event_type": "A-z_0.9:x"},
+        {"event_type": "x"},
+        {"key": "k" * 512},
+        {"key": ""},
+        {"source": "s" * 128},
+        {"source": "s"},
+        {"payload": {}},
+        {"payload": {"i": 2**64 - 1, "j": -(2**63)}},
+        {"payload": {"n": None, "s": "null", "f": 1.5}},
+    ],
+)
+def test_boundary_values_are_accepted(kwargs: dict[str, Any]) -> None:
+    args: dict[str, Any] = {"event_type": "t", "payload": {"a": 1}} | kwargs
+    event_type, payload = args.pop("event_type"), args.pop("payload")
+    draft = wire_factory().draft("CRITICAL", event_type, payload, **args)
+    parse_frame(seal(draft, 1).wire).verify()
+
+
+def test_payload_limit_is_on_the_encoded_bytes() -> None:
+    limit = 100
+    factory = EventFactory(clock=Clock(), max_payload_bytes=limit)
+    overhead = len(b'{"a":""}')
+    exact = {"a": "x" * (limit - overhead)}
+    assert len(orjson.dumps(exact)) == limit
+    factory.draft("DEBUG", "t", exact)
+    with pytest.raises(InvalidEvent) as info:
+        factory.draft("DEBUG", "t", {"a": "x" * (limit - overhead + 1)})
+    assert info.value.field == "payload"
+    assert "101" in str(info.value) and "100" in str(info.value)
+    # Characters are not bytes: 50 "é" are 100 bytes of UTF-8.
+    with pytest.raises(InvalidEvent):
+        factory.draft("DEBUG", "t", {"a": "é" * (limit // 2 - overhead // 2 + 1)})
+    # An escaped character counts as its escape sequence.
+    with pytest.raises(InvalidEvent):
+        factory.draft("DEBUG", "t", {"a": "\x00" * 20})
+
+
+def test_default_payload_limit_is_spec_value() -> None:
+    factory = EventFactory(clock=Clock())
+    overhead = len(b'{"a":""}')
+    factory.draft("DEBUG", "t", {"a": "x" * (262_144 - overhead)})
+    with pytest.raises(InvalidEvent):
+        factory.draft("DEBUG", "t", {"a": "x" * (262_144 - overhead + 1)})
+
+
+def test_payload_is_encoded_once_sorted_and_compact() -> None:
+    draft = EventFactory(clock=Clock()).draft("DEBUG", "t", {"b": {"y": 1, "x": 2}, "a": "ü"})
+    assert draft.payload_json == '{"a":"ü","b":{"x":2,"y":1}}'.encode()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG events.py EventFactory.draft: key/source are not checked for lone surrogates; "
+    "seal() then raises a bare TypeError after the store consumed a sequence id",
+)
+@pytest.mark.parametrize("field", ["key", "source"])
+def test_unencodable_key_or_source_is_invalid_event(field: str) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        EventFactory(clock=Clock()).draft("DEBUG", "t", {}, **{field: "bad\ud800"})
+    assert info.value.field == field
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG events.py _check_json_payload: orjson serialises datetime/UUID/dataclass "
+    "natively, so values json cannot encode are silently turned into strings/objects",
+)
+@pytest.mark.parametrize(
+    "value", [dt.datetime(2024, 1, 1, tzinfo=dt.UTC), uuid.UUID(int=1), _Point(1)]
+)
+def test_values_json_cannot_encode_are_rejected(value: object) -> None:
+    with pytest.raises(InvalidEvent):
+        EventFactory(clock=Clock()).draft("DEBUG", "t", {"v": value})
