@@ -1,0 +1,116 @@
+"""Store fixtures: real backends only.
+
+* ``pg_server`` — one real PostgreSQL for the session, started from the
+  ``pgserver`` wheel (its bundled binaries; as root, pgserver creates a
+  ``pgserver`` system user and runs the server as that user, since PostgreSQL
+  refuses to run as root). Listens on a Unix socket in its data directory.
+* ``pg_url`` — a fresh database on that server for one test, dropped after.
+* ``store`` — parametrized over memory, sqlite (a file under ``tmp_path``) and
+  postgres; opened before the test and closed after.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from broadcaster.store import MemoryStore, PostgresStore, SQLiteStore, Store
+
+__all__ = ["PgServer"]
+
+
+@dataclass
+class PgServer:
+    """A running test PostgreSQL: ``url(db)`` builds connection URLs; ``crash()``
+    stops it the way a crash would (immediate shutdown, WAL replay on start);
+    ``start()`` brings it back."""
+
+    server: Any  # pgserver.PostgresServer (untyped third-party object)
+
+    def url(self, dbname: str = "postgres") -> str:
+        uri: str = self.server.get_uri(dbname)
+        return uri
+
+    def crash(self) -> None:
+        from pgserver import _commands  # noqa: PLC0415 - optional test dependency
+
+        _commands.pg_ctl(
+            ["-w", "-m", "immediate", "stop"],
+            pgdata=self.server.pgdata,
+            user=self.server.system_user,
+        )
+
+    def start(self) -> None:
+        self.server.ensure_postgres_running()
+
+    def admin(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.url(), autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    # Not under pytest's basetemp: pytest resets pytest-of-<user> to mode 0700,
+    # which locks out the unprivileged user the server runs as under root. A
+    # short path also keeps the Unix socket (in the data directory) < 108 bytes.
+    base = Path(tempfile.mkdtemp(prefix="bc-pg-"))
+    base.chmod(0o755)
+    with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset (CI, root).
+        warnings.simplefilter("ignore")
+        import pgserver  # noqa: PLC0415
+
+        server = pgserver.get_server(base / "data", cleanup_mode="delete")
+    pg = PgServer(server)
+    with pg.admin() as conn:
+        # A throwaway test server: durability across OS crashes is not under test
+        # (process crashes still are: immediate shutdown + WAL replay).
+        conn.execute("ALTER SYSTEM SET fsync = off")
+        conn.execute("ALTER SYSTEM SET synchronous_commit = off")
+        conn.execute("ALTER SYSTEM SET full_page_writes = off")
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        yield pg
+    finally:
+        server.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+_db_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """A fresh, empty database for one test."""
+    name = f"store_test_{next(_db_numbers)}"
+    pg_server.start()  # a previous test may have crashed it
+    with pg_server.admin() as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield pg_server.url(name)
+    pg_server.start()
+    with pg_server.admin() as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    backend: Store
+    if request.param == "memory":
+        backend = MemoryStore()
+    elif request.param == "sqlite":
+        backend = SQLiteStore(tmp_path / "store.db")
+    else:
+        backend = PostgresStore(request.getfixturevalue("pg_url"))
+    await backend.open()
+    try:
+        yield backend
+    finally:
+        await backend.close()
