@@ -487,13 +487,14 @@ class LocalRealtimeServer:
 
 
 async def _run(host: str, port: int) -> int:
-    server = LocalRealtimeServer(host, port)
-    await server.start()
-    print(server.url, flush=True)
+    # Handlers first: a supervisor may signal as soon as it reads the URL line.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    server = LocalRealtimeServer(host, port)
+    await server.start()
+    print(server.url, flush=True)
     try:
         await stop.wait()
     finally:

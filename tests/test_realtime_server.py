@@ -1,0 +1,399 @@
+"""The local Realtime-protocol server over real loopback sockets.
+
+Protocol details are checked with a plain WebSocket client speaking Phoenix
+JSON frames by hand (so each frame is visible); interoperability with the
+official ``realtime`` client is checked with that client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from broadcaster.realtime_server import LocalRealtimeServer, Peer
+
+TOPIC = "realtime:events:critical"
+JOIN_ACK = {"config": {"broadcast": {"ack": True, "self": False}, "presence": {"key": ""}}}
+
+
+class RawClient:
+    """A bare WebSocket client writing Phoenix frames by hand."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self._ref = 0
+        self.join_refs: dict[str, str] = {}
+
+    async def push(self, topic: str, event: str, payload: Any = None) -> str:
+        self._ref += 1
+        ref = str(self._ref)
+        if event == "phx_join":
+            self.join_refs[topic] = ref
+        frame = {
+            "topic": topic,
+            "event": event,
+            "payload": {} if payload is None else payload,
+            "ref": ref,
+            "join_ref": self.join_refs.get(topic),
+        }
+        await self.ws.send(orjson.dumps(frame).decode())
+        return ref
+
+    async def recv(self, wait_s: float = 2.0) -> dict[str, Any]:
+        async with asyncio.timeout(wait_s):
+            raw = await self.ws.recv()
+        assert isinstance(raw, str), "the server must send text frames"
+        msg: dict[str, Any] = orjson.loads(raw)
+        return msg
+
+    async def expect_silence(self, seconds: float = 0.15) -> None:
+        with pytest.raises(TimeoutError):
+            await self.recv(wait_s=seconds)
+
+    async def join(self, topic: str = TOPIC, *, ack: bool = True, self_: bool = False) -> None:
+        config = {"broadcast": {"ack": ack, "self": self_}, "presence": {"key": ""}}
+        ref = await self.push(topic, "phx_join", {"config": config})
+        reply = await self.recv()
+        assert reply["ref"] == ref and reply["payload"]["status"] == "ok"
+
+
+async def until(predicate: Callable[[], bool], within_s: float = 5.0) -> None:
+    """Poll ``predicate`` until true; fail the test after ``within_s``."""
+    async with asyncio.timeout(within_s):
+        while True:
+            if predicate():
+                return
+            await asyncio.sleep(0.01)
+
+
+def broadcast_payload(n: int) -> dict[str, Any]:
+    return {"type": "broadcast", "event": "events", "payload": {"events": [{"n": n}]}}
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[LocalRealtimeServer]:
+    srv = LocalRealtimeServer()
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.close()
+
+
+@pytest.fixture
+async def raw(server: LocalRealtimeServer) -> AsyncIterator[Any]:
+    """Factory of raw clients connected to ``server``; all closed at the end."""
+    opened: list[ClientConnection] = []
+
+    async def make(path: str = "/realtime/v1/websocket?apikey=k&vsn=1.0.0") -> RawClient:
+        ws = await connect(f"ws://127.0.0.1:{server.port}{path}", compression=None)
+        opened.append(ws)
+        return RawClient(ws)
+
+    yield make
+    for ws in opened:
+        await ws.close()
+
+
+async def test_url_properties_follow_the_bound_port(server: LocalRealtimeServer) -> None:
+    assert server.port > 0
+    assert server.url == f"http://127.0.0.1:{server.port}"
+    assert server.realtime_url == server.url + "/realtime/v1"
+
+
+async def test_join_replies_ok_with_empty_postgres_changes(raw: Any) -> None:
+    client = await raw()
+    ref = await client.push(TOPIC, "phx_join", JOIN_ACK)
+    reply = await client.recv()
+    assert reply == {
+        "topic": TOPIC,
+        "event": "phx_reply",
+        "payload": {"status": "ok", "response": {"postgres_changes": []}},
+        "ref": ref,
+        "join_ref": ref,
+    }
+
+
+async def test_heartbeat_is_answered_and_access_token_ignored(raw: Any) -> None:
+    client = await raw()
+    ref = await client.push("phoenix", "heartbeat")
+    reply = await client.recv()
+    assert reply["topic"] == "phoenix" and reply["ref"] == ref
+    assert reply["payload"] == {"status": "ok", "response": {}}
+    await client.join()
+    await client.push(TOPIC, "access_token", {"access_token": "new"})
+    await client.expect_silence()
+
+
+async def test_broadcast_before_join_is_an_error(raw: Any, server: LocalRealtimeServer) -> None:
+    client = await raw()
+    ref = await client.push(TOPIC, "broadcast", broadcast_payload(1))
+    reply = await client.recv()
+    assert reply["ref"] == ref
+    assert reply["payload"]["status"] == "error"
+    assert reply["payload"]["response"]["reason"] == "unmatched topic"
+    assert server.stats.broadcasts == 0
+
+
+async def test_broadcast_fans_out_to_others_and_acks_the_sender(
+    raw: Any, server: LocalRealtimeServer
+) -> None:
+    sender, other, elsewhere = await raw(), await raw(), await raw()
+    await sender.join(ack=True, self_=False)
+    await other.join(ack=False)
+    await elsewhere.join("realtime:events:system", ack=False)
+    ref = await sender.push(TOPIC, "broadcast", broadcast_payload(7))
+    ack = await sender.recv()
+    assert ack["event"] == "phx_reply" and ack["ref"] == ref
+    assert ack["payload"] == {"status": "ok", "response": {}}
+    got = await other.recv()
+    assert got == {
+        "topic": TOPIC,
+        "event": "broadcast",
+        "payload": broadcast_payload(7),
+        "ref": None,
+    }
+    await sender.expect_silence()  # self: false -> no echo
+    await elsewhere.expect_silence()  # another topic
+    assert server.stats.broadcasts == 1 and server.stats.fanout_frames == 1
+
+
+async def test_self_true_echoes_before_the_ack_and_ack_false_sends_no_reply(raw: Any) -> None:
+    echoing, quiet = await raw(), await raw()
+    await echoing.join(ack=True, self_=True)
+    await quiet.join(ack=False, self_=False)
+    ref = await echoing.push(TOPIC, "broadcast", broadcast_payload(1))
+    first, second = await echoing.recv(), await echoing.recv()
+    # The ack is written after the fan-out frames.
+    assert first["event"] == "broadcast" and first["payload"] == broadcast_payload(1)
+    assert second["event"] == "phx_reply" and second["ref"] == ref
+    assert (await quiet.recv())["event"] == "broadcast"
+    await quiet.push(TOPIC, "broadcast", broadcast_payload(2))
+    assert (await echoing.recv())["payload"] == broadcast_payload(2)
+    await quiet.expect_silence()  # ack: false and self: false -> nothing back
+
+
+async def test_unsupported_event_on_joined_topic_is_an_error(raw: Any) -> None:
+    client = await raw()
+    await client.join()
+    ref = await client.push(TOPIC, "presence", {"event": "track", "payload": {}})
+    reply = await client.recv()
+    assert reply["ref"] == ref and reply["payload"]["status"] == "error"
+    assert "presence" in reply["payload"]["response"]["reason"]
+
+
+async def test_leave_replies_then_closes_and_stops_delivery(
+    raw: Any, server: LocalRealtimeServer
+) -> None:
+    leaver, sender = await raw(), await raw()
+    await leaver.join(ack=False)
+    await sender.join(ack=False)
+    assert server.subscribers(TOPIC) == 2
+    join_ref = leaver.join_refs[TOPIC]
+    ref = await leaver.push(TOPIC, "phx_leave")
+    reply, close = await leaver.recv(), await leaver.recv()
+    assert reply["event"] == "phx_reply" and reply["ref"] == ref
+    assert reply["payload"]["status"] == "ok"
+    assert close["event"] == "phx_close" and close["topic"] == TOPIC
+    assert close["ref"] == join_ref
+    assert server.subscribers(TOPIC) == 1
+    await sender.push(TOPIC, "broadcast", broadcast_payload(3))
+    await leaver.expect_silence()
+
+
+async def test_fan_out_reaches_every_subscriber_including_official_clients(
+    raw: Any, server: LocalRealtimeServer
+) -> None:
+    raws = [await raw() for _ in range(3)]
+    for client in raws:
+        await client.join(ack=False)
+    official = AsyncRealtimeClient(server.realtime_url, "anon-key", auto_reconnect=False)
+    await official.connect()
+    received: list[dict[str, Any]] = []
+    states: list[RealtimeSubscribeStates] = []
+    channel = official.channel("events:critical")
+    channel.on_broadcast("events", lambda p: received.append(dict(p)))
+    await channel.subscribe(lambda state, _err: states.append(state))
+    assert states == [RealtimeSubscribeStates.SUBSCRIBED]
+    sender = await raw()
+    await sender.join(ack=True)
+    for n in range(5):
+        await sender.push(TOPIC, "broadcast", broadcast_payload(n))
+        assert (await sender.recv())["payload"]["status"] == "ok"
+    for client in raws:
+        got = [(await client.recv())["payload"]["payload"]["events"][0]["n"] for _ in range(5)]
+        assert got == list(range(5))
+    await until(lambda: len(received) >= 5)
+    assert [p["payload"]["events"][0]["n"] for p in received] == list(range(5))
+    assert server.stats.fanout_frames == 5 * 4
+    await official.close()
+
+
+async def test_malformed_frames_are_logged_and_ignored(
+    raw: Any, server: LocalRealtimeServer
+) -> None:
+    client = await raw()
+    for frame in (
+        "not json",
+        "[1, 2, 3]",
+        '{"event": "heartbeat"}',
+        '{"topic": "phoenix", "event": "heartbeat", "payload": [1]}',
+        '{"topic": 5, "event": "x"}',
+        '{"topic": "phoenix", "event": "heartbeat", "payload": {}, "ref": {"a": 1}}',
+    ):
+        await client.ws.send(frame)
+    await client.ws.send(b"\x00\xff binary garbage")
+    # The connection and the server are still fine.
+    ref = await client.push("phoenix", "heartbeat")
+    reply = await client.recv()
+    assert reply["ref"] == ref and reply["payload"]["status"] == "ok"
+    assert server.stats.malformed == 7
+    other = await raw()
+    await other.join()
+
+
+async def test_a_raising_handler_costs_one_message_not_the_connection() -> None:
+    class Faulty(LocalRealtimeServer):
+        async def on_other(self, peer: Peer, msg: dict[str, Any]) -> None:
+            raise RuntimeError("injected")
+
+    async with Faulty() as srv:
+        async with connect(srv.realtime_url.replace("http", "ws") + "/websocket") as ws:
+            client = RawClient(ws)
+            await client.join()
+            await client.push(TOPIC, "presence", {})
+            await client.join("realtime:events:debug")
+
+
+async def test_unknown_path_is_rejected_with_404(server: LocalRealtimeServer) -> None:
+    with pytest.raises(InvalidStatus) as info:
+        await connect(f"ws://127.0.0.1:{server.port}/nope")
+    assert info.value.response.status_code == 404
+    for path in ("/socket/websocket", "/websocket?vsn=1.0.0"):
+        async with connect(f"ws://127.0.0.1:{server.port}{path}") as ws:
+            client = RawClient(ws)
+            await client.join()
+
+
+async def test_restart_binds_the_same_port_and_closes_old_connections(raw: Any) -> None:
+    srv = LocalRealtimeServer()
+    await srv.start()
+    port = srv.port
+    async with connect(f"ws://127.0.0.1:{port}/websocket") as ws:
+        await RawClient(ws).join()
+        await srv.close()
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+        assert ws.close_code == 1001
+    assert not srv.running
+    await srv.start()
+    try:
+        assert srv.port == port
+        async with connect(f"ws://127.0.0.1:{port}/websocket") as ws:
+            await RawClient(ws).join()
+    finally:
+        await srv.close()
+    await srv.close()  # idempotent
+
+
+async def test_serve_forever_returns_after_close() -> None:
+    srv = LocalRealtimeServer()
+    task = asyncio.get_running_loop().create_task(srv.serve_forever())
+    await until(lambda: srv.running)
+    await srv.close()
+    async with asyncio.timeout(2):
+        await task
+
+
+async def test_slow_subscriber_is_closed_and_does_not_hold_back_others() -> None:
+    srv = LocalRealtimeServer(max_buffer_bytes=256 * 1024, evict_grace_s=0.3)
+    await srv.start()
+    url = f"ws://127.0.0.1:{srv.port}/websocket"
+    # A subscriber that never reads, with a tiny receive buffer so the
+    # server-side backlog builds up fast.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", srv.port))
+    try:
+        async with (
+            connect(url, sock=sock, max_queue=1, compression=None, close_timeout=0.2) as stuck_ws,
+            connect(url, compression=None) as fast_ws,
+            connect(url, compression=None) as sender_ws,
+        ):
+            stuck, fast, sender = RawClient(stuck_ws), RawClient(fast_ws), RawClient(sender_ws)
+            await stuck.join(ack=False)
+            await fast.join(ack=False)
+            await sender.join(ack=True)
+            body = {"type": "broadcast", "event": "events", "payload": {"blob": "x" * 32_768}}
+            received = 0
+            for _ in range(200):
+                await sender.push(TOPIC, "broadcast", body)
+                assert (await sender.recv())["payload"]["status"] == "ok"
+                assert (await fast.recv())["event"] == "broadcast"
+                received += 1
+            assert received == 200
+            assert srv.stats.evicted == 1
+            assert srv.subscribers(TOPIC) == 2
+            # Stuck (it reads nothing, not even the 1013 close frame), it is
+            # cut after the grace period: its server-side handler ends.
+            await until(lambda: len(srv.peers) == 2, within_s=3)
+            assert stuck_ws.id not in {p.conn.id for p in srv.peers}
+    finally:
+        await srv.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_main_runs_as_a_module_prints_its_url_and_exits_on_sigterm(tmp_path: Path) -> None:
+    port = _free_port()
+    with (
+        open(tmp_path / "stderr.log", "wb") as err,
+        subprocess.Popen(
+            [sys.executable, "-m", "broadcaster.realtime_server", "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+        ) as proc,
+    ):
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode().strip()
+        assert line == f"http://127.0.0.1:{port}"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert proc.stdout.read() == b""
+
+
+def test_main_reports_a_busy_port() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "broadcaster.realtime_server",
+                "--port",
+                str(s.getsockname()[1]),
+            ],
+            capture_output=True,
+            timeout=30,
+        )
+    assert done.returncode == 1
+    assert done.stdout == b""
+    assert b"cannot listen" in done.stderr
