@@ -594,6 +594,25 @@ class SQLiteStore(Store):
             ),
         )
 
+    async def pragma(self, name: str, value: int | str | None = None) -> object:
+        """Read (or with ``value``, set) a pragma on the store's own connection,
+        e.g. ``page_count``, ``journal_mode``, ``max_page_count`` (operators,
+        tests). Returns the first column of the first row, or ``None``."""
+        if not name.replace("_", "").isalnum():
+            raise ValueError(f"not a pragma name: {name!r}")
+        if value is not None and not str(value).replace("_", "").isalnum():
+            raise ValueError(f"not a pragma value: {value!r}")
+        sql = f"PRAGMA {name}" if value is None else f"PRAGMA {name} = {value}"
+
+        def run() -> object:
+            try:
+                row = self._connection().execute(sql).fetchone()
+            except sqlite3.Error as exc:
+                raise self._translate(exc, f"pragma {name}") from exc
+            return None if row is None else row[0]
+
+        return await self._call(run)
+
     async def last_sequence_id(self) -> int:
         """The highest sequence id ever handed out (persisted; survives pruning)."""
 

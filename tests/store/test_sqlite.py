@@ -1,0 +1,292 @@
+"""SQLite backend specifics: WAL, schema versions, faults, crash safety, loop latency."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from broadcaster.events import EventFactory, seal
+from broadcaster.exceptions import StoreError, StoreUnavailable
+from broadcaster.store import (
+    DeliveryState,
+    MemoryStore,
+    PostgresStore,
+    SQLiteStore,
+    store_from_url,
+)
+from broadcaster.store.sqlite import MIGRATIONS, SCHEMA_VERSION, migrate
+
+__all__: list[str] = []
+
+REPO = Path(__file__).resolve().parents[2]
+BOTH = ("websocket", "realtime")
+
+
+def items(n: int, payload_bytes: int = 0) -> list[tuple[object, tuple[str, ...]]]:
+    factory = EventFactory()
+    pad = "x" * payload_bytes
+    return [(factory.draft("SYSTEM", "disk.test", {"i": i, "pad": pad}), BOTH) for i in range(n)]
+
+
+async def test_wal_mode_and_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    async with SQLiteStore(path) as store:
+        assert await store.pragma("journal_mode") == "wal"
+        assert await store.pragma("synchronous") == 1  # NORMAL
+        await store.append(items(3))  # type: ignore[arg-type]
+        assert Path(f"{path}-wal").exists()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        assert version == (SCHEMA_VERSION,)
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"meta", "events", "deliveries", "receipts"} <= tables
+    conn.close()
+
+
+async def test_synchronous_full_from_url(tmp_path: Path) -> None:
+    store = store_from_url(f"sqlite:///{tmp_path}/f.db?synchronous=full")
+    assert isinstance(store, SQLiteStore)
+    async with store:
+        assert await store.pragma("synchronous") == 2  # FULL
+
+
+async def test_undelivered_uses_the_partial_index(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "i.db"):
+        pass
+    conn = sqlite3.connect(tmp_path / "i.db")
+    from broadcaster.store.sqlite import _UNDELIVERED  # noqa: PLC0415
+
+    plan = " ".join(str(r) for r in conn.execute(f"EXPLAIN QUERY PLAN {_UNDELIVERED}", ("a", 0, 1)))
+    conn.close()
+    assert "deliveries_undelivered" in plan
+
+
+async def test_migrates_from_version_1(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    assert migrate(conn, MIGRATIONS[:1]) == 0
+    record = seal(EventFactory().draft("CRITICAL", "old.event", {"v": 1}), 7)
+    conn.execute(
+        "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (7, record.event_id, "CRITICAL", "old.event", 1, '["websocket"]', record.wire),
+    )
+    conn.execute("INSERT INTO deliveries VALUES (7, 'websocket', 'queued', NULL, 1)")
+    conn.execute("UPDATE meta SET value = 7 WHERE key = 'last_sequence_id'")
+    conn.close()
+
+    async with SQLiteStore(path) as store:
+        assert await store.undelivered("websocket") == [record]
+        assert await store.last_sequence_id() == 7
+        (new,) = await store.append([(EventFactory().draft("CRITICAL", "e", {}), ("websocket",))])
+        assert new.sequence_id == 8
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (2,)
+    conn.close()
+
+
+async def test_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    async with SQLiteStore(path):
+        pass
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("UPDATE meta SET value = 99 WHERE key = 'schema_version'")
+    conn.close()
+    store = SQLiteStore(path)
+    with pytest.raises(StoreError, match="schema version 99 is newer"):
+        await store.open()
+    await store.close()  # harmless after a failed open
+
+
+async def test_unopenable_file_is_unavailable(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "no-such-dir" / "x.db")
+    with pytest.raises(StoreUnavailable, match="no-such-dir.*unable to open"):
+        await store.open()
+
+
+async def test_not_a_database_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not an sqlite file" * 100)
+    with pytest.raises(StoreError, match="not a database") as info:
+        await SQLiteStore(path).open()
+    assert not isinstance(info.value, StoreUnavailable)
+
+
+async def test_disk_full_is_unavailable_then_recovers(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "full.db") as store:
+        before = await store.append(items(10))  # type: ignore[arg-type]
+        last = before[-1].sequence_id
+        # Simulate a full disk: the file may not grow beyond its current size.
+        pages = await store.pragma("page_count")
+        assert await store.pragma("max_page_count", str(pages)) == pages
+        with pytest.raises(StoreUnavailable, match=r"full.*SQLITE_FULL"):
+            await store.append(items(300, payload_bytes=2000))  # type: ignore[arg-type]
+        # Nothing half-written, no id consumed.
+        assert await store.last_sequence_id() == last
+        assert await store.get(last + 1) is None
+        assert len(await store.undelivered("websocket")) == 10
+        # Marks on existing rows do not grow the file: they still work.
+        await store.mark("websocket", [last], DeliveryState.ACKED)
+
+        await store.pragma("max_page_count", "1073741823")  # space again
+        after = await store.append(items(300, payload_bytes=2000))  # type: ignore[arg-type]
+        assert after[0].sequence_id == last + 1
+        assert len(await store.undelivered("realtime")) == 310
+
+
+async def test_locked_file_is_unavailable_then_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    async with SQLiteStore(path, busy_timeout_ms=50) as store:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            with pytest.raises(StoreUnavailable, match="locked"):
+                await store.append(items(5))  # type: ignore[arg-type]
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        (first, *_) = await store.append(items(5))  # type: ignore[arg-type]
+        assert first.sequence_id == 1
+
+
+async def test_ids_never_reused_after_pruning(tmp_path: Path) -> None:
+    path = tmp_path / "prune.db"
+    async with SQLiteStore(path) as store:
+        records = await store.append(items(20))  # type: ignore[arg-type]
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DELETE FROM events")  # what a future pruning job would do
+    conn.execute("DELETE FROM deliveries")
+    conn.close()
+    async with SQLiteStore(path) as store:
+        assert await store.last_sequence_id() == records[-1].sequence_id
+        (new, *_) = await store.append(items(1))  # type: ignore[arg-type]
+        assert new.sequence_id == records[-1].sequence_id + 1
+
+
+_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from broadcaster.events import EventFactory
+    from broadcaster.store import SQLiteStore
+
+    async def main():
+        factory = EventFactory()
+        async with SQLiteStore(sys.argv[1]) as store:
+            while True:
+                batch = [(factory.draft("CRITICAL", "crash.test", {"i": i}), ("websocket",))
+                         for i in range(50)]
+                records = await store.append(batch)
+                # Printed only after append returned: the promise under test.
+                print("APPENDED", records[0].sequence_id, records[-1].sequence_id, flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.slow
+async def test_sigkill_mid_stream_loses_no_returned_append(tmp_path: Path) -> None:
+    path = tmp_path / "crash.db"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    assert child.stdout is not None
+    lines: list[bytes] = []
+    deadline = time.monotonic() + 30
+    while len(lines) < 40 and time.monotonic() < deadline:
+        line = await asyncio.to_thread(child.stdout.readline)
+        if not line:
+            break
+        if line.startswith(b"APPENDED "):  # (structlog also writes to stdout)
+            lines.append(line)
+    child.send_signal(signal.SIGKILL)  # mid-stream: appends are in flight
+    rest = await asyncio.to_thread(child.stdout.read)
+    child.stdout.close()
+    await asyncio.to_thread(child.wait)
+    lines += rest.splitlines(keepends=True)
+    assert len(lines) >= 40
+    # A line cut by the kill has no end of line; every complete one is a returned append.
+    returned = [
+        (int(first), int(last))
+        for _, first, last in (
+            line.split() for line in lines if line.startswith(b"APPENDED ") and line.endswith(b"\n")
+        )
+    ]
+    assert len(returned) >= 40
+    highest = max(last for _, last in returned)
+
+    async with SQLiteStore(path) as store:
+        for first, last in returned:
+            assert await store.get(first) is not None
+            assert await store.get(last) is not None
+        assert await store.last_sequence_id() >= highest
+        (new, *_) = await store.append(items(1))  # type: ignore[arg-type]
+        assert new.sequence_id > highest
+        assert await store.pragma("integrity_check") == "ok"
+        ids = [r.sequence_id for r in await store.undelivered("websocket", limit=1_000_000)]
+        assert ids == list(range(1, len(ids) + 1))  # no holes, no duplicates
+
+
+async def test_big_append_does_not_block_the_loop(tmp_path: Path) -> None:
+    batch = items(20_000)
+    async with SQLiteStore(tmp_path / "lat.db") as store:
+        worst = 0.0
+        stop = False
+
+        async def ticker() -> None:
+            nonlocal worst
+            last = time.perf_counter()
+            while not stop:
+                await asyncio.sleep(0.001)
+                now = time.perf_counter()
+                worst = max(worst, now - last)
+                last = now
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0.01)
+        started = time.perf_counter()
+        await store.append(batch)  # type: ignore[arg-type]
+        took = time.perf_counter() - started
+        stop = True
+        await task
+    # The append takes hundreds of ms; the loop keeps ticking meanwhile (GIL
+    # hand-offs every few ms), far from stalling for the whole append.
+    assert took > 0.1
+    assert worst < min(0.1, took / 3), (worst, took)
+
+
+def test_store_from_url() -> None:
+    assert isinstance(store_from_url("memory://"), MemoryStore)
+    default = store_from_url("sqlite:///./broadcaster.db")
+    assert isinstance(default, SQLiteStore)
+    assert default.path == Path("./broadcaster.db")
+    assert default.synchronous == "NORMAL"
+    relative = store_from_url("sqlite:///data/events.db")
+    assert isinstance(relative, SQLiteStore) and relative.path == Path("data/events.db")
+    absolute = store_from_url("sqlite:////var/lib/b.db?synchronous=full")
+    assert isinstance(absolute, SQLiteStore)
+    assert absolute.path == Path("/var/lib/b.db") and absolute.synchronous == "FULL"
+    assert isinstance(store_from_url("postgresql://u@localhost/db"), PostgresStore)
+    assert isinstance(store_from_url("postgres://u@localhost/db"), PostgresStore)
+    for bad in ("mysql://x/y", "broadcaster.db", "sqlite:///x.db?synchronous=sometimes"):
+        with pytest.raises(ValueError, match="unsupported STORE_URL") as info:
+            store_from_url(bad)
+        assert bad in str(info.value)
+    with pytest.raises(ValueError, match="cache"):
+        store_from_url("sqlite:///x.db?cache=shared")
+    with pytest.raises(ValueError, match="no database path"):
+        store_from_url("sqlite:///")
