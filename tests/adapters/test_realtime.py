@@ -1,0 +1,433 @@
+"""The Realtime adapter: the official client against the local Realtime server,
+over real loopback sockets. Faults are injected with small server subclasses."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from realtime import AsyncRealtimeClient
+
+from broadcaster.adapters.realtime import (
+    RealtimeAdapter,
+    broadcast_channel_params,
+    channel_topic,
+    normalize_realtime_url,
+)
+from broadcaster.events import Category, EventFactory, EventRecord, seal
+from broadcaster.exceptions import (
+    AdapterRejected,
+    AdapterTimeout,
+    AdapterUnavailable,
+    ConfigError,
+)
+from broadcaster.realtime_server import LocalRealtimeServer, Peer
+from broadcaster.settings import load_settings
+
+Msg = dict[str, Any]
+
+
+async def until(predicate: Callable[[], bool], within_s: float = 5.0) -> None:
+    """Poll ``predicate`` until true; fail the test after ``within_s``."""
+    async with asyncio.timeout(within_s):
+        while True:
+            if predicate():
+                return
+            await asyncio.sleep(0.01)
+
+
+class Records:
+    """Sealed events with increasing sequence ids."""
+
+    def __init__(self) -> None:
+        self._factory = EventFactory()
+        self._seq = 0
+
+    def make(
+        self, n: int, category: Category = Category.CRITICAL, payload_bytes: int = 0
+    ) -> list[EventRecord]:
+        out = []
+        for _ in range(n):
+            self._seq += 1
+            payload = {"i": self._seq, "pad": "x" * payload_bytes}
+            out.append(seal(self._factory.draft(category, "test.event", payload), self._seq))
+        return out
+
+
+class RecordingServer(LocalRealtimeServer):
+    """Keeps every broadcast push (topic and event sequence ids) it received."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pushes: list[tuple[str, list[int]]] = []
+        self.push_sizes: list[int] = []
+
+    async def on_broadcast(self, peer: Peer, msg: Msg) -> None:
+        events = msg["payload"].get("payload", {}).get("events", [])
+        self.pushes.append((msg["topic"], [e["sequence_id"] for e in events]))
+        self.push_sizes.append(len(events))
+        await super().on_broadcast(peer, msg)
+
+
+class Listener:
+    """An official client joined to a category channel, recording what arrives."""
+
+    def __init__(self, url: str, category: Category = Category.CRITICAL) -> None:
+        self.client = AsyncRealtimeClient(url, "anon", auto_reconnect=False)
+        self.topic = channel_topic("events", category)
+        self.batches: list[Msg] = []
+
+    @property
+    def events(self) -> list[Msg]:
+        return [e for b in self.batches for e in b["payload"]["events"]]
+
+    async def start(self) -> None:
+        await self.client.connect()
+        channel = self.client.channel(self.topic, broadcast_channel_params(ack=False))
+        channel.on_broadcast("events", lambda p: self.batches.append(dict(p)))
+        await channel.subscribe()
+        assert channel.is_joined
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+FAST = {
+    "connect_timeout_s": 2.0,
+    "reconnect_initial_s": 0.02,
+    "reconnect_max_s": 0.1,
+    "poll_s": 0.05,
+}
+
+
+@pytest.fixture
+def records() -> Records:
+    return Records()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RecordingServer]:
+    srv = RecordingServer()
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.close()
+
+
+@pytest.fixture
+async def make_adapter() -> AsyncIterator[Callable[..., Any]]:
+    """Factory of started adapters; every one is closed at the end."""
+    made: list[RealtimeAdapter] = []
+
+    async def make(url: str, *, start: bool = True, **kwargs: Any) -> RealtimeAdapter:
+        adapter = RealtimeAdapter(url, "anon-key", **{**FAST, **kwargs})
+        made.append(adapter)
+        if start:
+            await adapter.start()
+        return adapter
+
+    yield make
+    for adapter in made:
+        await adapter.close()
+
+
+@pytest.fixture
+async def listener(server: RecordingServer) -> AsyncIterator[Listener]:
+    lis = Listener(server.realtime_url)
+    await lis.start()
+    try:
+        yield lis
+    finally:
+        await lis.close()
+
+
+def test_channel_names_params_and_url_normalisation() -> None:
+    assert channel_topic("events", Category.USER_ACTIVITY) == "events:user_activity"
+    assert channel_topic("pfx", "CRITICAL") == "pfx:critical"
+    params = broadcast_channel_params(ack=True)
+    assert params == {
+        "config": {
+            "broadcast": {"ack": True, "self": False},
+            "presence": {"key": "", "enabled": False},
+            "private": False,
+        }
+    }
+    assert broadcast_channel_params(ack=True) is not params
+    assert normalize_realtime_url("https://x.supabase.co") == "https://x.supabase.co/realtime/v1"
+    assert normalize_realtime_url("http://h:1/") == "http://h:1/realtime/v1"
+    assert normalize_realtime_url("http://h:1/realtime/v1/") == "http://h:1/realtime/v1"
+
+
+def test_from_settings_takes_every_realtime_setting() -> None:
+    settings = load_settings(
+        env_file=None,
+        supabase_url="http://127.0.0.1:9/",
+        supabase_key="secret",
+        realtime_channel_prefix="pfx",
+        realtime_batch_ms=7,
+        realtime_batch_max=3,
+        realtime_batch_bytes=4096,
+        realtime_max_messages_per_s=9,
+    )
+    adapter = RealtimeAdapter.from_settings(settings)
+    assert adapter.url == "http://127.0.0.1:9/realtime/v1"
+    assert adapter.channel_prefix == "pfx"
+    assert (adapter._batch_s, adapter._batch_max, adapter._batch_bytes) == (0.007, 3, 4096)
+    assert adapter._rate == 9 and adapter._key == "secret"
+    other = RealtimeAdapter.from_settings(settings, url="http://other:1/realtime/v1")
+    assert other.url == "http://other:1/realtime/v1"
+    with pytest.raises(ConfigError) as info:
+        RealtimeAdapter.from_settings(load_settings(env_file=None))
+    assert info.value.variable == "SUPABASE_URL"
+
+
+async def test_send_delivers_batches_in_order_on_the_category_channel(
+    server: RecordingServer, listener: Listener, records: Records, make_adapter: Any
+) -> None:
+    adapter = await make_adapter(server.realtime_url)
+    assert adapter.name == "realtime"
+    health = adapter.health()
+    assert health.connected and len(health.extra["joined_channels"]) == len(Category)
+    batch = records.make(5)
+    await adapter.send(batch)
+    await until(lambda: len(listener.events) == 5)
+    assert listener.events == [r.to_dict() for r in batch]
+    assert listener.batches[0]["event"] == "events"
+    # Other categories go to their own channels, not this one.
+    await adapter.send(records.make(2, Category.SYSTEM))
+    assert {t for t, _ in server.pushes} == {
+        "realtime:events:critical",
+        "realtime:events:system",
+    }
+    assert len(listener.events) == 5
+    assert adapter.health().extra["events_acked"] == 7
+    assert adapter.outstanding_acks == 0
+
+
+async def test_many_events_become_few_pushes(
+    server: RecordingServer, listener: Listener, records: Records, make_adapter: Any
+) -> None:
+    adapter = await make_adapter(server.realtime_url, batch_max=100, batch_ms=5)
+    batch = records.make(1000)
+    await adapter.send(batch)
+    assert server.stats.broadcasts == adapter.pushes
+    assert 10 <= adapter.pushes <= 12
+    assert max(server.push_sizes) == 100
+    await until(lambda: len(listener.events) == 1000)
+    assert [e["sequence_id"] for e in listener.events] == [r.sequence_id for r in batch]
+
+
+async def test_small_sends_within_batch_ms_share_a_push(
+    server: RecordingServer, records: Records, make_adapter: Any
+) -> None:
+    adapter = await make_adapter(server.realtime_url, batch_ms=50)
+    await asyncio.gather(*(adapter.send(records.make(1)) for _ in range(20)))
+    assert adapter.pushes <= 2
+
+
+async def test_batch_bytes_bounds_every_push(
+    server: RecordingServer, records: Records, make_adapter: Any
+) -> None:
+    adapter = await make_adapter(server.realtime_url, batch_bytes=20_000, batch_max=100)
+    batch = records.make(50, payload_bytes=3000)  # ~3.3 kB each -> 5 or 6 per push
+    await adapter.send(batch)
+    assert max(server.push_sizes) <= 20_000 // 3000
+    assert sum(server.push_sizes) == 50
+    # One event larger than batch_bytes still goes, alone.
+    await adapter.send(records.make(1, payload_bytes=30_000))
+    assert server.push_sizes[-1] == 1
+
+
+async def test_overlapping_sends_keep_sequence_order_per_channel(
+    records: Records, make_adapter: Any
+) -> None:
+    class Jittery(RecordingServer):
+        """Acks after a random delay, so acks come back out of order."""
+
+        async def ack_broadcast(self, peer: Peer, msg: Msg) -> None:
+            async def later() -> None:
+                await asyncio.sleep(random.uniform(0, 0.03))
+                await LocalRealtimeServer.ack_broadcast(self, peer, msg)
+
+            self.spawn(later())
+
+    async with Jittery() as srv:
+        lis = Listener(srv.realtime_url)
+        await lis.start()
+        adapter = await make_adapter(srv.realtime_url, batch_max=7, batch_ms=1)
+        batches = [records.make(random.randint(1, 15)) for _ in range(40)]
+        # Created in order, they start in order; they overlap while awaiting acks.
+        await asyncio.gather(*(adapter.send(b) for b in batches))
+        expected = [r.sequence_id for b in batches for r in b]
+        pushed = [s for _, seqs in srv.pushes for s in seqs]
+        assert pushed == expected
+        await until(lambda: len(lis.events) == len(expected))
+        assert [e["sequence_id"] for e in lis.events] == expected
+        await lis.close()
+
+
+async def test_acks_pipeline_many_outstanding_pushes(records: Records, make_adapter: Any) -> None:
+    class SlowAcks(RecordingServer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.unacked = 0
+            self.max_unacked = 0
+
+        async def ack_broadcast(self, peer: Peer, msg: Msg) -> None:
+            self.unacked += 1
+            self.max_unacked = max(self.max_unacked, self.unacked)
+
+            async def later() -> None:
+                await asyncio.sleep(0.25)
+                self.unacked -= 1
+                await LocalRealtimeServer.ack_broadcast(self, peer, msg)
+
+            self.spawn(later())
+
+    async with SlowAcks() as srv:
+        adapter = await make_adapter(srv.realtime_url, batch_max=10, batch_ms=0)
+        started = time.monotonic()
+        sends = [adapter.send(records.make(10)) for _ in range(20)]
+        tasks = [asyncio.get_running_loop().create_task(s) for s in sends]
+        await until(lambda: adapter.outstanding_acks >= 20, within_s=2)
+        assert adapter.health().extra["outstanding_acks"] >= 20
+        await asyncio.gather(*tasks)
+        elapsed = time.monotonic() - started
+        # 20 pushes with a 0.25 s ack delay each: serial would take 5 s.
+        assert elapsed < 1.5
+        assert srv.max_unacked >= 20
+
+
+async def test_rate_cap_paces_pushes(
+    server: RecordingServer, records: Records, make_adapter: Any
+) -> None:
+    adapter = await make_adapter(
+        server.realtime_url, batch_max=1, batch_ms=0, max_messages_per_s=40
+    )
+    started = time.monotonic()
+    await asyncio.gather(*(adapter.send(records.make(1)) for _ in range(12)))
+    elapsed = time.monotonic() - started
+    assert adapter.pushes == 12
+    assert elapsed >= 11 / 40 * 0.9  # one token up front, then 40 per second
+    assert elapsed < 2.0
+
+
+async def test_error_reply_raises_adapter_rejected(records: Records, make_adapter: Any) -> None:
+    class Refusing(LocalRealtimeServer):
+        async def ack_broadcast(self, peer: Peer, msg: Msg) -> None:
+            await self.reply(peer, msg, "error", {"reason": "RateLimitReached"})
+
+    async with Refusing() as srv:
+        adapter = await make_adapter(srv.realtime_url)
+        with pytest.raises(AdapterRejected) as info:
+            await adapter.send(records.make(3))
+        assert info.value.adapter == "realtime"
+        assert "RateLimitReached" in str(info.value)
+        assert adapter.outstanding_acks == 0
+        assert adapter.health().connected  # a refusal is not a lost connection
+
+
+async def test_no_reply_raises_adapter_timeout(records: Records, make_adapter: Any) -> None:
+    class Silent(LocalRealtimeServer):
+        async def ack_broadcast(self, peer: Peer, msg: Msg) -> None:
+            return None  # drop the ack
+
+    async with Silent() as srv:
+        adapter = await make_adapter(srv.realtime_url, ack_timeout_s=0.3)
+        started = time.monotonic()
+        with pytest.raises(AdapterTimeout):
+            await adapter.send(records.make(2))
+        assert 0.25 <= time.monotonic() - started < 2.0
+        assert adapter.outstanding_acks == 0
+
+
+async def test_send_before_start_after_close_and_empty(
+    server: RecordingServer, records: Records, make_adapter: Any
+) -> None:
+    adapter = await make_adapter(server.realtime_url, start=False)
+    with pytest.raises(AdapterUnavailable):
+        await adapter.send(records.make(1))
+    assert adapter.health().detail == "not started"
+    await adapter.start()
+    await adapter.start()  # idempotent
+    await adapter.send([])
+    await adapter.close()
+    await adapter.close()  # idempotent
+    with pytest.raises(AdapterUnavailable):
+        await adapter.send(records.make(1))
+    assert not adapter.health().connected
+
+
+async def test_lost_connection_fails_in_flight_sends_and_new_ones_fast(
+    records: Records, make_adapter: Any
+) -> None:
+    class Silent(LocalRealtimeServer):
+        async def ack_broadcast(self, peer: Peer, msg: Msg) -> None:
+            return None
+
+    srv = Silent()
+    await srv.start()
+    adapter = await make_adapter(srv.realtime_url, ack_timeout_s=30)
+    pending = asyncio.get_running_loop().create_task(adapter.send(records.make(3)))
+    await until(lambda: adapter.outstanding_acks == 1)
+    await srv.close()
+    started = time.monotonic()
+    with pytest.raises(AdapterUnavailable):
+        await pending  # not a 30 s timeout: the loss fails what was in flight
+    assert time.monotonic() - started < 2
+    with pytest.raises(AdapterUnavailable):
+        await adapter.send(records.make(1))  # fails fast, nothing buffered
+    assert not adapter.health().connected
+    assert adapter.health().extra["queued_events"] == 0
+
+
+async def test_server_restart_on_same_port_reconnects_and_rejoins(
+    records: Records, make_adapter: Any
+) -> None:
+    srv = RecordingServer()
+    await srv.start()
+    try:
+        adapter = await make_adapter(srv.realtime_url)
+        await adapter.send(records.make(2))
+        await srv.close()
+        await until(lambda: not adapter.health().connected)
+        # Down longer than the client's own retry budget (max_retries=5)
+        # would cover at this backoff: the supervisor keeps going.
+        await asyncio.sleep(0.8)
+        assert adapter.link is not None
+        failed_attempts = adapter.link.attempts
+        assert failed_attempts > 5
+        await srv.start()
+        await until(lambda: adapter.health().connected)
+        assert adapter.link.connects == 2
+        assert srv.stats.joins == 2 * len(Category)
+        batch = records.make(4)
+        await adapter.send(batch)
+        assert srv.pushes[-1] == ("realtime:events:critical", [r.sequence_id for r in batch])
+        assert adapter.health().extra["reconnects"] == 1
+    finally:
+        await srv.close()
+
+
+async def test_start_while_server_down_raises_then_recovers_in_background(
+    records: Records, make_adapter: Any
+) -> None:
+    srv = RecordingServer()
+    await srv.start()
+    url = srv.realtime_url
+    await srv.close()
+    adapter = await make_adapter(url, start=False)
+    with pytest.raises(AdapterUnavailable):
+        await adapter.start()
+    assert "reconnecting" in adapter.health().detail
+    await srv.start()
+    try:
+        await until(lambda: adapter.health().connected)
+        await adapter.send(records.make(1))
+    finally:
+        await srv.close()
