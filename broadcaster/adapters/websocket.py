@@ -333,8 +333,8 @@ class WebSocketAdapter(Adapter):
                 remote=sub.remote,
                 categories=_describe(categories),
                 frames_sent=sub.frames_sent,
-                close_code_received=rcvd.code if rcvd else None,
-                close_code_sent=sent.code if sent else None,
+                close_code_received=int(rcvd.code) if rcvd else None,
+                close_code_sent=int(sent.code) if sent else None,
             )
 
     def _forget(self, connection: ServerConnection) -> None:
