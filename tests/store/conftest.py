@@ -43,7 +43,7 @@ class PgServer:
     def crash(self) -> None:
         from pgserver import _commands  # noqa: PLC0415 - optional test dependency
 
-        _commands.pg_ctl(
+        _commands.pg_ctl(  # type: ignore[attr-defined]
             ["-w", "-m", "immediate", "stop"],
             pgdata=self.server.pgdata,
             user=self.server.system_user,
@@ -68,14 +68,15 @@ def pg_server() -> Iterator[PgServer]:
         warnings.simplefilter("ignore")
         import pgserver  # noqa: PLC0415
 
-        server = pgserver.get_server(base / "data", cleanup_mode="delete")
+        server = pgserver.get_server(  # type: ignore[attr-defined]
+            base / "data", cleanup_mode="delete"
+        )
     pg = PgServer(server)
     with pg.admin() as conn:
-        # A throwaway test server: durability across OS crashes is not under test
-        # (process crashes still are: immediate shutdown + WAL replay).
+        # A throwaway test server: durability across OS crashes is not under test,
+        # so no fsync. Server crashes are (immediate shutdown + WAL replay), so
+        # synchronous_commit stays on: a commit must reach the WAL before it returns.
         conn.execute("ALTER SYSTEM SET fsync = off")
-        conn.execute("ALTER SYSTEM SET synchronous_commit = off")
-        conn.execute("ALTER SYSTEM SET full_page_writes = off")
         conn.execute("SELECT pg_reload_conf()")
     try:
         yield pg

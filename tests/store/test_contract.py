@@ -85,7 +85,8 @@ async def test_append_is_all_or_nothing(store: Store, request: pytest.FixtureReq
 
 
 async def test_mark_and_undelivered(store: Store) -> None:
-    records = await store.append([(d, BOTH if i % 2 == 0 else WS) for i, d in enumerate(drafts(10))])
+    routed = [BOTH if i % 2 == 0 else WS for i in range(10)]
+    records = await store.append(list(zip(drafts(10), routed, strict=True)))
     ids = [r.sequence_id for r in records]
     both_ids = ids[0::2]  # routed to websocket and realtime
     await store.mark("websocket", ids[:4], DeliveryState.ACKED)
@@ -105,9 +106,7 @@ async def test_mark_and_undelivered(store: Store) -> None:
 
     assert [r.sequence_id for r in await store.undelivered("websocket", limit=2)] == ids[5:7]
     assert [r.sequence_id for r in await store.undelivered("websocket", after=ids[6])] == ids[7:]
-    paged = [
-        r.sequence_id for r in await store.undelivered("websocket", after=ids[6], limit=1)
-    ]
+    paged = [r.sequence_id for r in await store.undelivered("websocket", after=ids[6], limit=1)]
     assert paged == [ids[7]]
     # What undelivered() returns is the stored event, checksum intact.
     for record in await store.undelivered("realtime"):
@@ -172,9 +171,7 @@ async def test_concurrent_marks_all_apply(store: Store) -> None:
 
 
 async def test_concurrent_appends_get_unique_ids(store: Store) -> None:
-    batches = await asyncio.gather(
-        *(store.append([(d, WS) for d in drafts(25)]) for _ in range(8))
-    )
+    batches = await asyncio.gather(*(store.append([(d, WS) for d in drafts(25)]) for _ in range(8)))
     for batch in batches:
         ids = [r.sequence_id for r in batch]
         assert ids == sorted(ids)

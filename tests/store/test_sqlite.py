@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
 import textwrap
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from broadcaster.events import EventFactory, seal
+from broadcaster.events import EventDraft, EventFactory, seal
 from broadcaster.exceptions import StoreError, StoreUnavailable
 from broadcaster.store import (
     DeliveryState,
@@ -31,7 +30,11 @@ REPO = Path(__file__).resolve().parents[2]
 BOTH = ("websocket", "realtime")
 
 
-def items(n: int, payload_bytes: int = 0) -> list[tuple[object, tuple[str, ...]]]:
+def wal_file_exists(path: Path) -> bool:
+    return Path(f"{path}-wal").exists()
+
+
+def items(n: int, payload_bytes: int = 0) -> list[tuple[EventDraft, tuple[str, ...]]]:
     factory = EventFactory()
     pad = "x" * payload_bytes
     return [(factory.draft("SYSTEM", "disk.test", {"i": i, "pad": pad}), BOTH) for i in range(n)]
@@ -42,8 +45,8 @@ async def test_wal_mode_and_schema_version(tmp_path: Path) -> None:
     async with SQLiteStore(path) as store:
         assert await store.pragma("journal_mode") == "wal"
         assert await store.pragma("synchronous") == 1  # NORMAL
-        await store.append(items(3))  # type: ignore[arg-type]
-        assert Path(f"{path}-wal").exists()
+        await store.append(items(3))
+        assert wal_file_exists(path)
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -124,13 +127,13 @@ async def test_not_a_database_is_a_store_error(tmp_path: Path) -> None:
 
 async def test_disk_full_is_unavailable_then_recovers(tmp_path: Path) -> None:
     async with SQLiteStore(tmp_path / "full.db") as store:
-        before = await store.append(items(10))  # type: ignore[arg-type]
+        before = await store.append(items(10))
         last = before[-1].sequence_id
         # Simulate a full disk: the file may not grow beyond its current size.
         pages = await store.pragma("page_count")
         assert await store.pragma("max_page_count", str(pages)) == pages
         with pytest.raises(StoreUnavailable, match=r"full.*SQLITE_FULL"):
-            await store.append(items(300, payload_bytes=2000))  # type: ignore[arg-type]
+            await store.append(items(300, payload_bytes=2000))
         # Nothing half-written, no id consumed.
         assert await store.last_sequence_id() == last
         assert await store.get(last + 1) is None
@@ -139,7 +142,7 @@ async def test_disk_full_is_unavailable_then_recovers(tmp_path: Path) -> None:
         await store.mark("websocket", [last], DeliveryState.ACKED)
 
         await store.pragma("max_page_count", "1073741823")  # space again
-        after = await store.append(items(300, payload_bytes=2000))  # type: ignore[arg-type]
+        after = await store.append(items(300, payload_bytes=2000))
         assert after[0].sequence_id == last + 1
         assert len(await store.undelivered("realtime")) == 310
 
@@ -151,25 +154,25 @@ async def test_locked_file_is_unavailable_then_recovers(tmp_path: Path) -> None:
         other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
         try:
             with pytest.raises(StoreUnavailable, match="locked"):
-                await store.append(items(5))  # type: ignore[arg-type]
+                await store.append(items(5))
         finally:
             other.execute("ROLLBACK")
             other.close()
-        (first, *_) = await store.append(items(5))  # type: ignore[arg-type]
+        (first, *_) = await store.append(items(5))
         assert first.sequence_id == 1
 
 
 async def test_ids_never_reused_after_pruning(tmp_path: Path) -> None:
     path = tmp_path / "prune.db"
     async with SQLiteStore(path) as store:
-        records = await store.append(items(20))  # type: ignore[arg-type]
+        records = await store.append(items(20))
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("DELETE FROM events")  # what a future pruning job would do
     conn.execute("DELETE FROM deliveries")
     conn.close()
     async with SQLiteStore(path) as store:
         assert await store.last_sequence_id() == records[-1].sequence_id
-        (new, *_) = await store.append(items(1))  # type: ignore[arg-type]
+        (new, *_) = await store.append(items(1))
         assert new.sequence_id == records[-1].sequence_id + 1
 
 
@@ -198,25 +201,26 @@ _CHILD = textwrap.dedent(
 async def test_sigkill_mid_stream_loses_no_returned_append(tmp_path: Path) -> None:
     path = tmp_path / "crash.db"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _CHILD,
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
         env=env,
     )
     assert child.stdout is not None
     lines: list[bytes] = []
-    deadline = time.monotonic() + 30
-    while len(lines) < 40 and time.monotonic() < deadline:
-        line = await asyncio.to_thread(child.stdout.readline)
-        if not line:
-            break
-        if line.startswith(b"APPENDED "):  # (structlog also writes to stdout)
-            lines.append(line)
+    async with asyncio.timeout(30):
+        while len(lines) < 40:
+            line = await child.stdout.readline()
+            assert line, "the child stopped before appending"
+            if line.startswith(b"APPENDED "):  # (structlog also writes to stdout)
+                lines.append(line)
     child.send_signal(signal.SIGKILL)  # mid-stream: appends are in flight
-    rest = await asyncio.to_thread(child.stdout.read)
-    child.stdout.close()
-    await asyncio.to_thread(child.wait)
+    rest = await child.stdout.read()
+    await child.wait()
     lines += rest.splitlines(keepends=True)
     assert len(lines) >= 40
     # A line cut by the kill has no end of line; every complete one is a returned append.
@@ -234,7 +238,7 @@ async def test_sigkill_mid_stream_loses_no_returned_append(tmp_path: Path) -> No
             assert await store.get(first) is not None
             assert await store.get(last) is not None
         assert await store.last_sequence_id() >= highest
-        (new, *_) = await store.append(items(1))  # type: ignore[arg-type]
+        (new, *_) = await store.append(items(1))
         assert new.sequence_id > highest
         assert await store.pragma("integrity_check") == "ok"
         ids = [r.sequence_id for r in await store.undelivered("websocket", limit=1_000_000)]
@@ -259,7 +263,7 @@ async def test_big_append_does_not_block_the_loop(tmp_path: Path) -> None:
         task = asyncio.create_task(ticker())
         await asyncio.sleep(0.01)
         started = time.perf_counter()
-        await store.append(batch)  # type: ignore[arg-type]
+        await store.append(batch)
         took = time.perf_counter() - started
         stop = True
         await task

@@ -1,0 +1,101 @@
+"""PostgreSQL backend specifics: several processes on one database, server crashes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+
+from broadcaster.events import EventDraft, EventFactory
+from broadcaster.exceptions import StoreError, StoreUnavailable
+from broadcaster.store import DeliveryState, PostgresStore
+from broadcaster.store.postgres import SCHEMA_VERSION
+
+from .conftest import PgServer
+
+__all__: list[str] = []
+
+WS = ("websocket",)
+
+
+def items(n: int) -> list[tuple[EventDraft, tuple[str, ...]]]:
+    factory = EventFactory()
+    return [(factory.draft("CRITICAL", "pg.test", {"i": i}), WS) for i in range(n)]
+
+
+async def test_two_stores_interleave_with_unique_increasing_ids(pg_url: str) -> None:
+    # Two instances stand for two broadcaster processes sharing the database;
+    # each has its own connection, so the sequence and advisory lock arbitrate.
+    async with PostgresStore(pg_url) as a, PostgresStore(pg_url) as b:
+
+        async def writer(store: PostgresStore) -> list[int]:
+            got: list[int] = []
+            for _ in range(15):
+                records = await store.append(items(20))
+                ids = [r.sequence_id for r in records]
+                assert ids == list(range(ids[0], ids[0] + 20))  # a batch is contiguous
+                assert not got or ids[0] > got[-1]  # each writer sees increasing ids
+                got += ids
+            return got
+
+        ids_a, ids_b = await asyncio.gather(writer(a), writer(b))
+        assert not set(ids_a) & set(ids_b)
+        every = sorted(ids_a + ids_b)
+        assert every == list(range(1, 601))
+        assert await a.last_sequence_id() == await b.last_sequence_id() == 600
+        # One store sees (and can mark) what the other wrote.
+        await a.mark("websocket", ids_b, DeliveryState.ACKED)
+        left = [r.sequence_id for r in await b.undelivered("websocket", limit=1000)]
+        assert left == ids_a
+
+
+async def test_schema_version_and_concurrent_open(pg_url: str) -> None:
+    stores = [PostgresStore(pg_url) for _ in range(3)]
+    await asyncio.gather(*(s.open() for s in stores))  # migrations serialised
+    for s in stores:
+        await s.close()
+    async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+        cur = await conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+        assert await cur.fetchone() == (SCHEMA_VERSION,)
+        await conn.execute("UPDATE meta SET value = 99 WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="schema version 99 is newer"):
+        await PostgresStore(pg_url).open()
+
+
+async def test_unreachable_server_is_unavailable() -> None:
+    store = PostgresStore("postgresql://nobody@127.0.0.1:1/none", connect_timeout=2)
+    with pytest.raises(StoreUnavailable, match="postgres: open"):
+        await store.open()
+    await store.close()
+
+
+@pytest.mark.slow
+async def test_server_crash_is_unavailable_then_reconnects(
+    pg_url: str, pg_server: PgServer
+) -> None:
+    async with PostgresStore(pg_url) as store:
+        before = await store.append(items(10))
+        await asyncio.to_thread(pg_server.crash)
+        try:
+            # The open connection is dead: the next call says so...
+            with pytest.raises(StoreUnavailable):
+                await store.append(items(5))
+            # ...and while the server is down, reconnecting is refused.
+            with pytest.raises(StoreUnavailable):
+                await store.mark("websocket", [before[0].sequence_id], DeliveryState.ACKED)
+            with pytest.raises(StoreUnavailable):
+                await store.last_sequence_id()
+        finally:
+            await asyncio.to_thread(pg_server.start)
+        # Back up: the same store instance reconnects on its own.
+        after = await store.append(items(5))
+        assert after[0].sequence_id > before[-1].sequence_id
+        await store.mark("websocket", [before[0].sequence_id], DeliveryState.ACKED)
+        pending = [r.sequence_id for r in await store.undelivered("websocket")]
+        assert pending == [r.sequence_id for r in before[1:] + after]
+
+
+def test_bad_url_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="invalid PostgreSQL URL"):
+        PostgresStore("postgresql://x/y?nonsense_option=1")
