@@ -17,6 +17,7 @@ import asyncio
 import random
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, Final, Self, TextIO
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -321,13 +322,17 @@ async def tail(
     filter and :class:`~broadcaster.exceptions.AdapterUnavailable` when the
     server cannot be reached at the start.
     """
-    done = asyncio.get_running_loop().create_future()
+    done: asyncio.Future[ConsumerStats] = asyncio.get_running_loop().create_future()
 
     def on_event(obj: Mapping[str, Any], ok: bool) -> None:
+        if done.done():
+            return  # frames already in flight when the limit was reached
         verdict = "OK" if ok else "MISMATCH"
         out.write(f"{obj['sequence_id']} {obj['category']} {obj['event_type']} {verdict}\n")
-        if limit is not None and collector.stats.received >= limit and not done.done():
-            done.set_result(None)
+        stats = collector.stats
+        if limit is not None and stats.received >= limit:
+            # A snapshot: the connection may deliver a few more before it closes.
+            done.set_result(replace(stats, by_category=stats.by_category.copy()))
 
     collector = ReceiptCollector(ADAPTER, consumer="tail", on_event=on_event, track_seen=False)
     subscriber = WebSocketSubscriber(url, categories=categories, collector=collector)
@@ -345,4 +350,4 @@ async def tail(
     finally:
         await subscriber.close()
         out.flush()
-    return collector.stats
+    return done.result() if done.done() else collector.stats
