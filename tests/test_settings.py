@@ -1,0 +1,596 @@
+"""Settings (SPEC 4): defaults, environment and .env, validation errors that
+name the variable and the value, and the derived views."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broadcaster.events import Category
+from broadcaster.exceptions import ConfigError
+from broadcaster.routing import CategoryRoute
+from broadcaster.settings import CategorySettings, Settings, load_settings
+
+# -- SPEC 4's tables, spelled out ---------------------------------------------
+
+SPEC_FLAT_DEFAULTS: dict[str, Any] = {
+    "DUAL_WRITE_ENABLED": True,
+    "DUAL_WRITE_PRIMARY_ADAPTER": "websocket",
+    "DUAL_WRITE_GLOBAL_OVERRIDE": None,
+    "BREAKER_RECOVERY_TIME_S": 30,
+    "BREAKER_HALF_OPEN_REQUESTS": 5,
+    "BREAKER_LATENCY_MULTIPLIER": 2.0,
+    "RECONCILE_WINDOW_S": 5,
+    "RECONCILE_BUFFER_S": 30,
+    "RECONCILE_MAX_DELAY_S": 300,
+    "WEBSOCKET_HOST": "127.0.0.1",
+    "WEBSOCKET_PORT": 8765,
+    "SUPABASE_URL": None,
+    "SUPABASE_KEY": None,
+    "REALTIME_CHANNEL_PREFIX": "events",
+    "REALTIME_BATCH_MS": 5,
+    "REALTIME_BATCH_MAX": 100,
+    "REALTIME_BATCH_BYTES": 200_000,
+    "REALTIME_MAX_MESSAGES_PER_S": 0,
+    "STORE_URL": "sqlite:///./broadcaster.db",
+    "ADMIN_HOST": "127.0.0.1",
+    "ADMIN_PORT": 8080,
+    "BROADCASTER_ADMIN_TOKEN": None,
+    "EVENT_MAX_BYTES": 262_144,
+    "LOG_FORMAT": "console",
+    "LOG_LEVEL": "INFO",
+}
+
+SPEC_CATEGORY_DEFAULTS = {
+    "CRITICAL": (True, 100, ("websocket", "realtime"), "sha256"),
+    "PERFORMANCE": (True, 50, ("websocket",), "crc32"),
+    "USER_ACTIVITY": (False, 0, ("realtime",), "sha256"),
+    "SYSTEM": (True, 100, ("websocket", "realtime"), "crc32"),
+    "DEBUG": (False, 0, (), "crc32"),
+}
+
+SPEC_ADAPTER_DEFAULTS = {"websocket": (0.05, 200), "realtime": (0.05, 150)}
+
+
+def _secret(value: Any) -> Any:
+    return None if value is None else value.get_secret_value()
+
+
+def flat(settings: Settings, variable: str) -> Any:
+    value = getattr(settings, variable.lower())
+    return _secret(value) if variable in ("SUPABASE_KEY", "BROADCASTER_ADMIN_TOKEN") else value
+
+
+def category(settings: Settings, name: str) -> tuple[Any, ...]:
+    cs = settings.categories[Category(name)]
+    return (cs.enabled, cs.percentage, cs.adapters, cs.checksum)
+
+
+# (variable, raw text, how to read it, expected value) -- each differs from the default.
+VARIABLES: list[tuple[str, str, Callable[[Settings], Any], Any]] = [
+    *(
+        (name, raw, lambda s, n=name: flat(s, n), expected)
+        for name, raw, expected in [
+            ("DUAL_WRITE_ENABLED", "false", False),
+            ("DUAL_WRITE_PRIMARY_ADAPTER", "realtime", "realtime"),
+            ("DUAL_WRITE_GLOBAL_OVERRIDE", "realtime", "realtime"),
+            ("BREAKER_RECOVERY_TIME_S", "12.5", 12.5),
+            ("BREAKER_HALF_OPEN_REQUESTS", "3", 3),
+            ("BREAKER_LATENCY_MULTIPLIER", "3.5", 3.5),
+            ("RECONCILE_WINDOW_S", "2", 2.0),
+            ("RECONCILE_BUFFER_S", "10", 10.0),
+            ("RECONCILE_MAX_DELAY_S", "600", 600.0),
+            ("WEBSOCKET_HOST", "0.0.0.0", "0.0.0.0"),
+            ("WEBSOCKET_PORT", "9000", 9000),
+            ("SUPABASE_URL", "https://abc.supabase.co", "https://abc.supabase.co"),
+            ("SUPABASE_KEY", "service-key", "service-key"),
+            ("REALTIME_CHANNEL_PREFIX", "stream", "stream"),
+            ("REALTIME_BATCH_MS", "7", 7.0),
+            ("REALTIME_BATCH_MAX", "50", 50),
+            ("REALTIME_BATCH_BYTES", "100000", 100_000),
+            ("REALTIME_MAX_MESSAGES_PER_S", "10", 10.0),
+            ("STORE_URL", "postgresql://u@h/db", "postgresql://u@h/db"),
+            ("ADMIN_HOST", "0.0.0.0", "0.0.0.0"),
+            ("ADMIN_PORT", "9090", 9090),
+            ("BROADCASTER_ADMIN_TOKEN", "tok", "tok"),
+            ("EVENT_MAX_BYTES", "1024", 1024),
+            ("LOG_FORMAT", "json", "json"),
+            ("LOG_LEVEL", "DEBUG", "DEBUG"),
+        ]
+    ),
+    *(
+        (f"DUAL_WRITE_{cat}_{field}", raw, lambda s, c=cat, i=index: category(s, c)[i], expected)
+        for cat in SPEC_CATEGORY_DEFAULTS
+        for field, index, raw, expected in [
+            ("ENABLED", 0, "false" if SPEC_CATEGORY_DEFAULTS[cat][0] else "true", None),
+            ("PERCENTAGE", 1, "17", 17),
+            # "websocket" alone differs from every category's default list
+            ("ADAPTERS", 2, "websocket", ("websocket",))
+            if cat != "PERFORMANCE"
+            else ("ADAPTERS", 2, "realtime", ("realtime",)),
+            ("CHECKSUM", 3, "crc32c", "crc32c"),
+        ]
+    ),
+    *(
+        (
+            f"ADAPTER_{name.upper()}_{field}",
+            raw,
+            lambda s, n=name, f=field: getattr(s.adapters[n], f.lower()),
+            expected,
+        )
+        for name in SPEC_ADAPTER_DEFAULTS
+        for field, raw, expected in [
+            ("ERROR_THRESHOLD", "0.25", 0.25),
+            ("LATENCY_THRESHOLD_MS", "333", 333.0),
+        ]
+    ),
+]
+# Fill in the flipped booleans of DUAL_WRITE_<CAT>_ENABLED.
+VARIABLES = [
+    (name, raw, read, (raw == "true") if expected is None else expected)
+    for name, raw, read, expected in VARIABLES
+]
+_IDS = [v[0] for v in VARIABLES]
+
+
+def write_env(path: Path, values: dict[str, str]) -> Path:
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()), encoding="utf-8")
+    return path
+
+
+# -- defaults -----------------------------------------------------------------------
+
+
+def test_spec_tables_cover_every_variable() -> None:
+    families = {
+        f"DUAL_WRITE_{c}_{f}"
+        for c in SPEC_CATEGORY_DEFAULTS
+        for f in ("ENABLED", "PERCENTAGE", "ADAPTERS", "CHECKSUM")
+    }
+    families |= {
+        f"ADAPTER_{a.upper()}_{f}"
+        for a in SPEC_ADAPTER_DEFAULTS
+        for f in ("ERROR_THRESHOLD", "LATENCY_THRESHOLD_MS")
+    }
+    assert set(_IDS) == set(SPEC_FLAT_DEFAULTS) | families
+
+
+@pytest.mark.parametrize("env_file", [None, ".env"])
+def test_defaults_equal_spec(env_file: str | None) -> None:
+    settings = load_settings(env_file)
+    for variable, expected in SPEC_FLAT_DEFAULTS.items():
+        assert flat(settings, variable) == expected, variable
+    assert {c.value: category(settings, c.value) for c in Category} == SPEC_CATEGORY_DEFAULTS
+    assert {
+        name: (a.error_threshold, a.latency_threshold_ms) for name, a in settings.adapters.items()
+    } == SPEC_ADAPTER_DEFAULTS
+
+
+# -- sources: environment, .env, precedence ---------------------------------------------
+
+
+@pytest.mark.parametrize(("variable", "raw", "read", "expected"), VARIABLES, ids=_IDS)
+def test_variable_from_environment(
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    raw: str,
+    read: Callable[[Settings], Any],
+    expected: Any,
+) -> None:
+    before = read(load_settings(None))
+    assert before != expected  # the test value must differ from the default
+    monkeypatch.setenv(variable, raw)
+    assert read(load_settings(None)) == expected
+
+
+@pytest.mark.parametrize(("variable", "raw", "read", "expected"), VARIABLES, ids=_IDS)
+def test_variable_from_dotenv(
+    tmp_path: Path, variable: str, raw: str, read: Callable[[Settings], Any], expected: Any
+) -> None:
+    write_env(tmp_path / ".env", {variable: raw})
+    assert read(load_settings()) == expected  # ./.env is the default file
+    other = write_env(tmp_path / "elsewhere.env", {variable: raw})
+    assert read(load_settings(other)) == expected
+    assert read(load_settings(None)) != expected  # env_file=None reads no file
+
+
+@pytest.mark.parametrize(
+    ("variable", "file_value", "env_value", "read", "from_file", "from_env"),
+    [
+        ("WEBSOCKET_PORT", "9001", "9002", lambda s: s.websocket_port, 9001, 9002),
+        ("DUAL_WRITE_ENABLED", "true", "false", lambda s: s.dual_write_enabled, True, False),
+        ("LOG_FORMAT", "json", "console", lambda s: s.log_format, "json", "console"),
+        (
+            "DUAL_WRITE_CRITICAL_PERCENTAGE",
+            "11",
+            "22",
+            lambda s: s.categories["CRITICAL"].percentage,
+            11,
+            22,
+        ),
+        (
+            "ADAPTER_REALTIME_ERROR_THRESHOLD",
+            "0.3",
+            "0.4",
+            lambda s: s.adapters["realtime"].error_threshold,
+            0.3,
+            0.4,
+        ),
+    ],
+)
+def test_environment_wins_over_dotenv(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    variable: str,
+    file_value: str,
+    env_value: str,
+    read: Callable[[Settings], Any],
+    from_file: Any,
+    from_env: Any,
+) -> None:
+    write_env(tmp_path / ".env", {variable: file_value})
+    assert read(load_settings()) == from_file
+    monkeypatch.setenv(variable, env_value)
+    assert read(load_settings()) == from_env
+
+
+def test_dotenv_and_environment_combine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    write_env(tmp_path / ".env", {"DUAL_WRITE_DEBUG_PERCENTAGE": "40", "ADMIN_PORT": "9999"})
+    monkeypatch.setenv("DUAL_WRITE_DEBUG_ENABLED", "true")
+    settings = load_settings()
+    assert category(settings, "DEBUG")[:2] == (True, 40)
+    assert settings.admin_port == 9999
+
+
+def test_dotenv_line_without_value_is_ignored(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("DUAL_WRITE_CRITICAL_PERCENTAGE\nADMIN_PORT=9\n")
+    settings = load_settings()
+    assert settings.categories[Category.CRITICAL].percentage == 100
+    assert settings.admin_port == 9
+
+
+def test_variable_names_are_case_insensitive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("dual_write_performance_percentage", "7")
+    monkeypatch.setenv("Websocket_Port", "1234")
+    settings = load_settings(None)
+    assert settings.categories[Category.PERFORMANCE].percentage == 7
+    assert settings.websocket_port == 1234
+
+
+def test_keyword_overrides_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEBSOCKET_PORT", "9000")
+    assert load_settings(None, websocket_port=9100).websocket_port == 9100
+
+
+# -- value forms ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("websocket,realtime", ("websocket", "realtime")),
+        (" WebSocket , REALTIME ", ("websocket", "realtime")),
+        ("Realtime", ("realtime",)),
+        ("realtime,,websocket,", ("realtime", "websocket")),
+        ("websocket, websocket", ("websocket",)),
+        ("", ()),
+        (" ", ()),
+    ],
+)
+def test_adapter_lists(
+    monkeypatch: pytest.MonkeyPatch, raw: str, expected: tuple[str, ...]
+) -> None:
+    monkeypatch.setenv("DUAL_WRITE_SYSTEM_ADAPTERS", raw)
+    assert load_settings(None).categories[Category.SYSTEM].adapters == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("null", None),
+        ("NULL", None),
+        ("", None),
+        ("  ", None),
+        ("none", None),
+        ("all", "all"),
+        ("ALL", "all"),
+        (" All ", "all"),
+        ("websocket", "websocket"),
+        ("REALTIME", "realtime"),
+    ],
+)
+def test_override_values(monkeypatch: pytest.MonkeyPatch, raw: str, expected: str | None) -> None:
+    monkeypatch.setenv("DUAL_WRITE_GLOBAL_OVERRIDE", raw)
+    assert load_settings(None).dual_write_global_override == expected
+
+
+def test_override_unset_and_explicit_none() -> None:
+    assert load_settings(None).dual_write_global_override is None
+    assert load_settings(None, dual_write_global_override=None).dual_write_global_override is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "read", "expected"),
+    [
+        ("DUAL_WRITE_ENABLED", "0", lambda s: s.dual_write_enabled, False),
+        ("DUAL_WRITE_ENABLED", "off", lambda s: s.dual_write_enabled, False),
+        ("DUAL_WRITE_ENABLED", "TRUE", lambda s: s.dual_write_enabled, True),
+        (
+            "DUAL_WRITE_PRIMARY_ADAPTER",
+            " REALTIME ",
+            lambda s: s.dual_write_primary_adapter,
+            "realtime",
+        ),
+        (
+            "DUAL_WRITE_CRITICAL_CHECKSUM",
+            " CRC32 ",
+            lambda s: s.categories["CRITICAL"].checksum,
+            "crc32",
+        ),
+        ("LOG_FORMAT", "JSON", lambda s: s.log_format, "json"),
+        ("LOG_LEVEL", "warning", lambda s: s.log_level, "WARNING"),
+        ("SUPABASE_URL", "   ", lambda s: s.supabase_url, None),
+        ("DUAL_WRITE_CRITICAL_PERCENTAGE", "0", lambda s: s.categories["CRITICAL"].percentage, 0),
+        (
+            "ADAPTER_WEBSOCKET_ERROR_THRESHOLD",
+            "1",
+            lambda s: s.adapters["websocket"].error_threshold,
+            1.0,
+        ),
+        (
+            "ADAPTER_WEBSOCKET_ERROR_THRESHOLD",
+            "0",
+            lambda s: s.adapters["websocket"].error_threshold,
+            0.0,
+        ),
+    ],
+)
+def test_value_forms(
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    raw: str,
+    read: Callable[[Settings], Any],
+    expected: Any,
+) -> None:
+    monkeypatch.setenv(variable, raw)
+    assert read(load_settings(None)) == expected
+
+
+# -- invalid configuration ------------------------------------------------------------
+
+INVALID = [
+    ("DUAL_WRITE_CRITICAL_PERCENTAGE", "150"),
+    ("DUAL_WRITE_CRITICAL_PERCENTAGE", "-1"),
+    ("DUAL_WRITE_CRITICAL_PERCENTAGE", "abc"),
+    ("DUAL_WRITE_PERFORMANCE_PERCENTAGE", "50.5"),
+    ("DUAL_WRITE_DEBUG_PERCENTAGE", "101"),
+    ("DUAL_WRITE_SYSTEM_ADAPTERS", "websocket,kafka"),
+    ("DUAL_WRITE_USER_ACTIVITY_ADAPTERS", "all"),
+    ("DUAL_WRITE_CRITICAL_ENABLED", "maybe"),
+    ("DUAL_WRITE_SYSTEM_CHECKSUM", "md5"),
+    ("DUAL_WRITE_GLOBAL_OVERRIDE", "kafka"),
+    ("DUAL_WRITE_GLOBAL_OVERRIDE", "everything"),
+    ("ADAPTER_WEBSOCKET_ERROR_THRESHOLD", "1.5"),
+    ("ADAPTER_REALTIME_ERROR_THRESHOLD", "-0.1"),
+    ("ADAPTER_REALTIME_ERROR_THRESHOLD", "lots"),
+    ("ADAPTER_WEBSOCKET_LATENCY_THRESHOLD_MS", "0"),
+    ("WEBSOCKET_PORT", "70000"),
+    ("WEBSOCKET_PORT", "-1"),
+    ("WEBSOCKET_PORT", "http"),
+    ("ADMIN_PORT", "65536"),
+    ("DUAL_WRITE_ENABLED", "maybe"),
+    ("LOG_FORMAT", "xml"),
+    ("LOG_LEVEL", "loud"),
+    ("DUAL_WRITE_PRIMARY_ADAPTER", "kafka"),
+    ("DUAL_WRITE_PRIMARY_ADAPTER", "all"),
+    ("BREAKER_RECOVERY_TIME_S", "0"),
+    ("BREAKER_HALF_OPEN_REQUESTS", "0"),
+    ("BREAKER_LATENCY_MULTIPLIER", "0.5"),
+    ("RECONCILE_WINDOW_S", "0"),
+    ("RECONCILE_MAX_DELAY_S", "1"),
+    ("REALTIME_BATCH_MAX", "0"),
+    ("REALTIME_BATCH_BYTES", "10"),
+    ("EVENT_MAX_BYTES", "0"),
+]
+
+
+@pytest.mark.parametrize("source", ["env", "dotenv"])
+@pytest.mark.parametrize(("variable", "raw"), INVALID, ids=[f"{v}={r}" for v, r in INVALID])
+def test_invalid_value_raises_config_error_naming_variable_and_value(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, source: str, variable: str, raw: str
+) -> None:
+    if source == "env":
+        monkeypatch.setenv(variable, raw)
+    else:
+        write_env(tmp_path / ".env", {variable: raw})
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    error = info.value
+    assert error.variable == variable
+    assert str(error).startswith(f"{variable}=")
+    assert raw.strip().casefold() in str(error).casefold()
+    assert str(raw).casefold() in str(error.value).casefold() or float(raw) == error.value
+    assert "\n" not in str(error)  # one line
+
+
+def test_config_error_is_first_invalid_only_after_env_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    write_env(tmp_path / ".env", {"WEBSOCKET_PORT": "bad"})
+    monkeypatch.setenv("WEBSOCKET_PORT", "8000")
+    assert load_settings().websocket_port == 8000
+
+
+@pytest.mark.parametrize(
+    ("overrides", "variable"),
+    [
+        ({"dual_write_primary_adapter": 5}, "DUAL_WRITE_PRIMARY_ADAPTER"),
+        ({"dual_write_global_override": 5}, "DUAL_WRITE_GLOBAL_OVERRIDE"),
+        ({"log_format": 5}, "LOG_FORMAT"),
+        ({"log_level": 5}, "LOG_LEVEL"),
+        ({"categories": {"CRITICAL": "x"}}, "CATEGORIES"),
+        ({"categories": {"CRITICAL": {"bogus": 1}}}, "DUAL_WRITE_CRITICAL_BOGUS"),
+        (
+            {"adapters": {"websocket": {"error_threshold": {"a": 1}}}},
+            "ADAPTER_WEBSOCKET_ERROR_THRESHOLD",
+        ),
+    ],
+)
+def test_invalid_keyword_overrides(overrides: dict[str, Any], variable: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, **overrides)
+    assert info.value.variable == variable
+
+
+def test_a_whole_mapping_as_value_is_not_dumped_into_the_message() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, adapters={"websocket": {"error_threshold": {"secret": "x"}}})
+    assert info.value.value == "?"
+    assert "secret" not in str(info.value)
+
+
+def test_max_delay_equal_to_window_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECONCILE_WINDOW_S", "10")
+    monkeypatch.setenv("RECONCILE_MAX_DELAY_S", "10")
+    assert load_settings(None).reconcile_max_delay_s == 10
+
+
+# -- CategorySettings (also validates admin changes) ------------------------------------
+
+
+def test_category_settings_validation() -> None:
+    cs = CategorySettings(
+        enabled=True, percentage=5, adapters="Realtime, websocket", checksum="crc32"
+    )
+    assert cs.adapters == ("realtime", "websocket")
+    assert cs.route() == CategoryRoute(True, 5, ("realtime", "websocket"))
+    for bad in (
+        {"percentage": 101},
+        {"adapters": ("kafka",)},
+        {"checksum": "md5"},
+        {"surprise": 1},
+    ):
+        values: dict[str, Any] = {
+            "enabled": True,
+            "percentage": 5,
+            "adapters": (),
+            "checksum": "crc32",
+        } | bad
+        with pytest.raises(ValueError):
+            CategorySettings(**values)
+
+
+# -- derived views ---------------------------------------------------------------------
+
+
+def test_effective_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPABASE_KEY", "super-secret-key")
+    monkeypatch.setenv("BROADCASTER_ADMIN_TOKEN", "admin-token-123")
+    effective = load_settings(None).effective()
+    text = json.dumps(effective)
+    assert "super-secret-key" not in text and "admin-token-123" not in text
+    assert effective["supabase_key"] == "********"
+    assert effective["broadcaster_admin_token"] == "********"
+    assert effective["websocket_port"] == 8765
+    assert effective["categories"]["CRITICAL"]["percentage"] == 100
+
+
+def test_effective_without_secrets_is_plain_data() -> None:
+    effective = load_settings(None).effective()
+    assert effective["supabase_key"] is None
+    assert effective["broadcaster_admin_token"] is None
+    assert json.loads(json.dumps(effective)) == effective
+    assert effective["categories"]["DEBUG"] == {
+        "enabled": False,
+        "percentage": 0,
+        "adapters": [],
+        "checksum": "crc32",
+    }
+
+
+def test_routing_table_reflects_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DUAL_WRITE_PRIMARY_ADAPTER", "realtime")
+    monkeypatch.setenv("DUAL_WRITE_PERFORMANCE_PERCENTAGE", "100")
+    monkeypatch.setenv("DUAL_WRITE_PERFORMANCE_ADAPTERS", "websocket")
+    monkeypatch.setenv("DUAL_WRITE_CRITICAL_ENABLED", "false")
+    table = load_settings(None).routing_table()
+    assert table.enabled is True
+    assert table.primary == "realtime"
+    assert table.override is None
+    assert table.categories[Category.PERFORMANCE] == CategoryRoute(True, 100, ("websocket",))
+    assert table.route(Category.PERFORMANCE, "k") == ("realtime", "websocket")
+    assert table.route(Category.CRITICAL, "k") == ("realtime",)
+    assert table.route(Category.SYSTEM, "k") == ("realtime", "websocket")
+
+
+def test_routing_table_default_routes() -> None:
+    table = load_settings(None).routing_table()
+    assert {c: table.categories[c] for c in Category} == {
+        Category(name): CategoryRoute(enabled, pct, adapters)
+        for name, (enabled, pct, adapters, _) in SPEC_CATEGORY_DEFAULTS.items()
+    }
+    assert table.route(Category.CRITICAL, "k") == ("websocket", "realtime")
+    assert table.route(Category.USER_ACTIVITY, "k") == ("websocket",)
+    assert table.route(Category.DEBUG, "k") == ("websocket",)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("DUAL_WRITE_ENABLED", "false"), ("DUAL_WRITE_GLOBAL_OVERRIDE", "all")]
+)
+def test_routing_table_switches(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    table = load_settings(None).routing_table()
+    expected = ("websocket",) if value == "false" else ("websocket", "realtime")
+    assert table.route(Category.DEBUG, "k") == expected
+
+
+def test_checksum_algorithms(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DUAL_WRITE_DEBUG_CHECKSUM", "crc32c")
+    algorithms = load_settings(None).checksum_algorithms()
+    assert algorithms == {
+        Category.CRITICAL: "sha256",
+        Category.PERFORMANCE: "crc32",
+        Category.USER_ACTIVITY: "sha256",
+        Category.SYSTEM: "crc32",
+        Category.DEBUG: "crc32c",
+    }
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (None, None),
+        ("https://abc.supabase.co", "https://abc.supabase.co/realtime/v1"),
+        ("https://abc.supabase.co/", "https://abc.supabase.co/realtime/v1"),
+        ("http://127.0.0.1:4000", "http://127.0.0.1:4000/realtime/v1"),
+        ("", None),
+    ],
+)
+def test_realtime_url(
+    monkeypatch: pytest.MonkeyPatch, url: str | None, expected: str | None
+) -> None:
+    if url is not None:
+        monkeypatch.setenv("SUPABASE_URL", url)
+    assert load_settings(None).realtime_url() == expected
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings(None)
+    with pytest.raises(ValueError):
+        settings.websocket_port = 1  # type: ignore[misc]
+
+
+def test_field_default_factories_agree_with_the_spec() -> None:
+    # The family source always supplies categories/adapters, so the fields'
+    # own default factories only serve model_construct (and the JSON schema);
+    # they must not drift from SPEC 4.
+    constructed = Settings.model_construct()
+    assert {c.value: category(constructed, c.value) for c in Category} == SPEC_CATEGORY_DEFAULTS
+    assert {
+        name: (a.error_threshold, a.latency_threshold_ms)
+        for name, a in constructed.adapters.items()
+    } == SPEC_ADAPTER_DEFAULTS
