@@ -1,0 +1,301 @@
+"""ReceiptCollector and StoreReceiptWriter: verify, count, report, never lose receipts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+import pytest
+
+from broadcaster.consumer import ReceiptCollector, StoreReceiptWriter
+from broadcaster.events import EventFactory, EventRecord, seal
+from broadcaster.exceptions import StoreUnavailable
+from broadcaster.store.base import ConsumerReceipt
+from broadcaster.store.memory import MemoryStore
+
+
+def wire_objects(n: int, category: str = "CRITICAL") -> list[dict[str, Any]]:
+    factory = EventFactory()
+    return [
+        orjson.loads(seal(factory.draft(category, "order.created", {"i": i}), i + 1).wire)
+        for i in range(n)
+    ]
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.receipts: list[ConsumerReceipt] = []
+        self.events: list[tuple[Mapping[str, Any], bool]] = []
+
+    def on_receipt(self, receipt: ConsumerReceipt) -> None:
+        self.receipts.append(receipt)
+
+    def on_event(self, obj: Mapping[str, Any], ok: bool) -> None:
+        self.events.append((obj, ok))
+
+
+def collector(seen: Collected, **kwargs: Any) -> ReceiptCollector:
+    return ReceiptCollector(
+        "realtime",
+        consumer="c1",
+        on_event=seen.on_event,
+        on_receipt=seen.on_receipt,
+        clock=lambda: 1_700_000_000.25,
+        **kwargs,
+    )
+
+
+# -- ReceiptCollector ------------------------------------------------------------------
+
+
+def test_good_event_is_verified_and_reported() -> None:
+    seen = Collected()
+    c = collector(seen)
+    (obj,) = wire_objects(1)
+    assert c.handle(obj) is True
+    assert (c.stats.received, c.stats.verified, c.stats.mismatches, c.stats.malformed) == (
+        1,
+        1,
+        0,
+        0,
+    )
+    assert c.stats.by_category == {"CRITICAL": 1}
+    assert seen.receipts == [
+        ConsumerReceipt(
+            sequence_id=1,
+            adapter="realtime",
+            event_type="order.created",
+            received_at_ms=1_700_000_000_250,
+            checksum=obj["checksum"]["value"],
+            checksum_ok=True,
+            consumer="c1",
+        )
+    ]
+    assert seen.events == [(obj, True)]
+    assert c.seen == {1}
+
+
+def test_mismatch_is_counted_and_reported_not_dropped() -> None:
+    seen = Collected()
+    c = collector(seen)
+    (obj,) = wire_objects(1)
+    claimed = obj["checksum"]["value"]
+    obj["payload"]["i"] = 999
+    assert c.handle(obj) is False
+    assert (c.stats.received, c.stats.verified, c.stats.mismatches) == (1, 0, 1)
+    (receipt,) = seen.receipts
+    assert receipt.checksum_ok is False
+    assert receipt.checksum != claimed  # the checksum actually computed on receipt
+    assert len(receipt.checksum) == len(claimed)
+    assert seen.events == [(obj, False)]
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda o: o.pop("checksum"),
+        lambda o: o["checksum"].__setitem__("algorithm", "md5"),
+        lambda o: o.pop("payload"),
+        lambda o: o.pop("sequence_id"),
+        lambda o: o.__setitem__("sequence_id", "1"),
+    ],
+)
+def test_malformed_event_is_counted_without_receipt(mutate: Any) -> None:
+    seen = Collected()
+    c = collector(seen)
+    (obj,) = wire_objects(1)
+    mutate(obj)
+    assert c.handle(obj) is False
+    assert (c.stats.received, c.stats.malformed, c.stats.verified, c.stats.mismatches) == (
+        1,
+        1,
+        0,
+        0,
+    )
+    assert seen.receipts == [] and seen.events == []
+    assert c.seen == set()
+
+
+def test_duplicates_are_counted_and_still_reported() -> None:
+    seen = Collected()
+    c = collector(seen)
+    objs = wire_objects(3)
+    for obj in [*objs, objs[1], objs[1], objs[2]]:
+        assert c.handle(obj)
+    assert c.stats.received == 6
+    assert c.stats.verified == 6
+    assert c.stats.duplicates == 3
+    assert c.seen == {1, 2, 3}
+    assert [r.sequence_id for r in seen.receipts] == [1, 2, 3, 2, 2, 3]
+
+
+def test_duplicate_tracking_can_be_turned_off() -> None:
+    c = ReceiptCollector("websocket", track_seen=False)
+    (obj,) = wire_objects(1)
+    assert c.handle(obj) and c.handle(obj)
+    assert c.stats.duplicates == 0
+    assert c.seen == set()
+    assert c.stats.verified == 2
+
+
+def test_counts_by_category() -> None:
+    c = ReceiptCollector("websocket")
+    for obj in wire_objects(2, "SYSTEM") + wire_objects(1, "DEBUG"):
+        c.handle(obj)
+    assert c.stats.by_category == {"SYSTEM": 2, "DEBUG": 1}
+
+
+def test_without_callbacks_the_collector_still_counts() -> None:
+    c = ReceiptCollector("websocket")
+    assert c.consumer == "default"
+    (obj,) = wire_objects(1)
+    assert c.handle(obj)
+    obj["event_type"] = "changed"
+    assert not c.handle(obj)
+    assert (c.stats.verified, c.stats.mismatches) == (1, 1)
+
+
+# -- StoreReceiptWriter ----------------------------------------------------------------
+
+
+class FlakyStore(MemoryStore):
+    """A MemoryStore whose record_receipts fails while ``failing`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = False
+        self.calls = 0
+
+    async def record_receipts(self, receipts: Sequence[ConsumerReceipt]) -> None:
+        self.calls += 1
+        if self.failing:
+            raise StoreUnavailable("database down")
+        await super().record_receipts(receipts)
+
+
+async def stored_receipts(store: MemoryStore, *seqs: int) -> list[ConsumerReceipt]:
+    out: list[ConsumerReceipt] = []
+    for seq in seqs:
+        stored = await store.get(seq)
+        assert stored is not None
+        out.extend(stored.receipts)
+    return out
+
+
+async def seeded_store(store: MemoryStore, n: int) -> list[EventRecord]:
+    factory = EventFactory()
+    return await store.append([(factory.draft("DEBUG", "t", {}), ("realtime",)) for _ in range(n)])
+
+
+def make_receipt(seq: int) -> ConsumerReceipt:
+    return ConsumerReceipt(seq, "realtime", "t", seq, "00000000", True)
+
+
+async def test_flush_writes_buffered_receipts() -> None:
+    store = FlakyStore()
+    await seeded_store(store, 3)
+    writer = StoreReceiptWriter(store)
+    receipts = [make_receipt(s) for s in (1, 2, 3)]
+    for r in receipts:
+        writer.add(r)
+    assert await stored_receipts(store, 1, 2, 3) == []  # nothing before flush
+    await writer.flush()
+    assert await stored_receipts(store, 1, 2, 3) == receipts
+    await writer.flush()  # nothing left: no second write, no duplicates
+    assert store.calls == 1
+    assert await stored_receipts(store, 1, 2, 3) == receipts
+
+
+async def test_receipts_survive_a_failing_store() -> None:
+    store = FlakyStore()
+    await seeded_store(store, 4)
+    writer = StoreReceiptWriter(store)
+    writer.add(make_receipt(1))
+    writer.add(make_receipt(2))
+    store.failing = True
+    with pytest.raises(StoreUnavailable):
+        await writer.flush()
+    writer.add(make_receipt(3))
+    with pytest.raises(StoreUnavailable):
+        await writer.flush()
+    writer.add(make_receipt(4))
+    store.failing = False
+    await writer.flush()
+    assert [r.sequence_id for r in await stored_receipts(store, 1, 2, 3, 4)] == [1, 2, 3, 4]
+    assert store.calls == 3
+
+
+async def test_collector_feeds_writer() -> None:
+    store = MemoryStore()
+    records = await seeded_store(store, 2)
+    writer = StoreReceiptWriter(store)
+    c = ReceiptCollector("realtime", on_receipt=writer.add)
+    for record in records:
+        c.handle(orjson.loads(record.wire))
+    await writer.flush()
+    receipts = await stored_receipts(store, 1, 2)
+    assert [(r.sequence_id, r.checksum_ok, r.checksum) for r in receipts] == [
+        (rec.sequence_id, True, rec.checksum) for rec in records
+    ]
+
+
+async def test_periodic_flusher_retries_until_the_store_recovers() -> None:
+    store = FlakyStore()
+    await seeded_store(store, 2)
+    writer = StoreReceiptWriter(store, interval_s=0.005)
+    store.failing = True
+    writer.start()
+    writer.start()  # a second start does not add a second flusher
+    writer.add(make_receipt(1))
+    for _ in range(200):
+        if store.calls >= 2:
+            break
+        await asyncio.sleep(0.005)
+    assert store.calls >= 2  # it kept trying after a failure
+    assert await stored_receipts(store, 1) == []
+    writer.add(make_receipt(2))
+    store.failing = False
+    for _ in range(200):
+        if len(await stored_receipts(store, 1, 2)) == 2:
+            break
+        await asyncio.sleep(0.005)
+    assert [r.sequence_id for r in await stored_receipts(store, 1, 2)] == [1, 2]
+    await writer.close()
+
+
+async def test_close_stops_the_flusher_and_flushes_the_rest() -> None:
+    store = FlakyStore()
+    await seeded_store(store, 1)
+    writer = StoreReceiptWriter(store, interval_s=60)
+    writer.start()
+    writer.add(make_receipt(1))
+    await writer.close()
+    assert [r.sequence_id for r in await stored_receipts(store, 1)] == [1]
+    calls = store.calls
+    await writer.close()  # idempotent, nothing more to write
+    assert store.calls == calls
+
+
+async def test_close_without_start_flushes() -> None:
+    store = MemoryStore()
+    await seeded_store(store, 1)
+    writer = StoreReceiptWriter(store)
+    writer.add(make_receipt(1))
+    await writer.close()
+    assert len(await stored_receipts(store, 1)) == 1
+
+
+async def test_close_with_a_failing_store_keeps_receipts_and_raises() -> None:
+    store = FlakyStore()
+    await seeded_store(store, 1)
+    writer = StoreReceiptWriter(store, interval_s=60)
+    writer.start()
+    writer.add(make_receipt(1))
+    store.failing = True
+    with pytest.raises(StoreUnavailable):
+        await writer.close()
+    store.failing = False
+    await writer.flush()
+    assert len(await stored_receipts(store, 1)) == 1
