@@ -49,6 +49,7 @@ __all__ = [
     "EventRecord",
     "UlidGenerator",
     "canonical_bytes_of",
+    "canonical_json",
     "format_timestamp",
     "parse_frame",
     "record_from_wire",
@@ -243,13 +244,31 @@ class Event(BaseModel):
             )
 
 
+def canonical_json(obj: Any) -> bytes:
+    """``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
+    as UTF-8, computed with orjson where the two agree byte for byte.
+
+    They differ only on floats below 1e-4: orjson writes ``1e-7`` and
+    ``0.00005`` where json writes ``1e-07`` and ``5e-05``. Both forms contain
+    ``e-`` or ``0.0000`` (checked over 200 000 random doubles and every decade
+    in tests/test_events.py), so any output with either is re-encoded with
+    :mod:`json`. Raises ``TypeError`` / ``ValueError`` for what JSON cannot hold.
+    """
+    encoded = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    if b"e-" in encoded or b"0.0000" in encoded:
+        encoded = json.dumps(
+            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
+    return encoded
+
+
 def canonical_bytes_of(obj: Mapping[str, Any]) -> bytes:
     """Canonical bytes of an event mapping (extra fields such as ``checksum`` ignored)."""
     try:
-        return orjson.dumps({f: obj[f] for f in CANONICAL_FIELDS}, option=orjson.OPT_SORT_KEYS)
+        return canonical_json({f: obj[f] for f in CANONICAL_FIELDS})
     except KeyError as exc:
         raise FrameError(f"event lacks field {exc.args[0]!r}") from None
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise FrameError(f"event is not JSON-serialisable: {exc}") from None
 
 
@@ -291,18 +310,31 @@ def _check_json_payload(payload: object, max_bytes: int) -> bytes:
         encoded = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
     except TypeError as exc:
         raise InvalidEvent("payload", f"not JSON-serialisable: {exc}") from None
-    if b"null" in encoded:
-        # orjson writes NaN and Infinity as null: a silent change of the data.
-        # Only payloads that contain "null" somewhere pay for the strict check.
+    if orjson.loads(encoded) != payload:
+        # orjson quietly writes NaN/Infinity as null and encodes datetimes,
+        # UUIDs, enums and dataclasses; JSON holds none of them. Tuples and
+        # other JSON-able sequences also land here and are accepted.
         try:
             json.dumps(payload, allow_nan=False)
         except ValueError:
             raise InvalidEvent("payload", "NaN and Infinity are not valid JSON") from None
+        except TypeError as exc:
+            raise InvalidEvent("payload", f"not JSON-serialisable: {exc}") from None
+    if b"e-" in encoded or b"0.0000" in encoded:
+        encoded = canonical_json(payload)
     if len(encoded) > max_bytes:
         raise InvalidEvent(
             "payload", f"encoded size {len(encoded)} bytes exceeds the limit of {max_bytes}"
         )
     return encoded
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # lone surrogates cannot be written as UTF-8 JSON
+        return False
+    return True
 
 
 def _category(value: object) -> Category:
@@ -360,11 +392,19 @@ class EventFactory:
             raise InvalidEvent(
                 "event_type", f"{event_type!r} must be 1-128 characters of [A-Za-z0-9_.:-]"
             )
-        if key is not None and (not isinstance(key, str) or len(key) > MAX_KEY_LENGTH):
-            raise InvalidEvent("key", f"must be a string of at most {MAX_KEY_LENGTH} characters")
-        if not isinstance(source, str) or not 0 < len(source) <= MAX_SOURCE_LENGTH:
+        if key is not None and (
+            not isinstance(key, str) or len(key) > MAX_KEY_LENGTH or not _encodable(key)
+        ):
             raise InvalidEvent(
-                "source", f"must be a non-empty string of at most {MAX_SOURCE_LENGTH}"
+                "key", f"must be a valid Unicode string of at most {MAX_KEY_LENGTH} characters"
+            )
+        if (
+            not isinstance(source, str)
+            or not 0 < len(source) <= MAX_SOURCE_LENGTH
+            or not _encodable(source)
+        ):
+            raise InvalidEvent(
+                "source", f"must be a non-empty valid Unicode string of at most {MAX_SOURCE_LENGTH}"
             )
         encoded = _check_json_payload(payload, self._max_bytes)
         now_ms = int(self._clock() * 1000)
@@ -454,7 +494,7 @@ def record_from_wire(wire: bytes) -> EventRecord:
         timestamp=obj["timestamp"],
         key=obj["key"],
         source=obj["source"],
-        payload_json=orjson.dumps(obj["payload"], option=orjson.OPT_SORT_KEYS),
+        payload_json=canonical_json(obj["payload"]),
         checksum_algorithm=checksum["algorithm"],
         checksum=checksum["value"],
         canonical=canonical_bytes_of(obj),

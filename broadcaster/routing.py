@@ -62,7 +62,7 @@ class RoutingTable:
     def __post_init__(self) -> None:
         sampled = {}
         for category, route in self.categories.items():
-            names = [self.primary, *(a for a in route.adapters if a != self.primary)]
+            names = dict.fromkeys((self.primary, *route.adapters))  # ordered, no duplicates
             sampled[category] = tuple(n for n in names if n in self.adapters)
         object.__setattr__(self, "_sampled", sampled)
 
