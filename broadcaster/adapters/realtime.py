@@ -37,6 +37,7 @@ from realtime import (
     RealtimeSubscribeStates,
 )
 from realtime._async.push import AsyncPush
+from websockets.protocol import State
 
 from ..events import Category, EventRecord
 from ..exceptions import (
@@ -281,6 +282,7 @@ class RealtimeLink:
         self._client = client
         async with asyncio.timeout(self._connect_timeout):
             await client.connect()
+            self._watch_client_tasks(client)
             channels: dict[str, AsyncRealtimeChannel] = {}
             for topic in self.topics:
                 channel = client.channel(topic, broadcast_channel_params(ack=self._ack))
@@ -302,11 +304,40 @@ class RealtimeLink:
         if self._on_ready is not None:
             self._on_ready()
 
+    def _watch_client_tasks(self, client: AsyncRealtimeClient) -> None:
+        """Notice the client's reader or heartbeat task ending, for any reason.
+
+        The client (2.34) reads the deprecated ``ConnectionClosed.code`` when a
+        connection drops without a close frame; where warnings are errors
+        (our test suite) that kills its reader task before it marks anything
+        errored, and the client would look connected forever. A done callback
+        turns any end of the reader into a loss, and retrieves the exception.
+        """
+        # Private attributes: the client exposes no other handle on its tasks.
+        for kind, task in (("reader", client._listen_task), ("heartbeat", client._heartbeat_task)):
+            if task is None:
+                continue
+
+            def on_done(t: asyncio.Task[Any], kind: str = kind) -> None:
+                error = None if t.cancelled() else t.exception()
+                if error is not None:
+                    self._log.warning("realtime client task failed", task=kind, error=repr(error))
+                if kind == "reader" and client is self._client:
+                    self._mark_lost(f"client reader ended: {error!r}")
+
+            task.add_done_callback(on_done)
+
     def _healthy(self) -> bool:
         client = self._client
+        if client is None or not client.is_connected:
+            return False
+        reader = client._listen_task
+        ws = client._ws_connection
         return (
-            client is not None
-            and client.is_connected
+            reader is not None
+            and not reader.done()
+            and ws is not None
+            and ws.state is State.OPEN
             and all(ch.is_joined for ch in self._channels.values())
         )
 
