@@ -108,18 +108,19 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 # Multi-row inserts from arrays: one statement and one round trip per batch.
+# %b: binary parameters; text-format bytea arrays cost a regex escape per item.
 _INSERT_EVENTS: Final = (
     "INSERT INTO events (sequence_id, event_id, category, event_type, created_at_ms,"
-    " routed_to, wire) SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[],"
-    " %s::text[], %s::bigint[], %s::text[], %s::bytea[])"
+    " routed_to, wire) SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[],"
+    " %b::text[], %b::bigint[], %b::text[], %b::bytea[])"
 )
 _INSERT_DELIVERIES: Final = (
     "INSERT INTO deliveries (sequence_id, adapter, state, updated_at_ms)"
-    " SELECT i, a, 'queued', %s FROM unnest(%s::bigint[]) AS i CROSS JOIN unnest(%s::text[]) AS a"
+    " SELECT i, a, 'queued', %b FROM unnest(%b::bigint[]) AS i CROSS JOIN unnest(%b::text[]) AS a"
 )
 _MARK: Final = (
     "UPDATE deliveries SET state = %s, error = COALESCE(%s, error), updated_at_ms = %s"
-    " WHERE adapter = %s AND sequence_id = ANY(%s::bigint[])"
+    " WHERE adapter = %s AND sequence_id = ANY(%b::bigint[])"
 )
 _UNDELIVERED: Final = (
     "SELECT e.wire FROM deliveries AS d JOIN events AS e ON e.sequence_id = d.sequence_id"
