@@ -4,7 +4,7 @@
   ``pgserver`` wheel (its bundled binaries; as root, pgserver creates a
   ``pgserver`` system user and runs the server as that user, since PostgreSQL
   refuses to run as root). Listens on a Unix socket in its data directory.
-* ``pg_url`` — a fresh database on that server for one test, dropped after.
+* ``pg_url`` — a fresh schema on that server for one test, dropped after.
 * ``store`` — parametrized over memory, sqlite (a file under ``tmp_path``) and
   postgres; opened before the test and closed after.
 """
@@ -85,20 +85,28 @@ def pg_server() -> Iterator[PgServer]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-_db_numbers = itertools.count(1)
+_schema_numbers = itertools.count(1)
+_TEST_DB = "store_tests"
 
 
 @pytest.fixture
 def pg_url(pg_server: PgServer) -> Iterator[str]:
-    """A fresh, empty database for one test."""
-    name = f"store_test_{next(_db_numbers)}"
+    """A URL whose tables land in a fresh, empty schema of their own (via
+    ``search_path``): as isolated as a new database, 500x cheaper to create."""
     pg_server.start()  # a previous test may have crashed it
+    schema = f"test_{next(_schema_numbers)}"
     with pg_server.admin() as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield pg_server.url(name)
+        if (
+            conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (_TEST_DB,)).fetchone()
+            is None
+        ):
+            conn.execute(f"CREATE DATABASE {_TEST_DB}")
+    with psycopg.connect(pg_server.url(_TEST_DB), autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    yield f"{pg_server.url(_TEST_DB)}&options=-csearch_path%3D{schema}"
     pg_server.start()
-    with pg_server.admin() as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with psycopg.connect(pg_server.url(_TEST_DB), autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
