@@ -39,7 +39,14 @@ from .base import Adapter, AdapterHealth
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["EVENTS_PATH", "SubscriberInfo", "WebSocketAdapter", "parse_categories"]
+__all__ = [
+    "EVENTS_PATH",
+    "SLOW_CLOSE_CODE",
+    "SLOW_CLOSE_REASON",
+    "SubscriberInfo",
+    "WebSocketAdapter",
+    "parse_categories",
+]
 
 #: The one path the fan-out serves.
 EVENTS_PATH: Final = "/events"

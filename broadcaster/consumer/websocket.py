@@ -126,6 +126,7 @@ class WebSocketSubscriber:
         opened: asyncio.Future[None] = loop.create_future()
         self._opened = opened
         self._task = loop.create_task(self._run(), name=f"websocket-subscriber {self.url}")
+        self._task.add_done_callback(self._on_task_done)
         try:
             async with asyncio.timeout(self._connect_timeout):
                 await opened
@@ -239,6 +240,17 @@ class WebSocketSubscriber:
             attempt += 1
             # Jitter keeps many subscribers from reconnecting in lock-step.
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        # Whatever ended the receive task, a start() still waiting must not
+        # wait out its whole timeout, and an unexpected error must be seen.
+        error = None if task.cancelled() else task.exception()
+        if error is not None and not isinstance(error, AdapterError):
+            log.error("subscriber task failed", url=self.url, error=repr(error))
+        opened = self._opened
+        if opened is not None and not opened.done():
+            reason = f"subscriber stopped: {error!r}" if error else "subscriber stopped"
+            opened.set_exception(AdapterUnavailable(ADAPTER, reason))
 
     def _fail_start(self, error: AdapterError) -> bool:
         """Hand ``error`` to a waiting ``start()``; True if one was waiting."""
