@@ -126,6 +126,8 @@ class RealtimeLink:
     ``on_lost(reason)`` runs synchronously the moment a loss is noticed (fail
     what is in flight there); ``on_ready()`` after each successful (re)join.
     ``on_broadcast(topic, payload)`` gets every ``broadcast_event`` broadcast.
+    ``client_factory`` builds each client (the official ``AsyncRealtimeClient``
+    or a subclass of it), called like the client's constructor.
     """
 
     def __init__(
@@ -145,6 +147,7 @@ class RealtimeLink:
         poll_s: float = 0.5,
         hb_interval_s: int = 25,
         logger: Any = None,
+        client_factory: Callable[..., AsyncRealtimeClient] = AsyncRealtimeClient,
     ) -> None:
         self.url = normalize_realtime_url(url)
         self._key = key
@@ -160,6 +163,7 @@ class RealtimeLink:
         self._poll_s = poll_s
         self._hb_interval = hb_interval_s
         self._log = logger if logger is not None else log
+        self._client_factory = client_factory
         self._client: AsyncRealtimeClient | None = None
         self._channels: dict[str, AsyncRealtimeChannel] = {}
         self._ready = False
@@ -271,7 +275,7 @@ class RealtimeLink:
         # auto_reconnect=False: see the module doc; the client's "timeout" is
         # also its join timeout (seconds; it only feeds asyncio.sleep and
         # open_timeout, both fine with an int).
-        client = AsyncRealtimeClient(
+        client = self._client_factory(
             self.url,
             self._key,
             auto_reconnect=False,

@@ -14,18 +14,96 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
+import orjson
 import structlog
-from realtime import BroadcastPayload
+from pydantic import ValidationError
+from realtime import (
+    AsyncRealtimeClient,
+    BroadcastMeta,
+    BroadcastPayload,
+    NotConnectedError,
+    ServerMessageAdapter,
+)
+from websockets.exceptions import ConnectionClosed
 
 from ..adapters.realtime import RealtimeLink, channel_topic
 from ..events import Category
 from ._common import ReceiptCollector
 
-__all__ = ["RealtimeSubscriber"]
+__all__ = ["FastBroadcastClient", "RealtimeSubscriber"]
 
 log = structlog.get_logger("broadcaster.consumer.realtime").bind(adapter="realtime")
+
+
+class FastBroadcastClient(AsyncRealtimeClient):
+    """The official client with a fast path for incoming ``broadcast`` frames.
+
+    The stock reader validates every frame against a union of pydantic models
+    and formats two debug f-strings with the frame's repr whether or not
+    debug logging is on: ~5 ms per 100-event frame, which caps a subscriber
+    near 20 000 events/s on a whole core. Here a frame that is plainly a
+    broadcast (``event == "broadcast"``, ``ref`` null, a payload with a string
+    ``event`` and an object ``payload``) is decoded once with orjson and handed
+    to the channel's broadcast callbacks, the same dict the client would pass.
+    Every other frame (replies, system, errors, close) takes the client's own
+    path. Connection, joins, heartbeats and channel state stay the client's.
+    """
+
+    async def _listen(self) -> None:
+        ws = self._ws_connection
+        if ws is None:
+            raise NotConnectedError("_listen")
+        error: Exception
+        try:
+            async for raw in ws:
+                if self._dispatch_broadcast(raw):
+                    continue
+                try:
+                    message = ServerMessageAdapter.validate_json(raw)
+                except ValidationError as exc:
+                    log.warning("unrecognised realtime frame", error=str(exc)[:300])
+                    continue
+                if channel := self.channels.get(message.topic):
+                    channel._handle_message(message)
+        except ConnectionClosed as exc:
+            error = exc
+        else:
+            error = ws.protocol.close_exc
+        # Same outcome as the stock reader with auto_reconnect=False (the
+        # supervisor reconnects), without reading the deprecated
+        # ConnectionClosed.code.
+        if self._ws_connection is ws:
+            self._ws_connection = None
+            self._set_channels_errored(error)
+
+    def _dispatch_broadcast(self, raw: str | bytes) -> bool:
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(msg, dict) or msg.get("event") != "broadcast":
+            return False
+        payload = msg.get("payload")
+        if (
+            msg.get("ref") is not None
+            or not isinstance(payload, dict)
+            or not isinstance(payload.get("event"), str)
+            or not isinstance(payload.get("payload"), dict)
+        ):
+            return False
+        topic = msg.get("topic")
+        channel = self.channels.get(topic) if isinstance(topic, str) else None
+        if channel is None:
+            return True
+        broadcast: BroadcastPayload = {"event": payload["event"], "payload": payload["payload"]}
+        meta = payload.get("meta")
+        if isinstance(meta, dict):
+            broadcast["meta"] = cast(BroadcastMeta, meta)
+        for callback in channel.broadcast_callbacks:
+            callback(broadcast)
+        return True
 
 
 def _categories(values: Iterable[Category | str] | None) -> list[Category]:
@@ -74,6 +152,7 @@ class RealtimeSubscriber:
             reconnect_max_s=reconnect_max_s,
             poll_s=poll_s,
             logger=log,
+            client_factory=FastBroadcastClient,
         )
 
     @property

@@ -20,7 +20,7 @@ from broadcaster.adapters.realtime import (
     channel_topic,
 )
 from broadcaster.consumer import ReceiptCollector
-from broadcaster.consumer.realtime import RealtimeSubscriber
+from broadcaster.consumer.realtime import FastBroadcastClient, RealtimeSubscriber
 from broadcaster.events import Category, EventFactory, EventRecord, seal
 from broadcaster.exceptions import AdapterError
 from broadcaster.realtime_server import LocalRealtimeServer
@@ -112,6 +112,39 @@ async def test_tampered_and_malformed_broadcasts_are_counted_not_dropped_silentl
     assert collector.stats.verified == 1
     assert collector.stats.mismatches == 1
     assert sub.malformed == 2  # "junk" and the payload without an events list
+
+
+async def test_fast_client_hands_callbacks_what_the_stock_client_does(
+    server: LocalRealtimeServer,
+) -> None:
+    got: dict[str, list[dict[str, Any]]] = {"stock": [], "fast": []}
+    clients: list[AsyncRealtimeClient] = []
+    for name, cls in (("stock", AsyncRealtimeClient), ("fast", FastBroadcastClient)):
+        client = cls(server.realtime_url, "k", auto_reconnect=False)
+        await client.connect()
+        clients.append(client)
+        channel = client.channel("events:critical", broadcast_channel_params(ack=False))
+        channel.on_broadcast("*", lambda p, name=name: got[name].append(dict(p)))
+        await channel.subscribe()
+        assert channel.is_joined  # the join reply took the client's own path
+    sender = AsyncRealtimeClient(server.realtime_url, "k", auto_reconnect=False)
+    await sender.connect()
+    clients.append(sender)
+    channel = sender.channel("events:critical", broadcast_channel_params(ack=True))
+    await channel.subscribe()
+    bodies: list[dict[str, Any]] = [
+        {"type": "broadcast", "event": "events", "payload": {"events": [{"a": "ü"}]}},
+        {"type": "broadcast", "event": "x", "payload": {}, "meta": {"id": "m1"}},
+        {"type": "broadcast", "event": "events", "payload": [1, 2]},  # invalid: both drop it
+        {"type": "broadcast", "event": "last", "payload": {"n": 1}},
+    ]
+    for body in bodies:
+        await channel.push("broadcast", body)
+    await until(lambda: len(got["stock"]) == 3 and len(got["fast"]) == 3)
+    assert got["fast"] == got["stock"]
+    assert got["fast"][1] == {"event": "x", "payload": {}, "meta": {"id": "m1"}}
+    for client in clients:
+        await client.close()
 
 
 async def test_subscriber_rejoins_after_an_in_process_server_restart() -> None:
