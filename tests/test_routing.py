@@ -189,16 +189,8 @@ def test_sampled_goes_to_category_adapters_plus_primary(key: str, percentage: in
         ("websocket", ("websocket",), ("websocket",)),
         ("websocket", ("realtime",), ("websocket", "realtime")),
         ("realtime", (), ("realtime",)),
-        pytest.param(
-            "websocket",
-            ("realtime", "realtime"),
-            ("websocket", "realtime"),
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG routing.py RoutingTable.__post_init__ keeps duplicate category "
-                "adapters (only CategorySettings dedupes); see report",
-            ),
-        ),
+        ("websocket", ("realtime", "realtime"), ("websocket", "realtime")),
+        ("realtime", ("realtime", "websocket", "realtime"), ("realtime", "websocket")),
     ],
 )
 def test_sampled_route_is_primary_first_without_duplicates(
