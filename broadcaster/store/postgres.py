@@ -49,7 +49,7 @@ from psycopg.conninfo import conninfo_to_dict
 from ..events import EventDraft, EventRecord, record_from_wire, seal
 from ..exceptions import StoreError, StoreUnavailable
 from .base import ConsumerReceipt, DeliveryState, Store, StoredEvent
-from .sqlite import GroupCommit, MarkRequest
+from .sqlite import GroupCommit, MarkRequest, coalesce_marks
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
 
@@ -343,7 +343,8 @@ class PostgresStore(Store):
     async def _flush_marks(self, requests: list[MarkRequest]) -> None:
         now_ms = int(self._clock() * 1000)
         params = [
-            (r.state.value, r.error, now_ms, r.adapter, list(r.sequence_ids)) for r in requests
+            (r.state.value, r.error, now_ms, r.adapter, r.sequence_ids)
+            for r in coalesce_marks(requests)
         ]
 
         async def body(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -64,6 +64,8 @@ __all__ = [
     "GroupCommit",
     "MarkRequest",
     "SQLiteStore",
+    "coalesce_marks",
+    "migrate",
 ]
 
 _T = TypeVar("_T")
@@ -206,6 +208,27 @@ class GroupCommit:
                 for _, future in batch:
                     if not future.done():
                         future.set_result(None)
+
+
+def coalesce_marks(requests: Sequence[MarkRequest]) -> list[MarkRequest]:
+    """Merge the requests of one group commit into as few statements as possible.
+
+    Per adapter, consecutive requests with the same state and error become one
+    (their ids concatenated). Requests for different adapters touch different
+    rows, so merging across them is safe; within one adapter only consecutive
+    runs merge, so "failed, then acked" still ends acked.
+    """
+    runs: dict[str, list[MarkRequest]] = {}
+    for request in requests:
+        adapter_runs = runs.setdefault(request.adapter, [])
+        if adapter_runs and adapter_runs[-1][2:] == request[2:]:
+            previous = adapter_runs[-1]
+            ids = previous.sequence_ids
+            assert isinstance(ids, list)
+            ids.extend(request.sequence_ids)
+        else:
+            adapter_runs.append(request._replace(sequence_ids=list(request.sequence_ids)))
+    return [run for adapter_runs in runs.values() for run in adapter_runs]
 
 
 def _parse_synchronous(value: str) -> str:
@@ -490,7 +513,7 @@ class SQLiteStore(Store):
 
     def _mark_sync(self, requests: list[MarkRequest], now_ms: int) -> None:
         def body(conn: sqlite3.Connection) -> None:
-            for request in requests:
+            for request in coalesce_marks(requests):
                 conn.execute(
                     _MARK,
                     (
@@ -498,7 +521,7 @@ class SQLiteStore(Store):
                         request.error,
                         now_ms,
                         request.adapter,
-                        orjson.dumps(list(request.sequence_ids)),
+                        orjson.dumps(request.sequence_ids),
                     ),
                 )
 

@@ -190,3 +190,19 @@ async def test_ids_not_reused_after_reopen(store: Store) -> None:
     assert second[0].sequence_id > first[-1].sequence_id
     stored = await store.get(first[0].sequence_id)
     assert stored is not None and stored.record == first[0]
+
+
+async def test_concurrent_marks_keep_call_order_per_adapter(store: Store) -> None:
+    (record,) = await store.append([(drafts(1)[0], BOTH)])
+    seq = record.sequence_id
+    # Issued together (one group commit): the later call wins for each adapter.
+    await asyncio.gather(
+        store.mark("websocket", [seq], DeliveryState.FAILED, "reset"),
+        store.mark("realtime", [seq], DeliveryState.ACKED),
+        store.mark("websocket", [seq], DeliveryState.ACKED),
+        store.mark("realtime", [seq], DeliveryState.PENDING),
+    )
+    stored = await store.get(seq)
+    assert stored is not None
+    assert stored.states == {"websocket": DeliveryState.ACKED, "realtime": DeliveryState.PENDING}
+    assert stored.errors == {"websocket": "reset"}
