@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from .events import Category
-from .exceptions import ConfigError
+from .exceptions import AdapterRejected, BroadcasterError, ConfigError
 from .logs import configure_logging
 from .settings import Settings, load_settings
 
@@ -86,6 +86,12 @@ def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
         stats = asyncio.run(tail(url, args.categories, sys.stdout, limit=args.limit))
     except KeyboardInterrupt:
         return EXIT_OK
+    except AdapterRejected as exc:  # the server refused the path or filter
+        print(f"subscribe: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except BroadcasterError as exc:  # nothing listening, connection lost for good
+        print(f"subscribe: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
     return EXIT_PROBLEM if stats.mismatches or stats.malformed else EXIT_OK
 
 

@@ -58,6 +58,7 @@ class RoutingTable:
     categories: Mapping[Category, CategoryRoute]
     adapters: tuple[str, ...] = ADAPTER_NAMES
     _sampled: dict[Category, tuple[str, ...]] = field(init=False, repr=False, compare=False)
+    _everywhere: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         sampled = {}
@@ -65,6 +66,8 @@ class RoutingTable:
             names = dict.fromkeys((self.primary, *route.adapters))  # ordered, no duplicates
             sampled[category] = tuple(n for n in names if n in self.adapters)
         object.__setattr__(self, "_sampled", sampled)
+        everywhere = tuple(dict.fromkeys((self.primary, *self.adapters)))
+        object.__setattr__(self, "_everywhere", everywhere)
 
     def route(self, category: Category, routing_key: str) -> tuple[str, ...]:
         """The adapters an event of ``category`` with ``routing_key`` is routed to.
@@ -73,7 +76,7 @@ class RoutingTable:
         category's ``enabled``; sticky sampling. The primary comes first.
         """
         if self.override is not None:
-            return self.adapters if self.override == OVERRIDE_ALL else (self.override,)
+            return self._everywhere if self.override == OVERRIDE_ALL else (self.override,)
         route = self.categories[category]
         if not self.enabled or not route.enabled or route.percentage <= 0:
             return (self.primary,)
