@@ -121,7 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    configure_logging(settings.log_format, settings.log_level)
+    level = settings.log_level
+    if args.command in ("demo", "subscribe") and level == "INFO":
+        # These commands talk to a person through stdout; routine INFO lines
+        # would tear the progress display. LOG_LEVEL=DEBUG still shows all.
+        level = "WARNING"
+    configure_logging(settings.log_format, level)
     if args.command == "config":
         return _config(args, settings)
     if args.command == "subscribe":

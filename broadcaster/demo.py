@@ -145,8 +145,9 @@ async def run_demo(
                         for name in receipt.routed_to:
                             routed_ids[name].add(receipt.sequence_id)
                     summary.published = i
+                    rate_text = f"{i / elapsed:7.0f}/s" if elapsed >= 0.5 else "      -/s"
                     progress.show(
-                        f"[{elapsed:4.1f}s] published {i:>7} ({i / max(elapsed, 1e-9):7.0f}/s)"
+                        f"[{elapsed:4.1f}s] published {i:>7} ({rate_text})"
                         f" | websocket received {ws_collector.stats.received:>7}"
                         f" | realtime received {rt_collector.stats.received:>7}"
                     )
