@@ -26,10 +26,12 @@ Schema (version ``SCHEMA_VERSION``)::
     events(sequence_id bigint PRIMARY KEY, event_id, category, event_type,
            created_at_ms bigint, routed_to text  -- JSON array
            , wire bytea)
-    deliveries(sequence_id, adapter, state, error, updated_at_ms,
+    -- per (sequence_id, adapter) routed pair, exactly one row in one of:
+    outbox(adapter, sequence_id, state, error, updated_at_ms,     -- queued, failed,
+           PRIMARY KEY (adapter, sequence_id))                    -- pending: to deliver
+    deliveries(sequence_id, adapter, state, error, updated_at_ms, -- acked, repaired
                PRIMARY KEY (sequence_id, adapter))
-        + partial index deliveries_undelivered(adapter, sequence_id)
-          WHERE state IN ('queued', 'failed', 'pending')
+    VIEW delivery_state  -- outbox UNION ALL deliveries, for people and reports
     receipts(id bigserial PRIMARY KEY, sequence_id, adapter, event_type,
              received_at_ms, checksum, checksum_ok boolean, consumer)
 """
@@ -49,24 +51,25 @@ from psycopg.conninfo import conninfo_to_dict
 from ..events import EventDraft, EventRecord, record_from_wire, seal
 from ..exceptions import StoreError, StoreUnavailable
 from .base import ConsumerReceipt, DeliveryState, Store, StoredEvent
-from .sqlite import GroupCommit, MarkRequest, coalesce_marks
+from .sqlite import DELIVERED_STATES, GroupCommit, MarkRequest, coalesce_marks
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
 
 _T = TypeVar("_T")
 
-_log = structlog.get_logger("broadcaster.store.postgres").bind(store="postgres")
+_log = structlog.get_logger("broadcaster.store.postgres", store="postgres")
 
 # Advisory lock keys (arbitrary constants, "bcst" + purpose).
 _MIGRATE_LOCK: Final = 0x62637374_0001
 _APPEND_LOCK: Final = 0x62637374_0002
 
-_UNDELIVERED_SQL: Final = "('queued', 'failed', 'pending')"
 
 #: Ordered schema migrations; migration ``n`` brings version ``n - 1`` to ``n``.
 #: Append new tuples for later tables; never edit a released one.
 MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
-    # 1: the outbox — the id sequence, events, per-adapter delivery state.
+    # 1: the id sequence, events, and per-adapter delivery state split as in
+    # the SQLite store: what is still to deliver (outbox) apart from what is
+    # done (deliveries), so undelivered() is a range scan of a small key.
     (
         "CREATE SEQUENCE event_sequence_id AS bigint MINVALUE 1 CACHE 1",
         """CREATE TABLE events (
@@ -78,6 +81,14 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             routed_to     text   NOT NULL,
             wire          bytea  NOT NULL
         )""",
+        """CREATE TABLE outbox (
+            adapter       text   NOT NULL,
+            sequence_id   bigint NOT NULL,
+            state         text   NOT NULL,
+            error         text,
+            updated_at_ms bigint NOT NULL,
+            PRIMARY KEY (adapter, sequence_id)
+        )""",
         """CREATE TABLE deliveries (
             sequence_id   bigint NOT NULL,
             adapter       text   NOT NULL,
@@ -86,8 +97,12 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             updated_at_ms bigint NOT NULL,
             PRIMARY KEY (sequence_id, adapter)
         )""",
+        """CREATE VIEW delivery_state AS
+            SELECT sequence_id, adapter, state, error, updated_at_ms FROM outbox
+            UNION ALL
+            SELECT sequence_id, adapter, state, error, updated_at_ms FROM deliveries""",
     ),
-    # 2: consumer receipts; the partial index that keeps undelivered() cheap.
+    # 2: consumer receipts (evidence for reconciliation; duplicates kept).
     (
         """CREATE TABLE receipts (
             id             bigserial PRIMARY KEY,
@@ -100,8 +115,6 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             consumer       text    NOT NULL
         )""",
         "CREATE INDEX receipts_sequence_id ON receipts (sequence_id)",
-        f"""CREATE INDEX deliveries_undelivered ON deliveries (adapter, sequence_id)
-            WHERE state IN {_UNDELIVERED_SQL}""",
     ),
 )
 
@@ -114,18 +127,39 @@ _INSERT_EVENTS: Final = (
     " routed_to, wire) SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[],"
     " %b::text[], %b::bigint[], %b::text[], %b::bytea[])"
 )
-_INSERT_DELIVERIES: Final = (
-    "INSERT INTO deliveries (sequence_id, adapter, state, updated_at_ms)"
-    " SELECT i, a, 'queued', %b FROM unnest(%b::bigint[]) AS i CROSS JOIN unnest(%b::text[]) AS a"
+_INSERT_OUTBOX: Final = (
+    "INSERT INTO outbox (adapter, sequence_id, state, updated_at_ms)"
+    " SELECT a, i, 'queued', %b FROM unnest(%b::text[]) AS a CROSS JOIN unnest(%b::bigint[]) AS i"
 )
-_MARK: Final = (
-    "UPDATE deliveries SET state = %s, error = COALESCE(%s, error), updated_at_ms = %s"
-    " WHERE adapter = %s AND sequence_id = ANY(%b::bigint[])"
-)
+
+
+def _mark_statement(source: str, target: str) -> str:
+    """A state change as one statement: move the ``source`` rows to ``target``
+    and update the rows already there. (All parts see one snapshot, so the
+    final UPDATE touches only pre-existing ``target`` rows.) COALESCE keeps the
+    last error when a state carries none."""
+    where = "adapter = %(adapter)s AND sequence_id = ANY(%(ids)b::bigint[])"
+    return (
+        f"WITH moved AS (DELETE FROM {source} WHERE {where} RETURNING sequence_id, error),"
+        f" inserted AS (INSERT INTO {target} (sequence_id, adapter, state, error, updated_at_ms)"
+        f" SELECT sequence_id, %(adapter)s, %(state)s, COALESCE(%(error)s, error), %(now)s"
+        f" FROM moved)"
+        f" UPDATE {target} SET state = %(state)s, error = COALESCE(%(error)s, error),"
+        f" updated_at_ms = %(now)s WHERE {where}"
+    )
+
+
+_MARK_DELIVERED: Final = _mark_statement("outbox", "deliveries")
+_MARK_UNDELIVERED: Final = _mark_statement("deliveries", "outbox")
 _UNDELIVERED: Final = (
-    "SELECT e.wire FROM deliveries AS d JOIN events AS e ON e.sequence_id = d.sequence_id"
-    f" WHERE d.adapter = %s AND d.state IN {_UNDELIVERED_SQL} AND d.sequence_id > %s"
-    " ORDER BY d.sequence_id LIMIT %s"
+    "SELECT e.wire FROM outbox AS o JOIN events AS e ON e.sequence_id = o.sequence_id"
+    " WHERE o.adapter = %s AND o.sequence_id > %s ORDER BY o.sequence_id LIMIT %s"
+)
+_STATES_OF: Final = (
+    "SELECT adapter, state, error FROM outbox"
+    " WHERE adapter = ANY(%(adapters)s::text[]) AND sequence_id = %(seq)s"
+    " UNION ALL SELECT adapter, state, error FROM deliveries"
+    " WHERE sequence_id = %(seq)s AND adapter = ANY(%(adapters)s::text[])"
 )
 
 
@@ -319,7 +353,7 @@ class PostgresStore(Store):
                 for routed, seqs in by_routing.items():
                     adapters = list(dict.fromkeys(routed))
                     if adapters:
-                        await cur.execute(_INSERT_DELIVERIES, (now_ms, seqs, adapters))
+                        await cur.execute(_INSERT_OUTBOX, (now_ms, adapters, seqs))
             return records
 
         return await self._run("append", body)
@@ -342,15 +376,27 @@ class PostgresStore(Store):
 
     async def _flush_marks(self, requests: list[MarkRequest]) -> None:
         now_ms = int(self._clock() * 1000)
-        params = [
-            (r.state.value, r.error, now_ms, r.adapter, r.sequence_ids)
-            for r in coalesce_marks(requests)
-        ]
+        # Consecutive requests of the same kind share one executemany, which
+        # pipelines them (one round trip); the order of requests is kept.
+        groups: list[tuple[str, list[dict[str, Any]]]] = []
+        for r in coalesce_marks(requests):
+            statement = _MARK_DELIVERED if r.state in DELIVERED_STATES else _MARK_UNDELIVERED
+            params = {
+                "state": r.state.value,
+                "error": r.error,
+                "now": now_ms,
+                "adapter": r.adapter,
+                "ids": r.sequence_ids,
+            }
+            if groups and groups[-1][0] == statement:
+                groups[-1][1].append(params)
+            else:
+                groups.append((statement, [params]))
 
         async def body(conn: psycopg.AsyncConnection[Any]) -> None:
             async with conn.transaction(), conn.cursor() as cur:
-                # executemany pipelines the statements: one round trip in all.
-                await cur.executemany(_MARK, params)
+                for statement, params_seq in groups:
+                    await cur.executemany(statement, params_seq)
 
         await self._run("mark", body)
 
@@ -414,8 +460,7 @@ class PostgresStore(Store):
                 if row is None:
                     return None
                 await cur.execute(
-                    "SELECT adapter, state, error FROM deliveries WHERE sequence_id = %s",
-                    (sequence_id,),
+                    _STATES_OF, {"seq": sequence_id, "adapters": orjson.loads(row[1])}
                 )
                 deliveries = await cur.fetchall()
                 await cur.execute(

@@ -16,7 +16,6 @@ import pytest
 from broadcaster.events import EventDraft, EventFactory, seal
 from broadcaster.exceptions import StoreError, StoreUnavailable
 from broadcaster.store import (
-    DeliveryState,
     MemoryStore,
     PostgresStore,
     SQLiteStore,
@@ -63,7 +62,7 @@ async def test_synchronous_full_from_url(tmp_path: Path) -> None:
         assert await store.pragma("synchronous") == 2  # FULL
 
 
-async def test_undelivered_uses_the_partial_index(tmp_path: Path) -> None:
+async def test_undelivered_is_a_range_scan_of_the_outbox_key(tmp_path: Path) -> None:
     async with SQLiteStore(tmp_path / "i.db"):
         pass
     conn = sqlite3.connect(tmp_path / "i.db")
@@ -71,7 +70,8 @@ async def test_undelivered_uses_the_partial_index(tmp_path: Path) -> None:
 
     plan = " ".join(str(r) for r in conn.execute(f"EXPLAIN QUERY PLAN {_UNDELIVERED}", ("a", 0, 1)))
     conn.close()
-    assert "deliveries_undelivered" in plan
+    assert "SEARCH o USING PRIMARY KEY (adapter=? AND sequence_id>?)" in plan, plan
+    assert "SCAN" not in plan, plan
 
 
 async def test_migrates_from_version_1(tmp_path: Path) -> None:
@@ -84,7 +84,7 @@ async def test_migrates_from_version_1(tmp_path: Path) -> None:
         "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
         (7, record.event_id, "CRITICAL", "old.event", 1, '["websocket"]', record.wire),
     )
-    conn.execute("INSERT INTO deliveries VALUES (7, 'websocket', 'queued', NULL, 1)")
+    conn.execute("INSERT INTO outbox VALUES ('websocket', 7, 'queued', NULL, 1)")
     conn.execute("UPDATE meta SET value = 7 WHERE key = 'last_sequence_id'")
     conn.close()
 
@@ -138,8 +138,6 @@ async def test_disk_full_is_unavailable_then_recovers(tmp_path: Path) -> None:
         assert await store.last_sequence_id() == last
         assert await store.get(last + 1) is None
         assert len(await store.undelivered("websocket")) == 10
-        # Marks on existing rows do not grow the file: they still work.
-        await store.mark("websocket", [last], DeliveryState.ACKED)
 
         await store.pragma("max_page_count", "1073741823")  # space again
         after = await store.append(items(300, payload_bytes=2000))
