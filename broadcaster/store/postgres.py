@@ -57,7 +57,9 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
 
 _T = TypeVar("_T")
 
-_log = structlog.get_logger("broadcaster.store.postgres", store="postgres")
+# Loggers stay lazy proxies (no .bind()): a bound logger captures the output
+# stream of the moment it is built, which may be closed later.
+_LOGGER_NAME: Final = "broadcaster.store.postgres"
 
 # Advisory lock keys (arbitrary constants, "bcst" + purpose).
 _MIGRATE_LOCK: Final = 0x62637374_0001
@@ -196,7 +198,9 @@ class PostgresStore(Store):
         self._opened = False
         self._marks = GroupCommit(self._flush_marks)
         # Never log the URL: it may hold a password.
-        self._log = _log.bind(host=params.get("host"), dbname=params.get("dbname"))
+        self._log = structlog.get_logger(
+            _LOGGER_NAME, store="postgres", host=params.get("host"), dbname=params.get("dbname")
+        )
 
     # -- plumbing ---------------------------------------------------------
 

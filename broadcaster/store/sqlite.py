@@ -77,7 +77,9 @@ _EventRow = tuple[bytes, str, int]  # wire, routed_to, created_at_ms
 _DeliveryRow = tuple[str, str, str | None]  # adapter, state, error
 _ReceiptRow = tuple[int, str, str, int, str, int, str]
 
-_log = structlog.get_logger("broadcaster.store.sqlite", store="sqlite")
+# Loggers stay lazy proxies (no .bind() here or in __init__): a bound logger
+# captures the output stream of the moment it is built, which may be closed later.
+_LOGGER_NAME: Final = "broadcaster.store.sqlite"
 
 #: Accepted values of the ``synchronous`` pragma (see the module docstring).
 SYNCHRONOUS_MODES: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -330,7 +332,7 @@ class SQLiteStore(Store):
         # Touched only on the worker thread.
         self._conn: sqlite3.Connection | None = None
         self._marks = GroupCommit(self._flush_marks)
-        self._log = _log.bind(path=str(self.path))
+        self._log = structlog.get_logger(_LOGGER_NAME, store="sqlite", path=str(self.path))
 
     # -- plumbing ---------------------------------------------------------
 
