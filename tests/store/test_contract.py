@@ -206,3 +206,23 @@ async def test_concurrent_marks_keep_call_order_per_adapter(store: Store) -> Non
     assert stored is not None
     assert stored.states == {"websocket": DeliveryState.ACKED, "realtime": DeliveryState.PENDING}
     assert stored.errors == {"websocket": "reset"}
+
+
+async def test_a_delivered_event_can_become_undelivered_again(store: Store) -> None:
+    records = await store.append([(d, WS) for d in drafts(3)])
+    ids = [r.sequence_id for r in records]
+    await store.mark("websocket", ids, DeliveryState.ACKED)
+    assert await store.undelivered("websocket") == []
+    # E.g. reconciliation finds the consumer never got it: re-queue one...
+    await store.mark("websocket", [ids[1]], DeliveryState.FAILED, "missing at consumer")
+    assert [r.sequence_id for r in await store.undelivered("websocket")] == [ids[1]]
+    # ...repair it, and upgrade another from acked to repaired in place.
+    await store.mark("websocket", [ids[1], ids[2]], DeliveryState.REPAIRED)
+    assert await store.undelivered("websocket") == []
+    states = [await store.get(seq) for seq in ids]
+    assert [s.states["websocket"] if s else None for s in states] == [
+        DeliveryState.ACKED,
+        DeliveryState.REPAIRED,
+        DeliveryState.REPAIRED,
+    ]
+    assert states[1] is not None and states[1].errors == {"websocket": "missing at consumer"}

@@ -17,6 +17,7 @@ import pytest
 from broadcaster.events import EventDraft, EventFactory, seal
 from broadcaster.exceptions import StoreError, StoreUnavailable
 from broadcaster.store import (
+    DeliveryState,
     MemoryStore,
     PostgresStore,
     SQLiteStore,
@@ -302,3 +303,20 @@ def test_store_from_url() -> None:
         store_from_url("sqlite:///x.db?cache=shared")
     with pytest.raises(ValueError, match="no database path"):
         store_from_url("sqlite:///")
+
+
+async def test_closed_store_refuses_calls_and_pragma_checks_input(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "c.db")
+    with pytest.raises(StoreError, match="not open"):
+        await store.append(items(1))
+    with pytest.raises(StoreError, match="not open"):
+        await store.mark("websocket", [1], DeliveryState.ACKED)
+    async with store:
+        with pytest.raises(ValueError, match="pragma name"):
+            await store.pragma("user_version; DROP TABLE events")
+        with pytest.raises(ValueError, match="pragma value"):
+            await store.pragma("user_version", "1; DROP TABLE events")
+        assert await store.pragma("user_version", 3) is None  # setters return nothing
+        assert await store.pragma("user_version") == 3
+    with pytest.raises(ValueError, match="synchronous"):
+        SQLiteStore(tmp_path / "d.db", synchronous="sometimes")
