@@ -61,7 +61,7 @@ __all__ = [
     "normalize_realtime_url",
 ]
 
-log = structlog.get_logger("broadcaster.adapters.realtime").bind(adapter="realtime")
+log = structlog.get_logger("broadcaster.adapters.realtime", adapter="realtime")
 
 #: SPEC 7: the broadcast event name every batch is sent under.
 BROADCAST_EVENT: Final = "events"
@@ -564,6 +564,8 @@ class RealtimeAdapter(Adapter):
     async def start(self) -> None:
         """Connect and join every category channel. See the class doc."""
         if self._link is not None:
+            if not self._link.ready:
+                raise AdapterUnavailable(self.name, f"still connecting ({self._link.last_error})")
             return
         self._closed = False
         self._bucket = _TokenBucket(self._rate) if self._rate > 0 else None
@@ -677,8 +679,17 @@ class RealtimeAdapter(Adapter):
             if self._bucket is not None:
                 await self._bucket.acquire()
             items = self._take(lane)
-            if items:
+            if not items:
+                continue
+            try:
                 await self._push(lane, items)
+            except Exception as exc:
+                # A bug here must fail these sends, not kill the lane and
+                # leave every later send() on this channel waiting forever.
+                log.exception("realtime push failed unexpectedly", topic=lane.topic)
+                reason = f"internal error: {exc!r}"
+                for _, waiter in items:
+                    waiter.fail(_with_cause(AdapterUnavailable(self.name, reason), exc))
 
     def _take(self, lane: _Lane) -> list[tuple[EventRecord, _Waiter]]:
         items: list[tuple[EventRecord, _Waiter]] = []

@@ -34,7 +34,7 @@ from ._common import ReceiptCollector
 
 __all__ = ["FastBroadcastClient", "RealtimeSubscriber"]
 
-log = structlog.get_logger("broadcaster.consumer.realtime").bind(adapter="realtime")
+log = structlog.get_logger("broadcaster.consumer.realtime", adapter="realtime")
 
 
 class FastBroadcastClient(AsyncRealtimeClient):

@@ -1,0 +1,1 @@
+"""Benchmarks. Each prints figures (JSON lines); none asserts timings."""
