@@ -213,7 +213,8 @@ class GroupCommit:
         self._task: asyncio.Task[None] | None = None
 
     async def submit(self, request: MarkRequest) -> None:
-        """Queue ``request``; return when its transaction committed, or raise its error."""
+        """Queue ``request``; return when its transaction committed, or raise its
+        error. A caller cancelled while waiting may still see its change committed."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((request, future))
         if self._task is None or self._task.done():
@@ -234,7 +235,7 @@ class GroupCommit:
                 for _, future in batch:
                     future.cancel()
                 raise
-            except BaseException as exc:  # noqa: BLE001 - every waiter gets the outcome
+            except Exception as exc:  # every waiter of the batch gets the outcome
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
