@@ -16,6 +16,35 @@ import structlog
 __all__ = ["configure_logging", "get_logger"]
 
 
+class _StderrLogger:
+    """Prints each rendered line to whatever ``sys.stderr`` is *now*.
+
+    structlog's PrintLogger keeps the stream it was built with; when stderr is
+    swapped (pytest capture, daemonising) that stream may be closed later.
+    """
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+
+def _stderr_logger(*_args: object) -> _StderrLogger:
+    return _StderrLogger()
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stdlib handler that also resolves ``sys.stderr`` at write time."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 def configure_logging(fmt: Literal["console", "json"] = "console", level: str = "INFO") -> None:
     """Configure structlog (and route stdlib logging of dependencies through it)."""
     numeric = logging.getLevelName(level.upper())
@@ -35,12 +64,14 @@ def configure_logging(fmt: Literal["console", "json"] = "console", level: str = 
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     # Dependencies (realtime, websockets, uvicorn) log through stdlib logging;
     # keep them quiet below WARNING unless DEBUG is asked for.
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, force=True)
+    logging.basicConfig(
+        level=max(numeric, logging.WARNING), handlers=[_StderrHandler()], force=True
+    )
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

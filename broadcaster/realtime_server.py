@@ -37,6 +37,7 @@ import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 __all__ = [
     "DEFAULT_MAX_BUFFER_BYTES",
@@ -446,6 +447,8 @@ class LocalRealtimeServer:
             if peer is exclude:
                 continue
             conn = peer.conn
+            if conn.protocol.state is not State.OPEN:
+                continue  # closing: its handler is about to forget it
             try:
                 conn.protocol.send_text(frame)
                 conn.send_data()

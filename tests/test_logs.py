@@ -4,6 +4,7 @@ through contextvars."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -16,9 +17,15 @@ from broadcaster.logs import configure_logging, get_logger
 
 
 @pytest.fixture(autouse=True)
-def reset_structlog() -> Iterator[None]:
+def reset_logging() -> Iterator[None]:
+    # configure_logging binds the (captured) stderr of this test; put structlog
+    # and the stdlib root logger back so later tests don't write to a closed stream.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     yield
     structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def test_json_format_writes_one_json_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:

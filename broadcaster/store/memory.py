@@ -31,13 +31,12 @@ class MemoryStore(Store):
         self, items: Sequence[tuple[EventDraft, tuple[str, ...]]]
     ) -> list[EventRecord]:
         now_ms = int(self._clock() * 1000)
-        records = []
-        for draft, routed in items:
-            self._last += 1
-            record = seal(draft, self._last)
-            self._events[self._last] = (record, routed, now_ms)
-            self._states[self._last] = {name: DeliveryState.QUEUED for name in routed}
-            records.append(record)
+        # Seal everything first: a failure leaves nothing stored (all or nothing).
+        records = [seal(draft, self._last + i) for i, (draft, _) in enumerate(items, start=1)]
+        for record, (_, routed) in zip(records, items, strict=True):
+            self._events[record.sequence_id] = (record, routed, now_ms)
+            self._states[record.sequence_id] = {name: DeliveryState.QUEUED for name in routed}
+        self._last += len(records)
         return records
 
     async def mark(

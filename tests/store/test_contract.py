@@ -12,7 +12,6 @@ from broadcaster.store import (
     UNDELIVERED_STATES,
     ConsumerReceipt,
     DeliveryState,
-    MemoryStore,
     Store,
 )
 
@@ -59,15 +58,7 @@ async def test_append_assigns_increasing_ids_and_seals(store: Store) -> None:
         assert stored.created_at_ms > 0
 
 
-async def test_append_is_all_or_nothing(store: Store, request: pytest.FixtureRequest) -> None:
-    if isinstance(store, MemoryStore):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="MemoryStore.append stores items one by one; a failure mid-batch "
-                "leaves the earlier items stored (fix belongs in store/memory.py)",
-            )
-        )
+async def test_append_is_all_or_nothing(store: Store) -> None:
     before = await store.append([(d, BOTH) for d in drafts(2)])
     good = drafts(3)
     # A draft that cannot be sealed (unknown checksum algorithm) in the middle.
