@@ -36,7 +36,7 @@ def _stderr_logger(*_args: object) -> _StderrLogger:
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A stdlib handler that also resolves ``sys.stderr`` at write time."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> object:
         return sys.stderr
 
