@@ -192,3 +192,11 @@ def test_report_duplicates_only_row() -> None:
     report.duplicates[("SYSTEM", "websocket")] += 2
     data = report.as_dict()
     assert data["categories"]["SYSTEM"]["websocket"]["duplicate"] == 2  # type: ignore[index]
+
+
+def test_report_caps_mismatched_ids() -> None:
+    report = Report(max_missing_ids=1)
+    report.add(expected(sequence_id=1), Judgement(Outcome.MISMATCH))
+    report.add(expected(sequence_id=2), Judgement(Outcome.MISMATCH))
+    assert report.mismatched == {"realtime": [1]}
+    assert report.total(Outcome.MISMATCH) == 2
