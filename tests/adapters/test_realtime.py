@@ -425,6 +425,8 @@ async def test_start_while_server_down_raises_then_recovers_in_background(
     with pytest.raises(AdapterUnavailable):
         await adapter.start()
     assert "reconnecting" in adapter.health().detail
+    with pytest.raises(AdapterUnavailable, match="still connecting"):
+        await adapter.start()
     await srv.start()
     try:
         await until(lambda: adapter.health().connected)
