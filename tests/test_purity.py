@@ -21,7 +21,7 @@ PURE_MODULES = [
     "settings.py",
     "exceptions.py",
     "reconcile/matching.py",
-    # Add breaker_policy.py here when the circuit-breaker policy lands (issue 4).
+    "breaker_policy.py",
 ]
 
 FORBIDDEN = frozenset(
