@@ -52,6 +52,7 @@ __all__ = [
     "canonical_json",
     "format_timestamp",
     "parse_frame",
+    "payload_keys_of",
     "record_from_wire",
     "seal",
     "verify_event_dict",
@@ -165,6 +166,9 @@ class EventDraft:
     source: str
     payload_json: bytes
     checksum_algorithm: ChecksumAlgorithm
+    #: JSON array of the payload's sorted top-level keys (reconciliation's
+    #: "semantic" criterion compares these).
+    payload_keys: str = "[]"
 
     @property
     def routing_key(self) -> str:
@@ -188,6 +192,7 @@ class EventRecord:
     checksum: str
     canonical: bytes
     wire: bytes
+    payload_keys: str = "[]"
 
     @property
     def routing_key(self) -> str:
@@ -244,6 +249,11 @@ class Event(BaseModel):
             raise ChecksumMismatch(
                 self.sequence_id, self.checksum.algorithm, self.checksum.value, actual
             )
+
+
+def payload_keys_of(payload: Mapping[str, Any]) -> str:
+    """The payload's top-level keys, sorted, as a JSON array (``'["a","b"]'``)."""
+    return orjson.dumps(sorted(payload)).decode()
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -427,6 +437,7 @@ class EventFactory:
             source=source,
             payload_json=encoded,
             checksum_algorithm=self._checksums[cat],
+            payload_keys=payload_keys_of(payload),  # type: ignore[arg-type]
         )
 
 
@@ -486,6 +497,7 @@ def seal(draft: EventDraft, sequence_id: int) -> EventRecord:
         checksum=checksum,
         canonical=canonical,
         wire=wire,
+        payload_keys=draft.payload_keys,
     )
 
 
@@ -506,4 +518,5 @@ def record_from_wire(wire: bytes) -> EventRecord:
         checksum=checksum["value"],
         canonical=canonical_bytes_of(obj),
         wire=wire,
+        payload_keys=payload_keys_of(obj["payload"]),
     )

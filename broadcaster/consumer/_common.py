@@ -14,13 +14,17 @@ from typing import Any
 
 import structlog
 
-from ..events import verify_event_dict
+from ..events import payload_keys_of, verify_event_dict
 from ..exceptions import FrameError
 from ..store.base import ConsumerReceipt, Store
 
 __all__ = ["ConsumerStats", "ReceiptCollector", "StoreReceiptWriter"]
 
 log = structlog.get_logger("broadcaster.consumer")
+
+
+def _keys(payload: object) -> str | None:
+    return payload_keys_of(payload) if isinstance(payload, dict) else None
 
 
 @dataclass
@@ -109,6 +113,7 @@ class ReceiptCollector:
                     checksum=actual,
                     checksum_ok=ok,
                     consumer=self.consumer,
+                    payload_keys=_keys(obj.get("payload")),
                 )
             )
         if self.on_event is not None:

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, urlsplit
 
-from .base import UNDELIVERED_STATES, ConsumerReceipt, DeliveryState, Store, StoredEvent
+from .base import (
+    DELIVERED_STATES,
+    UNDELIVERED_STATES,
+    ConsumerReceipt,
+    DeliveryState,
+    ScanRow,
+    Store,
+    StoredEvent,
+    StoreStats,
+)
 from .memory import MemoryStore
 from .postgres import PostgresStore
 from .sqlite import SQLiteStore
 
 __all__ = [
+    "DELIVERED_STATES",
     "UNDELIVERED_STATES",
+    "ScanRow",
+    "StoreStats",
     "ConsumerReceipt",
     "DeliveryState",
     "MemoryStore",

@@ -20,9 +20,13 @@ from typing import Self
 from ..events import EventDraft, EventRecord
 
 __all__ = [
+    "DELIVERED_STATES",
+    "UNDELIVERED_STATES",
     "ConsumerReceipt",
     "DeliveryState",
+    "ScanRow",
     "Store",
+    "StoreStats",
     "StoredEvent",
 ]
 
@@ -41,6 +45,10 @@ class DeliveryState(StrEnum):
 UNDELIVERED_STATES: frozenset[DeliveryState] = frozenset(
     {DeliveryState.QUEUED, DeliveryState.FAILED, DeliveryState.PENDING}
 )
+#: States in which the adapter has acknowledged the event.
+DELIVERED_STATES: frozenset[DeliveryState] = frozenset(
+    {DeliveryState.ACKED, DeliveryState.REPAIRED}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +62,8 @@ class ConsumerReceipt:
     checksum: str
     checksum_ok: bool
     consumer: str = "default"
+    #: JSON array of the received payload's sorted top-level keys, if known.
+    payload_keys: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +76,34 @@ class StoredEvent:
     states: dict[str, DeliveryState]
     errors: dict[str, str] = field(default_factory=dict)
     receipts: tuple[ConsumerReceipt, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ScanRow:
+    """What reconciliation needs of one event (see :meth:`Store.scan`)."""
+
+    sequence_id: int
+    category: str
+    event_type: str
+    created_at_ms: int
+    checksum: str
+    payload_keys: str
+    routed_to: tuple[str, ...]
+    states: dict[str, DeliveryState]
+    receipts: tuple[ConsumerReceipt, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Counts for ``/stats``, metrics and retention."""
+
+    last_sequence_id: int
+    events: int
+    receipts: int
+    #: adapter -> state -> number of events in that state
+    states: dict[str, dict[str, int]]
+    #: adapter -> created_at_ms of its oldest undelivered event (None: none)
+    oldest_undelivered_ms: dict[str, int | None]
 
 
 class Store(ABC):
@@ -118,7 +156,32 @@ class Store(ABC):
 
     @abstractmethod
     async def last_sequence_id(self) -> int:
-        """The highest sequence id ever handed out (0 for a new store)."""
+        """The highest sequence id ever handed out (0 for a new store). Ids of
+        a failed append are not reused, so this may exceed the highest stored id."""
+
+    @abstractmethod
+    async def scan(self, *, after: int = 0, limit: int = 1000) -> list[ScanRow]:
+        """Events with sequence id > ``after``, in order, at most ``limit``, with
+        their per-adapter states and receipts (reconciliation's input)."""
+
+    @abstractmethod
+    async def stats(self) -> StoreStats:
+        """Counts per adapter and state, the oldest undelivered event per adapter."""
+
+    @abstractmethod
+    async def prune(self, *, through: int, older_than_ms: int) -> int:
+        """Delete events with sequence id <= ``through`` and created before
+        ``older_than_ms`` that every routed adapter acknowledged (acked or
+        repaired), with their delivery rows and receipts. Returns how many
+        events were deleted. Never touches an undelivered event."""
+
+    @abstractmethod
+    async def get_watermark(self, name: str) -> int:
+        """A persisted counter (e.g. ``reconciled_through``); 0 if never set."""
+
+    @abstractmethod
+    async def set_watermark(self, name: str, value: int) -> None:
+        """Persist a counter; see :meth:`get_watermark`."""
 
     async def __aenter__(self) -> Self:
         await self.open()

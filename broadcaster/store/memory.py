@@ -7,7 +7,16 @@ import time
 from collections.abc import Callable, Sequence
 
 from ..events import EventDraft, EventRecord, seal
-from .base import UNDELIVERED_STATES, ConsumerReceipt, DeliveryState, Store, StoredEvent
+from .base import (
+    DELIVERED_STATES,
+    UNDELIVERED_STATES,
+    ConsumerReceipt,
+    DeliveryState,
+    ScanRow,
+    Store,
+    StoredEvent,
+    StoreStats,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -20,6 +29,7 @@ class MemoryStore(Store):
         self._states: dict[int, dict[str, DeliveryState]] = {}
         self._errors: dict[int, dict[str, str]] = {}
         self._receipts: dict[int, list[ConsumerReceipt]] = {}
+        self._watermarks: dict[str, int] = {}
 
     async def open(self) -> None:
         return None
@@ -85,3 +95,60 @@ class MemoryStore(Store):
 
     async def last_sequence_id(self) -> int:
         return self._last
+
+    async def scan(self, *, after: int = 0, limit: int = 1000) -> list[ScanRow]:
+        rows = []
+        for seq in sorted(s for s in self._events if s > after)[:limit]:
+            record, routed, created = self._events[seq]
+            rows.append(
+                ScanRow(
+                    sequence_id=seq,
+                    category=record.category.value,
+                    event_type=record.event_type,
+                    created_at_ms=created,
+                    checksum=record.checksum,
+                    payload_keys=record.payload_keys,
+                    routed_to=routed,
+                    states=dict(self._states[seq]),
+                    receipts=tuple(self._receipts.get(seq, ())),
+                )
+            )
+        return rows
+
+    async def stats(self) -> StoreStats:
+        states: dict[str, dict[str, int]] = {}
+        oldest: dict[str, int | None] = {}
+        for seq in sorted(self._states):
+            for adapter, state in self._states[seq].items():
+                per = states.setdefault(adapter, {})
+                per[state.value] = per.get(state.value, 0) + 1
+                oldest.setdefault(adapter, None)
+                if state in UNDELIVERED_STATES and oldest[adapter] is None:
+                    oldest[adapter] = self._events[seq][2]
+        return StoreStats(
+            last_sequence_id=self._last,
+            events=len(self._events),
+            receipts=sum(len(r) for r in self._receipts.values()),
+            states=states,
+            oldest_undelivered_ms=oldest,
+        )
+
+    async def prune(self, *, through: int, older_than_ms: int) -> int:
+        doomed = [
+            seq
+            for seq, (_, _, created) in self._events.items()
+            if seq <= through
+            and created < older_than_ms
+            and all(state in DELIVERED_STATES for state in self._states[seq].values())
+        ]
+        for seq in doomed:
+            del self._events[seq], self._states[seq]
+            self._errors.pop(seq, None)
+            self._receipts.pop(seq, None)
+        return len(doomed)
+
+    async def get_watermark(self, name: str) -> int:
+        return self._watermarks.get(name, 0)
+
+    async def set_watermark(self, name: str, value: int) -> None:
+        self._watermarks[name] = value

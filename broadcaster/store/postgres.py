@@ -21,11 +21,12 @@ For several broadcaster processes sharing one store. What a caller must know:
 
 Schema (version ``SCHEMA_VERSION``)::
 
-    meta(key text PRIMARY KEY, value bigint)         -- schema_version
+    meta(key text PRIMARY KEY, value bigint)  -- schema_version, event_count, receipt_count
     SEQUENCE event_sequence_id (bigint, CACHE 1)
     events(sequence_id bigint PRIMARY KEY, event_id, category, event_type,
            created_at_ms bigint, routed_to text  -- JSON array
-           , wire bytea)
+           , wire bytea
+           , checksum, payload_keys text)        -- copied out of the wire for scan()
     -- per (sequence_id, adapter) routed pair, exactly one row in one of:
     outbox(adapter, sequence_id, state, error, updated_at_ms,     -- queued, failed,
            PRIMARY KEY (adapter, sequence_id))                    -- pending: to deliver
@@ -33,7 +34,15 @@ Schema (version ``SCHEMA_VERSION``)::
                PRIMARY KEY (sequence_id, adapter))
     VIEW delivery_state  -- outbox UNION ALL deliveries, for people and reports
     receipts(id bigserial PRIMARY KEY, sequence_id, adapter, event_type,
-             received_at_ms, checksum, checksum_ok boolean, consumer)
+             received_at_ms, checksum, checksum_ok boolean, consumer, payload_keys)
+    delivered_counts(adapter, state, n bigint)  -- rows of deliveries per (adapter, state)
+    watermarks(name text PRIMARY KEY, value bigint)  -- e.g. reconciled_through
+
+The counters (``meta.event_count``, ``meta.receipt_count``, ``delivered_counts``)
+change in the transactions that change what they count, as each transaction's
+last statement and in key order (no lock-order deadlock between processes), so
+:meth:`PostgresStore.stats` reads a few rows instead of counting millions.
+Pruning deletes from ``events``; the sequence never goes back.
 """
 
 from __future__ import annotations
@@ -50,10 +59,18 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ..events import EventDraft, EventRecord, record_from_wire, seal
 from ..exceptions import StoreError, StoreUnavailable
-from .base import ConsumerReceipt, DeliveryState, Store, StoredEvent
-from .sqlite import DELIVERED_STATES, GroupCommit, MarkRequest, coalesce_marks
+from ._batching import GroupCommit, MarkRequest, assemble_scan, coalesce_marks, parse_routed
+from .base import (
+    DELIVERED_STATES,
+    ConsumerReceipt,
+    DeliveryState,
+    ScanRow,
+    Store,
+    StoredEvent,
+    StoreStats,
+)
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
+__all__ = ["MIGRATIONS", "PRUNE_CHUNK", "SCHEMA_VERSION", "PostgresStore"]
 
 _T = TypeVar("_T")
 
@@ -64,6 +81,9 @@ _LOGGER_NAME: Final = "broadcaster.store.postgres"
 # Advisory lock keys (arbitrary constants, "bcst" + purpose).
 _MIGRATE_LOCK: Final = 0x62637374_0001
 _APPEND_LOCK: Final = 0x62637374_0002
+
+#: Events deleted per ``prune`` transaction (row locks are held until commit).
+PRUNE_CHUNK: Final = 5000
 
 
 #: Ordered schema migrations; migration ``n`` brings version ``n - 1`` to ``n``.
@@ -118,6 +138,42 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
         "CREATE INDEX receipts_sequence_id ON receipts (sequence_id)",
     ),
+    # 3: reconciliation and retention. checksum and payload_keys are copied out
+    # of the wire at append so scan() never parses the wire; rows of older
+    # versions are backfilled from the wire. PostgreSQL's JSON functions reject
+    # a \u0000 escape (and the whole migration with it), so wires holding one
+    # (hex 5c7530303030) are left NULL, like rows an old-version process writes
+    # during a rolling upgrade: scan() reads those from the wire instead.
+    # Counters make stats() O(adapters), not O(rows).
+    (
+        "ALTER TABLE events ADD COLUMN checksum text, ADD COLUMN payload_keys text",
+        # COLLATE "C": byte order of UTF-8 is code point order, as Python's
+        # sorted() (payload_keys_of); to_json quotes each key as JSON.
+        """UPDATE events SET
+            checksum = convert_from(wire, 'UTF8')::json #>> '{checksum,value}',
+            payload_keys = coalesce((
+                SELECT '[' || string_agg(to_json(k)::text, ',' ORDER BY k COLLATE "C") || ']'
+                FROM json_object_keys(convert_from(wire, 'UTF8')::json -> 'payload') AS k
+            ), '[]')
+            WHERE position(decode('5c7530303030', 'hex') IN wire) = 0""",
+        "ALTER TABLE receipts ADD COLUMN payload_keys text",
+        """CREATE TABLE watermarks (
+            name  text   PRIMARY KEY,
+            value bigint NOT NULL
+        )""",
+        """CREATE TABLE delivered_counts (
+            adapter text   NOT NULL,
+            state   text   NOT NULL,
+            n       bigint NOT NULL,
+            PRIMARY KEY (adapter, state)
+        )""",
+        """INSERT INTO delivered_counts (adapter, state, n)
+            SELECT adapter, state, count(*) FROM deliveries GROUP BY adapter, state""",
+        """INSERT INTO meta (key, value) VALUES
+            ('event_count', (SELECT count(*) FROM events)),
+            ('receipt_count', (SELECT count(*) FROM receipts))
+            ON CONFLICT (key) DO UPDATE SET value = excluded.value""",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -126,8 +182,9 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 # %b: binary parameters; text-format bytea arrays cost a regex escape per item.
 _INSERT_EVENTS: Final = (
     "INSERT INTO events (sequence_id, event_id, category, event_type, created_at_ms,"
-    " routed_to, wire) SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[],"
-    " %b::text[], %b::bigint[], %b::text[], %b::bytea[])"
+    " routed_to, wire, checksum, payload_keys) SELECT * FROM unnest(%b::bigint[],"
+    " %b::text[], %b::text[], %b::text[], %b::bigint[], %b::text[], %b::bytea[],"
+    " %b::text[], %b::text[])"
 )
 _INSERT_OUTBOX: Final = (
     "INSERT INTO outbox (adapter, sequence_id, state, updated_at_ms)"
@@ -138,16 +195,22 @@ _INSERT_OUTBOX: Final = (
 def _mark_statement(source: str, target: str) -> str:
     """A state change as one statement: move the ``source`` rows to ``target``
     and update the rows already there. (All parts see one snapshot, so the
-    final UPDATE touches only pre-existing ``target`` rows.) COALESCE keeps the
-    last error when a state carries none."""
+    UPDATE touches only pre-existing ``target`` rows.) COALESCE keeps the last
+    error when a state carries none.
+
+    For the counters it returns the states of the matched ``deliveries`` rows
+    as they were (``state, n``) and the number of rows moved (``NULL, n``)."""
     where = "adapter = %(adapter)s AND sequence_id = ANY(%(ids)b::bigint[])"
     return (
-        f"WITH moved AS (DELETE FROM {source} WHERE {where} RETURNING sequence_id, error),"
+        f"WITH before AS (SELECT state, count(*) AS n FROM deliveries WHERE {where}"
+        f" GROUP BY state),"
+        f" moved AS (DELETE FROM {source} WHERE {where} RETURNING sequence_id, error),"
         f" inserted AS (INSERT INTO {target} (sequence_id, adapter, state, error, updated_at_ms)"
         f" SELECT sequence_id, %(adapter)s, %(state)s, COALESCE(%(error)s, error), %(now)s"
-        f" FROM moved)"
-        f" UPDATE {target} SET state = %(state)s, error = COALESCE(%(error)s, error),"
-        f" updated_at_ms = %(now)s WHERE {where}"
+        f" FROM moved RETURNING 1),"
+        f" updated AS (UPDATE {target} SET state = %(state)s, error = COALESCE(%(error)s, error),"
+        f" updated_at_ms = %(now)s WHERE {where} RETURNING 1)"
+        f" SELECT state, n FROM before UNION ALL SELECT NULL, count(*) FROM inserted"
     )
 
 
@@ -157,12 +220,48 @@ _UNDELIVERED: Final = (
     "SELECT e.wire FROM outbox AS o JOIN events AS e ON e.sequence_id = o.sequence_id"
     " WHERE o.adapter = %s AND o.sequence_id > %s ORDER BY o.sequence_id LIMIT %s"
 )
+_ADD_DELIVERED_COUNTS: Final = (
+    "INSERT INTO delivered_counts (adapter, state, n)"
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[]) ORDER BY 1, 2"
+    " ON CONFLICT (adapter, state) DO UPDATE SET n = delivered_counts.n + excluded.n"
+)
+_ADD_META: Final = "UPDATE meta SET value = value + %s WHERE key = %s"
+# scan(): one page is four range reads. CASE: the wire only for rows whose
+# checksum/payload_keys are NULL (written by an older version).
+_SCAN_EVENTS: Final = (
+    "SELECT sequence_id, category, event_type, created_at_ms, checksum, payload_keys,"
+    " routed_to, CASE WHEN checksum IS NULL OR payload_keys IS NULL THEN wire END"
+    " FROM events WHERE sequence_id > %s ORDER BY sequence_id LIMIT %s"
+)
+_SCAN_DELIVERED: Final = (
+    "SELECT sequence_id, adapter, state FROM deliveries WHERE sequence_id BETWEEN %s AND %s"
+)
+# The outbox key is (adapter, sequence_id): name the adapters, so each is a range read.
+_SCAN_OUTBOX: Final = (
+    "SELECT sequence_id, adapter, state FROM outbox"
+    " WHERE adapter = ANY(%s::text[]) AND sequence_id BETWEEN %s AND %s"
+)
+_SCAN_RECEIPTS: Final = (
+    "SELECT sequence_id, adapter, event_type, received_at_ms, checksum, checksum_ok,"
+    " consumer, payload_keys FROM receipts WHERE sequence_id BETWEEN %s AND %s"
+    " ORDER BY sequence_id, id"
+)
 _STATES_OF: Final = (
     "SELECT adapter, state, error FROM outbox"
     " WHERE adapter = ANY(%(adapters)s::text[]) AND sequence_id = %(seq)s"
     " UNION ALL SELECT adapter, state, error FROM deliveries"
     " WHERE sequence_id = %(seq)s AND adapter = ANY(%(adapters)s::text[])"
 )
+
+
+async def _add_counts(cur: psycopg.AsyncCursor[Any], counts: dict[tuple[str, str], int]) -> None:
+    """Apply per (adapter, state) changes to ``delivered_counts`` in the caller's
+    transaction; in key order, so concurrent transactions lock the counter rows
+    in the same order and cannot deadlock on them."""
+    rows = [(adapter, state, n) for (adapter, state), n in sorted(counts.items()) if n]
+    if rows:
+        adapters, states, ns = (list(column) for column in zip(*rows, strict=True))
+        await cur.execute(_ADD_DELIVERED_COUNTS, (adapters, states, ns))
 
 
 class PostgresStore(Store):
@@ -352,12 +451,16 @@ class PostgresStore(Store):
                         [now_ms] * len(records),
                         [orjson.dumps(routed).decode() for _, routed in batch],
                         [r.wire for r in records],
+                        [r.checksum for r in records],
+                        [r.payload_keys for r in records],
                     ),
                 )
                 for routed, seqs in by_routing.items():
                     adapters = list(dict.fromkeys(routed))
                     if adapters:
                         await cur.execute(_INSERT_OUTBOX, (now_ms, adapters, seqs))
+                # Serialised by the append lock already; last, so held briefly.
+                await cur.execute(_ADD_META, (len(records), "event_count"))
             return records
 
         return await self._run("append", body)
@@ -383,7 +486,8 @@ class PostgresStore(Store):
         # Consecutive requests of the same kind share one executemany, which
         # pipelines them (one round trip); the order of requests is kept.
         groups: list[tuple[str, list[dict[str, Any]]]] = []
-        for r in coalesce_marks(requests):
+        coalesced = coalesce_marks(requests)
+        for r in coalesced:
             statement = _MARK_DELIVERED if r.state in DELIVERED_STATES else _MARK_UNDELIVERED
             params = {
                 "state": r.state.value,
@@ -399,8 +503,24 @@ class PostgresStore(Store):
 
         async def body(conn: psycopg.AsyncConnection[Any]) -> None:
             async with conn.transaction(), conn.cursor() as cur:
+                results: list[list[tuple[str | None, int]]] = []
                 for statement, params_seq in groups:
-                    await cur.executemany(statement, params_seq)
+                    await cur.executemany(statement, params_seq, returning=True)
+                    results += [await result.fetchall() async for result in cur.results()]
+                counts: dict[tuple[str, str], int] = {}
+                for request, rows in zip(coalesced, results, strict=True):
+                    adapter, state = request.adapter, request.state.value
+                    delivered = request.state in DELIVERED_STATES
+                    for old, n in rows:
+                        if old is None:  # rows moved from the outbox
+                            if delivered:
+                                counts[adapter, state] = counts.get((adapter, state), 0) + n
+                            continue
+                        # deliveries rows that left ``old``: for ``state`` or the outbox
+                        counts[adapter, old] = counts.get((adapter, old), 0) - n
+                        if delivered:
+                            counts[adapter, state] = counts.get((adapter, state), 0) + n
+                await _add_counts(cur, counts)
 
         await self._run("mark", body)
 
@@ -417,6 +537,7 @@ class PostgresStore(Store):
                 r.checksum,
                 r.checksum_ok,
                 r.consumer,
+                r.payload_keys,
             )
             for r in receipts
         ]
@@ -425,9 +546,12 @@ class PostgresStore(Store):
             async with conn.transaction(), conn.cursor() as cur:
                 await cur.executemany(
                     "INSERT INTO receipts (sequence_id, adapter, event_type, received_at_ms,"
-                    " checksum, checksum_ok, consumer) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    " checksum, checksum_ok, consumer, payload_keys)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                     rows,
                 )
+                # Last statement: the shared counter row is locked only until COMMIT.
+                await cur.execute(_ADD_META, (len(rows), "receipt_count"))
 
         await self._run("record_receipts", body)
 
@@ -469,7 +593,8 @@ class PostgresStore(Store):
                 deliveries = await cur.fetchall()
                 await cur.execute(
                     "SELECT sequence_id, adapter, event_type, received_at_ms, checksum,"
-                    " checksum_ok, consumer FROM receipts WHERE sequence_id = %s ORDER BY id",
+                    " checksum_ok, consumer, payload_keys FROM receipts WHERE sequence_id = %s"
+                    " ORDER BY id",
                     (sequence_id,),
                 )
                 return row, deliveries, await cur.fetchall()
@@ -495,8 +620,11 @@ class PostgresStore(Store):
                     checksum=checksum,
                     checksum_ok=bool(ok),
                     consumer=consumer,
+                    payload_keys=keys,
                 )
-                for seq, adapter, event_type, received, checksum, ok, consumer in receipt_rows
+                for seq, adapter, event_type, received, checksum, ok, consumer, keys in (
+                    receipt_rows
+                )
             ),
         )
 
@@ -512,3 +640,172 @@ class PostgresStore(Store):
                 return int(row[0]) if row[1] else 0
 
         return await self._run("last_sequence_id", body)
+
+    async def scan(self, *, after: int = 0, limit: int = 1000) -> list[ScanRow]:
+        """Events with sequence id > ``after``, in order, at most ``limit``, with
+        states and receipts; see :meth:`Store.scan`. One page is four range
+        reads in one REPEATABLE READ transaction (one snapshot)."""
+        if limit <= 0:
+            return []
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> list[ScanRow]:
+            async with conn.transaction(), conn.cursor() as cur:
+                await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                await cur.execute(_SCAN_EVENTS, (after, limit))
+                events = await cur.fetchall()
+                if not events:
+                    return []
+                low, high = events[0][0], events[-1][0]
+                routed_cache: dict[str, tuple[str, ...]] = {}
+                adapters: dict[str, None] = {}
+                for routed_json in {row[6] for row in events}:
+                    adapters.update(dict.fromkeys(parse_routed(routed_json, routed_cache)))
+                await cur.execute(_SCAN_DELIVERED, (low, high))
+                states = await cur.fetchall()
+                if adapters:
+                    await cur.execute(_SCAN_OUTBOX, (list(adapters), low, high))
+                    states += await cur.fetchall()
+                await cur.execute(_SCAN_RECEIPTS, (low, high))
+                receipts = await cur.fetchall()
+            return assemble_scan(events, states, receipts, routed_cache)
+
+        return await self._run("scan", body)
+
+    async def stats(self) -> StoreStats:
+        """Counts per adapter and state, oldest undelivered event per adapter;
+        see :meth:`Store.stats`. Reads counters kept by the writes plus the
+        (small) outbox, in one snapshot."""
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> StoreStats:
+            async with conn.transaction(), conn.cursor() as cur:
+                await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                await cur.execute(
+                    "SELECT key, value FROM meta WHERE key IN ('event_count', 'receipt_count')"
+                )
+                meta = {key: int(value) for key, value in await cur.fetchall()}
+                await cur.execute(
+                    "SELECT adapter, state, n FROM delivered_counts WHERE n <> 0"
+                    " UNION ALL SELECT adapter, state, count(*) FROM outbox GROUP BY 1, 2"
+                )
+                states: dict[str, dict[str, int]] = {}
+                for adapter, state, n in await cur.fetchall():
+                    states.setdefault(adapter, {})[state] = int(n)
+                oldest: dict[str, int | None] = dict.fromkeys(states)
+                await cur.execute(
+                    "SELECT o.adapter, e.created_at_ms FROM (SELECT adapter, min(sequence_id)"
+                    " AS sequence_id FROM outbox GROUP BY adapter) AS o"
+                    " JOIN events AS e ON e.sequence_id = o.sequence_id"
+                )
+                for adapter, created in await cur.fetchall():
+                    oldest[adapter] = int(created)
+                await cur.execute("SELECT last_value, is_called FROM event_sequence_id")
+                row = await cur.fetchone()
+                assert row is not None
+            return StoreStats(
+                last_sequence_id=int(row[0]) if row[1] else 0,
+                events=meta["event_count"],
+                receipts=meta["receipt_count"],
+                states=states,
+                oldest_undelivered_ms=oldest,
+            )
+
+        return await self._run("stats", body)
+
+    async def prune(self, *, through: int, older_than_ms: int) -> int:
+        """Delete fully delivered events with sequence id <= ``through`` created
+        before ``older_than_ms``, with their delivery rows and receipts; see
+        :meth:`Store.prune`. One transaction per :data:`PRUNE_CHUNK` events;
+        ids come from the sequence, which pruning never moves back."""
+        deleted = 0
+        cursor = 0
+        while True:
+            count, cursor, done = await self._run(
+                "prune", self._prune_chunk(cursor, through, older_than_ms)
+            )
+            deleted += count
+            if done:
+                break
+        if deleted:
+            self._log.info("events pruned", count=deleted, through=through)
+        return deleted
+
+    @staticmethod
+    def _prune_chunk(
+        cursor: int, through: int, older_than_ms: int
+    ) -> Callable[[psycopg.AsyncConnection[Any]], Awaitable[tuple[int, int, bool]]]:
+        async def body(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int, bool]:
+            async with conn.transaction(), conn.cursor() as cur:
+                await cur.execute(
+                    "SELECT sequence_id, routed_to FROM events WHERE sequence_id > %s"
+                    " AND sequence_id <= %s AND created_at_ms < %s ORDER BY sequence_id LIMIT %s",
+                    (cursor, through, older_than_ms, PRUNE_CHUNK),
+                )
+                candidates = await cur.fetchall()
+                if not candidates:
+                    return 0, cursor, True
+                ids = [int(seq) for seq, _ in candidates]
+                low, high = ids[0], ids[-1]
+                finished = len(candidates) < PRUNE_CHUNK
+                routed_cache: dict[str, tuple[str, ...]] = {}
+                adapters: dict[str, None] = {}
+                for routed_json in {row[1] for row in candidates}:
+                    adapters.update(dict.fromkeys(parse_routed(routed_json, routed_cache)))
+                # Lock the delivered rows first: another process's mark() can then
+                # no longer move them back to the outbox before we commit, and the
+                # outbox check below (a new snapshot) sees every move made before.
+                await cur.execute(
+                    "SELECT 1 FROM deliveries WHERE sequence_id = ANY(%s::bigint[])"
+                    " ORDER BY sequence_id, adapter FOR UPDATE",
+                    (ids,),
+                )
+                await cur.execute(_SCAN_OUTBOX, (list(adapters), low, high))
+                undelivered = {seq for seq, _, _ in await cur.fetchall()}
+                doomed = [seq for seq in ids if seq not in undelivered]
+                if not doomed:
+                    return 0, high, finished
+                await cur.execute(
+                    "WITH gone AS (DELETE FROM deliveries WHERE sequence_id = ANY(%s::bigint[])"
+                    " RETURNING adapter, state) SELECT adapter, state, count(*) FROM gone"
+                    " GROUP BY 1, 2",
+                    (doomed,),
+                )
+                counts = {(a, s): -int(n) for a, s, n in await cur.fetchall()}
+                await cur.execute(
+                    "DELETE FROM receipts WHERE sequence_id = ANY(%s::bigint[])", (doomed,)
+                )
+                receipts = cur.rowcount
+                await cur.execute(
+                    "DELETE FROM events WHERE sequence_id = ANY(%s::bigint[])", (doomed,)
+                )
+                events = cur.rowcount
+                # Counters last, in key order (see _add_counts).
+                await _add_counts(cur, counts)
+                await cur.execute(_ADD_META, (-events, "event_count"))
+                await cur.execute(_ADD_META, (-receipts, "receipt_count"))
+            return events, high, finished
+
+        return body
+
+    async def get_watermark(self, name: str) -> int:
+        """A persisted counter (``watermarks`` table); 0 if never set."""
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> int:
+            async with conn.cursor() as cur:
+                await cur.execute("SELECT value FROM watermarks WHERE name = %s", (name,))
+                row = await cur.fetchone()
+                return 0 if row is None else int(row[0])
+
+        return await self._run("get_watermark", body)
+
+    async def set_watermark(self, name: str, value: int) -> None:
+        """Persist a counter (committed before this returns)."""
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> None:
+            async with conn.cursor() as cur:
+                await cur.execute(
+                    "INSERT INTO watermarks (name, value) VALUES (%s, %s)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (name, int(value)),
+                )
+
+        await self._run("set_watermark", body)

@@ -28,10 +28,12 @@ What a caller must know:
 
 Schema (``SCHEMA_VERSION`` in ``meta``; created and migrated by :meth:`SQLiteStore.open`)::
 
-    meta(key TEXT PRIMARY KEY, value INTEGER)     -- schema_version, last_sequence_id
+    meta(key TEXT PRIMARY KEY, value INTEGER)     -- schema_version, last_sequence_id,
+                                                  -- event_count, receipt_count
     events(sequence_id INTEGER PRIMARY KEY, event_id, category, event_type,
            created_at_ms, routed_to TEXT  -- JSON array, routing order
-           , wire BLOB)                   -- the sealed JSON frame
+           , wire BLOB                    -- the sealed JSON frame
+           , checksum, payload_keys TEXT) -- copied out of the wire for scan()
     -- per (sequence_id, adapter) routed pair, exactly one row in one of:
     outbox(adapter, sequence_id, state, error, updated_at_ms,     -- queued, failed,
            PRIMARY KEY (adapter, sequence_id)) WITHOUT ROWID      -- pending: to deliver
@@ -39,7 +41,15 @@ Schema (``SCHEMA_VERSION`` in ``meta``; created and migrated by :meth:`SQLiteSto
                PRIMARY KEY (sequence_id, adapter)) WITHOUT ROWID
     VIEW delivery_state  -- outbox UNION ALL deliveries, for people and reports
     receipts(id INTEGER PRIMARY KEY, sequence_id, adapter, event_type,
-             received_at_ms, checksum, checksum_ok, consumer)  -- duplicates kept
+             received_at_ms, checksum, checksum_ok, consumer,  -- duplicates kept
+             payload_keys)
+    delivered_counts(adapter, state, n)  -- rows of deliveries per (adapter, state)
+    watermarks(name TEXT PRIMARY KEY, value INTEGER)  -- e.g. reconciled_through
+
+``meta.event_count``, ``meta.receipt_count`` and ``delivered_counts`` are kept
+in the transactions that change what they count, so :meth:`SQLiteStore.stats`
+reads a few rows instead of counting millions; the outbox (small: what is
+still to deliver) is counted live.
 """
 
 from __future__ import annotations
@@ -47,27 +57,33 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Final, NamedTuple, TypeVar
+from typing import Any, Final, TypeVar
 
 import orjson
 import structlog
 
 from ..events import EventDraft, EventRecord, record_from_wire, seal
 from ..exceptions import StoreError, StoreUnavailable
-from .base import UNDELIVERED_STATES, ConsumerReceipt, DeliveryState, Store, StoredEvent
+from ._batching import GroupCommit, MarkRequest, assemble_scan, coalesce_marks, parse_routed
+from .base import (
+    DELIVERED_STATES,
+    ConsumerReceipt,
+    DeliveryState,
+    ScanRow,
+    Store,
+    StoredEvent,
+    StoreStats,
+)
 
 __all__ = [
-    "DELIVERED_STATES",
     "MIGRATIONS",
+    "PRUNE_CHUNK",
     "SCHEMA_VERSION",
     "SYNCHRONOUS_MODES",
-    "GroupCommit",
-    "MarkRequest",
     "SQLiteStore",
-    "coalesce_marks",
     "migrate",
 ]
 
@@ -75,7 +91,7 @@ _T = TypeVar("_T")
 # Row shapes as sqlite3 returns them.
 _EventRow = tuple[bytes, str, int]  # wire, routed_to, created_at_ms
 _DeliveryRow = tuple[str, str, str | None]  # adapter, state, error
-_ReceiptRow = tuple[int, str, str, int, str, int, str]
+_ReceiptRow = tuple[int, str, str, int, str, int, str, str | None]
 
 # Loggers stay lazy proxies (no .bind() here or in __init__): a bound logger
 # captures the output stream of the moment it is built, which may be closed later.
@@ -84,9 +100,9 @@ _LOGGER_NAME: Final = "broadcaster.store.sqlite"
 #: Accepted values of the ``synchronous`` pragma (see the module docstring).
 SYNCHRONOUS_MODES: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
 
-#: States whose rows live in ``deliveries``; every other state lives in ``outbox``
-#: (the complement of ``UNDELIVERED_STATES``).
-DELIVERED_STATES: Final = frozenset(DeliveryState) - UNDELIVERED_STATES
+#: Events deleted per ``prune`` transaction: the write lock is released between
+#: chunks, so appends and marks interleave with a long prune.
+PRUNE_CHUNK: Final = 5000
 
 #: Ordered schema migrations: migration ``n`` (1-based) brings the schema from
 #: version ``n - 1`` to ``n``. Append new tuples for new tables (reconciliation
@@ -143,6 +159,40 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
         "CREATE INDEX receipts_sequence_id ON receipts (sequence_id)",
     ),
+    # 3: reconciliation and retention. checksum and payload_keys are copied out
+    # of the wire at append so scan() never parses the wire; rows of older
+    # versions are backfilled here from the wire JSON (one pass, in the
+    # migration's transaction). Counters make stats() O(adapters), not O(rows).
+    (
+        "ALTER TABLE events ADD COLUMN checksum TEXT",
+        "ALTER TABLE events ADD COLUMN payload_keys TEXT",
+        # ORDER BY key: BINARY collation on UTF-8 is code point order, as
+        # Python's sorted() (payload_keys_of).
+        """UPDATE events SET
+            checksum = json_extract(CAST(wire AS TEXT), '$.checksum.value'),
+            payload_keys = (
+                SELECT json_group_array(key) FROM (
+                    SELECT key FROM json_each(CAST(events.wire AS TEXT), '$.payload')
+                    ORDER BY key
+                )
+            )""",
+        "ALTER TABLE receipts ADD COLUMN payload_keys TEXT",
+        """CREATE TABLE watermarks (
+            name  TEXT    PRIMARY KEY,
+            value INTEGER NOT NULL
+        )""",
+        """CREATE TABLE delivered_counts (
+            adapter TEXT    NOT NULL,
+            state   TEXT    NOT NULL,
+            n       INTEGER NOT NULL,
+            PRIMARY KEY (adapter, state)
+        ) WITHOUT ROWID""",
+        """INSERT INTO delivered_counts (adapter, state, n)
+            SELECT adapter, state, count(*) FROM deliveries GROUP BY adapter, state""",
+        """INSERT OR REPLACE INTO meta (key, value) VALUES
+            ('event_count', (SELECT count(*) FROM events)),
+            ('receipt_count', (SELECT count(*) FROM receipts))""",
+    ),
 )
 
 #: The schema version this code writes.
@@ -152,7 +202,7 @@ _META_DDL: Final = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value
 
 _INSERT_EVENT: Final = (
     "INSERT INTO events (sequence_id, event_id, category, event_type, created_at_ms,"
-    " routed_to, wire) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " routed_to, wire, checksum, payload_keys) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # One statement per distinct routing in the batch: ids x adapters expanded in
 # SQL rather than bound row by row from Python (several times faster).
@@ -187,83 +237,49 @@ _STATES_OF: Final = (
     "SELECT adapter, state, error FROM {table} WHERE sequence_id = ?1"
     " AND adapter IN (SELECT value FROM json_each(?2))"
 )
+# What a group-committed mark is about to change in deliveries, for the counters.
+_DELIVERED_BEFORE: Final = (
+    "SELECT state, count(*) FROM deliveries WHERE adapter = :adapter"
+    " AND sequence_id IN (SELECT value FROM json_each(:ids)) GROUP BY state"
+)
+_ADD_DELIVERED_COUNT: Final = (
+    "INSERT INTO delivered_counts (adapter, state, n) VALUES (?, ?, ?)"
+    " ON CONFLICT (adapter, state) DO UPDATE SET n = n + excluded.n"
+)
+_ADD_META: Final = "UPDATE meta SET value = value + ? WHERE key = ?"
+# scan(): one page is four range reads. CASE: the wire only for rows written
+# before migration 3 filled checksum and payload_keys.
+_SCAN_EVENTS: Final = (
+    "SELECT sequence_id, category, event_type, created_at_ms, checksum, payload_keys,"
+    " routed_to, CASE WHEN checksum IS NULL OR payload_keys IS NULL THEN wire END"
+    " FROM events WHERE sequence_id > ? ORDER BY sequence_id LIMIT ?"
+)
+_SCAN_DELIVERED: Final = (
+    "SELECT sequence_id, adapter, state FROM deliveries WHERE sequence_id BETWEEN ? AND ?"
+)
+# The outbox key is (adapter, sequence_id): name the adapters, so each is a range read.
+_SCAN_OUTBOX: Final = (
+    "SELECT sequence_id, adapter, state FROM outbox"
+    " WHERE adapter IN (SELECT value FROM json_each(?)) AND sequence_id BETWEEN ? AND ?"
+)
+_SCAN_RECEIPTS: Final = (
+    "SELECT sequence_id, adapter, event_type, received_at_ms, checksum, checksum_ok,"
+    " consumer, payload_keys FROM receipts WHERE sequence_id BETWEEN ? AND ?"
+    " ORDER BY sequence_id, id"
+)
+_PRUNE_CANDIDATES: Final = (
+    "SELECT sequence_id, routed_to FROM events WHERE sequence_id > ? AND sequence_id <= ?"
+    " AND created_at_ms < ? ORDER BY sequence_id LIMIT ?"
+)
+_IN_IDS: Final = "sequence_id IN (SELECT value FROM json_each(?))"
 
 
-class MarkRequest(NamedTuple):
-    """One ``mark()`` call waiting for the next group commit."""
-
-    adapter: str
-    sequence_ids: Sequence[int]
-    state: DeliveryState
-    error: str | None
-
-
-class GroupCommit:
-    """Coalesces concurrent ``mark()`` calls into one transaction.
-
-    Callers :meth:`submit` a request and wait; one background task takes every
-    request queued so far, hands the list to ``flush`` (one transaction) and
-    wakes the callers with its outcome. Requests that arrive while a flush runs
-    go into the next one, so under load each transaction carries many calls.
-    """
-
-    def __init__(self, flush: Callable[[list[MarkRequest]], Awaitable[None]]) -> None:
-        self._flush = flush
-        self._queue: list[tuple[MarkRequest, asyncio.Future[None]]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def submit(self, request: MarkRequest) -> None:
-        """Queue ``request``; return when its transaction committed, or raise its
-        error. A caller cancelled while waiting may still see its change committed."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((request, future))
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._drain(), name="store-group-commit")
-        await future
-
-    async def wait_idle(self) -> None:
-        """Wait until every queued request has been flushed (for ``close()``)."""
-        while self._task is not None and not self._task.done():
-            await asyncio.shield(self._task)
-
-    async def _drain(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
-            try:
-                await self._flush([request for request, _ in batch])
-            except asyncio.CancelledError:
-                for _, future in batch:
-                    future.cancel()
-                raise
-            except Exception as exc:  # every waiter of the batch gets the outcome
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-            else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
-
-
-def coalesce_marks(requests: Sequence[MarkRequest]) -> list[MarkRequest]:
-    """Merge the requests of one group commit into as few statements as possible.
-
-    Per adapter, consecutive requests with the same state and error become one
-    (their ids concatenated). Requests for different adapters touch different
-    rows, so merging across them is safe; within one adapter only consecutive
-    runs merge, so "failed, then acked" still ends acked.
-    """
-    runs: dict[str, list[MarkRequest]] = {}
-    for request in requests:
-        adapter_runs = runs.setdefault(request.adapter, [])
-        if adapter_runs and adapter_runs[-1][2:] == request[2:]:
-            previous = adapter_runs[-1]
-            ids = previous.sequence_ids
-            assert isinstance(ids, list)
-            ids.extend(request.sequence_ids)
-        else:
-            adapter_runs.append(request._replace(sequence_ids=list(request.sequence_ids)))
-    return [run for adapter_runs in runs.values() for run in adapter_runs]
+def _add_counts(conn: sqlite3.Connection, counts: dict[tuple[str, str], int]) -> None:
+    """Apply per (adapter, state) changes to ``delivered_counts``, in the caller's
+    transaction (so the counters change iff the rows they count do)."""
+    rows = [(adapter, state, n) for (adapter, state), n in sorted(counts.items()) if n]
+    if rows:
+        conn.executemany(_ADD_DELIVERED_COUNT, rows)
 
 
 def _parse_synchronous(value: str) -> str:
@@ -495,7 +511,7 @@ class SQLiteStore(Store):
                 "SELECT value FROM meta WHERE key = 'last_sequence_id'"
             ).fetchone()
             records: list[EventRecord] = []
-            rows: list[tuple[int, str, str, str, int, str, bytes]] = []
+            rows: list[tuple[int, str, str, str, int, str, bytes, str, str]] = []
             by_routing: dict[tuple[str, ...], list[int]] = {}
             seq = int(last)
             for draft, routed in items:
@@ -511,6 +527,8 @@ class SQLiteStore(Store):
                         now_ms,
                         orjson.dumps(routed).decode(),
                         record.wire,
+                        record.checksum,
+                        record.payload_keys,
                     )
                 )
                 by_routing.setdefault(routed, []).append(seq)
@@ -523,6 +541,7 @@ class SQLiteStore(Store):
                     )
             # Same transaction as the inserts: ids are consumed iff the events exist.
             conn.execute("UPDATE meta SET value = ? WHERE key = 'last_sequence_id'", (seq,))
+            conn.execute(_ADD_META, (len(records), "event_count"))
             return records
 
         return self._write("append", body)
@@ -548,17 +567,33 @@ class SQLiteStore(Store):
 
     def _mark_sync(self, requests: list[MarkRequest], now_ms: int) -> None:
         def body(conn: sqlite3.Connection) -> None:
+            counts: dict[tuple[str, str], int] = {}
             for request in coalesce_marks(requests):
+                adapter, state = request.adapter, request.state.value
                 params = {
-                    "state": request.state.value,
+                    "state": state,
                     "error": request.error,
                     "now": now_ms,
-                    "adapter": request.adapter,
+                    "adapter": adapter,
                     "ids": orjson.dumps(request.sequence_ids),
                 }
                 delivered = request.state in DELIVERED_STATES
-                for statement in _MARK_DELIVERED if delivered else _MARK_UNDELIVERED:
-                    conn.execute(statement, params)
+                # Rows of these ids already in deliveries leave their state: to
+                # ``state`` (still delivered) or to the outbox.
+                for old, n in conn.execute(_DELIVERED_BEFORE, params).fetchall():
+                    counts[adapter, old] = counts.get((adapter, old), 0) - n
+                    if delivered:
+                        counts[adapter, state] = counts.get((adapter, state), 0) + n
+                if delivered:
+                    update, move, delete = _MARK_DELIVERED
+                    conn.execute(update, params)
+                    moved = conn.execute(move, params).rowcount
+                    conn.execute(delete, params)
+                    counts[adapter, state] = counts.get((adapter, state), 0) + moved
+                else:
+                    for statement in _MARK_UNDELIVERED:
+                        conn.execute(statement, params)
+            _add_counts(conn, counts)
 
         self._write("mark", body)
 
@@ -575,6 +610,7 @@ class SQLiteStore(Store):
                 r.checksum,
                 int(r.checksum_ok),
                 r.consumer,
+                r.payload_keys,
             )
             for r in receipts
         ]
@@ -582,9 +618,11 @@ class SQLiteStore(Store):
         def body(conn: sqlite3.Connection) -> None:
             conn.executemany(
                 "INSERT INTO receipts (sequence_id, adapter, event_type, received_at_ms,"
-                " checksum, checksum_ok, consumer) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " checksum, checksum_ok, consumer, payload_keys)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
+            conn.execute(_ADD_META, (len(rows), "receipt_count"))
 
         await self._call(self._write, "record_receipts", body)
 
@@ -621,7 +659,8 @@ class SQLiteStore(Store):
             ]
             receipts = conn.execute(
                 "SELECT sequence_id, adapter, event_type, received_at_ms, checksum,"
-                " checksum_ok, consumer FROM receipts WHERE sequence_id = ? ORDER BY id",
+                " checksum_ok, consumer, payload_keys FROM receipts WHERE sequence_id = ?"
+                " ORDER BY id",
                 (sequence_id,),
             ).fetchall()
             return row, deliveries, receipts
@@ -647,8 +686,11 @@ class SQLiteStore(Store):
                     checksum=checksum,
                     checksum_ok=bool(ok),
                     consumer=consumer,
+                    payload_keys=keys,
                 )
-                for seq, adapter, event_type, received, checksum, ok, consumer in receipt_rows
+                for seq, adapter, event_type, received, checksum, ok, consumer, keys in (
+                    receipt_rows
+                )
             ),
         )
 
@@ -681,3 +723,154 @@ class SQLiteStore(Store):
             return int(value)
 
         return await self._call(self._read, "last_sequence_id", body)
+
+    async def scan(self, *, after: int = 0, limit: int = 1000) -> list[ScanRow]:
+        """Events with sequence id > ``after``, in order, at most ``limit``, with
+        states and receipts; see :meth:`Store.scan`. One page is four range
+        reads in one read transaction (one snapshot); the wire is not parsed."""
+        if limit <= 0:
+            return []
+
+        def body(conn: sqlite3.Connection) -> list[ScanRow]:
+            events = conn.execute(_SCAN_EVENTS, (after, limit)).fetchall()
+            if not events:
+                return []
+            low, high = events[0][0], events[-1][0]
+            routed_cache: dict[str, tuple[str, ...]] = {}
+            adapters: dict[str, None] = {}
+            for routed_json in {row[6] for row in events}:
+                adapters.update(dict.fromkeys(parse_routed(routed_json, routed_cache)))
+            states: list[Any] = conn.execute(_SCAN_DELIVERED, (low, high)).fetchall()
+            if adapters:
+                states += conn.execute(
+                    _SCAN_OUTBOX, (orjson.dumps(list(adapters)), low, high)
+                ).fetchall()
+            receipts = conn.execute(_SCAN_RECEIPTS, (low, high)).fetchall()
+            # Built on the worker thread: the loop only receives the finished page.
+            return assemble_scan(events, states, receipts, routed_cache)
+
+        return await self._call(self._read, "scan", body)
+
+    async def stats(self) -> StoreStats:
+        """Counts per adapter and state, oldest undelivered event per adapter;
+        see :meth:`Store.stats`. Reads counters kept by the writes plus the
+        (small) outbox, so the cost does not grow with the number of events."""
+
+        def body(conn: sqlite3.Connection) -> StoreStats:
+            meta = dict(
+                conn.execute(
+                    "SELECT key, value FROM meta"
+                    " WHERE key IN ('last_sequence_id', 'event_count', 'receipt_count')"
+                ).fetchall()
+            )
+            states: dict[str, dict[str, int]] = {}
+            for adapter, state, n in [
+                *conn.execute("SELECT adapter, state, n FROM delivered_counts WHERE n != 0"),
+                *conn.execute(
+                    "SELECT adapter, state, count(*) FROM outbox GROUP BY adapter, state"
+                ),
+            ]:
+                states.setdefault(adapter, {})[state] = n
+            oldest: dict[str, int | None] = dict.fromkeys(states)
+            # min(sequence_id) per adapter reads the outbox key in order; its
+            # created_at_ms is one lookup by primary key.
+            for adapter, created in conn.execute(
+                "SELECT o.adapter, e.created_at_ms FROM (SELECT adapter, min(sequence_id)"
+                " AS sequence_id FROM outbox GROUP BY adapter) AS o"
+                " JOIN events AS e ON e.sequence_id = o.sequence_id"
+            ):
+                oldest[adapter] = created
+            return StoreStats(
+                last_sequence_id=int(meta["last_sequence_id"]),
+                events=int(meta["event_count"]),
+                receipts=int(meta["receipt_count"]),
+                states=states,
+                oldest_undelivered_ms=oldest,
+            )
+
+        return await self._call(self._read, "stats", body)
+
+    async def prune(self, *, through: int, older_than_ms: int) -> int:
+        """Delete fully delivered events with sequence id <= ``through`` created
+        before ``older_than_ms``, with their delivery rows and receipts; see
+        :meth:`Store.prune`. Works in transactions of :data:`PRUNE_CHUNK`
+        events so the write lock is never held for long; the sequence
+        high-water mark lives in ``meta`` and is not touched."""
+        deleted = 0
+        cursor = 0
+        while True:
+            chunk: tuple[int, int, bool] = await self._call(
+                self._write, "prune", self._prune_chunk(cursor, through, older_than_ms)
+            )
+            count, cursor, done = chunk
+            deleted += count
+            if done:
+                break
+        if deleted:
+            self._log.info("events pruned", count=deleted, through=through)
+        return deleted
+
+    @staticmethod
+    def _prune_chunk(
+        cursor: int, through: int, older_than_ms: int
+    ) -> Callable[[sqlite3.Connection], tuple[int, int, bool]]:
+        def body(conn: sqlite3.Connection) -> tuple[int, int, bool]:
+            candidates = conn.execute(
+                _PRUNE_CANDIDATES, (cursor, through, older_than_ms, PRUNE_CHUNK)
+            ).fetchall()
+            if not candidates:
+                return 0, cursor, True
+            low, high = candidates[0][0], candidates[-1][0]
+            routed_cache: dict[str, tuple[str, ...]] = {}
+            adapters: dict[str, None] = {}
+            for routed_json in {row[1] for row in candidates}:
+                adapters.update(dict.fromkeys(parse_routed(routed_json, routed_cache)))
+            # Checked in the same write transaction as the deletes: an event
+            # still in the outbox for any adapter is never deleted.
+            undelivered = {
+                seq
+                for seq, _, _ in conn.execute(
+                    _SCAN_OUTBOX, (orjson.dumps(list(adapters)), low, high)
+                ).fetchall()
+            }
+            doomed = [seq for seq, _ in candidates if seq not in undelivered]
+            finished = len(candidates) < PRUNE_CHUNK
+            if not doomed:
+                return 0, high, finished
+            ids = (orjson.dumps(doomed),)
+            counts: dict[tuple[str, str], int] = {}
+            for adapter, state, n in conn.execute(
+                f"SELECT adapter, state, count(*) FROM deliveries WHERE {_IN_IDS}"
+                " GROUP BY adapter, state",
+                ids,
+            ):
+                counts[adapter, state] = -n
+            conn.execute(f"DELETE FROM deliveries WHERE {_IN_IDS}", ids)
+            receipts = conn.execute(f"DELETE FROM receipts WHERE {_IN_IDS}", ids).rowcount
+            events = conn.execute(f"DELETE FROM events WHERE {_IN_IDS}", ids).rowcount
+            _add_counts(conn, counts)
+            conn.executemany(_ADD_META, [(-events, "event_count"), (-receipts, "receipt_count")])
+            return events, high, finished
+
+        return body
+
+    async def get_watermark(self, name: str) -> int:
+        """A persisted counter (``watermarks`` table); 0 if never set."""
+
+        def body(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT value FROM watermarks WHERE name = ?", (name,)).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return await self._call(self._read, "get_watermark", body)
+
+    async def set_watermark(self, name: str, value: int) -> None:
+        """Persist a counter (committed before this returns)."""
+
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO watermarks (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, int(value)),
+            )
+
+        await self._call(self._write, "set_watermark", body)

@@ -7,12 +7,16 @@ from dataclasses import replace
 
 import pytest
 
-from broadcaster.events import EventDraft, EventFactory, seal
+from broadcaster.events import EventDraft, EventFactory, EventRecord, seal
 from broadcaster.store import (
     UNDELIVERED_STATES,
     ConsumerReceipt,
     DeliveryState,
+    ScanRow,
     Store,
+    StoreStats,
+    postgres,
+    sqlite,
 )
 
 __all__: list[str] = []
@@ -217,3 +221,236 @@ async def test_a_delivered_event_can_become_undelivered_again(store: Store) -> N
         DeliveryState.REPAIRED,
     ]
     assert states[1] is not None and states[1].errors == {"websocket": "missing at consumer"}
+
+
+# -- reconciliation and retention ----------------------------------------------
+
+
+def receipt_for(
+    record: EventRecord, adapter: str, *, ok: bool = True, keys: str | None = None
+) -> ConsumerReceipt:
+    return ConsumerReceipt(
+        sequence_id=record.sequence_id,
+        adapter=adapter,
+        event_type=record.event_type,
+        received_at_ms=1_700_000_000_000 + record.sequence_id,
+        checksum=record.checksum if ok else "bad",
+        checksum_ok=ok,
+        consumer="c1",
+        payload_keys=keys,
+    )
+
+
+async def expected_stats(store: Store, ids: list[int]) -> StoreStats:
+    """What stats() must say, derived from get() of every event still stored."""
+    states: dict[str, dict[str, int]] = {}
+    oldest: dict[str, int | None] = {}
+    events = receipts = 0
+    for seq in sorted(ids):
+        stored = await store.get(seq)
+        if stored is None:
+            continue
+        events += 1
+        receipts += len(stored.receipts)
+        for adapter, state in stored.states.items():
+            per = states.setdefault(adapter, {})
+            per[state.value] = per.get(state.value, 0) + 1
+            oldest.setdefault(adapter, None)
+            if state in UNDELIVERED_STATES and oldest[adapter] is None:
+                oldest[adapter] = stored.created_at_ms
+    return StoreStats(
+        last_sequence_id=await store.last_sequence_id(),
+        events=events,
+        receipts=receipts,
+        states=states,
+        oldest_undelivered_ms=oldest,
+    )
+
+
+async def test_scan_pages_with_states_and_receipts(store: Store) -> None:
+    factory = EventFactory()
+    batch = [
+        (factory.draft("CRITICAL", "order.created", {"order": 1, "Zoë": 2}), BOTH),
+        (factory.draft("PERFORMANCE", "page.load", {"ms": 3}), WS),
+        (factory.draft("DEBUG", "trace", {}), ("realtime",)),
+        (factory.draft("SYSTEM", "disk.full", {"b": 1, "a": {"z": 1}}), BOTH),
+        (factory.draft("USER_ACTIVITY", "login", {"user": "u"}), ()),
+    ]
+    records = await store.append(batch)
+    more = await store.append([(d, BOTH) for d in drafts(4)])
+    records += more
+    ids = [r.sequence_id for r in records]
+    await store.mark("websocket", [ids[0], ids[1]], DeliveryState.ACKED)
+    await store.mark("realtime", [ids[0]], DeliveryState.FAILED, "timeout")
+    await store.mark("realtime", [ids[2]], DeliveryState.PENDING)
+    await store.mark("websocket", [ids[3]], DeliveryState.REPAIRED)
+    first, second = records[0], records[3]
+    keys = '["Zoë","order"]'
+    dup = receipt_for(first, "websocket", keys=keys)
+    await store.record_receipts([dup, receipt_for(second, "realtime", ok=False), dup])
+    await store.record_receipts([receipt_for(first, "realtime")])  # no keys known
+
+    rows = await store.scan()
+    assert [r.sequence_id for r in rows] == ids
+    for row, record, (_, routed) in zip(rows, records, batch + [(None, BOTH)] * 4, strict=True):
+        stored = await store.get(record.sequence_id)
+        assert stored is not None
+        assert row == ScanRow(
+            sequence_id=record.sequence_id,
+            category=record.category.value,
+            event_type=record.event_type,
+            created_at_ms=stored.created_at_ms,
+            checksum=record.checksum,
+            payload_keys=record.payload_keys,
+            routed_to=routed,
+            states=stored.states,
+            receipts=stored.receipts,
+        )
+    assert rows[0].payload_keys == keys
+    assert rows[2].payload_keys == "[]"
+    assert rows[3].payload_keys == '["a","b"]'
+    assert rows[0].states == {"websocket": DeliveryState.ACKED, "realtime": DeliveryState.FAILED}
+    assert rows[2].states == {"realtime": DeliveryState.PENDING}
+    assert rows[4].routed_to == () and rows[4].states == {}
+    # Duplicates are kept, in the order they were recorded; payload_keys round-trips.
+    assert rows[0].receipts == (dup, dup, receipt_for(first, "realtime"))
+    assert rows[3].receipts == (receipt_for(second, "realtime", ok=False),)
+    assert rows[1].receipts == ()
+
+    # Paging: after/limit split the same sequence without gaps or repeats.
+    paged: list[ScanRow] = []
+    after = 0
+    while page := await store.scan(after=after, limit=2):
+        assert len(page) <= 2
+        paged += page
+        after = page[-1].sequence_id
+    assert paged == rows
+    assert await store.scan(after=ids[6], limit=100) == rows[7:]
+    assert await store.scan(after=ids[-1]) == []
+    assert await store.scan(limit=0) == []
+    # A scan row's dict is its own: changing it changes nothing stored.
+    rows[0].states.clear()
+    assert (await store.scan(limit=1))[0].states != {}
+
+
+async def test_stats_counts_and_oldest_undelivered(store: Store) -> None:
+    empty = await store.stats()
+    assert empty == StoreStats(
+        last_sequence_id=0, events=0, receipts=0, states={}, oldest_undelivered_ms={}
+    )
+    records = await store.append([(d, BOTH) for d in drafts(6)])
+    records += await store.append([(d, WS) for d in drafts(3)])
+    ids = [r.sequence_id for r in records]
+    assert await store.stats() == await expected_stats(store, ids)
+
+    await store.mark("websocket", ids[:5], DeliveryState.ACKED)
+    await store.mark("websocket", ids[5:6], DeliveryState.FAILED, "boom")
+    await store.mark("realtime", ids[:6], DeliveryState.ACKED)
+    await store.mark("realtime", ids[2:3], DeliveryState.REPAIRED)  # acked -> repaired
+    await store.mark("realtime", ids[3:4], DeliveryState.PENDING)  # acked -> undelivered
+    await store.mark("realtime", ids[4:5], DeliveryState.ACKED)  # acked again: no change
+    await store.record_receipts([receipt_for(records[0], "websocket")] * 3)
+    stats = await store.stats()
+    assert stats == await expected_stats(store, ids)
+    assert stats.events == 9 and stats.receipts == 3
+    assert stats.last_sequence_id == ids[-1]
+    assert stats.states == {
+        "websocket": {"acked": 5, "failed": 1, "queued": 3},
+        "realtime": {"acked": 4, "repaired": 1, "pending": 1},
+    }
+    first_ws = await store.get(ids[5])
+    first_rt = await store.get(ids[3])
+    assert first_ws is not None and first_rt is not None
+    assert stats.oldest_undelivered_ms == {
+        "websocket": first_ws.created_at_ms,
+        "realtime": first_rt.created_at_ms,
+    }
+
+    # Concurrent marks (one group commit on the SQL stores) keep the counts exact.
+    await asyncio.gather(
+        *(store.mark("websocket", [seq], DeliveryState.ACKED) for seq in ids),
+        store.mark("realtime", ids, DeliveryState.REPAIRED),
+        store.mark("realtime", ids[:2], DeliveryState.FAILED, "late"),
+    )
+    stats = await store.stats()
+    assert stats == await expected_stats(store, ids)
+    assert stats.states == {
+        "websocket": {"acked": 9},
+        "realtime": {"repaired": 4, "failed": 2},
+    }
+    assert stats.oldest_undelivered_ms["websocket"] is None
+
+
+@pytest.fixture
+def small_prune_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Several prune transactions even for a handful of events.
+    monkeypatch.setattr(sqlite, "PRUNE_CHUNK", 3)
+    monkeypatch.setattr(postgres, "PRUNE_CHUNK", 3)
+
+
+@pytest.mark.usefixtures("small_prune_chunks")
+async def test_prune_deletes_only_delivered_old_events_through_the_bound(store: Store) -> None:
+    old = await store.append([(d, BOTH) for d in drafts(10)])
+    old += await store.append([(d, ()) for d in drafts(1)])  # routed nowhere: nothing owed
+    await asyncio.sleep(0.005)  # the next events are created at least 1 ms later
+    young = await store.append([(d, BOTH) for d in drafts(2)])
+    ids = [r.sequence_id for r in old + young]
+    young_stored = await store.get(young[0].sequence_id)
+    assert young_stored is not None
+    cutoff = young_stored.created_at_ms  # strictly before: the young ones stay
+
+    await store.mark("websocket", ids, DeliveryState.ACKED)
+    await store.mark("realtime", ids, DeliveryState.ACKED)
+    await store.mark("realtime", [ids[2]], DeliveryState.FAILED, "nope")  # undelivered
+    await store.mark("realtime", [ids[3]], DeliveryState.PENDING)  # undelivered
+    await store.mark("realtime", [ids[4]], DeliveryState.REPAIRED)  # delivered
+    await store.mark("websocket", [ids[5]], DeliveryState.FAILED)
+    await store.mark("websocket", [ids[5]], DeliveryState.REPAIRED)  # failed, then repaired
+    await store.record_receipts([receipt_for(r, "websocket") for r in old + young])
+    await store.record_receipts([receipt_for(old[0], "realtime")])
+    through = ids[8]  # ids[9] is delivered and old, but beyond the bound
+    last = await store.last_sequence_id()
+
+    assert await store.prune(through=through, older_than_ms=0) == 0  # nothing that old
+    assert await store.prune(through=0, older_than_ms=cutoff + 10_000) == 0
+    pruned = await store.prune(through=through, older_than_ms=cutoff)
+    kept = {ids[2], ids[3], ids[9], ids[10], *ids[11:]}
+    assert pruned == len(ids) - len(kept)
+    for seq in ids:
+        stored = await store.get(seq)
+        assert (stored is not None) == (seq in kept), seq
+    assert [r.sequence_id for r in await store.scan()] == sorted(kept)
+    assert [r.sequence_id for r in await store.undelivered("realtime")] == ids[2:4]
+    stats = await store.stats()
+    assert stats == await expected_stats(store, ids)
+    assert stats.events == len(kept)
+    assert stats.receipts == len(kept)  # the pruned events' receipts went with them
+    assert stats.last_sequence_id == last  # the high-water mark never goes back
+
+    # Idempotent; a later bound and cutoff take what has become eligible, and
+    # never an undelivered event however old.
+    assert await store.prune(through=through, older_than_ms=cutoff) == 0
+    assert await store.prune(through=ids[-1], older_than_ms=cutoff + 10_000) == 4
+    assert [r.sequence_id for r in await store.scan()] == ids[2:4]
+
+    # Ids are never reused, even after a reopen with the newest events gone.
+    await store.close()
+    await store.open()
+    assert await store.last_sequence_id() == last
+    (new,) = await store.append([(drafts(1)[0], WS)])
+    assert new.sequence_id == last + 1
+    assert (await store.stats()).events == 3
+
+
+async def test_watermarks_persist(store: Store) -> None:
+    assert await store.get_watermark("reconciled_through") == 0
+    await store.set_watermark("reconciled_through", 41)
+    await store.set_watermark("reconciled_through", 42)
+    await store.set_watermark("other", 7)
+    assert await store.get_watermark("reconciled_through") == 42
+    await store.close()
+    await store.open()
+    if isinstance(store, sqlite.SQLiteStore | postgres.PostgresStore):
+        assert await store.get_watermark("reconciled_through") == 42
+        assert await store.get_watermark("other") == 7
+        assert await store.get_watermark("never") == 0

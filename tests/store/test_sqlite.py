@@ -96,8 +96,77 @@ async def test_migrates_from_version_1(tmp_path: Path) -> None:
         (new,) = await store.append([(EventFactory().draft("CRITICAL", "e", {}), ("websocket",))])
         assert new.sequence_id == 8
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (2,)
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (
+        SCHEMA_VERSION,
+    )
     conn.close()
+
+
+async def test_migrates_from_version_2_with_backfill(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    assert migrate(conn, MIGRATIONS[:2]) == 0
+    factory = EventFactory()
+    payloads = [{"order": 1, "Zoë": 2, "a": {"z": 1}}, {}, {"é": "\u0000", "e": 2, "ß": [1]}]
+    records = [
+        seal(factory.draft("CRITICAL", "old.event", payload), seq)
+        for seq, payload in enumerate(payloads, start=1)
+    ]
+    for r in records:
+        conn.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (r.sequence_id, r.event_id, "CRITICAL", "old.event", 1000 + r.sequence_id,
+             '["websocket","realtime"]', r.wire),
+        )  # fmt: skip
+    conn.executemany(
+        "INSERT INTO deliveries VALUES (?, ?, ?, NULL, 1)",
+        [(1, "websocket", "acked"), (1, "realtime", "repaired"), (2, "websocket", "acked")],
+    )
+    conn.executemany(
+        "INSERT INTO outbox VALUES (?, ?, ?, NULL, 1)",
+        [("realtime", 2, "failed"), ("websocket", 3, "queued"), ("realtime", 3, "queued")],
+    )
+    conn.execute(
+        "INSERT INTO receipts (sequence_id, adapter, event_type, received_at_ms, checksum,"
+        " checksum_ok, consumer) VALUES (1, 'websocket', 'old.event', 5, ?, 1, 'c')",
+        (records[0].checksum,),
+    )
+    conn.execute("UPDATE meta SET value = 3 WHERE key = 'last_sequence_id'")
+    conn.close()
+
+    async with SQLiteStore(path) as store:
+        rows = await store.scan()
+        assert [(r.checksum, r.payload_keys) for r in rows] == [
+            (r.checksum, r.payload_keys) for r in records
+        ]
+        assert rows[0].payload_keys == '["Zoë","a","order"]'
+        assert rows[1].payload_keys == "[]"
+        assert rows[0].receipts[0].payload_keys is None  # not known for old receipts
+        assert rows[0].states == {
+            "websocket": DeliveryState.ACKED,
+            "realtime": DeliveryState.REPAIRED,
+        }
+        stats = await store.stats()
+        assert (stats.events, stats.receipts, stats.last_sequence_id) == (3, 1, 3)
+        assert stats.states == {
+            "websocket": {"acked": 2, "queued": 1},
+            "realtime": {"repaired": 1, "failed": 1, "queued": 1},
+        }
+        assert stats.oldest_undelivered_ms == {"websocket": 1003, "realtime": 1002}
+        assert await store.get_watermark("reconciled_through") == 0
+        (new,) = await store.append([(factory.draft("DEBUG", "new", {"k": 1}), ("websocket",))])
+        assert new.sequence_id == 4
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (3,)
+    # Backfilled in the migration, not computed on every scan.
+    assert conn.execute("SELECT count(*) FROM events WHERE checksum IS NULL").fetchone() == (0,)
+    # A row without them (as an older version would write) is read from the wire.
+    conn.execute("UPDATE events SET checksum = NULL, payload_keys = NULL WHERE sequence_id = 1")
+    conn.close()
+    async with SQLiteStore(path) as store:
+        (row,) = await store.scan(limit=1)
+        assert (row.checksum, row.payload_keys) == (records[0].checksum, records[0].payload_keys)
 
 
 async def test_refuses_a_newer_schema(tmp_path: Path) -> None:
