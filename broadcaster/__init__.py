@@ -4,7 +4,8 @@ The public API is re-exported here; see ``__all__``. Everything raised on
 purpose derives from :class:`BroadcasterError` (``broadcaster.exceptions``).
 """
 
-from .adapters import Adapter, AdapterHealth, MemoryAdapter
+from .adapters import Adapter, AdapterHealth, MemoryAdapter, RealtimeAdapter, WebSocketAdapter
+from .consumer import RealtimeSubscriber, ReceiptCollector, WebSocketSubscriber
 from .core import Broadcaster, Receipt
 from .events import Category, ChecksumInfo, Event, EventFactory, EventRecord, parse_frame
 from .exceptions import (
@@ -12,6 +13,7 @@ from .exceptions import (
     AdapterRejected,
     AdapterTimeout,
     AdapterUnavailable,
+    BreakerOpen,
     BroadcasterClosed,
     BroadcasterError,
     ChecksumMismatch,
@@ -22,6 +24,7 @@ from .exceptions import (
     StoreError,
     StoreUnavailable,
 )
+from .reconcile import MatchPolicy, Outcome, Reconciler, Report
 from .routing import CategoryRoute, RoutingTable, bucket
 from .settings import CategorySettings, Settings, load_settings
 from .store import ConsumerReceipt, DeliveryState, MemoryStore, Store
@@ -34,8 +37,10 @@ __all__ = [
     "AdapterTimeout",
     "AdapterUnavailable",
     "Broadcaster",
+    "BreakerOpen",
     "BroadcasterClosed",
     "BroadcasterError",
+    "bucket",
     "Category",
     "CategoryRoute",
     "CategorySettings",
@@ -50,15 +55,23 @@ __all__ = [
     "FlushTimeout",
     "FrameError",
     "InvalidEvent",
+    "load_settings",
+    "MatchPolicy",
     "MemoryAdapter",
     "MemoryStore",
+    "Outcome",
+    "parse_frame",
+    "RealtimeAdapter",
+    "RealtimeSubscriber",
     "Receipt",
+    "ReceiptCollector",
+    "Reconciler",
+    "Report",
     "RoutingTable",
     "Settings",
     "Store",
     "StoreError",
     "StoreUnavailable",
-    "bucket",
-    "load_settings",
-    "parse_frame",
+    "WebSocketAdapter",
+    "WebSocketSubscriber",
 ]

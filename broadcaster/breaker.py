@@ -31,7 +31,7 @@ import pybreaker
 import structlog
 
 from .breaker_policy import BreakerConfig, BreakerPolicy, BreakerState, Transition
-from .exceptions import AdapterError
+from .exceptions import BreakerOpen
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -46,25 +46,6 @@ _STATE_NAMES = {
     pybreaker.STATE_OPEN: BreakerState.OPEN.value,
     pybreaker.STATE_HALF_OPEN: BreakerState.HALF_OPEN.value,
 }
-
-
-class BreakerOpen(AdapterError):
-    """The breaker refused the call: nothing was sent to the adapter.
-
-    ``adapter`` names it; ``state`` is ``"open"`` or ``"half_open"`` (every
-    probe slot taken); ``retry_at`` is when an open breaker goes half-open, on
-    the breaker's clock (``time.monotonic`` by default), or None in half-open
-    (retry when a probe finishes). Callers should keep the work pending, not
-    count it as a delivery failure.
-
-    Defined here until it moves to :mod:`broadcaster.exceptions`.
-    """
-
-    def __init__(self, adapter: str, state: str, retry_at: float | None) -> None:
-        self.state = state
-        self.retry_at = retry_at
-        when = f"; retry at {retry_at:.3f}" if retry_at is not None else ""
-        super().__init__(adapter, f"circuit breaker {state}{when}")
 
 
 class _TransitionListener(pybreaker.CircuitBreakerListener):

@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     subscribe.add_argument("--limit", type=int, help="stop after this many events")
 
+    reconcile = sub.add_parser(
+        "reconcile", help="reconcile the store; exit 1 while unrepaired loss remains"
+    )
+    reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
+
     server = sub.add_parser(
         "realtime-server", help="run the local Realtime-protocol server on its own"
     )
@@ -95,6 +100,47 @@ def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_PROBLEM if stats.mismatches or stats.malformed else EXIT_OK
 
 
+def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    from .reconcile.matching import MatchPolicy, Outcome
+    from .reconcile.reconciler import Reconciler
+    from .store import store_from_url
+
+    async def run() -> tuple[dict[str, object], int]:
+        async with store_from_url(settings.store_url) as store:
+            policy = MatchPolicy.from_seconds(
+                settings.reconcile_window_s,
+                settings.reconcile_buffer_s,
+                settings.reconcile_max_delay_s,
+            )
+            report = await Reconciler(store, policy).run()
+            return report.as_dict(), report.unrepaired_loss
+
+    try:
+        data, loss = asyncio.run(run())
+    except BroadcasterError as exc:
+        print(f"reconcile: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        outcomes = [o.value for o in Outcome] + ["duplicate"]
+        header = f"{'category':<14}{'adapter':<11}" + "".join(f"{o:>10}" for o in outcomes)
+        print(header)
+        print("-" * len(header))
+        categories = data["categories"]
+        assert isinstance(categories, dict)
+        for category, adapters in categories.items():
+            for adapter, row in adapters.items():
+                print(f"{category:<14}{adapter:<11}" + "".join(f"{row[o]:>10}" for o in outcomes))
+        print("-" * len(header))
+        print(f"unrepaired loss: {loss}")
+        missing = data["missing"]
+        assert isinstance(missing, dict)
+        for adapter, ids in missing.items():
+            print(f"missing on {adapter}: {ids}")
+    return EXIT_PROBLEM if loss else EXIT_OK
+
+
 def _realtime_server(args: argparse.Namespace) -> int:
     from .realtime_server import main as server_main
 
@@ -122,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     level = settings.log_level
-    if args.command in ("demo", "subscribe") and level == "INFO":
+    if args.command in ("demo", "subscribe", "reconcile") and level == "INFO":
         # These commands talk to a person through stdout; routine INFO lines
         # would tear the progress display. LOG_LEVEL=DEBUG still shows all.
         level = "WARNING"
@@ -131,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _config(args, settings)
     if args.command == "subscribe":
         return _subscribe(args, settings)
+    if args.command == "reconcile":
+        return _reconcile(args, settings)
     return _demo(args, settings)
 
 

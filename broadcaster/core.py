@@ -33,6 +33,8 @@ from .exceptions import (
     StoreUnavailable,
 )
 from .lanes import Lane
+from .reconcile.matching import MatchPolicy, Report
+from .reconcile.reconciler import RECONCILED_THROUGH, Reconciler
 from .routing import RoutingTable
 from .settings import Settings, load_settings
 from .stats import DeliveryStats
@@ -77,7 +79,11 @@ def _receipt(record: EventRecord, routed: tuple[str, ...]) -> Receipt:
         event_id=record.event_id,
         category=record.category,
         timestamp=record.timestamp,
-        checksum=ChecksumInfo(algorithm=record.checksum_algorithm, value=record.checksum),
+        # Built by seal() from validated parts: skip pydantic's re-validation,
+        # the largest single per-event cost of publish() before this.
+        checksum=ChecksumInfo.model_construct(
+            algorithm=record.checksum_algorithm, value=record.checksum
+        ),
         routed_to=routed,
     )
 
@@ -116,6 +122,8 @@ class Broadcaster:
         max_pending: int = 20_000,
         lane_max_batch: int = 500,
         lane_max_in_flight: int = 16,
+        reconcile_interval_s: float | None = None,
+        retention_s: float | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings(_env_file=None)
         self._injected_adapters = list(adapters) if adapters is not None else None
@@ -145,6 +153,19 @@ class Broadcaster:
         self._routing_listeners: list[Callable[[RoutingTable], None]] = []
         #: URL of the embedded local Realtime server, when one was started.
         self.local_realtime_url: str | None = None
+        self._clock = clock
+        self.reconciler = Reconciler(
+            self._store,
+            MatchPolicy.from_seconds(
+                self.settings.reconcile_window_s,
+                self.settings.reconcile_buffer_s,
+                self.settings.reconcile_max_delay_s,
+            ),
+            clock=clock,
+        )
+        self._reconcile_interval = reconcile_interval_s
+        self._retention_s = retention_s
+        self._background: asyncio.Task[None] | None = None
 
     # -- construction --------------------------------------------------------
 
@@ -221,6 +242,10 @@ class Broadcaster:
         self._writer = asyncio.get_running_loop().create_task(
             self._write_loop(), name="broadcaster-writer"
         )
+        if self._reconcile_interval is not None:
+            self._background = asyncio.get_running_loop().create_task(
+                self._reconcile_loop(self._reconcile_interval), name="broadcaster-reconcile"
+            )
         self._running = True
         log.info(
             "broadcaster started",
@@ -271,6 +296,10 @@ class Broadcaster:
         await self._shutdown()
 
     async def _shutdown(self) -> None:
+        if self._background is not None:
+            self._background.cancel()
+            await asyncio.gather(self._background, return_exceptions=True)
+            self._background = None
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
@@ -446,6 +475,54 @@ class Broadcaster:
                     lane_records.append(record)
         for name, lane_records in per_lane.items():
             self._lanes[name].enqueue(lane_records)
+
+    # -- reconciliation --------------------------------------------------------
+
+    async def reconcile(self) -> Report:
+        """Run reconciliation now (SPEC 5) and return the report."""
+        return await self.reconciler.run()
+
+    async def repair(self, report: Report | None = None) -> dict[str, int]:
+        """Re-send the events ``report`` (default: the last one) found missing,
+        to the adapter that lacks them, through that adapter's lane; their
+        acknowledgement is recorded as ``REPAIRED``. Returns the count queued
+        per adapter. Safe to repeat: an event received since is not missing."""
+        report = report if report is not None else self.reconciler.last_report
+        queued: dict[str, int] = {}
+        if report is None:
+            return queued
+        for adapter, ids in report.missing.items():
+            lane = self._lanes.get(adapter)
+            if lane is None:
+                log.warning("cannot repair: adapter not configured", adapter=adapter)
+                continue
+            records = []
+            for seq in ids:
+                stored = await self._store.get(seq)
+                if stored is not None:
+                    records.append(stored.record)
+            lane.enqueue(records, repair=True)
+            queued[adapter] = len(records)
+            log.info("repair queued", adapter=adapter, count=len(records))
+        return queued
+
+    async def prune(self, older_than_s: float) -> int:
+        """Delete fully delivered, reconciled events older than ``older_than_s``."""
+        through = await self._store.get_watermark(RECONCILED_THROUGH)
+        cutoff = int((self._clock() - older_than_s) * 1000)
+        return await self._store.prune(through=through, older_than_ms=cutoff)
+
+    async def _reconcile_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reconcile()
+                if self._retention_s is not None:
+                    pruned = await self.prune(self._retention_s)
+                    if pruned:
+                        log.info("pruned reconciled events", count=pruned)
+            except StoreError as exc:
+                log.error("background reconciliation failed", error=str(exc))
 
     # -- flushing and inspection ---------------------------------------------
 

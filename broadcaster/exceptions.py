@@ -18,7 +18,9 @@ edge, with the original kept as ``__cause__``.
     ├── AdapterError            an adapter could not take a batch; .adapter names it
     │   ├── AdapterUnavailable  not connected / not started / connection lost
     │   ├── AdapterTimeout      no acknowledgement in time
-    │   └── AdapterRejected     the far side answered with an error
+    │   ├── AdapterRejected     the far side answered with an error
+    │   └── BreakerOpen         the adapter's circuit breaker refused the call;
+    │                           nothing was sent (.state, .retry_at)
     └── FrameError              a received frame is not a valid event (consumer side)
         └── ChecksumMismatch    the event's checksum does not match its canonical bytes
 """
@@ -30,6 +32,7 @@ __all__ = [
     "AdapterRejected",
     "AdapterTimeout",
     "AdapterUnavailable",
+    "BreakerOpen",
     "BroadcasterClosed",
     "BroadcasterError",
     "ChecksumMismatch",
@@ -123,6 +126,23 @@ class AdapterTimeout(AdapterError):
 
 class AdapterRejected(AdapterError):
     """The far side answered the batch with an error."""
+
+
+class BreakerOpen(AdapterError):
+    """The breaker refused the call: nothing was sent to the adapter.
+
+    ``adapter`` names it; ``state`` is ``"open"`` or ``"half_open"`` (every
+    probe slot taken); ``retry_at`` is when an open breaker goes half-open, on
+    the breaker's clock (``time.monotonic`` by default), or None in half-open
+    (retry when a probe finishes). Callers should keep the work pending, not
+    count it as a delivery failure.
+    """
+
+    def __init__(self, adapter: str, state: str, retry_at: float | None) -> None:
+        self.state = state
+        self.retry_at = retry_at
+        when = f"; retry at {retry_at:.3f}" if retry_at is not None else ""
+        super().__init__(adapter, f"circuit breaker {state}{when}")
 
 
 class FrameError(BroadcasterError, ValueError):

@@ -67,6 +67,7 @@ class Lane:
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
+        self._repairing: set[int] = set()
 
     # -- producer side -------------------------------------------------------
 
@@ -75,11 +76,15 @@ class Lane:
         """Records enqueued and not yet acknowledged by the adapter."""
         return self._outstanding
 
-    def enqueue(self, records: Sequence[EventRecord]) -> None:
+    def enqueue(self, records: Sequence[EventRecord], *, repair: bool = False) -> None:
         """Add records (in sequence order). Never blocks; the broadcaster bounds
-        how much may be outstanding before ``publish()`` waits."""
+        how much may be outstanding before ``publish()`` waits. With
+        ``repair=True`` (reconciliation re-sends) an acknowledgement is
+        recorded as ``REPAIRED`` rather than ``ACKED``."""
         if not records:
             return
+        if repair:
+            self._repairing.update(r.sequence_id for r in records)
         self._queue.extend(records)
         self._outstanding += len(records)
         self._idle.clear()
@@ -147,8 +152,14 @@ class Lane:
         self.last_error = None
         self._stats.count_delivered(self.name, batch)
         self._settle(len(batch))
+        ids = [r.sequence_id for r in batch]
+        repaired = [i for i in ids if i in self._repairing] if self._repairing else []
         try:
-            await self._store.mark(self.name, [r.sequence_id for r in batch], DeliveryState.ACKED)
+            if repaired:
+                self._repairing.difference_update(repaired)
+                await self._store.mark(self.name, repaired, DeliveryState.REPAIRED)
+                ids = [i for i in ids if i not in set(repaired)]
+            await self._store.mark(self.name, ids, DeliveryState.ACKED)
         except StoreError as exc:
             # The ack is not recorded: after a restart these are re-sent
             # (at-least-once) and reconciliation reports the duplicates.

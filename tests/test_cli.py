@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,53 @@ def test_bad_arguments_exit_2() -> None:
     result = run("subscribe", "--categories", "CRITICAL,BOGUS")
     assert result.returncode == 2
     assert "BOGUS" in result.stderr
+
+
+async def _seed_store(url: str, *, receipts: bool) -> None:
+    from broadcaster.events import EventFactory
+    from broadcaster.store import ConsumerReceipt, store_from_url
+
+    async with store_from_url(url) as store:
+        factory = EventFactory(clock=lambda: 1_000_000.0)  # long ago: past max delay
+        records = await store.append(
+            [
+                (factory.draft("CRITICAL", "order.created", {"i": i}), ("websocket",))
+                for i in range(3)
+            ]
+        )
+        if receipts:
+            now_ms = int(time.time() * 1000)
+            await store.record_receipts(
+                [
+                    ConsumerReceipt(
+                        r.sequence_id, "websocket", r.event_type, now_ms, r.checksum, True
+                    )
+                    for r in records
+                ]
+            )
+
+
+def test_reconcile_exits_1_while_loss_remains_and_0_when_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    lossy = f"sqlite:///{tmp_path / 'lossy.db'}"
+    clean = f"sqlite:///{tmp_path / 'clean.db'}"
+    asyncio.run(_seed_store(lossy, receipts=False))
+    asyncio.run(_seed_store(clean, receipts=True))
+    # The store stamps created_at with the real clock: judge as if 10 minutes later.
+    monkeypatch.setenv("RECONCILE_MAX_DELAY_S", "0.001")
+    monkeypatch.setenv("RECONCILE_BUFFER_S", "0")
+    monkeypatch.setenv("RECONCILE_WINDOW_S", "0.001")
+
+    monkeypatch.setenv("STORE_URL", lossy)
+    assert main(["reconcile"]) == 1
+    out = capsys.readouterr().out
+    assert "unrepaired loss: 3" in out and "missing on websocket: [1, 2, 3]" in out
+
+    monkeypatch.setenv("STORE_URL", clean)
+    assert main(["reconcile", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["totals"]["missing"] == 0
+    assert data["categories"]["CRITICAL"]["websocket"]["matched"] == 3

@@ -2,5 +2,7 @@
 
 from .base import Adapter, AdapterHealth
 from .memory import MemoryAdapter
+from .realtime import RealtimeAdapter
+from .websocket import WebSocketAdapter
 
-__all__ = ["Adapter", "AdapterHealth", "MemoryAdapter"]
+__all__ = ["Adapter", "AdapterHealth", "MemoryAdapter", "RealtimeAdapter", "WebSocketAdapter"]

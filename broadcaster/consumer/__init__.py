@@ -2,5 +2,14 @@
 count matches and mismatches, and report receipts to the store."""
 
 from ._common import ConsumerStats, ReceiptCollector, StoreReceiptWriter
+from .realtime import RealtimeSubscriber
+from .websocket import WebSocketSubscriber, tail
 
-__all__ = ["ConsumerStats", "ReceiptCollector", "StoreReceiptWriter"]
+__all__ = [
+    "ConsumerStats",
+    "RealtimeSubscriber",
+    "ReceiptCollector",
+    "StoreReceiptWriter",
+    "WebSocketSubscriber",
+    "tail",
+]

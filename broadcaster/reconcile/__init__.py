@@ -12,9 +12,12 @@ from .matching import (
     Report,
     judge,
 )
+from .reconciler import RECONCILED_THROUGH, Reconciler
 
 __all__ = [
     "CRITERIA",
+    "RECONCILED_THROUGH",
+    "Reconciler",
     "Criterion",
     "Expected",
     "Judgement",

@@ -71,6 +71,7 @@ def test_good_event_is_verified_and_reported() -> None:
             checksum=obj["checksum"]["value"],
             checksum_ok=True,
             consumer="c1",
+            payload_keys='["i"]',
         )
     ]
     assert seen.events == [(obj, True)]

@@ -1,0 +1,163 @@
+"""The reconciler over a real store, and repair through the broadcaster's lanes.
+Time is a fake clock: no sleeping for windows and delays."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from broadcaster.adapters.memory import MemoryAdapter
+from broadcaster.core import Broadcaster
+from broadcaster.events import EventRecord
+from broadcaster.reconcile.matching import Outcome
+from broadcaster.reconcile.reconciler import RECONCILED_THROUGH
+from broadcaster.settings import load_settings
+from broadcaster.store.base import ConsumerReceipt, DeliveryState
+from broadcaster.store.memory import MemoryStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def receipts_for(records: Sequence[EventRecord], adapter: str, at_ms: int) -> list[ConsumerReceipt]:
+    return [
+        ConsumerReceipt(
+            sequence_id=r.sequence_id,
+            adapter=adapter,
+            event_type=r.event_type,
+            received_at_ms=at_ms,
+            checksum=r.checksum,
+            checksum_ok=True,
+            payload_keys=r.payload_keys,
+        )
+        for r in records
+    ]
+
+
+def make(clock: Clock, store: MemoryStore) -> tuple[Broadcaster, MemoryAdapter, MemoryAdapter]:
+    ws, rt = MemoryAdapter("websocket"), MemoryAdapter("realtime")
+    b = Broadcaster(load_settings(env_file=None), adapters=[ws, rt], store=store, clock=clock)
+    return b, ws, rt
+
+
+async def test_matched_missing_and_awaiting_then_repair_is_recorded_and_judged() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    b, ws, rt = make(clock, store)
+    async with b:
+        for i in range(10):
+            await b.publish("CRITICAL", "order.created", {"order": i, "total": 1.5})
+        await b.flush(timeout=5)
+        now_ms = int(clock.now * 1000)
+        # The websocket consumer saw everything; the realtime consumer lost 3..5.
+        await store.record_receipts(receipts_for(ws.events, "websocket", now_ms + 10))
+        kept = [r for r in rt.events if r.sequence_id not in (3, 4, 5)]
+        await store.record_receipts(receipts_for(kept, "realtime", now_ms + 20))
+
+        report = await b.reconcile()  # inside the buffer: nothing judged yet
+        assert report.total(Outcome.AWAITING) == 20
+        assert await store.get_watermark(RECONCILED_THROUGH) == 0
+
+        clock.now += 40  # past the 30 s buffer, before the 300 s max delay
+        report = await b.reconcile()
+        assert report.total(Outcome.MATCHED) == 17
+        assert report.total(Outcome.AWAITING) == 3
+        assert await store.get_watermark(RECONCILED_THROUGH) == 2
+
+        clock.now += 300  # past max delay: missing
+        report = await b.reconcile()
+        assert report.missing == {"realtime": [3, 4, 5]}
+        assert report.unrepaired_loss == 3
+        assert report.as_dict()["categories"]["CRITICAL"]["realtime"]["missing"] == 3
+        assert await store.get_watermark(RECONCILED_THROUGH) == 10
+
+        before = len(rt.events)
+        assert await b.repair() == {"realtime": 3}
+        await b.flush(timeout=5)
+        assert [r.sequence_id for r in rt.events[before:]] == [3, 4, 5]
+        trace = await store.get(4)
+        assert trace is not None and trace.states["realtime"] is DeliveryState.REPAIRED
+        assert trace.states["websocket"] is DeliveryState.ACKED
+
+        repaired = rt.events[before:]
+        await store.record_receipts(receipts_for(repaired, "realtime", int(clock.now * 1000) + 5))
+        report = await b.reconcile()
+        assert report.total(Outcome.REPAIRED) == 3
+        assert report.unrepaired_loss == 0
+        assert report.total(Outcome.MATCHED) == 17
+        # Repeating repair is harmless: nothing is missing any more.
+        assert await b.repair() == {}
+
+
+async def test_checksum_mismatch_and_duplicates_are_reported() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    b, ws, _ = make(clock, store)
+    async with b:
+        await b.publish("SYSTEM", "deploy.finished", {"v": 1})
+        await b.publish("PERFORMANCE", "cpu.sample", {"cpu": 0.5}, key="k")
+        await b.flush(timeout=5)
+        now_ms = int(clock.now * 1000)
+        good = receipts_for(ws.events, "websocket", now_ms + 1)
+        bad = [
+            ConsumerReceipt(
+                sequence_id=1,
+                adapter="realtime",
+                event_type="deploy.finished",
+                received_at_ms=now_ms + 1,
+                checksum="00000000",
+                checksum_ok=False,
+            )
+        ]
+        await store.record_receipts(good + good[:1] + bad)
+        clock.now += 40
+        report = await b.reconcile()
+    data = report.as_dict()
+    assert data["categories"]["SYSTEM"]["realtime"]["mismatch"] == 1
+    assert data["categories"]["SYSTEM"]["websocket"]["duplicate"] == 1
+    assert data["categories"]["PERFORMANCE"]["websocket"]["matched"] == 1
+    assert report.mismatched == {"realtime": [1]}
+
+
+async def test_pending_behind_a_breaker_is_not_missing_and_holds_the_watermark() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    b, ws, rt = make(clock, store)
+    async with b:
+        await b.publish("CRITICAL", "e", {})
+        await b.flush(timeout=5)
+        await store.mark("realtime", [1], DeliveryState.PENDING)
+        await store.record_receipts(receipts_for(ws.events, "websocket", int(clock.now * 1000)))
+        clock.now += 1000
+        report = await b.reconcile()
+    assert report.total(Outcome.PENDING) == 1
+    assert report.unrepaired_loss == 0
+    assert await store.get_watermark(RECONCILED_THROUGH) == 0
+
+
+async def test_prune_keeps_unreconciled_and_undelivered_events() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    b, ws, rt = make(clock, store)
+    async with b:
+        for i in range(4):
+            await b.publish("CRITICAL", "e", {"i": i})
+        await b.flush(timeout=5)
+        at = int(clock.now * 1000)
+        await store.record_receipts(receipts_for(ws.events, "websocket", at))
+        await store.record_receipts(receipts_for(rt.events[:2], "realtime", at))
+        await store.mark("realtime", [4], DeliveryState.FAILED, "boom")
+        clock.now += 40
+        await b.reconcile()
+        assert await store.get_watermark(RECONCILED_THROUGH) == 2
+        clock.now += 3600
+        assert await b.prune(older_than_s=60) == 2
+        assert await store.get(1) is None and await store.get(2) is None
+        assert await store.get(3) is not None and await store.get(4) is not None
+        # Ids are never reused after pruning.
+        receipt = await b.publish("CRITICAL", "e", {})
+    assert receipt.sequence_id == 5
