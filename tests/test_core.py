@@ -277,3 +277,28 @@ async def test_receipt_as_dict_and_records_match_store() -> None:
     # The default routing keeps USER_ACTIVITY on the primary only.
     assert data["routed_to"] == ["websocket"]
     assert seal  # imported for type checkers of helpers
+
+
+async def test_full_disk_raises_store_unavailable_and_publishing_resumes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from broadcaster.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "full.db")
+    ws = MemoryAdapter("websocket")
+    b = Broadcaster(
+        load_settings(env_file=None), adapters=[ws, MemoryAdapter("realtime")], store=store
+    )
+    async with b:
+        first = await b.publish("SYSTEM", "before", {"n": 0})
+        await b.flush(timeout=5)
+        pages = await store.pragma("page_count")
+        await store.pragma("max_page_count", pages)  # the "disk" is now full
+        with pytest.raises(StoreUnavailable, match="full"):
+            await b.publish_many(
+                [{"category": "SYSTEM", "event_type": "e", "payload": {"x": "y" * 2000}}] * 50
+            )
+        assert await store.last_sequence_id() == first.sequence_id  # nothing half-written
+        await store.pragma("max_page_count", 1_000_000)  # space freed
+        after = await b.publish("SYSTEM", "after", {"n": 1})
+        await b.flush(timeout=5)
+    assert after.sequence_id == first.sequence_id + 1
+    assert ws.sequence_ids == [first.sequence_id, after.sequence_id]
