@@ -23,6 +23,8 @@ from typing import Any, Self
 import structlog
 
 from .adapters.base import Adapter, AdapterHealth
+from .breaker import AdapterBreaker
+from .breaker_policy import BreakerConfig, BreakerState, Transition
 from .events import Category, ChecksumInfo, EventDraft, EventFactory, EventRecord
 from .exceptions import (
     BroadcasterClosed,
@@ -124,6 +126,9 @@ class Broadcaster:
         lane_max_in_flight: int = 16,
         reconcile_interval_s: float | None = None,
         retention_s: float | None = None,
+        breaker_config: Callable[[str], BreakerConfig] | None = None,
+        backfill_rate: float = 5000.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings if settings is not None else Settings(_env_file=None)
         self._injected_adapters = list(adapters) if adapters is not None else None
@@ -166,6 +171,10 @@ class Broadcaster:
         self._reconcile_interval = reconcile_interval_s
         self._retention_s = retention_s
         self._background: asyncio.Task[None] | None = None
+        self._breaker_config = breaker_config
+        self._backfill_rate = backfill_rate
+        self._monotonic = monotonic
+        self.breakers: dict[str, AdapterBreaker] = {}
 
     # -- construction --------------------------------------------------------
 
@@ -225,6 +234,7 @@ class Broadcaster:
                 self.adapters[adapter.name] = adapter
             await self._start_adapters()
             for name, adapter in self.adapters.items():
+                self.breakers[name] = self._make_breaker(name)
                 self._lanes[name] = Lane(
                     adapter,
                     self._store,
@@ -232,6 +242,9 @@ class Broadcaster:
                     max_batch=self._lane_max_batch,
                     max_in_flight=self._lane_max_in_flight,
                     on_progress=self._on_progress,
+                    clock=self._monotonic,
+                    breaker=self.breakers[name],
+                    backfill_rate=self._backfill_rate,
                 )
             await self._recover()
         except BaseException:
@@ -252,6 +265,42 @@ class Broadcaster:
             adapters=list(self.adapters),
             store=type(self._store).__name__,
         )
+
+    def _make_breaker(self, name: str) -> AdapterBreaker:
+        # Lane and breaker share one monotonic clock: the lane compares
+        # breaker times (retry_at) with its own.
+        def on_transition(transition: Transition) -> None:
+            self._on_breaker_transition(name, transition)
+
+        if self._breaker_config is not None:
+            return AdapterBreaker(
+                name, self._breaker_config(name), self._monotonic, on_transition=on_transition
+            )
+        return AdapterBreaker.from_settings(
+            self.settings, name, self._monotonic, on_transition=on_transition
+        )
+
+    def _on_breaker_transition(self, name: str, transition: Transition) -> None:
+        self.stats.count_transition(name, transition.key)
+        lane = self._lanes.get(name)
+        if (
+            transition.to_state is BreakerState.OPEN
+            and transition.from_state is BreakerState.CLOSED
+        ):
+            log.warning(
+                "failover started: events for this adapter are pending",
+                adapter=name,
+                reason=transition.reason,
+            )
+        elif transition.to_state is BreakerState.CLOSED:
+            log.info(
+                "failover ended: adapter restored, ramping up and backfilling",
+                adapter=name,
+                pending=lane.pending if lane is not None else 0,
+            )
+        if lane is not None:
+            lane.notify()
+        self._on_progress()
 
     async def _start_adapters(self) -> None:
         primary = self._routing.primary
@@ -528,15 +577,17 @@ class Broadcaster:
 
     async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (SPEC 10 API)
         """Wait until every event published so far is acknowledged by each of
-        its adapters. Raises :class:`FlushTimeout` after ``timeout`` seconds."""
+        its adapters or recorded pending behind an open (or half-open) breaker;
+        while a breaker is closed, that includes its backfill of pending events.
+        Raises :class:`FlushTimeout` after ``timeout`` seconds."""
         try:
             async with asyncio.timeout(timeout):
                 while True:
                     await self._writer_idle.wait()
                     for lane in self._lanes.values():
-                        await lane.wait_idle()
+                        await lane.wait_settled()
                     if self._writer_idle.is_set() and all(
-                        lane.outstanding == 0 for lane in self._lanes.values()
+                        lane.settled for lane in self._lanes.values()
                     ):
                         return
         except TimeoutError:
@@ -545,6 +596,25 @@ class Broadcaster:
 
     def health(self) -> dict[str, AdapterHealth]:
         return {name: adapter.health() for name, adapter in self.adapters.items()}
+
+    def breaker_states(self) -> dict[str, dict[str, Any]]:
+        """Per adapter: ``state``, ``share`` (percent of live traffic), ``failure_rate``,
+        ``opened_at``/``retry_at`` (monotonic seconds, None when not applicable),
+        ``transitions`` (``{"closed->open": n, ...}``) and ``pending`` (events this
+        process recorded PENDING and has not delivered yet). For ``/health``."""
+        states: dict[str, dict[str, Any]] = {}
+        for name, breaker in self.breakers.items():
+            lane = self._lanes.get(name)
+            states[name] = {
+                "state": breaker.state,
+                "share": breaker.share,
+                "failure_rate": breaker.failure_rate,
+                "opened_at": breaker.opened_at,
+                "retry_at": breaker.retry_at,
+                "transitions": breaker.transitions,
+                "pending": lane.pending if lane is not None else 0,
+            }
+        return states
 
     def lane(self, name: str) -> Lane:
         return self._lanes[name]

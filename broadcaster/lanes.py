@@ -8,7 +8,25 @@ another adapter's sends.
 
 On failure the batch goes back to the front of the queue and the lane backs
 off (exponentially, capped) before sending again; the store records the
-failure. Nothing is dropped: a record leaves the lane only when acknowledged.
+failure. Nothing is dropped: a record leaves the lane only when acknowledged,
+or — with a circuit breaker (SPEC 6) — when it is recorded ``PENDING``.
+
+With a breaker, every send goes through :meth:`AdapterBreaker.call`, and:
+
+* **Failover.** While the breaker is open, records routed here are not kept in
+  memory: they are marked ``PENDING`` in the store (in batches) and leave the
+  lane, so backpressure never blocks publishing because this adapter is down.
+  ``BreakerOpen`` is not a delivery failure.
+* **Half-open.** Live traffic (the breaker's first ramp share) carries the
+  probes; with no live traffic the lane probes with the oldest pending events
+  from the store, so recovery never waits for new events.
+* **Ramp.** After closing, ``breaker.share`` percent of live traffic is sent
+  (a stable per-event decision: ``bucket(category, routing_key) < share``);
+  the rest is marked ``PENDING``.
+* **Backfill.** Once closed, a background task pages through
+  ``store.undelivered`` and sends what no lane holds, at most
+  ``backfill_rate`` events/s and only while the lane is not busy, so live
+  traffic keeps its latency. It runs until a pass at full share finds nothing.
 """
 
 from __future__ import annotations
@@ -16,23 +34,64 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import structlog
 
 from .adapters.base import Adapter
+from .breaker import AdapterBreaker
+from .breaker_policy import BreakerState
 from .events import EventRecord
-from .exceptions import AdapterError, StoreError
+from .exceptions import AdapterError, BreakerOpen, StoreError
+from .routing import bucket
 from .stats import DeliveryStats
 from .store.base import DeliveryState, Store
 
-__all__ = ["Lane"]
+__all__ = ["Lane", "TokenBucket"]
 
 log = structlog.get_logger("broadcaster.lane")
 
+#: Events per half-open probe taken from the store when there is no live traffic.
+PROBE_PAGE = 50
+#: How long a backfill that has nothing to do right now waits before looking again.
+_BACKFILL_IDLE_S = 0.1
+
+
+class TokenBucket:
+    """Paces work to ``rate`` units per second with bursts of up to ``burst``.
+
+    ``clock`` must be monotonic seconds. :meth:`take` waits (``asyncio.sleep``)
+    until ``n`` units are available; ``n`` larger than ``burst`` is allowed and
+    simply waits longer.
+    """
+
+    def __init__(
+        self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if rate <= 0 or burst <= 0:
+            raise ValueError("rate and burst must be > 0")
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._at = clock()
+
+    async def take(self, n: float) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        self._tokens -= n
+        if self._tokens < 0:
+            # Pay the debt by waiting; the next take() starts from zero.
+            await asyncio.sleep(-self._tokens / self.rate)
+
 
 class Lane:
-    """Ordered, pipelined delivery of records to one adapter."""
+    """Ordered, pipelined delivery of records to one adapter (see the module doc).
+
+    ``clock`` must be the breaker's clock (monotonic seconds): backoff and
+    breaker times are compared with it.
+    """
 
     def __init__(
         self,
@@ -46,6 +105,8 @@ class Lane:
         backoff_max_s: float = 2.0,
         on_progress: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        breaker: AdapterBreaker | None = None,
+        backfill_rate: float = 5000.0,
     ) -> None:
         self.adapter = adapter
         self.name = adapter.name
@@ -66,50 +127,123 @@ class Lane:
         self._on_progress = on_progress
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._helpers: list[asyncio.Task[None]] = []
         self.last_error: str | None = None
         self._repairing: set[int] = set()
+        self.breaker = breaker
+        # Sequence ids this lane holds (queued, in flight, being parked): the
+        # backfill must not send them a second time.
+        self._held: set[int] = set()
+        # Ids taken from the store (probes, backfill) and still held: acking
+        # one of them lowers ``pending``; parking one again does not raise it.
+        self._from_store: set[int] = set()
+        # Ids released while a backfill query was running (see _backfill_page).
+        self._watch: set[int] | None = None
+        self._parking: list[EventRecord] = []
+        self._park_wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._backfill_rate = backfill_rate
+        self._backfill_needed = False
+        self._backfill_idle = asyncio.Event()
+        self._backfill_idle.set()
+        #: Events this lane marked PENDING and has not delivered since (an
+        #: estimate for /health: rows left PENDING by an earlier process are
+        #: not counted until they are re-parked).
+        self.pending = 0
+        #: Events sent by the backfill (and store probes) and acknowledged.
+        self.backfilled = 0
 
     # -- producer side -------------------------------------------------------
 
     @property
     def outstanding(self) -> int:
-        """Records enqueued and not yet acknowledged by the adapter."""
+        """Records enqueued and not yet acknowledged by the adapter or recorded
+        ``PENDING``."""
         return self._outstanding
 
-    def enqueue(self, records: Sequence[EventRecord], *, repair: bool = False) -> None:
+    @property
+    def settled(self) -> bool:
+        """Nothing outstanding, and — unless the breaker is open or half-open,
+        where what is left waits as ``PENDING`` behind it — no backfill under
+        way. ``flush()`` waits for this."""
+        if self._outstanding:
+            return False
+        if self.breaker is None or self.breaker.state != BreakerState.CLOSED:
+            return True
+        return self._backfill_idle.is_set()
+
+    def enqueue(
+        self, records: Sequence[EventRecord], *, repair: bool = False, live: bool = True
+    ) -> None:
         """Add records (in sequence order). Never blocks; the broadcaster bounds
         how much may be outstanding before ``publish()`` waits. With
         ``repair=True`` (reconciliation re-sends) an acknowledgement is
-        recorded as ``REPAIRED`` rather than ``ACKED``."""
+        recorded as ``REPAIRED`` rather than ``ACKED``.
+
+        Live records (``live=True``, not repairs) are subject to the breaker's
+        share: while it is open, or for the part the ramp holds back, they are
+        marked ``PENDING`` instead of sent (and backfilled later)."""
         if not records:
             return
         if repair:
             self._repairing.update(r.sequence_id for r in records)
-        self._queue.extend(records)
-        self._outstanding += len(records)
-        self._idle.clear()
-        self._wake.set()
+        send: Sequence[EventRecord] = records
+        if self.breaker is not None and live and not repair:
+            share = self.breaker.share
+            if share < 100:
+                send = [r for r in records if bucket(r.category.value, r.routing_key) < share]
+                if len(send) < len(records):
+                    chosen = {r.sequence_id for r in send}
+                    held_back = [r for r in records if r.sequence_id not in chosen]
+                    self._outstanding += len(held_back)
+                    self._idle.clear()
+                    self._park(held_back)
+        if not live:
+            self._from_store.update(r.sequence_id for r in send)
+        if send:
+            self._held.update(r.sequence_id for r in send)
+            self._queue.extend(send)
+            self._outstanding += len(send)
+            self._idle.clear()
+            self._wake.set()
+        self._changed.set()
 
     async def wait_idle(self) -> None:
-        """Wait until every enqueued record is acknowledged."""
+        """Wait until every enqueued record is acknowledged or recorded ``PENDING``."""
         await self._idle.wait()
+
+    async def wait_settled(self) -> None:
+        """Wait until :attr:`settled` holds."""
+        while not self.settled:
+            self._changed.clear()
+            await self._changed.wait()
+
+    def notify(self) -> None:
+        """Wake the lane's tasks: call on every breaker transition."""
+        self._changed.set()
+        self._wake.set()
 
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name=f"lane-{self.name}"
-            )
+            loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._run(), name=f"lane-{self.name}")
+            if self.breaker is not None:
+                self._helpers = [
+                    loop.create_task(self._park_loop(), name=f"lane-{self.name}-park"),
+                    loop.create_task(self._backfill_loop(), name=f"lane-{self.name}-backfill"),
+                ]
 
     async def stop(self) -> None:
         """Stop sending. Records still queued stay undelivered in the store and
         are re-sent on the next start (recovery)."""
-        tasks = [t for t in (self._task, *self._in_flight) if t is not None]
+        tasks = [t for t in (self._task, *self._helpers, *self._in_flight) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._task = None
+        self._helpers = []
 
     # -- delivery ------------------------------------------------------------
 
@@ -120,6 +254,13 @@ class Lane:
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
+                continue
+            breaker = self.breaker
+            if breaker is not None and breaker.state == BreakerState.OPEN:
+                # Failover: nothing waits in memory behind an open breaker.
+                parked = list(self._queue)
+                self._queue.clear()
+                self._park(parked)
                 continue
             delay = self._resume_at - self._clock()
             if delay > 0:
@@ -135,9 +276,20 @@ class Lane:
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
+    async def _send(self, batch: list[EventRecord]) -> None:
+        if self.breaker is None:
+            await self.adapter.send(batch)
+        else:
+            await self.breaker.call(lambda: self.adapter.send(batch))
+
     async def _deliver(self, batch: list[EventRecord]) -> None:
         try:
-            await self.adapter.send(batch)
+            await self._send(batch)
+        except BreakerOpen:
+            # Not a delivery failure: nothing was sent. Pending until backfill.
+            self._slots.release()
+            self._park(batch)
+            return
         except AdapterError as exc:
             self._slots.release()
             await self._failed(batch, exc)
@@ -153,6 +305,13 @@ class Lane:
         self._stats.count_delivered(self.name, batch)
         self._settle(len(batch))
         ids = [r.sequence_id for r in batch]
+        if self._from_store:
+            from_store = [i for i in ids if i in self._from_store]
+            if from_store:
+                self._from_store.difference_update(from_store)
+                self.pending = max(0, self.pending - len(from_store))
+                self.backfilled += len(from_store)
+                self._stats.backfilled[self.name] += len(from_store)
         repaired = [i for i in ids if i in self._repairing] if self._repairing else []
         try:
             if repaired:
@@ -164,11 +323,26 @@ class Lane:
             # The ack is not recorded: after a restart these are re-sent
             # (at-least-once) and reconciliation reports the duplicates.
             log.error("could not record acknowledgements", error=str(exc), count=len(batch))
+        finally:
+            # Released only once the ACK is written, so a backfill query cannot
+            # read the row as undelivered after the lane let go of it.
+            self._release(r.sequence_id for r in batch)
 
     async def _failed(self, batch: list[EventRecord], exc: Exception) -> None:
         self.last_error = str(exc)
         self._stats.count_failed(self.name, batch)
         self._stats.retried_batches[self.name] += 1
+        if self.breaker is not None and self.breaker.state != BreakerState.CLOSED:
+            # The breaker opened (this failure or an earlier one): the batch
+            # waits as PENDING in the store rather than in memory.
+            log.warning(
+                "delivery failed; breaker not closed, events pending",
+                error=str(exc),
+                count=len(batch),
+                first_sequence_id=batch[0].sequence_id,
+            )
+            self._park(batch)
+            return
         self._backoff = min(self._backoff_max, max(self._backoff_initial, self._backoff * 2))
         self._resume_at = self._clock() + self._backoff
         log.warning(
@@ -194,5 +368,151 @@ class Lane:
         self._outstanding -= count
         if self._outstanding == 0:
             self._idle.set()
+        self._changed.set()
         if self._on_progress is not None:
             self._on_progress()
+
+    def _release(self, ids: Iterable[int]) -> None:
+        for seq in ids:
+            self._held.discard(seq)
+            if self._watch is not None:
+                self._watch.add(seq)
+
+    # -- failover: parking records as PENDING ---------------------------------
+
+    def _park(self, records: Sequence[EventRecord]) -> None:
+        """Hand records (already counted in ``outstanding``) to the park task,
+        which marks them PENDING; they stay held and outstanding until then."""
+        if not records:
+            return
+        for r in records:
+            self._held.add(r.sequence_id)
+        self._parking.extend(records)
+        self._park_wake.set()
+
+    async def _park_loop(self) -> None:
+        structlog.contextvars.bind_contextvars(adapter=self.name)
+        while True:
+            if not self._parking:
+                self._park_wake.clear()
+                await self._park_wake.wait()
+                continue
+            batch, self._parking = self._parking, []
+            ids = [r.sequence_id for r in batch]
+            try:
+                # One batched write per wake-up, however many records piled up.
+                await self._store.mark(self.name, ids, DeliveryState.PENDING)
+            except StoreError as exc:
+                log.error("could not record pending events; retrying", error=str(exc))
+                self._parking[:0] = batch
+                await asyncio.sleep(0.5)  # the store is failing: do not spin on it
+                continue
+            fresh = sum(1 for i in ids if i not in self._from_store)
+            self._from_store.difference_update(ids)
+            self.pending += fresh
+            self._stats.parked[self.name] += fresh
+            self._backfill_needed = True
+            self._backfill_idle.clear()
+            self._release(ids)
+            self._settle(len(batch))
+
+    # -- half-open probes and backfill ------------------------------------------
+
+    async def _wait_change(self, within_s: float | None) -> None:
+        try:
+            async with asyncio.timeout(within_s):
+                await self._changed.wait()
+        except TimeoutError:
+            pass
+
+    async def _backfill_loop(self) -> None:
+        structlog.contextvars.bind_contextvars(adapter=self.name)
+        breaker = self.breaker
+        assert breaker is not None
+        bucket_ = TokenBucket(
+            self._backfill_rate, max(1.0, self._backfill_rate / 10), clock=self._clock
+        )
+        while True:
+            self._changed.clear()
+            state = breaker.state
+            if state == BreakerState.OPEN:
+                retry_at = breaker.retry_at
+                delay = (retry_at - self._clock()) if retry_at is not None else None
+                if delay is None or delay > 0:
+                    await self._wait_change(delay)
+                    continue
+                # Recovery time is up: go half-open now so live traffic (the
+                # first ramp share) probes, rather than waiting for a call.
+                breaker.policy.poll(self._clock())
+                continue
+            if state == BreakerState.HALF_OPEN:
+                if self._outstanding == 0:
+                    probes = self._unheld(await self._store_page(0, PROBE_PAGE))
+                    if probes and breaker.state == BreakerState.HALF_OPEN:
+                        log.info("probing with pending events", count=len(probes))
+                        self.enqueue(probes, live=False)
+                        continue
+                await self._wait_change(_BACKFILL_IDLE_S)
+                continue
+            if not self._backfill_needed:
+                self._backfill_idle.set()
+                if self._on_progress is not None:
+                    self._on_progress()
+                await self._wait_change(None)
+                continue
+            await self._backfill_pass(breaker, bucket_)
+
+    async def _store_page(self, after: int, limit: int) -> list[EventRecord]:
+        self._watch = set()
+        try:
+            rows = await self._store.undelivered(self.name, after=after, limit=limit)
+        except StoreError as exc:
+            log.error("backfill could not read the store", error=str(exc))
+            await asyncio.sleep(0.5)  # the store is failing: do not spin on it
+            return []
+        finally:
+            watched, self._watch = self._watch, None
+        return [r for r in rows if r.sequence_id not in watched]
+
+    def _unheld(self, rows: list[EventRecord]) -> list[EventRecord]:
+        return [r for r in rows if r.sequence_id not in self._held]
+
+    async def _backfill_pass(self, breaker: AdapterBreaker, tokens: TokenBucket) -> None:
+        """One pass over the adapter's undelivered rows, oldest first."""
+        after, sent, started = 0, 0, self._clock()
+        page = max(self._max_batch, 1)
+        chunk = max(1, min(self._max_batch, int(self._backfill_rate / 20)))
+        log.info("backfill started", pending=self.pending)
+        while breaker.state == BreakerState.CLOSED:
+            rows = await self._store_page(after, page)
+            if not rows:
+                break
+            after = rows[-1].sequence_id
+            fresh = self._unheld(rows)
+            for i in range(0, len(fresh), chunk):
+                await tokens.take(min(chunk, len(fresh) - i))
+                # Live traffic first: wait while the lane has work of its own.
+                while (
+                    self._outstanding > 2 * self._max_batch and breaker.state == BreakerState.CLOSED
+                ):
+                    self._changed.clear()
+                    await self._wait_change(_BACKFILL_IDLE_S)
+                if breaker.state != BreakerState.CLOSED:
+                    return
+                part = [r for r in fresh[i : i + chunk] if r.sequence_id not in self._held]
+                self.enqueue(part, live=False)
+                sent += len(part)
+            log.info("backfill progress", count=sent, remaining=self.pending)
+        if breaker.state != BreakerState.CLOSED:
+            return
+        if sent == 0 and breaker.share >= 100 and not self._parking:
+            self._backfill_needed = False
+            log.info(
+                "backfill complete",
+                duration_s=round(self._clock() - started, 3),
+                backfilled_total=self.backfilled,
+            )
+            return
+        if sent == 0:
+            # Ramping: the ramp keeps parking live events; look again shortly.
+            await self._wait_change(_BACKFILL_IDLE_S)

@@ -1,5 +1,6 @@
 """In-process counters per category and adapter (published, routed, delivered,
-failed). Plain integers, updated on the event loop; ``/stats`` and the
+failed), and per adapter for failover (parked, backfilled, breaker
+transitions). Plain integers, updated on the event loop; ``/stats`` and the
 Prometheus exporter read them."""
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ class DeliveryStats:
     delivered: Counter[tuple[str, str]] = field(default_factory=Counter)
     failed: Counter[tuple[str, str]] = field(default_factory=Counter)
     retried_batches: Counter[str] = field(default_factory=Counter)
+    #: adapter -> events recorded PENDING (breaker open or held back by the ramp)
+    parked: Counter[str] = field(default_factory=Counter)
+    #: adapter -> pending events delivered later by backfill or half-open probes
+    backfilled: Counter[str] = field(default_factory=Counter)
+    #: (adapter, "closed->open" ...) -> how often that breaker transition happened
+    breaker_transitions: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def count_transition(self, adapter: str, key: str) -> None:
+        self.breaker_transitions[(adapter, key)] += 1
 
     def count_routed(self, category: Category, adapters: Iterable[str]) -> None:
         self.published[category.value] += 1
