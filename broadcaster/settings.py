@@ -172,6 +172,8 @@ class Settings(BaseSettings):
     reconcile_window_s: float = Field(default=5.0, gt=0)
     reconcile_buffer_s: float = Field(default=30.0, ge=0)
     reconcile_max_delay_s: float = Field(default=300.0, gt=0)
+    reconcile_interval_s: float = Field(default=30.0, ge=0)
+    retention_s: float = Field(default=86_400.0, ge=0)
 
     websocket_host: str = "127.0.0.1"
     websocket_port: int = Field(default=8765, ge=0, le=65535)

@@ -594,3 +594,16 @@ def test_field_default_factories_agree_with_the_spec() -> None:
         name: (a.error_threshold, a.latency_threshold_ms)
         for name, a in constructed.adapters.items()
     } == SPEC_ADAPTER_DEFAULTS
+
+
+def test_reconcile_interval_and_retention(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(env_file=None)
+    assert (settings.reconcile_interval_s, settings.retention_s) == (30.0, 86_400.0)
+    monkeypatch.setenv("RECONCILE_INTERVAL_S", "0")
+    monkeypatch.setenv("RETENTION_S", "3600")
+    settings = load_settings(env_file=None)
+    assert (settings.reconcile_interval_s, settings.retention_s) == (0.0, 3600.0)
+    monkeypatch.setenv("RETENTION_S", "-1")
+    with pytest.raises(ConfigError) as info:
+        load_settings(env_file=None)
+    assert info.value.variable == "RETENTION_S" and "-1" in str(info.value)
