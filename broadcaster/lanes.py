@@ -86,6 +86,25 @@ class TokenBucket:
             await asyncio.sleep(-self._tokens / self.rate)
 
 
+class _Pulse:
+    """Wakes every task waiting at the moment it fires (unlike an
+    ``asyncio.Event``, no waiter can clear it under another's feet)."""
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[None] | None = None
+
+    def fire(self) -> None:
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+        self._future = None
+
+    async def wait(self) -> None:
+        if self._future is None:
+            self._future = asyncio.get_running_loop().create_future()
+        # Shielded: a waiter that times out must not cancel the others' wait.
+        await asyncio.shield(self._future)
+
+
 class Lane:
     """Ordered, pipelined delivery of records to one adapter (see the module doc).
 
@@ -141,9 +160,10 @@ class Lane:
         self._watch: set[int] | None = None
         self._parking: list[EventRecord] = []
         self._park_wake = asyncio.Event()
-        self._changed = asyncio.Event()
+        self._changed = _Pulse()
         self._backfill_rate = backfill_rate
         self._backfill_needed = False
+        self._backfilling = False
         self._backfill_idle = asyncio.Event()
         self._backfill_idle.set()
         #: Events this lane marked PENDING and has not delivered since (an
@@ -206,7 +226,7 @@ class Lane:
             self._outstanding += len(send)
             self._idle.clear()
             self._wake.set()
-        self._changed.set()
+        self._changed.fire()
 
     async def wait_idle(self) -> None:
         """Wait until every enqueued record is acknowledged or recorded ``PENDING``."""
@@ -215,12 +235,11 @@ class Lane:
     async def wait_settled(self) -> None:
         """Wait until :attr:`settled` holds."""
         while not self.settled:
-            self._changed.clear()
             await self._changed.wait()
 
     def notify(self) -> None:
         """Wake the lane's tasks: call on every breaker transition."""
-        self._changed.set()
+        self._changed.fire()
         self._wake.set()
 
     # -- lifecycle -----------------------------------------------------------
@@ -368,7 +387,7 @@ class Lane:
         self._outstanding -= count
         if self._outstanding == 0:
             self._idle.set()
-        self._changed.set()
+        self._changed.fire()
         if self._on_progress is not None:
             self._on_progress()
 
@@ -433,7 +452,6 @@ class Lane:
             self._backfill_rate, max(1.0, self._backfill_rate / 10), clock=self._clock
         )
         while True:
-            self._changed.clear()
             state = breaker.state
             if state == BreakerState.OPEN:
                 retry_at = breaker.retry_at
@@ -456,6 +474,7 @@ class Lane:
                 continue
             if not self._backfill_needed:
                 self._backfill_idle.set()
+                self._changed.fire()
                 if self._on_progress is not None:
                     self._on_progress()
                 await self._wait_change(None)
@@ -482,7 +501,9 @@ class Lane:
         after, sent, started = 0, 0, self._clock()
         page = max(self._max_batch, 1)
         chunk = max(1, min(self._max_batch, int(self._backfill_rate / 20)))
-        log.info("backfill started", pending=self.pending)
+        if not self._backfilling:
+            self._backfilling = True
+            log.info("backfill started", pending=self.pending)
         while breaker.state == BreakerState.CLOSED:
             rows = await self._store_page(after, page)
             if not rows:
@@ -495,18 +516,19 @@ class Lane:
                 while (
                     self._outstanding > 2 * self._max_batch and breaker.state == BreakerState.CLOSED
                 ):
-                    self._changed.clear()
                     await self._wait_change(_BACKFILL_IDLE_S)
                 if breaker.state != BreakerState.CLOSED:
                     return
                 part = [r for r in fresh[i : i + chunk] if r.sequence_id not in self._held]
                 self.enqueue(part, live=False)
                 sent += len(part)
-            log.info("backfill progress", count=sent, remaining=self.pending)
+            if sent:
+                log.info("backfill progress", count=sent, remaining=self.pending)
         if breaker.state != BreakerState.CLOSED:
             return
         if sent == 0 and breaker.share >= 100 and not self._parking:
             self._backfill_needed = False
+            self._backfilling = False
             log.info(
                 "backfill complete",
                 duration_s=round(self._clock() - started, 3),
