@@ -73,6 +73,9 @@ async def _seed_store(url: str, *, receipts: bool) -> None:
 
     async with store_from_url(url) as store:
         factory = EventFactory(clock=lambda: 1_000_000.0)  # long ago: past max delay
+        # Stamped before the append, so however slow the machine, the receipt is
+        # never more than the 1 ms window after the store's created_at.
+        received_ms = int(time.time() * 1000)
         records = await store.append(
             [
                 (factory.draft("CRITICAL", "order.created", {"i": i}), ("websocket",))
@@ -80,11 +83,10 @@ async def _seed_store(url: str, *, receipts: bool) -> None:
             ]
         )
         if receipts:
-            now_ms = int(time.time() * 1000)
             await store.record_receipts(
                 [
                     ConsumerReceipt(
-                        r.sequence_id, "websocket", r.event_type, now_ms, r.checksum, True
+                        r.sequence_id, "websocket", r.event_type, received_ms, r.checksum, True
                     )
                     for r in records
                 ]

@@ -24,6 +24,7 @@ class MemoryAdapter(Adapter):
         self.started = False
         self.closed = False
         self._lock = asyncio.Lock()
+        self._received = asyncio.Condition(self._lock)
 
     @property
     def events(self) -> list[EventRecord]:
@@ -40,8 +41,15 @@ class MemoryAdapter(Adapter):
     async def send(self, batch: Sequence[EventRecord]) -> None:
         if not self.started or self.closed:
             raise AdapterUnavailable(self.name, "not started")
-        async with self._lock:
+        async with self._received:
             self.batches.append(list(batch))
+            self._received.notify_all()
+
+    async def wait_for(self, sequence_ids: set[int]) -> None:
+        """Wait until every one of ``sequence_ids`` has been sent here (wrap in
+        ``asyncio.timeout``)."""
+        async with self._received:
+            await self._received.wait_for(lambda: sequence_ids <= set(self.sequence_ids))
 
     async def close(self) -> None:
         self.closed = True

@@ -88,3 +88,17 @@ async def test_empty_batch_is_recorded() -> None:
     await adapter.send([])
     assert adapter.batches == [[]]
     assert adapter.events == []
+
+
+async def test_wait_for_returns_once_every_id_arrived() -> None:
+    adapter = MemoryAdapter("websocket")
+    await adapter.start()
+    waiter = asyncio.create_task(adapter.wait_for({1, 2, 3}))
+    await adapter.send(records(2))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    await adapter.send(records(1, start=3))
+    async with asyncio.timeout(1):
+        await waiter
+    async with asyncio.timeout(1):
+        await adapter.wait_for({2})  # already there
