@@ -168,8 +168,13 @@ class Broadcaster:
             ),
             clock=clock,
         )
-        self._reconcile_interval = reconcile_interval_s
-        self._retention_s = retention_s
+        # None: take RECONCILE_INTERVAL_S / RETENTION_S; 0 switches either off.
+        interval = reconcile_interval_s
+        if interval is None:
+            interval = self.settings.reconcile_interval_s
+        retention = self.settings.retention_s if retention_s is None else retention_s
+        self._reconcile_interval = interval or None
+        self._retention_s = retention or None
         self._background: asyncio.Task[None] | None = None
         self._breaker_config = breaker_config
         self._backfill_rate = backfill_rate
