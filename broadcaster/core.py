@@ -416,9 +416,11 @@ class Broadcaster:
         :class:`BroadcasterClosed`.
         """
         self._check_running()
+        started = self._monotonic()
         draft = self._factory.draft(category, event_type, payload, key=key, source=source)
         routed = self._routing.route(draft.category, draft.routing_key)
         records = await self._submit([(draft, routed)])
+        self.stats.count_published(1, self._monotonic() - started)
         return _receipt(records[0], routed)
 
     async def publish_many(self, events: Iterable[Mapping[str, Any]]) -> list[Receipt]:
@@ -427,6 +429,7 @@ class Broadcaster:
         first: one invalid event raises :class:`InvalidEvent` (``.index`` says
         which) and none is stored."""
         self._check_running()
+        started = self._monotonic()
         items: list[tuple[EventDraft, tuple[str, ...]]] = []
         table = self._routing
         for index, spec in enumerate(events):
@@ -452,6 +455,7 @@ class Broadcaster:
         if not items:
             return []
         records = await self._submit(items)
+        self.stats.count_published(len(records), self._monotonic() - started)
         return [_receipt(rec, routed) for rec, (_, routed) in zip(records, items, strict=True)]
 
     def _check_running(self) -> None:

@@ -302,6 +302,7 @@ class Lane:
             await self.breaker.call(lambda: self.adapter.send(batch))
 
     async def _deliver(self, batch: list[EventRecord]) -> None:
+        started = self._clock()
         try:
             await self._send(batch)
         except BreakerOpen:
@@ -321,7 +322,7 @@ class Lane:
         self._slots.release()
         self._backoff = 0.0
         self.last_error = None
-        self._stats.count_delivered(self.name, batch)
+        self._stats.count_delivered(self.name, batch, self._clock() - started)
         self._settle(len(batch))
         ids = [r.sequence_id for r in batch]
         if self._from_store:

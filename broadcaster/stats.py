@@ -6,7 +6,7 @@ Prometheus exporter read them."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,15 @@ class DeliveryStats:
     backfilled: Counter[str] = field(default_factory=Counter)
     #: (adapter, "closed->open" ...) -> how often that breaker transition happened
     breaker_transitions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: Called as ``hook(adapter, records, send_seconds)`` after each acknowledged
+    #: batch (the Prometheus exporter observes latencies here). Must not raise
+    #: or block: it runs inline on the delivery path.
+    delivered_hooks: list[Callable[[str, Sequence[EventRecord], float], None]] = field(
+        default_factory=list
+    )
+    #: Called as ``hook(events, seconds)`` after each ``publish``/``publish_many``
+    #: returns: the producer-visible latency. Same rules as ``delivered_hooks``.
+    publish_hooks: list[Callable[[int, float], None]] = field(default_factory=list)
 
     def count_transition(self, adapter: str, key: str) -> None:
         self.breaker_transitions[(adapter, key)] += 1
@@ -37,9 +46,17 @@ class DeliveryStats:
         for name in adapters:
             self.routed[(category.value, name)] += 1
 
-    def count_delivered(self, adapter: str, records: Iterable[EventRecord]) -> None:
+    def count_delivered(
+        self, adapter: str, records: Sequence[EventRecord], send_seconds: float = 0.0
+    ) -> None:
         for record in records:
             self.delivered[(record.category.value, adapter)] += 1
+        for hook in self.delivered_hooks:
+            hook(adapter, records, send_seconds)
+
+    def count_published(self, events: int, seconds: float) -> None:
+        for hook in self.publish_hooks:
+            hook(events, seconds)
 
     def count_failed(self, adapter: str, records: Iterable[EventRecord]) -> None:
         for record in records:
