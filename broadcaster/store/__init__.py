@@ -7,6 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 from .base import (
     DELIVERED_STATES,
     UNDELIVERED_STATES,
+    AuditEntry,
     ConsumerReceipt,
     DeliveryState,
     ScanRow,
@@ -21,6 +22,7 @@ from .sqlite import SQLiteStore
 __all__ = [
     "DELIVERED_STATES",
     "UNDELIVERED_STATES",
+    "AuditEntry",
     "ScanRow",
     "StoreStats",
     "ConsumerReceipt",

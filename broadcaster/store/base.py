@@ -4,24 +4,31 @@ For each event the store keeps the sealed record (wire bytes), the adapters it
 was routed to, and per adapter a delivery state; consumers' receipts are kept
 beside them. ``append`` is the durability point of ``publish()``.
 
+The store also persists the runtime configuration document (flag changes made
+through the admin API, so they survive a restart) together with an append-only
+audit trail of those changes (:class:`AuditEntry`); a change and its audit
+entry are written in one transaction.
+
 Backends: :class:`~broadcaster.store.memory.MemoryStore` (tests, ``memory://``),
 SQLite (``sqlite:///path``) and PostgreSQL (``postgresql://...``).
 """
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from ..events import EventDraft, EventRecord
 
 __all__ = [
     "DELIVERED_STATES",
     "UNDELIVERED_STATES",
+    "AuditEntry",
     "ConsumerReceipt",
     "DeliveryState",
     "ScanRow",
@@ -106,6 +113,40 @@ class StoreStats:
     oldest_undelivered_ms: dict[str, int | None]
 
 
+def _dumps(value: Any) -> str:
+    """Canonical JSON text of a runtime-config value (shared by the backends).
+
+    Strict: NaN and infinity are refused (``ValueError``), as are values JSON
+    cannot represent (``TypeError``)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _config_json(config: Mapping[str, Any], before: Any, after: Any) -> tuple[str, str, str]:
+    """The JSON texts of one :meth:`Store.save_runtime_config` call, built before
+    anything is written so a bad value fails the call with nothing stored."""
+    if not isinstance(config, Mapping):
+        raise TypeError(f"runtime config must be a mapping, not {type(config).__name__}")
+    return _dumps(dict(config)), _dumps(before), _dumps(after)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One configuration change."""
+
+    #: Assigned by the store: strictly increasing, never reused.
+    id: int
+    #: Wall-clock ms when recorded (the store's clock).
+    at_ms: int
+    #: Token name of whoever made the change.
+    actor: str
+    #: What was called, e.g. ``"PATCH /config/categories/CRITICAL"``.
+    path: str
+    #: JSON-able value (dict / None) before the change, as read back from JSON.
+    before: Any
+    #: JSON-able value after the change, as read back from JSON.
+    after: Any
+
+
 class Store(ABC):
     """Async store. Implementations never block the event loop.
 
@@ -182,6 +223,30 @@ class Store(ABC):
     @abstractmethod
     async def set_watermark(self, name: str, value: int) -> None:
         """Persist a counter; see :meth:`get_watermark`."""
+
+    @abstractmethod
+    async def save_runtime_config(
+        self, config: Mapping[str, Any], *, actor: str, path: str, before: Any, after: Any
+    ) -> AuditEntry:
+        """Replace the persisted runtime configuration document with ``config``
+        (a JSON-able mapping) and append one audit entry, atomically. Returns the entry.
+
+        ``config``, ``before`` and ``after`` are serialised as JSON (strict: no
+        NaN or infinity) before anything is written; a value that cannot be
+        raises ``TypeError`` or ``ValueError`` and nothing is stored. Values come
+        back as JSON decodes them (tuples as lists, keys as strings). A store
+        failure raises :class:`~broadcaster.exceptions.StoreError` (or
+        :class:`~broadcaster.exceptions.StoreUnavailable`), again with neither
+        the document nor the entry written.
+        """
+
+    @abstractmethod
+    async def runtime_config(self) -> dict[str, Any] | None:
+        """The last saved runtime configuration document, or None if never saved."""
+
+    @abstractmethod
+    async def audit_log(self, *, after: int = 0, limit: int = 100) -> list[AuditEntry]:
+        """Audit entries with id > ``after``, oldest first, at most ``limit``."""
 
     async def __aenter__(self) -> Self:
         await self.open()

@@ -3,25 +3,35 @@ measure the broadcaster without a store (``STORE_URL=memory://``)."""
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from ..events import EventDraft, EventRecord, seal
 from .base import (
     DELIVERED_STATES,
     UNDELIVERED_STATES,
+    AuditEntry,
     ConsumerReceipt,
     DeliveryState,
     ScanRow,
     Store,
     StoredEvent,
     StoreStats,
+    _config_json,
 )
 
 __all__ = ["MemoryStore"]
 
 
 class MemoryStore(Store):
+    """The :class:`Store` contract in process memory. ``clock``: wall time in
+    seconds, for ``created_at_ms`` and audit ``at_ms``.
+
+    Runtime config and audit values are kept as JSON text, so what comes back is
+    a fresh copy decoded from JSON, exactly as from the SQL backends."""
+
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._last = 0
@@ -30,6 +40,9 @@ class MemoryStore(Store):
         self._errors: dict[int, dict[str, str]] = {}
         self._receipts: dict[int, list[ConsumerReceipt]] = {}
         self._watermarks: dict[str, int] = {}
+        self._config_json: str | None = None
+        # (id, at_ms, actor, path, before_json, after_json), ids 1, 2, ...
+        self._audit: list[tuple[int, int, str, str, str, str]] = []
 
     async def open(self) -> None:
         return None
@@ -152,3 +165,47 @@ class MemoryStore(Store):
 
     async def set_watermark(self, name: str, value: int) -> None:
         self._watermarks[name] = value
+
+    async def save_runtime_config(
+        self, config: Mapping[str, Any], *, actor: str, path: str, before: Any, after: Any
+    ) -> AuditEntry:
+        """Replace the config document and append an audit entry; see
+        :meth:`Store.save_runtime_config`. Serialises first: nothing changes on error."""
+        doc, before_json, after_json = _config_json(config, before, after)
+        row = (
+            len(self._audit) + 1,
+            int(self._clock() * 1000),
+            actor,
+            path,
+            before_json,
+            after_json,
+        )
+        self._config_json = doc
+        self._audit.append(row)
+        return _entry(row)
+
+    async def runtime_config(self) -> dict[str, Any] | None:
+        """A fresh copy of the last saved config document, or ``None``."""
+        if self._config_json is None:
+            return None
+        doc: dict[str, Any] = json.loads(self._config_json)
+        return doc
+
+    async def audit_log(self, *, after: int = 0, limit: int = 100) -> list[AuditEntry]:
+        """Audit entries with id > ``after``, oldest first, at most ``limit``."""
+        if limit <= 0:
+            return []
+        start = max(after, 0)  # ids are 1..n at positions 0..n-1
+        return [_entry(row) for row in self._audit[start : start + limit]]
+
+
+def _entry(row: tuple[int, int, str, str, str, str]) -> AuditEntry:
+    entry_id, at_ms, actor, path, before_json, after_json = row
+    return AuditEntry(
+        id=entry_id,
+        at_ms=at_ms,
+        actor=actor,
+        path=path,
+        before=json.loads(before_json),
+        after=json.loads(after_json),
+    )

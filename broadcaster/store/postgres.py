@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -62,6 +62,7 @@ from ..exceptions import StoreError, StoreUnavailable
 from ._batching import GroupCommit, MarkRequest, assemble_scan, coalesce_marks, parse_routed
 from .base import (
     DELIVERED_STATES,
+    AuditEntry,
     ConsumerReceipt,
     DeliveryState,
     ScanRow,
@@ -809,3 +810,17 @@ class PostgresStore(Store):
                 )
 
         await self._run("set_watermark", body)
+
+    async def save_runtime_config(
+        self, config: Mapping[str, Any], *, actor: str, path: str, before: Any, after: Any
+    ) -> AuditEntry:
+        """Not available in the postgres backend yet: raises :class:`StoreError`."""
+        raise StoreError("runtime config is not available in the postgres store yet")
+
+    async def runtime_config(self) -> dict[str, Any] | None:
+        """Not available in the postgres backend yet: raises :class:`StoreError`."""
+        raise StoreError("runtime config is not available in the postgres store yet")
+
+    async def audit_log(self, *, after: int = 0, limit: int = 100) -> list[AuditEntry]:
+        """Not available in the postgres backend yet: raises :class:`StoreError`."""
+        raise StoreError("the audit log is not available in the postgres store yet")

@@ -57,7 +57,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -70,6 +70,7 @@ from ..exceptions import StoreError, StoreUnavailable
 from ._batching import GroupCommit, MarkRequest, assemble_scan, coalesce_marks, parse_routed
 from .base import (
     DELIVERED_STATES,
+    AuditEntry,
     ConsumerReceipt,
     DeliveryState,
     ScanRow,
@@ -874,3 +875,17 @@ class SQLiteStore(Store):
             )
 
         await self._call(self._write, "set_watermark", body)
+
+    async def save_runtime_config(
+        self, config: Mapping[str, Any], *, actor: str, path: str, before: Any, after: Any
+    ) -> AuditEntry:
+        """Not available in the sqlite backend yet: raises :class:`StoreError`."""
+        raise StoreError("runtime config is not available in the sqlite store yet")
+
+    async def runtime_config(self) -> dict[str, Any] | None:
+        """Not available in the sqlite backend yet: raises :class:`StoreError`."""
+        raise StoreError("runtime config is not available in the sqlite store yet")
+
+    async def audit_log(self, *, after: int = 0, limit: int = 100) -> list[AuditEntry]:
+        """Not available in the sqlite backend yet: raises :class:`StoreError`."""
+        raise StoreError("the audit log is not available in the sqlite store yet")

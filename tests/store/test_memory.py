@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broadcaster.events import EventFactory, parse_frame
-from broadcaster.store.base import ConsumerReceipt, DeliveryState
+from broadcaster.store.base import AuditEntry, ConsumerReceipt, DeliveryState
 from broadcaster.store.memory import MemoryStore
 
 
@@ -165,3 +165,95 @@ async def test_open_and_close_are_idempotent(factory: EventFactory) -> None:
     await store.close()
     await store.close()
     assert await store.last_sequence_id() == 1
+
+
+async def test_runtime_config_starts_empty() -> None:
+    store = MemoryStore()
+    assert await store.runtime_config() is None
+    assert await store.audit_log() == []
+
+
+async def test_save_runtime_config_replaces_the_document_and_audits_it() -> None:
+    clock = Clock(1_700_000_000.5)
+    store = MemoryStore(clock=clock)
+    first = await store.save_runtime_config(
+        {"categories": {"CRITICAL": {"enabled": True}}},
+        actor="ops",
+        path="PATCH /config/categories/CRITICAL",
+        before=None,
+        after={"enabled": True},
+    )
+    assert first == AuditEntry(
+        id=1,
+        at_ms=1_700_000_000_500,
+        actor="ops",
+        path="PATCH /config/categories/CRITICAL",
+        before=None,
+        after={"enabled": True},
+    )
+    clock.seconds += 2
+    second = await store.save_runtime_config(
+        {"flags": {"x": 1}}, actor="admin", path="PUT /config", before={"a": 1}, after={"a": 2}
+    )
+    assert (second.id, second.at_ms) == (2, 1_700_000_002_500)
+    # Replaced, not merged.
+    assert await store.runtime_config() == {"flags": {"x": 1}}
+    assert await store.audit_log() == [first, second]
+
+
+async def test_audit_log_pages_by_id() -> None:
+    store = MemoryStore()
+    for i in range(5):
+        await store.save_runtime_config({"i": i}, actor="a", path="p", before=i - 1, after=i)
+    assert [e.id for e in await store.audit_log()] == [1, 2, 3, 4, 5]
+    assert [e.id for e in await store.audit_log(after=2)] == [3, 4, 5]
+    assert [e.id for e in await store.audit_log(after=1, limit=2)] == [2, 3]
+    assert [e.after for e in await store.audit_log(limit=2)] == [0, 1]
+    assert await store.audit_log(after=5) == []
+    assert await store.audit_log(limit=0) == []
+    assert [e.id for e in await store.audit_log(after=-3, limit=1)] == [1]
+
+
+async def test_runtime_config_values_are_json_copies() -> None:
+    store = MemoryStore()
+    config: dict[str, object] = {"flags": {"x": [1, 2]}, "t": (1, 2)}
+    entry = await store.save_runtime_config(
+        config, actor="a", path="p", before={"k": (3,)}, after=config
+    )
+    config["flags"] = "mutated"  # the caller's object is not the stored one
+    assert entry.before == {"k": [3]}  # read back as JSON decodes it
+    loaded = await store.runtime_config()
+    assert loaded == {"flags": {"x": [1, 2]}, "t": [1, 2]}
+    assert loaded is not None
+    loaded["flags"] = "mutated too"
+    assert await store.runtime_config() == {"flags": {"x": [1, 2]}, "t": [1, 2]}
+    (logged,) = await store.audit_log()
+    assert logged.after == {"flags": {"x": [1, 2]}, "t": [1, 2]}
+
+
+@pytest.mark.parametrize(
+    ("config", "before", "after", "error"),
+    [
+        ({"ok": 1}, None, {"bad": object()}, TypeError),
+        ({"ok": 1}, {1, 2}, None, TypeError),
+        ({"bad": float("nan")}, None, None, ValueError),
+        (["not", "a", "mapping"], None, None, TypeError),
+    ],
+)
+async def test_unserialisable_values_write_nothing(
+    config: object, before: object, after: object, error: type[Exception]
+) -> None:
+    store = MemoryStore()
+    kept = await store.save_runtime_config({"v": 1}, actor="a", path="p", before=None, after=1)
+    with pytest.raises(error):
+        await store.save_runtime_config(
+            config,  # type: ignore[arg-type]
+            actor="a",
+            path="p",
+            before=before,
+            after=after,
+        )
+    assert await store.runtime_config() == {"v": 1}
+    assert await store.audit_log() == [kept]
+    again = await store.save_runtime_config({"v": 2}, actor="a", path="p", before=1, after=2)
+    assert again.id == 2
