@@ -22,6 +22,8 @@ What a caller must know:
   unopenable) is raised as :class:`~broadcaster.exceptions.StoreUnavailable`;
   other sqlite errors (corrupt file, schema newer than this code) as
   :class:`~broadcaster.exceptions.StoreError`. Nothing of a failed call is kept.
+* **Runtime config.** ``save_runtime_config`` replaces the ``runtime_config``
+  row and appends to ``audit`` in one write transaction: both or neither.
 * **One writer process.** Several processes may open the file (ids stay unique
   because the high-water mark is read inside the write transaction), but SQLite
   serialises their writes; use PostgreSQL for several broadcaster processes.
@@ -45,6 +47,10 @@ Schema (``SCHEMA_VERSION`` in ``meta``; created and migrated by :meth:`SQLiteSto
              payload_keys)
     delivered_counts(adapter, state, n)  -- rows of deliveries per (adapter, state)
     watermarks(name TEXT PRIMARY KEY, value INTEGER)  -- e.g. reconciled_through
+    audit(id INTEGER PRIMARY KEY AUTOINCREMENT,  -- ids never reused
+          at_ms, actor, path, before_json, after_json TEXT)
+    runtime_config(id INTEGER PRIMARY KEY CHECK (id = 1),  -- one row
+                   doc_json TEXT, updated_at_ms INTEGER)
 
 ``meta.event_count``, ``meta.receipt_count`` and ``delivered_counts`` are kept
 in the transactions that change what they count, so :meth:`SQLiteStore.stats`
@@ -55,6 +61,7 @@ still to deliver) is counted live.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -77,6 +84,7 @@ from .base import (
     Store,
     StoredEvent,
     StoreStats,
+    _config_json,
 )
 
 __all__ = [
@@ -194,6 +202,24 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             ('event_count', (SELECT count(*) FROM events)),
             ('receipt_count', (SELECT count(*) FROM receipts))""",
     ),
+    # 4: runtime configuration set through the admin API (one JSON document,
+    # replaced whole) and the audit trail of its changes. AUTOINCREMENT: an
+    # audit id is never reused, even after the newest rows were deleted.
+    (
+        """CREATE TABLE audit (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            at_ms       INTEGER NOT NULL,
+            actor       TEXT    NOT NULL,
+            path        TEXT    NOT NULL,
+            before_json TEXT    NOT NULL,
+            after_json  TEXT    NOT NULL
+        )""",
+        """CREATE TABLE runtime_config (
+            id            INTEGER PRIMARY KEY CHECK (id = 1),
+            doc_json      TEXT    NOT NULL,
+            updated_at_ms INTEGER NOT NULL
+        )""",
+    ),
 )
 
 #: The schema version this code writes.
@@ -273,6 +299,18 @@ _PRUNE_CANDIDATES: Final = (
     " AND created_at_ms < ? ORDER BY sequence_id LIMIT ?"
 )
 _IN_IDS: Final = "sequence_id IN (SELECT value FROM json_each(?))"
+_SAVE_CONFIG: Final = (
+    "INSERT INTO runtime_config (id, doc_json, updated_at_ms) VALUES (1, ?, ?)"
+    " ON CONFLICT (id) DO UPDATE SET doc_json = excluded.doc_json,"
+    " updated_at_ms = excluded.updated_at_ms"
+)
+_INSERT_AUDIT: Final = (
+    "INSERT INTO audit (at_ms, actor, path, before_json, after_json) VALUES (?, ?, ?, ?, ?)"
+)
+_AUDIT_PAGE: Final = (
+    "SELECT id, at_ms, actor, path, before_json, after_json FROM audit"
+    " WHERE id > ? ORDER BY id LIMIT ?"
+)
 
 
 def _add_counts(conn: sqlite3.Connection, counts: dict[tuple[str, str], int]) -> None:
@@ -876,16 +914,65 @@ class SQLiteStore(Store):
 
         await self._call(self._write, "set_watermark", body)
 
+    # -- runtime config and audit trail -------------------------------------
+
     async def save_runtime_config(
         self, config: Mapping[str, Any], *, actor: str, path: str, before: Any, after: Any
     ) -> AuditEntry:
-        """Not available in the sqlite backend yet: raises :class:`StoreError`."""
-        raise StoreError("runtime config is not available in the sqlite store yet")
+        """Replace the ``runtime_config`` row and append to ``audit`` in one write
+        transaction; see :meth:`Store.save_runtime_config`. Values are serialised
+        before the transaction starts; a failed call leaves both tables as they were."""
+        doc, before_json, after_json = _config_json(config, before, after)
+        now_ms = int(self._clock() * 1000)
+
+        def body(conn: sqlite3.Connection) -> int:
+            conn.execute(_SAVE_CONFIG, (doc, now_ms))
+            cursor = conn.execute(_INSERT_AUDIT, (now_ms, actor, path, before_json, after_json))
+            entry_id = cursor.lastrowid
+            assert entry_id is not None
+            return entry_id
+
+        entry_id = await self._call(self._write, "save_runtime_config", body)
+        return AuditEntry(
+            id=entry_id,
+            at_ms=now_ms,
+            actor=actor,
+            path=path,
+            before=json.loads(before_json),
+            after=json.loads(after_json),
+        )
 
     async def runtime_config(self) -> dict[str, Any] | None:
-        """Not available in the sqlite backend yet: raises :class:`StoreError`."""
-        raise StoreError("runtime config is not available in the sqlite store yet")
+        """The ``runtime_config`` document, or ``None`` if never saved."""
+
+        def body(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute("SELECT doc_json FROM runtime_config WHERE id = 1").fetchone()
+            if row is None:
+                return None
+            doc: dict[str, Any] = json.loads(row[0])
+            return doc
+
+        return await self._call(self._read, "runtime_config", body)
 
     async def audit_log(self, *, after: int = 0, limit: int = 100) -> list[AuditEntry]:
-        """Not available in the sqlite backend yet: raises :class:`StoreError`."""
-        raise StoreError("the audit log is not available in the sqlite store yet")
+        """Audit entries with id > ``after``, oldest first, at most ``limit``
+        (a range read of the ``audit`` primary key)."""
+        if limit <= 0:
+            return []
+
+        def body(conn: sqlite3.Connection) -> list[AuditEntry]:
+            return [
+                AuditEntry(
+                    id=entry_id,
+                    at_ms=at_ms,
+                    actor=actor,
+                    path=path,
+                    before=json.loads(before_json),
+                    after=json.loads(after_json),
+                )
+                for entry_id, at_ms, actor, path, before_json, after_json in conn.execute(
+                    _AUDIT_PAGE, (after, limit)
+                )
+            ]
+
+        return await self._call(self._read, "audit_log", body)

@@ -158,7 +158,9 @@ async def test_migrates_from_version_2_with_backfill(tmp_path: Path) -> None:
         (new,) = await store.append([(factory.draft("DEBUG", "new", {"k": 1}), ("websocket",))])
         assert new.sequence_id == 4
     conn = sqlite3.connect(path, isolation_level=None)
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (3,)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+        SCHEMA_VERSION,
+    )
     # Backfilled in the migration, not computed on every scan.
     assert conn.execute("SELECT count(*) FROM events WHERE checksum IS NULL").fetchone() == (0,)
     # A row without them (as an older version would write) is read from the wire.
@@ -167,6 +169,130 @@ async def test_migrates_from_version_2_with_backfill(tmp_path: Path) -> None:
     async with SQLiteStore(path) as store:
         (row,) = await store.scan(limit=1)
         assert (row.checksum, row.payload_keys) == (records[0].checksum, records[0].payload_keys)
+
+
+async def test_migrates_from_version_3_to_runtime_config(tmp_path: Path) -> None:
+    path = tmp_path / "v3.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    assert migrate(conn, MIGRATIONS[:3]) == 0
+    # The file as version 3 of this code left it: one event, a watermark.
+    old = seal(EventFactory().draft("CRITICAL", "old.event", {"v": 1}), 1)
+    conn.execute(
+        "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (1, old.event_id, "CRITICAL", "old.event", 1, '["websocket"]', old.wire,
+         old.checksum, old.payload_keys),
+    )  # fmt: skip
+    conn.execute("INSERT INTO outbox VALUES ('websocket', 1, 'queued', NULL, 1)")
+    conn.execute("UPDATE meta SET value = 1 WHERE key IN ('last_sequence_id', 'event_count')")
+    conn.execute("INSERT INTO watermarks VALUES ('reconciled_through', 1)")
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert not {"audit", "runtime_config"} & tables
+    conn.close()
+
+    async with SQLiteStore(path) as store:
+        assert await store.runtime_config() is None
+        assert await store.audit_log() == []
+        entry = await store.save_runtime_config(
+            {"flags": {"x": True}}, actor="ops", path="PUT /config", before=None, after=True
+        )
+        assert entry.id == 1
+        stored = await store.get(old.sequence_id)
+        assert stored is not None and stored.record == old
+        assert await store.get_watermark("reconciled_through") == 1
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+        SCHEMA_VERSION,
+    )
+    assert conn.execute("SELECT id, doc_json FROM runtime_config").fetchall() == [
+        (1, '{"flags":{"x":true}}')
+    ]
+    assert conn.execute("SELECT id, actor, before_json, after_json FROM audit").fetchall() == [
+        (1, "ops", "null", "true")
+    ]
+    conn.close()
+
+
+async def test_runtime_config_survives_a_new_store_on_the_same_file(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.db"
+    async with SQLiteStore(path, clock=lambda: 1_700_000_000.25) as store:
+        first = await store.save_runtime_config(
+            {"a": 1}, actor="ops", path="PUT /config", before=None, after={"a": 1}
+        )
+        assert first.at_ms == 1_700_000_000_250  # the store's clock
+    async with SQLiteStore(path) as store:
+        assert await store.runtime_config() == {"a": 1}
+        assert await store.audit_log() == [first]
+        second = await store.save_runtime_config(
+            {"a": 2}, actor="ops", path="PUT /config", before={"a": 1}, after={"a": 2}
+        )
+        assert second.id == first.id + 1
+
+
+async def test_audit_ids_never_reused_after_rows_are_deleted(tmp_path: Path) -> None:
+    path = tmp_path / "ids.db"
+    async with SQLiteStore(path) as store:
+        for i in range(3):
+            await store.save_runtime_config({"i": i}, actor="a", path="p", before=None, after=i)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DELETE FROM audit WHERE id > 1")  # e.g. an operator trimming the log
+    conn.close()
+    async with SQLiteStore(path) as store:
+        entry = await store.save_runtime_config({}, actor="a", path="p", before=None, after=None)
+        assert entry.id == 4
+        assert [e.id for e in await store.audit_log()] == [1, 4]
+
+
+async def test_failed_audit_insert_rolls_back_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "atomic.db"
+    async with SQLiteStore(path) as store:
+        kept = await store.save_runtime_config({"v": 1}, actor="a", path="p", before=None, after=1)
+        # The audit insert fails after the config row was already replaced.
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute(
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit"
+            " BEGIN SELECT RAISE(ABORT, 'audit refused'); END"
+        )
+        with pytest.raises(StoreError, match="save_runtime_config.*audit refused"):
+            await store.save_runtime_config({"v": 2}, actor="a", path="p", before=1, after=2)
+        assert await store.runtime_config() == {"v": 1}
+        assert await store.audit_log() == [kept]
+        other.execute("DROP TRIGGER refuse_audit")
+        other.close()
+        again = await store.save_runtime_config({"v": 2}, actor="a", path="p", before=1, after=2)
+        assert again.id == kept.id + 1
+        assert await store.runtime_config() == {"v": 2}
+
+
+async def test_runtime_config_on_a_full_disk_writes_nothing(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "cfgfull.db") as store:
+        kept = await store.save_runtime_config({"v": 1}, actor="a", path="p", before=None, after=1)
+        pages = await store.pragma("page_count")
+        await store.pragma("max_page_count", str(pages))
+        big = {"blob": "x" * 200_000}
+        with pytest.raises(StoreUnavailable, match=r"save_runtime_config.*SQLITE_FULL"):
+            await store.save_runtime_config(big, actor="a", path="p", before=None, after=big)
+        assert await store.runtime_config() == {"v": 1}
+        assert await store.audit_log() == [kept]
+        await store.pragma("max_page_count", "1073741823")
+        entry = await store.save_runtime_config(big, actor="a", path="p", before=None, after=big)
+        assert entry.id == kept.id + 1
+        assert await store.runtime_config() == big
+
+
+async def test_runtime_config_on_a_locked_file_is_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "cfglock.db"
+    async with SQLiteStore(path, busy_timeout_ms=50) as store:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreUnavailable, match="locked"):
+                await store.save_runtime_config({"v": 1}, actor="a", path="p", before=None, after=1)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert await store.runtime_config() is None
+        assert await store.audit_log() == []
 
 
 async def test_refuses_a_newer_schema(tmp_path: Path) -> None:
@@ -380,6 +506,12 @@ async def test_closed_store_refuses_calls_and_pragma_checks_input(tmp_path: Path
         await store.append(items(1))
     with pytest.raises(StoreError, match="not open"):
         await store.mark("websocket", [1], DeliveryState.ACKED)
+    with pytest.raises(StoreError, match="not open"):
+        await store.save_runtime_config({}, actor="a", path="p", before=None, after=None)
+    with pytest.raises(StoreError, match="not open"):
+        await store.runtime_config()
+    with pytest.raises(StoreError, match="not open"):
+        await store.audit_log()
     async with store:
         with pytest.raises(ValueError, match="pragma name"):
             await store.pragma("user_version; DROP TABLE events")
