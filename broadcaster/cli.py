@@ -62,6 +62,16 @@ def _parser() -> argparse.ArgumentParser:
         "reconcile", help="reconcile the store; exit 1 while unrepaired loss remains"
     )
     reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
+    reconcile.add_argument(
+        "--repair",
+        action="store_true",
+        help="ask the running service (broadcaster serve) to re-send what is missing",
+    )
+    reconcile.add_argument(
+        "--admin-url", help="admin API of the service (default: http://ADMIN_HOST:ADMIN_PORT)"
+    )
+
+    sub.add_parser("serve", help="run the service: adapters, store, reconciler and admin API")
 
     server = sub.add_parser(
         "realtime-server", help="run the local Realtime-protocol server on its own"
@@ -101,7 +111,9 @@ def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    from .reconcile.matching import MatchPolicy, Outcome
+    if args.repair:
+        return _repair(args, settings)
+    from .reconcile.matching import MatchPolicy
     from .reconcile.reconciler import Reconciler
     from .store import store_from_url
 
@@ -120,25 +132,92 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
     except BroadcasterError as exc:
         print(f"reconcile: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
+    _print_report(args, data, loss)
+    return EXIT_PROBLEM if loss else EXIT_OK
+
+
+def _repair(args: argparse.Namespace, settings: Settings) -> int:
+    """Repair needs the process that owns the adapters (its WebSocket
+    subscribers are connected to it), so it goes through the admin API."""
+    import httpx
+
+    from .admin import parse_tokens
+
+    url = (args.admin_url or f"http://{settings.admin_host}:{settings.admin_port}").rstrip("/")
+    if settings.broadcaster_admin_token is None:
+        print(
+            "reconcile --repair: BROADCASTER_ADMIN_TOKEN is not set; use the token the "
+            "service printed at start",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    token = next(iter(parse_tokens(settings.broadcaster_admin_token.get_secret_value()).values()))
+    try:
+        response = httpx.post(
+            f"{url}/reconciliation/run",
+            params={"repair": "true"},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=120,
+        )
+    except httpx.HTTPError as exc:
+        print(f"reconcile --repair: the service at {url} is not reachable: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    if response.status_code != 200:
+        print(
+            f"reconcile --repair: {url} answered {response.status_code}: {response.text}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG if response.status_code == 401 else EXIT_PROBLEM
+    body = response.json()
+    loss = int(body["unrepaired_loss"])
+    queued = {str(k): int(v) for k, v in body["repair"].items()}
+    _print_report(args, body["report"], loss)
+    if not args.json:
+        for adapter, n in queued.items():
+            print(f"repair queued on {adapter}: {n} events")
+    # What was queued is re-sent now; anything the report could not list
+    # (over its id cap) is still unrepaired: run again to confirm.
+    left = max(0, loss - sum(queued.values()))
+    if not args.json and loss:
+        print(f"unrepaired after this repair: {left} (run again to confirm delivery)")
+    return EXIT_PROBLEM if left else EXIT_OK
+
+
+def _print_report(args: argparse.Namespace, data: dict[str, object], loss: int) -> None:
+    from .reconcile.matching import Outcome
+
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
-    else:
-        outcomes = [o.value for o in Outcome] + ["duplicate"]
-        header = f"{'category':<14}{'adapter':<11}" + "".join(f"{o:>10}" for o in outcomes)
-        print(header)
-        print("-" * len(header))
-        categories = data["categories"]
-        assert isinstance(categories, dict)
-        for category, adapters in categories.items():
-            for adapter, row in adapters.items():
-                print(f"{category:<14}{adapter:<11}" + "".join(f"{row[o]:>10}" for o in outcomes))
-        print("-" * len(header))
-        print(f"unrepaired loss: {loss}")
-        missing = data["missing"]
-        assert isinstance(missing, dict)
-        for adapter, ids in missing.items():
-            print(f"missing on {adapter}: {ids}")
-    return EXIT_PROBLEM if loss else EXIT_OK
+        return
+    outcomes = [o.value for o in Outcome] + ["duplicate"]
+    header = f"{'category':<14}{'adapter':<11}" + "".join(f"{o:>10}" for o in outcomes)
+    print(header)
+    print("-" * len(header))
+    categories = data["categories"]
+    assert isinstance(categories, dict)
+    for category, adapters in categories.items():
+        for adapter, row in adapters.items():
+            print(f"{category:<14}{adapter:<11}" + "".join(f"{row[o]:>10}" for o in outcomes))
+    print("-" * len(header))
+    print(f"unrepaired loss: {loss}")
+    missing = data["missing"]
+    assert isinstance(missing, dict)
+    for adapter, ids in missing.items():
+        print(f"missing on {adapter}: {ids}")
+
+
+def _serve(settings: Settings) -> int:
+    from .service import run_service
+
+    try:
+        asyncio.run(run_service(settings))
+    except OSError as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except BroadcasterError as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    return EXIT_OK
 
 
 def _realtime_server(args: argparse.Namespace) -> int:
@@ -179,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _subscribe(args, settings)
     if args.command == "reconcile":
         return _reconcile(args, settings)
+    if args.command == "serve":
+        return _serve(settings)
     return _demo(args, settings)
 
 

@@ -34,6 +34,7 @@ from .exceptions import (
     StoreError,
     StoreUnavailable,
 )
+from .flags import RuntimeFlags
 from .lanes import Lane
 from .reconcile.matching import MatchPolicy, Report
 from .reconcile.reconciler import RECONCILED_THROUGH, Reconciler
@@ -139,6 +140,8 @@ class Broadcaster:
             max_payload_bytes=self.settings.event_max_bytes,
         )
         self._routing = self.settings.routing_table()
+        #: Runtime-changeable routing flags (admin API); persisted in the store.
+        self.flags = RuntimeFlags(self.settings, self._store, self.set_routing)
         self._max_pending = max_pending
         self._lane_max_batch = lane_max_batch
         self._lane_max_in_flight = lane_max_in_flight
@@ -235,6 +238,7 @@ class Broadcaster:
             return
         await self._store.open()
         try:
+            await self.flags.load()
             for adapter in await self._build_adapters():
                 self.adapters[adapter.name] = adapter
             await self._start_adapters()
@@ -382,6 +386,11 @@ class Broadcaster:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`close`."""
+        return self._running
 
     # -- routing -------------------------------------------------------------
 

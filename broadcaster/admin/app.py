@@ -1,0 +1,428 @@
+"""The admin REST API (SPEC 8) as a FastAPI application over one running
+:class:`~broadcaster.core.Broadcaster`.
+
+Every path but ``/health`` and ``/metrics`` needs ``Authorization: Bearer
+<token>`` (401 otherwise). Tokens come from ``BROADCASTER_ADMIN_TOKEN``: one
+token (its name in the audit trail is ``admin``) or a comma-separated list of
+``name=token`` pairs. They are compared in constant time. Bad bodies give 422
+naming the field, unknown categories 404, a store that cannot take a change
+503 — and in each case nothing changed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from collections.abc import Mapping
+from importlib import resources
+from typing import Annotated, Any
+
+import structlog
+from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from ..core import Broadcaster
+from ..events import Category
+from ..exceptions import (
+    BroadcasterClosed,
+    ConfigError,
+    InvalidEvent,
+    StoreError,
+    StoreUnavailable,
+)
+from ..flags import CategoryPatch, OverrideChange
+from ..metrics import BroadcasterMetrics
+from ..reconcile.reconciler import RECONCILED_THROUGH
+from ..store.base import AuditEntry, StoredEvent
+
+__all__ = [
+    "MAX_BATCH",
+    "EventIn",
+    "collect_stats",
+    "create_app",
+    "generate_token",
+    "parse_tokens",
+]
+
+log = structlog.get_logger("broadcaster.admin")
+
+#: Most events one ``POST /events`` may carry.
+MAX_BATCH = 1000
+
+
+def generate_token() -> str:
+    """A fresh random admin token (for when ``BROADCASTER_ADMIN_TOKEN`` is unset)."""
+    return secrets.token_urlsafe(24)
+
+
+def parse_tokens(value: str) -> dict[str, str]:
+    """``"tok"`` → ``{"admin": "tok"}``; ``"alice=t1,bob=t2"`` → two named tokens.
+    Raises :class:`ConfigError` for an empty token or name."""
+    tokens: dict[str, str] = {}
+    for part in value.split(","):
+        part = part.strip()
+        name, sep, token = part.partition("=")
+        if not sep:
+            name, token = "admin", part
+        if not name.strip() or not token.strip():
+            raise ConfigError("BROADCASTER_ADMIN_TOKEN", "********", "empty token or token name")
+        tokens[name.strip()] = token.strip()
+    return tokens
+
+
+class EventIn(BaseModel):
+    """One event for ``POST /events``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    category: Category
+    event_type: str = Field(min_length=1, max_length=200)
+    payload: dict[str, JsonValue]
+    key: str | None = Field(default=None, max_length=500)
+    source: str = Field(default="default", min_length=1, max_length=200)
+
+
+_bearer = HTTPBearer(auto_error=False, description="BROADCASTER_ADMIN_TOKEN")
+
+
+def _authenticate(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The name of the token presented; 401 for a missing or unknown one."""
+    if credentials is None:
+        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    tokens: list[tuple[str, bytes]] = request.app.state.tokens
+    given = credentials.credentials.strip().encode()
+    found = None
+    for name, token in tokens:  # every token compared, in constant time: no early exit
+        if hmac.compare_digest(given, token) and found is None:
+            found = name
+    if found is None:
+        raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
+    return found
+
+
+#: The authenticated token name, for handlers that need a token.
+Actor = Annotated[str, Depends(_authenticate)]
+
+
+def _category(name: str) -> Category:
+    try:
+        return Category(name.upper())
+    except ValueError:
+        raise HTTPException(
+            404, f"unknown category {name!r}; known: {', '.join(c.value for c in Category)}"
+        ) from None
+
+
+def _audit_dict(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "at": _iso(entry.at_ms),
+        "at_ms": entry.at_ms,
+        "actor": entry.actor,
+        "path": entry.path,
+        "before": entry.before,
+        "after": entry.after,
+    }
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+def _trace(stored: StoredEvent) -> dict[str, Any]:
+    return {
+        "event": stored.record.to_dict(),
+        "routed_to": list(stored.routed_to),
+        "stored_at": _iso(stored.created_at_ms),
+        "adapters": {
+            name: {"state": state.value, "error": stored.errors.get(name)}
+            for name, state in stored.states.items()
+        },
+        "receipts": [
+            {
+                "adapter": r.adapter,
+                "consumer": r.consumer,
+                "received_at": _iso(r.received_at_ms),
+                "checksum": r.checksum,
+                "checksum_ok": r.checksum_ok,
+            }
+            for r in stored.receipts
+        ],
+    }
+
+
+def create_app(
+    broadcaster: Broadcaster,
+    tokens: Mapping[str, str],
+    *,
+    metrics: BroadcasterMetrics | None = None,
+) -> FastAPI:
+    """The admin application for a started ``broadcaster``. ``tokens`` maps
+    token names to tokens (see :func:`parse_tokens`); at least one."""
+    if not tokens:
+        raise ConfigError("BROADCASTER_ADMIN_TOKEN", "", "at least one token is required")
+    b = broadcaster
+    exporter = metrics if metrics is not None else BroadcasterMetrics(b)
+    app = FastAPI(
+        title="broadcaster admin API",
+        version="1",
+        description="Runtime flags, stats, event trace, reconciliation and audit (SPEC 8).",
+    )
+    app.state.broadcaster = b
+    app.state.tokens = [(name, token.encode()) for name, token in tokens.items()]
+    app.state.metrics = exporter
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {
+                "field": ".".join(str(p) for p in err["loc"] if p != "body") or "body",
+                "message": err["msg"],
+            }
+            for err in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(StoreError)
+    async def _store_down(request: Request, exc: StoreError) -> JSONResponse:
+        log.error("admin request failed: store", path=request.url.path, error=str(exc))
+        return JSONResponse({"detail": f"store unavailable: {exc}"}, status_code=503)
+
+    @app.exception_handler(BroadcasterClosed)
+    async def _closed(request: Request, exc: BroadcasterClosed) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    # -- open paths ----------------------------------------------------------
+
+    @app.get("/health", tags=["open"])
+    async def health() -> dict[str, Any]:
+        """Status and each adapter's connection and breaker state (no token)."""
+        breakers = b.breaker_states()
+        adapters = {}
+        for name, h in b.health().items():
+            breaker = breakers.get(name, {})
+            adapters[name] = {
+                "connected": h.connected,
+                "breaker": breaker.get("state"),
+                "share": breaker.get("share"),
+                "pending": breaker.get("pending"),
+                "detail": h.detail,
+            }
+        states = [a["breaker"] for a in adapters.values()]
+        if not b.running:
+            status = "stopped"
+        elif states and all(s == "open" for s in states):
+            status = "down"
+        elif any(s != "closed" for s in states) or not all(
+            a["connected"] for a in adapters.values()
+        ):
+            status = "degraded"
+        else:
+            status = "ok"
+        return {"status": status, "adapters": adapters}
+
+    @app.get("/metrics", tags=["open"], response_class=Response)
+    async def metrics_text() -> Response:
+        """Prometheus text format (no token)."""
+        await exporter.refresh()
+        body, content_type = exporter.render()
+        return Response(body, media_type=content_type)
+
+    # -- configuration -------------------------------------------------------
+
+    @app.get("/config")
+    async def get_config(actor: Actor) -> dict[str, Any]:
+        """The effective configuration: settings (secrets masked) with the
+        runtime flags in force."""
+        flags = b.flags.snapshot()
+        data = b.settings.effective()
+        data["dual_write_global_override"] = flags["override"]
+        for cat, values in flags["categories"].items():
+            data["categories"][cat].update(values)
+        return {"settings": data, "flags": flags}
+
+    @app.patch("/config/categories/{category}")
+    async def patch_category(
+        actor: Actor,
+        category: Annotated[str, Path(description="CRITICAL, PERFORMANCE, …")],
+        patch: Annotated[CategoryPatch, Body()],
+    ) -> dict[str, Any]:
+        """Change a category's ``enabled``, ``percentage`` and/or ``adapters``.
+        Takes effect for the next published event; audited."""
+        cat = _category(category)
+        entry = await b.flags.patch_category(
+            cat, patch, actor=actor, path=f"PATCH /config/categories/{cat.value}"
+        )
+        return {"category": cat.value, "flags": b.flags.category(cat), "audit": _audit_dict(entry)}
+
+    @app.put("/config/override")
+    async def put_override(
+        actor: Actor, change: Annotated[OverrideChange, Body()]
+    ) -> dict[str, Any]:
+        """Set the global override: one adapter, ``"all"``, or null to clear."""
+        entry = await b.flags.set_override(change, actor=actor, path="PUT /config/override")
+        return {"override": change.override, "audit": _audit_dict(entry)}
+
+    @app.get("/audit")
+    async def audit(
+        actor: Actor,
+        after: Annotated[int, Query(ge=0, description="return entries with id > after")] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        """Configuration changes, oldest first; page with ``after=<next>``."""
+        entries = await b.store.audit_log(after=after, limit=limit)
+        return {
+            "entries": [_audit_dict(e) for e in entries],
+            "next": entries[-1].id if len(entries) == limit else None,
+        }
+
+    # -- stats ---------------------------------------------------------------
+
+    @app.get("/stats")
+    async def stats(actor: Actor) -> dict[str, Any]:
+        """Per category and adapter: published, routed, delivered, failed,
+        pending, checksum mismatches, dual-write success rate; breakers;
+        store counts; reconciliation lag."""
+        return await collect_stats(b)
+
+    # -- events --------------------------------------------------------------
+
+    @app.post("/events", status_code=201)
+    async def post_events(
+        actor: Actor,
+        body: Annotated[EventIn | list[EventIn], Body()],
+    ) -> Any:
+        """Publish one event (returns its receipt) or a list (returns a list of
+        receipts, in order). A list is all-or-nothing: one invalid event and
+        none is stored. Returns once the events are durably stored."""
+        single = isinstance(body, EventIn)
+        events = [body] if isinstance(body, EventIn) else body
+        if len(events) > MAX_BATCH:
+            raise HTTPException(422, f"at most {MAX_BATCH} events per request")
+        try:
+            receipts = await b.publish_many(
+                [e.model_dump(mode="json", exclude_none=True) for e in events]
+            )
+        except InvalidEvent as exc:
+            where = f"{exc.index}." if exc.index is not None and not single else ""
+            return JSONResponse(
+                {"detail": [{"field": f"{where}{exc.field}", "message": exc.reason}]},
+                status_code=422,
+            )
+        except StoreUnavailable as exc:
+            return JSONResponse({"detail": f"not accepted, retry: {exc}"}, status_code=503)
+        out = [r.as_dict() for r in receipts]
+        return out[0] if single else out
+
+    @app.get("/events/{sequence_id}")
+    async def get_event(actor: Actor, sequence_id: Annotated[int, Path(ge=1)]) -> dict[str, Any]:
+        """The event and its trace: routed, per-adapter state, receipts, checksums."""
+        stored = await b.store.get(sequence_id)
+        if stored is None:
+            last = await b.store.last_sequence_id()
+            why = "pruned after reconciliation" if sequence_id <= last else "not published yet"
+            raise HTTPException(404, f"no event {sequence_id}: {why}")
+        return _trace(stored)
+
+    # -- reconciliation ------------------------------------------------------
+
+    @app.get("/reconciliation")
+    async def get_reconciliation(actor: Actor) -> dict[str, Any]:
+        """The last reconciliation report (null before the first run)."""
+        report = b.reconciler.last_report
+        return {
+            "report": report.as_dict() if report is not None else None,
+            "unrepaired_loss": report.unrepaired_loss if report is not None else None,
+        }
+
+    @app.post("/reconciliation/run")
+    async def run_reconciliation(
+        actor: Actor, repair: Annotated[bool, Query()] = False
+    ) -> dict[str, Any]:
+        """Reconcile now; with ``repair=true`` also re-send what is missing."""
+        report = await b.reconcile()
+        queued = await b.repair(report) if repair else {}
+        if repair:
+            log.info("repair requested", actor=actor, queued=queued)
+        return {
+            "report": report.as_dict(),
+            "unrepaired_loss": report.unrepaired_loss,
+            "repair": queued,
+        }
+
+    # -- dashboard -----------------------------------------------------------
+
+    @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+    async def dashboard() -> HTMLResponse:
+        """The live page; it asks for the token and keeps it in the browser."""
+        page = resources.files("broadcaster.admin").joinpath("dashboard.html").read_text()
+        return HTMLResponse(page)
+
+    return app
+
+
+async def collect_stats(b: Broadcaster) -> dict[str, Any]:
+    """The ``GET /stats`` document (also used by the dashboard).
+
+    ``dual_write_success_rate`` of a category is delivered ÷ routed summed
+    over its adapters (1.0 when nothing was routed); ``pending`` per adapter
+    is what waits behind its breaker; ``mismatches`` come from the last
+    reconciliation; ``reconciliation.lag_s`` is the age of the oldest event
+    not yet reconciled."""
+    snapshot = b.stats.snapshot()["categories"]
+    report = b.reconciler.last_report
+    breakers = b.breaker_states()
+    categories: dict[str, Any] = {}
+    for cat, entry in snapshot.items():
+        adapters: dict[str, Any] = {}
+        routed_sum = delivered_sum = 0
+        for name, counts in entry["adapters"].items():
+            mismatches = report.counts[(cat, name, "mismatch")] if report is not None else 0
+            adapters[name] = {**counts, "mismatches": mismatches}
+            routed_sum += counts["routed"]
+            delivered_sum += min(counts["delivered"], counts["routed"])
+        categories[cat] = {
+            "published": entry["published"],
+            "adapters": adapters,
+            "dual_write_success_rate": round(delivered_sum / routed_sum, 6) if routed_sum else 1.0,
+        }
+    store = await b.store.stats()
+    through = await b.store.get_watermark(RECONCILED_THROUGH)
+    lag_s = 0.0
+    if through < store.last_sequence_id:
+        rows = await b.store.scan(after=through, limit=1)
+        if rows:
+            lag_s = max(0.0, time.time() - rows[0].created_at_ms / 1000)
+    return {
+        "categories": categories,
+        "adapters": {
+            name: {
+                "breaker": state["state"],
+                "share": state["share"],
+                "pending": state["pending"],
+                "failure_rate": state["failure_rate"],
+                "backfilled": b.stats.backfilled[name],
+                "transitions": state["transitions"],
+            }
+            for name, state in breakers.items()
+        },
+        "store": {
+            "last_sequence_id": store.last_sequence_id,
+            "events": store.events,
+            "receipts": store.receipts,
+            "states": store.states,
+        },
+        "reconciliation": {
+            "reconciled_through": through,
+            "lag_s": round(lag_s, 3),
+            "last": report.as_dict()["totals"] if report is not None else None,
+            "unrepaired_loss": report.unrepaired_loss if report is not None else None,
+        },
+    }

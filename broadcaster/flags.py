@@ -1,0 +1,199 @@
+"""Runtime flags: the routing switches an operator may change while the
+broadcaster runs (SPEC 8) — per category ``enabled``, ``percentage`` and
+``adapters``, and the global override.
+
+Environment variables give the initial values. A change is validated like the
+variables, persisted in the store together with its audit entry (one
+transaction), and only then applied: the next published event routes by it and
+in-process listeners (``Broadcaster.on_routing_change``) are told. On start the
+persisted flags replace the environment's, so a change survives a restart.
+If the store refuses the change, :class:`StoreUnavailable` propagates and
+nothing changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
+
+from .events import Category
+from .exceptions import ConfigError
+from .routing import ADAPTER_NAMES, RoutingTable
+from .settings import CategorySettings, Settings
+from .store.base import AuditEntry, Store
+
+__all__ = ["CategoryPatch", "OverrideChange", "RuntimeFlags"]
+
+log = structlog.get_logger("broadcaster.flags")
+
+AdapterName = Literal["websocket", "realtime"]
+
+
+class CategoryPatch(BaseModel):
+    """Body of ``PATCH /config/categories/{category}``: any of the three fields;
+    the ones left out keep their value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: StrictBool | None = None
+    percentage: int | None = Field(default=None, ge=0, le=100, strict=True)
+    adapters: list[AdapterName] | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> CategoryPatch:
+        if self.enabled is None and self.percentage is None and self.adapters is None:
+            raise ValueError("give at least one of enabled, percentage, adapters")
+        return self
+
+
+class OverrideChange(BaseModel):
+    """Body of ``PUT /config/override``: an adapter name, ``"all"`` or null."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    override: Literal["websocket", "realtime", "all"] | None
+
+
+Listener = Callable[[RoutingTable], None]
+
+
+class RuntimeFlags:
+    """The current runtime flags of one broadcaster; see the module doc.
+
+    ``apply`` is called with the new routing table after each change (the
+    broadcaster's ``set_routing``, which tells its listeners)."""
+
+    def __init__(self, settings: Settings, store: Store, apply: Listener) -> None:
+        self._settings = settings
+        self._store = store
+        self._apply = apply
+        self._categories: dict[Category, CategorySettings] = dict(settings.categories)
+        self._override: str | None = settings.dual_write_global_override
+        self._lock = asyncio.Lock()
+
+    # -- reading -------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """``{"categories": {CAT: {enabled, percentage, adapters}}, "override": …}``."""
+        return {
+            "categories": {
+                cat.value: _category_doc(cs) for cat, cs in sorted(self._categories.items())
+            },
+            "override": self._override,
+        }
+
+    def category(self, category: Category) -> dict[str, Any]:
+        return _category_doc(self._categories[category])
+
+    def table(self) -> RoutingTable:
+        return RoutingTable(
+            enabled=self._settings.dual_write_enabled,
+            primary=self._settings.dual_write_primary_adapter,
+            override=self._override,
+            categories={cat: cs.route() for cat, cs in self._categories.items()},
+            adapters=ADAPTER_NAMES,
+        )
+
+    # -- changing ------------------------------------------------------------
+
+    async def load(self) -> bool:
+        """Replace the environment's flags by the persisted ones, if any.
+        Raises :class:`ConfigError` if the persisted document is invalid."""
+        doc = await self._store.runtime_config()
+        if doc is None:
+            return False
+        categories = dict(self._categories)
+        try:
+            for name, values in dict(doc.get("categories", {})).items():
+                cat = Category(name)
+                categories[cat] = CategorySettings(
+                    **{**values, "checksum": categories[cat].checksum}
+                )
+            override = doc.get("override")
+            OverrideChange(override=override)
+        except (ValueError, ValidationError, TypeError) as exc:
+            raise ConfigError(
+                "runtime_config", doc, f"persisted flags are invalid: {exc}"
+            ) from None
+        self._categories, self._override = categories, override
+        self._publish()
+        log.info("runtime flags loaded from the store", flags=self.snapshot())
+        return True
+
+    async def patch_category(
+        self, category: Category, patch: CategoryPatch, *, actor: str, path: str
+    ) -> AuditEntry:
+        """Change one category's flags; returns the audit entry written."""
+        async with self._lock:
+            current = self._categories[category]
+            changes = patch.model_dump(exclude_none=True)
+            if "adapters" in changes:
+                changes["adapters"] = tuple(changes["adapters"])
+            updated = current.model_copy(update=changes)
+            # model_copy skips validation: run it, so a change obeys the
+            # same rules as the variable (known adapters, no duplicates).
+            updated = CategorySettings.model_validate(updated.model_dump())
+            categories = {**self._categories, category: updated}
+            entry = await self._persist(
+                categories,
+                self._override,
+                actor,
+                path,
+                _category_doc(current),
+                _category_doc(updated),
+            )
+            self._categories = categories
+            self._publish()
+        log.info(
+            "category flags changed",
+            category=category.value,
+            actor=actor,
+            before=entry.before,
+            after=entry.after,
+        )
+        return entry
+
+    async def set_override(self, change: OverrideChange, *, actor: str, path: str) -> AuditEntry:
+        """Set or clear the global override; returns the audit entry written."""
+        async with self._lock:
+            before = self._override
+            entry = await self._persist(
+                self._categories,
+                change.override,
+                actor,
+                path,
+                {"override": before},
+                {"override": change.override},
+            )
+            self._override = change.override
+            self._publish()
+        log.warning("global override changed", actor=actor, before=before, after=change.override)
+        return entry
+
+    async def _persist(
+        self,
+        categories: Mapping[Category, CategorySettings],
+        override: str | None,
+        actor: str,
+        path: str,
+        before: Any,
+        after: Any,
+    ) -> AuditEntry:
+        doc = {
+            "categories": {cat.value: _category_doc(cs) for cat, cs in sorted(categories.items())},
+            "override": override,
+        }
+        return await self._store.save_runtime_config(
+            doc, actor=actor, path=path, before=before, after=after
+        )
+
+    def _publish(self) -> None:
+        self._apply(self.table())
+
+
+def _category_doc(cs: CategorySettings) -> dict[str, Any]:
+    return {"enabled": cs.enabled, "percentage": cs.percentage, "adapters": list(cs.adapters)}

@@ -1,0 +1,100 @@
+"""``broadcaster serve``: the broadcaster as a service (SPEC 9).
+
+One process runs the WebSocket server, the Realtime adapter (with an embedded
+local Realtime server when ``SUPABASE_URL`` is unset), the store, the
+background reconciler and the admin REST API. SIGTERM or SIGINT stops it in
+order: the admin API first (no new events accepted), then the broadcaster,
+which waits for in-flight events to be acknowledged or recorded pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+import structlog
+
+from .admin import AdminServer, create_app, generate_token, parse_tokens
+from .core import Broadcaster
+from .exceptions import FlushTimeout
+from .metrics import BroadcasterMetrics
+from .settings import Settings
+
+__all__ = ["run_service"]
+
+log = structlog.get_logger("broadcaster.service")
+
+
+async def run_service(
+    settings: Settings,
+    *,
+    out: TextIO = sys.stdout,
+    stop: asyncio.Event | None = None,
+    drain_timeout_s: float = 30.0,
+    on_ready: Callable[[Broadcaster, AdminServer], None] | None = None,
+) -> None:
+    """Run until ``stop`` is set or SIGTERM/SIGINT arrives, then shut down
+    gracefully. Prints the endpoints (and a generated admin token) to ``out``.
+    Raises :class:`OSError` if a port cannot be bound and the store's errors
+    if it cannot be opened."""
+    stop = stop if stop is not None else asyncio.Event()
+    if settings.broadcaster_admin_token is not None:
+        tokens = parse_tokens(settings.broadcaster_admin_token.get_secret_value())
+        generated = None
+    else:
+        generated = generate_token()
+        tokens = {"admin": generated}
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+    try:
+        async with Broadcaster(settings) as b:
+            metrics = BroadcasterMetrics(b)
+            try:
+                async with AdminServer(
+                    create_app(b, tokens, metrics=metrics),
+                    settings.admin_host,
+                    settings.admin_port,
+                ) as admin:
+                    _announce(out, b, admin, generated)
+                    if on_ready is not None:
+                        on_ready(b, admin)
+                    await stop.wait()
+                    log.info("shutting down: admin API first, then flushing in-flight events")
+            finally:
+                metrics.close()
+            try:
+                await b.flush(timeout=drain_timeout_s)
+            except FlushTimeout as exc:  # reported; what is left stays in the store
+                log.warning("shutdown flush incomplete", error=str(exc))
+        log.info("broadcaster stopped")
+        out.write("broadcaster stopped\n")
+        out.flush()
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+def _announce(out: TextIO, b: Broadcaster, admin: AdminServer, generated: str | None) -> None:
+    ws = getattr(b.adapters.get("websocket"), "url", None)
+    realtime = b.local_realtime_url or b.settings.supabase_url
+    lines = [
+        f"websocket  {ws}",
+        f"realtime   {realtime}",
+        f"store      {b.settings.store_url}",
+        f"admin      {admin.url}",
+        f"dashboard  {admin.url}/dashboard",
+        f"metrics    {admin.url}/metrics",
+    ]
+    if generated is not None:
+        lines.append(f"admin token (generated; set BROADCASTER_ADMIN_TOKEN to fix it): {generated}")
+    out.write("\n".join(lines) + "\n")
+    out.flush()
