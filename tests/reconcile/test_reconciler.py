@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 
 from broadcaster.adapters.memory import MemoryAdapter
 from broadcaster.core import Broadcaster
@@ -14,6 +15,7 @@ from broadcaster.reconcile.reconciler import RECONCILED_THROUGH
 from broadcaster.settings import load_settings
 from broadcaster.store.base import ConsumerReceipt, DeliveryState
 from broadcaster.store.memory import MemoryStore
+from broadcaster.store.sqlite import SQLiteStore
 
 
 class Clock:
@@ -198,3 +200,39 @@ async def test_zero_interval_and_retention_switch_the_background_work_off() -> N
     # An explicit argument wins over the settings.
     b = Broadcaster(settings, adapters=[], store=store, reconcile_interval_s=5, retention_s=10)
     assert (b._reconcile_interval, b._retention_s) == (5, 10)
+
+
+async def test_store_size_stays_bounded_under_a_long_run(tmp_path: Path) -> None:
+    """Retention in a long run: waves of events, each received by both
+    consumers, reconciled and pruned after RETENTION_S. The number of stored
+    events stays at about one retention period and the SQLite file stops
+    growing (freed pages are reused)."""
+    clock = Clock()
+    path = tmp_path / "long.db"
+    store = SQLiteStore(str(path), clock=clock)
+    settings = load_settings(env_file=None, reconcile_interval_s=0, retention_s=0)
+    ws, rt = MemoryAdapter("websocket"), MemoryAdapter("realtime")
+    counts: list[int] = []
+    sizes: list[int] = []
+    async with Broadcaster(settings, adapters=[ws, rt], store=store, clock=clock) as b:
+        for wave in range(24):
+            ws.batches.clear()
+            rt.batches.clear()
+            await b.publish_many(
+                [
+                    {"category": "CRITICAL", "event_type": "e", "payload": {"w": wave, "i": i}}
+                    for i in range(300)
+                ]
+            )
+            await b.flush(timeout=10)
+            at = int(clock.now * 1000)
+            await store.record_receipts(receipts_for(ws.events, "websocket", at))
+            await store.record_receipts(receipts_for(rt.events, "realtime", at))
+            clock.now += 60  # a minute between waves
+            await b.reconcile()
+            await b.prune(older_than_s=180)  # keep about three minutes
+            counts.append((await store.stats()).events)
+            sizes.append(path.stat().st_size)
+        assert await store.last_sequence_id() == 24 * 300
+    assert min(counts[4:]) >= 2 * 300 and max(counts[4:]) <= 4 * 300, counts  # about 3 waves
+    assert sizes[-1] <= sizes[8] * 1.1, sizes  # the file plateaued
