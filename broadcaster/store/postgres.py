@@ -14,6 +14,11 @@ For several broadcaster processes sharing one store. What a caller must know:
   server is unreachable or the connection breaks, the call raises
   :class:`~broadcaster.exceptions.StoreUnavailable` and the next call
   reconnects. Other database errors raise :class:`~broadcaster.exceptions.StoreError`.
+* **Runtime config.** ``save_runtime_config`` replaces the ``runtime_config``
+  row and inserts the ``audit`` row in one transaction, under an advisory
+  lock held until ``COMMIT``: saves from several processes are serialised, so
+  audit ids become visible in increasing order and paging with
+  ``audit_log(after=...)`` never skips an entry.
 * **Schema.** Created and migrated by :meth:`PostgresStore.open` (version in
   ``meta``; migrations serialised across processes by an advisory lock). Table
   names are unqualified: give the broadcaster its own database, or its own
@@ -37,6 +42,10 @@ Schema (version ``SCHEMA_VERSION``)::
              received_at_ms, checksum, checksum_ok boolean, consumer, payload_keys)
     delivered_counts(adapter, state, n bigint)  -- rows of deliveries per (adapter, state)
     watermarks(name text PRIMARY KEY, value bigint)  -- e.g. reconciled_through
+    audit(id bigserial PRIMARY KEY, at_ms bigint, actor, path,
+          before_json, after_json text)           -- JSON text
+    runtime_config(id smallint PRIMARY KEY CHECK (id = 1),  -- one row
+                   doc_json text, updated_at_ms bigint)
 
 The counters (``meta.event_count``, ``meta.receipt_count``, ``delivered_counts``)
 change in the transactions that change what they count, as each transaction's
@@ -48,6 +57,7 @@ Pruning deletes from ``events``; the sequence never goes back.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
@@ -69,6 +79,7 @@ from .base import (
     Store,
     StoredEvent,
     StoreStats,
+    _config_json,
 )
 
 __all__ = ["MIGRATIONS", "PRUNE_CHUNK", "SCHEMA_VERSION", "PostgresStore"]
@@ -82,6 +93,7 @@ _LOGGER_NAME: Final = "broadcaster.store.postgres"
 # Advisory lock keys (arbitrary constants, "bcst" + purpose).
 _MIGRATE_LOCK: Final = 0x62637374_0001
 _APPEND_LOCK: Final = 0x62637374_0002
+_CONFIG_LOCK: Final = 0x62637374_0003
 
 #: Events deleted per ``prune`` transaction (row locks are held until commit).
 PRUNE_CHUNK: Final = 5000
@@ -175,6 +187,24 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             ('receipt_count', (SELECT count(*) FROM receipts))
             ON CONFLICT (key) DO UPDATE SET value = excluded.value""",
     ),
+    # 4: runtime configuration set through the admin API (one JSON document,
+    # replaced whole) and the audit trail of its changes. JSON is kept as text,
+    # not jsonb: it reads back exactly as written, and jsonb refuses \u0000.
+    (
+        """CREATE TABLE audit (
+            id          bigserial PRIMARY KEY,
+            at_ms       bigint NOT NULL,
+            actor       text   NOT NULL,
+            path        text   NOT NULL,
+            before_json text   NOT NULL,
+            after_json  text   NOT NULL
+        )""",
+        """CREATE TABLE runtime_config (
+            id            smallint PRIMARY KEY CHECK (id = 1),
+            doc_json      text   NOT NULL,
+            updated_at_ms bigint NOT NULL
+        )""",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -246,6 +276,19 @@ _SCAN_RECEIPTS: Final = (
     "SELECT sequence_id, adapter, event_type, received_at_ms, checksum, checksum_ok,"
     " consumer, payload_keys FROM receipts WHERE sequence_id BETWEEN %s AND %s"
     " ORDER BY sequence_id, id"
+)
+_SAVE_CONFIG: Final = (
+    "INSERT INTO runtime_config (id, doc_json, updated_at_ms) VALUES (1, %s, %s)"
+    " ON CONFLICT (id) DO UPDATE SET doc_json = excluded.doc_json,"
+    " updated_at_ms = excluded.updated_at_ms"
+)
+_INSERT_AUDIT: Final = (
+    "INSERT INTO audit (at_ms, actor, path, before_json, after_json)"
+    " VALUES (%s, %s, %s, %s, %s) RETURNING id"
+)
+_AUDIT_PAGE: Final = (
+    "SELECT id, at_ms, actor, path, before_json, after_json FROM audit"
+    " WHERE id > %s ORDER BY id LIMIT %s"
 )
 _STATES_OF: Final = (
     "SELECT adapter, state, error FROM outbox"
@@ -811,16 +854,73 @@ class PostgresStore(Store):
 
         await self._run("set_watermark", body)
 
+    # -- runtime config and audit trail -------------------------------------
+
     async def save_runtime_config(
         self, config: Mapping[str, Any], *, actor: str, path: str, before: Any, after: Any
     ) -> AuditEntry:
-        """Not available in the postgres backend yet: raises :class:`StoreError`."""
-        raise StoreError("runtime config is not available in the postgres store yet")
+        """Replace the ``runtime_config`` row and insert the ``audit`` row in one
+        transaction; see :meth:`Store.save_runtime_config`. Values are serialised
+        before the transaction starts; a failed call leaves both tables as they were."""
+        doc, before_json, after_json = _config_json(config, before, after)
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
+            async with conn.transaction(), conn.cursor() as cur:
+                # One save at a time across processes, until COMMIT: ids become
+                # visible in increasing order (see the module docstring).
+                await cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CONFIG_LOCK,))
+                now_ms = int(self._clock() * 1000)
+                await cur.execute(_SAVE_CONFIG, (doc, now_ms))
+                await cur.execute(_INSERT_AUDIT, (now_ms, actor, path, before_json, after_json))
+                row = await cur.fetchone()
+                assert row is not None
+                return int(row[0]), now_ms
+
+        entry_id, at_ms = await self._run("save_runtime_config", body)
+        return AuditEntry(
+            id=entry_id,
+            at_ms=at_ms,
+            actor=actor,
+            path=path,
+            before=json.loads(before_json),
+            after=json.loads(after_json),
+        )
 
     async def runtime_config(self) -> dict[str, Any] | None:
-        """Not available in the postgres backend yet: raises :class:`StoreError`."""
-        raise StoreError("runtime config is not available in the postgres store yet")
+        """The ``runtime_config`` document, or ``None`` if never saved."""
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> str | None:
+            async with conn.cursor() as cur:
+                await cur.execute("SELECT doc_json FROM runtime_config WHERE id = 1")
+                row = await cur.fetchone()
+                return None if row is None else str(row[0])
+
+        doc_json = await self._run("runtime_config", body)
+        if doc_json is None:
+            return None
+        doc: dict[str, Any] = json.loads(doc_json)
+        return doc
 
     async def audit_log(self, *, after: int = 0, limit: int = 100) -> list[AuditEntry]:
-        """Not available in the postgres backend yet: raises :class:`StoreError`."""
-        raise StoreError("the audit log is not available in the postgres store yet")
+        """Audit entries with id > ``after``, oldest first, at most ``limit``
+        (a range read of the ``audit`` primary key)."""
+        if limit <= 0:
+            return []
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            async with conn.cursor() as cur:
+                await cur.execute(_AUDIT_PAGE, (after, limit))
+                return await cur.fetchall()
+
+        rows = await self._run("audit_log", body)
+        return [
+            AuditEntry(
+                id=int(entry_id),
+                at_ms=int(at_ms),
+                actor=actor,
+                path=path,
+                before=json.loads(before_json),
+                after=json.loads(after_json),
+            )
+            for entry_id, at_ms, actor, path, before_json, after_json in rows
+        ]

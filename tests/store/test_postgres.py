@@ -127,6 +127,181 @@ async def test_migrates_from_version_2_with_backfill(pg_url: str) -> None:
         assert (row.checksum, row.payload_keys) == (records[2].checksum, records[2].payload_keys)
 
 
+async def test_migrates_from_version_3_to_runtime_config(pg_url: str) -> None:
+    old = seal(EventFactory().draft("CRITICAL", "old.event", {"v": 1}), 1)
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        # The schema as version 3 of this code left it: one event, a watermark.
+        await conn.execute("CREATE TABLE meta (key text PRIMARY KEY, value bigint NOT NULL)")
+        for migration in MIGRATIONS[:3]:
+            for statement in migration:
+                await conn.execute(statement)
+        await conn.execute("UPDATE meta SET value = 1 WHERE key = 'event_count'")
+        await conn.execute("INSERT INTO meta VALUES ('schema_version', 3)")
+        await conn.execute(
+            "INSERT INTO events VALUES (1, %s, 'CRITICAL', 'old.event', 1, '[\"websocket\"]',"
+            " %s, %s, %s)",
+            (old.event_id, old.wire, old.checksum, old.payload_keys),
+        )
+        await conn.execute("INSERT INTO outbox VALUES ('websocket', 1, 'queued', NULL, 1)")
+        await conn.execute("SELECT setval('event_sequence_id', 1)")
+        await conn.execute("INSERT INTO watermarks VALUES ('reconciled_through', 1)")
+        cur = await conn.execute("SELECT to_regclass('audit'), to_regclass('runtime_config')")
+        assert await cur.fetchone() == (None, None)
+
+    async with PostgresStore(pg_url) as store:
+        assert await store.runtime_config() is None
+        assert await store.audit_log() == []
+        entry = await store.save_runtime_config(
+            {"flags": {"x": True}}, actor="ops", path="PUT /config", before=None, after=True
+        )
+        assert entry.id == 1
+        assert await store.undelivered("websocket") == [old]
+        assert await store.get_watermark("reconciled_through") == 1
+        (new,) = await store.append(items(1))
+        assert new.sequence_id == 2
+
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        cur = await conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+        assert await cur.fetchone() == (SCHEMA_VERSION,)
+        cur = await conn.execute("SELECT id, doc_json FROM runtime_config")
+        assert await cur.fetchall() == [(1, '{"flags":{"x":true}}')]
+        cur = await conn.execute("SELECT id, actor, before_json, after_json FROM audit")
+        assert await cur.fetchall() == [(1, "ops", "null", "true")]
+
+
+async def test_two_stores_share_runtime_config_and_audit(pg_url: str) -> None:
+    # Two broadcaster processes behind one admin API each: both see every change.
+    async with PostgresStore(pg_url) as a, PostgresStore(pg_url) as b:
+        first = await a.save_runtime_config(
+            {"by": "a"}, actor="alice", path="PUT /config", before=None, after={"by": "a"}
+        )
+        assert await b.runtime_config() == {"by": "a"}
+        assert await b.audit_log() == [first]
+        second = await b.save_runtime_config(
+            {"by": "b"}, actor="bob", path="PUT /config", before={"by": "a"}, after={"by": "b"}
+        )
+        assert second.id > first.id
+        assert await a.runtime_config() == {"by": "b"}
+        assert await a.audit_log(after=first.id) == [second]
+
+        async def writer(store: PostgresStore, name: str) -> list[int]:
+            ids = []
+            for i in range(15):
+                entry = await store.save_runtime_config(
+                    {"by": name, "i": i}, actor=name, path="PUT /config", before=None, after=i
+                )
+                assert not ids or entry.id > ids[-1]
+                ids.append(entry.id)
+            return ids
+
+        # A reader paging while both write never skips an entry: ids become
+        # visible in increasing order.
+        seen: list[int] = []
+        stop = asyncio.Event()
+
+        async def reader() -> None:
+            async with PostgresStore(pg_url) as c:
+                while True:
+                    done = stop.is_set()  # before the read: the last pages see all
+                    page = await c.audit_log(after=seen[-1] if seen else 0, limit=7)
+                    seen.extend(entry.id for entry in page)
+                    if done and len(page) < 7:
+                        break
+                    await asyncio.sleep(0)
+
+        read = asyncio.create_task(reader())
+        ids_a, ids_b = await asyncio.gather(writer(a, "a"), writer(b, "b"))
+        stop.set()
+        await read
+        assert not set(ids_a) & set(ids_b)
+        log_a, log_b = await a.audit_log(), await b.audit_log()
+        assert log_a == log_b
+        assert [e.id for e in log_a] == sorted([first.id, second.id, *ids_a, *ids_b])
+        assert seen == [e.id for e in log_a]
+        last = log_a[-1]
+        assert (
+            await a.runtime_config()
+            == await b.runtime_config()
+            == {
+                "by": last.actor,
+                "i": last.after,
+            }
+        )
+
+
+async def test_runtime_config_survives_a_new_store_on_the_database(pg_url: str) -> None:
+    async with PostgresStore(pg_url, clock=lambda: 1_700_000_000.25) as store:
+        first = await store.save_runtime_config(
+            {"a": 1}, actor="ops", path="PUT /config", before=None, after={"a": 1}
+        )
+        assert first.at_ms == 1_700_000_000_250  # the store's clock
+    async with PostgresStore(pg_url) as store:
+        assert await store.runtime_config() == {"a": 1}
+        assert await store.audit_log() == [first]
+        second = await store.save_runtime_config(
+            {"a": 2}, actor="ops", path="PUT /config", before={"a": 1}, after={"a": 2}
+        )
+        assert second.id > first.id
+
+
+async def test_failed_audit_insert_rolls_back_the_config(pg_url: str) -> None:
+    async with PostgresStore(pg_url) as store:
+        kept = await store.save_runtime_config({"v": 1}, actor="a", path="p", before=None, after=1)
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            # The audit insert fails after the config row was already replaced.
+            await conn.execute(
+                "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql"
+                " AS $$ BEGIN RAISE EXCEPTION 'audit refused'; END $$"
+            )
+            await conn.execute(
+                "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit"
+                " FOR EACH ROW EXECUTE FUNCTION refuse_audit()"
+            )
+            with pytest.raises(StoreError, match="save_runtime_config.*audit refused") as info:
+                await store.save_runtime_config({"v": 2}, actor="a", path="p", before=1, after=2)
+            assert not isinstance(info.value, StoreUnavailable)
+            assert await store.runtime_config() == {"v": 1}
+            assert await store.audit_log() == [kept]
+            await conn.execute("DROP TRIGGER refuse_audit ON audit")
+        again = await store.save_runtime_config({"v": 2}, actor="a", path="p", before=1, after=2)
+        assert again.id > kept.id
+        assert await store.runtime_config() == {"v": 2}
+        assert await store.audit_log() == [kept, again]
+
+
+async def test_runtime_config_calls_on_a_closed_store_are_refused(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    with pytest.raises(StoreError, match="not open"):
+        await store.save_runtime_config({}, actor="a", path="p", before=None, after=None)
+    with pytest.raises(StoreError, match="not open"):
+        await store.runtime_config()
+    with pytest.raises(StoreError, match="not open"):
+        await store.audit_log()
+
+
+@pytest.mark.slow
+async def test_server_crash_during_config_change_writes_nothing_then_recovers(
+    pg_url: str, pg_server: PgServer
+) -> None:
+    async with PostgresStore(pg_url) as store:
+        kept = await store.save_runtime_config({"v": 1}, actor="a", path="p", before=None, after=1)
+        await asyncio.to_thread(pg_server.crash)
+        try:
+            with pytest.raises(StoreUnavailable, match="save_runtime_config"):
+                await store.save_runtime_config({"v": 2}, actor="a", path="p", before=1, after=2)
+            with pytest.raises(StoreUnavailable, match="runtime_config"):
+                await store.runtime_config()
+            with pytest.raises(StoreUnavailable, match="audit_log"):
+                await store.audit_log()
+        finally:
+            await asyncio.to_thread(pg_server.start)
+        assert await store.runtime_config() == {"v": 1}
+        assert await store.audit_log() == [kept]
+        again = await store.save_runtime_config({"v": 2}, actor="a", path="p", before=1, after=2)
+        assert again.id > kept.id
+        assert await store.runtime_config() == {"v": 2}
+
+
 async def test_unreachable_server_is_unavailable() -> None:
     store = PostgresStore("postgresql://nobody@127.0.0.1:1/none", connect_timeout=2)
     with pytest.raises(StoreUnavailable, match="postgres: open"):

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from broadcaster.store import AuditEntry, MemoryStore, SQLiteStore, Store
+from broadcaster.store import AuditEntry, Store
 
 __all__: list[str] = []
 
@@ -19,20 +17,6 @@ CONFIG: dict[str, Any] = {
     "categories": {"CRITICAL": {"enabled": True, "adapters": ["websocket", "realtime"]}},
     "flags": {"dual_write": True, "ratio": 0.25, "note": "Zoë ✓", "off": None},
 }
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    backend: Store
-    if request.param == "memory":
-        backend = MemoryStore()
-    else:
-        backend = SQLiteStore(tmp_path / "store.db")
-    await backend.open()
-    try:
-        yield backend
-    finally:
-        await backend.close()
 
 
 async def save(store: Store, n: int, *, actor: str = "ops") -> list[AuditEntry]:
