@@ -1,0 +1,613 @@
+"""Prometheus exporter for one :class:`~broadcaster.core.Broadcaster`.
+
+Usage (an admin ``/metrics`` handler)::
+
+    metrics = BroadcasterMetrics(broadcaster)      # own registry, hooks attached
+    ...
+    await metrics.refresh()                        # store figures (async sources)
+    body, content_type = metrics.render()          # Prometheus text format
+    ...
+    metrics.close()                                # detach the hooks
+
+Where each figure comes from:
+
+* **Counters and gauges that mirror in-memory state** (published, routed,
+  delivered, failed, backfilled, parked, pending, breaker state/share/
+  transitions, reconciliation outcomes) are read at scrape time by a custom
+  collector from ``broadcaster.stats``, ``broadcaster.breaker_states()`` and
+  ``broadcaster.reconciler``: nothing is counted twice.
+* **Store figures** (events per adapter and state, oldest undelivered age,
+  reconciliation lag) need the store, which is async: :meth:`~BroadcasterMetrics.refresh`
+  reads and caches them; ``render()`` never touches the store. They appear
+  after the first successful refresh; ages are computed at scrape time from the
+  cached creation times. If the store fails, the last figures are kept and
+  ``broadcaster_store_up`` drops to 0.
+* **Latency histograms** are fed by the hooks on :class:`~broadcaster.stats.DeliveryStats`,
+  which run inline on the delivery path (up to ~20 000 events/s). To keep them
+  cheap, the histograms are plain bucket arrays updated with weighted
+  observations (``prometheus_client.Histogram`` has no weighted ``observe`` and
+  takes a lock per call):
+
+  - ``broadcaster_publish_latency_seconds``: one observation per
+    ``publish()``/``publish_many()`` call (what the producer waited).
+  - ``broadcaster_send_seconds{adapter}``: one observation per acknowledged batch.
+  - ``broadcaster_delivery_latency_seconds{adapter,category}``: one count per
+    acknowledged *event*, so ``_count`` equals delivered events. Events of a
+    batch that share a category and a millisecond timestamp are observed
+    together (one bucket search and one timestamp parse per group). Event time
+    is the event's ``timestamp`` (millisecond resolution, so latencies carry up
+    to 1 ms of rounding up); the end is the moment the hook runs, right after
+    the adapter acknowledged the batch, on ``clock``. Cost: about 0.4 µs per
+    acknowledged event (500-event batches), under 2 % of a core at 20 000
+    events/s written to two adapters.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any, Final
+
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+
+from .breaker_policy import BreakerState
+from .events import Category, EventRecord
+from .exceptions import StoreError
+from .reconcile.matching import Outcome, Report
+from .reconcile.reconciler import RECONCILED_THROUGH
+from .store.base import DeliveryState, StoreStats
+
+if TYPE_CHECKING:
+    from .core import Broadcaster
+
+__all__ = ["METRIC_NAMES", "BroadcasterMetrics"]
+
+log = structlog.get_logger("broadcaster.metrics")
+
+#: Upper bounds (seconds) of every latency histogram: 0.5 ms to 10 s, roughly
+#: 1-2.5-5 per decade, plus 0.15/0.2/0.3 s around the adapters' slow-call bounds.
+LATENCY_BUCKETS: Final[tuple[float, ...]] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+_BUCKET_LABELS: Final = tuple(repr(b) for b in LATENCY_BUCKETS)  # "0.0005", "1.0", as Go
+
+#: ``broadcaster_breaker_state`` values.
+BREAKER_STATE_VALUES: Final[Mapping[str, int]] = {
+    BreakerState.CLOSED.value: 0,
+    BreakerState.HALF_OPEN.value: 1,
+    BreakerState.OPEN.value: 2,
+}
+
+#: Every transition the breaker policy makes, exported at 0 until it happens.
+_TRANSITIONS: Final = ("closed->open", "open->half_open", "half_open->closed", "half_open->open")
+
+_DUPLICATE: Final = "duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    kind: str  # counter, gauge, histogram, info
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+_SPECS: Final[dict[str, _Spec]] = {
+    "broadcaster_events_published_total": _Spec(
+        "counter", "Events durably stored and routed, per category.", ("category",)
+    ),
+    "broadcaster_events_routed_total": _Spec(
+        "counter",
+        "Events routed to an adapter (open breaker included), per category and adapter.",
+        ("category", "adapter"),
+    ),
+    "broadcaster_events_delivered_total": _Spec(
+        "counter",
+        "Events acknowledged by an adapter (live, backfilled, recovered or repaired).",
+        ("category", "adapter"),
+    ),
+    "broadcaster_events_failed_total": _Spec(
+        "counter",
+        "Failed delivery attempts, counted per event in the failed batch; an event "
+        "retried twice counts twice.",
+        ("category", "adapter"),
+    ),
+    "broadcaster_events_pending": _Spec(
+        "gauge",
+        "Events this process recorded PENDING for the adapter (breaker open or held "
+        "back by the restore ramp) and has not delivered yet.",
+        ("adapter",),
+    ),
+    "broadcaster_events_parked_total": _Spec(
+        "counter", "Events recorded PENDING for the adapter.", ("adapter",)
+    ),
+    "broadcaster_events_backfilled_total": _Spec(
+        "counter",
+        "Pending events delivered later by backfill or half-open probes.",
+        ("adapter",),
+    ),
+    "broadcaster_dual_write_success_ratio": _Spec(
+        "gauge",
+        "Since start: min over the category's routed adapters of "
+        "min(delivered, routed) / routed. Absent while nothing was routed.",
+        ("category",),
+    ),
+    "broadcaster_checksum_mismatches_total": _Spec(
+        "counter",
+        "Mismatch verdicts (checksum, payload keys or event type) newly found by "
+        "reconciliation runs.",
+        ("category", "adapter"),
+    ),
+    "broadcaster_reconciliation_events": _Spec(
+        "gauge",
+        "(event, adapter) pairs per outcome in the last reconciliation report; "
+        "outcome=duplicate counts extra receipts.",
+        ("category", "adapter", "outcome"),
+    ),
+    "broadcaster_reconciliation_lag_seconds": _Spec(
+        "gauge",
+        "Age of the oldest event above the reconciled_through watermark (0: none).",
+    ),
+    "broadcaster_reconciliation_last_run_timestamp_seconds": _Spec(
+        "gauge", "When the last reconciliation run judged (Unix time, broadcaster clock)."
+    ),
+    "broadcaster_reconciliation_last_duration_seconds": _Spec(
+        "gauge", "How long the last reconciliation run took."
+    ),
+    "broadcaster_breaker_state": _Spec(
+        "gauge", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", ("adapter",)
+    ),
+    "broadcaster_breaker_share_percent": _Spec(
+        "gauge", "Percent of live traffic the adapter gets now (restore ramp).", ("adapter",)
+    ),
+    "broadcaster_breaker_failure_ratio": _Spec(
+        "gauge",
+        "Failure rate (slow calls included) over the breaker's sliding window.",
+        ("adapter",),
+    ),
+    "broadcaster_breaker_transitions_total": _Spec(
+        "counter", "Circuit breaker state changes.", ("adapter", "transition")
+    ),
+    "broadcaster_store_up": _Spec(
+        "gauge", "1 if the last refresh() read the store, 0 if it failed."
+    ),
+    "broadcaster_store_events": _Spec(
+        "gauge", "Stored events per adapter and delivery state.", ("adapter", "state")
+    ),
+    "broadcaster_store_oldest_undelivered_age_seconds": _Spec(
+        "gauge",
+        "Age of the oldest stored event the adapter has not acknowledged (0: none).",
+        ("adapter",),
+    ),
+    "broadcaster_publish_latency_seconds": _Spec(
+        "histogram", "Producer-visible latency of one publish() or publish_many() call."
+    ),
+    "broadcaster_delivery_latency_seconds": _Spec(
+        "histogram",
+        "Event timestamp to adapter acknowledgement, one count per event.",
+        ("adapter", "category"),
+    ),
+    "broadcaster_send_seconds": _Spec(
+        "histogram", "Duration of one acknowledged batch send.", ("adapter",)
+    ),
+    "broadcaster_info": _Spec("info", "Broadcaster build information.", ("version",)),
+}
+
+#: Every exported metric name -> its help text. Counters are named with their
+#: ``_total`` suffix and histograms by their base name (``_bucket``, ``_sum`` and
+#: ``_count`` series follow), as PromQL refers to them.
+METRIC_NAMES: Final[Mapping[str, str]] = {name: spec.help for name, spec in _SPECS.items()}
+
+
+def _family(name: str) -> Metric:
+    """An empty family of metric ``name`` (its type, help and label names)."""
+    spec = _SPECS[name]
+    if spec.kind == "histogram":
+        return _histogram(name)
+    if spec.kind == "info":
+        return InfoMetricFamily(name.removesuffix("_info"), spec.help, labels=[])
+    return _series(name)
+
+
+def _series(name: str) -> CounterMetricFamily | GaugeMetricFamily:
+    spec = _SPECS[name]
+    if spec.kind == "counter":
+        return CounterMetricFamily(name, spec.help, labels=list(spec.labels))
+    return GaugeMetricFamily(name, spec.help, labels=list(spec.labels))
+
+
+def _histogram(name: str) -> HistogramMetricFamily:
+    spec = _SPECS[name]
+    return HistogramMetricFamily(name, spec.help, labels=list(spec.labels))
+
+
+def _package_version() -> str:
+    try:
+        return version("dualwrite-broadcaster")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+class _Histogram:
+    """Cumulative-at-export bucket counts with weighted observations. Updated
+    on the event loop only; no lock (``render()`` from another thread may see
+    one observation half-applied, which the next scrape corrects)."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # last: above 10 s (+Inf)
+        self.total = 0.0
+
+    def observe(self, value: float, count: int = 1) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, value)] += count
+        self.total += value * count
+
+    def add_to(self, family: HistogramMetricFamily, labels: Sequence[str]) -> None:
+        counts, running = list(self.counts), 0
+        buckets: list[tuple[str, float]] = []
+        for label, n in zip(_BUCKET_LABELS, counts, strict=False):
+            running += n
+            buckets.append((label, running))
+        buckets.append(("+Inf", running + counts[-1]))
+        family.add_metric(list(labels), buckets, self.total)
+
+
+class BroadcasterMetrics:
+    """Prometheus metrics for one broadcaster (names in :data:`METRIC_NAMES`).
+
+    Construction registers a collector in ``registry`` (default: a new
+    :class:`~prometheus_client.CollectorRegistry` of its own, never the global
+    one) and appends latency hooks to ``broadcaster.stats``; it may happen
+    before or after ``broadcaster.start()``. Latencies are observed only while
+    attached. Call :meth:`close` to detach (idempotent).
+
+    ``clock`` (wall time, seconds) must be the clock the broadcaster stamps
+    events with (its ``clock`` argument) and the store's: delivery latency,
+    reconciliation lag and ages are "now" minus those stamps.
+
+    Use it from the broadcaster's event loop. Registering two instances in one
+    registry raises ``ValueError`` (duplicate time series).
+    """
+
+    def __init__(
+        self,
+        broadcaster: Broadcaster,
+        registry: CollectorRegistry | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.broadcaster = broadcaster
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._clock = clock
+        self._version = _package_version()
+        self._publish = _Histogram()
+        self._send: dict[str, _Histogram] = {}
+        self._delivery: dict[tuple[str, str], _Histogram] = {}
+        self._event_times: dict[str, float] = {}
+        # Reconciliation mismatches, made monotonic across reports.
+        self._seen_report: Report | None = None
+        self._last_mismatches: Counter[tuple[str, str]] = Counter()
+        self._mismatches: Counter[tuple[str, str]] = Counter()
+        # Cached by refresh().
+        self._store_up: bool | None = None
+        self._store_stats: StoreStats | None = None
+        self._unreconciled_ms: int | None = None
+        self.registry.register(self)
+        self._closed = False
+        broadcaster.stats.publish_hooks.append(self._on_publish)
+        broadcaster.stats.delivered_hooks.append(self._on_delivered)
+
+    # -- public API ------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Read the store's figures (events per adapter and state, oldest
+        undelivered event, first event above the ``reconciled_through``
+        watermark) and cache them for :meth:`render`. Call it before each
+        render (a scrape) when store figures are wanted; it costs a few store
+        queries. A :class:`~broadcaster.exceptions.StoreError` is logged, not
+        raised: the previous figures stay and ``broadcaster_store_up`` is 0."""
+        store = self.broadcaster.store
+        try:
+            stats = await store.stats()
+            watermark = await store.get_watermark(RECONCILED_THROUGH)
+            rows = await store.scan(after=watermark, limit=1)
+        except StoreError as exc:
+            log.warning("metrics refresh could not read the store", error=str(exc))
+            self._store_up = False
+            return
+        self._store_up = True
+        self._store_stats = stats
+        self._unreconciled_ms = rows[0].created_at_ms if rows else None
+
+    def render(self) -> tuple[bytes, str]:
+        """``(body, content_type)`` of a ``/metrics`` response: the registry in
+        the Prometheus text format. Reads in-memory state only (never awaits)."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def close(self) -> None:
+        """Detach the hooks and unregister from the registry. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        stats = self.broadcaster.stats
+        stats.publish_hooks.remove(self._on_publish)
+        stats.delivered_hooks.remove(self._on_delivered)
+        self.registry.unregister(self)
+
+    # -- hooks (hot path) --------------------------------------------------------
+
+    def _on_publish(self, events: int, seconds: float) -> None:
+        self._publish.observe(seconds)
+
+    def _on_delivered(
+        self, adapter: str, records: Sequence[EventRecord], send_seconds: float
+    ) -> None:
+        send = self._send.get(adapter)
+        if send is None:
+            send = self._send[adapter] = _Histogram()
+        send.observe(send_seconds)
+        groups: dict[tuple[Category, str], int] = {}
+        for record in records:
+            key = (record.category, record.timestamp)
+            groups[key] = groups.get(key, 0) + 1
+        now = self._clock()
+        for (category, timestamp), count in groups.items():
+            event_time = self._event_time(timestamp)
+            if event_time is None:
+                continue
+            labels = (adapter, category.value)
+            hist = self._delivery.get(labels)
+            if hist is None:
+                hist = self._delivery[labels] = _Histogram()
+            hist.observe(max(0.0, now - event_time), count)
+
+    def _event_time(self, timestamp: str) -> float | None:
+        """Unix seconds of an event timestamp (cached: events of one
+        millisecond share it); None if it does not parse."""
+        cached = self._event_times.get(timestamp)
+        if cached is not None:
+            return cached
+        try:
+            parsed = datetime.fromisoformat(timestamp)
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        if len(self._event_times) >= 4096:
+            self._event_times.clear()
+        seconds = self._event_times[timestamp] = parsed.timestamp()
+        return seconds
+
+    # -- the collector -------------------------------------------------------------
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric families, without samples (lets the registry detect clashes)."""
+        return (_family(name) for name in _SPECS)
+
+    def collect(self) -> Iterator[Metric]:
+        """All families with their samples, read now (called by the registry)."""
+        now = self._clock()
+        b = self.broadcaster
+        stats = b.stats
+        adapters = self._adapters()
+        categories = [c.value for c in Category]
+        pairs = [(c, a) for c in categories for a in adapters]
+
+        published = _series("broadcaster_events_published_total")
+        for category in categories:
+            published.add_metric([category], stats.published[category])
+        yield published
+        for name, counts in (
+            ("broadcaster_events_routed_total", stats.routed),
+            ("broadcaster_events_delivered_total", stats.delivered),
+            ("broadcaster_events_failed_total", stats.failed),
+        ):
+            family = _series(name)
+            for key in _with_extra(pairs, counts):
+                family.add_metric(list(key), counts[key])
+            yield family
+        yield _ratio(stats.routed, stats.delivered, categories, adapters)
+
+        breakers = b.breaker_states()
+        yield from self._breaker_families(breakers, adapters)
+        yield from self._reconciliation_families(pairs, now)
+        yield from self._store_families(adapters, now)
+        yield from self._histogram_families(adapters, categories)
+
+        info = InfoMetricFamily("broadcaster", _SPECS["broadcaster_info"].help, labels=[])
+        info.add_metric([], {"version": self._version})
+        yield info
+
+    # -- collector parts -------------------------------------------------------------
+
+    def _adapters(self) -> list[str]:
+        stats = self.broadcaster.stats
+        names = set(self.broadcaster.adapters)
+        names.update(a for _, a in stats.routed)
+        names.update(a for _, a in stats.delivered)
+        names.update(stats.backfilled)
+        names.update(stats.parked)
+        return sorted(names)
+
+    def _breaker_families(
+        self, breakers: Mapping[str, Mapping[str, Any]], adapters: Sequence[str]
+    ) -> Iterator[Metric]:
+        stats = self.broadcaster.stats
+        pending = _series("broadcaster_events_pending")
+        state = _series("broadcaster_breaker_state")
+        share = _series("broadcaster_breaker_share_percent")
+        failure = _series("broadcaster_breaker_failure_ratio")
+        for adapter, health in sorted(breakers.items()):
+            pending.add_metric([adapter], health["pending"])
+            state.add_metric([adapter], BREAKER_STATE_VALUES[health["state"]])
+            share.add_metric([adapter], health["share"])
+            failure.add_metric([adapter], health["failure_rate"])
+        parked = _series("broadcaster_events_parked_total")
+        backfilled = _series("broadcaster_events_backfilled_total")
+        for adapter in adapters:
+            parked.add_metric([adapter], stats.parked[adapter])
+            backfilled.add_metric([adapter], stats.backfilled[adapter])
+        transitions = _series("broadcaster_breaker_transitions_total")
+        known = [(a, t) for a in sorted(set(adapters) | set(breakers)) for t in _TRANSITIONS]
+        for key in _with_extra(known, stats.breaker_transitions):
+            transitions.add_metric(list(key), stats.breaker_transitions[key])
+        yield from (pending, parked, backfilled, state, share, failure, transitions)
+
+    def _reconciliation_families(
+        self, pairs: Sequence[tuple[str, str]], now: float
+    ) -> Iterator[Metric]:
+        reconciler = self.broadcaster.reconciler
+        report = reconciler.last_report
+        self._count_new_mismatches(report)
+        mismatches = _series("broadcaster_checksum_mismatches_total")
+        for key in _with_extra(pairs, self._mismatches):
+            mismatches.add_metric(list(key), self._mismatches[key])
+        yield mismatches
+        events = _series("broadcaster_reconciliation_events")
+        if report is not None:
+            judged = {(c, a) for c, a, _ in report.counts} | set(report.duplicates)
+            for category, adapter in sorted(judged):
+                for outcome in Outcome:
+                    n = report.counts[(category, adapter, outcome.value)]
+                    events.add_metric([category, adapter, outcome.value], n)
+                dup = report.duplicates[(category, adapter)]
+                events.add_metric([category, adapter, _DUPLICATE], dup)
+        yield events
+        if reconciler.last_run_at_ms is not None:
+            last_run = _series("broadcaster_reconciliation_last_run_timestamp_seconds")
+            last_run.add_metric([], reconciler.last_run_at_ms / 1000)
+            yield last_run
+        if reconciler.last_duration_s is not None:
+            duration = _series("broadcaster_reconciliation_last_duration_seconds")
+            duration.add_metric([], reconciler.last_duration_s)
+            yield duration
+        if self._store_stats is not None:
+            lag = _series("broadcaster_reconciliation_lag_seconds")
+            lag.add_metric([], _age(self._unreconciled_ms, now))
+            yield lag
+
+    def _count_new_mismatches(self, report: Report | None) -> None:
+        """Each report counts every retained mismatched event again, and
+        retention pruning makes its figures fall. The counter adds, per
+        (category, adapter), how much a new report's mismatch count rose over
+        the previous report's: monotonic, never double-counting an event.
+        (A prune and a new mismatch in the same interval cancel out.)"""
+        if report is None or report is self._seen_report:
+            return
+        self._seen_report = report
+        current: Counter[tuple[str, str]] = Counter()
+        for (category, adapter, outcome), n in report.counts.items():
+            if outcome == Outcome.MISMATCH.value:
+                current[(category, adapter)] = n
+        for key, n in current.items():
+            rise = n - self._last_mismatches[key]
+            if rise > 0:
+                self._mismatches[key] += rise
+        self._last_mismatches = current
+
+    def _store_families(self, adapters: Sequence[str], now: float) -> Iterator[Metric]:
+        if self._store_up is None:
+            return
+        up = _series("broadcaster_store_up")
+        up.add_metric([], 1 if self._store_up else 0)
+        yield up
+        stats = self._store_stats
+        if stats is None:
+            return
+        names = sorted(set(adapters) | set(stats.states) | set(stats.oldest_undelivered_ms))
+        events = _series("broadcaster_store_events")
+        oldest = _series("broadcaster_store_oldest_undelivered_age_seconds")
+        for adapter in names:
+            per_state = stats.states.get(adapter, {})
+            for delivery_state in DeliveryState:
+                value = delivery_state.value
+                events.add_metric([adapter, value], per_state.get(value, 0))
+            oldest.add_metric([adapter], _age(stats.oldest_undelivered_ms.get(adapter), now))
+        yield events
+        yield oldest
+
+    def _histogram_families(
+        self, adapters: Sequence[str], categories: Sequence[str]
+    ) -> Iterator[Metric]:
+        publish = _histogram("broadcaster_publish_latency_seconds")
+        self._publish.add_to(publish, [])
+        yield publish
+        delivery = _histogram("broadcaster_delivery_latency_seconds")
+        keys = {(a, c) for a in adapters for c in categories} | set(self._delivery)
+        for key in sorted(keys):
+            self._delivery.get(key, _EMPTY).add_to(delivery, key)
+        yield delivery
+        send = _histogram("broadcaster_send_seconds")
+        for adapter in sorted(set(adapters) | set(self._send)):
+            self._send.get(adapter, _EMPTY).add_to(send, [adapter])
+        yield send
+
+
+_EMPTY: Final = _Histogram()
+
+
+def _with_extra(
+    known: Iterable[tuple[str, str]], counts: Mapping[tuple[str, str], int]
+) -> list[tuple[str, str]]:
+    """``known`` label pairs (exported at 0 before they count anything, so
+    rates and alerts have a series) plus any other pair ``counts`` has."""
+    keys = set(known) | set(counts)
+    return sorted(keys)
+
+
+def _ratio(
+    routed: Mapping[tuple[str, str], int],
+    delivered: Mapping[tuple[str, str], int],
+    categories: Sequence[str],
+    adapters: Sequence[str],
+) -> Metric:
+    """``broadcaster_dual_write_success_ratio``: for each category with routed
+    events, the smallest per-adapter ``min(delivered, routed) / routed``. An
+    upper bound on the share of events delivered to *all* their adapters;
+    cumulative since start, so events in flight or pending behind an open
+    breaker lower it until they are acknowledged. Deliveries beyond routing
+    (recovery from a previous run, repair) are capped so it never exceeds 1."""
+    family = _series("broadcaster_dual_write_success_ratio")
+    for category in categories:
+        ratios = [
+            min(delivered.get((category, a), 0), n) / n
+            for a in adapters
+            if (n := routed.get((category, a), 0)) > 0
+        ]
+        if ratios:
+            family.add_metric([category], min(ratios))
+    return family
+
+
+def _age(created_ms: int | None, now: float) -> float:
+    if created_ms is None:
+        return 0.0
+    return max(0.0, now - created_ms / 1000)
