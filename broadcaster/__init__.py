@@ -5,6 +5,7 @@ purpose derives from :class:`BroadcasterError` (``broadcaster.exceptions``).
 """
 
 from .adapters import Adapter, AdapterHealth, MemoryAdapter, RealtimeAdapter, WebSocketAdapter
+from .admin import AdminServer, create_app
 from .consumer import RealtimeSubscriber, ReceiptCollector, WebSocketSubscriber
 from .core import Broadcaster, Receipt
 from .events import Category, ChecksumInfo, Event, EventFactory, EventRecord, parse_frame
@@ -24,10 +25,13 @@ from .exceptions import (
     StoreError,
     StoreUnavailable,
 )
+from .flags import CategoryPatch, OverrideChange, RuntimeFlags
+from .metrics import BroadcasterMetrics
 from .reconcile import MatchPolicy, Outcome, Reconciler, Report
 from .routing import CategoryRoute, RoutingTable, bucket
+from .service import run_service
 from .settings import CategorySettings, Settings, load_settings
-from .store import ConsumerReceipt, DeliveryState, MemoryStore, Store
+from .store import AuditEntry, ConsumerReceipt, DeliveryState, MemoryStore, Store
 
 __all__ = [
     "Adapter",
@@ -36,18 +40,23 @@ __all__ = [
     "AdapterRejected",
     "AdapterTimeout",
     "AdapterUnavailable",
+    "AdminServer",
+    "AuditEntry",
     "Broadcaster",
     "BreakerOpen",
     "BroadcasterClosed",
     "BroadcasterError",
+    "BroadcasterMetrics",
     "bucket",
     "Category",
+    "CategoryPatch",
     "CategoryRoute",
     "CategorySettings",
     "ChecksumInfo",
     "ChecksumMismatch",
     "ConfigError",
     "ConsumerReceipt",
+    "create_app",
     "DeliveryState",
     "Event",
     "EventFactory",
@@ -60,6 +69,7 @@ __all__ = [
     "MemoryAdapter",
     "MemoryStore",
     "Outcome",
+    "OverrideChange",
     "parse_frame",
     "RealtimeAdapter",
     "RealtimeSubscriber",
@@ -68,6 +78,8 @@ __all__ = [
     "Reconciler",
     "Report",
     "RoutingTable",
+    "run_service",
+    "RuntimeFlags",
     "Settings",
     "Store",
     "StoreError",

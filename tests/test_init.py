@@ -27,6 +27,12 @@ def test_package_exports_the_documented_api() -> None:
         "InvalidEvent",
         "StoreUnavailable",
         "ConfigError",
+        "AdminServer",
+        "create_app",
+        "run_service",
+        "RuntimeFlags",
+        "BroadcasterMetrics",
+        "AuditEntry",
     ):
         assert name in broadcaster.__all__
 
