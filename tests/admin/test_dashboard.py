@@ -210,9 +210,15 @@ async def test_dashboard_shows_401_for_a_wrong_token_and_recovers_with_the_right
     page.set_default_timeout(WAIT_MS)
     console = Console()
     console.watch(page)
-    await page.goto(f"{service.url}/dashboard#token=not-the-token")
-
     error = page.get_by_test_id("error")
+
+    # No token at all: the page asks for one instead of calling the API.
+    await page.goto(f"{service.url}/dashboard")
+    await expect(error).to_contain_text("401 Unauthorized: no admin token given")
+    await expect(page.get_by_test_id("token-form")).to_be_visible()
+    await expect(page.get_by_test_id("health-status")).to_have_text("ok")
+
+    await page.goto(f"{service.url}/dashboard#token=not-the-token")
     await expect(error).to_be_visible()
     await expect(error).to_contain_text("401 Unauthorized")
     await expect(error).to_contain_text("token was rejected")
