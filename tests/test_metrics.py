@@ -491,7 +491,7 @@ async def test_ratio_is_capped_when_more_is_delivered_than_this_process_routed()
 async def test_breaker_open_then_recovered_backfilled_and_counted() -> None:
     rt = FaultyAdapter("realtime")
     rt.mode = "down"
-    b = make(MemoryAdapter("websocket"), rt, breaker=breaker_config(recovery_time_s=0.2))
+    b = make(MemoryAdapter("websocket"), rt, breaker=breaker_config(recovery_time_s=0.5))
     metrics = BroadcasterMetrics(b)
     async with b:
         for i in range(100):
