@@ -33,7 +33,7 @@ from broadcaster.core import Broadcaster
 from broadcaster.logs import configure_logging
 from broadcaster.settings import load_settings
 
-from .subscriber import percentile
+from ._common import percentile
 
 __all__ = ["main"]
 
@@ -148,7 +148,10 @@ async def _run(args: argparse.Namespace) -> None:
     for phase, result in results.items():
         for adapter in ("websocket", "realtime"):
             if f"{phase}/{adapter}" in received:
-                result[adapter] = received[f"{phase}/{adapter}"]
+                seen = received[f"{phase}/{adapter}"]
+                result[adapter] = {
+                    k: v for k, v in seen.items() if k.endswith("_ms") or k == "received"
+                }
         print(json.dumps(result), flush=True)
     dual, single = results["dual"], results["single"]
     print(

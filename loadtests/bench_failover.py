@@ -29,6 +29,7 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,9 @@ from broadcaster.core import Broadcaster
 from broadcaster.logs import configure_logging
 from broadcaster.settings import load_settings
 
-from .subscriber import percentile
+from ._common import percentile
 
-__all__ = ["main"]
+__all__ = ["FailoverRun", "main", "measure"]
 
 
 def _free_port() -> int:
@@ -81,6 +82,8 @@ class _Producer:
         self.rate = rate
         self.phase = "steady"
         self.latencies: dict[str, list[float]] = {}
+        #: (monotonic time the call returned, seconds it took), for plots.
+        self.samples: list[tuple[float, float]] = []
         self.task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -92,7 +95,9 @@ class _Producer:
             for _ in range(per_tick):
                 started = time.monotonic()
                 await self.b.publish("CRITICAL", "bench.failover", {"i": i}, key=f"k{i}")
-                self.latencies.setdefault(self.phase, []).append(time.monotonic() - started)
+                ended = time.monotonic()
+                self.latencies.setdefault(self.phase, []).append(ended - started)
+                self.samples.append((ended, ended - started))
                 i += 1
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
@@ -108,77 +113,108 @@ def _phase_line(name: str, latencies: list[float]) -> dict[str, Any]:
     }
 
 
-async def _run(args: argparse.Namespace) -> None:
+@dataclass
+class FailoverRun:
+    """One run's figures: a line per phase, the summary, and for plots the
+    producer's (monotonic time, publish seconds) samples and event marks."""
+
+    phases: list[dict[str, Any]]
+    summary: dict[str, Any]
+    samples: list[tuple[float, float]] = field(default_factory=list)
+    marks: dict[str, float] = field(default_factory=dict)
+
+
+async def measure(args: argparse.Namespace) -> FailoverRun:
     port = _free_port()
     server = await _start_server(port)
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings(
-            env_file=None,
-            websocket_port=0,
-            supabase_url=url,
-            store_url=f"sqlite:///{Path(tmp) / 'bench.db'}",
-        )
-
-        def config(name: str) -> BreakerConfig:
-            return dataclasses.replace(
-                BreakerConfig.from_settings(settings, name),
-                recovery_time_s=args.recovery,
-                ramp_step_s=args.ramp_step,
+    servers = [server]
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = load_settings(
+                env_file=None,
+                websocket_port=0,
+                supabase_url=url,
+                store_url=f"sqlite:///{Path(tmp) / 'bench.db'}",
             )
 
-        ws = WebSocketAdapter.from_settings(settings)
-        rt = RealtimeAdapter(url, reconnect_max_s=0.2, poll_s=0.1)
-        b = Broadcaster(
-            settings, adapters=[ws, rt], breaker_config=config, backfill_rate=args.backfill_rate
-        )
-        async with b:
-            breaker, lane = b.breakers["realtime"], b.lane("realtime")
-            producer = _Producer(b, args.rate)
-            producer.task = asyncio.get_running_loop().create_task(producer.run())
-            await asyncio.sleep(args.seconds)  # steady state runs for a fixed time
-
-            producer.phase = "failover"
-            killed = time.monotonic()
-            server.kill()
-            await server.wait()
-            opened = await _until(lambda: breaker.state == "open", 30)
-            await asyncio.sleep(args.outage)  # the outage lasts a fixed time
-
-            producer.phase = "backfill"
-            restarted = time.monotonic()
-            server = await _start_server(port)
-            half_open = await _until(lambda: breaker.state != "open", 60)
-            closed = await _until(lambda: breaker.state == "closed", 60)
-            full = await _until(lambda: breaker.state == "closed" and breaker.share == 100, 120)
-            await _until(lambda: lane.settled and breaker.state == "closed", 300)
-            restored = time.monotonic()
-            producer.task.cancel()
-            await asyncio.gather(producer.task, return_exceptions=True)
-            await b.flush(timeout=60)
-            for name in ("steady", "failover", "backfill"):
-                print(json.dumps(_phase_line(name, producer.latencies.get(name, []))))
-            print(
-                json.dumps(
-                    {
-                        "summary": True,
-                        "rate": args.rate,
-                        "failover_s": round(opened - killed, 3),
-                        "half_open_s": round(half_open - restarted, 3),
-                        "closed_s": round(closed - restarted, 3),
-                        "full_share_s": round(full - restarted, 3),
-                        "restore_s": round(restored - restarted, 3),
-                        "backfilled": b.stats.backfilled["realtime"],
-                        "parked": b.stats.parked["realtime"],
-                        "transitions": breaker.transitions,
-                        "recovery_time_s": args.recovery,
-                        "ramp_step_s": args.ramp_step,
-                        "backfill_rate": args.backfill_rate,
-                    }
+            def config(name: str) -> BreakerConfig:
+                return dataclasses.replace(
+                    BreakerConfig.from_settings(settings, name),
+                    recovery_time_s=args.recovery,
+                    ramp_step_s=args.ramp_step,
                 )
+
+            ws = WebSocketAdapter.from_settings(settings)
+            rt = RealtimeAdapter(url, reconnect_max_s=0.2, poll_s=0.1)
+            b = Broadcaster(
+                settings, adapters=[ws, rt], breaker_config=config, backfill_rate=args.backfill_rate
             )
-    server.kill()
-    await server.wait()
+            async with b:
+                breaker, lane = b.breakers["realtime"], b.lane("realtime")
+                producer = _Producer(b, args.rate)
+                producer.task = asyncio.get_running_loop().create_task(producer.run())
+                await asyncio.sleep(args.seconds)  # steady state runs for a fixed time
+
+                producer.phase = "failover"
+                killed = time.monotonic()
+                server.kill()
+                await server.wait()
+                opened = await _until(lambda: breaker.state == "open", 30)
+                await asyncio.sleep(args.outage)  # the outage lasts a fixed time
+
+                producer.phase = "backfill"
+                restarted = time.monotonic()
+                server = await _start_server(port)
+                servers.append(server)
+                half_open = await _until(lambda: breaker.state != "open", 60)
+                closed = await _until(lambda: breaker.state == "closed", 60)
+                full = await _until(lambda: breaker.state == "closed" and breaker.share == 100, 120)
+                await _until(lambda: lane.settled and breaker.state == "closed", 300)
+                restored = time.monotonic()
+                producer.task.cancel()
+                await asyncio.gather(producer.task, return_exceptions=True)
+                await b.flush(timeout=60)
+                phases = [
+                    _phase_line(name, producer.latencies.get(name, []))
+                    for name in ("steady", "failover", "backfill")
+                ]
+                summary = {
+                    "summary": True,
+                    "rate": args.rate,
+                    "failover_s": round(opened - killed, 3),
+                    "half_open_s": round(half_open - restarted, 3),
+                    "closed_s": round(closed - restarted, 3),
+                    "full_share_s": round(full - restarted, 3),
+                    "restore_s": round(restored - restarted, 3),
+                    "backfilled": b.stats.backfilled["realtime"],
+                    "parked": b.stats.parked["realtime"],
+                    "transitions": breaker.transitions,
+                    "recovery_time_s": args.recovery,
+                    "ramp_step_s": args.ramp_step,
+                    "backfill_rate": args.backfill_rate,
+                }
+                marks = {
+                    "SIGKILL": killed,
+                    "open": opened,
+                    "restart": restarted,
+                    "half-open": half_open,
+                    "closed": closed,
+                    "full share": full,
+                    "restored": restored,
+                }
+        return FailoverRun(phases, summary, producer.samples, marks)
+    finally:
+        for proc in servers:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def _run(args: argparse.Namespace) -> None:
+    result = await measure(args)
+    for line in (*result.phases, result.summary):
+        print(json.dumps(line), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,15 @@ from broadcaster.reconcile.reconciler import Reconciler
 from broadcaster.settings import load_settings
 from broadcaster.store import ConsumerReceipt, DeliveryState, Store, store_from_url
 
-__all__ = ["main"]
+from ._common import python_env
+
+__all__ = [
+    "main",
+    "postgres_server",
+    "publish_figures",
+    "reconcile_figures",
+    "store_write_figures",
+]
 
 BOTH = ("websocket", "realtime")
 
@@ -88,7 +96,7 @@ async def _fill(store: Store, n: int, batch: int, receipts: bool) -> tuple[float
     return append_s, mark_s
 
 
-async def _store_write(url: str, name: str, n: int, batch: int) -> dict[str, Any]:
+async def store_write_figures(url: str, name: str, n: int, batch: int) -> dict[str, Any]:
     async with store_from_url(url) as store:
         append_s, mark_s = await _fill(store, n, batch, receipts=False)
     return {
@@ -101,7 +109,7 @@ async def _store_write(url: str, name: str, n: int, batch: int) -> dict[str, Any
     }
 
 
-async def _publish(store_url: str, n: int, batch: int, producers: int) -> dict[str, Any]:
+async def publish_figures(store_url: str, n: int, batch: int, producers: int) -> dict[str, Any]:
     settings = load_settings(env_file=None, store_url=store_url, log_level="WARNING")
     adapters = [NullAdapter("websocket"), NullAdapter("realtime")]
     result: dict[str, Any] = {"bench": "publish", "store": store_url.split(":")[0]}
@@ -155,7 +163,7 @@ async def _reconcile_only(url: str) -> dict[str, Any]:
     }
 
 
-def _postgres_server() -> Any | None:
+def postgres_server() -> Any | None:
     """A throwaway PostgreSQL (pgserver), or None if pgserver is not installed."""
     try:
         with warnings.catch_warnings():
@@ -169,50 +177,59 @@ def _postgres_server() -> Any | None:
     return pgserver.get_server(base / "data", cleanup_mode="delete")
 
 
+async def reconcile_figures(events: int, tmp: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fill a SQLite store in ``tmp`` with ``events`` events (2 adapters, acked,
+    one receipt each), then reconcile it in a fresh process: (fill, reconcile)."""
+    recon_url = f"sqlite:///{tmp / 'reconcile.db'}"
+    async with store_from_url(recon_url) as store:
+        t0 = time.perf_counter()
+        await _fill(store, events, 1000, receipts=True)
+        fill_s = time.perf_counter() - t0
+    fill = {"bench": "reconcile_fill", "events": events, "seconds": round(fill_s, 1)}
+    out = await asyncio.to_thread(
+        lambda: (
+            subprocess.run(
+                [sys.executable, "-m", "loadtests.bench_store", "--reconcile-only", recon_url],
+                check=True,
+                capture_output=True,
+                text=True,
+                env=python_env(),
+            ).stdout
+        )
+    )
+    recon: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return fill, recon
+
+
 async def _run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp_name:
         tmp = Path(tmp_name)
         n_write = min(args.events, 200_000)
         print(
-            json.dumps(await _store_write("memory://", "memory", n_write, args.batch)), flush=True
+            json.dumps(await store_write_figures("memory://", "memory", n_write, args.batch)),
+            flush=True,
         )
         sqlite_url = f"sqlite:///{tmp / 'write.db'}"
-        print(json.dumps(await _store_write(sqlite_url, "sqlite", n_write, args.batch)), flush=True)
+        print(
+            json.dumps(await store_write_figures(sqlite_url, "sqlite", n_write, args.batch)),
+            flush=True,
+        )
         if not args.skip_postgres:
-            server = await asyncio.to_thread(_postgres_server)
+            server = await asyncio.to_thread(postgres_server)
             if server is not None:
                 try:
-                    result = await _store_write(
+                    result = await store_write_figures(
                         server.get_uri(), "postgresql", n_write // 2, args.batch
                     )
                     print(json.dumps(result), flush=True)
                 finally:
                     server.cleanup()
-        recon_url = f"sqlite:///{tmp / 'reconcile.db'}"
-        async with store_from_url(recon_url) as store:
-            t0 = time.perf_counter()
-            await _fill(store, args.events, 1000, receipts=True)
-            fill_s = time.perf_counter() - t0
-        print(
-            json.dumps(
-                {"bench": "reconcile_fill", "events": args.events, "seconds": round(fill_s, 1)}
-            ),
-            flush=True,
-        )
-        out = await asyncio.to_thread(
-            lambda: (
-                subprocess.run(
-                    [sys.executable, "-m", "loadtests.bench_store", "--reconcile-only", recon_url],
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                ).stdout
-            )
-        )
-        print(out.strip().splitlines()[-1], flush=True)
+        fill, recon = await reconcile_figures(args.events, tmp)
+        print(json.dumps(fill), flush=True)
+        print(json.dumps(recon), flush=True)
         n_pub = min(args.events, 100_000)
         for url in ("memory://", f"sqlite:///{tmp / 'publish.db'}"):
-            print(json.dumps(await _publish(url, n_pub, 100, 16)), flush=True)
+            print(json.dumps(await publish_figures(url, n_pub, 100, 16)), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,27 @@
-"""A subscriber process for benchmarks: listens on both paths and measures
-publish→receive latency from the ``t`` (publish wall time) in each payload.
+"""A subscriber process for benchmarks: listens on both paths (the WebSocket
+fan-out and Realtime, every category) through the project's verifying
+consumers and measures publish→receive latency from the ``t`` (wall time the
+producer took just before its ``publish`` call) in each payload.
 
 Run: ``python -m loadtests.subscriber --ws URL --realtime URL``. It prints
-``ready`` once both paths are subscribed, and on SIGTERM/SIGINT one JSON object:
-per phase and adapter, the count and latency percentiles in milliseconds.
+``ready`` once both paths are subscribed. Per phase (the payload's ``phase``)
+and adapter it counts distinct sequence ids, duplicates and checksum
+mismatches and keeps every latency, also in time bins of ``--bin`` seconds.
+
+Two ways to end it:
+
+* SIGTERM/SIGINT: prints the report (one JSON object) and exits;
+* with ``--control``, commands on stdin, one per line, each answered with one
+  JSON line on stdout:
+
+  - ``wait PHASE COUNT TIMEOUT_S ADAPTER[,ADAPTER]``: until every named
+    adapter has COUNT distinct events of PHASE, or the timeout;
+    answers ``{"reached": bool, "counts": {adapter: n}}``;
+  - ``report``: the report; then the process exits.
+
+Report: ``{"mismatches": {adapter: n}, "<phase>/<adapter>": {"received",
+"duplicates", "p50_ms", "p99_ms", "p999_ms", "max_ms", "first_t", "last_t",
+"bins": [[t, count, p50_ms, p99_ms], ...]}}`` with ``t`` wall-clock seconds.
 """
 
 from __future__ import annotations
@@ -16,6 +34,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from typing import Any
 
 from broadcaster.consumer import ReceiptCollector
@@ -23,62 +42,167 @@ from broadcaster.consumer.realtime import RealtimeSubscriber
 from broadcaster.consumer.websocket import WebSocketSubscriber
 from broadcaster.logs import configure_logging
 
-__all__ = ["main", "percentile"]
+from ._common import Bins, percentile, summarise
+
+__all__ = ["Recorder", "main", "percentile"]
+
+ADAPTERS = ("websocket", "realtime")
+#: How long to keep trying to subscribe (the servers may still be starting).
+START_TIMEOUT_S = 30.0
 
 
-def percentile(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
-    return ordered[index]
+class _Track:
+    __slots__ = ("bins", "duplicates", "first_t", "last_t", "latencies", "seen")
+
+    def __init__(self, bin_s: float) -> None:
+        self.latencies: list[float] = []
+        self.seen: set[int] = set()
+        self.duplicates = 0
+        self.bins = Bins(bin_s)
+        self.first_t = 0.0
+        self.last_t = 0.0
 
 
-async def _run(ws_url: str, rt_url: str) -> dict[str, Any]:
-    latencies: dict[tuple[str, str], list[float]] = defaultdict(list)
-    mismatches: dict[str, int] = defaultdict(int)
+class Recorder:
+    """What one subscriber process saw, per phase and adapter."""
 
-    def recorder(adapter: str) -> Any:
-        def on_event(obj: Mapping[str, Any], ok: bool) -> None:
-            payload = obj["payload"]
-            latencies[(payload.get("phase", "?"), adapter)].append(
-                (time.time() - payload["t"]) * 1000
-            )
-            if not ok:
-                mismatches[adapter] += 1
+    def __init__(self, bin_s: float = 0.25) -> None:
+        self.bin_s = bin_s
+        self.tracks: dict[tuple[str, str], _Track] = {}
+        self.mismatches: dict[str, int] = defaultdict(int)
 
-        return on_event
+    def _track(self, phase: str, adapter: str) -> _Track:
+        track = self.tracks.get((phase, adapter))
+        if track is None:
+            track = self.tracks[(phase, adapter)] = _Track(self.bin_s)
+        return track
 
-    ws_col = ReceiptCollector("websocket", on_event=recorder("websocket"), track_seen=False)
-    rt_col = ReceiptCollector("realtime", on_event=recorder("realtime"), track_seen=False)
+    def on_event(self, adapter: str, obj: Mapping[str, Any], ok: bool, now: float) -> None:
+        payload = obj["payload"]
+        track = self._track(str(payload.get("phase", "?")), adapter)
+        seq = obj["sequence_id"]
+        if seq in track.seen:
+            track.duplicates += 1
+        else:
+            track.seen.add(seq)
+        latency_ms = (now - payload["t"]) * 1000
+        track.latencies.append(latency_ms)
+        track.bins.add(now, latency_ms)
+        if not track.first_t:
+            track.first_t = now
+        track.last_t = now
+        if not ok:
+            self.mismatches[adapter] += 1
+
+    def count(self, phase: str, adapter: str) -> int:
+        track = self.tracks.get((phase, adapter))
+        return len(track.seen) if track is not None else 0
+
+    def short(self, phase: str, count: int, adapters: list[str]) -> bool:
+        """Whether any of ``adapters`` has fewer than ``count`` events of ``phase``."""
+        return any(self.count(phase, a) < count for a in adapters)
+
+    def report(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"mismatches": dict(self.mismatches)}
+        for (phase, adapter), track in sorted(self.tracks.items()):
+            figures = summarise(track.latencies)
+            result[f"{phase}/{adapter}"] = {
+                "received": len(track.seen),
+                "duplicates": track.duplicates,
+                "p50_ms": figures["p50"],
+                "p99_ms": figures["p99"],
+                "p999_ms": figures["p999"],
+                "max_ms": figures["max"],
+                "first_t": track.first_t,
+                "last_t": track.last_t,
+                "bins": track.bins.rows(origin=0.0),
+            }
+        return result
+
+
+async def _control(recorder: Recorder, stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while not stop.is_set():
+        line = (await reader.readline()).decode().strip()
+        if not line or line == "report":
+            stop.set()
+            return
+        words = line.split()
+        if words[0] == "wait" and len(words) == 5:
+            phase, count, timeout, adapters = words[1], int(words[2]), float(words[3]), words[4]
+            names = adapters.split(",")
+            deadline = time.monotonic() + timeout
+            # Polled: counts move on every event, and waking a waiter per
+            # event would cost the hot path more than a 10 ms poll.
+            while time.monotonic() < deadline and recorder.short(phase, count, names):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            counts = {a: recorder.count(phase, a) for a in names}
+            reached = all(n >= count for n in counts.values())
+            print(json.dumps({"reached": reached, "counts": counts}), flush=True)
+        else:
+            print(json.dumps({"error": f"unknown command {line!r}"}), flush=True)
+
+
+async def _realtime(url: str, collector: ReceiptCollector) -> RealtimeSubscriber:
+    """A started Realtime subscriber, retried until the server accepts it."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        subscriber = RealtimeSubscriber(url, collector=collector)
+        try:
+            await subscriber.start()
+        except Exception:
+            await subscriber.close()
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+        else:
+            return subscriber
+
+
+async def _run(ws_url: str, rt_url: str, bin_s: float, control: bool) -> dict[str, Any]:
+    recorder = Recorder(bin_s)
+
+    def recorder_for(adapter: str) -> Any:
+        on_event = recorder.on_event
+        clock = time.time
+
+        def handle(obj: Mapping[str, Any], ok: bool) -> None:
+            on_event(adapter, obj, ok, clock())
+
+        return handle
+
+    ws_col = ReceiptCollector("websocket", on_event=recorder_for("websocket"), track_seen=False)
+    rt_col = ReceiptCollector("realtime", on_event=recorder_for("realtime"), track_seen=False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with (
-        WebSocketSubscriber(ws_url, collector=ws_col),
-        RealtimeSubscriber(rt_url, collector=rt_col),
-    ):
+    # Started alongside the servers it subscribes to: retry until they listen.
+    async with AsyncExitStack() as subscriptions:
+        subscriptions.push_async_callback((await _realtime(rt_url, rt_col)).close)
+        await subscriptions.enter_async_context(
+            WebSocketSubscriber(ws_url, collector=ws_col, connect_timeout=START_TIMEOUT_S)
+        )
         print("ready", flush=True)
+        task = loop.create_task(_control(recorder, stop)) if control else None
         await stop.wait()
-    result: dict[str, Any] = {"mismatches": dict(mismatches)}
-    for (phase, adapter), values in sorted(latencies.items()):
-        result[f"{phase}/{adapter}"] = {
-            "received": len(values),
-            "p50_ms": round(percentile(values, 50), 3),
-            "p99_ms": round(percentile(values, 99), 3),
-            "p999_ms": round(percentile(values, 99.9), 3),
-        }
-    return result
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    return recorder.report()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ws", required=True)
     parser.add_argument("--realtime", required=True)
+    parser.add_argument("--bin", type=float, default=0.25, help="time bin width, seconds")
+    parser.add_argument("--control", action="store_true", help="read commands on stdin")
     args = parser.parse_args(argv)
     configure_logging("console", "WARNING")  # stdout carries the results
-    result = asyncio.run(_run(args.ws, args.realtime))
+    result = asyncio.run(_run(args.ws, args.realtime, args.bin, args.control))
     print(json.dumps(result), flush=True)
     return 0
 

@@ -1,0 +1,342 @@
+"""The system under test for the end-to-end scenarios, and its producers.
+
+:class:`Stack` lays the system out in three processes, as in a deployment
+where the Realtime service is remote and consumers are other programs:
+
+* this process: the :class:`~broadcaster.core.Broadcaster` with both real
+  adapters (the ``WebSocketAdapter`` fan-out server and the ``RealtimeAdapter``
+  on the official ``realtime`` client) and the store ON (SQLite in a temp dir,
+  or ``store_url``);
+* ``python -m broadcaster.realtime_server``: the local Realtime-protocol server;
+* ``python -m loadtests.subscriber --control``: one subscriber per path, with
+  the project's verifying consumers, measuring publish→receive latency.
+
+:meth:`Stack.phase` runs producers for a while — paced by a shared
+:class:`~loadtests._common.TokenBucket` or as fast as they can — waits until
+the subscribers hold every event of the phase, and returns the figures.
+Background reconciliation is off (``RECONCILE_INTERVAL_S=0``) so results do
+not depend on whether a run happened to span a reconcile tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from broadcaster.core import Broadcaster
+from broadcaster.realtime_server import LocalRealtimeServer
+from broadcaster.settings import load_settings
+
+from ._common import Bins, ProcessCpu, TokenBucket, free_port, progress, spawn, summarise
+
+__all__ = ["PhaseResult", "Stack", "padding"]
+
+ADAPTERS = ("websocket", "realtime")
+
+
+def padding(payload_bytes: int) -> str:
+    """Filler that brings a benchmark payload to about ``payload_bytes``."""
+    return "x" * max(0, payload_bytes - 60)
+
+
+@dataclass
+class PhaseResult:
+    """What one phase measured. ``figures`` is JSON-ready; the rest feeds plots."""
+
+    name: str
+    figures: dict[str, Any]
+    started_t: float
+    #: Producer side, wall-time bins of publish-call latency (ms) per event published.
+    published: Bins
+    #: Subscriber side, per adapter: [[t, count, p50_ms, p99_ms], ...], t wall-clock.
+    received: dict[str, list[list[float]]] = field(default_factory=dict)
+
+
+def _end(proc: subprocess.Popen[str]) -> None:
+    """Terminate ``proc`` if it still runs, reap it and close its pipes."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            try:
+                pipe.close()
+            except BrokenPipeError:
+                pass
+
+
+class Stack:
+    """Realtime server + broadcaster + subscriber process. ``async with``."""
+
+    def __init__(
+        self,
+        *,
+        store_url: str | None = None,
+        bin_s: float = 0.25,
+        max_pending: int = 20_000,
+        embedded_realtime: bool = False,
+    ) -> None:
+        self._store_url = store_url
+        self._embedded = embedded_realtime
+        self._bin_s = bin_s
+        self._max_pending = max_pending
+        self._exit = AsyncExitStack()
+        self.server: subprocess.Popen[str] | None = None
+        self.sub: subprocess.Popen[str] | None = None
+        self.b: Broadcaster | None = None
+        self.report: dict[str, Any] = {}
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stop(report=False)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stop(report=exc is None)
+
+    async def _start(self) -> None:
+        rt_port, ws_port = free_port(), free_port()
+        rt_url = f"http://127.0.0.1:{rt_port}"
+        where = "in this process" if self._embedded else "in its own process"
+        progress(f"starting the Realtime server (port {rt_port}, {where}) and the subscribers")
+        # Started at once (their imports take a while): the subscriber retries
+        # its connections until the Realtime server and the broadcaster listen.
+        if not self._embedded:
+            self.server = spawn("-m", "broadcaster.realtime_server", "--port", str(rt_port))
+        self.sub = spawn(
+            "-m",
+            "loadtests.subscriber",
+            "--ws",
+            f"ws://127.0.0.1:{ws_port}/events",
+            "--realtime",
+            rt_url,
+            "--bin",
+            str(self._bin_s),
+            "--control",
+            stdin=True,
+        )
+        if self.server is None:
+            embedded = LocalRealtimeServer(host="127.0.0.1", port=rt_port)
+            await embedded.start()
+            self._exit.push_async_callback(embedded.close)
+        else:
+            assert self.server.stdout is not None
+            line = await asyncio.to_thread(self.server.stdout.readline)  # its URL: listening
+            if not line.strip():
+                raise RuntimeError("the Realtime server did not start")
+        tmp = self._exit.enter_context(tempfile.TemporaryDirectory(prefix="loadtests-"))
+        settings = load_settings(
+            env_file=None,
+            websocket_port=ws_port,
+            supabase_url=rt_url,
+            store_url=self._store_url or f"sqlite:///{Path(tmp) / 'bench.db'}",
+            log_level="WARNING",
+            reconcile_interval_s=0,
+        )
+        self.b = await self._exit.enter_async_context(
+            Broadcaster(settings, max_pending=self._max_pending)
+        )
+        self.b.set_routing(self.b.routing.with_override("all"))
+        line = await self._readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"subscriber did not start: {line!r}")
+        progress("broadcaster and subscribers ready")
+
+    async def _readline(self) -> str:
+        assert self.sub is not None and self.sub.stdout is not None
+        return await asyncio.to_thread(self.sub.stdout.readline)
+
+    async def _command(self, command: str) -> dict[str, Any]:
+        assert self.sub is not None and self.sub.stdin is not None
+        self.sub.stdin.write(command + "\n")
+        self.sub.stdin.flush()
+        line = await self._readline()
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    async def _stop(self, *, report: bool) -> None:
+        try:
+            if report and self.sub is not None and self.sub.poll() is None:
+                self.report = await self._command("report")
+        finally:
+            try:
+                await self._exit.aclose()
+            finally:
+                for proc in (self.sub, self.server):
+                    if proc is not None:
+                        _end(proc)
+
+    @property
+    def broadcaster(self) -> Broadcaster:
+        assert self.b is not None, "use 'async with Stack()'"
+        return self.b
+
+    def cpu_meter(self) -> ProcessCpu:
+        """CPU seconds of the processes over a phase (the broadcaster's
+        includes the Realtime server's when that is embedded)."""
+        assert self.sub is not None
+        pids = {"broadcaster": os.getpid(), "subscriber": self.sub.pid}
+        if self.server is not None:
+            pids["realtime_server"] = self.server.pid
+        return ProcessCpu(pids)
+
+    def single_write(self, single: bool) -> None:
+        """Route every event to the WebSocket path only, or to both (override ``all``)."""
+        b = self.broadcaster
+        b.set_routing(b.routing.with_override("websocket" if single else "all"))
+
+    async def phase(
+        self,
+        name: str,
+        *,
+        seconds: float,
+        rate: float | None,
+        producers: int = 4,
+        max_batch: int = 100,
+        single_calls: bool = False,
+        category: str = "SYSTEM",
+        payload_bytes: int = 200,
+        adapters: Sequence[str] = ADAPTERS,
+        drain_timeout_s: float = 60.0,
+    ) -> PhaseResult:
+        """Publish for ``seconds`` at ``rate`` events/s (None: as fast as
+        possible) from ``producers`` tasks, in ``publish_many`` calls of up to
+        ``max_batch`` events (``single_calls``: one ``publish()`` per event),
+        then wait until ``adapters`` delivered every event to the subscriber.
+
+        Figures: events, achieved (publish) and delivered (end-to-end) rates,
+        publish-call latency, per-adapter latency/lost/duplicates, CPU seconds
+        per process and the broadcaster's CPU µs per event.
+        """
+        b = self.broadcaster
+        pad = padding(payload_bytes)
+        # Burst: what the producers may publish at once to catch up after a
+        # stall (a slow commit), never more than the batches they would send.
+        bucket = TokenBucket(rate, burst=producers * max_batch if rate else 1.0)
+        published = Bins(self._bin_s)
+        call_latencies: list[float] = []
+        counts = [0] * producers
+        calls = [0] * producers
+        cpu = self.cpu_meter()
+        started_t = time.time()
+        started = time.monotonic()
+        deadline = started + seconds
+        cpu.start()
+
+        async def produce(p: int) -> None:
+            i = 0
+            clock, perf = time.time, time.perf_counter
+            while True:
+                n = await bucket.take(1 if single_calls else max_batch, deadline)
+                if not n:
+                    break
+                t = clock()
+                if single_calls:
+                    t0 = perf()
+                    await b.publish(
+                        category, "bench.tick", {"t": t, "phase": name, "p": p, "i": i, "pad": pad}
+                    )
+                    dt = perf() - t0
+                else:
+                    events = [
+                        {
+                            "category": category,
+                            "event_type": "bench.tick",
+                            "payload": {"t": t, "phase": name, "p": p, "i": i + k, "pad": pad},
+                        }
+                        for k in range(n)
+                    ]
+                    t0 = perf()
+                    await b.publish_many(events)
+                    dt = perf() - t0
+                i += n
+                calls[p] += 1
+                call_latencies.append(dt)
+                published.add_many(clock(), [dt * 1000] * n)
+            counts[p] = i
+
+        await asyncio.gather(*(produce(p) for p in range(producers)))
+        published_s = time.monotonic() - started
+        events = sum(counts)
+        await b.flush(timeout=drain_timeout_s)
+        answer = await self._command(f"wait {name} {events} {drain_timeout_s} {','.join(adapters)}")
+        used = cpu.stop()
+        progress(
+            f"phase {name}: {events} events in {published_s:.2f}s "
+            f"({events / published_s:.0f}/s), delivered {answer['counts']}"
+        )
+        return PhaseResult(
+            name,
+            {
+                "events": events,
+                "seconds": round(published_s, 3),
+                "achieved_events_per_s": round(events / published_s),
+                "publish_calls": sum(calls),
+                "mean_batch": round(events / max(1, sum(calls)), 1),
+                "publish_call_ms": {
+                    k: v for k, v in summarise(call_latencies, 1000).items() if k != "max"
+                },
+                "cpu_s": used,
+                "broadcaster_cpu_us_per_event": round(
+                    used["broadcaster"] / max(1, events) * 1e6, 1
+                ),
+                "delivered": answer["counts"],
+            },
+            started_t,
+            published,
+        )
+
+    def complete(self, results: Sequence[PhaseResult]) -> None:
+        """After the stack closed: merge the subscriber's report into each
+        phase's figures (latency per adapter, lost, duplicates, end-to-end rate)."""
+        report = self.report
+        for result in results:
+            figures = result.figures
+            events = figures["events"]
+            last = result.started_t
+            lost_total = 0
+            for adapter in ADAPTERS:
+                seen = report.get(f"{result.name}/{adapter}")
+                if adapter not in figures["delivered"]:
+                    continue
+                if seen is None:
+                    seen = {"received": 0, "duplicates": 0, "last_t": result.started_t, "bins": []}
+                lost = events - seen["received"]
+                lost_total += lost
+                figures[adapter] = {
+                    "received": seen["received"],
+                    "lost": lost,
+                    "duplicates": seen["duplicates"],
+                    "p50_ms": seen.get("p50_ms", float("nan")),
+                    "p99_ms": seen.get("p99_ms", float("nan")),
+                    "p999_ms": seen.get("p999_ms", float("nan")),
+                    "max_ms": seen.get("max_ms", float("nan")),
+                }
+                last = max(last, seen["last_t"])
+                result.received[adapter] = seen["bins"]
+            figures["lost"] = lost_total
+            figures["delivered_events_per_s"] = round(events / max(1e-9, last - result.started_t))
+            figures["checksum_mismatches"] = sum(report.get("mismatches", {}).values())
+            del figures["delivered"]

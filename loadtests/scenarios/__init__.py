@@ -1,0 +1,36 @@
+"""The scenarios of ``python -m loadtests``, in the order ``all`` runs them.
+
+Each module has ``NAME``, ``HELP``, ``DEFAULTS`` and ``SMOKE`` (values for
+options left unset, normal and ``--smoke``), ``PLOTS`` (whether ``--plot``
+applies), ``add_arguments(parser)`` and ``async run(args) -> dict``: the
+figures, printed as one JSON line.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from . import (  # noqa
+    checksum_cost,
+    dual_vs_single,
+    failover,
+    raw_limit,
+    reconcile,
+    store,
+    sustained,
+)
+
+__all__ = ["SCENARIOS"]
+
+SCENARIOS: dict[str, ModuleType] = {
+    module.NAME: module
+    for module in (
+        sustained,
+        dual_vs_single,
+        checksum_cost,
+        reconcile,
+        store,
+        failover,
+        raw_limit,
+    )
+}

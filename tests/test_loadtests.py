@@ -1,0 +1,350 @@
+"""The benchmark harness (``python -m loadtests``): every scenario runs once in
+``--smoke`` mode through ``all`` (in this process, to pay the interpreter's
+start and the imports once; each scenario still starts its own servers and
+subscriber processes), and its JSON line must have the expected keys and sane values. No
+timing is asserted: the figures of a smoke run mean nothing. The pure helpers
+(pacing, percentiles, bins, the table, argument handling) are tested in-process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtests.__main__ import _apply_defaults, _scenario_argv, build_parser, main, run_all
+from loadtests._common import (
+    Bins,
+    TokenBucket,
+    flatten,
+    markdown_table,
+    percentile,
+    summarise,
+)
+from loadtests.scenarios import SCENARIOS
+from loadtests.subscriber import Recorder
+
+# The same prefixes conftest.clean_env removes: a module-scoped fixture runs
+# before that function-scoped one, so it cleans the environment itself (the
+# scenarios and the processes they start read it).
+_PREFIXES = (
+    "DUAL_WRITE_",
+    "ADAPTER_",
+    "BREAKER_",
+    "RECONCILE_",
+    "WEBSOCKET_",
+    "SUPABASE_",
+    "REALTIME_",
+    "STORE_",
+    "ADMIN_",
+    "BROADCASTER_",
+    "EVENT_",
+    "LOG_",
+)
+ALL_ARGS = ["all", "--smoke", "--skip-postgres"]
+
+
+class Smoke:
+    def __init__(self, code: int, stdout: str, out: Path) -> None:
+        self.code = code
+        self.stdout = stdout
+        self.out = out
+        self.results: dict[str, dict[str, Any]] = {}
+        for line in stdout.splitlines():
+            if line.startswith("{"):
+                result = json.loads(line)
+                self.results[result["scenario"]] = result
+
+
+def _in_process(argv: list[str]) -> tuple[int, str]:
+    """One scenario as ``python -m loadtests`` runs it, in this process: the
+    scenarios' own child processes (subscribers, servers) still run apart, but
+    the interpreter and the broadcaster's imports are paid once."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = main(argv)
+    return code, buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smoke]:
+    out = tmp_path_factory.mktemp("loadtests-out")
+    argv = [*ALL_ARGS, "--out", str(out)]
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith(_PREFIXES):
+                mp.delenv(name)
+        mp.chdir(out)
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            code = run_all(build_parser().parse_args(argv), argv, runner=_in_process)
+    yield Smoke(code, buffer.getvalue(), out)
+
+
+def _finite_positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_every_scenario_ran(smoke: Smoke) -> None:
+    assert smoke.code == 0
+    assert set(smoke.results) == set(SCENARIOS)
+
+
+def _check_adapters(figures: dict[str, Any], adapters: tuple[str, ...]) -> None:
+    for adapter in adapters:
+        seen = figures[adapter]
+        assert seen["lost"] == 0
+        assert seen["duplicates"] == 0
+        assert seen["received"] == figures["events"]
+        for key in ("p50_ms", "p99_ms", "p999_ms", "max_ms"):
+            assert _finite_positive(seen[key]), (adapter, key, seen[key])
+        assert seen["p50_ms"] <= seen["p99_ms"] <= seen["p999_ms"] <= seen["max_ms"]
+
+
+def test_sustained(smoke: Smoke) -> None:
+    r = smoke.results["sustained"]
+    assert r["events"] > 0
+    assert r["lost"] == 0
+    assert r["checksum_mismatches"] == 0
+    assert r["checksum"] == "crc32"
+    for key in ("achieved_events_per_s", "delivered_events_per_s", "broadcaster_cpu_us_per_event"):
+        assert _finite_positive(r[key]), key
+    assert set(r["publish_call_ms"]) == {"p50", "p99", "p999"}
+    # --smoke embeds the Realtime server in the broadcaster's process.
+    assert set(r["cpu_s"]) == {"broadcaster", "subscriber"}
+    _check_adapters(r, ("websocket", "realtime"))
+
+
+def test_dual_vs_single(smoke: Smoke) -> None:
+    r = smoke.results["dual-vs-single"]
+    assert r["lost"] == 0
+    assert r["checksum_mismatches"] == 0
+    for mode in ("dual", "single"):
+        figures = r[mode]
+        assert figures["lost"] == 0
+        for key in ("publish_p50_ms", "publish_p99_ms", "max_events_per_s"):
+            assert _finite_positive(figures[key]), (mode, key)
+    assert "realtime_p99_ms_paced" in r["dual"]
+    assert "realtime_p99_ms_paced" not in r["single"]
+    ratios = r["ratio_dual_over_single"]
+    assert set(ratios) == {
+        "publish_p50",
+        "publish_p99",
+        "max_events_per_s",
+        "max_delivered_events_per_s",
+    }
+    assert all(_finite_positive(v) for v in ratios.values())
+
+
+def test_checksum_cost(smoke: Smoke) -> None:
+    r = smoke.results["checksum-cost"]
+    for algorithm in ("crc32", "sha256"):
+        figures = r[algorithm]
+        for key in (
+            "checksum_ns",
+            "draft_ns",
+            "seal_ns",
+            "publish_memory_cpu_ns",
+            "publish_real_cpu_ns",
+            "share_of_draft_seal",
+            "share_of_publish_memory",
+            "share_of_publish_real",
+        ):
+            assert _finite_positive(figures[key]), (algorithm, key)
+        for key in ("share_of_draft_seal", "share_of_publish_memory", "share_of_publish_real"):
+            assert figures[key] < 1
+    assert set(r["checksum_ns_by_payload_bytes"]) == {"64", "1024", "16384"}
+
+
+def test_reconcile(smoke: Smoke) -> None:
+    r = smoke.results["reconcile"]
+    assert r["events"] == 2000
+    assert r["pairs"] == r["matched"] == 2 * r["events"]
+    for key in ("seconds", "pairs_per_s", "peak_rss_mib"):
+        assert _finite_positive(r[key]), key
+
+
+def test_store(smoke: Smoke) -> None:
+    r = smoke.results["store"]
+    # --skip-postgres: PostgreSQL is left out of the smoke run on purpose.
+    assert set(r["append_events_per_s"]) == {"memory", "sqlite"}
+    assert set(r["mark_state_changes_per_s"]) == {"memory", "sqlite"}
+    for section in ("append_events_per_s", "mark_state_changes_per_s", "publish_on_over_off"):
+        assert all(_finite_positive(v) for v in r[section].values()), section
+    assert all(_finite_positive(v) for v in r["publish_store_on"].values())
+
+
+def test_failover(smoke: Smoke) -> None:
+    r = smoke.results["failover"]
+    for key in ("failover_s", "half_open_s", "closed_s", "full_share_s", "restore_s"):
+        assert _finite_positive(r[key]), key
+    assert r["half_open_s"] <= r["closed_s"] <= r["full_share_s"]
+    assert r["transitions"]["closed->open"] >= 1
+    assert r["backfilled"] > 0
+    for phase in ("steady", "failover", "backfill"):
+        assert r[phase]["events"] > 0
+
+
+def test_raw_limit(smoke: Smoke) -> None:
+    r = smoke.results["raw-limit"]
+    assert r["raw_delivered"] > 0
+    assert r["raw_lost"] == 0
+    assert r["broadcaster_lost"] == 0
+    for key in ("raw_events_per_s", "broadcaster_max_events_per_s", "fraction"):
+        assert _finite_positive(r[key]), key
+
+
+def test_all_prints_a_table_and_writes_results(smoke: Smoke) -> None:
+    command = "python -m loadtests " + " ".join(ALL_ARGS)
+    assert f"| figure (`{command} --out " in smoke.stdout
+    assert "| sustained: websocket.p99_ms |" in smoke.stdout
+    assert "| raw-limit: fraction |" in smoke.stdout
+    written = (smoke.out / "results.jsonl").read_text().splitlines()
+    assert {json.loads(line)["scenario"] for line in written} == set(SCENARIOS)
+    assert (smoke.out / "results.md").read_text().startswith("| figure (")
+
+
+def test_plot_is_a_png(smoke: Smoke) -> None:
+    png = smoke.out / "sustained.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- in-process: helpers and argument handling ---------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket_paces_and_caps_catch_up() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(1000, burst=50, clock=clock)
+    assert bucket.take_now(10) == 1  # starts with one token
+    assert bucket.take_now(10) == 0
+    assert bucket.wait_s() == pytest.approx(0.001)
+    clock.now = 0.0105
+    assert bucket.take_now(100) == 10  # whole tokens only
+    clock.now = 10.0  # a long stall: catch-up is capped at the burst
+    assert bucket.take_now(1000) == 50
+    assert bucket.take_now(1000) == 0
+
+
+def test_token_bucket_unpaced_and_deadline() -> None:
+    assert TokenBucket(None, burst=1).take_now(100) == 100
+    assert TokenBucket(None, burst=1).wait_s() == 0
+    with pytest.raises(ValueError):
+        TokenBucket(0, burst=1)
+
+
+async def test_token_bucket_take_stops_at_the_deadline() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(1000, burst=10, clock=clock)
+    assert await bucket.take(5, deadline=1.0) == 1
+    clock.now = 2.0
+    assert await bucket.take(5, deadline=1.0) == 0
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert math.isnan(percentile([], 50))
+    figures = summarise(list(reversed(values)), scale=2)
+    assert figures == {"p50": 100, "p99": 198, "p999": 200, "max": 200}
+    assert all(math.isnan(v) for v in summarise([]).values())
+
+
+def test_bins_fill_gaps() -> None:
+    bins = Bins(0.5)
+    bins.add(10.1, 1.0)
+    bins.add(10.2, 3.0)
+    bins.add_many(11.2, [5.0, 7.0])
+    assert bins.rows(origin=10.0) == [[0.0, 2, 1.0, 3.0], [0.5, 0, 0.0, 0.0], [1.0, 2, 5.0, 7.0]]
+    assert Bins(1).rows() == []
+    with pytest.raises(ValueError):
+        Bins(0)
+
+
+def test_flatten_and_markdown_table() -> None:
+    result = {"scenario": "x", "a": {"b": 1500, "c": 0.123456}, "d": [1, 2], "e": float("nan")}
+    assert flatten(result) == {"scenario": "x", "a.b": 1500, "a.c": 0.123456, "e": result["e"]}
+    table = markdown_table("python -m loadtests all", [result])
+    assert table.splitlines() == [
+        "| figure (`python -m loadtests all`) | value |",
+        "|---|---|",
+        "| x: a.b | 1 500 |",
+        "| x: a.c | 0.1235 |",
+        "| x: e | – |",
+    ]
+
+
+def test_recorder_counts_distinct_events_and_duplicates() -> None:
+    recorder = Recorder(bin_s=1.0)
+    event = {"sequence_id": 1, "payload": {"t": 100.0, "phase": "run"}}
+    recorder.on_event("websocket", event, True, 100.01)
+    recorder.on_event("websocket", event, False, 100.02)
+    assert recorder.count("run", "websocket") == 1
+    assert recorder.short("run", 1, ["websocket", "realtime"])
+    report = recorder.report()
+    assert report["mismatches"] == {"websocket": 1}
+    assert report["run/websocket"]["duplicates"] == 1
+    assert report["run/websocket"]["p50_ms"] == pytest.approx(10, abs=0.01)
+
+
+def test_smoke_defaults_fill_only_unset_options() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["sustained", "--smoke", "--rate", "max"])
+    _apply_defaults(SCENARIOS["sustained"], args)
+    assert args.rate == "max"
+    assert args.seconds == SCENARIOS["sustained"].SMOKE["seconds"]
+    args = parser.parse_args(["sustained"])
+    _apply_defaults(SCENARIOS["sustained"], args)
+    assert args.seconds == SCENARIOS["sustained"].DEFAULTS["seconds"]
+
+
+def test_all_passes_options_to_the_right_scenarios(tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        ["all", "--smoke", "--seconds", "2", "--rate", "max", "--events", "10", "--skip-postgres"]
+    )
+    assert _scenario_argv("sustained", args, tmp_path) == [
+        "sustained",
+        "--smoke",
+        "--seconds",
+        "2.0",
+        "--rate",
+        "max",
+        "--plot",
+        str(tmp_path / "sustained.png"),
+    ]
+    assert _scenario_argv("reconcile", args, None) == ["reconcile", "--smoke", "--events", "10"]
+    assert _scenario_argv("store", args, None) == ["store", "--smoke", "--skip-postgres"]
+    assert _scenario_argv("checksum-cost", args, tmp_path) == ["checksum-cost", "--smoke"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sustained", "--rate", "fast"],
+        ["sustained", "--rate", "-5"],
+        ["store", "--plot", "x.png"],
+        ["nonsense"],
+        [],
+    ],
+)
+def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert capsys.readouterr().out == ""
