@@ -16,9 +16,10 @@ The script, while a mixed-category stream is published:
    the breaker's phases as they happen: open (failover, events pending),
    half-open, closed, the ramp, the backfill. The breaker runs on a demo-only
    fast config (recovery 1 s, ramp steps 0.5 s) instead of the production 30 s.
-   The Realtime consumer loses its connection too and comes back after the
-   backfill: broadcast keeps no history, so what was sent meanwhile never
-   reaches it;
+   The Realtime consumer loses its connection too and reconnects a moment
+   after the broadcaster (once the breaker has closed): broadcast keeps no
+   history, so what was sent in between (the half-open probes, the start of
+   the backfill) never reaches it;
 3. reconciles (demo-only short window, buffer and max delay), which finds
    those events missing, repairs them, and reconciles again until nothing is
    missing (bounded);
@@ -83,6 +84,7 @@ _TYPES = {
 }
 _ADAPTERS = ("websocket", "realtime")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+_REALTIME_CLIENT_MODULES = ("client", "channel", "push", "timer", "presence")
 
 # Demo-only timings: the production defaults (30 s recovery, 10 s ramp steps,
 # 30 s reconcile buffer, 5 min max delay) would not fit in a short demo.
@@ -97,6 +99,9 @@ _START_TIMEOUT_S = 30.0
 _RECOVERY_TIMEOUT_S = 60.0
 _CATCH_UP_TIMEOUT_S = 20.0
 _REPAIR_TIMEOUT_S = 60.0
+# Closed at full share, events pending and no backfill progress for this long:
+# the backfill has stopped.
+_STALL_S = 5.0
 
 
 @dataclass
@@ -132,7 +137,8 @@ class DemoSummary:
     repaired: dict[str, int] = field(default_factory=dict)
     #: Per category and adapter: events re-sent by repair and then received.
     resent: dict[str, dict[str, int]] = field(default_factory=dict)
-    #: Warning log lines kept off the screen during the run, by message.
+    #: Log lines kept off the screen during the run (warnings, the Realtime
+    #: client's reconnect errors), by message.
     warnings: dict[str, int] = field(default_factory=dict)
 
     #: Why the demo could not run to the end (then ``ok`` is False).
@@ -196,8 +202,8 @@ def _warnings_counted(counts: MutableMapping[str, int]) -> Iterator[None]:
     """While the demo runs, WARNING log lines are counted instead of printed
     (the summary lists them): the deliberate outage makes several — connection
     lost, failover started, deliveries failed — and the demo narrates those
-    phases itself. Errors still print. When logging is set to INFO or DEBUG,
-    nothing is held back."""
+    phases itself. So are the Realtime client's reconnect errors. Other errors
+    still print. When logging is set to INFO or DEBUG, nothing is held back."""
     if structlog.get_logger().get_effective_level() < logging.WARNING:
         yield
         return
@@ -211,17 +217,26 @@ def _warnings_counted(counts: MutableMapping[str, int]) -> Iterator[None]:
             raise structlog.DropEvent
         return event
 
+    def count_client_errors(record: logging.LogRecord) -> bool:
+        # "Connection attempt failed: [Errno 111] ...": counted by its first part.
+        key = "realtime client: " + record.getMessage().split(":")[0]
+        counts[key] = counts.get(key, 0) + 1
+        return False
+
     processors = structlog.get_config()["processors"]
     structlog.configure(processors=[count_warnings, *processors])
-    # The Realtime client logs connection errors through stdlib logging.
-    realtime_log = logging.getLogger("realtime")
-    level = realtime_log.level
-    realtime_log.setLevel(logging.CRITICAL)
+    # The official Realtime client logs each failed reconnect (while its server
+    # is down, on purpose) as an error through stdlib logging.
+    # (A logger's filters see only its own records: one per client module.)
+    client_logs = [logging.getLogger(f"realtime._async.{m}") for m in _REALTIME_CLIENT_MODULES]
+    for client_log in client_logs:
+        client_log.addFilter(count_client_errors)
     try:
         yield
     finally:
         structlog.configure(processors=processors)
-        realtime_log.setLevel(level)
+        for client_log in client_logs:
+            client_log.removeFilter(count_client_errors)
 
 
 def _free_port() -> int:
@@ -311,7 +326,7 @@ def _totals(report: Report) -> dict[str, int]:
 
 def _describe_report(report: Report) -> str:
     totals = _totals(report)
-    text = " · ".join(f"{name} {n}" for name, n in totals.items())
+    text = ", ".join(f"{name} {n}" for name, n in totals.items())
     missing: Counter[str] = Counter()
     for (_, adapter, outcome), n in report.counts.items():
         if outcome == Outcome.MISSING.value:
@@ -524,7 +539,7 @@ class _Demo:
     ) -> None:
         seconds = self.seconds
         lines = [
-            "broadcaster demo — the whole system, locally, on embedded defaults",
+            "broadcaster demo: the whole system, locally, on embedded defaults",
             f"  store      {settings.store_url}",
             f"  websocket  {ws.url}",
             f"  realtime   {child.url}  (local Realtime server, child process {child.pid};"
@@ -659,18 +674,35 @@ class _Demo:
         self.rt_offline = False
         self.note(f"{self.t()} the realtime consumer is back")
 
+        progress = (-1, -1, 0.0)  # (pending, backfilled, since)
+
         def recovered() -> bool:
             # Closed at full share with nothing pending: the backfill is done.
-            return breaker.state == "closed" and breaker.share == 100 and lane.pending == 0
+            # Or nothing moved for a while with events still pending: report
+            # that rather than wait for the timeout.
+            nonlocal progress
+            shares = self.summary.ramp_shares  # seen (and printed) by _watch_breaker
+            if breaker.state != "closed" or not shares or shares[-1] != 100:
+                progress = (-1, -1, 0.0)
+                return False
+            now = (lane.pending, b.stats.backfilled["realtime"])
+            if now != progress[:2]:
+                progress = (*now, time.monotonic())
+            return lane.pending == 0 or time.monotonic() - progress[2] > _STALL_S
 
-        if await _until(recovered, _RECOVERY_TIMEOUT_S):
+        if not await _until(recovered, _RECOVERY_TIMEOUT_S):
+            self.note(f"{self.t()} realtime did not recover within {_RECOVERY_TIMEOUT_S:g} s")
+        elif lane.pending:
+            self.note(
+                f"{self.t()} backfill stopped with {lane.pending} events still pending for"
+                f" realtime ({b.stats.backfilled['realtime']} delivered)"
+            )
+        else:
             self.note(
                 f"{self.t()} backfill done: {b.stats.backfilled['realtime']} pending events"
                 f" delivered to realtime, {time.monotonic() - back:.1f} s after the server"
                 " came back"
             )
-        else:
-            self.note(f"{self.t()} realtime did not recover within {_RECOVERY_TIMEOUT_S:g} s")
         self.summary.backfilled = b.stats.backfilled["realtime"]
 
     async def _rejoin(
@@ -709,14 +741,14 @@ class _Demo:
                 self.summary.ramp_shares.append(now_share)
                 self.note(
                     f"{self.t()} ramp: realtime gets {now_share} % of live traffic"
-                    + (" — dual-write fully restored" if now_share == 100 else "")
+                    + (": dual-write fully restored" if now_share == 100 else "")
                 )
             share, state = now_share, now_state
 
     def _transition(self, transition: Transition) -> None:
         self.summary.transitions.append(transition.key)
         texts = {
-            "closed->open": "realtime breaker OPEN ({reason}): failover — events go to"
+            "closed->open": "realtime breaker OPEN ({reason}): failover, events go to"
             " websocket only and wait as PENDING for realtime",
             "open->half_open": "realtime breaker HALF-OPEN: probing",
             "half_open->open": "realtime breaker OPEN again ({reason});"
@@ -727,7 +759,7 @@ class _Demo:
         text = texts.get(transition.key, transition.key + " ({reason})")
         reason = transition.reason
         if len(reason) > 70:
-            reason = reason[:69] + "…"
+            reason = reason[:67] + "..."
         self.note(f"{self.t()} {text.format(reason=reason)}")
 
     # -- progress ------------------------------------------------------------
@@ -936,9 +968,11 @@ def _print_table(summary: DemoSummary, snapshot: dict[str, Any], out: TextIO) ->
         )
     if summary.warnings:
         lines.append(
-            f"log warnings       {sum(summary.warnings.values())} (held back during the run): "
-            + "; ".join(f"{msg} x{n}" for msg, n in sorted(summary.warnings.items()))
+            f"log lines held     {sum(summary.warnings.values())} warnings and Realtime client"
+            " reconnect errors (LOG_LEVEL=DEBUG prints them live):"
         )
+        for message, n in sorted(summary.warnings.items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"{n:>22} x {message}")
     lines.append(f"checksum mismatches {summary.mismatches}")
     lines.append(f"duplicates          {summary.duplicates}")
     lines.append(f"lost                {sum(summary.lost.values())}")
