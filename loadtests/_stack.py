@@ -121,8 +121,8 @@ class Stack:
         rt_url = f"http://127.0.0.1:{rt_port}"
         where = "in this process" if self._embedded else "in its own process"
         progress(f"starting the Realtime server (port {rt_port}, {where}) and the subscribers")
-        # Started at once (their imports take a while): the subscriber retries
-        # its connections until the Realtime server and the broadcaster listen.
+        # Started at once (their imports take a while); the subscriber waits
+        # for "start", sent once the Realtime server and the broadcaster listen.
         if not self._embedded:
             self.server = spawn("-m", "broadcaster.realtime_server", "--port", str(rt_port))
         self.sub = spawn(
@@ -159,6 +159,9 @@ class Stack:
             Broadcaster(settings, max_pending=self._max_pending)
         )
         self.b.set_routing(self.b.routing.with_override("all"))
+        assert self.sub.stdin is not None
+        self.sub.stdin.write("start\n")
+        self.sub.stdin.flush()
         line = await self._readline()
         if line.strip() != "ready":
             raise RuntimeError(f"subscriber did not start: {line!r}")

@@ -3,7 +3,8 @@
 The broadcaster (SQLite store in a temp dir, real WebSocket fan-out, real
 Realtime adapter) runs here; the local Realtime server runs in its own process
 (``python -m broadcaster.realtime_server``). A producer publishes CRITICAL
-events (routed to both paths) at ``--rate`` events/s throughout. Phases:
+events (routed to both paths) at ``--rate`` events/s throughout, one
+``publish()`` per event from ``--producers`` concurrent callers. Phases:
 
 * ``steady``: both paths healthy, ``--seconds``;
 * ``failover``: the server is SIGKILLed; ``--outage`` seconds of outage;
@@ -40,7 +41,7 @@ from broadcaster.core import Broadcaster
 from broadcaster.logs import configure_logging
 from broadcaster.settings import load_settings
 
-from ._common import percentile
+from ._common import TokenBucket, percentile
 
 __all__ = ["FailoverRun", "main", "measure"]
 
@@ -77,30 +78,35 @@ async def _until(predicate: Any, within_s: float) -> float:
 
 
 class _Producer:
-    def __init__(self, b: Broadcaster, rate: float) -> None:
+    """``producers`` tasks calling ``publish()`` one event at a time, paced
+    together to ``rate`` events/s by a shared token bucket (one sequential
+    caller could not reach the rate: each call waits for its commit)."""
+
+    def __init__(self, b: Broadcaster, rate: float, producers: int = 8) -> None:
         self.b = b
         self.rate = rate
+        self.producers = producers
         self.phase = "steady"
         self.latencies: dict[str, list[float]] = {}
         #: (monotonic time the call returned, seconds it took), for plots.
         self.samples: list[tuple[float, float]] = []
         self.task: asyncio.Task[None] | None = None
+        self._next = 0
+
+    async def _one(self, bucket: TokenBucket) -> None:
+        while True:
+            await bucket.take(1, float("inf"))
+            i = self._next
+            self._next += 1
+            started = time.monotonic()
+            await self.b.publish("CRITICAL", "bench.failover", {"i": i}, key=f"k{i}")
+            ended = time.monotonic()
+            self.latencies.setdefault(self.phase, []).append(ended - started)
+            self.samples.append((ended, ended - started))
 
     async def run(self) -> None:
-        # Batches of 10 per tick keep the tick (and timer jitter) coarse.
-        per_tick, i = 10, 0
-        interval = per_tick / self.rate
-        next_at = time.monotonic()
-        while True:
-            for _ in range(per_tick):
-                started = time.monotonic()
-                await self.b.publish("CRITICAL", "bench.failover", {"i": i}, key=f"k{i}")
-                ended = time.monotonic()
-                self.latencies.setdefault(self.phase, []).append(ended - started)
-                self.samples.append((ended, ended - started))
-                i += 1
-            next_at += interval
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        bucket = TokenBucket(self.rate, burst=self.producers)
+        await asyncio.gather(*(self._one(bucket) for _ in range(self.producers)))
 
 
 def _phase_line(name: str, latencies: list[float]) -> dict[str, Any]:
@@ -152,7 +158,7 @@ async def measure(args: argparse.Namespace) -> FailoverRun:
             )
             async with b:
                 breaker, lane = b.breakers["realtime"], b.lane("realtime")
-                producer = _Producer(b, args.rate)
+                producer = _Producer(b, args.rate, getattr(args, "producers", 8))
                 producer.task = asyncio.get_running_loop().create_task(producer.run())
                 await asyncio.sleep(args.seconds)  # steady state runs for a fixed time
 
@@ -225,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recovery", type=float, default=1.0, help="breaker recovery_time_s")
     parser.add_argument("--ramp-step", type=float, default=1.0, help="breaker ramp_step_s")
     parser.add_argument("--backfill-rate", type=float, default=5000.0, help="events/s")
+    parser.add_argument("--producers", type=int, default=8, help="concurrent publish() callers")
     configure_logging("console", "WARNING")
     asyncio.run(_run(parser.parse_args(argv)))
     return 0

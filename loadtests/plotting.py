@@ -32,6 +32,7 @@ def plot_timeline(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     fig, (rate_ax, lat_ax) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     try:
@@ -54,12 +55,13 @@ def plot_timeline(
                     linestyle="--",
                     label=f"{name} p99",
                 )
-        for label, at in (markers or {}).items():
+        for index, (label, at) in enumerate((markers or {}).items()):
             for ax in (rate_ax, lat_ax):
                 ax.axvline(at - origin, color="grey", linewidth=0.8, linestyle=":")
+            # Alternate heights so that labels of close moments do not overlap.
             rate_ax.annotate(
                 label,
-                (at - origin, 1.0),
+                (at - origin, 1.0 if index % 2 == 0 else 0.6),
                 xycoords=("data", "axes fraction"),
                 rotation=90,
                 va="top",
@@ -68,13 +70,16 @@ def plot_timeline(
         rate_ax.set_ylabel(f"events/s ({bin_s:g} s bins)")
         rate_ax.set_title(title)
         rate_ax.grid(True, alpha=0.3)
-        rate_ax.legend(fontsize=7, loc="lower right")
+        rate_ax.legend(fontsize=7, loc="best")
         lat_ax.set_ylabel(latency_label)
         lat_ax.set_xlabel("seconds")
         if any(row[3] > 0 for bins in series.values() for row in bins):
             lat_ax.set_yscale("log")
+            lat_ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            lat_ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _pos: f"{y:g}"))
+            lat_ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         lat_ax.grid(True, which="both", alpha=0.3)
-        lat_ax.legend(fontsize=7, ncol=2, loc="upper right")
+        lat_ax.legend(fontsize=7, ncol=2, loc="best")
         fig.tight_layout()
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,9 @@ mismatches and keeps every latency, also in time bins of ``--bin`` seconds.
 Two ways to end it:
 
 * SIGTERM/SIGINT: prints the report (one JSON object) and exits;
-* with ``--control``, commands on stdin, one per line, each answered with one
-  JSON line on stdout:
+* with ``--control``, commands on stdin, one per line: first ``start`` (the
+  servers listen: subscribe now), then each answered with one JSON line on
+  stdout:
 
   - ``wait PHASE COUNT TIMEOUT_S ADAPTER[,ADAPTER]``: until every named
     adapter has COUNT distinct events of PHASE, or the timeout;
@@ -34,7 +35,6 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from contextlib import AsyncExitStack
 from typing import Any
 
 from broadcaster.consumer import ReceiptCollector
@@ -47,8 +47,6 @@ from ._common import Bins, percentile, summarise
 __all__ = ["Recorder", "main", "percentile"]
 
 ADAPTERS = ("websocket", "realtime")
-#: How long to keep trying to subscribe (the servers may still be starting).
-START_TIMEOUT_S = 30.0
 
 
 class _Track:
@@ -120,10 +118,14 @@ class Recorder:
         return result
 
 
-async def _control(recorder: Recorder, stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
+async def _stdin() -> asyncio.StreamReader:
     reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+async def _control(recorder: Recorder, reader: asyncio.StreamReader, stop: asyncio.Event) -> None:
     while not stop.is_set():
         line = (await reader.readline()).decode().strip()
         if not line or line == "report":
@@ -145,22 +147,6 @@ async def _control(recorder: Recorder, stop: asyncio.Event) -> None:
             print(json.dumps({"error": f"unknown command {line!r}"}), flush=True)
 
 
-async def _realtime(url: str, collector: ReceiptCollector) -> RealtimeSubscriber:
-    """A started Realtime subscriber, retried until the server accepts it."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        subscriber = RealtimeSubscriber(url, collector=collector)
-        try:
-            await subscriber.start()
-        except Exception:
-            await subscriber.close()
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
-        else:
-            return subscriber
-
-
 async def _run(ws_url: str, rt_url: str, bin_s: float, control: bool) -> dict[str, Any]:
     recorder = Recorder(bin_s)
 
@@ -179,14 +165,19 @@ async def _run(ws_url: str, rt_url: str, bin_s: float, control: bool) -> dict[st
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    # Started alongside the servers it subscribes to: retry until they listen.
-    async with AsyncExitStack() as subscriptions:
-        subscriptions.push_async_callback((await _realtime(rt_url, rt_col)).close)
-        await subscriptions.enter_async_context(
-            WebSocketSubscriber(ws_url, collector=ws_col, connect_timeout=START_TIMEOUT_S)
-        )
+    reader = await _stdin() if control else None
+    if reader is not None:
+        # Started alongside the servers it subscribes to (the imports overlap):
+        # the parent says "start" once they listen.
+        line = (await reader.readline()).decode().strip()
+        if line != "start":
+            raise SystemExit(f"expected 'start' on stdin, got {line!r}")
+    async with (
+        RealtimeSubscriber(rt_url, collector=rt_col),
+        WebSocketSubscriber(ws_url, collector=ws_col),
+    ):
         print("ready", flush=True)
-        task = loop.create_task(_control(recorder, stop)) if control else None
+        task = loop.create_task(_control(recorder, reader, stop)) if reader else None
         await stop.wait()
         if task is not None:
             task.cancel()

@@ -6,11 +6,12 @@ runtime equivalent of ``DUAL_WRITE_GLOBAL_OVERRIDE``: ``all`` (dual-write:
 WebSocket fan-out and Realtime) then ``websocket`` (the legacy single path).
 For each mode, two phases:
 
-* ``latency``: ``--producers`` tasks paced together to ``--rate`` events/s,
-  one ``publish()`` per event: the producer-visible ``publish()`` latency
-  (validation, routing, group commit to SQLite, hand-off to the lanes);
-* ``max``: as fast as possible in ``publish_many`` calls of ``--batch``: the
-  highest achieved (publish side) and delivered (end-to-end) rates.
+* ``latency``: ``--latency-producers`` tasks paced together to ``--rate``
+  events/s, one ``publish()`` per event: the producer-visible ``publish()``
+  latency (validation, routing, group commit to SQLite, hand-off to the lanes);
+* ``max``: ``--producers`` tasks as fast as possible in ``publish_many`` calls
+  of ``--batch``: the highest achieved (publish side) and delivered
+  (end-to-end) rates.
 
 Figures per mode, and dual ÷ single ratios of publish p50/p99 and of both
 maximum rates. Every phase waits until the subscribers got all its events.
@@ -40,6 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rate", type=float, help="paced rate of the publish() latency phases (default 2000)"
     )
+    parser.add_argument(
+        "--latency-producers",
+        type=int,
+        default=16,
+        help="concurrent publish() callers in the latency phases: enough that the "
+        "paced rate is reached (each caller waits for its own commit)",
+    )
     add_load_arguments(parser)
 
 
@@ -51,7 +59,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     load = load_average()
     phases: list[PhaseResult] = []
     common: dict[str, Any] = {
-        "producers": args.producers,
         "category": args.category,
         "payload_bytes": args.payload_bytes,
         "seconds": args.seconds,
@@ -66,6 +73,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"{mode}-latency",
                     rate=args.rate,
                     single_calls=True,
+                    producers=args.latency_producers,
                     adapters=adapters,
                     **common,
                 )
@@ -73,7 +81,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             progress(f"{mode}: maximum throughput")
             phases.append(
                 await stack.phase(
-                    f"{mode}-max", rate=None, max_batch=args.batch, adapters=adapters, **common
+                    f"{mode}-max",
+                    rate=None,
+                    producers=args.producers,
+                    max_batch=args.batch,
+                    adapters=adapters,
+                    **common,
                 )
             )
     stack.complete(phases)
@@ -81,6 +94,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "scenario": NAME,
         "rate": args.rate,
+        "latency_producers": args.latency_producers,
         "producers": args.producers,
         "max_batch": args.batch,
         "category": args.category,
