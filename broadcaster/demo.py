@@ -37,6 +37,7 @@ import functools
 import logging
 import os
 import random
+import shutil
 import socket
 import sys
 import tempfile
@@ -183,6 +184,8 @@ class _Progress:
             return
         self.last = now
         if self.tty:
+            # A line wider than the terminal would wrap and could not be redrawn.
+            text = text[: max(20, shutil.get_terminal_size().columns - 1)]
             self.out.write("\r\033[K" + text + ("\n" if final else ""))
             self.current = "" if final else text
         else:
@@ -790,8 +793,8 @@ class _Demo:
         rt = collectors["realtime"].stats.received
         self.progress.show(
             f"[{elapsed:4.1f}s] published {publisher.count:>6} {rate:>7}"
-            f" | websocket recv {collectors['websocket'].stats.received:>6}"
-            f" | realtime recv {rt:>6}{' (offline)' if self.rt_offline else ''}"
+            f" | received: websocket {collectors['websocket'].stats.received:>6}"
+            f", realtime {rt:>6}{' (offline)' if self.rt_offline else ''}"
             f" | realtime breaker {breaker}",
             final=final,
         )
