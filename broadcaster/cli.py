@@ -45,7 +45,18 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="run the whole system locally and print a summary")
-    demo.add_argument("--seconds", type=float, default=6.0, help="how long to publish")
+    demo.add_argument(
+        "--seconds",
+        type=float,
+        default=8.0,
+        help="how long to publish (longer while an outage recovers)",
+    )
+    demo.add_argument(
+        "--no-outage",
+        dest="outage",
+        action="store_false",
+        help="do not kill and restart the local Realtime server",
+    )
     demo.add_argument("--rate", type=float, default=2000.0, help="target events per second")
 
     config = sub.add_parser("config", help="show or check the configuration")
@@ -230,7 +241,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from .demo import run_demo
 
     try:
-        summary = asyncio.run(run_demo(settings, seconds=args.seconds, rate=args.rate))
+        summary = asyncio.run(run_demo(settings, seconds=args.seconds, rate=args.rate, outage=args.outage))
     except KeyboardInterrupt:
         return EXIT_PROBLEM
     return EXIT_OK if summary.ok else EXIT_PROBLEM

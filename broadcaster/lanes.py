@@ -163,6 +163,10 @@ class Lane:
         self._changed = _Pulse()
         self._backfill_rate = backfill_rate
         self._backfill_needed = False
+        #: Completed PENDING writes; a backfill pass may only declare itself
+        #: complete if none finished while it ran (their rows were still held
+        #: when its pages were read, so it skipped them).
+        self._parked_writes = 0
         self._backfilling = False
         self._backfill_idle = asyncio.Event()
         self._backfill_idle.set()
@@ -431,6 +435,7 @@ class Lane:
             self._from_store.difference_update(ids)
             self.pending += fresh
             self._stats.parked[self.name] += fresh
+            self._parked_writes += 1
             self._backfill_needed = True
             self._backfill_idle.clear()
             self._release(ids)
@@ -500,6 +505,7 @@ class Lane:
     async def _backfill_pass(self, breaker: AdapterBreaker, tokens: TokenBucket) -> None:
         """One pass over the adapter's undelivered rows, oldest first."""
         after, sent, started = 0, 0, self._clock()
+        parked_writes = self._parked_writes
         page = max(self._max_batch, 1)
         chunk = max(1, min(self._max_batch, int(self._backfill_rate / 20)))
         if not self._backfilling:
@@ -527,7 +533,12 @@ class Lane:
                 log.info("backfill progress", count=sent, remaining=self.pending)
         if breaker.state != BreakerState.CLOSED:
             return
-        if sent == 0 and breaker.share >= 100 and not self._parking:
+        if (
+            sent == 0
+            and breaker.share >= 100
+            and not self._parking
+            and parked_writes == self._parked_writes
+        ):
             self._backfill_needed = False
             self._backfilling = False
             log.info(
