@@ -241,7 +241,9 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from .demo import run_demo
 
     try:
-        summary = asyncio.run(run_demo(settings, seconds=args.seconds, rate=args.rate, outage=args.outage))
+        summary = asyncio.run(
+            run_demo(settings, seconds=args.seconds, rate=args.rate, outage=args.outage)
+        )
     except KeyboardInterrupt:
         return EXIT_PROBLEM
     return EXIT_OK if summary.ok else EXIT_PROBLEM
