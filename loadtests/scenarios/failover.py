@@ -5,7 +5,8 @@ events (routed to both paths) at ``--rate`` throughout; the Realtime server
 process is SIGKILLed after ``--seconds`` and restarted ``--outage`` seconds
 after the breaker opened. Figures: publish() latency per phase (steady,
 failover, backfill), SIGKILL → breaker open, restart → half-open / closed /
-full share / every pending event backfilled, and the counts. The plot shows
+full share / every pending event backfilled (``restore_s``; null past
+``--restore-timeout``), and the counts. The plot shows
 the publish rate and publish() latency over time with those moments marked.
 """
 
@@ -27,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "rate": 2000.0,
     "recovery": 1.0,
     "ramp_step": 1.0,
+    "restore_timeout": 120.0,
 }
 SMOKE: dict[str, Any] = {
     "seconds": 0.5,
@@ -34,6 +36,7 @@ SMOKE: dict[str, Any] = {
     "rate": 500.0,
     "recovery": 0.3,
     "ramp_step": 0.1,
+    "restore_timeout": 5.0,
 }
 PLOTS = True
 
@@ -46,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ramp-step", type=float, help="breaker ramp_step_s (default 1)")
     parser.add_argument("--backfill-rate", type=float, default=5000.0, help="events/s")
     parser.add_argument("--producers", type=int, default=8, help="concurrent publish() callers")
+    parser.add_argument(
+        "--restore-timeout",
+        type=float,
+        help="seconds to wait for every pending event to be delivered (default 120); "
+        "past it restore_s is null and pending_at_end says how many are left",
+    )
     parser.add_argument("--bin", type=float, default=0.25, help="plot bin width, seconds")
 
 
@@ -64,7 +73,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     bounds = {
         "steady": (first, result.marks["SIGKILL"]),
         "failover": (result.marks["SIGKILL"], result.marks["restart"]),
-        "backfill": (result.marks["restart"], result.marks["restored"]),
+        "backfill": (result.marks["restart"], result.marks.get("restored", result.samples[-1][0])),
     }
     for phase in result.phases:
         name = phase["phase"]
