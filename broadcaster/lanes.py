@@ -511,8 +511,18 @@ class Lane:
         if not self._backfilling:
             self._backfilling = True
             log.info("backfill started", pending=self.pending)
-        while breaker.state == BreakerState.CLOSED:
-            rows = await self._store_page(after, page)
+        try:
+            # The pass ends at the tail as it was when it began: under steady
+            # publishing the newest rows are always in flight (undelivered and
+            # held), and a pass that chased them would never end — nor come
+            # back for rows parked behind it after it read their page.
+            tail = await self._store.last_sequence_id()
+        except StoreError as exc:
+            log.error("backfill could not read the store", error=str(exc))
+            await asyncio.sleep(0.5)  # the store is failing: do not spin on it
+            return
+        while breaker.state == BreakerState.CLOSED and after < tail:
+            rows = [r for r in await self._store_page(after, page) if r.sequence_id <= tail]
             if not rows:
                 break
             after = rows[-1].sequence_id
