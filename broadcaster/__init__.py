@@ -4,8 +4,9 @@ The public API is re-exported here; see ``__all__``. Everything raised on
 purpose derives from :class:`BroadcasterError` (``broadcaster.exceptions``).
 """
 
+from typing import TYPE_CHECKING
+
 from .adapters import Adapter, AdapterHealth, MemoryAdapter, RealtimeAdapter, WebSocketAdapter
-from .admin import AdminServer, create_app
 from .consumer import RealtimeSubscriber, ReceiptCollector, WebSocketSubscriber
 from .core import Broadcaster, Receipt
 from .events import Category, ChecksumInfo, Event, EventFactory, EventRecord, parse_frame
@@ -26,12 +27,37 @@ from .exceptions import (
     StoreUnavailable,
 )
 from .flags import CategoryPatch, OverrideChange, RuntimeFlags
-from .metrics import BroadcasterMetrics
 from .reconcile import MatchPolicy, Outcome, Reconciler, Report
 from .routing import CategoryRoute, RoutingTable, bucket
-from .service import run_service
 from .settings import CategorySettings, Settings, load_settings
 from .store import AuditEntry, ConsumerReceipt, DeliveryState, MemoryStore, Store
+
+if TYPE_CHECKING:
+    from .admin import AdminServer, create_app
+    from .metrics import BroadcasterMetrics
+    from .service import run_service
+
+# The admin API pulls in FastAPI: imported on first use, so that processes
+# that never serve it (the local Realtime server, subscribers, the CLI's
+# other commands) start fast.
+_LAZY = {
+    "AdminServer": ".admin",
+    "create_app": ".admin",
+    "run_service": ".service",
+    "BroadcasterMetrics": ".metrics",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'broadcaster' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Adapter",
