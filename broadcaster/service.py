@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import TextIO
 
@@ -48,13 +49,13 @@ async def run_service(
         generated = generate_token()
         tokens = {"admin": generated}
     loop = asyncio.get_running_loop()
+    # Signals can only be handled on the main thread; run elsewhere (a test's
+    # thread, an embedding application), ``stop`` is the only way to end it.
     handled: list[signal.Signals] = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
             handled.append(sig)
-        except (NotImplementedError, RuntimeError):  # not the main thread
-            pass
     try:
         async with Broadcaster(settings) as b:
             metrics = BroadcasterMetrics(b)
