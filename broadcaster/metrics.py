@@ -67,7 +67,6 @@ from .breaker_policy import BreakerState
 from .events import Category, EventRecord
 from .exceptions import StoreError
 from .reconcile.matching import Outcome, Report
-from .reconcile.reconciler import RECONCILED_THROUGH
 from .store.base import DeliveryState, StoreStats
 
 if TYPE_CHECKING:
@@ -337,15 +336,14 @@ class BroadcasterMetrics:
         store = self.broadcaster.store
         try:
             stats = await store.stats()
-            watermark = await store.get_watermark(RECONCILED_THROUGH)
-            rows = await store.scan(after=watermark, limit=1)
+            _, unreconciled_ms = await self.broadcaster.reconciler.progress()
         except StoreError as exc:
             log.warning("metrics refresh could not read the store", error=str(exc))
             self._store_up = False
             return
         self._store_up = True
         self._store_stats = stats
-        self._unreconciled_ms = rows[0].created_at_ms if rows else None
+        self._unreconciled_ms = unreconciled_ms
 
     def render(self) -> tuple[bytes, str]:
         """``(body, content_type)`` of a ``/metrics`` response: the registry in

@@ -26,7 +26,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from ..core import Broadcaster
-from ..events import Category
+from ..events import Category, format_timestamp
 from ..exceptions import (
     BroadcasterClosed,
     ConfigError,
@@ -36,7 +36,6 @@ from ..exceptions import (
 )
 from ..flags import CategoryPatch, OverrideChange
 from ..metrics import BroadcasterMetrics
-from ..reconcile.reconciler import RECONCILED_THROUGH
 from ..store.base import AuditEntry, StoredEvent
 
 __all__ = [
@@ -123,7 +122,7 @@ def _category(name: str) -> Category:
 def _audit_dict(entry: AuditEntry) -> dict[str, Any]:
     return {
         "id": entry.id,
-        "at": _iso(entry.at_ms),
+        "at": format_timestamp(entry.at_ms),
         "at_ms": entry.at_ms,
         "actor": entry.actor,
         "path": entry.path,
@@ -132,15 +131,11 @@ def _audit_dict(entry: AuditEntry) -> dict[str, Any]:
     }
 
 
-def _iso(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
-
-
 def _trace(stored: StoredEvent) -> dict[str, Any]:
     return {
         "event": stored.record.to_dict(),
         "routed_to": list(stored.routed_to),
-        "stored_at": _iso(stored.created_at_ms),
+        "stored_at": format_timestamp(stored.created_at_ms),
         "adapters": {
             name: {"state": state.value, "error": stored.errors.get(name)}
             for name, state in stored.states.items()
@@ -149,7 +144,7 @@ def _trace(stored: StoredEvent) -> dict[str, Any]:
             {
                 "adapter": r.adapter,
                 "consumer": r.consumer,
-                "received_at": _iso(r.received_at_ms),
+                "received_at": format_timestamp(r.received_at_ms),
                 "checksum": r.checksum,
                 "checksum_ok": r.checksum_ok,
             }
@@ -394,12 +389,8 @@ async def collect_stats(b: Broadcaster) -> dict[str, Any]:
             "dual_write_success_rate": round(delivered_sum / routed_sum, 6) if routed_sum else 1.0,
         }
     store = await b.store.stats()
-    through = await b.store.get_watermark(RECONCILED_THROUGH)
-    lag_s = 0.0
-    if through < store.last_sequence_id:
-        rows = await b.store.scan(after=through, limit=1)
-        if rows:
-            lag_s = max(0.0, time.time() - rows[0].created_at_ms / 1000)
+    through, unreconciled_ms = await b.reconciler.progress()
+    lag_s = 0.0 if unreconciled_ms is None else max(0.0, time.time() - unreconciled_ms / 1000)
     return {
         "categories": categories,
         "adapters": {

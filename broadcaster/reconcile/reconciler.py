@@ -98,6 +98,14 @@ class Reconciler:
                 final = False
         return final
 
+    async def progress(self) -> tuple[int, int | None]:
+        """``(reconciled_through, created_at_ms)``: the watermark, and when the
+        first event above it was stored (None when every stored event is
+        reconciled) — what reconciliation lag is measured from."""
+        through = await self._store.get_watermark(RECONCILED_THROUGH)
+        rows = await self._store.scan(after=through, limit=1)
+        return through, rows[0].created_at_ms if rows else None
+
     async def run(self) -> Report:
         """Reconcile every retained event; returns (and keeps) the report."""
         started = time.perf_counter()

@@ -236,3 +236,21 @@ async def test_store_size_stays_bounded_under_a_long_run(tmp_path: Path) -> None
         assert await store.last_sequence_id() == 24 * 300
     assert min(counts[4:]) >= 2 * 300 and max(counts[4:]) <= 4 * 300, counts  # about 3 waves
     assert sizes[-1] <= sizes[8] * 1.1, sizes  # the file plateaued
+
+
+async def test_progress_reports_the_watermark_and_the_oldest_unreconciled_event() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    b, ws, rt = make(clock, store)
+    async with b:
+        assert await b.reconciler.progress() == (0, None)
+        for i in range(2):
+            await b.publish("CRITICAL", "e", {"i": i})
+        await b.flush(timeout=5)
+        created = int(clock.now * 1000)
+        assert await b.reconciler.progress() == (0, created)
+        await store.record_receipts(receipts_for(ws.events, "websocket", created))
+        await store.record_receipts(receipts_for(rt.events, "realtime", created))
+        clock.now += 60
+        await b.reconcile()
+        assert await b.reconciler.progress() == (2, None)
