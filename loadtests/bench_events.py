@@ -12,11 +12,12 @@ run). Nothing here asserts a timing.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from broadcaster.events import Category, EventDraft, EventFactory, seal
@@ -37,7 +38,7 @@ PAYLOAD: dict[str, Any] = {
 CATEGORIES = {"crc32": Category.PERFORMANCE, "sha256": Category.CRITICAL}
 
 
-def _best_us(run: Any, events: int, repeat: int) -> float:
+def _best_us(run: Callable[[], object], events: int, repeat: int) -> float:
     best = float("inf")
     for _ in range(repeat):
         gc.collect()
@@ -47,27 +48,28 @@ def _best_us(run: Any, events: int, repeat: int) -> float:
     return round(best / events * 1e6, 3)
 
 
+def _draft_all(factory: EventFactory, category: Category, events: int) -> list[EventDraft]:
+    draft = factory.draft
+    return [draft(category, "metric.sample", PAYLOAD, key="user-1") for _ in range(events)]
+
+
+def _seal_all(drafts: list[EventDraft]) -> None:
+    for seq, draft in enumerate(drafts, start=1):
+        seal(draft, seq)
+
+
 def measure(events: int, repeat: int) -> dict[str, Any]:
     """µs/event of ``draft`` and ``seal`` per algorithm (best of ``repeat``)."""
     figures: dict[str, Any] = {"bench": "events", "events": events, "repeat": repeat}
     for algorithm, category in CATEGORIES.items():
         factory = EventFactory()
-        drafts: list[EventDraft] = []
-
-        def run_draft(factory: EventFactory = factory, category: Category = category) -> None:
-            drafts.clear()
-            draft = factory.draft
-            append = drafts.append
-            for _ in range(events):
-                append(draft(category, "metric.sample", PAYLOAD, key="user-1"))
-
-        def run_seal() -> None:
-            for seq, draft in enumerate(drafts, start=1):
-                seal(draft, seq)
-
+        run_draft = functools.partial(_draft_all, factory, category, events)
         figures[f"draft_us_{algorithm}"] = _best_us(run_draft, events, repeat)
+        drafts = _draft_all(factory, category, events)
         assert drafts[0].checksum_algorithm == algorithm
-        figures[f"seal_us_{algorithm}"] = _best_us(run_seal, events, repeat)
+        figures[f"seal_us_{algorithm}"] = _best_us(
+            functools.partial(_seal_all, drafts), events, repeat
+        )
         figures[f"total_us_{algorithm}"] = round(
             figures[f"draft_us_{algorithm}"] + figures[f"seal_us_{algorithm}"], 3
         )
