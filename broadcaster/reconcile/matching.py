@@ -189,6 +189,14 @@ class Report:
             if len(ids) < self.max_missing_ids:
                 ids.append(expected.sequence_id)
 
+    def add_matched(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Count pairs known to be matched without judging each one
+        (:meth:`~broadcaster.store.base.Store.plain_page`):
+        ``(category, adapter) -> pairs``."""
+        for (category, adapter), n in counts.items():
+            if n:
+                self.counts[(category, adapter, Outcome.MATCHED.value)] += n
+
     def extend(self, pairs: Iterable[tuple[Expected, Judgement]]) -> None:
         for expected, judgement in pairs:
             self.add(expected, judgement)

@@ -6,6 +6,12 @@ yields to the event loop between pages, so it never blocks publishing. Its
 memory is one page of rows plus the report's counters (and at most
 ``Report.max_missing_ids`` ids per adapter), not the size of the store.
 
+Most pages, once both paths agree, hold nothing but plainly matched pairs:
+each run first asks the store to prove that of a large page in aggregate
+(:meth:`~broadcaster.store.base.Store.plain_page`, a few SQL aggregates
+instead of a million Python objects) and counts it; only a page where that
+fails is read and judged pair by pair.
+
 After a run, ``reconciled_through`` (a store watermark) is the highest sequence
 id below which every pair has a final verdict (not awaiting, not pending);
 retention prunes only below it.
@@ -51,11 +57,13 @@ class Reconciler:
         *,
         clock: Callable[[], float] = time.time,
         page_size: int = 5000,
+        plain_page_size: int = 20_000,
     ) -> None:
         self._store = store
         self.policy = policy
         self._clock = clock
         self._page = page_size
+        self._plain_page = plain_page_size
         self.last_report: Report | None = None
         self.last_run_at_ms: int | None = None
         self.last_duration_s: float | None = None
@@ -114,19 +122,39 @@ class Reconciler:
         after = 0
         final_through = await self._store.get_watermark(RECONCILED_THROUGH)
         prefix_final = True
+        judged_before_ms = now_ms - self.policy.buffer_ms
         while True:
-            rows = await self._store.scan(after=after, limit=self._page)
-            if not rows:
+            page = await self._store.plain_page(
+                after=after,
+                limit=self._plain_page,
+                judged_before_ms=judged_before_ms,
+                window_ms=self.policy.window_ms,
+            )
+            if not page.last:
                 break
-            for row in rows:
-                final = self.judge_row(row, now_ms, report)
-                if prefix_final and final:
-                    final_through = max(final_through, row.sequence_id)
-                else:
-                    prefix_final = False
-            after = rows[-1].sequence_id
-            # One page at a time, yielding in between: publishing keeps going.
-            await asyncio.sleep(0)
+            if page.matched is not None:
+                report.add_matched(page.matched)
+                if prefix_final:
+                    final_through = max(final_through, page.last)
+                after = page.last
+                await asyncio.sleep(0)
+                continue
+            # Something in this page needs a verdict of its own: judge every
+            # pair, in pages of rows, up to the end of the page.
+            while after < page.last:
+                rows = await self._store.scan(after=after, limit=self._page)
+                if not rows:  # pruned since plain_page() saw them
+                    break
+                for row in rows:
+                    final = self.judge_row(row, now_ms, report)
+                    if prefix_final and final:
+                        final_through = max(final_through, row.sequence_id)
+                    else:
+                        prefix_final = False
+                after = rows[-1].sequence_id
+                # One page at a time, yielding in between: publishing keeps going.
+                await asyncio.sleep(0)
+            after = max(after, page.last)
         await self._store.set_watermark(RECONCILED_THROUGH, final_through)
         self.last_report = report
         self.last_run_at_ms = now_ms

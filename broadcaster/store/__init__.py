@@ -10,10 +10,12 @@ from .base import (
     AuditEntry,
     ConsumerReceipt,
     DeliveryState,
+    PlainPage,
     ScanRow,
     Store,
     StoredEvent,
     StoreStats,
+    plain_counts,
 )
 from .memory import MemoryStore
 from .postgres import PostgresStore
@@ -23,6 +25,7 @@ __all__ = [
     "DELIVERED_STATES",
     "UNDELIVERED_STATES",
     "AuditEntry",
+    "PlainPage",
     "ScanRow",
     "StoreStats",
     "ConsumerReceipt",
@@ -32,6 +35,7 @@ __all__ = [
     "SQLiteStore",
     "Store",
     "StoredEvent",
+    "plain_counts",
     "store_from_url",
 ]
 

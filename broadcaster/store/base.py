@@ -31,10 +31,12 @@ __all__ = [
     "AuditEntry",
     "ConsumerReceipt",
     "DeliveryState",
+    "PlainPage",
     "ScanRow",
     "Store",
     "StoreStats",
     "StoredEvent",
+    "plain_counts",
 ]
 
 
@@ -98,6 +100,49 @@ class ScanRow:
     routed_to: tuple[str, ...]
     states: dict[str, DeliveryState]
     receipts: tuple[ConsumerReceipt, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PlainPage:
+    """What :meth:`Store.plain_page` found in one page of events."""
+
+    #: Highest sequence id in the page; 0 when no event follows ``after``.
+    last: int
+    #: ``(category, adapter) -> routed pairs`` when every (event, routed adapter)
+    #: pair of the page is plainly matched; ``None`` when at least one is not,
+    #: and the page must be judged pair by pair (:meth:`Store.scan`).
+    matched: dict[tuple[str, str], int] | None
+
+
+def plain_counts(
+    rows: Sequence[ScanRow], *, judged_before_ms: int, window_ms: int
+) -> dict[tuple[str, str], int] | None:
+    """The answer of :meth:`Store.plain_page` for ``rows`` (one page, already
+    read): per ``(category, adapter)`` the number of routed pairs, if every
+    pair is plainly matched, else None. Backends that can decide this in SQL
+    do so without reading the rows; this is the reference they must agree with."""
+    counts: dict[tuple[str, str], int] = {}
+    for row in rows:
+        if row.created_at_ms > judged_before_ms or len(set(row.routed_to)) != len(row.routed_to):
+            return None
+        for adapter in row.routed_to:
+            if row.states.get(adapter) is DeliveryState.REPAIRED:
+                return None
+            seen = [r for r in row.receipts if r.adapter == adapter]
+            if len(seen) != 1:
+                return None
+            (r,) = seen
+            if not (
+                r.event_type == row.event_type
+                and r.checksum_ok
+                and r.checksum == row.checksum
+                and (r.payload_keys is None or r.payload_keys == row.payload_keys)
+                and r.received_at_ms - row.created_at_ms <= window_ms
+            ):
+                return None
+            key = (row.category, adapter)
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +249,22 @@ class Store(ABC):
     async def scan(self, *, after: int = 0, limit: int = 1000) -> list[ScanRow]:
         """Events with sequence id > ``after``, in order, at most ``limit``, with
         their per-adapter states and receipts (reconciliation's input)."""
+
+    @abstractmethod
+    async def plain_page(
+        self, *, after: int, limit: int, judged_before_ms: int, window_ms: int
+    ) -> PlainPage:
+        """Decide, without handing rows to Python where the backend can, whether
+        every (event, routed adapter) pair among the first ``limit`` events
+        after ``after`` is *plainly matched*: the event was stored at or before
+        ``judged_before_ms``; the pair is not ``REPAIRED``; it has exactly one
+        receipt, and that receipt has the event's type, a valid checksum equal
+        to the event's, the event's payload keys (or none reported), and came
+        within ``window_ms`` of the event. Such a pair is ``matched`` under
+        every criterion of :func:`~broadcaster.reconcile.matching.judge`, so
+        reconciliation can count the page instead of judging it pair by pair
+        — the common case once both paths agree. Must agree with
+        :func:`plain_counts` on the page's rows."""
 
     @abstractmethod
     async def stats(self) -> StoreStats:

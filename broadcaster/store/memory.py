@@ -15,11 +15,13 @@ from .base import (
     AuditEntry,
     ConsumerReceipt,
     DeliveryState,
+    PlainPage,
     ScanRow,
     Store,
     StoredEvent,
     StoreStats,
     _config_json,
+    plain_counts,
 )
 
 __all__ = ["MemoryStore"]
@@ -127,6 +129,15 @@ class MemoryStore(Store):
                 )
             )
         return rows
+
+    async def plain_page(
+        self, *, after: int, limit: int, judged_before_ms: int, window_ms: int
+    ) -> PlainPage:
+        rows = await self.scan(after=after, limit=limit)
+        if not rows:
+            return PlainPage(0, {})
+        matched = plain_counts(rows, judged_before_ms=judged_before_ms, window_ms=window_ms)
+        return PlainPage(rows[-1].sequence_id, matched)
 
     async def stats(self) -> StoreStats:
         states: dict[str, dict[str, int]] = {}

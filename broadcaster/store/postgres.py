@@ -75,6 +75,7 @@ from .base import (
     AuditEntry,
     ConsumerReceipt,
     DeliveryState,
+    PlainPage,
     ScanRow,
     Store,
     StoredEvent,
@@ -276,6 +277,32 @@ _SCAN_RECEIPTS: Final = (
     "SELECT sequence_id, adapter, event_type, received_at_ms, checksum, checksum_ok,"
     " consumer, payload_keys FROM receipts WHERE sequence_id BETWEEN %s AND %s"
     " ORDER BY sequence_id, id"
+)
+# plain_page(): the page's bounds, then three set-based checks, cheapest first.
+_PAGE_LAST: Final = (
+    "SELECT max(sequence_id) FROM"
+    " (SELECT sequence_id FROM events WHERE sequence_id > %s ORDER BY sequence_id LIMIT %s) AS p"
+)
+_PAGE_REPAIRED: Final = (
+    "SELECT EXISTS (SELECT 1 FROM deliveries WHERE sequence_id BETWEEN %s AND %s"
+    " AND state = 'repaired')"
+)
+_PAGE_ROUTED: Final = (
+    "SELECT category, routed_to, count(*), max(created_at_ms),"
+    " count(*) - least(count(checksum), count(payload_keys))"
+    " FROM events WHERE sequence_id BETWEEN %s AND %s GROUP BY category, routed_to"
+)
+# Receipts of the page's events: how many, how many plainly match their event
+# (and name an adapter it was routed to), how many distinct (event, adapter).
+_PAGE_RECEIPTS: Final = (
+    "SELECT count(*), count(*) FILTER (WHERE r.event_type = e.event_type AND r.checksum_ok"
+    " AND r.checksum = e.checksum"
+    " AND (r.payload_keys IS NULL OR r.payload_keys = e.payload_keys)"
+    " AND r.received_at_ms - e.created_at_ms <= %(window)s"
+    " AND r.adapter IN (SELECT json_array_elements_text(e.routed_to::json))),"
+    " count(DISTINCT (r.sequence_id, r.adapter))"
+    " FROM receipts AS r JOIN events AS e ON e.sequence_id = r.sequence_id"
+    " WHERE r.sequence_id BETWEEN %(low)s AND %(high)s"
 )
 _SAVE_CONFIG: Final = (
     "INSERT INTO runtime_config (id, doc_json, updated_at_ms) VALUES (1, %s, %s)"
@@ -714,6 +741,48 @@ class PostgresStore(Store):
             return assemble_scan(events, states, receipts, routed_cache)
 
         return await self._run("scan", body)
+
+    async def plain_page(
+        self, *, after: int, limit: int, judged_before_ms: int, window_ms: int
+    ) -> PlainPage:
+        """See :meth:`Store.plain_page`: a few aggregate queries in one
+        REPEATABLE READ transaction; no row of the page is sent to Python.
+        Pairs are proven one-to-one with receipts from totals: every receipt
+        plainly matches a pair routed to its adapter, no two share an (event,
+        adapter), and there are as many receipts as routed pairs."""
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> PlainPage:
+            async with conn.transaction(), conn.cursor() as cur:
+                await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                await cur.execute(_PAGE_LAST, (after, limit))
+                row = await cur.fetchone()
+                if row is None or row[0] is None:
+                    return PlainPage(0, {})
+                low, high = after + 1, int(row[0])
+                await cur.execute(_PAGE_REPAIRED, (low, high))
+                repaired = await cur.fetchone()
+                if repaired is not None and repaired[0]:
+                    return PlainPage(high, None)
+                counts: dict[tuple[str, str], int] = {}
+                pairs = 0
+                cache: dict[str, tuple[str, ...]] = {}
+                await cur.execute(_PAGE_ROUTED, (low, high))
+                for category, routed_json, n, newest, incomplete in await cur.fetchall():
+                    routed = parse_routed(routed_json, cache)
+                    if newest > judged_before_ms or incomplete or len(set(routed)) != len(routed):
+                        return PlainPage(high, None)
+                    for adapter in routed:
+                        counts[category, adapter] = counts.get((category, adapter), 0) + n
+                    pairs += n * len(routed)
+                await cur.execute(_PAGE_RECEIPTS, {"low": low, "high": high, "window": window_ms})
+                totals = await cur.fetchone()
+            assert totals is not None  # an aggregate without GROUP BY returns one row
+            received, plain, distinct = totals
+            if received != pairs or plain != received or distinct != received:
+                return PlainPage(high, None)
+            return PlainPage(high, counts)
+
+        return await self._run("plain_page", body)
 
     async def stats(self) -> StoreStats:
         """Counts per adapter and state, oldest undelivered event per adapter;

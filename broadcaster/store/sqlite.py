@@ -80,6 +80,7 @@ from .base import (
     AuditEntry,
     ConsumerReceipt,
     DeliveryState,
+    PlainPage,
     ScanRow,
     Store,
     StoredEvent,
@@ -220,6 +221,15 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             updated_at_ms INTEGER NOT NULL
         )""",
     ),
+    # 5: receipts say at write time whether they repeat an earlier receipt of
+    # the same (event, adapter), so plain_page() proves "exactly one receipt
+    # per pair" from totals, without grouping millions of rows per run.
+    (
+        "ALTER TABLE receipts ADD COLUMN dup INTEGER NOT NULL DEFAULT 0",
+        """UPDATE receipts SET dup = 1 WHERE EXISTS (
+            SELECT 1 FROM receipts AS o WHERE o.sequence_id = receipts.sequence_id
+            AND o.adapter = receipts.adapter AND o.id < receipts.id)""",
+    ),
 )
 
 #: The schema version this code writes.
@@ -293,6 +303,60 @@ _SCAN_RECEIPTS: Final = (
     "SELECT sequence_id, adapter, event_type, received_at_ms, checksum, checksum_ok,"
     " consumer, payload_keys FROM receipts WHERE sequence_id BETWEEN ? AND ?"
     " ORDER BY sequence_id, id"
+)
+# plain_page(): the page's bounds, then three set-based checks, cheapest first.
+# None of them sorts or groups the receipts: a 1M-event run reads each row once.
+_PAGE_LAST: Final = (
+    "SELECT max(sequence_id) FROM"
+    " (SELECT sequence_id FROM events WHERE sequence_id > ? ORDER BY sequence_id LIMIT ?)"
+)
+# The counters first: while nothing was ever repaired, no page needs the range read.
+_ANY_REPAIRED: Final = (
+    "SELECT EXISTS (SELECT 1 FROM delivered_counts WHERE state = 'repaired' AND n > 0)"
+)
+_PAGE_REPAIRED: Final = (
+    "SELECT EXISTS (SELECT 1 FROM deliveries WHERE sequence_id BETWEEN ? AND ?"
+    " AND state = 'repaired')"
+)
+# Per (category, routing): events, and whether any is too young to judge or
+# lacks the columns the receipts are compared with (rows of an old version).
+_PAGE_ROUTED: Final = (
+    "SELECT category, routed_to, count(*), max(created_at_ms),"
+    " count(*) - min(count(checksum), count(payload_keys))"
+    " FROM events WHERE sequence_id BETWEEN ? AND ? GROUP BY category, routed_to"
+)
+# Receipts of the page's events: how many, how many plainly match their event
+# and name an adapter it was routed to, how many repeat an earlier one. The
+# routing test is a CASE over the page's few distinct routings, built per page
+# (see _routed_test): ~5x cheaper than json_each() on every receipt.
+_PAGE_RECEIPTS: Final = (
+    "SELECT count(*), coalesce(sum(r.event_type = e.event_type AND r.checksum_ok"
+    " AND r.checksum = e.checksum"
+    " AND (r.payload_keys IS NULL OR r.payload_keys = e.payload_keys)"
+    " AND r.received_at_ms - e.created_at_ms <= ? AND {routed}), 0),"
+    " coalesce(sum(r.dup), 0)"
+    " FROM receipts AS r JOIN events AS e ON e.sequence_id = r.sequence_id"
+    " WHERE r.sequence_id BETWEEN ? AND ?"
+)
+
+
+def _routed_test(routings: dict[str, tuple[str, ...]]) -> tuple[str, list[str]]:
+    """SQL (and its parameters) true iff receipt ``r``'s adapter is one its
+    event ``e`` was routed to, for events whose ``routed_to`` is among ``routings``."""
+    parts: list[str] = []
+    params: list[str] = []
+    for routed_json, adapters in routings.items():
+        marks = ", ".join("?" * len(adapters))
+        parts.append(f"WHEN ? THEN r.adapter IN ({marks})" if adapters else "WHEN ? THEN 0")
+        params += [routed_json, *adapters]
+    return f"CASE e.routed_to {' '.join(parts)} ELSE 0 END", params
+
+
+_INSERT_RECEIPT: Final = (
+    "INSERT INTO receipts (sequence_id, adapter, event_type, received_at_ms,"
+    " checksum, checksum_ok, consumer, payload_keys, dup)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,"
+    " EXISTS (SELECT 1 FROM receipts WHERE sequence_id = ?1 AND adapter = ?2))"
 )
 _PRUNE_CANDIDATES: Final = (
     "SELECT sequence_id, routed_to FROM events WHERE sequence_id > ? AND sequence_id <= ?"
@@ -655,12 +719,9 @@ class SQLiteStore(Store):
         ]
 
         def body(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "INSERT INTO receipts (sequence_id, adapter, event_type, received_at_ms,"
-                " checksum, checksum_ok, consumer, payload_keys)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            # One statement per row (executemany): each sees the rows before
+            # it, so a duplicate within the batch is flagged too.
+            conn.executemany(_INSERT_RECEIPT, rows)
             conn.execute(_ADD_META, (len(rows), "receipt_count"))
 
         await self._call(self._write, "record_receipts", body)
@@ -789,6 +850,47 @@ class SQLiteStore(Store):
             return assemble_scan(events, states, receipts, routed_cache)
 
         return await self._call(self._read, "scan", body)
+
+    async def plain_page(
+        self, *, after: int, limit: int, judged_before_ms: int, window_ms: int
+    ) -> PlainPage:
+        """See :meth:`Store.plain_page`. A few aggregate queries in one read
+        transaction; no row of the page is handed to Python. Pairs are proven
+        one-to-one with receipts from totals: every receipt plainly matches a
+        pair routed to its adapter, none repeats another (``dup``, set at write
+        time), and there are as many receipts as routed pairs."""
+
+        def body(conn: sqlite3.Connection) -> PlainPage:
+            (last,) = conn.execute(_PAGE_LAST, (after, limit)).fetchone()
+            if last is None:
+                return PlainPage(0, {})
+            low, high = after + 1, int(last)
+            (repaired,) = conn.execute(_ANY_REPAIRED).fetchone()
+            if repaired:
+                (repaired,) = conn.execute(_PAGE_REPAIRED, (low, high)).fetchone()
+            if repaired:
+                return PlainPage(high, None)
+            counts: dict[tuple[str, str], int] = {}
+            pairs = 0
+            routings: dict[str, tuple[str, ...]] = {}
+            for category, routed_json, n, newest, incomplete in conn.execute(
+                _PAGE_ROUTED, (low, high)
+            ):
+                routed = parse_routed(routed_json, routings)
+                if newest > judged_before_ms or incomplete or len(set(routed)) != len(routed):
+                    return PlainPage(high, None)
+                for adapter in routed:
+                    counts[category, adapter] = counts.get((category, adapter), 0) + n
+                pairs += n * len(routed)
+            test, params = _routed_test(routings)
+            received, plain, dups = conn.execute(
+                _PAGE_RECEIPTS.format(routed=test), (window_ms, *params, low, high)
+            ).fetchone()
+            if dups or received != pairs or plain != received:
+                return PlainPage(high, None)
+            return PlainPage(high, counts)
+
+        return await self._call(self._read, "plain_page", body)
 
     async def stats(self) -> StoreStats:
         """Counts per adapter and state, oldest undelivered event per adapter;

@@ -200,3 +200,11 @@ def test_report_caps_mismatched_ids() -> None:
     report.add(expected(sequence_id=2), Judgement(Outcome.MISMATCH))
     assert report.mismatched == {"realtime": [1]}
     assert report.total(Outcome.MISMATCH) == 2
+
+
+def test_counted_matches_add_to_judged_ones() -> None:
+    report = Report()
+    report.add(expected(), judge(expected(), [seen()], JUDGED, POLICY))
+    report.add_matched({("CRITICAL", "realtime"): 2, ("SYSTEM", "realtime"): 0})
+    assert report.counts == {("CRITICAL", "realtime", "matched"): 3}
+    assert report.total(Outcome.MATCHED) == 3

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from broadcaster.adapters.memory import MemoryAdapter
 from broadcaster.core import Broadcaster
 from broadcaster.events import EventRecord
 from broadcaster.reconcile.matching import Outcome
-from broadcaster.reconcile.reconciler import RECONCILED_THROUGH
+from broadcaster.reconcile.reconciler import RECONCILED_THROUGH, Reconciler
 from broadcaster.settings import load_settings
-from broadcaster.store.base import ConsumerReceipt, DeliveryState
+from broadcaster.store.base import ConsumerReceipt, DeliveryState, PlainPage
 from broadcaster.store.memory import MemoryStore
 from broadcaster.store.sqlite import SQLiteStore
 
@@ -254,3 +257,69 @@ async def test_progress_reports_the_watermark_and_the_oldest_unreconciled_event(
         clock.now += 60
         await b.reconcile()
         assert await b.reconciler.progress() == (2, None)
+
+
+class JudgeEveryPair(SQLiteStore):
+    """Never vouches for a page, so the reconciler judges every pair itself;
+    ``overshoot`` reports pages reaching past the stored events, as when they
+    are pruned between plain_page() and scan()."""
+
+    overshoot = 0
+
+    async def plain_page(
+        self, *, after: int, limit: int, judged_before_ms: int, window_ms: int
+    ) -> PlainPage:
+        page = await super().plain_page(
+            after=after, limit=limit, judged_before_ms=judged_before_ms, window_ms=window_ms
+        )
+        return PlainPage(page.last + self.overshoot if page.last else 0, None)
+
+
+@pytest.mark.parametrize("overshoot", [0, 3])
+async def test_counting_plain_pages_gives_the_report_of_judging_every_pair(
+    tmp_path: Path, overshoot: int
+) -> None:
+    """Same store, two reconcilers: one that counts pages the store vouches for,
+    one that judges every pair; their reports and watermarks are the same."""
+    clock = Clock()
+    store = JudgeEveryPair(tmp_path / "r.db", clock=clock)
+    b, ws, rt = make(clock, store)
+    async with b:
+        for i in range(40):
+            await b.publish(("CRITICAL", "SYSTEM", "DEBUG")[i % 3], "e", {"i": i})
+        await b.flush(timeout=5)
+        now_ms = int(clock.now * 1000)
+        rt_receipts = receipts_for(rt.events, "realtime", now_ms + 10)
+        # Plain pages first; then a lost event, a late one and a duplicate.
+        n = len(rt_receipts)
+        lost = rt_receipts.pop(n // 2).sequence_id
+        rt_receipts[-4] = replace(rt_receipts[-4], received_at_ms=now_ms + 60_000)
+        rt_receipts.append(rt_receipts[-2])
+        await store.record_receipts(receipts_for(ws.events, "websocket", now_ms + 10))
+        await store.record_receipts(rt_receipts)
+        clock.now += 600
+        # Young events at the end: awaiting, they hold the watermark.
+        for i in range(3):
+            await b.publish("CRITICAL", "young", {"i": i})
+        await b.flush(timeout=5)
+        clock.now += 1
+
+        counted = Reconciler(
+            store, b.reconciler.policy, clock=clock, page_size=3, plain_page_size=8
+        )
+        fast = await counted.run()
+        fast_through = await store.get_watermark(RECONCILED_THROUGH)
+        await store.set_watermark(RECONCILED_THROUGH, 0)
+        store.overshoot = overshoot
+        store_judging = Reconciler(store, b.reconciler.policy, clock=clock, page_size=3)
+        slow = await store_judging.run()
+        slow_through = await store.get_watermark(RECONCILED_THROUGH)
+    assert fast.as_dict() == slow.as_dict()
+    assert fast_through == slow_through == 40
+    pairs = len(ws.events) - 3 + n  # judged pairs: the young events are not
+    assert fast.total(Outcome.MATCHED) == pairs - 2
+    assert fast.missing == {"realtime": [lost]}
+    assert fast.total(Outcome.LATE) == 1
+    assert fast.total(Outcome.AWAITING) == 6
+    assert fast.as_dict()["totals"]["duplicate"] == 1
+    assert 0 < n < 40  # routings differ within a page

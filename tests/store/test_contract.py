@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
@@ -12,9 +13,11 @@ from broadcaster.store import (
     UNDELIVERED_STATES,
     ConsumerReceipt,
     DeliveryState,
+    PlainPage,
     ScanRow,
     Store,
     StoreStats,
+    plain_counts,
     postgres,
     sqlite,
 )
@@ -454,3 +457,138 @@ async def test_watermarks_persist(store: Store) -> None:
         assert await store.get_watermark("reconciled_through") == 42
         assert await store.get_watermark("other") == 7
         assert await store.get_watermark("never") == 0
+
+
+async def _plain(store: Store, after: int, limit: int, *, before: int, window: int) -> PlainPage:
+    """plain_page(), checked against the reference (plain_counts over scan())."""
+    page = await store.plain_page(
+        after=after, limit=limit, judged_before_ms=before, window_ms=window
+    )
+    rows = await store.scan(after=after, limit=limit)
+    assert page.last == (rows[-1].sequence_id if rows else 0)
+    reference = plain_counts(rows, judged_before_ms=before, window_ms=window) if rows else {}
+    assert page.matched == reference
+    return page
+
+
+async def test_plain_page_counts_only_pages_where_every_pair_plainly_matches(
+    store: Store,
+) -> None:
+    factory = EventFactory()
+    window = 1000
+
+    async def case(
+        routed: Sequence[tuple[str, ...]], category: str = "SYSTEM"
+    ) -> tuple[list[EventRecord], int]:
+        """A page of events, each with one good receipt per routed adapter."""
+        records = await store.append(
+            [
+                (factory.draft(category, "disk.full", {"b": i, "a": 1}), r)
+                for i, r in enumerate(routed)
+            ]
+        )
+        stored = await store.get(records[0].sequence_id)
+        assert stored is not None
+        created = stored.created_at_ms
+        await store.record_receipts(
+            [
+                replace(
+                    receipt_for(rec, a, keys=rec.payload_keys if i % 2 else None),
+                    received_at_ms=created + window,
+                )
+                for i, (rec, r) in enumerate(zip(records, routed, strict=True))
+                for a in r
+            ]
+        )
+        return records, created
+
+    def good(rec: EventRecord, adapter: str, created: int, **changes: object) -> ConsumerReceipt:
+        return replace(receipt_for(rec, adapter), received_at_ms=created, **changes)
+
+    async def check(records: list[EventRecord], created: int, expect: bool) -> None:
+        after = records[0].sequence_id - 1
+        page = await _plain(store, after, len(records), before=created, window=window)
+        assert page.last == records[-1].sequence_id
+        assert (page.matched is not None) is expect
+
+    # Clean: every routed pair has one good receipt (keys reported or not), a
+    # PENDING state with a receipt is irrelevant, an event routed nowhere adds nothing.
+    records, created = await case([BOTH, WS, BOTH, ()])
+    await store.mark("realtime", [records[0].sequence_id], DeliveryState.PENDING)
+    page = await _plain(store, records[0].sequence_id - 1, 4, before=created, window=window)
+    assert page.matched == {("SYSTEM", "websocket"): 3, ("SYSTEM", "realtime"): 2}
+    # Too young to judge: stored after judged_before_ms.
+    page = await _plain(store, records[0].sequence_id - 1, 4, before=created - 1, window=window)
+    assert page.last == records[-1].sequence_id and page.matched is None
+    # Late: received more than the window after the event.
+    page = await _plain(store, records[0].sequence_id - 1, 4, before=created, window=window - 1)
+    assert page.matched is None
+
+    # One pair without a receipt.
+    records, created = await store_case_missing_one(store, factory)
+    await check(records, created, False)
+    # ... which its receipt completes.
+    await store.record_receipts([good(records[-1], "realtime", created)])
+    await check(records, created, True)
+
+    # A duplicate on one pair and nothing on another: totals alone would balance.
+    records, created = await store_case_missing_one(store, factory, created_dup=True)
+    await check(records, created, False)
+
+    # A receipt on an adapter the event was not routed to, in place of a missing one.
+    records, created = await store_case_missing_one(store, factory, stray=True)
+    await check(records, created, False)
+
+    # Each way a single receipt can fail to match its event.
+    for changes in (
+        {"checksum_ok": False},
+        {"checksum": "0" * 8},
+        {"event_type": "other.type"},
+        {"payload_keys": '["zzz"]'},
+    ):
+        records, created = await store_case_missing_one(store, factory)
+        rec = records[-1]
+        await store.record_receipts([good(rec, "realtime", created, **changes)])
+        await check(records, created, False)
+
+    # A repaired pair is judged "repaired", not "matched".
+    records, created = await case([BOTH, BOTH])
+    ids = [r.sequence_id for r in records]
+    await check(records, created, True)
+    await store.mark("realtime", ids[:1], DeliveryState.REPAIRED)
+    await check(records, created, False)
+
+    # An event routed twice to one adapter: judged pair by pair.
+    records, created = await case([("websocket", "websocket")])
+    await check(records, created, False)
+
+    # Past the last event: an empty page.
+    last = await store.last_sequence_id()
+    assert await _plain(store, last, 10, before=created, window=window) == PlainPage(0, {})
+
+
+async def store_case_missing_one(
+    store: Store, factory: EventFactory, *, created_dup: bool = False, stray: bool = False
+) -> tuple[list[EventRecord], int]:
+    """Two events routed to both adapters; every pair has one good receipt except
+    the last event's realtime pair. ``created_dup`` adds a second receipt on the
+    first event's realtime pair; ``stray`` adds a receipt on an adapter the
+    first event was not routed to."""
+    records = await store.append(
+        [(factory.draft("CRITICAL", "order.created", {"n": i}), BOTH) for i in range(2)]
+    )
+    stored = await store.get(records[0].sequence_id)
+    assert stored is not None
+    created = stored.created_at_ms
+    receipts = [
+        replace(receipt_for(rec, a), received_at_ms=created)
+        for rec in records
+        for a in BOTH
+        if not (rec is records[-1] and a == "realtime")
+    ]
+    if created_dup:
+        receipts.append(replace(receipt_for(records[0], "realtime"), received_at_ms=created))
+    if stray:
+        receipts.append(replace(receipt_for(records[0], "email"), received_at_ms=created))
+    await store.record_receipts(receipts)
+    return records, created

@@ -17,8 +17,10 @@ import pytest
 from broadcaster.events import EventDraft, EventFactory, seal
 from broadcaster.exceptions import StoreError, StoreUnavailable
 from broadcaster.store import (
+    ConsumerReceipt,
     DeliveryState,
     MemoryStore,
+    PlainPage,
     PostgresStore,
     SQLiteStore,
     store_from_url,
@@ -211,6 +213,56 @@ async def test_migrates_from_version_3_to_runtime_config(tmp_path: Path) -> None
         (1, "ops", "null", "true")
     ]
     conn.close()
+
+
+async def test_migrates_from_version_4_flagging_duplicate_receipts(tmp_path: Path) -> None:
+    """Version 5 keeps, per receipt, whether it repeats an earlier one of the
+    same (event, adapter): the migration works it out for receipts already
+    stored, so plain_page() does not take a duplicated pair for a plain one."""
+    path = tmp_path / "v4.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    assert migrate(conn, MIGRATIONS[:4]) == 0
+    records = [seal(EventFactory().draft("CRITICAL", "old", {"v": i}), i + 1) for i in range(2)]
+    for r in records:
+        conn.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (r.sequence_id, r.event_id, "CRITICAL", "old", 1, '["websocket"]', r.wire,
+             r.checksum, r.payload_keys),
+        )  # fmt: skip
+    conn.execute("UPDATE meta SET value = 2 WHERE key IN ('last_sequence_id', 'event_count')")
+    # Event 1: the same receipt twice; event 2: none. Two receipts for two pairs.
+    for _ in range(2):
+        conn.execute(
+            "INSERT INTO receipts (sequence_id, adapter, event_type, received_at_ms, checksum,"
+            " checksum_ok, consumer) VALUES (1, 'websocket', 'old', 2, ?, 1, 'c')",
+            (records[0].checksum,),
+        )
+    conn.close()
+    async with SQLiteStore(path) as store:
+        page = await store.plain_page(after=0, limit=10, judged_before_ms=1, window_ms=10)
+        assert page == PlainPage(2, None)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT dup FROM receipts ORDER BY id").fetchall() == [(0,), (1,)]
+    conn.close()
+
+
+async def test_plain_page_leaves_rows_of_an_older_version_to_the_judge(tmp_path: Path) -> None:
+    """Rows written before checksum/payload_keys existed have them NULL: the
+    SQL cannot compare receipts with them, so the page is judged row by row
+    (scan() reads those from the wire)."""
+    async with SQLiteStore(tmp_path / "old.db", clock=lambda: 1.0) as store:
+        (record,) = await store.append([(EventFactory().draft("SYSTEM", "t", {}), ("websocket",))])
+        await store.record_receipts(
+            [ConsumerReceipt(1, "websocket", "t", 1000, record.checksum, True)]
+        )
+        args = {"after": 0, "limit": 10, "judged_before_ms": 1000, "window_ms": 10}
+        assert await store.plain_page(**args) == PlainPage(1, {("SYSTEM", "websocket"): 1})
+        conn = sqlite3.connect(tmp_path / "old.db")
+        conn.execute("UPDATE events SET checksum = NULL")
+        conn.commit()
+        conn.close()
+        assert await store.plain_page(**args) == PlainPage(1, None)
 
 
 async def test_runtime_config_survives_a_new_store_on_the_same_file(tmp_path: Path) -> None:
