@@ -23,10 +23,11 @@ pieces; ``tests/test_events.py`` proves the assembly equals
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -100,6 +101,7 @@ _EVENT_TYPE_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _HEX_RE: Final = re.compile(r"[0-9a-f]+")
 # Where orjson's float text can differ from json's (see canonical_json).
 _SMALL_FLOAT: Final = re.compile(rb"[0-9]e-|0\.0000").search
+_isfinite: Final = math.isfinite
 _HEX_LENGTH: Final = {"crc32": 8, "crc32c": 8, "sha256": 64}
 MAX_KEY_LENGTH: Final = 512
 MAX_SOURCE_LENGTH: Final = 128
@@ -269,10 +271,15 @@ def canonical_json(obj: Any) -> bytes:
     """
     encoded = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
     if _SMALL_FLOAT(encoded):
-        encoded = json.dumps(
-            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode()
+        encoded = _json_canonical(obj)
     return encoded
+
+
+def _json_canonical(obj: Any) -> bytes:
+    """The reference: json's sorted, compact, non-ASCII-keeping UTF-8 text."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
 
 
 def canonical_bytes_of(obj: Mapping[str, Any]) -> bytes:
@@ -320,13 +327,44 @@ def parse_frame(data: str | bytes) -> Event:
         raise FrameError(f"frame is not a valid event: {exc}") from None
 
 
-def _check_json_payload(payload: object, max_bytes: int) -> bytes:
-    if not isinstance(payload, dict):
-        raise InvalidEvent("payload", f"must be a JSON object (dict), not {type(payload).__name__}")
-    try:
-        encoded = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
-    except TypeError as exc:
-        raise InvalidEvent("payload", f"not JSON-serialisable: {exc}") from None
+class _NotPlainJson(Exception):
+    """A payload value outside the plain JSON types (see :func:`_small_floats_in`)."""
+
+
+def _small_floats_in(values: Iterable[Any]) -> bool:
+    """Whether ``values`` (walked recursively) hold a float in ``0 < |x| < 1e-4``,
+    the only values whose orjson text differs from json's (see canonical_json).
+
+    Raises :class:`_NotPlainJson` at anything but exactly ``dict``, ``list``,
+    ``str``, ``int``, ``bool``, ``None`` and finite ``float``: NaN and Infinity,
+    datetimes, UUIDs, enums, tuples, subclasses. orjson.loads of the encoded
+    payload gives back an equal object exactly when every value is plain, so a
+    plain payload needs no round trip; anything else takes the exact checks.
+    Runs after orjson.dumps succeeded, so the depth is bounded and there are no
+    cycles.
+    """
+    small = False
+    for value in values:
+        kind = type(value)
+        if kind is str or kind is int or value is None or kind is bool:
+            continue
+        if kind is float:
+            if not _isfinite(value):
+                raise _NotPlainJson
+            if -1e-4 < value < 1e-4 and value != 0.0:
+                small = True
+        elif kind is dict:
+            small = _small_floats_in(value.values()) or small
+        elif kind is list:
+            small = _small_floats_in(value) or small
+        else:
+            raise _NotPlainJson
+    return small
+
+
+def _check_not_plain_payload(payload: dict[Any, Any], encoded: bytes) -> bool:
+    """The exact checks for a payload holding more than plain JSON values;
+    returns whether ``encoded`` needs the small-float re-encoding."""
     if orjson.loads(encoded) != payload:
         # orjson quietly writes NaN/Infinity as null and encodes datetimes,
         # UUIDs, enums and dataclasses; JSON holds none of them. Tuples and
@@ -337,8 +375,24 @@ def _check_json_payload(payload: object, max_bytes: int) -> bytes:
             raise InvalidEvent("payload", "NaN and Infinity are not valid JSON") from None
         except TypeError as exc:
             raise InvalidEvent("payload", f"not JSON-serialisable: {exc}") from None
-    if _SMALL_FLOAT(encoded):
-        encoded = canonical_json(payload)
+    return _SMALL_FLOAT(encoded) is not None
+
+
+def _check_json_payload(payload: object, max_bytes: int) -> bytes:
+    if not isinstance(payload, dict):
+        raise InvalidEvent("payload", f"must be a JSON object (dict), not {type(payload).__name__}")
+    try:
+        encoded = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+    except TypeError as exc:  # non-str keys, ints beyond 64 bits, lone surrogates, sets...
+        raise InvalidEvent("payload", f"not JSON-serialisable: {exc}") from None
+    try:
+        if type(payload) is not dict:
+            raise _NotPlainJson
+        small_float = _small_floats_in(payload.values())
+    except _NotPlainJson:
+        small_float = _check_not_plain_payload(payload, encoded)
+    if small_float:
+        encoded = _json_canonical(payload)
     if len(encoded) > max_bytes:
         raise InvalidEvent(
             "payload", f"encoded size {len(encoded)} bytes exceeds the limit of {max_bytes}"

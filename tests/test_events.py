@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import enum
@@ -753,3 +754,83 @@ def test_json_compatible_python_values_are_accepted_as_json(payload: dict[str, A
     event = parse_frame(record.wire)
     event.verify()
     assert event.payload == json.loads(json.dumps(payload))
+
+
+_FLOAT_EDGES = [
+    1e-4,
+    -1e-4,
+    math.nextafter(1e-4, 0.0),
+    -math.nextafter(1e-4, 0.0),
+    math.nextafter(1e-4, 1.0),
+    5e-324,
+    -5e-324,
+    0.0,
+    -0.0,
+    1e16,
+    math.nextafter(1e16, 0.0),
+    1.7976931348623157e308,
+]
+
+
+@pytest.mark.parametrize("value", _FLOAT_EDGES)
+@pytest.mark.parametrize(
+    "shape",
+    [
+        lambda v: {"x": v},
+        lambda v: {"a": 1, "d": {"e": {"f": v}}, "s": "1e-07"},
+        lambda v: {"l": [1, [2, [v]], "0.0000"], "z": None},
+        lambda v: {"mixed": [{"k": [True, v]}, False]},
+    ],
+)
+def test_payload_floats_at_the_text_boundaries_match_json(
+    value: float, shape: Callable[[float], dict[str, Any]]
+) -> None:
+    # Below 1e-4 json writes an exponent (1e-05) where orjson does not: the
+    # draft must notice such a float at any depth and write json's form.
+    payload = shape(value)
+    draft = EventFactory(clock=Clock()).draft("DEBUG", "t", payload)
+    assert draft.payload_json == _json_reference(payload)
+
+
+def test_payload_json_equals_json_for_every_decade_and_random_doubles() -> None:
+    rng = random.Random(6)
+    doubles = [
+        struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0] for _ in range(20_000)
+    ]
+    decades = [m * 10.0**e for e in range(-323, 309) for m in (1.0, 1.5, 9.999)]
+    values = [v for d in doubles + decades if math.isfinite(d) for v in (d, -d)]
+    factory = EventFactory(clock=Clock())
+    for start in range(0, len(values), 500):
+        chunk = values[start : start + 500]
+        for payload in ({"v": chunk}, {f"k{i}": v for i, v in enumerate(chunk[:50])}):
+            assert factory.draft("DEBUG", "t", payload).payload_json == _json_reference(payload)
+
+
+@given(payloads)
+def test_payload_json_equals_json(payload: dict[str, Any]) -> None:
+    draft = EventFactory(clock=Clock()).draft("DEBUG", "t", payload)
+    assert draft.payload_json == _json_reference(payload)
+
+
+class _Payload(dict[str, Any]):
+    """A dict subclass, as a framework might hand over."""
+
+
+class _Items(list[Any]):
+    """A list subclass."""
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _Payload(b=[1, 2e-7], a="x"),
+        collections.OrderedDict([("b", 1), ("a", {"c": 0.5})]),
+        {"inner": _Payload(x=1)},
+        {"inner": _Items([1, "a", 3e-9])},
+    ],
+)
+def test_dict_and_list_subclasses_are_accepted_as_json(payload: dict[str, Any]) -> None:
+    record = seal(EventFactory(clock=Clock()).draft("DEBUG", "t", payload), 1)
+    assert record.payload_json == _json_reference(payload)
+    assert record.canonical == reference_canonical(record_obj(record, payload))
+    assert parse_frame(record.wire).payload == json.loads(json.dumps(payload))
