@@ -112,13 +112,25 @@ _PAIRS: Final = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
 _RANDOM_MAX: Final = (1 << 80) - 1
 
 
-def _encode_base32(value: int, digits: int) -> str:
-    """``value`` as ``digits`` Crockford base32 characters (``digits`` even)."""
-    out = []
-    for _ in range(digits // 2):
-        out.append(_PAIRS[value & 0x3FF])
-        value >>= 10
-    return "".join(reversed(out))
+def _base32_10(value: int) -> str:
+    """The low 50 bits of ``value`` as 10 Crockford base32 characters."""
+    pairs = _PAIRS
+    return (
+        pairs[value >> 40 & 0x3FF]
+        + pairs[value >> 30 & 0x3FF]
+        + pairs[value >> 20 & 0x3FF]
+        + pairs[value >> 10 & 0x3FF]
+        + pairs[value & 0x3FF]
+    )
+
+
+def _base32_12(value: int) -> str:
+    """The low 60 bits of ``value`` as 12 Crockford base32 characters."""
+    return _PAIRS[value >> 50 & 0x3FF] + _base32_10(value)
+
+
+def _urandom_80() -> int:
+    return int.from_bytes(os.urandom(10))
 
 
 class UlidGenerator:
@@ -129,25 +141,40 @@ class UlidGenerator:
     clock steps back, the last timestamp is kept, so order still holds.
     python-ulid parses and validates these (see the tests); it has no
     monotonic generator and its ``str()`` costs ~10 µs, too much per event.
+
+    The text is cached up to the random part's low 20 bits, so an id within
+    the same millisecond costs two table lookups; the cache is rebuilt when
+    the millisecond changes or an increment carries past those 20 bits.
     """
 
+    __slots__ = ("_high", "_last_ms", "_last_random", "_prefix", "_random", "_time_text")
+
     def __init__(self, random_bits: Callable[[], int] | None = None) -> None:
-        self._random = random_bits or (lambda: int.from_bytes(os.urandom(10)))
+        self._random = random_bits or _urandom_80
         self._last_ms = -1
         self._last_random = 0
+        self._time_text = ""
+        #: ``_time_text`` + the random part above its low 20 bits, as text.
         self._prefix = ""
+        self._high = -1
 
     def __call__(self, now_ms: int) -> str:
         if now_ms > self._last_ms:
             self._last_ms = now_ms
-            self._prefix = _encode_base32(now_ms, 10)
+            self._time_text = _base32_10(now_ms)
+            self._high = -1
             # Leave headroom so increments within the millisecond cannot overflow.
-            self._last_random = self._random() >> 1
+            value = self._random() >> 1
         else:
-            self._last_random += 1
-            if self._last_random > _RANDOM_MAX:  # pragma: no cover - needs 2**79 ids in 1 ms
+            value = self._last_random + 1
+            if value > _RANDOM_MAX:  # pragma: no cover - needs 2**79 ids in 1 ms
                 raise OverflowError("ULID random part overflowed within one millisecond")
-        return self._prefix + _encode_base32(self._last_random, 16)
+        self._last_random = value
+        high = value >> 20
+        if high != self._high:
+            self._high = high
+            self._prefix = self._time_text + _base32_12(high)
+        return self._prefix + _PAIRS[(value >> 10) & 0x3FF] + _PAIRS[value & 0x3FF]
 
 
 def format_timestamp(epoch_ms: int) -> str:

@@ -489,6 +489,27 @@ def test_ulids_within_one_millisecond_increment_the_random_part() -> None:
     assert first[-16:] != second[-16:] and first[:-16] == second[:-16]
 
 
+def _ulid_parts(value: str) -> tuple[int, int]:
+    """(milliseconds, random part) as python-ulid reads them."""
+    parsed = ulid.ULID.from_str(value)
+    return parsed.milliseconds, int(parsed) & ((1 << 80) - 1)
+
+
+@pytest.mark.parametrize("start", [0, (1 << 20) - 2, (5 << 40) - 3, (1 << 79) - 2])
+def test_ulid_random_part_counts_across_cached_digit_boundaries(start: int) -> None:
+    # Increments that carry past the low 20 bits change the cached prefix.
+    generate = UlidGenerator(random_bits=lambda: start << 1)
+    ids = [generate(1_700_000_000_000) for _ in range(5)]
+    assert [_ulid_parts(i) for i in ids] == [(1_700_000_000_000, start + n) for n in range(5)]
+    assert all(ULID_RE.fullmatch(i) for i in ids)
+
+
+def test_ulid_time_changes_even_when_the_random_part_repeats() -> None:
+    generate = UlidGenerator(random_bits=lambda: 12_345 << 1)
+    times = [1_700_000_000_000, 1_700_000_000_001, 1_700_000_086_400, 2**48 - 1]
+    assert [_ulid_parts(generate(ms)) for ms in times] == [(ms, 12_345) for ms in times]
+
+
 def test_ulids_strictly_increase_across_milliseconds() -> None:
     generate = UlidGenerator()
     ids = [generate(ms) for ms in range(1_700_000_000_000, 1_700_000_000_000 + 2_000) for _ in "ab"]
