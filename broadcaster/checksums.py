@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final, Literal, get_args
 
 import crcmod.predefined
 
 __all__ = [
     "ALGORITHMS",
+    "CHECKSUM_FUNCTIONS",
     "ChecksumAlgorithm",
     "compute_checksum",
     "crc32_reference",
     "crc32c",
+    "unknown_algorithm",
 ]
 
 ChecksumAlgorithm = Literal["crc32", "crc32c", "sha256"]
@@ -35,22 +37,31 @@ crc32c: Final[Callable[[bytes], int]] = crcmod.predefined.mkPredefinedCrcFun("cr
 
 
 def _crc32_hex(data: bytes) -> str:
-    return f"{zlib.crc32(data):08x}"
+    return zlib.crc32(data).to_bytes(4).hex()
 
 
 def _crc32c_hex(data: bytes) -> str:
-    return f"{crc32c(data):08x}"
+    return crc32c(data).to_bytes(4).hex()
 
 
 def _sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-_FUNCTIONS: Final[dict[str, Callable[[bytes], str]]] = {
+#: Each algorithm's function from bytes to its lowercase hex checksum, for
+#: callers that look the function up themselves on a hot path.
+CHECKSUM_FUNCTIONS: Final[Mapping[str, Callable[[bytes], str]]] = {
     "crc32": _crc32_hex,
     "crc32c": _crc32c_hex,
     "sha256": _sha256_hex,
 }
+
+
+def unknown_algorithm(algorithm: str) -> ValueError:
+    """The error for an algorithm not in :data:`ALGORITHMS`."""
+    return ValueError(
+        f"unknown checksum algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}"
+    )
 
 
 def compute_checksum(algorithm: str, data: bytes) -> str:
@@ -59,9 +70,7 @@ def compute_checksum(algorithm: str, data: bytes) -> str:
     Raises ``ValueError`` for an unknown algorithm.
     """
     try:
-        function = _FUNCTIONS[algorithm]
+        function = CHECKSUM_FUNCTIONS[algorithm]
     except KeyError:
-        raise ValueError(
-            f"unknown checksum algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}"
-        ) from None
+        raise unknown_algorithm(algorithm) from None
     return function(data)

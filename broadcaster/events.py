@@ -35,7 +35,13 @@ from typing import Any, Final
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .checksums import ALGORITHMS, ChecksumAlgorithm, compute_checksum
+from .checksums import (
+    ALGORITHMS,
+    CHECKSUM_FUNCTIONS,
+    ChecksumAlgorithm,
+    compute_checksum,
+    unknown_algorithm,
+)
 from .exceptions import ChecksumMismatch, FrameError, InvalidEvent
 
 __all__ = [
@@ -428,6 +434,8 @@ def _check_json_payload(payload: object, max_bytes: int) -> bytes:
 
 
 def _encodable(value: str) -> bool:
+    if value.isascii():  # O(1) for str: CPython keeps the flag
+        return True
     try:
         value.encode()
     except UnicodeEncodeError:  # lone surrogates cannot be written as UTF-8 JSON
@@ -435,9 +443,16 @@ def _encodable(value: str) -> bool:
     return True
 
 
+#: Category by exact name. A Category member finds itself here too (a StrEnum
+#: hashes and compares as its value), so the common cases take one lookup.
+_CATEGORY_BY_NAME: Final[dict[object, Category]] = {c.value: c for c in Category}
+
+
 def _category(value: object) -> Category:
-    if isinstance(value, Category):
-        return value
+    try:
+        return _CATEGORY_BY_NAME[value]
+    except (KeyError, TypeError):  # TypeError: unhashable
+        pass
     if isinstance(value, str):
         try:
             return Category(value.upper())
@@ -446,6 +461,23 @@ def _category(value: object) -> Category:
     raise InvalidEvent(
         "category", f"unknown category {value!r}; expected one of {', '.join(Category)}"
     )
+
+
+def _builder(cls: type) -> Any:
+    """A plain class with the slots of the frozen dataclass ``cls``.
+
+    A frozen dataclass's ``__init__`` sets each field with
+    ``object.__setattr__`` (~2 µs for a record). Instead, an instance of the
+    builder is filled with ordinary attribute stores and then becomes a ``cls``
+    by ``__class__`` assignment, which CPython allows because the two layouts
+    are the same (it raises ``TypeError`` if they ever differ). The result is a
+    normal ``cls``: equal, hashable, frozen, picklable.
+    """
+    return type(f"_{cls.__name__}Builder", (), {"__slots__": cls.__dict__["__slots__"]})
+
+
+_DraftBuilder: Final = _builder(EventDraft)
+_RecordBuilder: Final = _builder(EventRecord)
 
 
 class EventFactory:
@@ -509,77 +541,69 @@ class EventFactory:
         if now_ms != self._ts_ms:
             self._ts_ms = now_ms
             self._ts_str = format_timestamp(now_ms)
-        return EventDraft(
-            event_id=self._ulids(now_ms),
-            category=cat,
-            event_type=event_type,
-            timestamp=self._ts_str,
-            key=key,
-            source=source,
-            payload_json=encoded,
-            checksum_algorithm=self._checksums[cat],
-            payload_keys=payload_keys_of(payload),  # type: ignore[arg-type]
-        )
+        draft = _DraftBuilder()
+        draft.event_id = self._ulids(now_ms)
+        draft.category = cat
+        draft.event_type = event_type
+        draft.timestamp = self._ts_str
+        draft.key = key
+        draft.source = source
+        draft.payload_json = encoded
+        draft.checksum_algorithm = self._checksums[cat]
+        draft.payload_keys = payload_keys_of(payload)  # type: ignore[arg-type]
+        draft.__class__ = EventDraft
+        result: EventDraft = draft
+        return result
 
 
-def _json_str(value: str) -> bytes:
-    return orjson.dumps(value)
+# Fields in sorted order: category, event_id, event_type, key, payload,
+# sequence_id, source, timestamp. category, event_id, event_type and timestamp
+# are validated to need no JSON escaping; key and source are JSON strings.
+_CANONICAL: Final = (
+    b'{"category":"%b","event_id":"%b","event_type":"%b","key":%b,"payload":%b,'
+    b'"sequence_id":%d,"source":%b,"timestamp":"%b"}'
+)
+#: The wire object: the canonical one without its ``}``, then the checksum.
+_WIRE: Final = b'%b,"checksum":{"algorithm":"%b","value":"%b"}}'
+_CATEGORY_BYTES: Final[Mapping[str, bytes]] = {c.value: c.value.encode() for c in Category}
 
 
 def seal(draft: EventDraft, sequence_id: int) -> EventRecord:
     """Give ``draft`` its sequence id; build canonical bytes, checksum and wire bytes."""
-    key = b"null" if draft.key is None else _json_str(draft.key)
-    source = b'"default"' if draft.source == "default" else _json_str(draft.source)
-    # Fields in sorted order: category, event_id, event_type, key, payload,
-    # sequence_id, source, timestamp. category, event_id, event_type and
-    # timestamp are validated to need no JSON escaping.
-    canonical = b"".join(
-        (
-            b'{"category":"',
-            draft.category.value.encode(),
-            b'","event_id":"',
-            draft.event_id.encode(),
-            b'","event_type":"',
-            draft.event_type.encode(),
-            b'","key":',
-            key,
-            b',"payload":',
-            draft.payload_json,
-            b',"sequence_id":',
-            str(sequence_id).encode(),
-            b',"source":',
-            source,
-            b',"timestamp":"',
-            draft.timestamp.encode(),
-            b'"}',
-        )
+    key = draft.key
+    source = draft.source
+    algorithm = draft.checksum_algorithm
+    canonical = _CANONICAL % (
+        _CATEGORY_BYTES[draft.category],
+        draft.event_id.encode(),
+        draft.event_type.encode(),
+        b"null" if key is None else orjson.dumps(key),
+        draft.payload_json,
+        sequence_id,
+        b'"default"' if source == "default" else orjson.dumps(source),
+        draft.timestamp.encode(),
     )
-    checksum = compute_checksum(draft.checksum_algorithm, canonical)
-    wire = b"".join(
-        (
-            canonical[:-1],
-            b',"checksum":{"algorithm":"',
-            draft.checksum_algorithm.encode(),
-            b'","value":"',
-            checksum.encode(),
-            b'"}}',
-        )
-    )
-    return EventRecord(
-        sequence_id=sequence_id,
-        event_id=draft.event_id,
-        category=draft.category,
-        event_type=draft.event_type,
-        timestamp=draft.timestamp,
-        key=draft.key,
-        source=draft.source,
-        payload_json=draft.payload_json,
-        checksum_algorithm=draft.checksum_algorithm,
-        checksum=checksum,
-        canonical=canonical,
-        wire=wire,
-        payload_keys=draft.payload_keys,
-    )
+    try:
+        checksum = CHECKSUM_FUNCTIONS[algorithm](canonical)
+    except KeyError:
+        raise unknown_algorithm(algorithm) from None
+    record = _RecordBuilder()
+    record.sequence_id = sequence_id
+    record.event_id = draft.event_id
+    record.category = draft.category
+    record.event_type = draft.event_type
+    record.timestamp = draft.timestamp
+    record.key = key
+    record.source = source
+    record.payload_json = draft.payload_json
+    record.checksum_algorithm = algorithm
+    record.checksum = checksum
+    record.canonical = canonical
+    record.wire = _WIRE % (canonical[:-1], algorithm.encode(), checksum.encode())
+    record.payload_keys = draft.payload_keys
+    record.__class__ = EventRecord
+    result: EventRecord = record
+    return result
 
 
 def record_from_wire(wire: bytes) -> EventRecord:

@@ -12,7 +12,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broadcaster.checksums import ALGORITHMS, compute_checksum, crc32_reference, crc32c
+from broadcaster.checksums import (
+    ALGORITHMS,
+    CHECKSUM_FUNCTIONS,
+    compute_checksum,
+    crc32_reference,
+    crc32c,
+    unknown_algorithm,
+)
 
 # An independent CRC-32C built from the published parameters, not crcmod's
 # predefined table: poly 0x1EDC6F41 (reflected), init/xor-out 0xFFFFFFFF.
@@ -105,3 +112,16 @@ def test_unknown_algorithm_raises_value_error(name: str) -> None:
     with pytest.raises(ValueError, match="unknown checksum algorithm") as info:
         compute_checksum(name, b"x")
     assert repr(name) in str(info.value)
+
+
+@given(st.binary(max_size=512))
+def test_checksum_functions_are_compute_checksum(data: bytes) -> None:
+    assert set(CHECKSUM_FUNCTIONS) == set(ALGORITHMS)
+    for algorithm, function in CHECKSUM_FUNCTIONS.items():
+        assert function(data) == compute_checksum(algorithm, data)
+
+
+def test_unknown_algorithm_error_names_it_and_the_choices() -> None:
+    error = unknown_algorithm("md5")
+    assert isinstance(error, ValueError)
+    assert str(error) == "unknown checksum algorithm 'md5'; expected one of crc32, crc32c, sha256"

@@ -9,6 +9,7 @@ import enum
 import hashlib
 import json
 import math
+import pickle
 import random
 import re
 import struct
@@ -27,6 +28,7 @@ from hypothesis import strategies as st
 from broadcaster.events import (
     Category,
     Event,
+    EventDraft,
     EventFactory,
     EventRecord,
     UlidGenerator,
@@ -610,6 +612,8 @@ _BAD_INPUT: list[tuple[dict[str, Any], str]] = [
     ({"category": " CRITICAL"}, "category"),
     ({"category": 5}, "category"),
     ({"category": None}, "category"),
+    ({"category": ["CRITICAL"]}, "category"),
+    ({"category": b"CRITICAL"}, "category"),
     ({"event_type": ""}, "event_type"),
     ({"event_type": "a" * 129}, "event_type"),
     ({"event_type": "order created"}, "event_type"),
@@ -855,3 +859,43 @@ def test_dict_and_list_subclasses_are_accepted_as_json(payload: dict[str, Any]) 
     assert record.payload_json == _json_reference(payload)
     assert record.canonical == reference_canonical(record_obj(record, payload))
     assert parse_frame(record.wire).payload == json.loads(json.dumps(payload))
+
+
+@pytest.mark.parametrize("key", [None, "k", "ü-ß"])
+def test_drafts_and_records_are_ordinary_frozen_dataclasses(key: str | None) -> None:
+    # draft() and seal() fill the slots directly instead of calling __init__:
+    # the results must be indistinguishable from constructed instances.
+    draft = wire_factory().draft("CRITICAL", "t", {"b": [1.5], "a": "é"}, key=key)
+    record = seal(draft, 9)
+    for made, cls in ((draft, EventDraft), (record, EventRecord)):
+        assert type(made) is cls
+        fields = {f.name: getattr(made, f.name) for f in dataclasses.fields(cls)}
+        built = cls(**fields)
+        assert made == built and hash(made) == hash(built) and repr(made) == repr(built)
+        assert dataclasses.asdict(made) == fields
+        assert pickle.loads(pickle.dumps(made)) == made
+        assert dataclasses.replace(made, event_type="u") != made
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            made.event_type = "u"  # type: ignore[misc]
+        assert not hasattr(made, "__dict__")
+    assert (record.event_id, record.key, record.payload_keys) == (
+        draft.event_id,
+        key,
+        '["a","b"]',
+    )
+
+
+def test_seal_with_an_unknown_algorithm_raises_value_error() -> None:
+    factory = EventFactory(clock=Clock(), checksums={Category.DEBUG: "md5"})  # type: ignore[dict-item]
+    draft = factory.draft("DEBUG", "t", {})
+    with pytest.raises(ValueError, match="unknown checksum algorithm 'md5'"):
+        seal(draft, 1)
+
+
+class _OtherCategory(enum.StrEnum):
+    SYSTEM = "system"
+
+
+@pytest.mark.parametrize("category", [_OtherCategory.SYSTEM, "SYSTEM", "sYsTeM", Category.SYSTEM])
+def test_category_lookup_accepts_any_str_naming_it(category: str) -> None:
+    assert wire_factory().draft(category, "t", {}).category is Category.SYSTEM
