@@ -899,3 +899,54 @@ class _OtherCategory(enum.StrEnum):
 @pytest.mark.parametrize("category", [_OtherCategory.SYSTEM, "SYSTEM", "sYsTeM", Category.SYSTEM])
 def test_category_lookup_accepts_any_str_naming_it(category: str) -> None:
     assert wire_factory().draft(category, "t", {}).category is Category.SYSTEM
+
+
+class _EventType(enum.StrEnum):
+    CREATED = "order.created"
+    BAD = "order created"
+
+
+def test_event_type_checks_hold_beyond_the_memo() -> None:
+    # The factory remembers valid event types up to a bound; past it every
+    # type is still checked.
+    factory = wire_factory()
+    for n in range(1_100):
+        assert factory.draft("DEBUG", f"type.{n}", {}).event_type == f"type.{n}"
+    for bad in ("", "a b", "x" * 129, "late\n"):
+        with pytest.raises(InvalidEvent) as info:
+            factory.draft("DEBUG", bad, {})
+        assert info.value.field == "event_type"
+    assert factory.draft("DEBUG", "type.0", {}).event_type == "type.0"
+    assert factory.draft("DEBUG", "type.1099", {}).event_type == "type.1099"
+
+
+def test_str_subclass_event_types_are_checked_every_time() -> None:
+    factory = wire_factory()
+    for _ in range(2):
+        assert factory.draft("DEBUG", _EventType.CREATED, {}).event_type == "order.created"
+        with pytest.raises(InvalidEvent):
+            factory.draft("DEBUG", _EventType.BAD, {})
+    # The plain string of a rejected member is still rejected.
+    with pytest.raises(InvalidEvent):
+        factory.draft("DEBUG", "order created", {})
+
+
+def test_payload_keys_are_sorted_json_for_every_payload_shape() -> None:
+    factory = wire_factory()
+    long_key = "k" * 2_000
+    cases: list[tuple[dict[Any, Any], str]] = [
+        ({}, "[]"),
+        ({"b": 1, "a": 2}, '["a","b"]'),
+        ({"a": 2, "b": 1}, '["a","b"]'),
+        ({"b": 1, "a": 2}, '["a","b"]'),
+        ({"é": 1, "z": 2, '"q': 3}, '["\\"q","z","é"]'),
+        ({long_key: 1, "a": 2}, f'["a","{long_key}"]'),
+        ({long_key: 1, "a": 2}, f'["a","{long_key}"]'),
+    ]
+    cases += [({f"k{n}": n}, f'["k{n}"]') for n in range(1_100)]
+    cases += [({"b": 1, "a": 2}, '["a","b"]'), ({"k5": 0}, '["k5"]'), ({"k1099": 0}, '["k1099"]')]
+    for payload, expected in cases:
+        draft = factory.draft("DEBUG", "t", payload)
+        assert draft.payload_keys == expected
+        assert seal(draft, 1).payload_keys == expected
+        assert json.loads(expected) == sorted(json.loads(draft.payload_json))
