@@ -105,9 +105,20 @@ _ULID_PATTERN: Final = r"^[0-9A-HJKMNP-TV-Z]{26}$"
 _TIMESTAMP_PATTERN: Final = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
 _EVENT_TYPE_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _HEX_RE: Final = re.compile(r"[0-9a-f]+")
-# Where orjson's float text can differ from json's (see canonical_json).
-_SMALL_FLOAT: Final = re.compile(rb"[0-9]e-|0\.0000").search
 _isfinite: Final = math.isfinite
+# Where orjson's float text can differ from json's (see canonical_json).
+_SMALL_FLOAT_RE: Final = re.compile(rb"[0-9]e-|0\.0000").search
+
+
+def _small_float_text(encoded: bytes) -> bool:
+    """Whether orjson's ``encoded`` may hold a float json writes differently.
+
+    The two substring tests (fast search) rule out most texts before the
+    regex, which has no literal prefix to skip ahead with (~4x slower on an
+    event's canonical bytes)."""
+    return (b"e-" in encoded or b"0.0000" in encoded) and _SMALL_FLOAT_RE(encoded) is not None
+
+
 _HEX_LENGTH: Final = {"crc32": 8, "crc32c": 8, "sha256": 64}
 MAX_KEY_LENGTH: Final = 512
 MAX_SOURCE_LENGTH: Final = 128
@@ -303,7 +314,7 @@ def canonical_json(obj: Any) -> bytes:
     for what JSON cannot hold.
     """
     encoded = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
-    if _SMALL_FLOAT(encoded):
+    if _small_float_text(encoded):
         encoded = _json_canonical(obj)
     return encoded
 
@@ -408,7 +419,7 @@ def _check_not_plain_payload(payload: dict[Any, Any], encoded: bytes) -> bool:
             raise InvalidEvent("payload", "NaN and Infinity are not valid JSON") from None
         except TypeError as exc:
             raise InvalidEvent("payload", f"not JSON-serialisable: {exc}") from None
-    return _SMALL_FLOAT(encoded) is not None
+    return _small_float_text(encoded)
 
 
 def _check_json_payload(payload: object, max_bytes: int) -> bytes:

@@ -199,6 +199,22 @@ def test_canonical_json_equals_json_for_every_decade_and_random_doubles() -> Non
     )
 
 
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"s": "e-"},
+        {"s": "xe-y", "f": 0.5},
+        {"s": "1e-07"},
+        {"s": "0.0000"},
+        {"f": 1e-7},
+        {"f": 5e-05, "s": "e-"},
+        {"f": [0.00012, 1e16]},
+    ],
+)
+def test_canonical_json_with_float_like_text(obj: dict[str, Any]) -> None:
+    assert canonical_json(obj) == _json_reference(obj)
+
+
 @given(values)
 def test_canonical_json_equals_json(value: Any) -> None:
     assert canonical_json({"v": value}) == _json_reference({"v": value})
