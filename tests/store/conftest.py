@@ -5,8 +5,9 @@
   ``pgserver`` system user and runs the server as that user, since PostgreSQL
   refuses to run as root). Listens on a Unix socket in its data directory.
 * ``pg_url`` — a fresh schema on that server for one test, dropped after.
-* ``store`` — parametrized over memory, sqlite (a file under ``tmp_path``) and
-  postgres; opened before the test and closed after.
+* ``store`` — parametrized over memory, sqlite (a file under ``tmp_path``;
+  small writes on the loop thread), sqlite-worker (every write on the worker
+  thread) and postgres; opened before the test and closed after.
 """
 
 from __future__ import annotations
@@ -109,13 +110,15 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "sqlite-worker", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     backend: Store
     if request.param == "memory":
         backend = MemoryStore()
     elif request.param == "sqlite":
         backend = SQLiteStore(tmp_path / "store.db")
+    elif request.param == "sqlite-worker":  # every write on the worker thread
+        backend = SQLiteStore(tmp_path / "store.db", loop_write_max=0)
     else:
         backend = PostgresStore(request.getfixturevalue("pg_url"))
     await backend.open()

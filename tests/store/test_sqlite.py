@@ -409,6 +409,42 @@ async def test_locked_file_is_unavailable_then_recovers(tmp_path: Path) -> None:
         assert first.sequence_id == 1
 
 
+async def test_small_write_finding_the_file_locked_waits_on_the_worker(tmp_path: Path) -> None:
+    """A small append runs on the loop's connection, which never waits for a
+    lock: held elsewhere, the append goes to the worker, which waits (up to
+    busy_timeout_ms) and commits once the lock is free."""
+    path = tmp_path / "busy.db"
+    async with SQLiteStore(path) as store:
+        await store.append(items(1))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        asyncio.get_running_loop().call_later(0.2, other.execute, "ROLLBACK")
+        started = time.perf_counter()
+        try:
+            (record,) = await store.append(items(1))
+            waited = time.perf_counter() - started
+        finally:
+            other.close()
+        assert record.sequence_id == 2
+        assert waited >= 0.15
+        await store.mark("websocket", [2], DeliveryState.ACKED)  # the loop's connection again
+        assert [r.sequence_id for r in await store.undelivered("websocket")] == [1]
+
+
+async def test_wal_stays_bounded_under_many_small_writes(tmp_path: Path) -> None:
+    """The loop's connection never checkpoints; the worker does, every few
+    hundred loop commits, so the WAL is reused instead of growing with the stream."""
+    path = tmp_path / "wal.db"
+    async with SQLiteStore(path) as store:
+        for _ in range(2000):
+            (record,) = await store.append(items(1))
+            await store.mark("websocket", [record.sequence_id], DeliveryState.ACKED)
+        wal = path.with_name(path.name + "-wal").stat().st_size
+        # 4000 commits of a few 4 KiB pages each would be tens of MiB unchecked.
+        assert wal < 8 * 2**20, wal
+        assert len(await store.undelivered("realtime", limit=5000)) == 2000
+
+
 async def test_ids_never_reused_after_pruning(tmp_path: Path) -> None:
     path = tmp_path / "prune.db"
     async with SQLiteStore(path) as store:
