@@ -170,6 +170,9 @@ class Lane:
         self._backfilling = False
         self._backfill_idle = asyncio.Event()
         self._backfill_idle.set()
+        # Wakes an idle backfill task: only a breaker transition or a parked
+        # record can give it work, not every send and ack (as _changed would).
+        self._backfill_wake = asyncio.Event()
         #: Events this lane marked PENDING and has not delivered since (an
         #: estimate for /health: rows left PENDING by an earlier process are
         #: not counted until they are re-parked).
@@ -245,6 +248,7 @@ class Lane:
         """Wake the lane's tasks: call on every breaker transition."""
         self._changed.fire()
         self._wake.set()
+        self._backfill_wake.set()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -413,6 +417,7 @@ class Lane:
             self._held.add(r.sequence_id)
         self._parking.extend(records)
         self._park_wake.set()
+        self._backfill_wake.set()
 
     async def _park_loop(self) -> None:
         structlog.contextvars.bind_contextvars(adapter=self.name)
@@ -438,6 +443,7 @@ class Lane:
             self._parked_writes += 1
             self._backfill_needed = True
             self._backfill_idle.clear()
+            self._backfill_wake.set()
             self._release(ids)
             self._settle(len(batch))
 
@@ -483,7 +489,8 @@ class Lane:
                 self._changed.fire()
                 if self._on_progress is not None:
                     self._on_progress()
-                await self._wait_change(None)
+                await self._backfill_wake.wait()
+                self._backfill_wake.clear()
                 continue
             await self._backfill_pass(breaker, bucket_)
 
