@@ -89,8 +89,10 @@ class Stack:
         bin_s: float = 0.25,
         max_pending: int = 20_000,
         embedded_realtime: bool = False,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         self._store_url = store_url
+        self._settings = dict(settings or {})
         self._embedded = embedded_realtime
         self._bin_s = bin_s
         self._max_pending = max_pending
@@ -147,14 +149,14 @@ class Stack:
             if not line.strip():
                 raise RuntimeError("the Realtime server did not start")
         tmp = self._exit.enter_context(tempfile.TemporaryDirectory(prefix="loadtests-"))
-        settings = load_settings(
-            env_file=None,
-            websocket_port=ws_port,
-            supabase_url=rt_url,
-            store_url=self._store_url or f"sqlite:///{Path(tmp) / 'bench.db'}",
-            log_level="WARNING",
-            reconcile_interval_s=0,
-        )
+        fields: dict[str, Any] = {
+            "websocket_port": ws_port,
+            "supabase_url": rt_url,
+            "store_url": self._store_url or f"sqlite:///{Path(tmp) / 'bench.db'}",
+            "log_level": "WARNING",
+            "reconcile_interval_s": 0,
+        }
+        settings = load_settings(env_file=None, **(fields | self._settings))
         self.b = await self._exit.enter_async_context(
             Broadcaster(settings, max_pending=self._max_pending)
         )

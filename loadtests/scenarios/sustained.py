@@ -58,7 +58,24 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--payload-bytes", type=int, default=200, help="approximate payload size")
     parser.add_argument("--bin", type=float, default=0.25, help="plot bin width, seconds")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="SETTING=VALUE",
+        type=setting_arg,
+        action="append",
+        default=[],
+        help="a broadcaster setting for this run, by its field name (as in .env, lower"
+        " case), e.g. --set realtime_batch_ms=0 --set store_url=memory://; repeatable",
+    )
     add_realtime_argument(parser)
+
+
+def setting_arg(value: str) -> tuple[str, str]:
+    name, sep, setting = value.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected SETTING=VALUE, not {value!r}")
+    return name.strip().lower(), setting
 
 
 def add_realtime_argument(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +102,10 @@ async def measure(
     target = None if rate == "max" else float(rate)
     load = load_average()
     phases: list[PhaseResult] = []
-    async with Stack(bin_s=args.bin, embedded_realtime=args.realtime == "embedded") as stack:
+    overrides = dict(getattr(args, "overrides", None) or [])
+    async with Stack(
+        bin_s=args.bin, embedded_realtime=args.realtime == "embedded", settings=overrides
+    ) as stack:
         checksum = stack.broadcaster.settings.checksum_algorithms()[Category(args.category)]
         kwargs: dict[str, Any] = {
             "rate": target,
@@ -108,6 +128,7 @@ async def measure(
         "category": args.category,
         "checksum": checksum,
         "payload_bytes": args.payload_bytes,
+        **({"settings": overrides} if overrides else {}),
         **run.figures,
         "lost": sum(p.figures["lost"] for p in phases),
         "load_avg_1m": load,
