@@ -381,11 +381,11 @@ def _small_floats_in(values: Iterable[Any]) -> bool:
 
     Raises :class:`_NotPlainJson` at anything but exactly ``dict``, ``list``,
     ``str``, ``int``, ``bool``, ``None`` and finite ``float``: NaN and Infinity,
-    datetimes, UUIDs, enums, tuples, subclasses. orjson.loads of the encoded
-    payload gives back an equal object exactly when every value is plain, so a
-    plain payload needs no round trip; anything else takes the exact checks.
-    Runs after orjson.dumps succeeded, so the depth is bounded and there are no
-    cycles.
+    datetimes, UUIDs, enums, tuples, subclasses. For a plain payload,
+    orjson.loads of the encoded bytes always gives back an equal object, so it
+    needs no round trip; anything else takes the exact checks
+    (:func:`_check_not_plain_payload`). Runs after orjson.dumps succeeded, so
+    the depth is bounded and there are no cycles.
     """
     small = False
     for value in values:
@@ -454,17 +454,16 @@ def _encodable(value: str) -> bool:
     return True
 
 
-#: Category by exact name. A Category member finds itself here too (a StrEnum
+#: Category by exact name; a Category member finds itself too (a StrEnum
 #: hashes and compares as its value), so the common cases take one lookup.
-_CATEGORY_BY_NAME: Final[dict[object, Category]] = {c.value: c for c in Category}
+_CATEGORY_BY_NAME: Final[Mapping[str, Category]] = {c.value: c for c in Category}
 
 
 def _category(value: object) -> Category:
-    try:
-        return _CATEGORY_BY_NAME[value]
-    except (KeyError, TypeError):  # TypeError: unhashable
-        pass
     if isinstance(value, str):
+        found = _CATEGORY_BY_NAME.get(value)
+        if found is not None:
+            return found
         try:
             return Category(value.upper())
         except ValueError:
@@ -488,11 +487,12 @@ def _builder(cls: type) -> Any:
 
 
 _DraftBuilder: Final = _builder(EventDraft)
+_RecordBuilder: Final = _builder(EventRecord)
+
 #: Entries per memo of an :class:`EventFactory` (event types, payload key sets).
 _MEMO_SIZE: Final = 1024
 #: Longer payload-key lists are not memoised (bounds the memo's memory).
 _MEMO_MAX_KEYS_TEXT: Final = 1024
-_RecordBuilder: Final = _builder(EventRecord)
 
 
 class EventFactory:
