@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -25,7 +26,14 @@ import structlog
 from .adapters.base import Adapter, AdapterHealth
 from .breaker import AdapterBreaker
 from .breaker_policy import BreakerConfig, BreakerState, Transition
-from .events import Category, ChecksumInfo, EventDraft, EventFactory, EventRecord
+from .checksums import ChecksumAlgorithm
+from .events import (
+    Category,
+    ChecksumInfo,
+    EventDraft,
+    EventFactory,
+    EventRecord,
+)
 from .exceptions import (
     BroadcasterClosed,
     BroadcasterError,
@@ -62,8 +70,18 @@ class Receipt:
     event_id: str
     category: Category
     timestamp: str
-    checksum: ChecksumInfo
+    checksum_algorithm: ChecksumAlgorithm
+    checksum_value: str
     routed_to: tuple[str, ...]
+
+    @property
+    def checksum(self) -> ChecksumInfo:
+        """The event's checksum (built on access: most callers never look, and
+        a pydantic model per published event was a visible share of publish())."""
+        # Built by seal() from validated parts: no re-validation needed.
+        return ChecksumInfo.model_construct(
+            algorithm=self.checksum_algorithm, value=self.checksum_value
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -71,23 +89,20 @@ class Receipt:
             "event_id": self.event_id,
             "category": self.category.value,
             "timestamp": self.timestamp,
-            "checksum": self.checksum.model_dump(),
+            "checksum": {"algorithm": self.checksum_algorithm, "value": self.checksum_value},
             "routed_to": list(self.routed_to),
         }
 
 
 def _receipt(record: EventRecord, routed: tuple[str, ...]) -> Receipt:
     return Receipt(
-        sequence_id=record.sequence_id,
-        event_id=record.event_id,
-        category=record.category,
-        timestamp=record.timestamp,
-        # Built by seal() from validated parts: skip pydantic's re-validation,
-        # the largest single per-event cost of publish() before this.
-        checksum=ChecksumInfo.model_construct(
-            algorithm=record.checksum_algorithm, value=record.checksum
-        ),
-        routed_to=routed,
+        record.sequence_id,
+        record.event_id,
+        record.category,
+        record.timestamp,
+        record.checksum_algorithm,
+        record.checksum,
+        routed,
     )
 
 
@@ -533,13 +548,15 @@ class Broadcaster:
         self, records: list[EventRecord], items: list[tuple[EventDraft, tuple[str, ...]]]
     ) -> None:
         per_lane: dict[str, list[EventRecord]] = {name: [] for name in self._lanes}
-        count_routed = self.stats.count_routed
+        routings: Counter[tuple[Category, tuple[str, ...]]] = Counter()
         for record, (_, routed) in zip(records, items, strict=True):
-            count_routed(record.category, routed)
+            routings[record.category, routed] += 1
             for name in routed:
                 lane_records = per_lane.get(name)
                 if lane_records is not None:
                     lane_records.append(record)
+        for (category, routed), n in routings.items():
+            self.stats.count_routed(category, routed, n)
         for name, lane_records in per_lane.items():
             self._lanes[name].enqueue(lane_records)
 

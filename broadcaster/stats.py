@@ -8,11 +8,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from .events import Category, EventRecord
 
 __all__ = ["DeliveryStats"]
+
+_category = attrgetter("category")
 
 
 @dataclass
@@ -41,16 +44,18 @@ class DeliveryStats:
     def count_transition(self, adapter: str, key: str) -> None:
         self.breaker_transitions[(adapter, key)] += 1
 
-    def count_routed(self, category: Category, adapters: Iterable[str]) -> None:
-        self.published[category.value] += 1
+    def count_routed(self, category: Category, adapters: Iterable[str], events: int = 1) -> None:
+        """``events`` events of ``category`` were stored and routed to ``adapters``."""
+        self.published[category.value] += events
         for name in adapters:
-            self.routed[(category.value, name)] += 1
+            self.routed[(category.value, name)] += events
 
     def count_delivered(
         self, adapter: str, records: Sequence[EventRecord], send_seconds: float = 0.0
     ) -> None:
-        for record in records:
-            self.delivered[(record.category.value, adapter)] += 1
+        # Counted per category first, in C: this runs for every delivered batch.
+        for category, n in Counter(map(_category, records)).items():
+            self.delivered[(category.value, adapter)] += n
         for hook in self.delivered_hooks:
             hook(adapter, records, send_seconds)
 
