@@ -790,20 +790,24 @@ class SQLiteStore(Store):
                     "adapter": adapter,
                     "ids": orjson.dumps(request.sequence_ids),
                 }
-                delivered = request.state in DELIVERED_STATES
-                # Rows of these ids already in deliveries leave their state: to
-                # ``state`` (still delivered) or to the outbox.
-                for old, n in conn.execute(_DELIVERED_BEFORE, params).fetchall():
-                    counts[adapter, old] = counts.get((adapter, old), 0) - n
-                    if delivered:
-                        counts[adapter, state] = counts.get((adapter, state), 0) + n
-                if delivered:
+                if request.state in DELIVERED_STATES:
                     update, move, delete = _MARK_DELIVERED
-                    conn.execute(update, params)
                     moved = conn.execute(move, params).rowcount
                     conn.execute(delete, params)
                     counts[adapter, state] = counts.get((adapter, state), 0) + moved
+                    # The usual ack: every id came out of the outbox, so none was
+                    # in deliveries already — skip two lookups per id. Otherwise
+                    # (a re-ack, a repair, unknown ids) rows already delivered
+                    # change state; the ones just moved count as state -> state.
+                    if moved < len(set(request.sequence_ids)):
+                        for old, n in conn.execute(_DELIVERED_BEFORE, params).fetchall():
+                            counts[adapter, old] = counts.get((adapter, old), 0) - n
+                            counts[adapter, state] = counts.get((adapter, state), 0) + n
+                        conn.execute(update, params)
                 else:
+                    # Rows of these ids in deliveries go back to the outbox.
+                    for old, n in conn.execute(_DELIVERED_BEFORE, params).fetchall():
+                        counts[adapter, old] = counts.get((adapter, old), 0) - n
                     for statement in _MARK_UNDELIVERED:
                         conn.execute(statement, params)
             _add_counts(conn, counts)
