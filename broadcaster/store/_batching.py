@@ -43,10 +43,16 @@ class GroupCommit:
     request queued so far, hands the list to ``flush`` (one transaction) and
     wakes the callers with its outcome. Requests that arrive while a flush runs
     go into the next one, so under load each transaction carries many calls.
+    ``linger_s``: how long the first request after a quiet spell waits for
+    company, so that at low rates the acks of several batches and adapters
+    share one transaction instead of one each.
     """
 
-    def __init__(self, flush: Callable[[list[MarkRequest]], Awaitable[None]]) -> None:
+    def __init__(
+        self, flush: Callable[[list[MarkRequest]], Awaitable[None]], *, linger_s: float = 0.0
+    ) -> None:
         self._flush = flush
+        self._linger_s = linger_s
         self._queue: list[tuple[MarkRequest, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -57,7 +63,17 @@ class GroupCommit:
         self._queue.append((request, future))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain(), name="store-group-commit")
+            self._task.add_done_callback(self._drained)
         await future
+
+    def _drained(self, task: asyncio.Task[None]) -> None:
+        # Cancelled before it took the queue (while lingering, or before it
+        # ever ran): its waiters would wait forever, unless a newer task has
+        # already taken over the queue.
+        if task.cancelled() and self._task is task:
+            queued, self._queue = self._queue, []
+            for _, future in queued:
+                future.cancel()
 
     async def wait_idle(self) -> None:
         """Wait until every queued request has been flushed (for ``close()``)."""
@@ -65,6 +81,8 @@ class GroupCommit:
             await asyncio.shield(self._task)
 
     async def _drain(self) -> None:
+        if self._linger_s > 0:
+            await asyncio.sleep(self._linger_s)
         while self._queue:
             batch, self._queue = self._queue, []
             try:

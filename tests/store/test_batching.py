@@ -81,3 +81,38 @@ async def test_group_commit_cancelled_flush_cancels_its_waiters() -> None:
     group._task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
+
+
+async def test_group_commit_linger_gathers_calls_that_come_apart() -> None:
+    """Calls a few milliseconds apart (the acks of two adapters at low rates)
+    share one transaction when the first one lingers for company."""
+    flushed: list[list[MarkRequest]] = []
+
+    async def flush(batch: list[MarkRequest]) -> None:
+        flushed.append(batch)
+
+    async def apart(group: GroupCommit) -> None:
+        first = asyncio.create_task(group.submit(MarkRequest("ws", [1], ACKED, None)))
+        await asyncio.sleep(0.005)
+        await group.submit(MarkRequest("rt", [1], ACKED, None))
+        await first
+
+    await apart(GroupCommit(flush))
+    assert len(flushed) == 2
+    flushed.clear()
+    await apart(GroupCommit(flush, linger_s=0.05))
+    assert flushed == [[MarkRequest("ws", [1], ACKED, None), MarkRequest("rt", [1], ACKED, None)]]
+
+
+async def test_group_commit_cancelled_while_lingering_cancels_its_waiters() -> None:
+    async def flush(batch: list[MarkRequest]) -> None:
+        raise AssertionError("nothing is flushed")
+
+    group = GroupCommit(flush, linger_s=10)
+    waiter = asyncio.create_task(group.submit(MarkRequest("ws", [1], ACKED, None)))
+    await asyncio.sleep(0)
+    assert group._task is not None
+    group._task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await group.wait_idle()
