@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,12 +119,15 @@ class Bins:
 class TokenBucket:
     """Paces producers to ``rate`` events/s (``None``: no pacing).
 
-    Tokens accrue continuously up to ``burst``; :meth:`take` waits for at
-    least one and takes as many as are there (up to ``max_n``), so at low rates
-    events go one per call and at high rates batches form on their own while
-    a producer waits for its previous call. A producer that falls behind gets
-    at most ``burst`` events of catch-up: the achieved rate is then reported
-    below the target rather than hidden by a later burst.
+    Tokens accrue continuously up to ``burst``; :meth:`take` takes as many as
+    are there (up to ``max_n``), so at low rates events go one per call and at
+    high rates batches form on their own while a producer waits for its
+    previous call. With none there, a producer reserves the next token and
+    sleeps until it exists: each waiting producer has its own slot, so a token
+    wakes one producer, not all of them (a herd of wake-ups that cost the
+    measured process ~0.2 of a core at 1 000 events/s). A producer that falls
+    behind gets at most ``burst`` events of catch-up: the achieved rate is then
+    reported below the target rather than hidden by a later burst.
     """
 
     def __init__(
@@ -132,12 +135,14 @@ class TokenBucket:
         rate: float | None,
         burst: float,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if rate is not None and rate <= 0:
             raise ValueError("rate must be positive")
         self.rate = rate
         self.burst = max(1.0, burst)
         self._clock = clock
+        self._sleep = sleep
         self._tokens = 1.0
         self._last = clock()
 
@@ -152,7 +157,7 @@ class TokenBucket:
         if self.rate is None:
             return max_n
         self._refill()
-        n = min(max_n, int(self._tokens))
+        n = max(0, min(max_n, int(self._tokens)))  # none while tokens are owed
         self._tokens -= n
         return n
 
@@ -166,12 +171,21 @@ class TokenBucket:
     async def take(self, max_n: int, deadline: float) -> int:
         """Wait for tokens and take up to ``max_n``; 0 once ``deadline``
         (on the bucket's clock) has passed."""
-        while self._clock() < deadline:
-            n = self.take_now(max_n)
-            if n:
-                return n
-            await asyncio.sleep(min(self.wait_s(), max(0.0, deadline - self._clock())))
-        return 0
+        if self._clock() >= deadline:
+            return 0
+        n = self.take_now(max_n)
+        if n or self.rate is None:
+            return n
+        # Reserve the next token: the balance goes below zero by one, and this
+        # producer's token exists once it is back at zero.
+        self._tokens -= 1
+        ready = self._clock() + -self._tokens / self.rate
+        if ready > deadline:
+            self._tokens += 1
+            await self._sleep(max(0.0, deadline - self._clock()))
+            return 0
+        await self._sleep(ready - self._clock())
+        return 1
 
 
 def free_port() -> int:

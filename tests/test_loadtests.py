@@ -8,6 +8,7 @@ timing is asserted: the figures of a smoke run mean nothing. The pure helpers
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -261,6 +262,31 @@ async def test_token_bucket_take_stops_at_the_deadline() -> None:
     assert await bucket.take(5, deadline=1.0) == 1
     clock.now = 2.0
     assert await bucket.take(5, deadline=1.0) == 0
+
+
+async def test_token_bucket_gives_each_waiting_producer_its_own_slot() -> None:
+    """With no token there, concurrent takers reserve consecutive tokens and
+    each sleeps until its own: one wake-up per token, not one per producer."""
+    clock = FakeClock()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(round(seconds, 6))
+
+    bucket = TokenBucket(1000, burst=10, clock=clock, sleep=sleep)
+    assert bucket.take_now(1) == 1
+    taken = await asyncio.gather(*(bucket.take(5, deadline=1.0) for _ in range(3)))
+    assert taken == [1, 1, 1]
+    assert slept == [0.001, 0.002, 0.003]
+    assert bucket.take_now(5) == 0  # those tokens are spoken for
+    clock.now = 0.0035  # all three reserved tokens exist now, half of the next
+    assert bucket.take_now(5) == 0
+    clock.now = 0.0045
+    assert bucket.take_now(5) == 1
+    # A reservation that would only be ready after the deadline takes nothing.
+    assert await bucket.take(5, deadline=0.0046) == 0
+    assert slept[-1] == pytest.approx(0.0001)
+    assert bucket.take_now(5) == 0 and bucket.wait_s() == pytest.approx(0.0005)
 
 
 def test_percentiles_are_nearest_rank() -> None:
