@@ -124,8 +124,8 @@ class TokenBucket:
     high rates batches form on their own while a producer waits for its
     previous call. With none there, a producer reserves the next token and
     sleeps until it exists: each waiting producer has its own slot, so a token
-    wakes one producer, not all of them (a herd of wake-ups that cost the
-    measured process ~0.2 of a core at 1 000 events/s). A producer that falls
+    wakes one producer, not all of them (the measured process runs the
+    producers, so their wake-ups count in its CPU). A producer that falls
     behind gets at most ``burst`` events of catch-up: the achieved rate is then
     reported below the target rather than hidden by a later burst.
     """
