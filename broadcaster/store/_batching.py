@@ -24,6 +24,7 @@ __all__ = [
     "assemble_scan",
     "coalesce_marks",
     "parse_routed",
+    "routed_pairs",
 ]
 
 
@@ -132,6 +133,28 @@ def parse_routed(routed_json: str, cache: dict[str, tuple[str, ...]]) -> tuple[s
     if routed is None:
         routed = cache[routed_json] = tuple(orjson.loads(routed_json))
     return routed
+
+
+def routed_pairs(
+    groups: Iterable[Sequence[Any]],
+    judged_before_ms: int,
+    routings: dict[str, tuple[str, ...]],
+) -> tuple[dict[tuple[str, str], int], int] | None:
+    """For ``plain_page``: from a page's events grouped as ``(category,
+    routed_to, events, newest created_at_ms, events lacking checksum or keys)``,
+    the routed pairs per ``(category, adapter)`` and in all — or None if the
+    page cannot be plain (too young, rows of an old version, an adapter routed
+    twice). ``routings`` collects the page's parsed routings."""
+    counts: dict[tuple[str, str], int] = {}
+    pairs = 0
+    for category, routed_json, n, newest, incomplete in groups:
+        routed = parse_routed(routed_json, routings)
+        if newest > judged_before_ms or incomplete or len(set(routed)) != len(routed):
+            return None
+        for adapter in routed:
+            counts[category, adapter] = counts.get((category, adapter), 0) + n
+        pairs += n * len(routed)
+    return counts, pairs
 
 
 def assemble_scan(

@@ -69,7 +69,14 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ..events import EventDraft, EventRecord, record_from_wire, seal
 from ..exceptions import StoreError, StoreUnavailable
-from ._batching import GroupCommit, MarkRequest, assemble_scan, coalesce_marks, parse_routed
+from ._batching import (
+    GroupCommit,
+    MarkRequest,
+    assemble_scan,
+    coalesce_marks,
+    parse_routed,
+    routed_pairs,
+)
 from .base import (
     DELIVERED_STATES,
     AuditEntry,
@@ -763,17 +770,11 @@ class PostgresStore(Store):
                 repaired = await cur.fetchone()
                 if repaired is not None and repaired[0]:
                     return PlainPage(high, None)
-                counts: dict[tuple[str, str], int] = {}
-                pairs = 0
-                cache: dict[str, tuple[str, ...]] = {}
                 await cur.execute(_PAGE_ROUTED, (low, high))
-                for category, routed_json, n, newest, incomplete in await cur.fetchall():
-                    routed = parse_routed(routed_json, cache)
-                    if newest > judged_before_ms or incomplete or len(set(routed)) != len(routed):
-                        return PlainPage(high, None)
-                    for adapter in routed:
-                        counts[category, adapter] = counts.get((category, adapter), 0) + n
-                    pairs += n * len(routed)
+                expected = routed_pairs(await cur.fetchall(), judged_before_ms, {})
+                if expected is None:
+                    return PlainPage(high, None)
+                counts, pairs = expected
                 await cur.execute(_PAGE_RECEIPTS, {"low": low, "high": high, "window": window_ms})
                 totals = await cur.fetchone()
             assert totals is not None  # an aggregate without GROUP BY returns one row

@@ -87,7 +87,14 @@ import structlog
 
 from ..events import EventDraft, EventRecord, record_from_wire, seal
 from ..exceptions import StoreError, StoreUnavailable
-from ._batching import GroupCommit, MarkRequest, assemble_scan, coalesce_marks, parse_routed
+from ._batching import (
+    GroupCommit,
+    MarkRequest,
+    assemble_scan,
+    coalesce_marks,
+    parse_routed,
+    routed_pairs,
+)
 from .base import (
     DELIVERED_STATES,
     AuditEntry,
@@ -520,15 +527,24 @@ class SQLiteStore(Store):
             # IMMEDIATE takes the write lock up front, so a lock held by another
             # process fails here (after busy_timeout) rather than mid-batch.
             conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self._translate(exc, action) from exc
+        return self._commit(conn, action, body)
+
+    def _commit(
+        self, conn: sqlite3.Connection, action: str, body: Callable[[sqlite3.Connection], _T]
+    ) -> _T:
+        """After ``BEGIN``: run ``body`` and commit, or roll back and raise (translated)."""
+        try:
             result = body(conn)
             conn.execute("COMMIT")
-            return result
         except sqlite3.Error as exc:
             self._rollback(conn)
             raise self._translate(exc, action) from exc
         except BaseException:
             self._rollback(conn)
             raise
+        return result
 
     async def _small_write(
         self, action: str, rows: int, body: Callable[[sqlite3.Connection], _T]
@@ -547,15 +563,7 @@ class SQLiteStore(Store):
                 if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                     raise self._translate(exc, action) from exc
             else:
-                try:
-                    result = body(conn)
-                    conn.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    self._rollback(conn)
-                    raise self._translate(exc, action) from exc
-                except BaseException:
-                    self._rollback(conn)
-                    raise
+                result = self._commit(conn, action, body)
                 self._after_loop_commit()
                 return result
         return await self._call(self._write, action, body)
@@ -1000,18 +1008,13 @@ class SQLiteStore(Store):
                 (repaired,) = conn.execute(_PAGE_REPAIRED, (low, high)).fetchone()
             if repaired:
                 return PlainPage(high, None)
-            counts: dict[tuple[str, str], int] = {}
-            pairs = 0
             routings: dict[str, tuple[str, ...]] = {}
-            for category, routed_json, n, newest, incomplete in conn.execute(
-                _PAGE_ROUTED, (low, high)
-            ):
-                routed = parse_routed(routed_json, routings)
-                if newest > judged_before_ms or incomplete or len(set(routed)) != len(routed):
-                    return PlainPage(high, None)
-                for adapter in routed:
-                    counts[category, adapter] = counts.get((category, adapter), 0) + n
-                pairs += n * len(routed)
+            expected = routed_pairs(
+                conn.execute(_PAGE_ROUTED, (low, high)), judged_before_ms, routings
+            )
+            if expected is None:
+                return PlainPage(high, None)
+            counts, pairs = expected
             test, params = _routed_test(routings)
             received, plain, dups = conn.execute(
                 _PAGE_RECEIPTS.format(routed=test), (window_ms, *params, low, high)
