@@ -1,5 +1,7 @@
 """Shared fixtures. Every test starts from a clean environment: no broadcaster
-variables inherited from the shell, no .env from the working directory."""
+variables inherited from the shell, no .env from the working directory, and
+structlog as it comes (a test that configured logging — the CLI does, at
+WARNING — must not filter out the info lines a later test captures)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 _PREFIXES = (
     "DUAL_WRITE_",
@@ -32,3 +35,4 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     yield
+    structlog.reset_defaults()
