@@ -435,7 +435,8 @@ async def test_wal_stays_bounded_under_many_small_writes(tmp_path: Path) -> None
     """The loop's connection never checkpoints; the worker does, every few
     hundred loop commits, so the WAL is reused instead of growing with the stream."""
     path = tmp_path / "wal.db"
-    async with SQLiteStore(path) as store:
+    # No mark linger: 2 000 awaited marks would each wait for company in vain.
+    async with SQLiteStore(path, mark_linger_ms=0) as store:
         for _ in range(2000):
             (record,) = await store.append(items(1))
             await store.mark("websocket", [record.sequence_id], DeliveryState.ACKED)
