@@ -192,6 +192,21 @@ class AuditEntry:
     after: Any
 
 
+def _audit_entry(
+    entry_id: int, at_ms: int, actor: str, path: str, before_json: str, after_json: str
+) -> AuditEntry:
+    """An audit entry from its stored row (JSON texts as written by
+    :func:`_config_json`), shared by the backends."""
+    return AuditEntry(
+        id=int(entry_id),
+        at_ms=int(at_ms),
+        actor=actor,
+        path=path,
+        before=json.loads(before_json),
+        after=json.loads(after_json),
+    )
+
+
 class Store(ABC):
     """Async store. Implementations never block the event loop on anything
     that can wait (locks, fsync, the network); SQLite commits its small writes

@@ -20,6 +20,7 @@ from .base import (
     Store,
     StoredEvent,
     StoreStats,
+    _audit_entry,
     _config_json,
     plain_counts,
 )
@@ -193,7 +194,7 @@ class MemoryStore(Store):
         )
         self._config_json = doc
         self._audit.append(row)
-        return _entry(row)
+        return _audit_entry(*row)
 
     async def runtime_config(self) -> dict[str, Any] | None:
         """A fresh copy of the last saved config document, or ``None``."""
@@ -207,16 +208,4 @@ class MemoryStore(Store):
         if limit <= 0:
             return []
         start = max(after, 0)  # ids are 1..n at positions 0..n-1
-        return [_entry(row) for row in self._audit[start : start + limit]]
-
-
-def _entry(row: tuple[int, int, str, str, str, str]) -> AuditEntry:
-    entry_id, at_ms, actor, path, before_json, after_json = row
-    return AuditEntry(
-        id=entry_id,
-        at_ms=at_ms,
-        actor=actor,
-        path=path,
-        before=json.loads(before_json),
-        after=json.loads(after_json),
-    )
+        return [_audit_entry(*row) for row in self._audit[start : start + limit]]

@@ -87,6 +87,7 @@ from .base import (
     Store,
     StoredEvent,
     StoreStats,
+    _audit_entry,
     _config_json,
 )
 
@@ -947,14 +948,7 @@ class PostgresStore(Store):
                 return int(row[0]), now_ms
 
         entry_id, at_ms = await self._run("save_runtime_config", body)
-        return AuditEntry(
-            id=entry_id,
-            at_ms=at_ms,
-            actor=actor,
-            path=path,
-            before=json.loads(before_json),
-            after=json.loads(after_json),
-        )
+        return _audit_entry(entry_id, at_ms, actor, path, before_json, after_json)
 
     async def runtime_config(self) -> dict[str, Any] | None:
         """The ``runtime_config`` document, or ``None`` if never saved."""
@@ -983,14 +977,4 @@ class PostgresStore(Store):
                 return await cur.fetchall()
 
         rows = await self._run("audit_log", body)
-        return [
-            AuditEntry(
-                id=int(entry_id),
-                at_ms=int(at_ms),
-                actor=actor,
-                path=path,
-                before=json.loads(before_json),
-                after=json.loads(after_json),
-            )
-            for entry_id, at_ms, actor, path, before_json, after_json in rows
-        ]
+        return [_audit_entry(*row) for row in rows]

@@ -105,6 +105,7 @@ from .base import (
     Store,
     StoredEvent,
     StoreStats,
+    _audit_entry,
     _config_json,
 )
 
@@ -1168,14 +1169,7 @@ class SQLiteStore(Store):
             return entry_id
 
         entry_id = await self._call(self._write, "save_runtime_config", body)
-        return AuditEntry(
-            id=entry_id,
-            at_ms=now_ms,
-            actor=actor,
-            path=path,
-            before=json.loads(before_json),
-            after=json.loads(after_json),
-        )
+        return _audit_entry(entry_id, now_ms, actor, path, before_json, after_json)
 
     async def runtime_config(self) -> dict[str, Any] | None:
         """The ``runtime_config`` document, or ``None`` if never saved."""
@@ -1196,18 +1190,6 @@ class SQLiteStore(Store):
             return []
 
         def body(conn: sqlite3.Connection) -> list[AuditEntry]:
-            return [
-                AuditEntry(
-                    id=entry_id,
-                    at_ms=at_ms,
-                    actor=actor,
-                    path=path,
-                    before=json.loads(before_json),
-                    after=json.loads(after_json),
-                )
-                for entry_id, at_ms, actor, path, before_json, after_json in conn.execute(
-                    _AUDIT_PAGE, (after, limit)
-                )
-            ]
+            return [_audit_entry(*row) for row in conn.execute(_AUDIT_PAGE, (after, limit))]
 
         return await self._call(self._read, "audit_log", body)
