@@ -12,26 +12,13 @@ from pathlib import Path
 import pytest
 import structlog
 
-_PREFIXES = (
-    "DUAL_WRITE_",
-    "ADAPTER_",
-    "BREAKER_",
-    "RECONCILE_",
-    "WEBSOCKET_",
-    "SUPABASE_",
-    "REALTIME_",
-    "STORE_",
-    "ADMIN_",
-    "BROADCASTER_",
-    "EVENT_",
-    "LOG_",
-)
+from tests._env import SETTING_PREFIXES
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     for name in list(os.environ):
-        if name.startswith(_PREFIXES):
+        if name.startswith(SETTING_PREFIXES):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     yield

@@ -31,24 +31,11 @@ from loadtests._common import (
 )
 from loadtests.scenarios import SCENARIOS
 from loadtests.subscriber import Recorder
+from tests._env import SETTING_PREFIXES
 
-# The same prefixes conftest.clean_env removes: a module-scoped fixture runs
-# before that function-scoped one, so it cleans the environment itself (the
-# scenarios and the processes they start read it).
-_PREFIXES = (
-    "DUAL_WRITE_",
-    "ADAPTER_",
-    "BREAKER_",
-    "RECONCILE_",
-    "WEBSOCKET_",
-    "SUPABASE_",
-    "REALTIME_",
-    "STORE_",
-    "ADMIN_",
-    "BROADCASTER_",
-    "EVENT_",
-    "LOG_",
-)
+# A module-scoped fixture runs before conftest.clean_env (function-scoped), so
+# it removes the same settings itself (the scenarios and the processes they
+# start read them).
 ALL_ARGS = ["all", "--smoke", "--skip-postgres"]
 
 
@@ -80,7 +67,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smoke]:
     argv = [*ALL_ARGS, "--out", str(out)]
     with pytest.MonkeyPatch.context() as mp:
         for name in list(os.environ):
-            if name.startswith(_PREFIXES):
+            if name.startswith(SETTING_PREFIXES):
                 mp.delenv(name)
         mp.chdir(out)
         buffer = io.StringIO()
