@@ -24,18 +24,7 @@ from broadcaster.exceptions import (
 from broadcaster.settings import load_settings
 from broadcaster.store.base import DeliveryState
 from broadcaster.store.memory import MemoryStore
-
-
-class GatedAdapter(MemoryAdapter):
-    """Holds every send until ``gate`` is set."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.gate = asyncio.Event()
-
-    async def send(self, batch: Sequence[EventRecord]) -> None:
-        await self.gate.wait()
-        await super().send(batch)
+from tests._fakes import GatedAdapter
 
 
 class FlakyAdapter(MemoryAdapter):

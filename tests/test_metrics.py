@@ -21,8 +21,9 @@ from broadcaster.events import Category, EventFactory, EventRecord, format_times
 from broadcaster.exceptions import AdapterUnavailable, StoreUnavailable
 from broadcaster.metrics import LATENCY_BUCKETS, BroadcasterMetrics
 from broadcaster.settings import load_settings
-from broadcaster.store.base import ConsumerReceipt, StoreStats
+from broadcaster.store.base import StoreStats
 from broadcaster.store.memory import MemoryStore
+from tests._fakes import GatedAdapter, receipts_for
 
 Labels = frozenset[tuple[str, str]]
 
@@ -61,18 +62,6 @@ class FaultyAdapter(MemoryAdapter):
         while self.calls < n:
             self.called.clear()
             await self.called.wait()
-
-
-class GatedAdapter(MemoryAdapter):
-    """Holds every send until ``gate`` is set."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.gate = asyncio.Event()
-
-    async def send(self, batch: Sequence[EventRecord]) -> None:
-        await self.gate.wait()
-        await super().send(batch)
 
 
 class BreakableStore(MemoryStore):
@@ -155,23 +144,6 @@ class Scrape:
             if rest == labels:
                 found.append((float(le), value))
         return sorted(found)
-
-
-def receipts(
-    records: Sequence[EventRecord], adapter: str, at_ms: int, *, checksum: str | None = None
-) -> list[ConsumerReceipt]:
-    return [
-        ConsumerReceipt(
-            sequence_id=r.sequence_id,
-            adapter=adapter,
-            event_type=r.event_type,
-            received_at_ms=at_ms,
-            checksum=checksum if checksum is not None else r.checksum,
-            checksum_ok=checksum is None,
-            payload_keys=r.payload_keys,
-        )
-        for r in records
-    ]
 
 
 # -- counts -------------------------------------------------------------------------
@@ -575,15 +547,17 @@ async def test_reconciliation_outcomes_lag_and_a_monotonic_mismatch_counter() ->
         at_ms = int(clock.now * 1000) + 5
         ws_new = [r for r in ws.events if r.sequence_id >= first]
         rt_new = [r for r in rt.events if r.sequence_id >= first]
-        await store.record_receipts(receipts(ws_new, "websocket", at_ms))
-        await store.record_receipts(receipts(rt_new[:1], "realtime", at_ms, checksum="00000000"))
-        await store.record_receipts(receipts(rt_new[1:], "realtime", at_ms))
+        await store.record_receipts(receipts_for(ws_new, "websocket", at_ms))
+        await store.record_receipts(
+            receipts_for(rt_new[:1], "realtime", at_ms, checksum="00000000")
+        )
+        await store.record_receipts(receipts_for(rt_new[1:], "realtime", at_ms))
 
     async with b:
         await deliver_with_one_bad_realtime_receipt(
             "SYSTEM", "SYSTEM", "SYSTEM", "PERFORMANCE", "PERFORMANCE"
         )
-        await store.record_receipts(receipts(ws.events[:1], "websocket", int(clock.now * 1000)))
+        await store.record_receipts(receipts_for(ws.events[:1], "websocket", int(clock.now * 1000)))
         clock.now += 7
         await metrics.refresh()
         before = Scrape(metrics)

@@ -4,7 +4,6 @@ Time is a fake clock: no sleeping for windows and delays."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,13 +11,13 @@ import pytest
 
 from broadcaster.adapters.memory import MemoryAdapter
 from broadcaster.core import Broadcaster
-from broadcaster.events import EventRecord
 from broadcaster.reconcile.matching import Outcome
 from broadcaster.reconcile.reconciler import RECONCILED_THROUGH, Reconciler
 from broadcaster.settings import load_settings
 from broadcaster.store.base import ConsumerReceipt, DeliveryState, PlainPage
 from broadcaster.store.memory import MemoryStore
 from broadcaster.store.sqlite import SQLiteStore
+from tests._fakes import receipts_for
 
 
 class Clock:
@@ -27,21 +26,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def receipts_for(records: Sequence[EventRecord], adapter: str, at_ms: int) -> list[ConsumerReceipt]:
-    return [
-        ConsumerReceipt(
-            sequence_id=r.sequence_id,
-            adapter=adapter,
-            event_type=r.event_type,
-            received_at_ms=at_ms,
-            checksum=r.checksum,
-            checksum_ok=True,
-            payload_keys=r.payload_keys,
-        )
-        for r in records
-    ]
 
 
 def make(clock: Clock, store: MemoryStore) -> tuple[Broadcaster, MemoryAdapter, MemoryAdapter]:
