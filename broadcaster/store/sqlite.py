@@ -77,8 +77,9 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -659,7 +660,7 @@ class SQLiteStore(Store):
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout_ms / 1000)
         except sqlite3.Error as exc:
             raise self._translate(exc, "open") from exc
-        try:
+        with self._closed_on_error(conn):
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"sqlite {self.path}: WAL mode refused (journal_mode={mode})")
@@ -669,29 +670,29 @@ class SQLiteStore(Store):
             conn.execute("PRAGMA cache_size = -32768")  # 32 MiB page cache
             if not checkpoints:
                 conn.execute("PRAGMA wal_autocheckpoint = 0")
+        return conn
+
+    @contextmanager
+    def _closed_on_error(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """Opening ``conn`` failed part way: close it, and raise sqlite errors translated."""
+        try:
+            yield
         except sqlite3.Error as exc:
             conn.close()
             raise self._translate(exc, "open") from exc
         except BaseException:
             conn.close()
             raise
-        return conn
 
     def _open_sync(self) -> int:
         conn = self._connect(busy_timeout_ms=self._busy_timeout_ms)
-        try:
+        with self._closed_on_error(conn):
             version = migrate(conn)
             # Defensive: the high-water mark can never be below a stored id.
             conn.execute(
                 "UPDATE meta SET value = max(value, (SELECT coalesce(max(sequence_id), 0)"
                 " FROM events)) WHERE key = 'last_sequence_id'"
             )
-        except sqlite3.Error as exc:
-            conn.close()
-            raise self._translate(exc, "open") from exc
-        except BaseException:
-            conn.close()
-            raise
         self._conn = conn
         return version
 
