@@ -27,16 +27,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import urlparse, urlunparse
 
+import orjson
 import structlog
 from realtime import (
     AsyncRealtimeChannel,
     AsyncRealtimeClient,
     BroadcastPayload,
+    Message,
+    NotConnectedError,
     RealtimeAcknowledgementStatus,
     RealtimeChannelOptions,
     RealtimeSubscribeStates,
 )
 from realtime._async.push import AsyncPush
+from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
 from websockets.protocol import State
 
 from ..events import Category, EventRecord
@@ -54,6 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BROADCAST_EVENT",
+    "PreEncodedPushClient",
     "RealtimeAdapter",
     "RealtimeLink",
     "broadcast_channel_params",
@@ -110,6 +115,57 @@ def normalize_realtime_url(url: str) -> str:
 def _redact(url: str) -> str:
     parsed = urlparse(url)
     return urlunparse(parsed._replace(query="", fragment=""))
+
+
+class PreEncodedPushClient(AsyncRealtimeClient):
+    """The official client, writing each outgoing message with orjson.
+
+    The stock ``send`` serialises every message with pydantic
+    (``Message.model_dump_json``), which walks a batch's 100 event objects
+    again; the adapter would first have to decode each event's wire bytes into
+    a dict for it (~5 us per event together, a fifth of the event loop at full
+    rate). Here a message is encoded with :func:`orjson.dumps`, so the adapter
+    hands over each event as an :class:`orjson.Fragment` of the bytes it was
+    sealed with: the frame carries exactly those bytes, never re-encoded.
+    The JSON object is the one the stock client writes (same five fields),
+    sent as a text frame. Everything else — connection, joins, refs, acks,
+    timeouts, heartbeats, the send buffer and its error handling — is the
+    client's own; only the encoding differs.
+    """
+
+    async def send(self, message: Message | dict[str, Any]) -> None:
+        if not isinstance(message, Message):
+            # The client's deprecated dict form; never used by the adapter.
+            await super().send(message)
+            return
+        data = orjson.dumps(
+            {
+                "event": message.event,
+                "payload": message.payload,
+                "topic": message.topic,
+                "ref": message.ref,
+                "join_ref": message.join_ref,
+            }
+        )
+
+        # As the stock send_message: a write on a closed connection hands the
+        # error to the client (which, with auto_reconnect=False, marks the
+        # channels errored for the supervisor to notice); a clean close is quiet.
+        async def send_message() -> None:
+            ws = self._ws_connection
+            if ws is None:
+                raise NotConnectedError("_send")
+            try:
+                await ws.send(data, text=True)
+            except ConnectionClosedError as exc:
+                await self._on_connect_error(exc)
+            except ConnectionClosedOK:
+                pass
+
+        if self.is_connected:
+            await send_message()
+        else:
+            self.send_buffer.append(send_message)
 
 
 class RealtimeLink:
@@ -585,6 +641,7 @@ class RealtimeAdapter(Adapter):
             reconnect_max_s=self._reconnect_max,
             poll_s=self._poll_s,
             logger=log,
+            client_factory=PreEncodedPushClient,
         )
         try:
             await self._link.start(keep_trying=True)
@@ -724,7 +781,9 @@ class RealtimeAdapter(Adapter):
         payload = {
             "type": "broadcast",
             "event": BROADCAST_EVENT,
-            "payload": {"events": [record.to_dict() for record, _ in items]},
+            # Fragments: the sealed wire bytes go into the frame as they are
+            # (PreEncodedPushClient), in sequence order.
+            "payload": {"events": [orjson.Fragment(record.wire) for record, _ in items]},
         }
         # Registered before the write: a loss noticed during the write fails it.
         self._inflight.add(inflight)

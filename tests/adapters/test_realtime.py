@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import orjson
 import pytest
 from realtime import AsyncRealtimeClient
 
@@ -207,6 +208,43 @@ async def test_send_delivers_batches_in_order_on_the_category_channel(
     assert len(listener.events) == 5
     assert adapter.health().extra["events_acked"] == 7
     assert adapter.outstanding_acks == 0
+
+
+async def test_push_frames_carry_the_sealed_event_bytes_verbatim(
+    records: Records, make_adapter: Any
+) -> None:
+    class RawFrames(RecordingServer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.raw: list[str | bytes] = []
+
+        def _decode(self, peer: Peer, raw: str | bytes) -> Any:
+            self.raw.append(raw)
+            return super()._decode(peer, raw)
+
+    srv = RawFrames()
+    await srv.start()
+    try:
+        adapter = await make_adapter(srv.realtime_url)
+        batch = records.make(3, payload_bytes=10)
+        await adapter.send(batch)
+        pushes = [r for r in srv.raw if str(r).startswith('{"event":"broadcast"')]
+        assert len(pushes) == 1
+        frame = pushes[0]
+        # A text frame, with each event exactly as sealed (never re-encoded),
+        # in sequence order, inside the message the stock client would write.
+        assert isinstance(frame, str)
+        assert frame.index(batch[0].wire.decode()) < frame.index(batch[2].wire.decode())
+        msg = orjson.loads(frame)
+        assert set(msg) == {"event", "payload", "topic", "ref", "join_ref"}
+        assert msg["event"] == "broadcast" and msg["topic"] == "realtime:events:critical"
+        assert msg["payload"] == {
+            "type": "broadcast",
+            "event": "events",
+            "payload": {"events": [r.to_dict() for r in batch]},
+        }
+    finally:
+        await srv.close()
 
 
 async def test_many_events_become_few_pushes(
