@@ -431,6 +431,23 @@ async def test_small_write_finding_the_file_locked_waits_on_the_worker(tmp_path:
         assert [r.sequence_id for r in await store.undelivered("websocket")] == [1]
 
 
+async def test_loop_write_max_weighs_an_append_row_as_four_marked_ids(tmp_path: Path) -> None:
+    """Appends of up to loop_write_max events and marks of up to four times as
+    many ids commit on the loop's connection; bigger ones go to the worker."""
+    async with SQLiteStore(tmp_path / "w.db", loop_write_max=10, mark_linger_ms=0) as store:
+        records = await store.append(items(10))
+        assert store._loop_commits == 1
+        records += await store.append(items(40))
+        assert store._loop_commits == 1  # the worker's
+        ids = [r.sequence_id for r in records]
+        await store.mark("websocket", ids[:40], DeliveryState.ACKED)
+        assert store._loop_commits == 2
+        await store.mark("realtime", ids[:41], DeliveryState.ACKED)
+        assert store._loop_commits == 2
+        assert len(await store.undelivered("websocket")) == 10
+        assert len(await store.undelivered("realtime")) == 9
+
+
 async def test_wal_stays_bounded_under_many_small_writes(tmp_path: Path) -> None:
     """The loop's connection never checkpoints; the worker does, every few
     hundred loop commits, so the WAL is reused instead of growing with the stream."""
