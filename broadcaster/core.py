@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import structlog
 
@@ -33,6 +33,7 @@ from .events import (
     EventDraft,
     EventFactory,
     EventRecord,
+    _builder,
 )
 from .exceptions import (
     BroadcasterClosed,
@@ -94,16 +95,23 @@ class Receipt:
         }
 
 
+_ReceiptBuilder: Final = _builder(Receipt)
+
+
 def _receipt(record: EventRecord, routed: tuple[str, ...]) -> Receipt:
-    return Receipt(
-        record.sequence_id,
-        record.event_id,
-        record.category,
-        record.timestamp,
-        record.checksum_algorithm,
-        record.checksum,
-        routed,
-    )
+    # One per published event: filled as a plain object and then made a
+    # Receipt (see events._builder), ~3x cheaper than the frozen __init__.
+    receipt = _ReceiptBuilder()
+    receipt.sequence_id = record.sequence_id
+    receipt.event_id = record.event_id
+    receipt.category = record.category
+    receipt.timestamp = record.timestamp
+    receipt.checksum_algorithm = record.checksum_algorithm
+    receipt.checksum_value = record.checksum
+    receipt.routed_to = routed
+    receipt.__class__ = Receipt
+    result: Receipt = receipt
+    return result
 
 
 class _Submission:

@@ -4,6 +4,7 @@ failure isolation and recovery, with in-memory adapters and stores."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 
 import pytest
@@ -12,7 +13,7 @@ from structlog.testing import capture_logs
 
 from broadcaster.adapters.memory import MemoryAdapter
 from broadcaster.breaker_policy import BreakerConfig
-from broadcaster.core import Broadcaster
+from broadcaster.core import Broadcaster, Receipt
 from broadcaster.events import Category, EventRecord, seal
 from broadcaster.exceptions import (
     AdapterUnavailable,
@@ -75,6 +76,20 @@ async def test_publish_returns_receipt_and_delivers_to_routed_adapters() -> None
     assert len(receipt.event_id) == 26
     assert receipt.checksum.algorithm == "sha256" and len(receipt.checksum.value) == 64
     assert receipt.routed_to == ("websocket", "realtime")
+    # A real frozen Receipt (built without its __init__ on the hot path).
+    assert type(receipt) is Receipt
+    assert receipt == Receipt(
+        1,
+        receipt.event_id,
+        Category.CRITICAL,
+        receipt.timestamp,
+        "sha256",
+        receipt.checksum.value,
+        ("websocket", "realtime"),
+    )
+    assert hash(receipt) == hash(dataclasses.replace(receipt))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        receipt.sequence_id = 2  # type: ignore[misc]
     assert perf.routed_to == ("websocket",)
     assert perf.checksum.algorithm == "crc32"
     assert ws.sequence_ids == [1, 2]
