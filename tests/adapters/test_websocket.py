@@ -17,12 +17,15 @@ import pytest
 import structlog
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from broadcaster.adapters.websocket import (
     SLOW_CLOSE_CODE,
     SLOW_CLOSE_REASON,
     WebSocketAdapter,
     parse_categories,
+    text_frames,
 )
 from broadcaster.consumer import ReceiptCollector
 from broadcaster.consumer.websocket import WebSocketSubscriber
@@ -489,3 +492,15 @@ async def test_subscriber_closing_mid_stream_is_skipped(adapter: WebSocketAdapte
         await adapter.wait_for_subscribers(1)
         with pytest.raises(ConnectionClosed):
             await leaving.recv()
+
+
+def test_text_frames_are_the_bytes_websockets_would_send() -> None:
+    protocol = ServerProtocol()
+    protocol.state = State.OPEN
+    payloads = [b"", b"{}", b"x" * 125, b"y" * 126, "\u00e9".encode() * 40_000, b"z" * 65_535]
+    payloads.append(b"w" * 65_536)
+    for payload in payloads:
+        protocol.send_text(payload)
+    expected = b"".join(protocol.data_to_send())
+    assert text_frames(payloads) == (expected, len(payloads))
+    assert text_frames([]) == (b"", 0)
