@@ -29,6 +29,7 @@ from urllib.parse import urlparse, urlunparse
 
 import orjson
 import structlog
+from pydantic import ValidationError
 from realtime import (
     AsyncRealtimeChannel,
     AsyncRealtimeClient,
@@ -38,9 +39,11 @@ from realtime import (
     RealtimeAcknowledgementStatus,
     RealtimeChannelOptions,
     RealtimeSubscribeStates,
+    ReplyPostgresChanges,
+    ServerMessageAdapter,
 )
 from realtime._async.push import AsyncPush
-from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
 from websockets.protocol import State
 
 from ..events import Category, EventRecord
@@ -68,6 +71,8 @@ __all__ = [
 
 log = structlog.get_logger("broadcaster.adapters.realtime", adapter="realtime")
 
+#: What the client would parse a broadcast's empty ``ok`` response into.
+_EMPTY_REPLY: Final = ReplyPostgresChanges()
 #: SPEC 7: the broadcast event name every batch is sent under.
 BROADCAST_EVENT: Final = "events"
 _FAILED_STATES: Final = frozenset(
@@ -131,7 +136,66 @@ class PreEncodedPushClient(AsyncRealtimeClient):
     sent as a text frame. Everything else — connection, joins, refs, acks,
     timeouts, heartbeats, the send buffer and its error handling — is the
     client's own; only the encoding differs.
+
+    Incoming, the plain acknowledgement of a broadcast push (``phx_reply``,
+    status ``ok``, empty response, a ref the channel waits for) is decoded
+    once with orjson and triggers the push as the client would; the stock
+    reader validates every frame against a union of pydantic models and
+    formats three debug f-strings of it whatever the log level. Every other
+    frame (join replies, errors, system messages, close) takes the client's
+    own path.
     """
+
+    async def _listen(self) -> None:
+        ws = self._ws_connection
+        if ws is None:
+            raise NotConnectedError("_listen")
+        error: Exception
+        try:
+            async for raw in ws:
+                if self._ack_broadcast(raw):
+                    continue
+                try:
+                    message = ServerMessageAdapter.validate_json(raw)
+                except ValidationError as exc:
+                    log.warning("unrecognised realtime frame", error=str(exc)[:300])
+                    continue
+                if channel := self.channels.get(message.topic):
+                    channel._handle_message(message)
+        except ConnectionClosed as exc:
+            error = exc
+        else:
+            error = ws.protocol.close_exc
+        # The stock reader's outcome with auto_reconnect=False (RealtimeLink
+        # reconnects): the connection is gone and every channel errored.
+        if self._ws_connection is ws:
+            self._ws_connection = None
+            self._set_channels_errored(error)
+
+    def _ack_broadcast(self, raw: str | bytes) -> bool:
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(msg, dict) or msg.get("event") != "phx_reply":
+            return False
+        payload, ref, topic = msg.get("payload"), msg.get("ref"), msg.get("topic")
+        if (
+            not isinstance(payload, dict)
+            or payload.get("status") != "ok"
+            or payload.get("response") != {}
+            or not isinstance(ref, str)
+            or not isinstance(topic, str)
+        ):
+            return False
+        channel = self.channels.get(topic)
+        waiting = channel.messages_waiting_for_ack if channel is not None else {}
+        push = waiting.get(ref)
+        if push is None or push.event != "broadcast":
+            return False
+        del waiting[ref]
+        push.trigger(RealtimeAcknowledgementStatus.Ok, _EMPTY_REPLY)
+        return True
 
     async def send(self, message: Message | dict[str, Any]) -> None:
         if not isinstance(message, Message):

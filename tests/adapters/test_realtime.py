@@ -11,9 +11,11 @@ from typing import Any
 
 import orjson
 import pytest
-from realtime import AsyncRealtimeClient
+from realtime import AsyncRealtimeClient, RealtimeAcknowledgementStatus, ReplyPostgresChanges
+from realtime._async.push import AsyncPush
 
 from broadcaster.adapters.realtime import (
+    PreEncodedPushClient,
     RealtimeAdapter,
     broadcast_channel_params,
     channel_topic,
@@ -245,6 +247,39 @@ async def test_push_frames_carry_the_sealed_event_bytes_verbatim(
         }
     finally:
         await srv.close()
+
+
+async def test_plain_broadcast_acks_take_the_fast_path_and_nothing_else_does() -> None:
+    client = PreEncodedPushClient("ws://127.0.0.1:9/realtime/v1", "anon")
+    channel = client.channel("realtime:events:critical")
+    got: list[object] = []
+    broadcast = AsyncPush(channel, "broadcast", {"events": []}, 5)
+    broadcast.receive(RealtimeAcknowledgementStatus.Ok, got.append)
+    join = AsyncPush(channel, "phx_join", {}, 5)
+    waiting = channel.messages_waiting_for_ack
+    waiting.update({"7": broadcast, "8": join})
+
+    def reply(ref: object, status: str = "ok", response: object = None, **extra: object) -> bytes:
+        payload = {"status": status, "response": {} if response is None else response}
+        return orjson.dumps(
+            {"event": "phx_reply", "topic": channel.topic, "ref": ref, "payload": payload} | extra
+        )
+
+    # Left to the client's own reader: not ours to shortcut.
+    assert not client._ack_broadcast(b"not json")
+    assert not client._ack_broadcast(b"[1]")
+    assert not client._ack_broadcast(reply("7", status="error"))
+    assert not client._ack_broadcast(reply("7", response={"postgres_changes": []}))
+    assert not client._ack_broadcast(reply(7))
+    assert not client._ack_broadcast(reply("7", topic="realtime:other"))
+    assert not client._ack_broadcast(reply("8"))  # a join reply
+    assert not client._ack_broadcast(reply("9"))  # nobody waits for it
+    assert got == [] and set(waiting) == {"7", "8"}
+    # The plain ack: the push is triggered as the client would, once.
+    assert client._ack_broadcast(reply("7"))
+    assert set(waiting) == {"8"}
+    assert len(got) == 1 and isinstance(got[0], ReplyPostgresChanges)
+    assert not client._ack_broadcast(reply("7"))
 
 
 async def test_many_events_become_few_pushes(
