@@ -754,11 +754,17 @@ class SQLiteStore(Store):
             records: list[EventRecord] = []
             rows: list[tuple[int, str, str, str, int, str, bytes, str, str]] = []
             by_routing: dict[tuple[str, ...], list[int]] = {}
+            # A batch has one or two distinct routings: encode each once.
+            routed_json: dict[tuple[str, ...], str] = {}
             seq = int(last)
             for draft, routed in items:
                 seq += 1
                 record = seal(draft, seq)
                 records.append(record)
+                routing = routed_json.get(routed)
+                if routing is None:
+                    routing = routed_json[routed] = orjson.dumps(routed).decode()
+                    by_routing[routed] = []
                 rows.append(
                     (
                         seq,
@@ -766,13 +772,13 @@ class SQLiteStore(Store):
                         record.category.value,
                         record.event_type,
                         now_ms,
-                        orjson.dumps(routed).decode(),
+                        routing,
                         record.wire,
                         record.checksum,
                         record.payload_keys,
                     )
                 )
-                by_routing.setdefault(routed, []).append(seq)
+                by_routing[routed].append(seq)
             conn.executemany(_INSERT_EVENT, rows)
             for routed, ids in by_routing.items():
                 adapters = list(dict.fromkeys(routed))
