@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import structlog
 
@@ -354,7 +354,7 @@ class Lane:
         finally:
             # Released only once the ACK is written, so a backfill query cannot
             # read the row as undelivered after the lane let go of it.
-            self._release(r.sequence_id for r in batch)
+            self._release([r.sequence_id for r in batch])
 
     async def _failed(self, batch: list[EventRecord], exc: Exception) -> None:
         self.last_error = str(exc)
@@ -400,11 +400,10 @@ class Lane:
         if self._on_progress is not None:
             self._on_progress()
 
-    def _release(self, ids: Iterable[int]) -> None:
-        for seq in ids:
-            self._held.discard(seq)
-            if self._watch is not None:
-                self._watch.add(seq)
+    def _release(self, ids: Collection[int]) -> None:
+        self._held.difference_update(ids)
+        if self._watch is not None:
+            self._watch.update(ids)
 
     # -- failover: parking records as PENDING ---------------------------------
 
