@@ -108,15 +108,24 @@ _HEX_RE: Final = re.compile(r"[0-9a-f]+")
 _isfinite: Final = math.isfinite
 # Where orjson's float text can differ from json's (see canonical_json).
 _SMALL_FLOAT_RE: Final = re.compile(rb"[0-9]e-|0\.0000").search
+# The substrings every match of _SMALL_FLOAT_RE contains, one per branch, as
+# literal-prefix searches: re finds a literal about twice as fast as
+# ``bytes in bytes`` on an event's canonical bytes (CPython 3.11). Not
+# ".0000": common floats such as 2.00001 contain it and would take the regex.
+_E_MINUS: Final = re.compile(rb"e-").search
+_ZERO_POINT_ZEROS: Final = re.compile(rb"0\.0000").search
 
 
 def _small_float_text(encoded: bytes) -> bool:
-    """Whether orjson's ``encoded`` may hold a float json writes differently.
+    """Whether orjson's ``encoded`` may hold a float json writes differently
+    (whether ``_SMALL_FLOAT_RE`` matches it).
 
-    The two substring tests (fast search) rule out most texts before the
-    regex, which has no literal prefix to skip ahead with (~4x slower on an
-    event's canonical bytes)."""
-    return (b"e-" in encoded or b"0.0000" in encoded) and _SMALL_FLOAT_RE(encoded) is not None
+    Two literal searches rule out most texts before the regex, which has no
+    literal prefix to skip ahead with (~10x slower on an event's canonical
+    bytes)."""
+    return (
+        _E_MINUS(encoded) is not None or _ZERO_POINT_ZEROS(encoded) is not None
+    ) and _SMALL_FLOAT_RE(encoded) is not None
 
 
 _HEX_LENGTH: Final = {"crc32": 8, "crc32c": 8, "sha256": 64}

@@ -26,12 +26,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from broadcaster.events import (
+    _SMALL_FLOAT_RE,
     Category,
     Event,
     EventDraft,
     EventFactory,
     EventRecord,
     UlidGenerator,
+    _small_float_text,
     canonical_bytes_of,
     canonical_json,
     format_timestamp,
@@ -197,6 +199,21 @@ def test_canonical_json_equals_json_for_every_decade_and_random_doubles() -> Non
     assert canonical_json({"v": values[:1000], "s": "no floats"}) == _json_reference(
         {"v": values[:1000], "s": "no floats"}
     )
+
+
+_float_like = st.lists(
+    st.sampled_from(["e-", "0.0000", "0", "1", "9", "e", "-", ".", "0.", '"', "x"]), max_size=12
+).map(lambda parts: "".join(parts).encode())
+
+
+@given(st.binary(max_size=64) | _float_like)
+@example(b"1e-7")
+@example(b"0.00005")
+@example(b'"xe-y"')
+@example(b"2.000001")
+def test_small_float_text_is_the_regex(encoded: bytes) -> None:
+    # The literal searches in front of the regex only rule texts out.
+    assert _small_float_text(encoded) == (_SMALL_FLOAT_RE(encoded) is not None)
 
 
 @pytest.mark.parametrize(
