@@ -336,13 +336,38 @@ def _json_canonical(obj: Any) -> bytes:
 
 
 def canonical_bytes_of(obj: Mapping[str, Any]) -> bytes:
-    """Canonical bytes of an event mapping (extra fields such as ``checksum`` ignored)."""
+    """Canonical bytes of an event mapping (extra fields such as ``checksum`` ignored).
+
+    Raises :class:`FrameError` naming the first of :data:`CANONICAL_FIELDS`
+    missing, or when a field cannot be written as JSON.
+    """
     try:
-        return canonical_json({f: obj[f] for f in CANONICAL_FIELDS})
+        # {f: obj[f] for f in CANONICAL_FIELDS} written out: the same lookups
+        # in the same order (so the same first missing field), ~0.5 µs cheaper
+        # than the comprehension. tests/test_events.py pins the two together.
+        return canonical_json(
+            {
+                "event_id": obj["event_id"],
+                "sequence_id": obj["sequence_id"],
+                "category": obj["category"],
+                "event_type": obj["event_type"],
+                "timestamp": obj["timestamp"],
+                "key": obj["key"],
+                "source": obj["source"],
+                "payload": obj["payload"],
+            }
+        )
     except KeyError as exc:
         raise FrameError(f"event lacks field {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:
         raise FrameError(f"event is not JSON-serialisable: {exc}") from None
+
+
+#: The checksum function of each algorithm a received event may name, looked
+#: up once per event (compute_checksum would add a call and a second lookup).
+_VERIFIERS: Final[Mapping[str, Callable[[bytes], str]]] = {
+    algorithm: CHECKSUM_FUNCTIONS[algorithm] for algorithm in _HEX_LENGTH
+}
 
 
 def verify_event_dict(obj: Mapping[str, Any]) -> tuple[bool, str, str]:
@@ -356,13 +381,10 @@ def verify_event_dict(obj: Mapping[str, Any]) -> tuple[bool, str, str]:
         raise FrameError("event lacks a checksum object")
     algorithm = checksum.get("algorithm")
     expected = checksum.get("value")
-    if (
-        not isinstance(algorithm, str)
-        or algorithm not in _HEX_LENGTH
-        or not isinstance(expected, str)
-    ):
+    function = _VERIFIERS.get(algorithm) if isinstance(algorithm, str) else None
+    if function is None or not isinstance(expected, str):
         raise FrameError(f"event checksum is malformed: {checksum!r}")
-    actual = compute_checksum(algorithm, canonical_bytes_of(obj))
+    actual = function(canonical_bytes_of(obj))
     return actual == expected, expected, actual
 
 

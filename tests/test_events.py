@@ -15,7 +15,7 @@ import re
 import struct
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import crcmod.predefined
@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from broadcaster.events import (
     _SMALL_FLOAT_RE,
+    CANONICAL_FIELDS,
     Category,
     Event,
     EventDraft,
@@ -82,6 +83,20 @@ def reference_canonical(obj: dict[str, Any]) -> bytes:
         )
     }
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+#: A received wire object (a sealed SYSTEM event, sequence id 7).
+_WIRE_EXAMPLE: dict[str, Any] = {
+    "category": "SYSTEM",
+    "checksum": {"algorithm": "crc32", "value": "7f879db0"},
+    "event_id": "01HF7YAT3V0000000000000001",
+    "event_type": "disk.full",
+    "key": None,
+    "payload": {"a": "é", "b": [1, 2.5, None]},
+    "sequence_id": 7,
+    "source": "default",
+    "timestamp": "2023-11-14T22:13:20.123Z",
+}
 
 
 class Clock:
@@ -440,6 +455,111 @@ def test_verify_event_dict_rejects_malformed_objects(
     mutate(obj)
     with pytest.raises(FrameError, match=message):
         verify_event_dict(obj)
+
+
+# -- canonical bytes of received objects, against the reference ------------------
+
+_FIELDS = (
+    "event_id",
+    "sequence_id",
+    "category",
+    "event_type",
+    "timestamp",
+    "key",
+    "source",
+    "payload",
+)
+# Keys that look like the wire object's own members, nested where a fast path
+# that cut text out of an encoded object could mistake them for the real ones.
+_LOOKALIKE_KEYS = st.sampled_from(
+    ["checksum", ',"checksum":', "category", "event_id", "payload", "algorithm", "value"]
+)
+_small_floats = st.sampled_from([1e-7, -5e-05, 1.5e-05, 9.999e-05, 1e-100, 5e-324, 0.0001])
+_field_values = st.recursive(
+    scalars | _small_floats,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(text | _LOOKALIKE_KEYS, inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+_checksums = st.one_of(
+    st.fixed_dictionaries(
+        {"algorithm": st.sampled_from(["crc32", "crc32c", "sha256"]), "value": text}
+    ),
+    _field_values,  # not a dict, or a dict of anything
+)
+
+
+@st.composite
+def received_objects(draw: st.DrawFn) -> dict[str, Any]:
+    """Wire-like objects as a consumer may receive them: mostly well formed,
+    with fields of any JSON type, extra fields, a missing field or checksum."""
+    record = seal(
+        wire_factory().draft(
+            draw(categories), draw(event_types), draw(payloads), key=draw(routing_keys)
+        ),
+        draw(sequence_ids),
+    )
+    obj: dict[str, Any] = orjson.loads(record.wire)
+    for field in draw(st.lists(st.sampled_from([*_FIELDS, "checksum"]), max_size=3)):
+        obj[field] = draw(_checksums if field == "checksum" else _field_values)
+    for field in draw(st.lists(st.sampled_from([*_FIELDS, "checksum"]), max_size=2)):
+        obj.pop(field, None)
+    obj.update(draw(st.dictionaries(text | _LOOKALIKE_KEYS, _field_values, max_size=2)))
+    if draw(st.booleans()):  # the checksum in another position than orjson's
+        obj = dict(reversed(list(obj.items())))
+    return obj
+
+
+@settings(max_examples=300)
+@given(received_objects())
+# The traps of cutting the checksum member out of the encoded wire object:
+@example({**_WIRE_EXAMPLE, "payload": {"a": 1, "checksum": {"algorithm": "crc32", "value": "0"}}})
+@example({**_WIRE_EXAMPLE, "category": {"a": 1, "checksum": 2}})  # a nested member first
+@example({**_WIRE_EXAMPLE, "category": 'A","checksum":', "checksum": "x"})
+@example({**_WIRE_EXAMPLE, "checksum": {"algorithm": "crc32", "value": "0", "x": {"event_id": 1}}})
+@example({**_WIRE_EXAMPLE, "checksum": {"algorithm": "crc32", "value": '","event_id":"'}})
+@example({**_WIRE_EXAMPLE, "checksum": {"value": 1e-7}})  # a small float that is cut out
+@example({**_WIRE_EXAMPLE, "category": 1e-7, "payload": {"f": 5e-05}})
+@example({**_WIRE_EXAMPLE, "extra": 1, "payload": {"s": "é日😀\u2028", "e": "1e-07"}})
+@example({k: v for k, v in _WIRE_EXAMPLE.items() if k != "payload"} | {"extra": {}})
+def test_canonical_bytes_of_equals_json_of_the_canonical_fields(obj: dict[str, Any]) -> None:
+    missing = [f for f in _FIELDS if f not in obj]
+    if missing:
+        with pytest.raises(FrameError, match=f"lacks field '{missing[0]}'"):
+            canonical_bytes_of(obj)
+        return
+    assert canonical_bytes_of(obj) == reference_canonical(obj)
+
+
+class _LookupLog(Mapping[str, Any]):
+    """A mapping that records which keys were looked up, in order."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.lookups: list[str] = []
+
+    def __getitem__(self, key: str) -> Any:
+        self.lookups.append(key)
+        return self.data[key]
+
+    def __iter__(self) -> Any:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def test_wire_example_verifies() -> None:
+    assert verify_event_dict(_WIRE_EXAMPLE) == (True, "7f879db0", "7f879db0")
+
+
+def test_canonical_bytes_of_looks_up_exactly_the_canonical_fields_in_order() -> None:
+    # The fields are written out for speed; they must stay CANONICAL_FIELDS.
+    assert tuple(CANONICAL_FIELDS) == _FIELDS
+    mapping = _LookupLog({**_WIRE_EXAMPLE, "extra": 1})
+    assert canonical_bytes_of(mapping) == reference_canonical(_WIRE_EXAMPLE)
+    assert mapping.lookups == list(CANONICAL_FIELDS)
 
 
 def _valid_wire() -> dict[str, Any]:
