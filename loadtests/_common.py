@@ -75,7 +75,8 @@ def summarise(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> d
 class Bins:
     """Values grouped into fixed-width time bins (``width`` seconds).
 
-    ``add(t, value)`` puts ``value`` in the bin of wall time ``t``;
+    ``add(t, value)`` puts ``value`` in the bin of wall time ``t`` (``values_of(t)``
+    is that bin's list, to append to);
     ``rows(origin)`` gives ``[start_s, count, p50, p99]`` per bin, ``start_s``
     relative to ``origin``, with empty bins in between filled with zeros.
     """
@@ -96,6 +97,12 @@ class Bins:
 
     def add_many(self, t: float, values: Iterable[float]) -> None:
         self._bins.setdefault(int(t // self.width), []).extend(values)
+
+    def values_of(self, t: float) -> list[float]:
+        """The list of values of wall time ``t``'s bin (created empty): a
+        value appended to it is added to the bin. For callers adding many
+        values per bin, who keep the list while ``t // width`` stays the same."""
+        return self._bins.setdefault(int(t // self.width), [])
 
     def rows(self, origin: float | None = None) -> list[list[float]]:
         if not self._bins:

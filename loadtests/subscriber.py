@@ -30,11 +30,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import signal
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from broadcaster.consumer import ReceiptCollector
@@ -50,24 +51,45 @@ ADAPTERS = ("websocket", "realtime")
 
 
 class _Track:
-    __slots__ = ("bins", "duplicates", "first_t", "last_t", "latencies", "seen")
+    __slots__ = (
+        "bin_key",
+        "bin_values",
+        "bins",
+        "duplicates",
+        "first_t",
+        "last_t",
+        "latencies",
+        "seen",
+        "width",
+    )
 
     def __init__(self, bin_s: float) -> None:
         self.latencies: list[float] = []
         self.seen: set[int] = set()
         self.duplicates = 0
+        self.width = bin_s
         self.bins = Bins(bin_s)
+        #: ``t // width`` of the last event and its bin's list of values:
+        #: while events stay in one bin, binning one is a list append.
+        self.bin_key = math.nan  # equal to nothing: the first event looks its bin up
+        self.bin_values: list[float] = []
         self.first_t = 0.0
         self.last_t = 0.0
 
 
 class Recorder:
-    """What one subscriber process saw, per phase and adapter."""
+    """What one subscriber process saw, per phase and adapter.
+
+    Feed it with :meth:`handler` (a collector's ``on_event``) or :meth:`on_event`.
+    """
 
     def __init__(self, bin_s: float = 0.25) -> None:
         self.bin_s = bin_s
         self.tracks: dict[tuple[str, str], _Track] = {}
         self.mismatches: dict[str, int] = defaultdict(int)
+        #: adapter -> phase -> track, for phases that are str (hashable, and
+        #: their own ``str()``); the handlers look their track up here.
+        self._phases: dict[str, dict[str, _Track]] = {}
 
     def _track(self, phase: str, adapter: str) -> _Track:
         track = self.tracks.get((phase, adapter))
@@ -75,22 +97,59 @@ class Recorder:
             track = self.tracks[(phase, adapter)] = _Track(self.bin_s)
         return track
 
+    def handler(
+        self, adapter: str, clock: Callable[[], float] = time.time
+    ) -> Callable[[Mapping[str, Any], bool], None]:
+        """A :class:`ReceiptCollector`'s ``on_event`` for ``adapter``: records
+        each event as received at ``clock()``.
+
+        One call per event (the collector's) does all the bookkeeping: this is
+        the benchmark subscriber's hot path, it runs for every event of both
+        paths. An exception (a payload without ``t``...) leaves what was
+        recorded before it, as :meth:`on_event` always did.
+        """
+        phases = self._phases.setdefault(adapter, {})
+        track_of = self._track
+        mismatches = self.mismatches
+
+        def record(obj: Mapping[str, Any], ok: bool) -> None:
+            now = clock()
+            payload = obj["payload"]
+            phase = payload.get("phase", "?")
+            track = phases.get(phase) if type(phase) is str else None
+            if track is None:
+                track = track_of(str(phase), adapter)
+                if type(phase) is str:
+                    phases[phase] = track
+            seq = obj["sequence_id"]
+            seen = track.seen
+            if seq in seen:
+                track.duplicates += 1
+            else:
+                seen.add(seq)
+            latency_ms = (now - payload["t"]) * 1000
+            track.latencies.append(latency_ms)
+            # Bins.add(now, latency_ms) without the call: the bin's list is
+            # kept while now // width stays the same (so int() of it, the
+            # bin's index, does too).
+            key = now // track.width
+            if key != track.bin_key:
+                values = track.bins.values_of(now)
+                track.bin_key = key
+                track.bin_values = values
+            track.bin_values.append(latency_ms)
+            if not track.first_t:
+                track.first_t = now
+            track.last_t = now
+            if not ok:
+                mismatches[adapter] += 1
+
+        return record
+
     def on_event(self, adapter: str, obj: Mapping[str, Any], ok: bool, now: float) -> None:
-        payload = obj["payload"]
-        track = self._track(str(payload.get("phase", "?")), adapter)
-        seq = obj["sequence_id"]
-        if seq in track.seen:
-            track.duplicates += 1
-        else:
-            track.seen.add(seq)
-        latency_ms = (now - payload["t"]) * 1000
-        track.latencies.append(latency_ms)
-        track.bins.add(now, latency_ms)
-        if not track.first_t:
-            track.first_t = now
-        track.last_t = now
-        if not ok:
-            self.mismatches[adapter] += 1
+        """Record one event of ``adapter`` received at ``now`` (what a
+        :meth:`handler` does with its clock's time)."""
+        self.handler(adapter, lambda: now)(obj, ok)
 
     def count(self, phase: str, adapter: str) -> int:
         track = self.tracks.get((phase, adapter))
@@ -149,18 +208,8 @@ async def _control(recorder: Recorder, reader: asyncio.StreamReader, stop: async
 
 async def _run(ws_url: str, rt_url: str, bin_s: float, control: bool) -> dict[str, Any]:
     recorder = Recorder(bin_s)
-
-    def recorder_for(adapter: str) -> Any:
-        on_event = recorder.on_event
-        clock = time.time
-
-        def handle(obj: Mapping[str, Any], ok: bool) -> None:
-            on_event(adapter, obj, ok, clock())
-
-        return handle
-
-    ws_col = ReceiptCollector("websocket", on_event=recorder_for("websocket"), track_seen=False)
-    rt_col = ReceiptCollector("realtime", on_event=recorder_for("realtime"), track_seen=False)
+    ws_col = ReceiptCollector("websocket", on_event=recorder.handler("websocket"), track_seen=False)
+    rt_col = ReceiptCollector("realtime", on_event=recorder.handler("realtime"), track_seen=False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

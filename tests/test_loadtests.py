@@ -298,6 +298,15 @@ def test_bins_fill_gaps() -> None:
         Bins(0)
 
 
+def test_bins_values_of_is_the_bin_add_appends_to() -> None:
+    bins, added = Bins(0.5), Bins(0.5)
+    for t, value in [(10.1, 1.0), (10.2, 3.0), (11.2, 5.0), (10.4, 2.0)]:
+        bins.values_of(t).append(value)
+        added.add(t, value)
+    assert bins.rows(origin=10.0) == added.rows(origin=10.0)
+    assert bins.values_of(10.3) == [1.0, 3.0, 2.0]
+
+
 def test_flatten_and_markdown_table() -> None:
     result = {"scenario": "x", "a": {"b": 1500, "c": 0.123456}, "d": [1, 2], "e": float("nan")}
     assert flatten(result) == {"scenario": "x", "a.b": 1500, "a.c": 0.123456, "e": result["e"]}
@@ -322,6 +331,79 @@ def test_recorder_counts_distinct_events_and_duplicates() -> None:
     assert report["mismatches"] == {"websocket": 1}
     assert report["run/websocket"]["duplicates"] == 1
     assert report["run/websocket"]["p50_ms"] == pytest.approx(10, abs=0.01)
+
+
+def _reference_report(events: list[tuple[str, dict[str, Any], bool, float]], bin_s: float) -> Any:
+    """The subscriber's report of ``events`` (adapter, object, verdict, receive
+    time), worked out in the plainest way: the figures Recorder must give."""
+    tracks: dict[tuple[str, str], dict[str, Any]] = {}
+    mismatches: dict[str, int] = {}
+    for adapter, obj, ok, now in events:
+        key = (str(obj["payload"].get("phase", "?")), adapter)
+        track = tracks.setdefault(
+            key, {"seen": set(), "duplicates": 0, "latencies": [], "bins": Bins(bin_s), "t": []}
+        )
+        track["duplicates"] += obj["sequence_id"] in track["seen"]
+        track["seen"].add(obj["sequence_id"])
+        latency = (now - obj["payload"]["t"]) * 1000
+        track["latencies"].append(latency)
+        track["bins"].add(now, latency)
+        track["t"].append(now)
+        if not ok:
+            mismatches[adapter] = mismatches.get(adapter, 0) + 1
+    report: dict[str, Any] = {"mismatches": mismatches}
+    for (phase, adapter), track in sorted(tracks.items()):
+        figures = summarise(track["latencies"])
+        report[f"{phase}/{adapter}"] = {
+            "received": len(track["seen"]),
+            "duplicates": track["duplicates"],
+            "p50_ms": figures["p50"],
+            "p99_ms": figures["p99"],
+            "p999_ms": figures["p999"],
+            "max_ms": figures["max"],
+            "first_t": track["t"][0],
+            "last_t": track["t"][-1],
+            "bins": track["bins"].rows(origin=0.0),
+        }
+    return report
+
+
+def test_recorder_handler_and_on_event_give_the_reference_report() -> None:
+    # Phases of every JSON type (1, 1.0 and "1" are three phases, not one;
+    # lists are not hashable), duplicates, mismatches, and receive times that
+    # cross bins, come back to an earlier bin and stay on a bin's edge.
+    phases: list[Any] = ["run", "warm", 1, "1", 1.0, True, None, ["x"], {"p": 1}]
+    events: list[tuple[str, dict[str, Any], bool, float]] = []
+    now = 1_700_000_000.0
+    for i in range(400):
+        now += [0.01, 0.3, -0.7, 0.0, 0.25][i % 5]
+        payload: dict[str, Any] = {"t": now - (i % 7) / 1000}
+        if i % 11:
+            payload["phase"] = phases[i % len(phases)]
+        obj = {"sequence_id": i // 3, "payload": payload}
+        events.append((["websocket", "realtime"][i % 2], obj, i % 13 != 0, now))
+    expected = _reference_report(events, 0.25)
+
+    by_call = Recorder(bin_s=0.25)
+    for adapter, obj, ok, t in events:
+        by_call.on_event(adapter, obj, ok, t)
+    assert by_call.report() == expected
+
+    times = iter([t for _, _, _, t in events])
+    recorder = Recorder(bin_s=0.25)
+    handlers = {
+        a: recorder.handler(a, clock=lambda: next(times)) for a in ("websocket", "realtime")
+    }
+    for adapter, obj, ok, _ in events:
+        handlers[adapter](obj, ok)
+    assert recorder.report() == expected
+    assert recorder.count("run", "websocket") == len(
+        {
+            o["sequence_id"]
+            for a, o, _, _ in events
+            if a == "websocket" and o["payload"].get("phase") == "run"
+        }
+    )
 
 
 def test_smoke_defaults_fill_only_unset_options() -> None:
