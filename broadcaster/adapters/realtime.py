@@ -153,7 +153,7 @@ class PreEncodedPushClient(AsyncRealtimeClient):
         error: Exception
         try:
             async for raw in ws:
-                if self._ack_broadcast(raw):
+                if self._shortcut(raw):
                     continue
                 try:
                     message = ServerMessageAdapter.validate_json(raw)
@@ -171,6 +171,11 @@ class PreEncodedPushClient(AsyncRealtimeClient):
         if self._ws_connection is ws:
             self._ws_connection = None
             self._set_channels_errored(error)
+
+    def _shortcut(self, raw: str | bytes) -> bool:
+        """Handle ``raw`` here if it is a frame this class knows, returning True;
+        False leaves it to the client's own parser. Subclasses pick the frames."""
+        return self._ack_broadcast(raw)
 
     def _ack_broadcast(self, raw: str | bytes) -> bool:
         try:

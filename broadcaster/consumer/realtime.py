@@ -18,17 +18,12 @@ from typing import Any, Self, cast
 
 import orjson
 import structlog
-from pydantic import ValidationError
 from realtime import (
-    AsyncRealtimeClient,
     BroadcastMeta,
     BroadcastPayload,
-    NotConnectedError,
-    ServerMessageAdapter,
 )
-from websockets.exceptions import ConnectionClosed
 
-from ..adapters.realtime import RealtimeLink, channel_topic
+from ..adapters.realtime import PreEncodedPushClient, RealtimeLink, channel_topic
 from ..events import Category
 from ._common import ReceiptCollector
 
@@ -37,7 +32,7 @@ __all__ = ["FastBroadcastClient", "RealtimeSubscriber"]
 log = structlog.get_logger("broadcaster.consumer.realtime", adapter="realtime")
 
 
-class FastBroadcastClient(AsyncRealtimeClient):
+class FastBroadcastClient(PreEncodedPushClient):
     """The official client with a fast path for incoming ``broadcast`` frames.
 
     The stock reader validates every frame against a union of pydantic models
@@ -48,35 +43,12 @@ class FastBroadcastClient(AsyncRealtimeClient):
     ``event`` and an object ``payload``) is decoded once with orjson and handed
     to the channel's broadcast callbacks, the same dict the client would pass.
     Every other frame (replies, system, errors, close) takes the client's own
-    path. Connection, joins, heartbeats and channel state stay the client's.
+    path. Connection, joins, heartbeats and channel state stay the client's;
+    the reader loop is the adapter's (:class:`PreEncodedPushClient`).
     """
 
-    async def _listen(self) -> None:
-        ws = self._ws_connection
-        if ws is None:
-            raise NotConnectedError("_listen")
-        error: Exception
-        try:
-            async for raw in ws:
-                if self._dispatch_broadcast(raw):
-                    continue
-                try:
-                    message = ServerMessageAdapter.validate_json(raw)
-                except ValidationError as exc:
-                    log.warning("unrecognised realtime frame", error=str(exc)[:300])
-                    continue
-                if channel := self.channels.get(message.topic):
-                    channel._handle_message(message)
-        except ConnectionClosed as exc:
-            error = exc
-        else:
-            error = ws.protocol.close_exc
-        # Same outcome as the stock reader with auto_reconnect=False (the
-        # supervisor reconnects), without reading the deprecated
-        # ConnectionClosed.code.
-        if self._ws_connection is ws:
-            self._ws_connection = None
-            self._set_channels_errored(error)
+    def _shortcut(self, raw: str | bytes) -> bool:
+        return self._dispatch_broadcast(raw)
 
     def _dispatch_broadcast(self, raw: str | bytes) -> bool:
         try:
