@@ -450,17 +450,32 @@ async def test_loop_write_max_weighs_an_append_row_as_four_marked_ids(tmp_path: 
 
 async def test_wal_stays_bounded_under_many_small_writes(tmp_path: Path) -> None:
     """The loop's connection never checkpoints; the worker does, every few
-    hundred loop commits, so the WAL is reused instead of growing with the stream."""
+    hundred loop commits, and once the WAL holds ``wal_frames_max`` frames it
+    holds writes for one short pass so the WAL is reused instead of growing."""
     path = tmp_path / "wal.db"
     # No mark linger: 2 000 awaited marks would each wait for company in vain.
-    async with SQLiteStore(path, mark_linger_ms=0) as store:
+    async with SQLiteStore(path, mark_linger_ms=0, wal_frames_max=1024) as store:
         for _ in range(2000):
             (record,) = await store.append(items(1))
             await store.mark("websocket", [record.sequence_id], DeliveryState.ACKED)
         wal = path.with_name(path.name + "-wal").stat().st_size
         # 4000 commits of a few 4 KiB pages each would be tens of MiB unchecked.
         assert wal < 8 * 2**20, wal
+        assert store.checkpoints_quiesced >= 2
         assert len(await store.undelivered("realtime", limit=5000)) == 2000
+
+
+async def test_checkpoints_hold_writes_only_once_the_wal_is_long(tmp_path: Path) -> None:
+    """Below ``wal_frames_max`` checkpoints copy pages back with writes going on."""
+    path = tmp_path / "wal.db"
+    async with SQLiteStore(path, mark_linger_ms=0) as store:
+        for _ in range(300):  # 600 loop commits: three checkpoints, ~2 000 frames
+            (record,) = await store.append(items(1))
+            await store.mark("websocket", [record.sequence_id], DeliveryState.ACKED)
+        await asyncio.sleep(0.05)  # the last checkpoint ran
+        assert store.checkpoints_quiesced == 0
+        wal = path.with_name(path.name + "-wal").stat().st_size
+        assert wal < 8192 * 4096, wal
 
 
 async def test_ids_never_reused_after_pruning(tmp_path: Path) -> None:
