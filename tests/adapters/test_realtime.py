@@ -303,6 +303,69 @@ async def test_small_sends_within_batch_ms_share_a_push(
     assert adapter.pushes <= 2
 
 
+class HeldAcks(RecordingServer):
+    """Acks a broadcast only when the test releases it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[asyncio.Event] = []
+
+    async def ack_broadcast(self, peer: Peer, msg: Msg) -> None:
+        release = asyncio.Event()
+        self.held.append(release)
+
+        async def later() -> None:
+            await release.wait()
+            await LocalRealtimeServer.ack_broadcast(self, peer, msg)
+
+        self.spawn(later())
+
+
+async def test_an_event_goes_at_once_when_nothing_is_in_flight(
+    server: RecordingServer, records: Records, make_adapter: Any
+) -> None:
+    # A window would hold this lone event 30 s; with no push awaiting its
+    # reply there is no one to wait for.
+    adapter = await make_adapter(server.realtime_url, batch_ms=30_000)
+    async with asyncio.timeout(5):
+        await adapter.send(records.make(1))
+        await adapter.send(records.make(1))
+    assert server.push_sizes == [1, 1]
+
+
+async def test_events_wait_for_the_reply_in_flight_and_then_share_a_push(
+    records: Records, make_adapter: Any
+) -> None:
+    async with HeldAcks() as srv:
+        adapter = await make_adapter(srv.realtime_url, batch_ms=30_000)
+        first = asyncio.ensure_future(adapter.send(records.make(1)))
+        await until(lambda: len(srv.held) == 1)
+        later = [asyncio.ensure_future(adapter.send(records.make(1))) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        assert srv.push_sizes == [1]  # the three wait: a push awaits its reply
+        srv.held[0].set()
+        await first
+        await until(lambda: len(srv.held) == 2)
+        assert srv.push_sizes == [1, 3]
+        srv.held[1].set()
+        await asyncio.gather(*later)
+
+
+async def test_batch_ms_bounds_the_wait_for_a_reply(records: Records, make_adapter: Any) -> None:
+    async with HeldAcks() as srv:
+        adapter = await make_adapter(srv.realtime_url, batch_ms=20)
+        sends = [asyncio.ensure_future(adapter.send(records.make(1)))]
+        await until(lambda: len(srv.held) == 1)
+        sends.append(asyncio.ensure_future(adapter.send(records.make(1))))
+        # No reply comes; after batch_ms the second event goes anyway.
+        await until(lambda: len(srv.held) == 2)
+        assert srv.push_sizes == [1, 1]
+        assert adapter.outstanding_acks == 2
+        for release in srv.held:
+            release.set()
+        await asyncio.gather(*sends)
+
+
 async def test_batch_bytes_bounds_every_push(
     server: RecordingServer, records: Records, make_adapter: Any
 ) -> None:
