@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -51,6 +52,36 @@ class BrokenStore(MemoryStore):
     async def append(self, items):  # type: ignore[no-untyped-def]
         if self.broken:
             raise StoreUnavailable("database or disk is full")
+        return await super().append(items)
+
+
+class WriteNowStore(MemoryStore):
+    """A MemoryStore that can also append without waiting (as SQLite's loop
+    writes), each such write taking ``write_s`` of the loop's time; it records
+    the batch sizes of both kinds of append."""
+
+    def __init__(self, write_s: float = 0.0) -> None:
+        super().__init__()
+        self.write_s = write_s
+        self.now: list[int] = []
+        self.later: list[int] = []
+        self.refuse_now = False
+        self.broken = False
+        self.bug = False
+
+    def append_now(self, items):  # type: ignore[no-untyped-def]
+        if self.refuse_now:
+            return None
+        if self.broken:
+            raise StoreUnavailable("database or disk is full")
+        if self.bug:
+            raise KeyError("a bug in the store")
+        self.now.append(len(items))
+        time.sleep(self.write_s)  # the commit's time on the loop's thread
+        return self._append(items)
+
+    async def append(self, items):  # type: ignore[no-untyped-def]
+        self.later.append(len(items))
         return await super().append(items)
 
 
@@ -314,3 +345,117 @@ async def test_full_disk_raises_store_unavailable_and_publishing_resumes(tmp_pat
         await b.flush(timeout=5)
     assert after.sequence_id == first.sequence_id + 1
     assert ws.sequence_ids == [first.sequence_id, after.sequence_id]
+
+
+async def test_publish_commits_in_its_own_step_when_nothing_else_is_written() -> None:
+    store = WriteNowStore()
+    ws, rt = MemoryAdapter("websocket"), MemoryAdapter("realtime")
+    async with make(ws, rt, store=store) as b:
+        first = await b.publish("SYSTEM", "e", {"n": 1})
+        spec = {"category": "SYSTEM", "event_type": "e", "payload": {}}
+        many = await b.publish_many([spec] * 3)
+        big = await b.publish_many([spec] * 40)  # a big batch goes through the writer task
+        store.refuse_now = True  # e.g. SQLite's write lock is taken: the writer task waits
+        last = await b.publish("SYSTEM", "e", {"n": 2})
+        await b.flush(timeout=5)
+    assert store.now == [1, 3] and store.later == [40, 1]
+    ids = [first.sequence_id, *(r.sequence_id for r in many + big), last.sequence_id]
+    assert ids == list(range(1, 46))
+    assert ws.sequence_ids == rt.sequence_ids == ids
+
+
+async def test_callers_beyond_the_budget_of_a_loop_turn_share_one_commit() -> None:
+    # 1.5 ms per write: the first caller of the turn spends the 1 ms budget.
+    store = WriteNowStore(write_s=0.0015)
+    ws = MemoryAdapter("websocket")
+    async with make(ws, MemoryAdapter("realtime"), store=store) as b:
+        receipts = await asyncio.gather(*(b.publish("SYSTEM", "e", {"i": i}) for i in range(5)))
+        await b.flush(timeout=5)
+    assert store.now == [1] and store.later == [4]
+    assert [r.sequence_id for r in receipts] == [1, 2, 3, 4, 5]
+    assert ws.sequence_ids == [1, 2, 3, 4, 5]
+
+
+async def test_a_queued_commit_is_swept_up_ahead_of_the_next_callers_events() -> None:
+    store = WriteNowStore(write_s=0.0015)
+    ws = MemoryAdapter("websocket")
+    async with make(ws, MemoryAdapter("realtime"), store=store) as b:
+
+        async def after_a_turn() -> Receipt:
+            await asyncio.sleep(0)  # runs again in the next turn, before the writer task
+            return await b.publish("SYSTEM", "e", {"who": "third"})
+
+        # Turn 1: the first caller writes (budget spent), the third yields, the
+        # second queues. Turn 2: the third finds the second's events queued and
+        # the writer task not started: one commit, the second's events first.
+        first, third, second = await asyncio.gather(
+            b.publish("SYSTEM", "e", {"who": "first"}),
+            after_a_turn(),
+            b.publish("SYSTEM", "e", {"who": "second"}),
+        )
+        await b.flush(timeout=5)
+    assert store.now == [1, 2] and store.later == []
+    assert (first.sequence_id, second.sequence_id, third.sequence_id) == (1, 2, 3)
+    assert ws.sequence_ids == [1, 2, 3]
+
+
+async def test_a_caller_publishing_in_a_tight_loop_lets_the_loop_run() -> None:
+    store = WriteNowStore(write_s=0.0005)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async with make(MemoryAdapter("websocket"), MemoryAdapter("realtime"), store=store) as b:
+        task = asyncio.get_running_loop().create_task(ticker())
+        await asyncio.sleep(0)
+        before = ticks
+        for i in range(60):  # no other await: only publish() can let the ticker run
+            await b.publish("SYSTEM", "e", {"i": i})
+        ran = ticks - before
+        task.cancel()
+        await b.flush(timeout=5)
+    # 60 writes of 0.5 ms with a 1 ms budget per turn: ~20 turns at least.
+    assert ran >= 15, ran
+    assert sum(store.now) + sum(store.later) == 60 and store.later
+
+
+async def test_a_failed_write_in_the_callers_step_fails_the_queued_callers_it_took() -> None:
+    store = WriteNowStore(write_s=0.0015)
+    ws = MemoryAdapter("websocket")
+    with capture_logs() as logs:
+        async with make(ws, MemoryAdapter("realtime"), store=store) as b:
+
+            async def after_a_turn() -> Receipt:
+                await asyncio.sleep(0)
+                store.broken = True  # the disk fills between the two turns
+                return await b.publish("SYSTEM", "e", {"who": "third"})
+
+            results = await asyncio.gather(
+                b.publish("SYSTEM", "e", {"who": "first"}),
+                after_a_turn(),
+                b.publish("SYSTEM", "e", {"who": "second"}),
+                return_exceptions=True,
+            )
+            store.broken = False
+            after = await b.publish("SYSTEM", "e", {"who": "after"})
+            await b.flush(timeout=5)
+    first, third, second = results
+    assert isinstance(first, Receipt) and first.sequence_id == 1
+    assert isinstance(second, StoreUnavailable) and isinstance(third, StoreUnavailable)
+    assert after.sequence_id == 2
+    assert ws.sequence_ids == [1, 2]
+    assert len([e for e in logs if e["event"] == "publish failed: store unavailable"]) == 2
+
+
+async def test_an_unexpected_error_of_a_write_in_the_callers_step_is_a_store_error() -> None:
+    store = WriteNowStore()
+    async with make(MemoryAdapter("websocket"), MemoryAdapter("realtime"), store=store) as b:
+        store.bug = True
+        with pytest.raises(StoreUnavailable, match="a bug in the store"):
+            await b.publish("SYSTEM", "e", {})
+        store.bug = False
+        assert (await b.publish("SYSTEM", "e", {})).sequence_id == 1

@@ -232,6 +232,19 @@ class Store(ABC):
         routing (every routed adapter starts ``QUEUED``) and commit. All or
         nothing; returns the records in sequence order once durable."""
 
+    def append_now(
+        self, items: Sequence[tuple[EventDraft, tuple[str, ...]]]
+    ) -> list[EventRecord] | None:
+        """:meth:`append` without waiting, if this store can right now: a
+        commit that needs no lock, fsync or network round trip (SQLite's small
+        writes on the loop thread). Returns None when it cannot — nothing was
+        written, call :meth:`append`. Raises as :meth:`append` does.
+
+        The broadcaster calls it from ``publish()`` when no other write is in
+        progress, so the caller gets its receipt without a hop through the
+        event loop. The default cannot."""
+        return None
+
     @abstractmethod
     async def mark(
         self,

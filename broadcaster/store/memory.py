@@ -56,6 +56,11 @@ class MemoryStore(Store):
     async def append(
         self, items: Sequence[tuple[EventDraft, tuple[str, ...]]]
     ) -> list[EventRecord]:
+        return self._append(items)
+
+    def _append(self, items: Sequence[tuple[EventDraft, tuple[str, ...]]]) -> list[EventRecord]:
+        # Not append_now: test doubles that override append() to inject faults
+        # would be bypassed by it.
         now_ms = int(self._clock() * 1000)
         # Seal everything first: a failure leaves nothing stored (all or nothing).
         records = [seal(draft, self._last + i) for i, (draft, _) in enumerate(items, start=1)]

@@ -448,6 +448,43 @@ async def test_loop_write_max_weighs_an_append_row_as_four_marked_ids(tmp_path: 
         assert len(await store.undelivered("realtime")) == 9
 
 
+async def test_append_now_writes_on_the_loop_or_writes_nothing(tmp_path: Path) -> None:
+    """append_now commits a small append at once on the loop's connection;
+    when it cannot (too big, write lock taken, a checkpoint holding writes,
+    no loop connection) it returns None and consumes no sequence id."""
+    path = tmp_path / "now.db"
+    async with SQLiteStore(path, loop_write_max=10) as store:
+        assert store.append_now([]) == []
+        records = store.append_now(items(3))
+        assert records is not None and [r.sequence_id for r in records] == [1, 2, 3]
+        stored = await store.get(2)
+        assert stored is not None and stored.record == records[1]
+        assert store.append_now(items(11)) is None  # over loop_write_max
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        assert store.append_now(items(1)) is None
+        other.execute("ROLLBACK")
+        other.close()
+        store._held = asyncio.Event()  # a checkpoint pass holding writes
+        assert store.append_now(items(1)) is None
+        store._held = None
+        (later,) = await store.append(items(1))
+        assert later.sequence_id == 4  # nothing was consumed by the refusals
+    async with SQLiteStore(path, synchronous="FULL") as store:  # commits fsync: never on the loop
+        assert store.append_now(items(1)) is None
+    with pytest.raises(StoreError, match="not open"):
+        store.append_now(items(1))
+
+
+async def test_append_now_on_a_full_disk_raises_and_writes_nothing(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "full.db") as store:
+        await store.append(items(1))
+        await store.pragma("max_page_count", await store.pragma("page_count"))
+        with pytest.raises(StoreUnavailable, match="full"):
+            store.append_now(items(50, payload_bytes=2000))
+        assert await store.last_sequence_id() == 1
+
+
 async def test_wal_stays_bounded_under_many_small_writes(tmp_path: Path) -> None:
     """The loop's connection never checkpoints; the worker does, every few
     hundred loop commits, and once the WAL holds ``wal_frames_max`` frames it
