@@ -451,3 +451,15 @@ def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str
         main(argv)
     assert exc.value.code == 2
     assert capsys.readouterr().out == ""
+
+
+def test_bench_wakeup_prints_send_costs_per_gap(capsys: pytest.CaptureFixture[str]) -> None:
+    from loadtests import bench_wakeup
+
+    assert bench_wakeup.main(["--sends", "5", "--gaps-ms", "0", "1"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["bench"] == "wakeup" and line["sends"] == 5
+    assert set(line) == {"bench", "sends", "gap_0_ms", "gap_1_ms"}
+    assert all(
+        v["p50_us"] > 0 and v["p90_us"] >= v["p50_us"] for k, v in line.items() if k[:4] == "gap_"
+    )
