@@ -19,7 +19,7 @@ from .base import (
 )
 from .memory import MemoryStore
 from .postgres import PostgresStore
-from .sqlite import SQLiteStore
+from .sqlite import WAL_FRAMES_MAX, SQLiteStore
 
 __all__ = [
     "DELIVERED_STATES",
@@ -39,7 +39,7 @@ __all__ = [
     "store_from_url",
 ]
 
-_SQLITE_OPTIONS = frozenset({"synchronous", "busy_timeout_ms"})
+_SQLITE_OPTIONS = frozenset({"synchronous", "busy_timeout_ms", "wal_frames_max"})
 
 
 def _sqlite_from_url(url: str) -> SQLiteStore:
@@ -60,13 +60,22 @@ def _sqlite_from_url(url: str) -> SQLiteStore:
             f" known: {', '.join(sorted(_SQLITE_OPTIONS))}"
         )
     synchronous = options.get("synchronous", ["NORMAL"])[-1]
-    busy = options.get("busy_timeout_ms", ["5000"])[-1]
+    numbers = {"busy_timeout_ms": 5000, "wal_frames_max": WAL_FRAMES_MAX}
+    for name, default in numbers.items():
+        given = options.get(name, [str(default)])[-1]
+        try:
+            numbers[name] = int(given)
+        except ValueError:
+            raise ValueError(f"unsupported STORE_URL {url!r}: {name}={given!r}") from None
+    if numbers["wal_frames_max"] < 1:
+        raise ValueError(f"unsupported STORE_URL {url!r}: wal_frames_max must be >= 1")
     try:
-        busy_ms = int(busy)
-    except ValueError:
-        raise ValueError(f"unsupported STORE_URL {url!r}: busy_timeout_ms={busy!r}") from None
-    try:
-        return SQLiteStore(path, synchronous=synchronous, busy_timeout_ms=busy_ms)
+        return SQLiteStore(
+            path,
+            synchronous=synchronous,
+            busy_timeout_ms=numbers["busy_timeout_ms"],
+            wal_frames_max=numbers["wal_frames_max"],
+        )
     except ValueError as exc:
         raise ValueError(f"unsupported STORE_URL {url!r}: {exc}") from None
 
@@ -77,7 +86,9 @@ def store_from_url(url: str) -> Store:
     * ``memory://`` — in-process, not durable (tests, benchmarks).
     * ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` — the
       embedded default; options ``?synchronous=normal|full`` (``full`` survives
-      power loss, ``normal`` a process crash) and ``?busy_timeout_ms=N``.
+      power loss, ``normal`` a process crash), ``?busy_timeout_ms=N`` and
+      ``?wal_frames_max=N`` (the WAL length, in 4 KiB pages, at which writes
+      are held briefly so the WAL file is reused: bounds its size).
     * ``postgresql://...`` or ``postgres://...`` — a libpq URL, for several
       broadcaster processes sharing one store.
     """
