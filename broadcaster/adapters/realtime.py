@@ -857,6 +857,7 @@ class RealtimeAdapter(Adapter):
         for _, waiter in items:
             waiters[waiter] = waiters.get(waiter, 0) + 1
         inflight = _Inflight(lane, len(items), waiters)
+        lane.inflight += 1  # _settle takes it back, once, however the push ends
         link = self._link
         channel = link.channel(lane.topic) if link is not None else None
         if channel is None:
@@ -871,7 +872,6 @@ class RealtimeAdapter(Adapter):
         }
         # Registered before the write: a loss noticed during the write fails it.
         self._inflight.add(inflight)
-        lane.inflight += 1
         try:
             # The client types timeout as int seconds; it only feeds asyncio.sleep.
             push = await channel.push("broadcast", payload, timeout=cast(int, self._ack_timeout))

@@ -366,6 +366,26 @@ async def test_batch_ms_bounds_the_wait_for_a_reply(records: Records, make_adapt
         await asyncio.gather(*sends)
 
 
+async def test_every_push_outcome_gives_its_channel_back_its_in_flight_slot(
+    records: Records, make_adapter: Any
+) -> None:
+    from broadcaster.adapters.realtime import _Lane, _Waiter
+
+    async with HeldAcks() as srv:
+        adapter = await make_adapter(srv.realtime_url, ack_timeout_s=0.2)
+        # A channel the link does not have (it went away between send and push).
+        lane = _Lane("events:gone")
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), 1)
+        await adapter._push(lane, [(records.make(1)[0], waiter)])
+        assert lane.inflight == 0
+        with pytest.raises(AdapterUnavailable, match="not connected"):
+            await waiter.future
+        # No reply: the timeout settles it.
+        with pytest.raises(AdapterTimeout):
+            await adapter.send(records.make(1))
+        assert all(ln.inflight == 0 for ln in adapter._lanes.values())
+
+
 async def test_batch_bytes_bounds_every_push(
     server: RecordingServer, records: Records, make_adapter: Any
 ) -> None:
