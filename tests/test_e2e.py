@@ -50,7 +50,19 @@ async def test_ten_thousand_events_reach_exactly_their_routed_adapters_in_order(
     tmp_path: Path,
 ) -> None:
     settings = load_settings(
-        env_file=None, websocket_port=0, store_url=f"sqlite:///{tmp_path / 'e2e.db'}"
+        env_file=None,
+        websocket_port=0,
+        store_url=f"sqlite:///{tmp_path / 'e2e.db'}",
+        # 10 000 events published as fast as they go, with the Realtime server
+        # and both subscribers in this process: a send waits behind the backlog
+        # of the ones before it, which under coverage and asyncio debug mode on
+        # a loaded machine passed the 300 ms slow-call bound now and then, and
+        # the breaker's 30 s recovery outlasted the test's wait. Slow calls and
+        # failover have their own tests; this one is about exact delivery.
+        adapters={
+            "websocket": {"latency_threshold_ms": 10_000},
+            "realtime": {"latency_threshold_ms": 10_000},
+        },
     )
     rng = random.Random(1)
     categories = list(Category)
