@@ -491,7 +491,7 @@ async def test_wal_stays_bounded_under_many_small_writes(tmp_path: Path) -> None
     holds writes for one short pass so the WAL is reused instead of growing."""
     path = tmp_path / "wal.db"
     # No mark linger: 2 000 awaited marks would each wait for company in vain.
-    async with SQLiteStore(path, mark_linger_ms=0, wal_frames_max=1024) as store:
+    async with SQLiteStore(path, mark_linger_ms=0, wal_frames_max=512) as store:
         for _ in range(2000):
             (record,) = await store.append(items(1))
             await store.mark("websocket", [record.sequence_id], DeliveryState.ACKED)
