@@ -138,6 +138,12 @@ def _receipt(record: EventRecord, routed: tuple[str, ...]) -> Receipt:
     return result
 
 
+def _store_error(exc: Exception) -> StoreError:
+    """What the callers of a failed write get: a store's own error as it is,
+    anything else (a bug in a store) as :class:`StoreUnavailable`."""
+    return exc if isinstance(exc, StoreError) else StoreUnavailable(repr(exc))
+
+
 class _Submission:
     __slots__ = ("future", "items")
 
@@ -552,9 +558,7 @@ class Broadcaster:
             self._writer_idle.clear()
             self._has_work.set()
             return await future
-        except Exception as exc:
-            if not isinstance(exc, StoreError):
-                raise
+        except StoreError as exc:
             log.error(
                 "publish failed: store unavailable",
                 error=str(exc),
@@ -584,23 +588,20 @@ class Broadcaster:
         batch = [item for sub in queued for item in sub.items] + items if queued else items
         started = time.perf_counter()
         try:
-            try:
-                records = self._store.append_now(batch)
-            except StoreError:
-                raise
-            except Exception as exc:  # as the writer task does: callers get a StoreError
-                raise StoreUnavailable(repr(exc)) from exc
-        except StoreError as exc:
+            records = self._store.append_now(batch)
+        except Exception as exc:
+            error = _store_error(exc)
             if queued:
                 self._submissions = []
-                self._settle(queued, exc)
-            raise
+                self._settle(queued, error)
+            if error is exc:
+                raise
+            raise error from exc
         if records is None:
             return None
-        if queued:
-            self._submissions = []
         self._dispatch(records, batch)
         if queued:
+            self._submissions = []
             self._settle(queued, records)
         self._inline_spent += time.perf_counter() - started
         return records[len(records) - len(items) :]
@@ -652,9 +653,7 @@ class Broadcaster:
             try:
                 records = await self._store.append(items)
             except Exception as exc:
-                self._settle(
-                    submissions, exc if isinstance(exc, StoreError) else StoreUnavailable(repr(exc))
-                )
+                self._settle(submissions, _store_error(exc))
                 continue
             finally:
                 self._writing = False

@@ -67,8 +67,6 @@ def _sqlite_from_url(url: str) -> SQLiteStore:
             numbers[name] = int(given)
         except ValueError:
             raise ValueError(f"unsupported STORE_URL {url!r}: {name}={given!r}") from None
-    if numbers["wal_frames_max"] < 1:
-        raise ValueError(f"unsupported STORE_URL {url!r}: wal_frames_max must be >= 1")
     try:
         return SQLiteStore(
             path,

@@ -132,6 +132,7 @@ class _NotNow:
 
 
 _NOT_NOW: Final = _NotNow()
+
 # Row shapes as sqlite3 returns them.
 _EventRow = tuple[bytes, str, int]  # wire, routed_to, created_at_ms
 _DeliveryRow = tuple[str, str, str | None]  # adapter, state, error
@@ -506,6 +507,8 @@ class SQLiteStore(Store):
         mark_linger_ms: float = MARK_LINGER_MS,
         wal_frames_max: int = WAL_FRAMES_MAX,
     ) -> None:
+        if wal_frames_max < 1:
+            raise ValueError(f"wal_frames_max must be >= 1, not {wal_frames_max}")
         self.path = Path(path)
         self._wal_frames_max = wal_frames_max
         self.synchronous = _parse_synchronous(synchronous)
@@ -519,7 +522,7 @@ class SQLiteStore(Store):
         # Touched only on the event loop's thread (small writes; see the module doc).
         self._loop_conn: sqlite3.Connection | None = None
         self._loop_commits = 0
-        #: Checkpoints that had to hold writes to complete (see ``_checkpoint_passes``).
+        #: Checkpoints that had to hold writes to complete (see ``_run_checkpoint``).
         self.checkpoints_quiesced = 0
         self._checkpoint: asyncio.Future[None] | None = None
         # Set while a checkpoint pass runs with writes held (see _run_checkpoint).

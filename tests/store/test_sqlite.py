@@ -685,3 +685,5 @@ async def test_closed_store_refuses_calls_and_pragma_checks_input(tmp_path: Path
         assert await store.pragma("user_version") == 3
     with pytest.raises(ValueError, match="synchronous"):
         SQLiteStore(tmp_path / "d.db", synchronous="sometimes")
+    with pytest.raises(ValueError, match="wal_frames_max"):
+        SQLiteStore(tmp_path / "d.db", wal_frames_max=0)
