@@ -221,7 +221,7 @@ def _serve(settings: Settings) -> int:
     from .service import run_service
 
     try:
-        asyncio.run(run_service(settings))
+        asyncio.run(run_service(settings, freeze_gc=True))
     except OSError as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -21,6 +21,7 @@ not depend on whether a run happened to span a reconcile tick.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import subprocess
@@ -161,6 +162,11 @@ class Stack:
             Broadcaster(settings, max_pending=self._max_pending)
         )
         self.b.set_routing(self.b.routing.with_override("all"))
+        # As `broadcaster serve` does once started (run_service(freeze_gc=True)):
+        # full collections then skip the ~62 000 objects built at startup
+        # (otherwise a 20-50 ms stall every few seconds at 10 000 events/s).
+        gc.freeze()
+        self._exit.callback(gc.unfreeze)
         assert self.sub.stdin is not None
         self.sub.stdin.write("start\n")
         self.sub.stdin.flush()

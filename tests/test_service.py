@@ -4,6 +4,7 @@ details, as a real child process for SIGTERM and ``reconcile --repair``."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import os
 import signal
@@ -74,6 +75,32 @@ async def test_run_service_serves_the_admin_api_and_flushes_on_stop(tmp_path: Pa
             stored = await store.get(seq)
             assert stored is not None
             assert set(stored.states.values()) == {DeliveryState.ACKED}
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+async def test_freeze_gc_freezes_what_startup_built(tmp_path: Path, freeze: bool) -> None:
+    settings = load_settings(
+        env_file=None,
+        store_url=f"sqlite:///{tmp_path / 'svc.db'}",
+        websocket_port=0,
+        admin_port=0,
+        reconcile_interval_s=0,
+        broadcaster_admin_token=TOKEN,
+    )
+    stop = asyncio.Event()
+    frozen: list[int] = []
+
+    def ready(b: Broadcaster, admin: AdminServer) -> None:
+        frozen.append(gc.get_freeze_count())
+        stop.set()
+
+    before = gc.get_freeze_count()
+    try:
+        await run_service(settings, out=io.StringIO(), stop=stop, on_ready=ready, freeze_gc=freeze)
+    finally:
+        gc.unfreeze()  # this process is shared with other tests
+    # Frozen: at least the broadcaster, its adapters and clients (thousands of objects).
+    assert (frozen[0] - before > 1000) if freeze else frozen == [before]
 
 
 async def test_port_in_use_fails_start(tmp_path: Path) -> None:
