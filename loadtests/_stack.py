@@ -61,6 +61,8 @@ class PhaseResult:
     published: Bins
     #: Subscriber side, per adapter: [[t, count, p50_ms, p99_ms], ...], t wall-clock.
     received: dict[str, list[list[float]]] = field(default_factory=dict)
+    #: Producer side, the latency of every publish call, seconds (to pool phases).
+    call_latencies: list[float] = field(default_factory=list)
 
 
 def _end(proc: subprocess.Popen[str]) -> None:
@@ -317,6 +319,7 @@ class Stack:
             },
             started_t,
             published,
+            call_latencies=call_latencies,
         )
 
     def complete(self, results: Sequence[PhaseResult]) -> None:
