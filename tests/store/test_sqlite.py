@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from broadcaster.events import EventDraft, EventFactory, seal
+from broadcaster.events import EventDraft, EventFactory, EventRecord, seal
 from broadcaster.exceptions import StoreError, StoreUnavailable
 from broadcaster.store import (
     ConsumerReceipt,
@@ -76,6 +76,140 @@ async def test_undelivered_is_a_range_scan_of_the_outbox_key(tmp_path: Path) -> 
     conn.close()
     assert "SEARCH o USING PRIMARY KEY (adapter=? AND sequence_id>?)" in plan, plan
     assert "SCAN" not in plan, plan
+
+
+def file_of_version(
+    path: Path, version: int, routed_json: str
+) -> tuple[sqlite3.Connection, EventRecord]:
+    """A file at schema ``version`` (3 or later) holding event 1, routed as
+    ``routed_json``, queued for the WebSocket path; the connection is left open."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    assert migrate(conn, MIGRATIONS[:version]) == 0
+    old = seal(EventFactory().draft("CRITICAL", "old.event", {"v": 1}), 1)
+    conn.execute(
+        "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (1, old.event_id, "CRITICAL", "old.event", 1, routed_json, old.wire,
+         old.checksum, old.payload_keys),
+    )  # fmt: skip
+    conn.execute("INSERT INTO outbox VALUES ('websocket', 1, 'queued', NULL, 1)")
+    conn.execute("UPDATE meta SET value = 1 WHERE key IN ('last_sequence_id', 'event_count')")
+    return conn, old
+
+
+def outbox_state(path: Path) -> tuple[int, int, list[tuple[int, str, str]]]:
+    """Outbox rows, meta.outbox_through and the delivery_state view's pairs."""
+    conn = sqlite3.connect(path)
+    try:
+        (rows,) = conn.execute("SELECT count(*) FROM outbox").fetchone()
+        (through,) = conn.execute("SELECT value FROM meta WHERE key = 'outbox_through'").fetchone()
+        view = conn.execute(
+            "SELECT sequence_id, adapter, state FROM delivery_state ORDER BY 1, 2"
+        ).fetchall()
+    finally:
+        conn.close()
+    return rows, through, view
+
+
+async def reads(store: SQLiteStore, last: int) -> list[object]:
+    """Everything a caller can read of delivery states (minus stats' timestamps)."""
+    stats = await store.stats()
+    return [
+        await store.undelivered("websocket"),
+        await store.undelivered("realtime", after=1, limit=2),
+        stats.states,
+        stats.oldest_undelivered_ms,
+        [await store.get(seq) for seq in range(1, last + 1)],
+        await store.scan(),
+    ]
+
+
+async def test_append_commits_the_event_rows_alone_and_reads_add_the_tail(
+    tmp_path: Path,
+) -> None:
+    """A publish() waits for its append's commit: the outbox rows (one per path)
+    are written by the next mark instead. Before and after, every read agrees."""
+    path = tmp_path / "tail.db"
+    async with SQLiteStore(path, mark_linger_ms=0) as store:
+        first = await store.append(items(3))
+        (dup,) = await store.append(
+            [(EventFactory().draft("SYSTEM", "dup", {}), ("websocket", "websocket"))]
+        )
+        rows, through, view = outbox_state(path)
+        assert (rows, through) == (0, 0)  # nothing but the events was written
+        assert view == [
+            *((r.sequence_id, a, "queued") for r in first for a in sorted(BOTH)),
+            (dup.sequence_id, "websocket", "queued"),  # named twice: one pair
+        ]
+        before = await reads(store, 4)
+        stats = await store.stats()
+        assert stats.states == {"websocket": {"queued": 4}, "realtime": {"queued": 3}}
+        assert set(stats.oldest_undelivered_ms) == {"websocket", "realtime"}
+        assert None not in stats.oldest_undelivered_ms.values()
+        stored = await store.get(1)
+        assert stored is not None
+        assert stored.states == dict.fromkeys(BOTH, DeliveryState.QUEUED)
+        assert await store.undelivered("websocket") == [*first, dup]
+        assert await store.undelivered("realtime", after=1, limit=1) == [first[1]]
+
+        # A mark of nothing known writes the tail's rows and changes no state.
+        await store.mark("nobody", [99], DeliveryState.ACKED)
+        assert outbox_state(path) == (7, 4, view)
+        assert await reads(store, 4) == before
+
+        await store.mark("websocket", [1, 4], DeliveryState.ACKED)
+        await store.append(items(1))  # a new tail beside written rows
+        rows, through, view = outbox_state(path)
+        assert (rows, through) == (5, 4)
+        assert (1, "websocket", "acked") in view and (5, "realtime", "queued") in view
+        assert len(view) == 9
+        assert [r.sequence_id for r in await store.undelivered("websocket")] == [2, 3, 5]
+        assert (await store.stats()).states == {
+            "websocket": {"queued": 3, "acked": 2},
+            "realtime": {"queued": 4},
+        }
+
+
+async def test_undelivered_tail_is_a_range_scan_of_the_events_key(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "i.db"):
+        pass
+    conn = sqlite3.connect(tmp_path / "i.db")
+    from broadcaster.store.sqlite import _UNDELIVERED_TAIL  # noqa: PLC0415
+
+    plan = " ".join(
+        str(r) for r in conn.execute(f"EXPLAIN QUERY PLAN {_UNDELIVERED_TAIL}", (0, "a", 1))
+    )
+    conn.close()
+    assert "SEARCH e USING INTEGER PRIMARY KEY (rowid>?)" in plan, plan
+
+
+async def test_an_append_past_the_tail_bound_writes_the_outbox_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While no mark comes (acks lag, adapters down), reads must not add up an
+    ever longer tail: the append that takes it past _TAIL_MAX writes the rows."""
+    from broadcaster.store import sqlite as sqlite_store  # noqa: PLC0415
+
+    monkeypatch.setattr(sqlite_store, "_TAIL_MAX", 4)
+    path = tmp_path / "bound.db"
+    async with SQLiteStore(path) as store:
+        await store.append(items(3))
+        assert outbox_state(path)[:2] == (0, 0)
+        await store.append(items(2))
+        assert outbox_state(path)[:2] == (10, 5)
+        await store.append(items(1))
+        assert outbox_state(path)[:2] == (10, 5)
+        assert len(await store.undelivered("realtime")) == 6
+
+
+async def test_prune_writes_the_tail_before_it_judges(tmp_path: Path) -> None:
+    """An event of the tail is undelivered: prune must see its rows."""
+    path = tmp_path / "prune.db"
+    async with SQLiteStore(path) as store:
+        await store.append(items(2))
+        assert await store.prune(through=2, older_than_ms=2**62) == 0
+        assert outbox_state(path)[:2] == (4, 2)
+        assert len(await store.undelivered("websocket")) == 2
 
 
 async def test_migrates_from_version_1(tmp_path: Path) -> None:
@@ -175,18 +309,8 @@ async def test_migrates_from_version_2_with_backfill(tmp_path: Path) -> None:
 
 async def test_migrates_from_version_3_to_runtime_config(tmp_path: Path) -> None:
     path = tmp_path / "v3.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    assert migrate(conn, MIGRATIONS[:3]) == 0
     # The file as version 3 of this code left it: one event, a watermark.
-    old = seal(EventFactory().draft("CRITICAL", "old.event", {"v": 1}), 1)
-    conn.execute(
-        "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (1, old.event_id, "CRITICAL", "old.event", 1, '["websocket"]', old.wire,
-         old.checksum, old.payload_keys),
-    )  # fmt: skip
-    conn.execute("INSERT INTO outbox VALUES ('websocket', 1, 'queued', NULL, 1)")
-    conn.execute("UPDATE meta SET value = 1 WHERE key IN ('last_sequence_id', 'event_count')")
+    conn, old = file_of_version(path, 3, '["websocket"]')
     conn.execute("INSERT INTO watermarks VALUES ('reconciled_through', 1)")
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert not {"audit", "runtime_config"} & tables
@@ -245,6 +369,22 @@ async def test_migrates_from_version_4_flagging_duplicate_receipts(tmp_path: Pat
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT dup FROM receipts ORDER BY id").fetchall() == [(0,), (1,)]
     conn.close()
+
+
+async def test_migrates_from_version_5_with_an_empty_tail(tmp_path: Path) -> None:
+    """Version 6 writes outbox rows after the append: events stored before it
+    have theirs already, so the tail starts after them (nothing counted twice)."""
+    path = tmp_path / "v5.db"
+    conn, r = file_of_version(path, 5, '["websocket", "realtime"]')
+    conn.execute("INSERT INTO deliveries VALUES (1, 'realtime', 'acked', NULL, 1)")
+    conn.close()
+    async with SQLiteStore(path) as store:
+        assert await store.undelivered("websocket") == [r]
+        assert await store.undelivered("realtime") == []
+        stored = await store.get(1)
+        assert stored is not None
+        assert stored.states == {"websocket": DeliveryState.QUEUED, "realtime": "acked"}
+    assert outbox_state(path) == (1, 1, [(1, "realtime", "acked"), (1, "websocket", "queued")])
 
 
 async def test_plain_page_leaves_rows_of_an_older_version_to_the_judge(tmp_path: Path) -> None:
