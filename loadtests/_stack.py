@@ -63,6 +63,8 @@ class PhaseResult:
     received: dict[str, list[list[float]]] = field(default_factory=dict)
     #: Producer side, the latency of every publish call, seconds (to pool phases).
     call_latencies: list[float] = field(default_factory=list)
+    #: With ``alternate_s``: per call, whether single-write was in force when it began.
+    call_single: list[bool] = field(default_factory=list)
 
 
 def _end(proc: subprocess.Popen[str]) -> None:
@@ -233,11 +235,17 @@ class Stack:
         payload_bytes: int = 200,
         adapters: Sequence[str] = ADAPTERS,
         drain_timeout_s: float = 60.0,
+        alternate_s: float | None = None,
     ) -> PhaseResult:
         """Publish for ``seconds`` at ``rate`` events/s (None: as fast as
         possible) from ``producers`` tasks, in ``publish_many`` calls of up to
         ``max_batch`` events (``single_calls``: one ``publish()`` per event),
         then wait until ``adapters`` delivered every event to the subscriber.
+
+        ``alternate_s``: switch between dual- and single-write every so many
+        seconds, starting with dual, and note per call which was in force when
+        it began (``call_single``; routing is decided before ``publish()``'s
+        first await, so the note is exact); ends in dual-write.
 
         Figures: events, achieved (publish) and delivered (end-to-end) rates,
         publish-call latency, per-adapter latency/lost/duplicates, CPU seconds
@@ -250,6 +258,8 @@ class Stack:
         bucket = TokenBucket(rate, burst=producers * max_batch if rate else 1.0)
         published = Bins(self._bin_s)
         call_latencies: list[float] = []
+        call_single: list[bool] = []
+        single_now = [False]
         counts = [0] * producers
         calls = [0] * producers
         cpu = self.cpu_meter()
@@ -266,6 +276,7 @@ class Stack:
                 if not n:
                     break
                 t = clock()
+                single = single_now[0]
                 if single_calls:
                     t0 = perf()
                     await b.publish(
@@ -287,10 +298,29 @@ class Stack:
                 i += n
                 calls[p] += 1
                 call_latencies.append(dt)
+                call_single.append(single)
                 published.add_many(clock(), [dt * 1000] * n)
             counts[p] = i
 
-        await asyncio.gather(*(produce(p) for p in range(producers)))
+        async def alternate(period: float) -> None:
+            try:
+                while True:
+                    await asyncio.sleep(period)
+                    single_now[0] = not single_now[0]
+                    self.single_write(single_now[0])
+            finally:
+                self.single_write(False)
+
+        switcher = None
+        if alternate_s is not None:
+            self.single_write(False)
+            switcher = asyncio.create_task(alternate(alternate_s))
+        try:
+            await asyncio.gather(*(produce(p) for p in range(producers)))
+        finally:
+            if switcher is not None:
+                switcher.cancel()
+                await asyncio.gather(switcher, return_exceptions=True)
         published_s = time.monotonic() - started
         events = sum(counts)
         await b.flush(timeout=drain_timeout_s)
@@ -320,6 +350,7 @@ class Stack:
             started_t,
             published,
             call_latencies=call_latencies,
+            call_single=call_single if alternate_s is not None else [],
         )
 
     def complete(self, results: Sequence[PhaseResult]) -> None:

@@ -125,10 +125,18 @@ def test_dual_vs_single(smoke: Smoke) -> None:
     assert set(ratios) == {
         "publish_p50",
         "publish_p99",
+        "publish_p50_phases",
+        "publish_p99_phases",
         "max_events_per_s",
         "max_delivered_events_per_s",
     }
     assert all(_finite_positive(v) for v in ratios.values())
+    # The interleaved phase counted calls of both modes (it switched routing).
+    for mode in ("dual", "single"):
+        figures = r["interleaved"][mode]
+        assert figures["calls"] > 0, mode
+        assert _finite_positive(figures["publish_p50_ms"]), mode
+    assert r["order"][-1] == "interleaved-latency"
 
 
 def test_checksum_cost(smoke: Smoke) -> None:
