@@ -200,8 +200,15 @@ def test_raw_limit(smoke: Smoke) -> None:
     r = smoke.results["raw-limit"]
     assert r["raw_delivered"] > 0
     assert r["raw_lost"] == 0
+    assert r["raw_one_connection_lost"] == 0
     assert r["broadcaster_lost"] == 0
-    for key in ("raw_events_per_s", "broadcaster_max_events_per_s", "fraction"):
+    for key in (
+        "raw_events_per_s",
+        "raw_one_connection_events_per_s",
+        "raw_two_over_one",
+        "broadcaster_max_events_per_s",
+        "fraction",
+    ):
         assert _finite_positive(r[key]), key
 
 

@@ -9,6 +9,11 @@ as ``send`` lets it, for ``--seconds``. An event counts once both connections
 delivered it: raw events/s = min(frames on a, frames on b) ÷ the time from the
 first frame to the last one received.
 
+The same loop then sends on one connection only (``raw_one_connection_events_per_s``):
+``raw_two_over_one`` is what carrying every event on a second path costs the
+transport itself on this machine (sender, receiver and kernel share its two
+cores), the bound beside which ``dual-vs-single``'s maximum ratio can be read.
+
 Then ``sustained --rate max`` for as long, the broadcaster's maximum: both real
 adapters, SQLite store on, verifying subscribers in another process. Figures:
 raw events/s, the broadcaster's maximum achieved and delivered events/s, and
@@ -66,8 +71,11 @@ def _frames(n: int, payload_bytes: int) -> list[bytes]:
     ]
 
 
-async def raw_loop(seconds: float, payload_bytes: int, bin_s: float) -> dict[str, Any]:
-    """Send pre-encoded frames on two connections for ``seconds``; the peer's counts."""
+async def raw_loop(
+    seconds: float, payload_bytes: int, bin_s: float, *, paths: int = 2
+) -> dict[str, Any]:
+    """Send pre-encoded frames on two connections (``paths=1``: the first only)
+    for ``seconds``; the peer's counts."""
     frames = _frames(FRAMES, payload_bytes)
     connections: dict[str, ServerConnection] = {}
     both, done = asyncio.Event(), asyncio.Event()
@@ -92,15 +100,19 @@ async def raw_loop(seconds: float, payload_bytes: int, bin_s: float) -> dict[str
             async with asyncio.timeout(30):
                 await both.wait()
             a, b = connections["/a"], connections["/b"]
-            progress(f"raw loop: {seconds:g}s, two connections")
+            progress(f"raw loop: {seconds:g}s, sending on {paths} connection(s)")
             sent = 0
             started = time.monotonic()
             deadline = started + seconds
             while time.monotonic() < deadline:
                 start = sent % FRAMES
-                for frame in frames[start : start + CHUNK]:
-                    await a.send(frame, text=True)
-                    await b.send(frame, text=True)
+                if paths == 2:
+                    for frame in frames[start : start + CHUNK]:
+                        await a.send(frame, text=True)
+                        await b.send(frame, text=True)
+                else:
+                    for frame in frames[start : start + CHUNK]:
+                        await a.send(frame, text=True)
                 sent += CHUNK
             send_s = time.monotonic() - started
             await a.send("end")
@@ -116,9 +128,10 @@ async def raw_loop(seconds: float, payload_bytes: int, bin_s: float) -> dict[str
                 peer.wait()
             if peer.stdout is not None:
                 peer.stdout.close()
-    delivered = min(counted["a"]["count"], counted["b"]["count"])
-    first = min(counted["a"]["first_t"], counted["b"]["first_t"])
-    last = max(counted["a"]["last_t"], counted["b"]["last_t"])
+    used = [counted["a"], counted["b"]][:paths]
+    delivered = min(c["count"] for c in used)
+    first = min(c["first_t"] for c in used)
+    last = max(c["last_t"] for c in used)
     return {
         "sent": sent,
         "send_events_per_s": round(sent / send_s),
@@ -132,7 +145,9 @@ async def raw_loop(seconds: float, payload_bytes: int, bin_s: float) -> dict[str
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     load = load_average()
     raw = await raw_loop(args.seconds, args.payload_bytes, args.bin)
-    progress(f"raw: {raw['events_per_s']} events/s on both connections; now the broadcaster")
+    progress(f"raw: {raw['events_per_s']} events/s on both connections")
+    one = await raw_loop(args.seconds, args.payload_bytes, args.bin, paths=1)
+    progress(f"raw: {one['events_per_s']} events/s on one connection; now the broadcaster")
     figures, phase = await sustained.measure(args, "max", args.seconds, args.warmup, label=NAME)
     result = {
         "scenario": NAME,
@@ -142,6 +157,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "raw_send_events_per_s": raw["send_events_per_s"],
         "raw_delivered": raw["delivered"],
         "raw_lost": raw["sent"] - raw["delivered"],
+        "raw_one_connection_events_per_s": one["events_per_s"],
+        "raw_one_connection_lost": one["sent"] - one["delivered"],
+        "raw_two_over_one": round(raw["events_per_s"] / one["events_per_s"], 4),
         "broadcaster_max_events_per_s": figures["achieved_events_per_s"],
         "broadcaster_delivered_events_per_s": figures["delivered_events_per_s"],
         "broadcaster_lost": figures["lost"],
