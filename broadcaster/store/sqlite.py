@@ -331,12 +331,16 @@ _HIGH_MARKS: Final = (
     " (SELECT value FROM meta WHERE key = 'outbox_through')"
 )
 _OUTBOX_THROUGH: Final = "SELECT value FROM meta WHERE key = 'outbox_through'"
-# The tail's outbox rows, expanded in SQL from routed_to (DISTINCT: an adapter
-# named twice in a routing is one pair); updated_at_ms is when it was appended.
+# The tail's outbox rows: one statement per distinct routing (a tail has one or
+# two), its adapters expanded once rather than json_each() on every event row
+# (measured at full rate: 11 % of the loop thread that way). updated_at_ms is
+# when the event was appended. An append stores routed_to without repeats.
+_TAIL_ROUTINGS: Final = "SELECT DISTINCT routed_to FROM events WHERE sequence_id > ?"
 _WRITE_TAIL: Final = (
     "INSERT INTO outbox (adapter, sequence_id, state, updated_at_ms)"
-    " SELECT DISTINCT a.value, e.sequence_id, 'queued', e.created_at_ms"
-    " FROM events AS e, json_each(e.routed_to) AS a WHERE e.sequence_id > ?"
+    " SELECT a.value, e.sequence_id, 'queued', e.created_at_ms"
+    " FROM json_each(?1) AS a CROSS JOIN events AS e"
+    " WHERE e.sequence_id > ?2 AND e.routed_to = ?1"
 )
 _SET_OUTBOX_THROUGH: Final = "UPDATE meta SET value = ? WHERE key = 'outbox_through'"
 
@@ -493,8 +497,13 @@ def _write_tail(conn: sqlite3.Connection) -> None:
     doc), so that every routed pair has its row before a state changes."""
     last, through = conn.execute(_HIGH_MARKS).fetchone()
     if last > through:
-        conn.execute(_WRITE_TAIL, (through,))
-        conn.execute(_SET_OUTBOX_THROUGH, (last,))
+        _write_tail_after(conn, through, last)
+
+
+def _write_tail_after(conn: sqlite3.Connection, through: int, last: int) -> None:
+    for (routed_json,) in conn.execute(_TAIL_ROUTINGS, (through,)).fetchall():
+        conn.execute(_WRITE_TAIL, (routed_json, through))
+    conn.execute(_SET_OUTBOX_THROUGH, (last,))
 
 
 def _tail_pairs(
@@ -893,7 +902,9 @@ class SQLiteStore(Store):
                 records.append(record)
                 routing = routed_json.get(routed)
                 if routing is None:
-                    routing = routed_json[routed] = orjson.dumps(routed).decode()
+                    # Without repeats: each (event, adapter) is one pair.
+                    routing = orjson.dumps(tuple(dict.fromkeys(routed))).decode()
+                    routed_json[routed] = routing
                 rows.append(
                     (
                         seq,
@@ -911,8 +922,7 @@ class SQLiteStore(Store):
             if seq - through > _TAIL_MAX:
                 # Acks lag far behind (or none come): write the tail's outbox
                 # rows here, so that reads never add up a long tail.
-                conn.execute(_WRITE_TAIL, (through,))
-                conn.execute(_SET_OUTBOX_THROUGH, (seq,))
+                _write_tail_after(conn, through, seq)
             # Same transaction as the inserts: ids are consumed iff the events exist.
             conn.execute("UPDATE meta SET value = ? WHERE key = 'last_sequence_id'", (seq,))
             conn.execute(_ADD_META, (len(records), "event_count"))
