@@ -186,8 +186,9 @@ PRUNE_CHUNK: Final = 5000
 MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # 1: events with their routing; per-adapter delivery state, split in two
     # tables so that what is still to deliver is a small, dense b-tree keyed for
-    # undelivered(): append inserts one outbox row per adapter, an ack moves it
-    # to deliveries. (Measured: 3x cheaper than one table with a partial index.)
+    # undelivered(): each routed pair gets one outbox row (since version 6
+    # written after the append: see "the tail" in the module doc), an ack moves
+    # it to deliveries. (Measured: 3x cheaper than one table with a partial index.)
     (
         """CREATE TABLE events (
             sequence_id   INTEGER PRIMARY KEY,
