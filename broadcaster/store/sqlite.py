@@ -54,17 +54,18 @@ Schema (``SCHEMA_VERSION`` in ``meta``; created and migrated by :meth:`SQLiteSto
            created_at_ms, routed_to TEXT  -- JSON array, routing order
            , wire BLOB                    -- the sealed JSON frame
            , checksum, payload_keys TEXT) -- copied out of the wire for scan()
-    -- per (sequence_id, adapter) routed pair up to meta.outbox_through, exactly
-    -- one row in one of (later pairs, "the tail", are queued; see below):
+    -- per (sequence_id, adapter) routed pair up to meta.outbox_through, at most
+    -- one row in one of these; none: acknowledged (later pairs, "the tail", are
+    -- queued; see below):
     outbox(adapter, sequence_id, state, error, updated_at_ms,     -- queued, failed,
            PRIMARY KEY (adapter, sequence_id)) WITHOUT ROWID      -- pending: to deliver
-    deliveries(sequence_id, adapter, state, error, updated_at_ms, -- acked, repaired
-               PRIMARY KEY (sequence_id, adapter)) WITHOUT ROWID
-    VIEW delivery_state  -- outbox, deliveries and the tail, for people and reports
+    deliveries(sequence_id, adapter, state, error, updated_at_ms, -- repaired; acked
+               PRIMARY KEY (sequence_id, adapter)) WITHOUT ROWID  -- with an error
+    VIEW delivery_state  -- every routed pair's state, for people and reports
     receipts(id INTEGER PRIMARY KEY, sequence_id, adapter, event_type,
              received_at_ms, checksum, checksum_ok, consumer,  -- duplicates kept
              payload_keys)
-    delivered_counts(adapter, state, n)  -- rows of deliveries per (adapter, state)
+    delivered_counts(adapter, state, n)  -- delivered pairs per (adapter, state)
     watermarks(name TEXT PRIMARY KEY, value INTEGER)  -- e.g. reconciled_through
     audit(id INTEGER PRIMARY KEY AUTOINCREMENT,  -- ids never reused
           at_ms, actor, path, before_json, after_json TEXT)
@@ -85,6 +86,13 @@ waits for its commit, and each outbox row in it cost the producer ~6-9 µs
 (measured: a one-event append 27 µs with no outbox row, 35 µs with one, 41 µs
 with two), so every path written to made ``publish()`` slower; the rows now
 cost a transaction the producer does not wait for.
+
+**Implied acknowledgements.** An ack deletes the pair's outbox row and writes
+nothing (an ACKED row is kept only when it carries an error): a routed pair
+written out (up to ``outbox_through``) with no row was acknowledged, and reads
+say so. Other states keep their rows. Why: moving every acked row to
+``deliveries`` was most of an ack's cost; at the maximum, dual-write used 14 %
+more CPU per event with it.
 """
 
 from __future__ import annotations
@@ -93,7 +101,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -313,6 +321,29 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             FROM events AS e, json_each(e.routed_to) AS a
             WHERE e.sequence_id > (SELECT value FROM meta WHERE key = 'outbox_through')""",
     ),
+    # 7: ACKED is implied: a routed pair up to outbox_through with no row in
+    # outbox or deliveries was acknowledged (an ack deletes its outbox row);
+    # deliveries keeps the other delivered state and acks that carry an error.
+    # delivered_counts already counts the pairs. The view shows implied acks
+    # (their updated_at_ms is not kept).
+    (
+        "DELETE FROM deliveries WHERE state = 'acked' AND error IS NULL",
+        "DROP VIEW delivery_state",
+        """CREATE VIEW delivery_state AS
+            SELECT sequence_id, adapter, state, error, updated_at_ms FROM outbox
+            UNION ALL
+            SELECT sequence_id, adapter, state, error, updated_at_ms FROM deliveries
+            UNION ALL
+            SELECT DISTINCT e.sequence_id, a.value,
+                CASE WHEN e.sequence_id > t.value THEN 'queued' ELSE 'acked' END,
+                NULL, CASE WHEN e.sequence_id > t.value THEN e.created_at_ms END
+            FROM events AS e, json_each(e.routed_to) AS a,
+                (SELECT value FROM meta WHERE key = 'outbox_through') AS t
+            WHERE NOT EXISTS (SELECT 1 FROM outbox AS o
+                WHERE o.adapter = a.value AND o.sequence_id = e.sequence_id)
+            AND NOT EXISTS (SELECT 1 FROM deliveries AS d
+                WHERE d.sequence_id = e.sequence_id AND d.adapter = a.value)""",
+    ),
 )
 
 #: The schema version this code writes.
@@ -363,6 +394,29 @@ def _mark_statements(source: str, target: str) -> tuple[str, str, str]:
 
 _MARK_DELIVERED: Final = _mark_statements("outbox", "deliveries")
 _MARK_UNDELIVERED: Final = _mark_statements("deliveries", "outbox")
+# An ack (no error given) deletes the outbox rows: ACKED is implied (schema 7).
+# A row that carries an error keeps it, as an explicit ACKED row in deliveries.
+_ACK_KEEPING_ERRORS: Final = (
+    "INSERT INTO deliveries (sequence_id, adapter, state, error, updated_at_ms)"
+    " SELECT sequence_id, adapter, :state, error, :now FROM outbox"
+    " WHERE adapter = :adapter AND sequence_id IN (SELECT value FROM json_each(:ids))"
+    " AND error IS NOT NULL"
+)
+# Pairs of these ids acknowledged implicitly (routed to the adapter, outbox rows
+# written, no row anywhere) get an explicit row in {table} with the new state.
+_IMPLIED_TO: Final = (
+    "INSERT INTO {table} (sequence_id, adapter, state, error, updated_at_ms)"
+    " SELECT e.sequence_id, :adapter, :state, :error, :now FROM events AS e"
+    " WHERE e.sequence_id IN (SELECT value FROM json_each(:ids))"
+    " AND e.sequence_id <= (SELECT value FROM meta WHERE key = 'outbox_through')"
+    " AND EXISTS (SELECT 1 FROM json_each(e.routed_to) WHERE value = :adapter)"
+    " AND NOT EXISTS (SELECT 1 FROM outbox AS o"
+    "  WHERE o.adapter = :adapter AND o.sequence_id = e.sequence_id)"
+    " AND NOT EXISTS (SELECT 1 FROM deliveries AS d"
+    "  WHERE d.sequence_id = e.sequence_id AND d.adapter = :adapter)"
+)
+_IMPLIED_TO_DELIVERIES: Final = _IMPLIED_TO.format(table="deliveries")
+_IMPLIED_TO_OUTBOX: Final = _IMPLIED_TO.format(table="outbox")
 _UNDELIVERED: Final = (
     "SELECT e.wire FROM outbox AS o JOIN events AS e ON e.sequence_id = o.sequence_id"
     " WHERE o.adapter = ? AND o.sequence_id > ? ORDER BY o.sequence_id LIMIT ?"
@@ -507,16 +561,23 @@ def _write_tail_after(conn: sqlite3.Connection, through: int, last: int) -> None
     conn.execute(_SET_OUTBOX_THROUGH, (last,))
 
 
-def _tail_pairs(
-    events: Sequence[Sequence[Any]], through: int, routed_cache: dict[str, tuple[str, ...]]
+def _implied_pairs(
+    events: Sequence[Sequence[Any]],
+    through: int,
+    rows: Iterable[Sequence[Any]],
+    routed_cache: dict[str, tuple[str, ...]],
 ) -> list[tuple[int, str, str]]:
-    """``(sequence_id, adapter, 'queued')`` for the tail's routed pairs among
-    ``events`` (rows of ``(sequence_id, routed_to)``)."""
+    """``(sequence_id, adapter, state)`` for the routed pairs of ``events``
+    (rows of ``(sequence_id, routed_to)``) that have no row among ``rows``
+    (``(sequence_id, adapter, ...)`` of outbox and deliveries): queued in the
+    tail (after ``through``), acknowledged before it (see the module doc)."""
+    explicit = {(row[0], row[1]) for row in rows}
+    queued, acked = DeliveryState.QUEUED.value, DeliveryState.ACKED.value
     return [
-        (seq, adapter, DeliveryState.QUEUED.value)
+        (seq, adapter, queued if seq > through else acked)
         for seq, routed_json in events
-        if seq > through
         for adapter in dict.fromkeys(parse_routed(routed_json, routed_cache))
+        if (seq, adapter) not in explicit
     ]
 
 
@@ -962,26 +1023,43 @@ class SQLiteStore(Store):
                     "adapter": adapter,
                     "ids": orjson.dumps(request.sequence_ids),
                 }
+                implied = 0
                 if request.state in DELIVERED_STATES:
                     update, move, delete = _MARK_DELIVERED
-                    moved = conn.execute(move, params).rowcount
-                    conn.execute(delete, params)
+                    if request.state is DeliveryState.ACKED and request.error is None:
+                        # The usual ack: the outbox rows go, nothing is written
+                        # (measured at the maximum: 14 % less CPU per event in
+                        # dual-write than moving them to deliveries).
+                        conn.execute(_ACK_KEEPING_ERRORS, params)
+                    else:
+                        conn.execute(move, params)
+                    moved = conn.execute(delete, params).rowcount
                     counts[adapter, state] = counts.get((adapter, state), 0) + moved
-                    # The usual ack: every id came out of the outbox, so none was
-                    # in deliveries already — skip two lookups per id. Otherwise
-                    # (a re-ack, a repair, unknown ids) rows already delivered
-                    # change state; the ones just moved count as state -> state.
+                    # Every id came out of the outbox: none had another row, so
+                    # skip the lookups per id. Otherwise (a re-ack, a repair,
+                    # unknown ids) rows already delivered change state (the ones
+                    # just moved count as state -> state), and implicitly
+                    # acknowledged pairs get a row unless the state is ACKED.
                     if moved < len(set(request.sequence_ids)):
                         for old, n in conn.execute(_DELIVERED_BEFORE, params).fetchall():
                             counts[adapter, old] = counts.get((adapter, old), 0) - n
                             counts[adapter, state] = counts.get((adapter, state), 0) + n
                         conn.execute(update, params)
+                        if request.state is not DeliveryState.ACKED or request.error:
+                            implied = conn.execute(_IMPLIED_TO_DELIVERIES, params).rowcount
                 else:
-                    # Rows of these ids in deliveries go back to the outbox.
+                    # Rows of these ids in deliveries go back to the outbox, and
+                    # implicitly acknowledged pairs get an outbox row.
                     for old, n in conn.execute(_DELIVERED_BEFORE, params).fetchall():
                         counts[adapter, old] = counts.get((adapter, old), 0) - n
+                    implied = conn.execute(_IMPLIED_TO_OUTBOX, params).rowcount
                     for statement in _MARK_UNDELIVERED:
                         conn.execute(statement, params)
+                if implied:
+                    acked = (adapter, DeliveryState.ACKED.value)
+                    counts[acked] = counts.get(acked, 0) - implied
+                    if request.state in DELIVERED_STATES:
+                        counts[adapter, state] = counts.get((adapter, state), 0) + implied
             _add_counts(conn, counts)
 
         # An id marked costs about a quarter of an event appended (set-based
@@ -1053,9 +1131,12 @@ class SQLiteStore(Store):
                 *conn.execute(_STATES_OF.format(table="deliveries"), (sequence_id, row[1])),
             ]
             (through,) = conn.execute(_OUTBOX_THROUGH).fetchone()
+            explicit = [(sequence_id, adapter) for adapter, _, _ in deliveries]
             deliveries += [
                 (adapter, state, None)
-                for _, adapter, state in _tail_pairs([(sequence_id, row[1])], through, {})
+                for _, adapter, state in _implied_pairs(
+                    [(sequence_id, row[1])], through, explicit, {}
+                )
             ]
             receipts = conn.execute(
                 "SELECT sequence_id, adapter, event_type, received_at_ms, checksum,"
@@ -1151,10 +1232,9 @@ class SQLiteStore(Store):
                     _SCAN_OUTBOX, (orjson.dumps(list(adapters)), low, high)
                 ).fetchall()
                 (through,) = conn.execute(_OUTBOX_THROUGH).fetchone()
-                if high > through:
-                    states += _tail_pairs(
-                        [(row[0], row[6]) for row in events], through, routed_cache
-                    )
+                states += _implied_pairs(
+                    [(row[0], row[6]) for row in events], through, states, routed_cache
+                )
             receipts = conn.execute(_SCAN_RECEIPTS, (low, high)).fetchall()
             # Built on the worker thread: the loop only receives the finished page.
             return assemble_scan(events, states, receipts, routed_cache)
@@ -1293,12 +1373,24 @@ class SQLiteStore(Store):
                 return 0, high, finished
             ids = (orjson.dumps(doomed),)
             counts: dict[tuple[str, str], int] = {}
+            # Pairs without a row were acknowledged (implied): routed pairs
+            # of the doomed events, less those with a row in deliveries.
+            implied: dict[str, int] = {}
+            routed_of = dict(candidates)
+            for seq in doomed:
+                for adapter in dict.fromkeys(parse_routed(routed_of[seq], routed_cache)):
+                    implied[adapter] = implied.get(adapter, 0) + 1
             for adapter, state, n in conn.execute(
                 f"SELECT adapter, state, count(*) FROM deliveries WHERE {_IN_IDS}"
                 " GROUP BY adapter, state",
                 ids,
             ):
                 counts[adapter, state] = -n
+                if adapter in implied:  # (a row always names a routed adapter)
+                    implied[adapter] -= n
+            for adapter, n in implied.items():
+                acked = (adapter, DeliveryState.ACKED.value)
+                counts[acked] = counts.get(acked, 0) - n
             conn.execute(f"DELETE FROM deliveries WHERE {_IN_IDS}", ids)
             receipts = conn.execute(f"DELETE FROM receipts WHERE {_IN_IDS}", ids).rowcount
             events = conn.execute(f"DELETE FROM events WHERE {_IN_IDS}", ids).rowcount

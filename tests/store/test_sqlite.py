@@ -170,6 +170,67 @@ async def test_append_commits_the_event_rows_alone_and_reads_add_the_tail(
         }
 
 
+def rows_of(path: Path, table: str) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+    finally:
+        conn.close()
+
+
+async def test_an_ack_deletes_the_outbox_row_and_writes_nothing(tmp_path: Path) -> None:
+    """ACKED is implied by a routed pair having no row (schema 7); every read
+    still says ACKED, and the rarer states keep explicit rows."""
+    path = tmp_path / "acked.db"
+    async with SQLiteStore(path, mark_linger_ms=0) as store:
+        await store.append(items(4))
+        await store.mark("websocket", [1, 2, 3, 4], DeliveryState.ACKED)
+        assert rows_of(path, "deliveries") == []
+        assert [r[:2] for r in rows_of(path, "outbox")] == [("realtime", s) for s in (1, 2, 3, 4)]
+        stored = await store.get(1)
+        assert stored is not None and stored.states["websocket"] is DeliveryState.ACKED
+        (row, *_) = await store.scan(limit=1)
+        assert row.states == {"websocket": "acked", "realtime": "queued"}
+        assert (await store.stats()).states == {
+            "websocket": {"acked": 4},
+            "realtime": {"queued": 4},
+        }
+        assert (1, "websocket", "acked") in outbox_state(path)[2]
+
+        # An error seen before the ack is kept, in an explicit ACKED row.
+        await store.mark("realtime", [1], DeliveryState.FAILED, "timeout")
+        await store.mark("realtime", [1, 2], DeliveryState.ACKED)
+        assert [r[:4] for r in rows_of(path, "deliveries")] == [(1, "realtime", "acked", "timeout")]
+        # Implied ACKED -> REPAIRED (a row appears) and -> FAILED (back to the outbox).
+        await store.mark("websocket", [2], DeliveryState.REPAIRED)
+        await store.mark("websocket", [3], DeliveryState.FAILED, "missing at consumer")
+        await store.mark("websocket", [2, 9], DeliveryState.ACKED)  # 9: unknown
+        assert [r[:3] for r in rows_of(path, "deliveries")] == [
+            (1, "realtime", "acked"),
+            (2, "websocket", "acked"),
+        ]
+        assert [r.sequence_id for r in await store.undelivered("websocket")] == [3]
+        by_seq = {seq: await store.get(seq) for seq in (1, 2, 3, 4)}
+        assert {seq: s.states if s else None for seq, s in by_seq.items()} == {
+            1: {"websocket": "acked", "realtime": "acked"},
+            2: {"websocket": "acked", "realtime": "acked"},
+            3: {"websocket": "failed", "realtime": "queued"},
+            4: {"websocket": "acked", "realtime": "queued"},
+        }
+        assert (await store.stats()).states == {
+            "websocket": {"acked": 3, "failed": 1},
+            "realtime": {"acked": 2, "queued": 2},
+        }
+        # Pruning an implicitly acknowledged event takes its pairs off the counters.
+        await store.mark("realtime", [3, 4], DeliveryState.ACKED)
+        assert await store.prune(through=4, older_than_ms=2**62) == 3
+        assert (await store.stats()).states == {
+            "websocket": {"failed": 1},
+            "realtime": {"acked": 1},
+        }
+        assert rows_of(path, "deliveries") == []
+
+
 async def test_undelivered_tail_is_a_range_scan_of_the_events_key(tmp_path: Path) -> None:
     async with SQLiteStore(tmp_path / "i.db"):
         pass
@@ -385,6 +446,34 @@ async def test_migrates_from_version_5_with_an_empty_tail(tmp_path: Path) -> Non
         assert stored is not None
         assert stored.states == {"websocket": DeliveryState.QUEUED, "realtime": "acked"}
     assert outbox_state(path) == (1, 1, [(1, "realtime", "acked"), (1, "websocket", "queued")])
+
+
+async def test_migrates_from_version_6_implying_plain_acks(tmp_path: Path) -> None:
+    """Version 7 keeps no row for a plain ACKED pair: the migration deletes
+    them, keeps an ACKED row that carries an error, and the counters stand."""
+    path = tmp_path / "v6.db"
+    conn, r = file_of_version(path, 6, '["websocket", "realtime"]')
+    conn.execute("UPDATE meta SET value = 1 WHERE key = 'outbox_through'")
+    conn.execute("DELETE FROM outbox")
+    conn.execute(
+        "INSERT INTO deliveries VALUES (1, 'websocket', 'acked', NULL, 1),"
+        " (1, 'realtime', 'acked', 'timeout', 1)"
+    )
+    conn.execute(
+        "INSERT INTO delivered_counts VALUES ('websocket', 'acked', 1), ('realtime', 'acked', 1)"
+    )
+    conn.close()
+    async with SQLiteStore(path) as store:
+        stored = await store.get(1)
+        assert stored is not None
+        assert stored.states == {"websocket": "acked", "realtime": "acked"}
+        assert stored.errors == {"realtime": "timeout"}
+        assert (await store.stats()).states == {
+            "websocket": {"acked": 1},
+            "realtime": {"acked": 1},
+        }
+        assert await store.undelivered("websocket") == []
+    assert rows_of(path, "deliveries") == [(1, "realtime", "acked", "timeout", 1)]
 
 
 async def test_plain_page_leaves_rows_of_an_older_version_to_the_judge(tmp_path: Path) -> None:
