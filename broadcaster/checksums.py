@@ -1,8 +1,11 @@
 """Event checksums: CRC-32, CRC-32C and SHA-256 over an event's canonical bytes.
 
-Pure functions, no I/O. The CRC-32 used on the hot path is :func:`zlib.crc32`;
-``tests/test_checksums.py`` proves it bit-identical to crcmod's predefined
-``crc-32`` (the reference named by the spec), which is several times slower.
+Pure functions, no I/O. The CRC-32 used on the hot path is ISA-L's
+(``isal.isal_zlib.crc32``, carry-less multiply on x86-64 and ARM: 60 ns for
+a 390-byte event here, against 253 ns for :func:`zlib.crc32` and more for
+crcmod); ``tests/test_checksums.py`` proves it bit-identical to
+:func:`zlib.crc32` and to crcmod's predefined ``crc-32`` (the reference named
+by the spec).
 CRC-32C has no stdlib implementation and comes from crcmod's predefined
 ``crc-32c`` (its C extension).
 """
@@ -10,11 +13,11 @@ CRC-32C has no stdlib implementation and comes from crcmod's predefined
 from __future__ import annotations
 
 import hashlib
-import zlib
 from collections.abc import Callable, Mapping
 from typing import Final, Literal, get_args
 
 import crcmod.predefined
+from isal.isal_zlib import crc32 as _crc32
 
 __all__ = [
     "ALGORITHMS",
@@ -30,14 +33,14 @@ ChecksumAlgorithm = Literal["crc32", "crc32c", "sha256"]
 ALGORITHMS: Final[tuple[ChecksumAlgorithm, ...]] = get_args(ChecksumAlgorithm)
 
 #: crcmod's predefined CRC-32 (reflected 0x04C11DB7, init/xor-out 0xFFFFFFFF):
-#: the reference implementation that zlib.crc32 must agree with.
+#: the reference implementation that the hot path's CRC-32 must agree with.
 crc32_reference: Final[Callable[[bytes], int]] = crcmod.predefined.mkPredefinedCrcFun("crc-32")
 #: CRC-32C (Castagnoli).
 crc32c: Final[Callable[[bytes], int]] = crcmod.predefined.mkPredefinedCrcFun("crc-32c")
 
 
 def _crc32_hex(data: bytes) -> str:
-    return zlib.crc32(data).to_bytes(4).hex()
+    return _crc32(data).to_bytes(4).hex()
 
 
 def _crc32c_hex(data: bytes) -> str:
