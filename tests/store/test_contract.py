@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -13,6 +14,7 @@ from broadcaster.store import (
     UNDELIVERED_STATES,
     ConsumerReceipt,
     DeliveryState,
+    MemoryStore,
     PlainPage,
     ScanRow,
     Store,
@@ -592,3 +594,49 @@ async def store_case_missing_one(
         receipts.append(replace(receipt_for(records[0], "email"), received_at_ms=created))
     await store.record_receipts(receipts)
     return records, created
+
+
+# Against the model itself the comparison could not fail: the other backends only.
+@pytest.mark.parametrize("store", ["sqlite", "sqlite-worker", "postgres"], indirect=True)
+@pytest.mark.parametrize("seed", range(6))
+async def test_marks_in_shared_transactions_agree_with_the_memory_store(
+    store: Store, seed: int
+) -> None:
+    """Random appends and concurrent marks (so several share one group commit;
+    in SQLite with or without a tail of unwritten outbox rows, and acks that
+    leave implied ACKED pairs): every read agrees with MemoryStore's."""
+    rng = random.Random(seed)
+    routings = [BOTH, WS, ("realtime",), ("realtime", "websocket")]
+    factory = EventFactory()
+    model = MemoryStore()
+    await model.open()
+    last = 0
+    for _ in range(40):
+        if rng.random() < 0.6:
+            batch = [
+                (factory.draft("SYSTEM", "model", {"i": last + i}), rng.choice(routings))
+                for i in range(rng.randint(1, 4))
+            ]
+            await store.append(batch)
+            await model.append(batch)
+            last += len(batch)
+        requests = [
+            (
+                rng.choice(BOTH),
+                rng.sample(range(1, last + 3), min(last + 2, rng.randint(1, 5))),
+                rng.choice(list(DeliveryState)),
+                rng.choice([None, None, "boom", "late"]),
+            )
+            for _ in range(rng.randint(1, 4))
+        ]
+        for backend in (store, model):
+            await asyncio.gather(*(backend.mark(*request) for request in requests))
+        mine, theirs = await store.stats(), await model.stats()
+        assert mine.states == {a: n for a, n in theirs.states.items() if n}
+        for seq in range(1, last + 1):
+            got, want = await store.get(seq), await model.get(seq)
+            assert got is not None and want is not None
+            assert (got.states, got.errors) == (want.states, want.errors), seq
+        for adapter in BOTH:
+            assert await store.undelivered(adapter) == await model.undelivered(adapter)
+    await model.close()

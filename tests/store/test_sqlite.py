@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import random
 import signal
 import sqlite3
 import sys
@@ -230,50 +229,6 @@ async def test_an_ack_deletes_the_outbox_row_and_writes_nothing(tmp_path: Path) 
             "realtime": {"acked": 1},
         }
         assert rows_of(path, "deliveries") == []
-
-
-@pytest.mark.parametrize("seed", range(6))
-async def test_marks_in_shared_transactions_agree_with_the_memory_store(
-    tmp_path: Path, seed: int
-) -> None:
-    """Random appends and concurrent marks (so several share a transaction, with
-    or without a tail to write): every read agrees with MemoryStore's."""
-    rng = random.Random(seed)
-    routings = [BOTH, ("websocket",), ("realtime",), ("realtime", "websocket")]
-    factory = EventFactory()
-    async with SQLiteStore(tmp_path / "model.db", mark_linger_ms=0) as sqlite_store:
-        memory = MemoryStore()
-        await memory.open()
-        last = 0
-        for _ in range(40):
-            if rng.random() < 0.6:
-                batch = [
-                    (factory.draft("SYSTEM", "model", {"i": last + i}), rng.choice(routings))
-                    for i in range(rng.randint(1, 4))
-                ]
-                await sqlite_store.append(batch)
-                await memory.append(batch)
-                last += len(batch)
-            requests = [
-                (
-                    rng.choice(BOTH),
-                    rng.sample(range(1, last + 3), min(last + 2, rng.randint(1, 5))),
-                    rng.choice(list(DeliveryState)),
-                    rng.choice([None, None, "boom", "late"]),
-                )
-                for _ in range(rng.randint(1, 4))
-            ]
-            for store in (sqlite_store, memory):
-                await asyncio.gather(*(store.mark(*request) for request in requests))
-            mine, theirs = await sqlite_store.stats(), await memory.stats()
-            assert mine.states == {a: n for a, n in theirs.states.items() if n}
-            for seq in range(1, last + 1):
-                got, want = await sqlite_store.get(seq), await memory.get(seq)
-                assert got is not None and want is not None
-                assert (got.states, got.errors) == (want.states, want.errors), seq
-            for adapter in BOTH:
-                assert await sqlite_store.undelivered(adapter) == await memory.undelivered(adapter)
-        await memory.close()
 
 
 async def test_undelivered_tail_is_a_range_scan_of_the_events_key(tmp_path: Path) -> None:
