@@ -1,6 +1,6 @@
 """Checksums (SPEC 2): the hot path's CRC-32 (ISA-L) is bit-identical to zlib's
-and to crcmod's reference,
-CRC-32C and SHA-256 match independent implementations, formats are fixed."""
+and to crcmod's reference, CRC-32C and SHA-256 match independent
+implementations, formats are fixed."""
 
 from __future__ import annotations
 

@@ -1028,9 +1028,9 @@ class SQLiteStore(Store):
                     "ids": orjson.dumps(request.sequence_ids),
                 }
                 implied = 0
-                distinct = len(set(request.sequence_ids))
                 if request.state in DELIVERED_STATES:
                     update, move, delete = _MARK_DELIVERED
+                    distinct = len(set(request.sequence_ids))
                     if request.state is DeliveryState.ACKED and request.error is None:
                         # The usual ack: the outbox rows go, nothing is written
                         # (measured at the maximum: 14 % less CPU per event in
