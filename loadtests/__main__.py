@@ -7,8 +7,8 @@ figures mean nothing). ``all`` runs every scenario in its own process, prints
 their JSON lines as they finish and then a markdown table, one row per figure;
 ``--out DIR`` also writes ``results.jsonl``, ``results.md`` and the PNGs there.
 
-Scenarios: sustained, dual-vs-single, checksum-cost, reconcile, store,
-failover, raw-limit (``python -m loadtests <scenario> --help`` for each).
+Scenarios: sustained, dual-vs-single, publish-overhead, checksum-cost,
+reconcile, store, failover, raw-limit (``python -m loadtests <scenario> --help`` for each).
 Nothing here asserts a timing.
 """
 
@@ -33,7 +33,7 @@ from .scenarios import SCENARIOS
 __all__ = ["build_parser", "main", "run_all", "run_in_subprocess"]
 
 #: Scenarios whose length ``all --seconds`` sets.
-_TIMED = ("sustained", "dual-vs-single", "raw-limit")
+_TIMED = ("sustained", "dual-vs-single", "publish-overhead", "raw-limit")
 
 
 def build_parser() -> argparse.ArgumentParser:

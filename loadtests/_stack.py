@@ -11,6 +11,13 @@ where the Realtime service is remote and consumers are other programs:
 * ``python -m loadtests.subscriber --control``: one subscriber per path, with
   the project's verifying consumers, measuring publish→receive latency.
 
+``second_path`` swaps what stands in the Realtime adapter's place (its name,
+``realtime``, stays, so routing, lanes and reports are unchanged): ``websocket``
+a second WebSocket fan-out server, whose subscriber is the same subscriber
+process (no Realtime server then), or ``none``, :class:`DropAdapter` (no
+transport; no subscriber for that path: phases must then wait for
+``websocket`` alone). The ``publish-overhead`` scenario compares them.
+
 :meth:`Stack.phase` runs producers for a while — paced by a shared
 :class:`~loadtests._common.TokenBucket` or as fast as they can — waits until
 the subscribers hold every event of the phase, and returns the figures.
@@ -34,15 +41,59 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from broadcaster.adapters import Adapter, AdapterHealth, WebSocketAdapter
 from broadcaster.core import Broadcaster
+from broadcaster.events import EventRecord
 from broadcaster.realtime_server import LocalRealtimeServer
 from broadcaster.settings import load_settings
 
 from ._common import Bins, ProcessCpu, TokenBucket, free_port, progress, spawn, summarise
 
-__all__ = ["PhaseResult", "Stack", "padding"]
+__all__ = [
+    "SECOND_PATHS",
+    "DropAdapter",
+    "PhaseResult",
+    "SecondWebSocketAdapter",
+    "Stack",
+    "padding",
+]
 
 ADAPTERS = ("websocket", "realtime")
+#: What :class:`Stack` can put in the Realtime adapter's place.
+SECOND_PATHS = ("realtime", "websocket", "none")
+
+
+class SecondWebSocketAdapter(WebSocketAdapter):
+    """A WebSocket fan-out under the Realtime adapter's name: the plainest
+    second network path (one pre-encoded frame per batch and subscriber, one
+    transport write, no acknowledgement round trip)."""
+
+    name = "realtime"
+
+
+class DropAdapter(Adapter):
+    """The Realtime adapter's place with no transport behind it: every batch
+    is acknowledged at once and dropped (counted in ``health().extra``).
+    What is left of dual-write's cost with it is the broadcaster's own: the
+    second lane, its acknowledgements in the store."""
+
+    name = "realtime"
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.running = False
+
+    async def start(self) -> None:
+        self.running = True
+
+    async def send(self, batch: Sequence[EventRecord]) -> None:
+        self.events += len(batch)
+
+    async def close(self) -> None:
+        self.running = False
+
+    def health(self) -> AdapterHealth:
+        return AdapterHealth(name=self.name, connected=self.running, extra={"events": self.events})
 
 
 def padding(payload_bytes: int) -> str:
@@ -95,7 +146,11 @@ class Stack:
         max_pending: int = 20_000,
         embedded_realtime: bool = False,
         settings: dict[str, Any] | None = None,
+        second_path: str = "realtime",
     ) -> None:
+        if second_path not in SECOND_PATHS:
+            raise ValueError(f"second_path must be one of {SECOND_PATHS}, not {second_path!r}")
+        self.second_path = second_path
         self._store_url = store_url
         self._settings = dict(settings or {})
         self._embedded = embedded_realtime
@@ -126,29 +181,37 @@ class Stack:
     async def _start(self) -> None:
         rt_port, ws_port = free_port(), free_port()
         rt_url = f"http://127.0.0.1:{rt_port}"
-        where = "in this process" if self._embedded else "in its own process"
-        progress(f"starting the Realtime server (port {rt_port}, {where}) and the subscribers")
+        real = self.second_path == "realtime"
+        second: list[str] = []
+        if real:
+            where = "in this process" if self._embedded else "in its own process"
+            progress(f"starting the Realtime server (port {rt_port}, {where}) and the subscribers")
+            second = ["--realtime", rt_url]
+        elif self.second_path == "websocket":
+            progress("starting the subscribers (second path: a WebSocket fan-out)")
+            second = ["--realtime-ws", f"ws://127.0.0.1:{rt_port}/events"]
+        else:
+            progress("starting the subscriber (second path: none, events dropped)")
         # Started at once (their imports take a while); the subscriber waits
         # for "start", sent once the Realtime server and the broadcaster listen.
-        if not self._embedded:
+        if real and not self._embedded:
             self.server = spawn("-m", "broadcaster.realtime_server", "--port", str(rt_port))
         self.sub = spawn(
             "-m",
             "loadtests.subscriber",
             "--ws",
             f"ws://127.0.0.1:{ws_port}/events",
-            "--realtime",
-            rt_url,
+            *second,
             "--bin",
             str(self._bin_s),
             "--control",
             stdin=True,
         )
-        if self.server is None:
+        if real and self.server is None:
             embedded = LocalRealtimeServer(host="127.0.0.1", port=rt_port)
             await embedded.start()
             self._exit.push_async_callback(embedded.close)
-        else:
+        elif self.server is not None:
             assert self.server.stdout is not None
             line = await asyncio.to_thread(self.server.stdout.readline)  # its URL: listening
             if not line.strip():
@@ -162,8 +225,16 @@ class Stack:
             "reconcile_interval_s": 0,
         }
         settings = load_settings(env_file=None, **(fields | self._settings))
+        adapters: list[Adapter] | None = None
+        if self.second_path == "websocket":
+            adapters = [
+                WebSocketAdapter.from_settings(settings),
+                SecondWebSocketAdapter(settings.websocket_host, rt_port),
+            ]
+        elif self.second_path == "none":
+            adapters = [WebSocketAdapter.from_settings(settings), DropAdapter()]
         self.b = await self._exit.enter_async_context(
-            Broadcaster(settings, max_pending=self._max_pending)
+            Broadcaster(settings, adapters=adapters, max_pending=self._max_pending)
         )
         self.b.set_routing(self.b.routing.with_override("all"))
         # As `broadcaster serve` does once started (run_service(freeze_gc=True)):
@@ -190,6 +261,14 @@ class Stack:
         line = await self._readline()
         result: dict[str, Any] = json.loads(line)
         return result
+
+    async def wait_received(
+        self, phase: str, count: int, adapters: Sequence[str], timeout_s: float = 60.0
+    ) -> dict[str, Any]:
+        """Wait until the subscriber holds ``count`` distinct events of ``phase``
+        from each of ``adapters`` (or ``timeout_s`` passed); returns
+        ``{"reached": bool, "counts": {adapter: n}}``."""
+        return await self._command(f"wait {phase} {count} {timeout_s} {','.join(adapters)}")
 
     async def _stop(self, *, report: bool) -> None:
         try:
@@ -324,7 +403,7 @@ class Stack:
         published_s = time.monotonic() - started
         events = sum(counts)
         await b.flush(timeout=drain_timeout_s)
-        answer = await self._command(f"wait {name} {events} {drain_timeout_s} {','.join(adapters)}")
+        answer = await self.wait_received(name, events, adapters, drain_timeout_s)
         used = cpu.stop()
         progress(
             f"phase {name}: {events} events in {published_s:.2f}s "

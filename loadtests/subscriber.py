@@ -4,7 +4,10 @@ consumers and measures publish→receive latency from the ``t`` (wall time the
 producer took just before its ``publish`` call) in each payload.
 
 Run: ``python -m loadtests.subscriber --ws URL --realtime URL``. It prints
-``ready`` once both paths are subscribed. Per phase (the payload's ``phase``)
+``ready`` once both paths are subscribed. ``--realtime-ws URL`` instead of
+``--realtime``: what it counts as the Realtime path comes from a second
+WebSocket fan-out at URL (``publish-overhead``, which swaps the second path);
+with neither, it listens on the WebSocket path alone. Per phase (the payload's ``phase``)
 and adapter it counts distinct sequence ids, duplicates and checksum
 mismatches and keeps every latency, also in time bins of ``--bin`` seconds.
 
@@ -36,6 +39,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
 from typing import Any
 
 from broadcaster.consumer import ReceiptCollector
@@ -206,7 +210,9 @@ async def _control(recorder: Recorder, reader: asyncio.StreamReader, stop: async
             print(json.dumps({"error": f"unknown command {line!r}"}), flush=True)
 
 
-async def _run(ws_url: str, rt_url: str, bin_s: float, control: bool) -> dict[str, Any]:
+async def _run(
+    ws_url: str, rt_url: str | None, bin_s: float, control: bool, *, rt_over_ws: bool = False
+) -> dict[str, Any]:
     recorder = Recorder(bin_s)
     ws_col = ReceiptCollector("websocket", on_event=recorder.handler("websocket"), track_seen=False)
     rt_col = ReceiptCollector("realtime", on_event=recorder.handler("realtime"), track_seen=False)
@@ -221,10 +227,12 @@ async def _run(ws_url: str, rt_url: str, bin_s: float, control: bool) -> dict[st
         line = (await reader.readline()).decode().strip()
         if line != "start":
             raise SystemExit(f"expected 'start' on stdin, got {line!r}")
-    async with (
-        RealtimeSubscriber(rt_url, collector=rt_col),
-        WebSocketSubscriber(ws_url, collector=ws_col),
-    ):
+    async with AsyncExitStack() as paths:
+        if rt_url is not None and rt_over_ws:
+            await paths.enter_async_context(WebSocketSubscriber(rt_url, collector=rt_col))
+        elif rt_url is not None:
+            await paths.enter_async_context(RealtimeSubscriber(rt_url, collector=rt_col))
+        await paths.enter_async_context(WebSocketSubscriber(ws_url, collector=ws_col))
         print("ready", flush=True)
         task = loop.create_task(_control(recorder, reader, stop)) if reader else None
         await stop.wait()
@@ -237,12 +245,18 @@ async def _run(ws_url: str, rt_url: str, bin_s: float, control: bool) -> dict[st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ws", required=True)
-    parser.add_argument("--realtime", required=True)
+    second = parser.add_mutually_exclusive_group()
+    second.add_argument("--realtime", help="the Realtime server's URL")
+    second.add_argument(
+        "--realtime-ws", help="a WebSocket fan-out URL standing in for the Realtime path"
+    )
     parser.add_argument("--bin", type=float, default=0.25, help="time bin width, seconds")
     parser.add_argument("--control", action="store_true", help="read commands on stdin")
     args = parser.parse_args(argv)
     configure_logging("console", "WARNING")  # stdout carries the results
-    result = asyncio.run(_run(args.ws, args.realtime, args.bin, args.control))
+    rt_over_ws = args.realtime_ws is not None
+    rt_url = args.realtime_ws if rt_over_ws else args.realtime
+    result = asyncio.run(_run(args.ws, rt_url, args.bin, args.control, rt_over_ws=rt_over_ws))
     print(json.dumps(result), flush=True)
     return 0
 

@@ -139,6 +139,24 @@ def test_dual_vs_single(smoke: Smoke) -> None:
     assert r["order"][-1] == "interleaved-latency"
 
 
+def test_publish_overhead(smoke: Smoke) -> None:
+    r = smoke.results["publish-overhead"]
+    assert r["lost"] == 0
+    assert r["checksum_mismatches"] == 0
+    assert list(r["paths"]) == ["realtime", "websocket", "none"]
+    for path, figures in r["paths"].items():
+        for mode in ("dual", "single"):
+            assert figures[mode]["calls"] > 0, (path, mode)
+            assert _finite_positive(figures[mode]["publish_p50_ms"]), (path, mode)
+        for key in ("ratio_p50", "ratio_p99", "broadcaster_cpu_us_per_event"):
+            assert _finite_positive(figures[key]), (path, key)
+        assert figures["second_path_events"] == figures["dual"]["calls"]
+        # Both network paths delivered every dual-write event to the
+        # subscriber; the drop adapter's reached nobody.
+        expected = 0 if path == "none" else figures["second_path_events"]
+        assert figures["second_path_received"] == expected, path
+
+
 def test_checksum_cost(smoke: Smoke) -> None:
     r = smoke.results["checksum-cost"]
     for algorithm in ("crc32", "sha256"):
@@ -457,6 +475,10 @@ def test_all_passes_options_to_the_right_scenarios(tmp_path: Path) -> None:
         ["sustained", "--rate", "fast"],
         ["sustained", "--rate", "-5"],
         ["store", "--plot", "x.png"],
+        ["publish-overhead", "--paths", "realtime,pigeon"],
+        ["publish-overhead", "--paths", ","],
+        ["publish-overhead", "--rounds", "0"],
+        ["publish-overhead", "--rounds", "two"],
         ["nonsense"],
         [],
     ],

@@ -14,6 +14,7 @@ from . import (  # noqa
     checksum_cost,
     dual_vs_single,
     failover,
+    publish_overhead,
     raw_limit,
     reconcile,
     store,
@@ -27,6 +28,7 @@ SCENARIOS: dict[str, ModuleType] = {
     for module in (
         sustained,
         dual_vs_single,
+        publish_overhead,
         checksum_cost,
         reconcile,
         store,

@@ -1,0 +1,160 @@
+"""``publish-overhead``: what of dual-write's ``publish()`` cost is the
+broadcaster's, and what is the second transport's.
+
+``dual-vs-single``'s interleaved latency phase (routing switched between
+dual- and single-write every ``ALTERNATE_S``, ``--rate`` events/s from
+``--latency-producers`` callers, one ``publish()`` per event), run once per
+second path, each in a fresh :class:`~loadtests._stack.Stack`:
+
+* ``realtime``: the real Realtime adapter (the official client, the local
+  Realtime server in its own process): what ``dual-vs-single`` measures;
+* ``websocket``: a second WebSocket fan-out server in its place, its
+  subscriber in the same subscriber process: the plainest second network
+  path (one frame per batch, one transport write, no reply to wait for);
+* ``none``: an adapter that acknowledges and drops every batch: no
+  transport, only the broadcaster's own part (a second lane, its
+  acknowledgements in the store).
+
+Per path: calls and ``publish()`` p50/p99 per mode, the dual ÷ single ratios,
+the broadcaster's CPU per event, and how many events went to the second path
+and how many of them its subscriber received (none with ``none``; ``lost``
+counts the WebSocket path, the one every phase waits for). ``--rounds`` repeats the set, in
+mirrored order (a drift over the run weighs on every path alike), and pools
+each path's calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .._common import load_average, progress
+from .._stack import SECOND_PATHS, PhaseResult, Stack
+from .dual_vs_single import ALTERNATE_S, interleaved_figures
+
+NAME = "publish-overhead"
+HELP = "dual/single publish() ratio with the real Realtime path, a plain WebSocket one, none"
+DEFAULTS: dict[str, Any] = {"seconds": 10.0, "rate": 2000.0, "realtime": "process", "rounds": 1}
+SMOKE: dict[str, Any] = {"seconds": 0.5, "rate": 500.0, "realtime": "embedded", "rounds": 1}
+PLOTS = False
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=float, help="length of each path's phase (default 10)")
+    parser.add_argument("--rate", type=float, help="paced publish() rate (default 2000)")
+    parser.add_argument(
+        "--latency-producers",
+        type=int,
+        default=16,
+        help="concurrent publish() callers (as dual-vs-single)",
+    )
+    parser.add_argument("--rounds", type=_positive_int, help="times each path runs (default 1)")
+    parser.add_argument(
+        "--paths",
+        type=_paths,
+        default=SECOND_PATHS,
+        help=f"comma-separated second paths, of {','.join(SECOND_PATHS)} (default all)",
+    )
+    parser.add_argument(
+        "--realtime",
+        choices=("process", "embedded"),
+        help="where the local Realtime server runs (--smoke: embedded)",
+    )
+    parser.add_argument("--category", default="SYSTEM", type=str.upper, help="category published")
+    parser.add_argument("--payload-bytes", type=int, default=200, help="approximate payload size")
+
+
+def _paths(value: str) -> tuple[str, ...]:
+    paths = tuple(p.strip() for p in value.split(",") if p.strip())
+    unknown = [p for p in paths if p not in SECOND_PATHS]
+    if not paths or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(SECOND_PATHS)}, not {value!r}"
+        )
+    return paths
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {value!r}")
+    return number
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else float("nan")
+
+
+def _figures(phases: list[PhaseResult]) -> dict[str, Any]:
+    """One path's figures from its interleaved phases (one per round)."""
+    figures = interleaved_figures(phases)
+    del figures["alternate_s"]  # the result has it once
+    dual, single = figures["dual"], figures["single"]
+    figures["ratio_p50"] = _ratio(dual["publish_p50_ms"], single["publish_p50_ms"])
+    figures["ratio_p99"] = _ratio(dual["publish_p99_ms"], single["publish_p99_ms"])
+    events = sum(p.figures["events"] for p in phases)
+    figures["broadcaster_cpu_us_per_event"] = round(
+        sum(p.figures["cpu_s"]["broadcaster"] for p in phases) / max(1, events) * 1e6, 1
+    )
+    figures["second_path_events"] = dual["calls"]
+    figures["second_path_received"] = sum(p.figures["second_path_received"] for p in phases)
+    figures["lost"] = sum(p.figures["lost"] for p in phases)
+    figures["checksum_mismatches"] = max(p.figures["checksum_mismatches"] for p in phases)
+    return figures
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    load = load_average()
+    phases: dict[str, list[PhaseResult]] = {path: [] for path in args.paths}
+    for round_ in range(args.rounds):
+        order = args.paths if round_ % 2 == 0 else tuple(reversed(args.paths))
+        for path in order:
+            progress(
+                f"second path {path} (round {round_ + 1}/{args.rounds}): publish() latency"
+                f" at {args.rate:g} events/s, dual and single switching every {ALTERNATE_S:g}s"
+            )
+            stack = Stack(
+                embedded_realtime=args.realtime == "embedded",
+                second_path=path,
+            )
+            async with stack:
+                phase = await stack.phase(
+                    f"{path}-{round_ + 1}",
+                    rate=args.rate,
+                    single_calls=True,
+                    producers=args.latency_producers,
+                    # Every event reaches the WebSocket path; the second only
+                    # the dual ones (and with "none" no subscriber sees them).
+                    adapters=("websocket",),
+                    alternate_s=ALTERNATE_S,
+                    seconds=args.seconds,
+                    category=args.category,
+                    payload_bytes=args.payload_bytes,
+                )
+                # The dual-write calls' events also went the second way: wait
+                # for them there too (none with "none"), to show the swap
+                # carried traffic.
+                sent = sum(1 for single in phase.call_single if not single)
+                received = 0
+                if path != "none":
+                    answer = await stack.wait_received(phase.name, sent, ("realtime",))
+                    received = answer["counts"]["realtime"]
+            stack.complete([phase])
+            phase.figures["second_path_received"] = received
+            phases[path].append(phase)
+    per_path = {path: _figures(results) for path, results in phases.items()}
+    return {
+        "scenario": NAME,
+        "rate": args.rate,
+        "latency_producers": args.latency_producers,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "alternate_s": ALTERNATE_S,
+        "paths": per_path,
+        "lost": sum(f["lost"] for f in per_path.values()),
+        "checksum_mismatches": sum(f["checksum_mismatches"] for f in per_path.values()),
+        "load_avg_1m": load,
+    }
