@@ -116,6 +116,8 @@ class PhaseResult:
     call_latencies: list[float] = field(default_factory=list)
     #: With ``alternate_s``: per call, whether single-write was in force when it began.
     call_single: list[bool] = field(default_factory=list)
+    #: With ``call_cpu``: the thread CPU time of every publish call, seconds.
+    call_cpu: list[float] = field(default_factory=list)
 
 
 def _end(proc: subprocess.Popen[str]) -> None:
@@ -315,6 +317,7 @@ class Stack:
         adapters: Sequence[str] = ADAPTERS,
         drain_timeout_s: float = 60.0,
         alternate_s: float | None = None,
+        call_cpu: bool = False,
     ) -> PhaseResult:
         """Publish for ``seconds`` at ``rate`` events/s (None: as fast as
         possible) from ``producers`` tasks, in ``publish_many`` calls of up to
@@ -324,7 +327,9 @@ class Stack:
         ``alternate_s``: switch between dual- and single-write every so many
         seconds, starting with dual, and note per call which was in force when
         it began (``call_single``; routing is decided before ``publish()``'s
-        first await, so the note is exact); ends in dual-write.
+        first await, so the note is exact); ends in dual-write. ``call_cpu``
+        (with ``single_calls``): also the loop thread's CPU time during each
+        call (``call_cpu``), to tell a call's own work from its waiting.
 
         Figures: events, achieved (publish) and delivered (end-to-end) rates,
         publish-call latency, per-adapter latency/lost/duplicates, CPU seconds
@@ -338,6 +343,8 @@ class Stack:
         published = Bins(self._bin_s)
         call_latencies: list[float] = []
         call_single: list[bool] = []
+        call_cpus: list[float] = []
+        thread_time = time.thread_time if call_cpu else None
         single_now = [False]
         counts = [0] * producers
         calls = [0] * producers
@@ -357,11 +364,17 @@ class Stack:
                 t = clock()
                 single = single_now[0]
                 if single_calls:
-                    t0 = perf()
-                    await b.publish(
-                        category, "bench.tick", {"t": t, "phase": name, "p": p, "i": i, "pad": pad}
-                    )
-                    dt = perf() - t0
+                    payload = {"t": t, "phase": name, "p": p, "i": i, "pad": pad}
+                    if thread_time is not None:
+                        c0 = thread_time()
+                        t0 = perf()
+                        await b.publish(category, "bench.tick", payload)
+                        dt = perf() - t0
+                        call_cpus.append(thread_time() - c0)
+                    else:
+                        t0 = perf()
+                        await b.publish(category, "bench.tick", payload)
+                        dt = perf() - t0
                 else:
                     events = [
                         {
@@ -430,6 +443,7 @@ class Stack:
             published,
             call_latencies=call_latencies,
             call_single=call_single if alternate_s is not None else [],
+            call_cpu=call_cpus,
         )
 
     def complete(self, results: Sequence[PhaseResult]) -> None:

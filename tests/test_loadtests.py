@@ -125,6 +125,7 @@ def test_dual_vs_single(smoke: Smoke) -> None:
     assert set(ratios) == {
         "publish_p50",
         "publish_p99",
+        "publish_cpu_p50",
         "publish_p50_phases",
         "publish_p99_phases",
         "max_events_per_s",
@@ -136,6 +137,7 @@ def test_dual_vs_single(smoke: Smoke) -> None:
         figures = r["interleaved"][mode]
         assert figures["calls"] > 0, mode
         assert _finite_positive(figures["publish_p50_ms"]), mode
+        assert 0 < figures["publish_cpu_p10_ms"] <= figures["publish_cpu_p50_ms"], mode
     assert r["order"][-1] == "interleaved-latency"
 
 
@@ -148,7 +150,9 @@ def test_publish_overhead(smoke: Smoke) -> None:
         for mode in ("dual", "single"):
             assert figures[mode]["calls"] > 0, (path, mode)
             assert _finite_positive(figures[mode]["publish_p50_ms"]), (path, mode)
-        for key in ("ratio_p50", "ratio_p99", "broadcaster_cpu_us_per_event"):
+            cpu = figures[mode]
+            assert 0 < cpu["publish_cpu_p10_ms"] <= cpu["publish_cpu_p50_ms"], (path, mode)
+        for key in ("ratio_p50", "ratio_p99", "ratio_cpu_p50", "broadcaster_cpu_us_per_event"):
             assert _finite_positive(figures[key]), (path, key)
         assert figures["second_path_events"] == figures["dual"]["calls"]
         # Both network paths delivered every dual-write event to the

@@ -15,7 +15,9 @@ second path, each in a fresh :class:`~loadtests._stack.Stack`:
   transport, only the broadcaster's own part (a second lane, its
   acknowledgements in the store).
 
-Per path: calls and ``publish()`` p50/p99 per mode, the dual ÷ single ratios,
+Per path: calls, ``publish()`` p50/p99 and the loop thread's CPU time
+during a call (p10/p50: a call's own work, as against waiting) per mode, the
+dual ÷ single ratios,
 the broadcaster's CPU per event, and how many events went to the second path
 and how many of them its subscriber received (none with ``none``; ``lost``
 counts the WebSocket path, the one every phase waits for). ``--rounds`` repeats the set, in
@@ -95,6 +97,7 @@ def _figures(phases: list[PhaseResult]) -> dict[str, Any]:
     dual, single = figures["dual"], figures["single"]
     figures["ratio_p50"] = _ratio(dual["publish_p50_ms"], single["publish_p50_ms"])
     figures["ratio_p99"] = _ratio(dual["publish_p99_ms"], single["publish_p99_ms"])
+    figures["ratio_cpu_p50"] = _ratio(dual["publish_cpu_p50_ms"], single["publish_cpu_p50_ms"])
     events = sum(p.figures["events"] for p in phases)
     figures["broadcaster_cpu_us_per_event"] = round(
         sum(p.figures["cpu_s"]["broadcaster"] for p in phases) / max(1, events) * 1e6, 1
@@ -133,6 +136,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     seconds=args.seconds,
                     category=args.category,
                     payload_bytes=args.payload_bytes,
+                    call_cpu=True,
                 )
                 # The dual-write calls' events also went the second way: wait
                 # for them there too (none with "none"), to show the swap
