@@ -14,9 +14,9 @@ where the Realtime service is remote and consumers are other programs:
 ``second_path`` swaps what stands in the Realtime adapter's place (its name,
 ``realtime``, stays, so routing, lanes and reports are unchanged): ``websocket``
 a second WebSocket fan-out server, whose subscriber is the same subscriber
-process (no Realtime server then), or ``none``, :class:`DropAdapter` (no
-transport; no subscriber for that path: phases must then wait for
-``websocket`` alone). The ``publish-overhead`` scenario compares them.
+process, or ``none``, :class:`DropAdapter` (no transport; no subscriber for
+that path: phases must then wait for ``websocket`` alone). Neither starts a
+Realtime server. The ``publish-overhead`` scenario compares them.
 
 :meth:`Stack.phase` runs producers for a while — paced by a shared
 :class:`~loadtests._common.TokenBucket` or as fast as they can — waits until
