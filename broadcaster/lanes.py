@@ -212,6 +212,20 @@ class Lane:
         marked ``PENDING`` instead of sent (and backfilled later)."""
         if not records:
             return
+        if len(records) == 1 and live and not repair:
+            # publish()'s case, in its caller's step: one record, no
+            # generators or filtered copies (measured per lane in a tight
+            # publish loop: 2.2-3.3 -> 1.8-2.7 µs, most of the rest the wake).
+            breaker = self.breaker
+            if breaker is None or breaker.share >= 100:
+                record = records[0]
+                self._held.add(record.sequence_id)
+                self._queue.append(record)
+                self._outstanding += 1
+                self._idle.clear()
+                self._wake.set()
+                self._changed.fire()
+                return
         if repair:
             self._repairing.update(r.sequence_id for r in records)
         send: Sequence[EventRecord] = records
