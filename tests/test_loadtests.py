@@ -244,9 +244,14 @@ def test_all_prints_a_table_and_writes_results(smoke: Smoke) -> None:
     assert (smoke.out / "results.md").read_text().startswith("| figure (")
 
 
-def test_plot_is_a_png(smoke: Smoke) -> None:
-    png = smoke.out / "sustained.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_every_timed_scenario_plots_a_png(smoke: Smoke) -> None:
+    plotted = [name for name, module in SCENARIOS.items() if module.PLOTS]
+    assert {"sustained", "dual-vs-single", "publish-overhead", "failover", "raw-limit"} <= set(
+        plotted
+    )
+    for name in plotted:
+        png = smoke.out / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
 # -- in-process: helpers and argument handling ---------------------------------

@@ -32,13 +32,14 @@ from typing import Any
 
 from .._common import load_average, progress
 from .._stack import SECOND_PATHS, PhaseResult, Stack
+from ..plotting import plot_timeline
 from .dual_vs_single import ALTERNATE_S, interleaved_figures
 
 NAME = "publish-overhead"
 HELP = "dual/single publish() ratio with the real Realtime path, a plain WebSocket one, none"
 DEFAULTS: dict[str, Any] = {"seconds": 10.0, "rate": 2000.0, "realtime": "process", "rounds": 1}
 SMOKE: dict[str, Any] = {"seconds": 0.5, "rate": 500.0, "realtime": "embedded", "rounds": 1}
-PLOTS = False
+PLOTS = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--category", default="SYSTEM", type=str.upper, help="category published")
     parser.add_argument("--payload-bytes", type=int, default=200, help="approximate payload size")
+    parser.add_argument("--bin", type=float, default=0.25, help="plot bin width, seconds")
 
 
 def _paths(value: str) -> tuple[str, ...]:
@@ -120,6 +122,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 f" at {args.rate:g} events/s, dual and single switching every {ALTERNATE_S:g}s"
             )
             stack = Stack(
+                bin_s=args.bin,
                 embedded_realtime=args.realtime == "embedded",
                 second_path=path,
             )
@@ -150,6 +153,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             phase.figures["second_path_received"] = received
             phases[path].append(phase)
     per_path = {path: _figures(results) for path, results in phases.items()}
+    if args.plot:
+        _plot(args.plot, phases, args.bin)
     return {
         "scenario": NAME,
         "rate": args.rate,
@@ -162,3 +167,26 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "checksum_mismatches": sum(f["checksum_mismatches"] for f in per_path.values()),
         "load_avg_1m": load,
     }
+
+
+def _plot(path: str, phases: dict[str, list[PhaseResult]], bin_s: float) -> None:
+    """One timeline across every path's phases (each starts at its marker):
+    the producers' call latency per path and what the WebSocket subscriber got."""
+    ordered = sorted((p for results in phases.values() for p in results), key=lambda p: p.started_t)
+    series: dict[str, list[list[float]]] = {}
+    for second, results in phases.items():
+        for phase in results:
+            series.setdefault(f"published, second path {second} (call latency)", []).extend(
+                phase.published.rows(origin=0.0)
+            )
+            for adapter, bins in phase.received.items():
+                series.setdefault(f"received {adapter}", []).extend(bins)
+    plot_timeline(
+        path,
+        "publish-overhead: dual and single interleaved, per second path",
+        series,
+        bin_s=bin_s,
+        origin=ordered[0].started_t,
+        markers={p.name: p.started_t for p in ordered},
+    )
+    progress(f"wrote {path}")
