@@ -365,16 +365,12 @@ class Stack:
                 single = single_now[0]
                 if single_calls:
                     payload = {"t": t, "phase": name, "p": p, "i": i, "pad": pad}
+                    c0 = thread_time() if thread_time is not None else 0.0
+                    t0 = perf()
+                    await b.publish(category, "bench.tick", payload)
+                    dt = perf() - t0
                     if thread_time is not None:
-                        c0 = thread_time()
-                        t0 = perf()
-                        await b.publish(category, "bench.tick", payload)
-                        dt = perf() - t0
                         call_cpus.append(thread_time() - c0)
-                    else:
-                        t0 = perf()
-                        await b.publish(category, "bench.tick", payload)
-                        dt = perf() - t0
                 else:
                     events = [
                         {

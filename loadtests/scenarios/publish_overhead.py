@@ -33,7 +33,7 @@ from typing import Any
 from .._common import load_average, progress
 from .._stack import SECOND_PATHS, PhaseResult, Stack
 from ..plotting import plot_timeline
-from .dual_vs_single import ALTERNATE_S, interleaved_figures
+from .dual_vs_single import ALTERNATE_S, _ratio, interleaved_figures
 
 NAME = "publish-overhead"
 HELP = "dual/single publish() ratio with the real Realtime path, a plain WebSocket one, none"
@@ -86,10 +86,6 @@ def _positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {value!r}")
     return number
-
-
-def _ratio(a: float, b: float) -> float:
-    return round(a / b, 3) if b else float("nan")
 
 
 def _figures(phases: list[PhaseResult]) -> dict[str, Any]:
