@@ -72,12 +72,33 @@ def config(**overrides: object) -> BreakerConfig:
     return BreakerConfig(**values)  # type: ignore[arg-type]
 
 
-def make(rt: MemoryAdapter, store: MemoryStore, **overrides: object) -> Broadcaster:
+class SkewedClock:
+    """The monotonic clock plus an offset a test moves on (:meth:`jump`): time
+    still passes (lanes sleep for real), and a test makes a long step happen
+    exactly when it decides, however slow the machine."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def jump(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+def make(
+    rt: MemoryAdapter,
+    store: MemoryStore,
+    monotonic: SkewedClock | None = None,
+    **overrides: object,
+) -> Broadcaster:
     return Broadcaster(
         load_settings(env_file=None),
         adapters=[MemoryAdapter("websocket"), rt],
         store=store,
         breaker_config=lambda name: config(**overrides),
+        monotonic=monotonic if monotonic is not None else time.monotonic,
     )
 
 
@@ -140,9 +161,13 @@ async def test_recovery_probes_with_stored_events_then_backfills_each_once() -> 
 
 
 async def test_ramp_sends_stable_share_live_and_backfills_the_rest() -> None:
-    rt, store = FaultyAdapter("realtime"), MemoryStore()
+    # Ramp steps of an hour, taken by jumping the clock: the test, not the
+    # machine's speed, decides when the share widens (with 0.3 s real steps a
+    # stalled loop could skip one).
+    rt, store, clock = FaultyAdapter("realtime"), MemoryStore(), SkewedClock()
+    step_s = 3600.0
     rt.mode = "down"
-    async with make(rt, store, ramp_step_s=0.3) as b:
+    async with make(rt, store, clock, ramp_step_s=step_s) as b:
         await b.publish("CRITICAL", "e", {}, key="warmup")
         await b.flush(timeout=5)
         rt.mode = "ok"
@@ -152,26 +177,29 @@ async def test_ramp_sends_stable_share_live_and_backfills_the_rest() -> None:
             await b.publish("CRITICAL", "e", {}, key="half-open")
             await asyncio.sleep(0.01)  # a steady stream
         shares: list[int] = []
-        live_ok = True
+        live = Counter[tuple[int, bool]]()
+        mismatched: list[tuple[int, str]] = []
         i = 0
         while breaker.share < 100:
             share = breaker.share
             shares.append(share)
-            key = f"k{i}"
-            before = len(rt.sequence_ids)
-            receipt = await b.publish("CRITICAL", "e", {"i": i}, key=key)
-            await b.lane("realtime").wait_idle()
-            went_live = len(rt.sequence_ids) > before and receipt.sequence_id in rt.sequence_ids
-            if went_live != (bucket("CRITICAL", key) < share) and breaker.share == share:
-                live_ok = False
-            i += 1
-            await asyncio.sleep(0.005)  # a steady stream
+            for _ in range(40):
+                key = f"k{i}"
+                before = len(rt.sequence_ids)
+                receipt = await b.publish("CRITICAL", "e", {"i": i}, key=key)
+                await b.lane("realtime").wait_idle()
+                went_live = len(rt.sequence_ids) > before and receipt.sequence_id in rt.sequence_ids
+                live[share, went_live] += 1
+                if went_live != (bucket("CRITICAL", key) < share):
+                    mismatched.append((share, key))
+                i += 1
+            clock.jump(step_s)
         await b.flush(timeout=10)
         total = await b.store.last_sequence_id()
-    assert shares == sorted(shares)  # the ramp only widens
-    assert sorted(set(shares)) == [10, 25, 50]
-    assert live_ok
-    assert sorted(set(rt.sequence_ids)) == list(range(1, total + 1))
+    assert shares == [10, 25, 50]  # one step per jump, none skipped
+    assert mismatched == []  # live iff the key's bucket is inside the share
+    assert all(live[share, True] and live[share, False] for share in shares)
+    assert sorted(set(rt.sequence_ids)) == list(range(1, total + 1))  # the rest backfilled
     assert len(rt.sequence_ids) == total  # nothing sent twice
 
 
