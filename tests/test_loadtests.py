@@ -161,6 +161,59 @@ def test_publish_overhead(smoke: Smoke) -> None:
         assert figures["second_path_received"] == expected, path
 
 
+def test_publish_overhead_parts_splits_each_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out = _in_process(["publish-overhead", "--smoke", "--parts", "--paths", "none"])
+    assert code == 0
+    figures = json.loads(out.strip().splitlines()[-1])["paths"]["none"]
+    for mode in ("dual", "single"):
+        parts = figures["parts"][mode]
+        # publish() commits in its own step nearly always: most calls are timed.
+        assert 0 < parts["commit_calls"] <= figures[mode]["calls"]
+        assert 0 < parts["handoff_calls"] <= figures[mode]["calls"]
+        for part in ("commit", "handoff"):
+            assert 0 < parts[f"{part}_cpu_p10_ms"] <= parts[f"{part}_cpu_p50_ms"], (mode, part)
+        assert parts["commit_cpu_p50_ms"] < figures[mode]["publish_cpu_p50_ms"]
+        assert math.isfinite(parts["other_p50_ms"])
+
+
+async def test_call_parts_probe_times_by_mode_and_puts_the_methods_back(tmp_path: Path) -> None:
+    from broadcaster import Broadcaster
+    from broadcaster.adapters.memory import MemoryAdapter
+    from broadcaster.settings import load_settings
+    from loadtests.scenarios.publish_overhead import CallParts
+
+    settings = load_settings(env_file=None, store_url=f"sqlite:///{tmp_path / 'p.db'}")
+    adapters = [MemoryAdapter("websocket"), MemoryAdapter("realtime")]
+    async with Broadcaster(settings, adapters=adapters) as b:
+        b.set_routing(b.routing.with_override("all"))
+        with CallParts(b) as probe:
+            await b.publish("SYSTEM", "e", {"i": 1})
+            b.set_routing(b.routing.with_override("websocket"))
+            await b.publish("SYSTEM", "e", {"i": 2})
+            await b.publish("SYSTEM", "e", {"i": 3})
+        await b.publish("SYSTEM", "e", {"i": 4})  # not timed: the probe is gone
+        assert "append_now" not in vars(b.store) and "_dispatch" not in vars(b)
+    counts = {key: len(values) for key, values in probe.cpu.items()}
+    assert counts == {
+        ("dual", "commit"): 1,
+        ("dual", "handoff"): 1,
+        ("single", "commit"): 2,
+        ("single", "handoff"): 2,
+    }
+    figures = probe.figures({"dual": 1.0, "single": 1.0})
+    assert figures["single"]["commit_calls"] == 2
+    assert figures["dual"]["other_p50_ms"] == round(
+        1.0 - figures["dual"]["commit_cpu_p50_ms"] - figures["dual"]["handoff_cpu_p50_ms"], 4
+    )
+    other = CallParts(b)
+    other.cpu["dual", "commit"].append(0.5)
+    probe.merge(other)
+    assert len(probe.cpu["dual", "commit"]) == 2
+
+
 def test_checksum_cost(smoke: Smoke) -> None:
     r = smoke.results["checksum-cost"]
     for algorithm in ("crc32", "sha256"):

@@ -23,14 +23,29 @@ and how many of them its subscriber received (none with ``none``; ``lost``
 counts the WebSocket path, the one every phase waits for). ``--rounds`` repeats the set, in
 mirrored order (a drift over the run weighs on every path alike), and pools
 each path's calls.
+
+``--parts`` adds a probe that splits each call's CPU time into the store
+commit (``Store.append_now``, the call's own commit) and the hand-off of the
+committed record to the lanes (the broadcaster's ``_dispatch``), per mode
+(``parts``: p10/p50 of each, and ``other``: the call's CPU less the two).
+The probe wraps those two methods on the running instances for the phase
+and costs each call ~1-2 µs in both modes; off by default, so the ratios of
+a plain run carry no probe.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import Any
 
-from .._common import load_average, progress
+from broadcaster import Broadcaster
+from broadcaster.events import EventDraft, EventRecord
+
+from .._common import load_average, percentile, progress
 from .._stack import SECOND_PATHS, PhaseResult, Stack
 from ..plotting import plot_timeline
 from .dual_vs_single import ALTERNATE_S, _ratio, interleaved_figures
@@ -66,6 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--category", default="SYSTEM", type=str.upper, help="category published")
     parser.add_argument("--payload-bytes", type=int, default=200, help="approximate payload size")
     parser.add_argument("--bin", type=float, default=0.25, help="plot bin width, seconds")
+    parser.add_argument(
+        "--parts",
+        action="store_true",
+        help="also split each call's CPU into commit, hand-off to the lanes and the rest",
+    )
 
 
 def _paths(value: str) -> tuple[str, ...]:
@@ -86,6 +106,79 @@ def _positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {value!r}")
     return number
+
+
+_Items = Sequence[tuple[EventDraft, tuple[str, ...]]]
+
+
+class CallParts:
+    """The probe of ``--parts``: the loop thread's CPU time of every one-event
+    commit in ``publish()``'s own step and of every one-record hand-off to the
+    lanes, keyed by mode (dual: the event was routed to two adapters).
+    ``with CallParts(b):`` wraps ``b.store.append_now`` and ``b._dispatch``
+    on the instances, and puts the methods back on exit."""
+
+    def __init__(self, b: Broadcaster) -> None:
+        self._b = b
+        self.cpu: dict[tuple[str, str], list[float]] = {
+            (mode, part): [] for mode in ("dual", "single") for part in ("commit", "handoff")
+        }
+
+    def __enter__(self) -> CallParts:
+        b, store, clock = self._b, self._b.store, time.thread_time
+        append_now: Callable[[_Items], list[EventRecord] | None] = store.append_now
+        dispatch: Callable[[list[EventRecord], _Items], None] = b._dispatch
+        commits, dual_commits = self.cpu["single", "commit"], self.cpu["dual", "commit"]
+        handoffs, dual_handoffs = self.cpu["single", "handoff"], self.cpu["dual", "handoff"]
+
+        def timed_append_now(items: _Items) -> list[EventRecord] | None:
+            c0 = clock()
+            records = append_now(items)
+            if records is not None and len(items) == 1:
+                (dual_commits if len(items[0][1]) > 1 else commits).append(clock() - c0)
+            return records
+
+        def timed_dispatch(records: list[EventRecord], items: _Items) -> None:
+            c0 = clock()
+            dispatch(records, items)
+            if len(items) == 1:
+                (dual_handoffs if len(items[0][1]) > 1 else handoffs).append(clock() - c0)
+
+        store.append_now = timed_append_now  # type: ignore[method-assign]
+        b._dispatch = timed_dispatch  # type: ignore[method-assign]
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        del self._b.store.append_now  # type: ignore[attr-defined]
+        del self._b._dispatch  # type: ignore[attr-defined]
+
+    def merge(self, other: CallParts) -> None:
+        """Pool ``other``'s timings into this one (rounds of one path)."""
+        for key, values in other.cpu.items():
+            self.cpu[key].extend(values)
+
+    def figures(self, call_cpu_p50_ms: dict[str, float]) -> dict[str, Any]:
+        """Per mode, p10/p50 ms of each part; ``other_p50_ms``: the calls'
+        CPU p50 (``call_cpu_p50_ms[mode]``) less the parts' p50s (a
+        difference of medians: drafting, routing, the receipt, the probe)."""
+        result: dict[str, Any] = {}
+        for mode in ("dual", "single"):
+            parts: dict[str, Any] = {}
+            for part in ("commit", "handoff"):
+                values = self.cpu[mode, part]
+                parts[f"{part}_calls"] = len(values)
+                parts[f"{part}_cpu_p10_ms"] = round(percentile(values, 10) * 1000, 4)
+                parts[f"{part}_cpu_p50_ms"] = round(percentile(values, 50) * 1000, 4)
+            parts["other_p50_ms"] = round(
+                call_cpu_p50_ms[mode] - parts["commit_cpu_p50_ms"] - parts["handoff_cpu_p50_ms"], 4
+            )
+            result[mode] = parts
+        return result
 
 
 def _figures(phases: list[PhaseResult]) -> dict[str, Any]:
@@ -110,6 +203,7 @@ def _figures(phases: list[PhaseResult]) -> dict[str, Any]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     load = load_average()
     phases: dict[str, list[PhaseResult]] = {path: [] for path in args.paths}
+    parts: dict[str, CallParts] = {}
     for round_ in range(args.rounds):
         order = args.paths if round_ % 2 == 0 else tuple(reversed(args.paths))
         for path in order:
@@ -123,20 +217,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 second_path=path,
             )
             async with stack:
-                phase = await stack.phase(
-                    f"{path}-{round_ + 1}",
-                    rate=args.rate,
-                    single_calls=True,
-                    producers=args.latency_producers,
-                    # Every event reaches the WebSocket path; the second only
-                    # the dual ones (and with "none" no subscriber sees them).
-                    adapters=("websocket",),
-                    alternate_s=ALTERNATE_S,
-                    seconds=args.seconds,
-                    category=args.category,
-                    payload_bytes=args.payload_bytes,
-                    call_cpu=True,
-                )
+                probe = CallParts(stack.broadcaster) if args.parts else None
+                with probe if probe is not None else contextlib.nullcontext():
+                    phase = await stack.phase(
+                        f"{path}-{round_ + 1}",
+                        rate=args.rate,
+                        single_calls=True,
+                        producers=args.latency_producers,
+                        # Every event reaches the WebSocket path; the second only
+                        # the dual ones (and with "none" no subscriber sees them).
+                        adapters=("websocket",),
+                        alternate_s=ALTERNATE_S,
+                        seconds=args.seconds,
+                        category=args.category,
+                        payload_bytes=args.payload_bytes,
+                        call_cpu=True,
+                    )
                 # The dual-write calls' events also went the second way: wait
                 # for them there too (none with "none"), to show the swap
                 # carried traffic.
@@ -145,10 +241,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if path != "none":
                     answer = await stack.wait_received(phase.name, sent, ("realtime",))
                     received = answer["counts"]["realtime"]
+            if probe is not None and path in parts:
+                parts[path].merge(probe)
+            elif probe is not None:
+                parts[path] = probe
             stack.complete([phase])
             phase.figures["second_path_received"] = received
             phases[path].append(phase)
     per_path = {path: _figures(results) for path, results in phases.items()}
+    for path, probe in parts.items():
+        figures = per_path[path]
+        per_path[path]["parts"] = probe.figures(
+            {mode: figures[mode]["publish_cpu_p50_ms"] for mode in ("dual", "single")}
+        )
     if args.plot:
         _plot(args.plot, phases, args.bin)
     return {
