@@ -170,13 +170,24 @@ def test_publish_overhead_parts_splits_each_call(
     figures = json.loads(out.strip().splitlines()[-1])["paths"]["none"]
     for mode in ("dual", "single"):
         parts = figures["parts"][mode]
-        # publish() commits in its own step nearly always: most calls are timed.
-        assert 0 < parts["commit_calls"] <= figures[mode]["calls"]
-        assert 0 < parts["handoff_calls"] <= figures[mode]["calls"]
+        # Only one-event commits in publish()'s own step, and one-record
+        # hand-offs, are timed: on a loaded machine (coverage, asyncio debug)
+        # the loop lags and commits go through the writer task, so none may be.
         for part in ("commit", "handoff"):
-            assert 0 < parts[f"{part}_cpu_p10_ms"] <= parts[f"{part}_cpu_p50_ms"], (mode, part)
-        assert parts["commit_cpu_p50_ms"] < figures[mode]["publish_cpu_p50_ms"]
-        assert math.isfinite(parts["other_p50_ms"])
+            assert 0 <= parts[f"{part}_calls"] <= figures[mode]["calls"], (mode, part)
+            if parts[f"{part}_calls"]:
+                assert 0 < parts[f"{part}_cpu_p10_ms"] <= parts[f"{part}_cpu_p50_ms"], (mode, part)
+            else:
+                assert math.isnan(parts[f"{part}_cpu_p50_ms"]), (mode, part)
+        assert set(parts) == {
+            "commit_calls",
+            "commit_cpu_p10_ms",
+            "commit_cpu_p50_ms",
+            "handoff_calls",
+            "handoff_cpu_p10_ms",
+            "handoff_cpu_p50_ms",
+            "other_p50_ms",
+        }
 
 
 async def test_call_parts_probe_times_by_mode_and_puts_the_methods_back(tmp_path: Path) -> None:
@@ -197,21 +208,25 @@ async def test_call_parts_probe_times_by_mode_and_puts_the_methods_back(tmp_path
         await b.publish("SYSTEM", "e", {"i": 4})  # not timed: the probe is gone
         assert "append_now" not in vars(b.store) and "_dispatch" not in vars(b)
     counts = {key: len(values) for key, values in probe.cpu.items()}
-    assert counts == {
-        ("dual", "commit"): 1,
-        ("dual", "handoff"): 1,
-        ("single", "commit"): 2,
-        ("single", "handoff"): 2,
-    }
+    # Every call hands its one record over, whichever way it committed; it
+    # commits in its own step unless the loop lags (then the writer task
+    # commits, untimed): on a loaded machine some calls may.
+    assert counts["dual", "handoff"] == 1 and counts["single", "handoff"] == 2
+    assert counts["dual", "commit"] <= 1 and counts["single", "commit"] <= 2
+    assert all(c > 0 for values in probe.cpu.values() for c in values)
     figures = probe.figures({"dual": 1.0, "single": 1.0})
-    assert figures["single"]["commit_calls"] == 2
-    assert figures["dual"]["other_p50_ms"] == round(
-        1.0 - figures["dual"]["commit_cpu_p50_ms"] - figures["dual"]["handoff_cpu_p50_ms"], 4
-    )
+    assert figures["single"]["handoff_calls"] == 2
+    single = figures["single"]
+    expected = 1.0 - single["commit_cpu_p50_ms"] - single["handoff_cpu_p50_ms"]
+    if counts["single", "commit"]:
+        assert single["other_p50_ms"] == round(expected, 4)
+    else:
+        assert math.isnan(single["commit_cpu_p50_ms"]) and math.isnan(single["other_p50_ms"])
+    before = len(probe.cpu["dual", "commit"])
     other = CallParts(b)
     other.cpu["dual", "commit"].append(0.5)
     probe.merge(other)
-    assert len(probe.cpu["dual", "commit"]) == 2
+    assert probe.cpu["dual", "commit"][before:] == [0.5]
 
 
 def test_checksum_cost(smoke: Smoke) -> None:
