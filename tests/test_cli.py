@@ -60,6 +60,17 @@ def test_bad_configuration_from_env_file(
     assert "DUAL_WRITE_GLOBAL_OVERRIDE=kafka" in err
 
 
+@pytest.mark.parametrize("command", [["config", "check"], ["serve"], ["reconcile"]])
+def test_unsupported_store_url_exits_2_before_anything_starts(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It passed `config check` and crashed `serve` with a traceback once.
+    monkeypatch.setenv("STORE_URL", "mysql://db/events")
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("configuration error: STORE_URL=mysql://db/events")
+
+
 def test_bad_arguments_exit_2() -> None:
     assert run("no-such-command").returncode == 2
     result = run("subscribe", "--categories", "CRITICAL,BOGUS")

@@ -13,7 +13,13 @@ import pytest
 from broadcaster.events import Category
 from broadcaster.exceptions import ConfigError
 from broadcaster.routing import CategoryRoute
-from broadcaster.settings import CategorySettings, Settings, load_settings
+from broadcaster.settings import (
+    CategorySettings,
+    Settings,
+    StoreURL,
+    load_settings,
+    parse_store_url,
+)
 
 # -- SPEC 4's tables, spelled out ---------------------------------------------
 
@@ -395,6 +401,14 @@ INVALID = [
     ("REALTIME_BATCH_MAX", "0"),
     ("REALTIME_BATCH_BYTES", "10"),
     ("EVENT_MAX_BYTES", "0"),
+    ("STORE_URL", "mysql://db/events"),
+    ("STORE_URL", "broadcaster.db"),
+    ("STORE_URL", "sqlite:///"),
+    ("STORE_URL", "sqlite://host/x.db"),
+    ("STORE_URL", "sqlite:///x.db?cache=shared"),
+    ("STORE_URL", "sqlite:///x.db?synchronous=sometimes"),
+    ("STORE_URL", "sqlite:///x.db?wal_frames_max=0"),
+    ("STORE_URL", "sqlite:///x.db?busy_timeout_ms=soon"),
 ]
 
 
@@ -607,3 +621,44 @@ def test_reconcile_interval_and_retention(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(ConfigError) as info:
         load_settings(env_file=None)
     assert info.value.variable == "RETENTION_S" and "-1" in str(info.value)
+
+
+def test_parse_store_url() -> None:
+    assert parse_store_url("memory://") == StoreURL("memory", "memory://")
+    assert parse_store_url("postgres://u@h/db").kind == "postgresql"
+    assert parse_store_url("POSTGRESQL://u@h/db").kind == "postgresql"
+    default = parse_store_url("sqlite:///./broadcaster.db")
+    assert default == StoreURL("sqlite", "sqlite:///./broadcaster.db", "./broadcaster.db")
+    assert default.synchronous == "NORMAL" and default.wal_frames_max is None
+    full = parse_store_url(
+        "sqlite:////var/lib/b.db?synchronous=full&busy_timeout_ms=0&wal_frames_max=64"
+    )
+    assert (full.path, full.synchronous, full.busy_timeout_ms, full.wal_frames_max) == (
+        "/var/lib/b.db",
+        "FULL",
+        0,
+        64,
+    )
+    # A repeated option: the last one counts, as for parse_qs everywhere.
+    assert parse_store_url("sqlite:///x.db?synchronous=full&synchronous=off").synchronous == "OFF"
+    for bad, says in [
+        ("", "expected memory://"),
+        ("sqlite:///x.db?busy_timeout_ms=-1", "busy_timeout_ms='-1'"),
+        ("sqlite:///x.db?wal_frames_max=lots", "wal_frames_max='lots'"),
+        ("sqlite:///x.db?a=1&b=2", "unknown option(s) a, b"),
+        ("sqlite:///x.db?synchronous=", "synchronous=''"),
+    ]:
+        with pytest.raises(ValueError, match="unsupported STORE_URL") as info:
+            parse_store_url(bad)
+        assert says in str(info.value), (bad, str(info.value))
+
+
+def test_bad_store_url_fails_when_settings_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before the store is built: `config check` and every command exit 2 on it.
+    monkeypatch.setenv("STORE_URL", "mysql://db/events")
+    with pytest.raises(ConfigError) as info:
+        load_settings(None)
+    assert info.value.variable == "STORE_URL"
+    assert "expected memory://, sqlite:///path or postgresql://" in str(info.value)
+    with pytest.raises(ConfigError, match="STORE_URL"):
+        load_settings(None, store_url="sqlite:///")

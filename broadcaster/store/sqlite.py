@@ -112,6 +112,7 @@ import structlog
 
 from ..events import EventDraft, EventRecord, record_from_wire, seal
 from ..exceptions import StoreError, StoreUnavailable
+from ..settings import SQLITE_SYNCHRONOUS_MODES
 from ._batching import (
     GroupCommit,
     MarkRequest,
@@ -162,7 +163,7 @@ _ReceiptRow = tuple[int, str, str, int, str, int, str, str | None]
 _LOGGER_NAME: Final = "broadcaster.store.sqlite"
 
 #: Accepted values of the ``synchronous`` pragma (see the module docstring).
-SYNCHRONOUS_MODES: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
+SYNCHRONOUS_MODES: Final = SQLITE_SYNCHRONOUS_MODES
 
 #: Default largest write (events appended, or ids marked) run on the loop thread.
 LOOP_WRITE_MAX: Final = 1024
