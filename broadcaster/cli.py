@@ -223,8 +223,11 @@ def _serve(settings: Settings) -> int:
     try:
         asyncio.run(run_service(settings, freeze_gc=True))
     except OSError as exc:
-        print(f"serve: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        # The admin API could not listen (port taken, unknown host): a start-up
+        # failure like the WebSocket server's (a BroadcasterError), so exit 1
+        # as that does; the values themselves passed validation.
+        print(f"serve: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_PROBLEM
     except BroadcasterError as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return EXIT_PROBLEM

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -69,6 +70,24 @@ def test_unsupported_store_url_exits_2_before_anything_starts(
     assert main(command) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("configuration error: STORE_URL=mysql://db/events")
+
+
+@pytest.mark.parametrize("taken", ["ADMIN_PORT", "WEBSOCKET_PORT"])
+def test_serve_on_a_taken_port_exits_1_with_one_line_naming_it(
+    taken: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Both listeners fail alike (the admin API's exited 2 with "[Errno 98]").
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        monkeypatch.setenv("STORE_URL", "memory://")
+        for variable in ("ADMIN_PORT", "WEBSOCKET_PORT"):
+            monkeypatch.setenv(variable, str(port) if variable == taken else "0")
+        assert main(["serve"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("serve:")]
+    assert len(err) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in err[0] and "Errno" not in err[0]
 
 
 def test_bad_arguments_exit_2() -> None:
