@@ -88,6 +88,17 @@ class EventIn(BaseModel):
 _bearer = HTTPBearer(auto_error=False, description="BROADCASTER_ADMIN_TOKEN")
 
 
+def _token_name(request: Request, credentials: HTTPAuthorizationCredentials) -> str | None:
+    """The name of the presented token, None if it is unknown."""
+    tokens: list[tuple[str, bytes]] = request.app.state.tokens
+    given = credentials.credentials.strip().encode()
+    found = None
+    for name, token in tokens:  # every token compared, in constant time: no early exit
+        if hmac.compare_digest(given, token) and found is None:
+            found = name
+    return found
+
+
 def _authenticate(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -95,15 +106,37 @@ def _authenticate(
     """The name of the token presented; 401 for a missing or unknown one."""
     if credentials is None:
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    tokens: list[tuple[str, bytes]] = request.app.state.tokens
-    given = credentials.credentials.strip().encode()
-    found = None
-    for name, token in tokens:  # every token compared, in constant time: no early exit
-        if hmac.compare_digest(given, token) and found is None:
-            found = name
+    found = _token_name(request, credentials)
     if found is None:
         raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
     return found
+
+
+#: Tags pydantic puts in an error's location for each alternative of a union
+#: body (POST /events: one event or a list), and the body shape each is for.
+_UNION_TAGS: dict[str, type] = {"EventIn": dict, "list[EventIn]": list}
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
+    """A request's validation errors as ``{"field", "message"}``: a union
+    body's errors only for the alternative the body's shape chose, without
+    the tags; a body that is not JSON as one error on ``body``."""
+    errors: list[dict[str, str]] = []
+    body = exc.body
+    for err in exc.errors():
+        loc = [p for p in err["loc"] if p != "body"]
+        if err["type"] == "json_invalid":
+            reason = (err.get("ctx") or {}).get("error", "")
+            errors.append({"field": "body", "message": f"invalid JSON: {reason}".rstrip(": ")})
+            continue
+        if loc and isinstance(loc[0], str) and loc[0] in _UNION_TAGS:
+            if not isinstance(body, _UNION_TAGS[loc[0]]):
+                continue
+            loc = loc[1:]
+        errors.append({"field": ".".join(str(p) for p in loc) or "body", "message": err["msg"]})
+    if not errors:  # a union body of neither shape
+        errors.append({"field": "body", "message": "expected an event (an object) or a list"})
+    return errors
 
 
 #: The authenticated token name, for handlers that need a token.
@@ -176,14 +209,17 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {
-                "field": ".".join(str(p) for p in err["loc"] if p != "body") or "body",
-                "message": err["msg"],
-            }
-            for err in exc.errors()
-        ]
-        return JSONResponse({"detail": errors}, status_code=422)
+        # FastAPI decodes a JSON body before it runs any dependency, so a
+        # malformed body would answer 422 to a caller with no token: SPEC 8
+        # says 401 (every input-taking path needs a token).
+        credentials = await _bearer(request)
+        if credentials is None or _token_name(request, credentials) is None:
+            return JSONResponse(
+                {"detail": "missing bearer token" if credentials is None else "invalid token"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return JSONResponse({"detail": _validation_errors(exc)}, status_code=422)
 
     @app.exception_handler(StoreError)
     async def _store_down(request: Request, exc: StoreError) -> JSONResponse:

@@ -220,6 +220,50 @@ async def test_bad_json_is_422(svc: Service) -> None:
         headers={**AUTH, "Content-Type": "application/json"},
     )
     assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["field"] == "body" and error["message"].startswith("invalid JSON: "), error
+
+
+@pytest.mark.parametrize("path", ["/events", "/config/categories/CRITICAL"])
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}])
+async def test_bad_json_without_a_valid_token_is_401_not_422(
+    svc: Service, path: str, headers: dict[str, str]
+) -> None:
+    # The body is decoded before any dependency runs: the token is checked
+    # again when it fails, so a caller without one learns nothing more.
+    method = "POST" if path == "/events" else "PATCH"
+    response = await svc.client.request(
+        method, path, content=b"{not json", headers={**headers, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            {"category": "NOPE", "event_type": "t", "payload": {}},
+            [("category", "Input should be 'CRITICAL'")],
+        ),
+        (
+            [{"category": "DEBUG", "event_type": "t", "payload": {}}, {"category": "DEBUG"}],
+            [("1.event_type", "Field required"), ("1.payload", "Field required")],
+        ),
+        (42, [("body", "expected an event (an object) or a list")]),
+    ],
+)
+async def test_event_errors_name_the_field_of_the_shape_sent(
+    svc: Service, body: Any, expected: list[tuple[str, str]]
+) -> None:
+    # One event or a list: errors of the other alternative are not reported
+    # (they were: "Input should be a valid list" for a bad single event).
+    response = await svc.client.post("/events", json=body, headers=AUTH)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert [d["field"] for d in detail] == [field for field, _ in expected], detail
+    for d, (_, message) in zip(detail, expected, strict=True):
+        assert d["message"].startswith(message), d
 
 
 async def test_unknown_category_is_404(svc: Service) -> None:
