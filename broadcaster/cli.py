@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .events import Category
 from .exceptions import AdapterRejected, BroadcasterError, ConfigError
@@ -40,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Event-streaming dual-write broadcaster (WebSocket + Supabase Realtime).",
     )
     parser.add_argument(
-        "--env-file", default=".env", help="read settings from this file too (default: .env)"
+        "--env-file",
+        help="read settings from this file too (default: .env, if there is one)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -93,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> Settings:
+    if args.env_file is None:
+        return load_settings(".env")
+    # A file named on the command line must exist: a typo would otherwise
+    # run on defaults without a word.
+    if not Path(args.env_file).is_file():
+        raise ConfigError("--env-file", args.env_file, "no such file")
     return load_settings(args.env_file)
 
 

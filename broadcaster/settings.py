@@ -313,6 +313,17 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("supabase_url")
+    @classmethod
+    def _supabase_url(cls, value: str | None) -> str | None:
+        # Checked here: a bad one would only show as endless reconnect errors.
+        if value is not None:
+            parts = urlsplit(value.strip())
+            if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+                raise ValueError("expected an http(s) URL, such as https://<project>.supabase.co")
+            value = value.strip()
+        return value
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -90,6 +90,23 @@ def test_serve_on_a_taken_port_exits_1_with_one_line_naming_it(
     assert f"cannot listen on 127.0.0.1:{port}" in err[0] and "Errno" not in err[0]
 
 
+def test_a_named_env_file_must_exist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It ran on defaults without a word when the name had a typo.
+    missing = tmp_path / "prod.env"
+    assert main(["--env-file", str(missing), "config", "check"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"configuration error: --env-file={missing}: no such file"
+    )
+    # Without --env-file, a missing ./.env is fine: it is optional.
+    monkeypatch.chdir(tmp_path)
+    assert main(["config", "check"]) == 0
+    (tmp_path / ".env").write_text("WEBSOCKET_PORT=9999\n")
+    assert main(["config", "show"]) == 0
+    assert '"websocket_port": 9999' in capsys.readouterr().out
+
+
 def test_bad_arguments_exit_2() -> None:
     assert run("no-such-command").returncode == 2
     result = run("subscribe", "--categories", "CRITICAL,BOGUS")

@@ -401,6 +401,9 @@ INVALID = [
     ("REALTIME_BATCH_MAX", "0"),
     ("REALTIME_BATCH_BYTES", "10"),
     ("EVENT_MAX_BYTES", "0"),
+    ("SUPABASE_URL", "not-a-url"),
+    ("SUPABASE_URL", "ftp://example.com"),
+    ("SUPABASE_URL", "https://"),
     ("STORE_URL", "mysql://db/events"),
     ("STORE_URL", "broadcaster.db"),
     ("STORE_URL", "sqlite:///"),
@@ -662,3 +665,15 @@ def test_bad_store_url_fails_when_settings_load(monkeypatch: pytest.MonkeyPatch)
     assert "expected memory://, sqlite:///path or postgresql://" in str(info.value)
     with pytest.raises(ConfigError, match="STORE_URL"):
         load_settings(None, store_url="sqlite:///")
+
+
+def test_supabase_url_is_an_http_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPABASE_URL", "  https://abc.supabase.co/  ")
+    settings = load_settings(None)
+    assert settings.supabase_url == "https://abc.supabase.co/"
+    assert settings.realtime_url() == "https://abc.supabase.co/realtime/v1"
+    monkeypatch.setenv("SUPABASE_URL", "http://127.0.0.1:54321")
+    assert load_settings(None).supabase_url == "http://127.0.0.1:54321"
+    monkeypatch.setenv("SUPABASE_URL", "wss://abc.supabase.co")
+    with pytest.raises(ConfigError, match="expected an http"):
+        load_settings(None)
