@@ -98,8 +98,8 @@ def _load(args: argparse.Namespace) -> Settings:
     if args.env_file is None:
         return load_settings(".env")
     # A file named on the command line must exist: a typo would otherwise
-    # run on defaults without a word.
-    if not Path(args.env_file).is_file():
+    # run on defaults without a word (--env-file /dev/null: no file at all).
+    if not Path(args.env_file).exists():
         raise ConfigError("--env-file", args.env_file, "no such file")
     return load_settings(args.env_file)
 

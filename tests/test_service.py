@@ -139,7 +139,7 @@ class Child:
             **env,
         )
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "broadcaster", "--env-file", "/nonexistent", "serve"],
+            [sys.executable, "-m", "broadcaster", "--env-file", "/dev/null", "serve"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -160,7 +160,7 @@ class Child:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "broadcaster", "--env-file", "/nonexistent", *args],
+            [sys.executable, "-m", "broadcaster", "--env-file", "/dev/null", *args],
             capture_output=True,
             text=True,
             env=self.env,
@@ -247,7 +247,7 @@ def test_reconcile_repair_goes_through_the_running_service(tmp_path: Path) -> No
             "-m",
             "broadcaster",
             "--env-file",
-            "/nonexistent",
+            "/dev/null",
             "reconcile",
             "--repair",
         ],
