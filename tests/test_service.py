@@ -152,7 +152,12 @@ class Child:
             self.lines.append(line)
             if line.startswith("metrics"):
                 break
-        assert any(line.startswith("admin") for line in self.lines), self.lines
+        if not any(line.startswith("admin") for line in self.lines):
+            # Reap it and close its pipes here: left to the garbage collector
+            # they fail whichever test runs next (an unclosed-file warning).
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=60)
+            raise AssertionError(f"serve did not start: {self.lines} {err}")
 
     @property
     def url(self) -> str:
