@@ -120,6 +120,9 @@ def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
         stats = asyncio.run(tail(url, args.categories, sys.stdout, limit=args.limit))
     except KeyboardInterrupt:
         return EXIT_OK
+    except ValueError as exc:  # not a ws:// or wss:// URL
+        print(f"subscribe: --url: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except AdapterRejected as exc:  # the server refused the path or filter
         print(f"subscribe: {exc}", file=sys.stderr)
         return EXIT_CONFIG

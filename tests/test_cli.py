@@ -107,6 +107,15 @@ def test_a_named_env_file_must_exist(
     assert '"websocket_port": 9999' in capsys.readouterr().out
 
 
+def test_subscribe_to_a_non_websocket_url_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["subscribe", "--url", "http://127.0.0.1:1/events"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "subscribe: --url: not a WebSocket URL: 'http://127.0.0.1:1/events'"
+        " (scheme isn't ws or wss)"
+    ]
+
+
 def test_bad_arguments_exit_2() -> None:
     assert run("no-such-command").returncode == 2
     result = run("subscribe", "--categories", "CRITICAL,BOGUS")

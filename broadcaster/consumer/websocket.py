@@ -25,7 +25,8 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import orjson
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.uri import parse_uri
 
 from ..exceptions import AdapterError, AdapterRejected, AdapterUnavailable
 from ._common import ConsumerStats, ReceiptCollector
@@ -74,6 +75,8 @@ class WebSocketSubscriber:
     opened within ``connect_timeout``. With ``reconnect=True`` a dropped
     connection is re-opened after ``backoff_initial`` doubling up to
     ``backoff_max`` seconds (with jitter); ``connections`` counts the opens.
+    The constructor raises ``ValueError`` for a URL that is not ``ws://`` or
+    ``wss://``.
     """
 
     def __init__(
@@ -90,6 +93,11 @@ class WebSocketSubscriber:
         ping_timeout: float | None = 20.0,
     ) -> None:
         self.url = subscription_url(url, categories)
+        try:
+            parse_uri(self.url)
+        except InvalidURI as exc:
+            # Found here, not as a crash of the receive task on first connect.
+            raise ValueError(f"not a WebSocket URL: {url!r} ({exc.msg})") from None
         self.collector = collector
         self.reconnect = reconnect
         self.connections = 0

@@ -72,6 +72,15 @@ def test_subscription_url() -> None:
     assert subscription_url(base, ["critical", " System"]) == base + "?categories=CRITICAL,SYSTEM"
 
 
+@pytest.mark.parametrize("url", ["notaurl", "http://127.0.0.1:8765/events", ""])
+def test_a_url_that_is_not_websocket_fails_at_construction(url: str) -> None:
+    # It crashed the receive task (websockets' InvalidURI) on first connect,
+    # and `broadcaster subscribe --url notaurl` printed a traceback.
+    with pytest.raises(ValueError, match="not a WebSocket URL") as info:
+        WebSocketSubscriber(url, collector=ReceiptCollector("websocket"))
+    assert repr(url) in str(info.value)
+
+
 async def test_receives_and_verifies_every_event(adapter: WebSocketAdapter) -> None:
     records = make_records(1000)
     async with WebSocketSubscriber(adapter.url, collector=ReceiptCollector("websocket")) as sub:
