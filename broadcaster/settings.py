@@ -317,11 +317,12 @@ class Settings(BaseSettings):
     @classmethod
     def _supabase_url(cls, value: str | None) -> str | None:
         # Checked here: a bad one would only show as endless reconnect errors.
-        if value is not None:
-            parts = urlsplit(value.strip())
-            if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-                raise ValueError("expected an http(s) URL, such as https://<project>.supabase.co")
-            value = value.strip()
+        if value is None:
+            return None
+        value = value.strip()
+        parts = urlsplit(value)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http(s) URL, such as https://<project>.supabase.co")
         return value
 
     @classmethod

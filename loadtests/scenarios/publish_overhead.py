@@ -38,8 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
-from collections.abc import Callable, Sequence
-from types import TracebackType
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from broadcaster import Broadcaster
@@ -115,17 +114,18 @@ class CallParts:
     """The probe of ``--parts``: the loop thread's CPU time of every one-event
     commit in ``publish()``'s own step and of every one-record hand-off to the
     lanes, keyed by mode (dual: the event was routed to two adapters).
-    ``with CallParts(b):`` wraps ``b.store.append_now`` and ``b._dispatch``
-    on the instances, and puts the methods back on exit."""
+    ``with probe.timing(b):`` wraps ``b.store.append_now`` and ``b._dispatch``
+    on the instances and puts the methods back on exit; timings of several
+    such phases (one path's rounds) pool in ``cpu``."""
 
-    def __init__(self, b: Broadcaster) -> None:
-        self._b = b
+    def __init__(self) -> None:
         self.cpu: dict[tuple[str, str], list[float]] = {
             (mode, part): [] for mode in ("dual", "single") for part in ("commit", "handoff")
         }
 
-    def __enter__(self) -> CallParts:
-        b, store, clock = self._b, self._b.store, time.thread_time
+    @contextlib.contextmanager
+    def timing(self, b: Broadcaster) -> Iterator[None]:
+        store, clock = b.store, time.thread_time
         append_now: Callable[[_Items], list[EventRecord] | None] = store.append_now
         dispatch: Callable[[list[EventRecord], _Items], None] = b._dispatch
         commits, dual_commits = self.cpu["single", "commit"], self.cpu["dual", "commit"]
@@ -146,21 +146,11 @@ class CallParts:
 
         store.append_now = timed_append_now  # type: ignore[method-assign]
         b._dispatch = timed_dispatch  # type: ignore[method-assign]
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        del self._b.store.append_now  # type: ignore[attr-defined]
-        del self._b._dispatch  # type: ignore[attr-defined]
-
-    def merge(self, other: CallParts) -> None:
-        """Pool ``other``'s timings into this one (rounds of one path)."""
-        for key, values in other.cpu.items():
-            self.cpu[key].extend(values)
+        try:
+            yield
+        finally:
+            del store.append_now  # type: ignore[attr-defined]
+            del b._dispatch  # type: ignore[attr-defined]
 
     def figures(self, call_cpu_p50_ms: dict[str, float]) -> dict[str, Any]:
         """Per mode, p10/p50 ms of each part; ``other_p50_ms``: the calls'
@@ -203,7 +193,7 @@ def _figures(phases: list[PhaseResult]) -> dict[str, Any]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     load = load_average()
     phases: dict[str, list[PhaseResult]] = {path: [] for path in args.paths}
-    parts: dict[str, CallParts] = {}
+    parts = {path: CallParts() for path in args.paths} if args.parts else {}
     for round_ in range(args.rounds):
         order = args.paths if round_ % 2 == 0 else tuple(reversed(args.paths))
         for path in order:
@@ -217,8 +207,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 second_path=path,
             )
             async with stack:
-                probe = CallParts(stack.broadcaster) if args.parts else None
-                with probe if probe is not None else contextlib.nullcontext():
+                probe = parts[path].timing(stack.broadcaster) if parts else contextlib.nullcontext()
+                with probe:
                     phase = await stack.phase(
                         f"{path}-{round_ + 1}",
                         rate=args.rate,
@@ -241,17 +231,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if path != "none":
                     answer = await stack.wait_received(phase.name, sent, ("realtime",))
                     received = answer["counts"]["realtime"]
-            if probe is not None and path in parts:
-                parts[path].merge(probe)
-            elif probe is not None:
-                parts[path] = probe
             stack.complete([phase])
             phase.figures["second_path_received"] = received
             phases[path].append(phase)
     per_path = {path: _figures(results) for path, results in phases.items()}
-    for path, probe in parts.items():
+    for path, calls in parts.items():
         figures = per_path[path]
-        per_path[path]["parts"] = probe.figures(
+        per_path[path]["parts"] = calls.figures(
             {mode: figures[mode]["publish_cpu_p50_ms"] for mode in ("dual", "single")}
         )
     if args.plot:
