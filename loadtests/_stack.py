@@ -442,10 +442,23 @@ class Stack:
             call_cpu=call_cpus,
         )
 
+    @property
+    def reconnects(self) -> dict[str, int]:
+        """After the stack closed: the WebSocket paths on which the subscriber
+        was dropped (a fan-out closes one too slow to keep up) and how many
+        times; events sent while it was away count as lost."""
+        return {k: n for k, n in self.report.get("reconnects", {}).items() if n}
+
     def complete(self, results: Sequence[PhaseResult]) -> None:
         """After the stack closed: merge the subscriber's report into each
         phase's figures (latency per adapter, lost, duplicates, end-to-end rate)."""
         report = self.report
+        reconnects = self.reconnects
+        if reconnects:
+            progress(
+                f"the subscriber's WebSocket paths were dropped and reconnected {reconnects}:"
+                " events sent while it was away count as lost in their phase"
+            )
         for result in results:
             figures = result.figures
             events = figures["events"]
@@ -471,6 +484,11 @@ class Stack:
                 last = max(last, seen["last_t"])
                 result.received[adapter] = seen["bins"]
             figures["lost"] = lost_total
+            if lost_total and reconnects:
+                # Not the broadcaster's loss: the fan-out dropped the measuring
+                # subscriber (too slow; the broadcaster logs it) and what it
+                # sent meanwhile went to no one here.
+                figures["subscriber_reconnects"] = reconnects
             figures["delivered_events_per_s"] = round(events / max(1e-9, last - result.started_t))
             figures["checksum_mismatches"] = sum(report.get("mismatches", {}).values())
             del figures["delivered"]

@@ -23,7 +23,8 @@ Two ways to end it:
     answers ``{"reached": bool, "counts": {adapter: n}}``;
   - ``report``: the report; then the process exits.
 
-Report: ``{"mismatches": {adapter: n}, "<phase>/<adapter>": {"received",
+Report: ``{"mismatches": {adapter: n}, "reconnects": {adapter: n} (WebSocket
+paths: times the subscription was dropped and made again), "<phase>/<adapter>": {"received",
 "duplicates", "p50_ms", "p99_ms", "p999_ms", "max_ms", "first_t", "last_t",
 "bins": [[t, count, p50_ms, p99_ms], ...]}}`` with ``t`` wall-clock seconds.
 """
@@ -227,19 +228,27 @@ async def _run(
         line = (await reader.readline()).decode().strip()
         if line != "start":
             raise SystemExit(f"expected 'start' on stdin, got {line!r}")
+    # WebSocket paths whose reconnections are counted (a fan-out closes a
+    # subscriber that falls too far behind, code 1013; what it sent meanwhile
+    # never reaches this process, and the report must say why it is missing).
+    fanouts: dict[str, WebSocketSubscriber] = {}
     async with AsyncExitStack() as paths:
         if rt_url is not None and rt_over_ws:
-            await paths.enter_async_context(WebSocketSubscriber(rt_url, collector=rt_col))
+            fanouts["realtime"] = WebSocketSubscriber(rt_url, collector=rt_col)
+            await paths.enter_async_context(fanouts["realtime"])
         elif rt_url is not None:
             await paths.enter_async_context(RealtimeSubscriber(rt_url, collector=rt_col))
-        await paths.enter_async_context(WebSocketSubscriber(ws_url, collector=ws_col))
+        fanouts["websocket"] = WebSocketSubscriber(ws_url, collector=ws_col)
+        await paths.enter_async_context(fanouts["websocket"])
         print("ready", flush=True)
         task = loop.create_task(_control(recorder, reader, stop)) if reader else None
         await stop.wait()
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-    return recorder.report()
+    report = recorder.report()
+    report["reconnects"] = {name: sub.connections - 1 for name, sub in fanouts.items()}
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
 
 from loadtests.__main__ import _apply_defaults, _scenario_argv, build_parser, main, run_all
 from loadtests._common import (
@@ -27,8 +28,10 @@ from loadtests._common import (
     flatten,
     markdown_table,
     percentile,
+    spawn,
     summarise,
 )
+from loadtests._stack import PhaseResult, Stack, _end
 from loadtests.scenarios import SCENARIOS
 from loadtests.subscriber import Recorder
 from tests._env import SETTING_PREFIXES
@@ -100,6 +103,7 @@ def test_sustained(smoke: Smoke) -> None:
     r = smoke.results["sustained"]
     assert r["events"] > 0
     assert r["lost"] == 0
+    assert r["subscriber_reconnects"] == {}
     assert r["checksum_mismatches"] == 0
     assert r["checksum"] == "crc32"
     for key in ("achieved_events_per_s", "delivered_events_per_s", "broadcaster_cpu_us_per_event"):
@@ -113,6 +117,7 @@ def test_sustained(smoke: Smoke) -> None:
 def test_dual_vs_single(smoke: Smoke) -> None:
     r = smoke.results["dual-vs-single"]
     assert r["lost"] == 0
+    assert r["subscriber_reconnects"] == {}
     assert r["checksum_mismatches"] == 0
     for mode in ("dual", "single"):
         figures = r[mode]
@@ -430,6 +435,68 @@ def test_flatten_and_markdown_table() -> None:
         "| x: a.c | 0.1235 |",
         "| x: e | – |",
     ]
+
+
+def test_a_loss_in_a_run_whose_subscriber_was_dropped_says_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stack = Stack()
+    # The subscriber's report: its WebSocket path was dropped once (a fan-out
+    # closes a subscriber that falls too far behind) and phase b missed events.
+    stack.report = {
+        "mismatches": {},
+        "reconnects": {"websocket": 1, "realtime": 0},
+        **{
+            f"{name}/websocket": {"received": received, "duplicates": 0, "last_t": 11.0, "bins": []}
+            for name, received in (("a", 10), ("b", 7))
+        },
+    }
+    phases = [
+        PhaseResult(name, {"events": 10, "delivered": {"websocket": 10}}, 10.0, Bins(1.0))
+        for name in ("a", "b")
+    ]
+    stack.complete(phases)
+    assert stack.reconnects == {"websocket": 1}
+    a, b = (p.figures for p in phases)
+    assert (a["lost"], b["lost"]) == (0, 3)
+    assert "subscriber_reconnects" not in a
+    assert b["subscriber_reconnects"] == {"websocket": 1}
+    assert "dropped and reconnected {'websocket': 1}" in capsys.readouterr().err
+
+
+async def test_the_subscriber_process_reports_its_reconnects() -> None:
+    """A real subscriber process against a fan-out that closes its first
+    connection as too slow (code 1013), as the WebSocket adapter does."""
+    connected = asyncio.Event()
+    connections = 0
+
+    async def handler(ws: ServerConnection) -> None:
+        nonlocal connections
+        connections += 1
+        if connections == 1:
+            await ws.close(1013, "subscriber too slow")
+            return
+        connected.set()
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        sub = spawn(
+            "-m", "loadtests.subscriber", "--ws", f"ws://127.0.0.1:{port}", "--control", stdin=True
+        )
+        try:
+            assert sub.stdin is not None and sub.stdout is not None
+            sub.stdin.write("start\n")
+            sub.stdin.flush()
+            async with asyncio.timeout(30):
+                assert await asyncio.to_thread(sub.stdout.readline) == "ready\n"
+                await connected.wait()
+            sub.stdin.write("report\n")
+            sub.stdin.flush()
+            report = json.loads(await asyncio.to_thread(sub.stdout.read))
+        finally:
+            _end(sub)
+    assert report["reconnects"] == {"websocket": 1}
 
 
 def test_recorder_counts_distinct_events_and_duplicates() -> None:

@@ -225,6 +225,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ),
     }
     result["lost"] = dual["lost"] + single["lost"] + mixed.figures["lost"]
+    result["subscriber_reconnects"] = stack.reconnects
     result["checksum_mismatches"] = phases[-1].figures["checksum_mismatches"]
     result["load_avg_1m"] = load
     if args.plot:

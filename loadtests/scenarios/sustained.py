@@ -131,6 +131,7 @@ async def measure(
         **({"settings": overrides} if overrides else {}),
         **run.figures,
         "lost": sum(p.figures["lost"] for p in phases),
+        "subscriber_reconnects": stack.reconnects,
         "load_avg_1m": load,
     }
     return figures, run
