@@ -48,6 +48,7 @@ from broadcaster.realtime_server import LocalRealtimeServer
 from broadcaster.settings import load_settings
 
 from ._common import Bins, ProcessCpu, TokenBucket, free_port, progress, spawn, summarise
+from .realtime_child import ChildRealtimeAdapter
 
 __all__ = [
     "SECOND_PATHS",
@@ -60,7 +61,7 @@ __all__ = [
 
 ADAPTERS = ("websocket", "realtime")
 #: What :class:`Stack` can put in the Realtime adapter's place.
-SECOND_PATHS = ("realtime", "websocket", "none")
+SECOND_PATHS = ("realtime", "websocket", "none", "realtime-process")
 
 
 class SecondWebSocketAdapter(WebSocketAdapter):
@@ -183,7 +184,7 @@ class Stack:
     async def _start(self) -> None:
         rt_port, ws_port = free_port(), free_port()
         rt_url = f"http://127.0.0.1:{rt_port}"
-        real = self.second_path == "realtime"
+        real = self.second_path in ("realtime", "realtime-process")
         second: list[str] = []
         if real:
             where = "in this process" if self._embedded else "in its own process"
@@ -235,6 +236,8 @@ class Stack:
             ]
         elif self.second_path == "none":
             adapters = [WebSocketAdapter.from_settings(settings), DropAdapter()]
+        elif self.second_path == "realtime-process":
+            adapters = [WebSocketAdapter.from_settings(settings), ChildRealtimeAdapter(rt_url)]
         self.b = await self._exit.enter_async_context(
             Broadcaster(settings, adapters=adapters, max_pending=self._max_pending)
         )

@@ -150,7 +150,7 @@ def test_publish_overhead(smoke: Smoke) -> None:
     r = smoke.results["publish-overhead"]
     assert r["lost"] == 0
     assert r["checksum_mismatches"] == 0
-    assert list(r["paths"]) == ["realtime", "websocket", "none"]
+    assert list(r["paths"]) == ["realtime", "websocket", "none", "realtime-process"]
     for path, figures in r["paths"].items():
         for mode in ("dual", "single"):
             assert figures[mode]["calls"] > 0, (path, mode)
