@@ -27,6 +27,7 @@ from .exceptions import (
     StoreUnavailable,
 )
 from .flags import CategoryPatch, OverrideChange, RuntimeFlags
+from .loop import EVENT_LOOPS, loop_factory, resolve_event_loop, run_on_loop
 from .reconcile import MatchPolicy, Outcome, Reconciler, Report
 from .routing import CategoryRoute, RoutingTable, bucket
 from .settings import CategorySettings, Settings, load_settings
@@ -87,10 +88,12 @@ __all__ = [
     "Event",
     "EventFactory",
     "EventRecord",
+    "EVENT_LOOPS",
     "FlushTimeout",
     "FrameError",
     "InvalidEvent",
     "load_settings",
+    "loop_factory",
     "MatchPolicy",
     "MemoryAdapter",
     "MemoryStore",
@@ -103,7 +106,9 @@ __all__ = [
     "ReceiptCollector",
     "Reconciler",
     "Report",
+    "resolve_event_loop",
     "RoutingTable",
+    "run_on_loop",
     "run_service",
     "RuntimeFlags",
     "Settings",

@@ -7,7 +7,6 @@ configuration or arguments (one line on stderr naming the variable and value).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from pathlib import Path
 from .events import Category
 from .exceptions import AdapterRejected, BroadcasterError, ConfigError
 from .logs import configure_logging
+from .loop import resolve_event_loop, run_on_loop
 from .settings import Settings, load_settings
 
 __all__ = ["main"]
@@ -117,7 +117,9 @@ def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
 
     url = args.url or f"ws://{settings.websocket_host}:{settings.websocket_port}/events"
     try:
-        stats = asyncio.run(tail(url, args.categories, sys.stdout, limit=args.limit))
+        stats = run_on_loop(
+            tail(url, args.categories, sys.stdout, limit=args.limit), loop=settings.event_loop
+        )
     except KeyboardInterrupt:
         return EXIT_OK
     except ValueError as exc:  # not a ws:// or wss:// URL
@@ -150,7 +152,7 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
             return report.as_dict(), report.unrepaired_loss
 
     try:
-        data, loss = asyncio.run(run())
+        data, loss = run_on_loop(run(), loop=settings.event_loop)
     except BroadcasterError as exc:
         print(f"reconcile: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
@@ -232,7 +234,7 @@ def _serve(settings: Settings) -> int:
     from .service import run_service
 
     try:
-        asyncio.run(run_service(settings, freeze_gc=True))
+        run_on_loop(run_service(settings, freeze_gc=True), loop=settings.event_loop)
     except OSError as exc:
         # The admin API could not listen (port taken, unknown host): a start-up
         # failure like the WebSocket server's (a BroadcasterError), so exit 1
@@ -255,8 +257,9 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from .demo import run_demo
 
     try:
-        summary = asyncio.run(
-            run_demo(settings, seconds=args.seconds, rate=args.rate, outage=args.outage)
+        summary = run_on_loop(
+            run_demo(settings, seconds=args.seconds, rate=args.rate, outage=args.outage),
+            loop=settings.event_loop,
         )
     except KeyboardInterrupt:
         return EXIT_PROBLEM
@@ -270,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _realtime_server(args)
     try:
         settings = _load(args)
+        # EVENT_LOOP=uvloop where uvloop cannot be imported: refused here,
+        # with every other configuration error, before anything starts.
+        resolve_event_loop(settings.event_loop)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -285,6 +285,8 @@ class Settings(BaseSettings):
     event_max_bytes: int = Field(default=DEFAULT_EVENT_MAX_BYTES, ge=1)
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    #: The commands' event loop (``broadcaster.loop``): uvloop where installed.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     @field_validator("dual_write_primary_adapter", mode="before")
     @classmethod

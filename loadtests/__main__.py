@@ -15,7 +15,6 @@ Nothing here asserts a timing.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shlex
 import subprocess
@@ -26,6 +25,7 @@ from types import ModuleType
 from typing import Any
 
 from broadcaster.logs import configure_logging
+from broadcaster.loop import EVENT_LOOPS, resolve_event_loop, run_on_loop
 
 from ._common import load_average, markdown_table, progress, python_env
 from .scenarios import SCENARIOS
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(p)
+        _add_loop_argument(p)
         p.add_argument("--smoke", action="store_true", help="tiny numbers, done in seconds")
         if module.PLOTS:
             p.add_argument("--plot", metavar="PATH.png", help="write rate/latency over time")
@@ -68,7 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", help="sustained: target events/s or max")
     p.add_argument("--events", type=int, help="reconcile: stored events")
     p.add_argument("--skip-postgres", action="store_true", help="store: memory and SQLite only")
+    _add_loop_argument(p)
     return parser
+
+
+def _add_loop_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--loop",
+        choices=EVENT_LOOPS,
+        default="auto",
+        help="the event loop of the broadcaster and subscriber processes, as EVENT_LOOP "
+        "(default auto: uvloop where installed, as `broadcaster serve`)",
+    )
 
 
 def _apply_defaults(module: ModuleType, args: argparse.Namespace) -> None:
@@ -82,6 +94,8 @@ def _scenario_argv(name: str, args: argparse.Namespace, out: Path | None) -> lis
     argv = [name]
     if args.smoke:
         argv.append("--smoke")
+    if args.loop != "auto":
+        argv += ["--loop", args.loop]
     if args.seconds is not None and name in _TIMED:
         argv += ["--seconds", str(args.seconds)]
     if args.rate is not None and name == "sustained":
@@ -157,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_all(args, argv)
     module = SCENARIOS[args.scenario]
     _apply_defaults(module, args)
-    result = asyncio.run(module.run(args))
+    result = run_on_loop(module.run(args), loop=args.loop)
+    result["event_loop"] = resolve_event_loop(args.loop)
     print(json.dumps(result), flush=True)
     return 0
 

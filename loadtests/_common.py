@@ -31,6 +31,7 @@ __all__ = [
     "percentile",
     "progress",
     "python_env",
+    "running_loop_name",
     "spawn",
     "summarise",
 ]
@@ -213,6 +214,12 @@ def python_env(**extra: str) -> dict[str, str]:
         "LOG_LEVEL": "WARNING",
         **extra,
     }
+
+
+def running_loop_name() -> str:
+    """``uvloop`` or ``asyncio``: the kind of loop running (``--loop`` of a child)."""
+    loop = asyncio.get_running_loop()
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
 def spawn(*args: str, stdin: bool = False) -> subprocess.Popen[str]:

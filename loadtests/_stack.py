@@ -47,7 +47,16 @@ from broadcaster.events import EventRecord
 from broadcaster.realtime_server import LocalRealtimeServer
 from broadcaster.settings import load_settings
 
-from ._common import Bins, ProcessCpu, TokenBucket, free_port, progress, spawn, summarise
+from ._common import (
+    Bins,
+    ProcessCpu,
+    TokenBucket,
+    free_port,
+    progress,
+    running_loop_name,
+    spawn,
+    summarise,
+)
 from .realtime_child import ChildRealtimeAdapter
 
 __all__ = [
@@ -208,6 +217,9 @@ class Stack:
             "--bin",
             str(self._bin_s),
             "--control",
+            # The subscriber runs on the loop this process runs on.
+            "--loop",
+            running_loop_name(),
             stdin=True,
         )
         if real and self.server is None:

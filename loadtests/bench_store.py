@@ -157,7 +157,7 @@ async def _reconcile_only(url: str) -> dict[str, Any]:
         "bench": "reconcile",
         "pairs": sum(report.counts.values()),
         "matched": report.total(Outcome.MATCHED),
-        "seconds": round(seconds, 2),
+        "seconds": round(seconds, 4),
         "pairs_per_s": round(sum(report.counts.values()) / seconds),
         "peak_rss_mib": _peak_rss_mib(),
     }

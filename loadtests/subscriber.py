@@ -47,6 +47,7 @@ from broadcaster.consumer import ReceiptCollector
 from broadcaster.consumer.realtime import RealtimeSubscriber
 from broadcaster.consumer.websocket import WebSocketSubscriber
 from broadcaster.logs import configure_logging
+from broadcaster.loop import EVENT_LOOPS, run_on_loop
 
 from ._common import Bins, percentile, summarise
 
@@ -261,11 +262,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--bin", type=float, default=0.25, help="time bin width, seconds")
     parser.add_argument("--control", action="store_true", help="read commands on stdin")
+    parser.add_argument(
+        "--loop", choices=EVENT_LOOPS, default="auto", help="event loop (broadcaster.loop)"
+    )
     args = parser.parse_args(argv)
     configure_logging("console", "WARNING")  # stdout carries the results
     rt_over_ws = args.realtime_ws is not None
     rt_url = args.realtime_ws if rt_over_ws else args.realtime
-    result = asyncio.run(_run(args.ws, rt_url, args.bin, args.control, rt_over_ws=rt_over_ws))
+    result = run_on_loop(
+        _run(args.ws, rt_url, args.bin, args.control, rt_over_ws=rt_over_ws), loop=args.loop
+    )
     print(json.dumps(result), flush=True)
     return 0
 

@@ -1,18 +1,48 @@
 """Shared fixtures. Every test starts from a clean environment: no broadcaster
 variables inherited from the shell, no .env from the working directory, and
 structlog as it comes (a test that configured logging — the CLI does, at
-WARNING — must not filter out the info lines a later test captures)."""
+WARNING — must not filter out the info lines a later test captures).
+
+The modules whose code does network I/O on the event loop run every async
+test twice, on asyncio's own loop and on uvloop (the loop ``broadcaster``
+commands run on by default, ``broadcaster.loop``); the rest on asyncio's.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 import structlog
+import uvloop
 
 from tests._env import SETTING_PREFIXES
+
+#: Test modules (paths under tests/) whose async tests run on both loops.
+BOTH_LOOPS = (
+    "adapters/test_realtime.py",
+    "adapters/test_websocket.py",
+    "consumer/",
+    "test_core.py",
+    "test_e2e.py",
+    "test_failover.py",
+    "test_lanes.py",
+    "test_realtime_server.py",
+    "test_recovery.py",
+    "test_service.py",
+)
+_ASYNCIO: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
+_BOTH = {**_ASYNCIO, "uvloop": uvloop.new_event_loop}
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    path = item.path.relative_to(Path(__file__).parent).as_posix()
+    return _BOTH if path.startswith(BOTH_LOOPS) else _ASYNCIO
 
 
 @pytest.fixture(autouse=True)

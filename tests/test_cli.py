@@ -51,6 +51,28 @@ def test_bad_configuration_exits_2_with_one_line_naming_variable_and_value() -> 
     assert "DUAL_WRITE_CRITICAL_PERCENTAGE=150" in lines[0]
 
 
+def test_event_loop_is_shown_and_an_unknown_one_exits_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["config", "show"]) == 0
+    assert json.loads(capsys.readouterr().out)["event_loop"] == "auto"
+    monkeypatch.setenv("EVENT_LOOP", "trio")
+    assert main(["config", "check"]) == 2
+    assert "EVENT_LOOP=trio" in capsys.readouterr().err
+
+
+def test_event_loop_uvloop_without_uvloop_exits_2_before_anything_starts(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` fails
+    monkeypatch.setenv("EVENT_LOOP", "uvloop")
+    assert main(["reconcile"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "EVENT_LOOP=uvloop: uvloop cannot be imported" in err[0]
+    monkeypatch.setenv("EVENT_LOOP", "auto")  # falls back to asyncio's loop
+    assert main(["config", "check"]) == 0
+
+
 def test_bad_configuration_from_env_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -33,6 +33,7 @@ def test_package_exports_the_documented_api() -> None:
         "RuntimeFlags",
         "BroadcasterMetrics",
         "AuditEntry",
+        "run_on_loop",
     ):
         assert name in broadcaster.__all__
 

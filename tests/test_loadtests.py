@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
+from broadcaster.loop import run_on_loop
 from loadtests.__main__ import _apply_defaults, _scenario_argv, build_parser, main, run_all
 from loadtests._common import (
     Bins,
@@ -28,6 +29,7 @@ from loadtests._common import (
     flatten,
     markdown_table,
     percentile,
+    running_loop_name,
     spawn,
     summarise,
 )
@@ -86,6 +88,24 @@ def _finite_positive(value: Any) -> bool:
 def test_every_scenario_ran(smoke: Smoke) -> None:
     assert smoke.code == 0
     assert set(smoke.results) == set(SCENARIOS)
+    # --loop auto, as `broadcaster serve`: uvloop, which the package installs.
+    assert {r["event_loop"] for r in smoke.results.values()} == {"uvloop"}
+
+
+def test_loop_asyncio_runs_the_scenario_on_asyncios_loop() -> None:
+    code, stdout = _in_process(["sustained", "--smoke", "--loop", "asyncio"])
+    assert code == 0
+    result = json.loads(stdout.splitlines()[-1])
+    assert result["event_loop"] == "asyncio"
+    assert result["lost"] == 0 and result["events"] > 0
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_running_loop_name_names_the_loop_children_are_told_to_use(loop: str) -> None:
+    async def name() -> str:
+        return running_loop_name()
+
+    assert run_on_loop(name(), loop=loop) == loop
 
 
 def _check_adapters(figures: dict[str, Any], adapters: tuple[str, ...]) -> None:
@@ -613,6 +633,8 @@ def test_all_passes_options_to_the_right_scenarios(tmp_path: Path) -> None:
     assert _scenario_argv("reconcile", args, None) == ["reconcile", "--smoke", "--events", "10"]
     assert _scenario_argv("store", args, None) == ["store", "--smoke", "--skip-postgres"]
     assert _scenario_argv("checksum-cost", args, tmp_path) == ["checksum-cost", "--smoke"]
+    on_asyncio = build_parser().parse_args(["all", "--loop", "asyncio"])
+    assert _scenario_argv("failover", on_asyncio, None) == ["failover", "--loop", "asyncio"]
 
 
 @pytest.mark.parametrize(
@@ -626,6 +648,7 @@ def test_all_passes_options_to_the_right_scenarios(tmp_path: Path) -> None:
         ["publish-overhead", "--rounds", "0"],
         ["publish-overhead", "--rounds", "two"],
         ["nonsense"],
+        ["sustained", "--loop", "trio"],
         [],
     ],
 )

@@ -220,9 +220,11 @@ class PreEncodedPushClient(AsyncRealtimeClient):
             }
         )
 
-        # As the stock send_message: a write on a closed connection hands the
-        # error to the client (which, with auto_reconnect=False, marks the
-        # channels errored for the supervisor to notice); a clean close is quiet.
+        # As the stock send_message: a write on a closed connection ends the
+        # connection and marks the channels errored for the supervisor to
+        # notice (the client's _on_connect_error with auto_reconnect=False,
+        # less its log line, which reads the deprecated ConnectionClosed.code:
+        # a DeprecationWarning with websockets 15); a clean close is quiet.
         async def send_message() -> None:
             ws = self._ws_connection
             if ws is None:
@@ -230,7 +232,9 @@ class PreEncodedPushClient(AsyncRealtimeClient):
             try:
                 await ws.send(data, text=True)
             except ConnectionClosedError as exc:
-                await self._on_connect_error(exc)
+                log.warning("realtime connection closed under a write", error=repr(exc))
+                self._ws_connection = None
+                self._set_channels_errored(exc)
             except ConnectionClosedOK:
                 pass
 

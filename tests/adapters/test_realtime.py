@@ -11,8 +11,17 @@ from typing import Any
 
 import orjson
 import pytest
-from realtime import AsyncRealtimeClient, RealtimeAcknowledgementStatus, ReplyPostgresChanges
+from realtime import (
+    AsyncRealtimeClient,
+    Message,
+    RealtimeAcknowledgementStatus,
+    RealtimeSubscribeStates,
+    ReplyPostgresChanges,
+)
 from realtime._async.push import AsyncPush
+from realtime.types import ChannelStates
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
 
 from broadcaster.adapters.realtime import (
     PreEncodedPushClient,
@@ -280,6 +289,31 @@ async def test_plain_broadcast_acks_take_the_fast_path_and_nothing_else_does() -
     assert set(waiting) == {"8"}
     assert len(got) == 1 and isinstance(got[0], ReplyPostgresChanges)
     assert not client._ack_broadcast(reply("7"))
+
+
+async def test_a_write_on_a_connection_the_server_broke_errors_the_channels() -> None:
+    # The client's own handler of this reads ConnectionClosed.code, deprecated
+    # in websockets 15: with warnings as errors here, the test fails on it.
+    async def break_it(conn: ServerConnection) -> None:
+        await conn.close(code=1011, reason="boom")
+
+    async with serve(break_it, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = PreEncodedPushClient(f"ws://127.0.0.1:{port}/realtime/v1", "anon")
+        channel = client.channel("realtime:events:critical")
+        channel.state = ChannelStates.JOINED
+        errors: list[object] = []
+        channel._notify_subscribe_state = lambda state, error: errors.append((state, error))  # type: ignore[method-assign]
+        # Connected by hand, with no reader task: the write is what finds out.
+        ws = await connect(f"ws://127.0.0.1:{port}/")
+        client._ws_connection = ws
+        await ws.wait_closed()
+        await client.send(
+            Message(event="broadcast", topic=channel.topic, payload={}, ref="1", join_ref="1")
+        )
+    assert client._ws_connection is None
+    assert channel.state == ChannelStates.ERRORED
+    assert [state for state, _ in errors] == [RealtimeSubscribeStates.CHANNEL_ERROR]
 
 
 async def test_many_events_become_few_pushes(
