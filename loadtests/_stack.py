@@ -41,7 +41,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from broadcaster.adapters import Adapter, AdapterHealth, WebSocketAdapter
+from broadcaster.adapters import Adapter, AdapterHealth, RealtimeAdapter, WebSocketAdapter
 from broadcaster.core import Broadcaster
 from broadcaster.events import EventRecord
 from broadcaster.realtime_server import LocalRealtimeServer
@@ -60,6 +60,7 @@ from ._common import (
 from .realtime_child import ChildRealtimeAdapter
 
 __all__ = [
+    "FANOUT_BUFFER_BYTES",
     "SECOND_PATHS",
     "DropAdapter",
     "PhaseResult",
@@ -71,6 +72,11 @@ __all__ = [
 ADAPTERS = ("websocket", "realtime")
 #: What :class:`Stack` can put in the Realtime adapter's place.
 SECOND_PATHS = ("realtime", "websocket", "none", "realtime-process")
+#: Each WebSocket fan-out's per-subscriber buffer here (the service's default
+#: is 16 MiB): at the single-write maximum the measuring subscriber, sharing
+#: the second core, can fall that far behind and be dropped (code 1013) —
+#: a limit of the harness's subscriber, not of the broadcaster.
+FANOUT_BUFFER_BYTES = 256 * 2**20
 
 
 class SecondWebSocketAdapter(WebSocketAdapter):
@@ -240,16 +246,21 @@ class Stack:
             "reconcile_interval_s": 0,
         }
         settings = load_settings(env_file=None, **(fields | self._settings))
-        adapters: list[Adapter] | None = None
+        fanout = WebSocketAdapter(
+            settings.websocket_host, settings.websocket_port, max_buffer_bytes=FANOUT_BUFFER_BYTES
+        )
+        second_adapter: Adapter
         if self.second_path == "websocket":
-            adapters = [
-                WebSocketAdapter.from_settings(settings),
-                SecondWebSocketAdapter(settings.websocket_host, rt_port),
-            ]
+            second_adapter = SecondWebSocketAdapter(
+                settings.websocket_host, rt_port, max_buffer_bytes=FANOUT_BUFFER_BYTES
+            )
         elif self.second_path == "none":
-            adapters = [WebSocketAdapter.from_settings(settings), DropAdapter()]
+            second_adapter = DropAdapter()
         elif self.second_path == "realtime-process":
-            adapters = [WebSocketAdapter.from_settings(settings), ChildRealtimeAdapter(rt_url)]
+            second_adapter = ChildRealtimeAdapter(rt_url)
+        else:
+            second_adapter = RealtimeAdapter.from_settings(settings)
+        adapters = [fanout, second_adapter]
         self.b = await self._exit.enter_async_context(
             Broadcaster(settings, adapters=adapters, max_pending=self._max_pending)
         )
