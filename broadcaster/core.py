@@ -671,7 +671,7 @@ class Broadcaster:
             for name in routed:
                 lane = self._lanes.get(name)
                 if lane is not None:
-                    lane.enqueue((record,))
+                    lane.enqueue_live(record)
             return
         per_lane: dict[str, list[EventRecord]] = {name: [] for name in self._lanes}
         routings: Counter[tuple[Category, tuple[str, ...]]] = Counter()

@@ -228,17 +228,30 @@ class Lane:
         if not live:
             self._from_store.update(r.sequence_id for r in send)
         if send:
-            if len(send) == 1:
-                # publish()'s one record, in its caller's step: no generator
-                # (measured per lane in a tight publish loop: 2.2-3.4 -> 1.9-3.0
-                # µs, most of the rest the wake).
-                self._held.add(send[0].sequence_id)
-            else:
-                self._held.update(r.sequence_id for r in send)
+            self._held.update(r.sequence_id for r in send)
             self._queue.extend(send)
             self._outstanding += len(send)
             self._idle.clear()
             self._wake.set()
+        self._changed.fire()
+
+    def enqueue_live(self, record: EventRecord) -> None:
+        """``enqueue((record,))`` for ``publish()``'s one live record, without
+        the general path's branches: it runs in the producer's call once per
+        routed adapter, so its cost is what each more path adds to the call
+        (measured, ``_dispatch`` of one record on uvloop, same process: a
+        second path 1.54 -> 1.28 µs, the whole hand-off 0.3-0.6 µs less).
+        While the breaker holds part of the traffic back it takes the general
+        path."""
+        breaker = self.breaker
+        if breaker is not None and breaker.share < 100:
+            self.enqueue((record,))
+            return
+        self._held.add(record.sequence_id)
+        self._queue.append(record)
+        self._outstanding += 1
+        self._idle.clear()
+        self._wake.set()
         self._changed.fire()
 
     async def wait_idle(self) -> None:

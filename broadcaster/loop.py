@@ -35,9 +35,9 @@ def resolve_event_loop(name: str) -> Literal["uvloop", "asyncio"]:
     """The loop ``name`` stands for here: ``auto`` is uvloop where it can be
     imported (not on Windows), else asyncio's own.
 
-    Raises :class:`~broadcaster.exceptions.ConfigError` (field ``EVENT_LOOP``)
-    for a name not in :data:`EVENT_LOOPS`, or ``uvloop`` when it cannot be
-    imported."""
+    Raises :class:`~broadcaster.exceptions.ConfigError` (its ``variable``:
+    ``EVENT_LOOP``) for a name not in :data:`EVENT_LOOPS`, or for ``uvloop``
+    when uvloop cannot be imported."""
     if name not in EVENT_LOOPS:
         raise ConfigError("EVENT_LOOP", name, f"must be one of {', '.join(EVENT_LOOPS)}")
     if name == "asyncio":

@@ -46,9 +46,10 @@ class DeliveryStats:
 
     def count_routed(self, category: Category, adapters: Iterable[str], events: int = 1) -> None:
         """``events`` events of ``category`` were stored and routed to ``adapters``."""
-        self.published[category.value] += events
+        value = category.value  # an enum property: once, not once per adapter
+        self.published[value] += events
         for name in adapters:
-            self.routed[(category.value, name)] += events
+            self.routed[(value, name)] += events
 
     def count_delivered(
         self, adapter: str, records: Sequence[EventRecord], send_seconds: float = 0.0

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import get_args
 
 import pytest
 import uvloop
 
 from broadcaster.exceptions import ConfigError
 from broadcaster.loop import EVENT_LOOPS, loop_factory, resolve_event_loop, run_on_loop
+from broadcaster.settings import Settings
 
 
 @pytest.fixture
@@ -32,6 +34,8 @@ def test_auto_is_uvloop_where_installed() -> None:
     assert loop_factory("auto") is uvloop.new_event_loop
     assert loop_factory("asyncio") is None
     assert EVENT_LOOPS == ("auto", "uvloop", "asyncio")
+    # The setting accepts exactly these names.
+    assert get_args(Settings.model_fields["event_loop"].annotation) == EVENT_LOOPS
 
 
 @pytest.mark.usefixtures("no_uvloop")
