@@ -7,7 +7,7 @@ write, the Realtime client's push with its timeout task and its reply. uvloop
 does those in C on libuv. Measured on this project's 2-core machine
 (``python -m loadtests publish-overhead --loop asyncio|uvloop``): the
 producer's ``publish()`` p50 with dual-write over single-write, the real
-Realtime path as the second, 1.35-1.53 on asyncio and 1.02-1.14 on uvloop,
+Realtime path as the second, 1.35-1.53 on asyncio and 1.02-1.16 on uvloop,
 and the call itself a third faster.
 
 A program that embeds :class:`~broadcaster.core.Broadcaster` chooses its own
