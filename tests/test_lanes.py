@@ -9,6 +9,9 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
+import pytest
+
+from broadcaster import core
 from broadcaster.adapters.memory import MemoryAdapter
 from broadcaster.breaker_policy import BreakerConfig
 from broadcaster.core import Broadcaster
@@ -342,3 +345,31 @@ async def test_token_bucket_paces() -> None:
     for _ in range(20):
         await tokens.take(10)
     assert time.perf_counter() - started >= 0.15
+
+
+class WriteNowStore(MemoryStore):
+    """Commits in the caller's step, as SQLite's loop writes do."""
+
+    def append_now(self, items):  # type: ignore[no-untyped-def]
+        return self._append(items)
+
+
+async def test_a_lane_reading_its_undelivered_rows_takes_over_records_being_handed_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A record committed in publish()'s own step reaches its lanes a loop
+    turn later (the broadcaster's hand-off). A lane that reads its undelivered
+    rows from the store in that turn (backfill, half-open probes) must count
+    the record as its own, not send it a second time."""
+    # However slow the loop of a loaded machine, commit in the caller's step.
+    monkeypatch.setattr(core, "_INLINE_MAX_LAG_S", 1.0)
+    rt, store = FaultyAdapter("realtime"), WriteNowStore()
+    async with make(rt, store) as b:
+        await b.publish("SYSTEM", "e", {})
+        lane = b.lane("realtime")
+        rows = await store.undelivered("realtime")  # no await inside: same turn
+        assert [r.sequence_id for r in rows] == [1] and lane.outstanding == 0
+        assert lane._unheld(rows) == []  # the hand-off ran first: the lane holds it
+        assert lane.outstanding == 1
+        await b.flush(timeout=5)
+    assert rt.sequence_ids == [1]

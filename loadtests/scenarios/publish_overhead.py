@@ -26,7 +26,8 @@ each path's calls.
 
 ``--parts`` adds a probe that splits each call's CPU time into the store
 commit (``Store.append_now``, the call's own commit) and the hand-off of the
-committed record to the lanes (the broadcaster's ``_dispatch``), per mode
+committed record (the broadcaster's ``_dispatch``: it queues the record, and
+the lanes take it a loop turn later, outside the call), per mode
 (``parts``: p10/p50 of each, and ``other``: the call's CPU less the two).
 The probe wraps those two methods on the running instances for the phase
 and costs each call ~1-2 µs in both modes; off by default, so the ratios of
@@ -112,8 +113,8 @@ _Items = Sequence[tuple[EventDraft, tuple[str, ...]]]
 
 class CallParts:
     """The probe of ``--parts``: the loop thread's CPU time of every one-event
-    commit in ``publish()``'s own step and of every one-record hand-off to the
-    lanes, keyed by mode (dual: the event was routed to two adapters).
+    commit in ``publish()``'s own step and of every one-record hand-off
+    (queued for the lanes), keyed by mode (dual: the event was routed to two adapters).
     ``with probe.timing(b):`` wraps ``b.store.append_now`` and ``b._dispatch``
     on the instances and puts the methods back on exit; timings of several
     such phases (one path's rounds) pool in ``cpu``."""
