@@ -170,6 +170,79 @@ async def test_append_commits_the_event_rows_alone_and_reads_add_the_tail(
         }
 
 
+def log_outbox_inserts(path: Path) -> None:
+    """Record every outbox row ever inserted (the store's own connection fires
+    the trigger; an ack deletes the rows, the log keeps them)."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.executescript(
+            "CREATE TABLE inserted (adapter TEXT, sequence_id INTEGER);"
+            "CREATE TRIGGER log_insert AFTER INSERT ON outbox"
+            " BEGIN INSERT INTO inserted VALUES (new.adapter, new.sequence_id); END;"
+        )
+    finally:
+        conn.close()
+
+
+async def test_acks_reaching_into_the_tail_write_no_row_for_the_pairs_they_acknowledge(
+    tmp_path: Path,
+) -> None:
+    """Acks come in order under steady traffic: a transaction of plain acks
+    writes the tail only up to the highest id it acknowledges, and no row for
+    an acknowledged pair (it would be deleted in the same transaction). Pairs
+    still owed get their rows; every read says the same as with rows."""
+    path = tmp_path / "skip.db"
+    async with SQLiteStore(path, mark_linger_ms=0) as store:
+        await store.append(items(6))  # 1-6 to both
+        await store.append([(EventFactory().draft("SYSTEM", "one", {}), ("websocket",))])  # 7
+        log_outbox_inserts(path)
+        await store.mark("websocket", [1, 2], DeliveryState.ACKED)
+        # Through 2 only; realtime still owes 1 and 2: rows; websocket: none.
+        assert rows_of(path, "inserted") == [("realtime", 1), ("realtime", 2)]
+        assert outbox_state(path)[:2] == (2, 2)
+        # Both adapters' acks in one transaction: nothing written for them.
+        await asyncio.gather(
+            store.mark("websocket", [3, 4], DeliveryState.ACKED),
+            store.mark("realtime", [1, 3, 4], DeliveryState.ACKED),
+        )
+        assert rows_of(path, "inserted") == [("realtime", 1), ("realtime", 2)]
+        rows, through, view = outbox_state(path)
+        assert (rows, through) == (1, 4)  # realtime 2 is still owed
+        assert [p for p in view if p[2] == "queued"] == [
+            (2, "realtime", "queued"),
+            *((seq, a, "queued") for seq in (5, 6) for a in ("realtime", "websocket")),
+            (7, "websocket", "queued"),
+        ]
+        assert (await store.stats()).states == {
+            "websocket": {"acked": 4, "queued": 3},
+            "realtime": {"acked": 3, "queued": 3},
+        }
+        # An ack of 7 alone writes out 5 and 6 for both, then acks 7 unwritten.
+        await store.mark("websocket", [7], DeliveryState.ACKED)
+        assert rows_of(path, "inserted")[2:] == [
+            ("realtime", 5),
+            ("realtime", 6),
+            ("websocket", 5),
+            ("websocket", 6),
+        ]
+        assert outbox_state(path)[:2] == (5, 7)
+        assert [r.sequence_id for r in await store.undelivered("websocket")] == [5, 6]
+        assert [r.sequence_id for r in await store.undelivered("realtime")] == [2, 5, 6]
+        # Any other state in the transaction: the whole tail is written, as before.
+        await store.append(items(2))  # 8, 9
+        await asyncio.gather(
+            store.mark("websocket", [8], DeliveryState.ACKED),
+            store.mark("realtime", [8], DeliveryState.FAILED, "timeout"),
+        )
+        assert ("websocket", 8) in rows_of(path, "inserted")
+        # realtime 2, 5, 6, 8 (failed), 9; websocket 5, 6, 9
+        assert outbox_state(path)[:2] == (8, 9)
+        assert (await store.stats()).states == {
+            "websocket": {"acked": 6, "queued": 3},
+            "realtime": {"acked": 3, "queued": 4, "failed": 1},
+        }
+
+
 def rows_of(path: Path, table: str) -> list[tuple[object, ...]]:
     conn = sqlite3.connect(path)
     try:
