@@ -32,6 +32,7 @@ With a breaker, every send goes through :meth:`AdapterBreaker.call`, and:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
@@ -137,7 +138,16 @@ class Lane:
         self._store = store
         self._stats = stats
         self._max_batch = max_batch
-        self._slots = asyncio.Semaphore(max_in_flight)
+        # Batches that may be in flight at once; _run waits on _slot_freed
+        # when none is left (a counter, so that _launch can take one in a
+        # callback, without awaiting).
+        self._free_slots = max_in_flight
+        self._slot_freed = asyncio.Event()
+        # _run waits for work with nothing queued: records added now may start
+        # their delivery at once (_launch_or_wake) instead of waking it.
+        self._run_idle = False
+        # _run's context (the adapter bound for logs), for delivery tasks.
+        self._context: contextvars.Context | None = None
         self._queue: deque[EventRecord] = deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -241,7 +251,7 @@ class Lane:
             self._queue.extend(send)
             self._outstanding += len(send)
             self._idle.clear()
-            self._wake.set()
+            self._launch_or_wake()
         self._changed.fire()
 
     def enqueue_live(self, record: EventRecord) -> None:
@@ -259,7 +269,7 @@ class Lane:
         self._queue.append(record)
         self._outstanding += 1
         self._idle.clear()
-        self._wake.set()
+        self._launch_or_wake()
         self._changed.fire()
 
     async def wait_idle(self) -> None:
@@ -301,13 +311,55 @@ class Lane:
 
     # -- delivery ------------------------------------------------------------
 
+    def _launch_or_wake(self) -> None:
+        """After records were queued: start their delivery now if ``_run``
+        would do just that on waking (it is idle, a slot is free, no backoff,
+        the breaker closed), else wake it.
+
+        Why: records reach the lane in a callback a loop turn after their
+        commit (the broadcaster's hand-off); waking ``_run`` from there cost
+        a second turn before the delivery task was even created (measured:
+        WebSocket p50 at 10 000/s 0.60-0.96 -> 1.09-1.17 ms)."""
+        breaker = self.breaker
+        if (
+            self._run_idle
+            and not self._wake.is_set()
+            and self._free_slots
+            and not self._backoff
+            and (breaker is None or breaker.state == BreakerState.CLOSED)
+        ):
+            self._launch()
+            if not self._queue:
+                return
+        self._wake.set()
+
+    def _launch(self) -> None:
+        """Take a slot and start delivering the next batch (the queue is not empty)."""
+        self._free_slots -= 1
+        n = min(len(self._queue), self._max_batch)
+        batch = [self._queue.popleft() for _ in range(n)]
+        context = self._context.copy() if self._context is not None else None
+        task = asyncio.get_running_loop().create_task(self._deliver(batch), context=context)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    def _release_slot(self) -> None:
+        self._free_slots += 1
+        self._slot_freed.set()
+
     async def _run(self) -> None:
-        # Bound once for this task: every log line of this lane names its adapter.
+        # Bound once for this task: every log line of this lane names its
+        # adapter, and so do its delivery tasks (they start in this context).
         structlog.contextvars.bind_contextvars(adapter=self.name)
+        self._context = contextvars.copy_context()
         while True:
             if not self._queue:
                 self._wake.clear()
-                await self._wake.wait()
+                self._run_idle = True
+                try:
+                    await self._wake.wait()
+                finally:
+                    self._run_idle = False
                 continue
             breaker = self.breaker
             if breaker is not None and breaker.state == BreakerState.OPEN:
@@ -320,15 +372,11 @@ class Lane:
             if delay > 0:
                 await asyncio.sleep(delay)
                 continue
-            await self._slots.acquire()
-            if not self._queue:  # drained while we waited for a slot
-                self._slots.release()
-                continue
-            n = min(len(self._queue), self._max_batch)
-            batch = [self._queue.popleft() for _ in range(n)]
-            task = asyncio.get_running_loop().create_task(self._deliver(batch))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            if not self._free_slots:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue  # look again: the queue may be drained, the breaker open
+            self._launch()
 
     async def _send(self, batch: list[EventRecord]) -> None:
         if self.breaker is None:
@@ -342,19 +390,19 @@ class Lane:
             await self._send(batch)
         except BreakerOpen:
             # Not a delivery failure: nothing was sent. Pending until backfill.
-            self._slots.release()
+            self._release_slot()
             self._park(batch)
             return
         except AdapterError as exc:
-            self._slots.release()
+            self._release_slot()
             await self._failed(batch, exc)
             return
         except Exception as exc:  # an adapter bug must not kill the lane or lose events
-            self._slots.release()
+            self._release_slot()
             log.exception("adapter raised an unexpected error", error=repr(exc))
             await self._failed(batch, exc)
             return
-        self._slots.release()
+        self._release_slot()
         self._backoff = 0.0
         self.last_error = None
         self._stats.count_delivered(self.name, batch, self._clock() - started)

@@ -427,6 +427,21 @@ async def test_records_committed_in_a_callers_step_reach_the_lanes_on_the_next_t
     assert ws.sequence_ids == rt.sequence_ids == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.usefixtures("loop_keeps_up")
+async def test_an_idle_lane_starts_delivering_from_the_hand_off_itself() -> None:
+    """The hand-off runs a loop turn after the commit; an idle lane starts the
+    delivery task right there, so the adapter gets the record the turn after
+    (as when the lane was woken in the producer's step), not a turn later."""
+    ws, rt = MemoryAdapter("websocket"), MemoryAdapter("realtime")
+    async with make(ws, rt, store=WriteNowStore()) as b:
+        await b.flush(timeout=5)  # both lanes idle
+        await b.publish("SYSTEM", "e", {"n": 1})
+        await asyncio.sleep(0)  # the hand-off: each lane starts a delivery task
+        assert ws.sequence_ids == rt.sequence_ids == []
+        await asyncio.sleep(0)  # the delivery tasks send
+        assert ws.sequence_ids == rt.sequence_ids == [1]
+
+
 async def test_flush_right_after_publish_hands_the_records_over_first() -> None:
     ws, rt = MemoryAdapter("websocket"), MemoryAdapter("realtime")
     async with make(ws, rt) as b:
