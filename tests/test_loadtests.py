@@ -319,6 +319,10 @@ def test_raw_limit(smoke: Smoke) -> None:
     assert r["raw_lost"] == 0
     assert r["raw_one_connection_lost"] == 0
     assert r["broadcaster_lost"] == 0
+    # The raw loop runs before and after the broadcaster; the limit is their mean.
+    before, after = r["raw_events_per_s_runs"]
+    assert _finite_positive(before) and _finite_positive(after)
+    assert r["raw_events_per_s"] == round((before + after) / 2)
     for key in (
         "raw_events_per_s",
         "raw_one_connection_events_per_s",
