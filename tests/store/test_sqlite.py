@@ -817,6 +817,46 @@ async def test_checkpoints_hold_writes_only_once_the_wal_is_long(tmp_path: Path)
         assert wal < 8192 * 4096, wal
 
 
+def meta_floor(path: Path) -> tuple[int, int]:
+    """meta's last_sequence_id and event_count as stored."""
+    conn = sqlite3.connect(path)
+    try:
+        rows = dict(
+            conn.execute(
+                "SELECT key, value FROM meta WHERE key IN ('last_sequence_id', 'event_count')"
+            ).fetchall()
+        )
+    finally:
+        conn.close()
+    return rows["last_sequence_id"], rows["event_count"]
+
+
+async def test_an_append_writes_no_meta_row_and_deletes_keep_the_mark(tmp_path: Path) -> None:
+    """A commit a publish() waits for writes the event rows alone (schema 8):
+    meta's mark and count are a floor, brought up before a delete takes an
+    event above it — by prune or by hand — so ids are never handed out again
+    and the counts stay exact."""
+    path = tmp_path / "mark.db"
+    async with SQLiteStore(path, mark_linger_ms=0) as store:
+        await store.append(items(5))
+        assert meta_floor(path) == (0, 0)  # no meta row written by the appends
+        stats = await store.stats()
+        assert (await store.last_sequence_id(), stats.last_sequence_id, stats.events) == (5, 5, 5)
+        for adapter in BOTH:
+            await store.mark(adapter, [1, 2, 3, 4, 5], DeliveryState.ACKED)
+        assert await store.prune(through=5, older_than_ms=2**62) == 5
+        assert meta_floor(path) == (5, 0)  # settled before the newest went
+        stats = await store.stats()
+        assert (await store.last_sequence_id(), stats.last_sequence_id, stats.events) == (5, 5, 0)
+        (new,) = await store.append(items(1))
+        assert new.sequence_id == 6
+        assert ((await store.stats()).events, meta_floor(path)) == (1, (5, 0))
+    async with SQLiteStore(path) as store:  # opening settles the floor
+        assert meta_floor(path) == (6, 1)
+        stats = await store.stats()
+        assert (stats.last_sequence_id, stats.events) == (6, 1)
+
+
 async def test_ids_never_reused_after_pruning(tmp_path: Path) -> None:
     path = tmp_path / "prune.db"
     async with SQLiteStore(path) as store:
