@@ -363,6 +363,7 @@ async def test_a_lane_reading_its_undelivered_rows_takes_over_records_being_hand
     the record as its own, not send it a second time."""
     # However slow the loop of a loaded machine, commit in the caller's step.
     monkeypatch.setattr(core, "_INLINE_MAX_LAG_S", 1.0)
+    monkeypatch.setattr(core, "_INLINE_BUDGET_S", 1.0)
     rt, store = FaultyAdapter("realtime"), WriteNowStore()
     async with make(rt, store) as b:
         await b.publish("SYSTEM", "e", {})
