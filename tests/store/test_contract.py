@@ -596,6 +596,37 @@ async def store_case_missing_one(
     return records, created
 
 
+ROUTINGS = [BOTH, WS, ("realtime",), ("realtime", "websocket")]
+
+
+async def append_to_both(
+    store: Store, model: MemoryStore, rng: random.Random, first: int, n: int
+) -> int:
+    """Append ``n`` events of random routings (payload ids from ``first``) to
+    ``store`` and ``model`` alike; returns ``n``."""
+    factory = EventFactory()
+    batch = [
+        (factory.draft("SYSTEM", "model", {"i": first + i}), rng.choice(ROUTINGS)) for i in range(n)
+    ]
+    if batch:
+        await store.append(batch)
+        await model.append(batch)
+    return n
+
+
+async def assert_reads_agree(store: Store, model: MemoryStore, last: int) -> None:
+    """Stats, every event's states and errors, and each adapter's undelivered
+    events read the same from ``store`` as from ``model``."""
+    mine, theirs = await store.stats(), await model.stats()
+    assert mine.states == {a: n for a, n in theirs.states.items() if n}
+    for seq in range(1, last + 1):
+        got, want = await store.get(seq), await model.get(seq)
+        assert got is not None and want is not None
+        assert (got.states, got.errors) == (want.states, want.errors), seq
+    for adapter in BOTH:
+        assert await store.undelivered(adapter) == await model.undelivered(adapter)
+
+
 # Against the model itself the comparison could not fail: the other backends only.
 @pytest.mark.parametrize("store", ["sqlite", "sqlite-worker", "postgres"], indirect=True)
 @pytest.mark.parametrize("seed", range(6))
@@ -606,20 +637,12 @@ async def test_marks_in_shared_transactions_agree_with_the_memory_store(
     in SQLite with or without a tail of unwritten outbox rows, and acks that
     leave implied ACKED pairs): every read agrees with MemoryStore's."""
     rng = random.Random(seed)
-    routings = [BOTH, WS, ("realtime",), ("realtime", "websocket")]
-    factory = EventFactory()
     model = MemoryStore()
     await model.open()
     last = 0
     for _ in range(40):
         if rng.random() < 0.6:
-            batch = [
-                (factory.draft("SYSTEM", "model", {"i": last + i}), rng.choice(routings))
-                for i in range(rng.randint(1, 4))
-            ]
-            await store.append(batch)
-            await model.append(batch)
-            last += len(batch)
+            last += await append_to_both(store, model, rng, last, rng.randint(1, 4))
         requests = [
             (
                 rng.choice(BOTH),
@@ -631,14 +654,7 @@ async def test_marks_in_shared_transactions_agree_with_the_memory_store(
         ]
         for backend in (store, model):
             await asyncio.gather(*(backend.mark(*request) for request in requests))
-        mine, theirs = await store.stats(), await model.stats()
-        assert mine.states == {a: n for a, n in theirs.states.items() if n}
-        for seq in range(1, last + 1):
-            got, want = await store.get(seq), await model.get(seq)
-            assert got is not None and want is not None
-            assert (got.states, got.errors) == (want.states, want.errors), seq
-        for adapter in BOTH:
-            assert await store.undelivered(adapter) == await model.undelivered(adapter)
+        await assert_reads_agree(store, model, last)
     await model.close()
 
 
@@ -653,21 +669,12 @@ async def test_in_order_acks_sharing_transactions_agree_with_the_memory_store(
     write the tail only up to what they acknowledge, without those pairs).
     After every round every read agrees with MemoryStore's."""
     rng = random.Random(seed)
-    routings = [BOTH, WS, ("realtime",), ("realtime", "websocket")]
-    factory = EventFactory()
     model = MemoryStore()
     await model.open()
     last = 0
     acked_through = dict.fromkeys(BOTH, 0)
     for _ in range(30):
-        batch = [
-            (factory.draft("SYSTEM", "model", {"i": last + i}), rng.choice(routings))
-            for i in range(rng.randint(0, 6))
-        ]
-        if batch:
-            await store.append(batch)
-            await model.append(batch)
-            last += len(batch)
+        last += await append_to_both(store, model, rng, last, rng.randint(0, 6))
         requests = []
         for adapter in BOTH:
             if rng.random() < 0.3:
@@ -682,16 +689,11 @@ async def test_in_order_acks_sharing_transactions_agree_with_the_memory_store(
                 requests.append((adapter, ids, DeliveryState.ACKED))
         for backend in (store, model):
             await asyncio.gather(*(backend.mark(*request) for request in requests))
-        mine, theirs = await store.stats(), await model.stats()
-        assert mine.states == {a: n for a, n in theirs.states.items() if n}
-        for seq in range(1, last + 1):
-            got, want = await store.get(seq), await model.get(seq)
-            assert got is not None and want is not None
-            assert got.states == want.states, seq
-        for adapter in BOTH:
-            assert await store.undelivered(adapter) == await model.undelivered(adapter)
-        scans = [await backend.scan() for backend in (store, model)]
-        assert [[replace(row, created_at_ms=0) for row in rows] for rows in scans] == [
-            [replace(row, created_at_ms=0) for row in scans[1]]
-        ] * 2
+        await assert_reads_agree(store, model, last)
+        # Scans too, but for created_at_ms (each backend stamps its own append).
+        mine, theirs = [
+            [replace(row, created_at_ms=0) for row in await backend.scan()]
+            for backend in (store, model)
+        ]
+        assert mine == theirs
     await model.close()
