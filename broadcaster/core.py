@@ -79,8 +79,19 @@ _INLINE_MAX_EVENTS = 32
 #: to get through what is ready (a moving average), calls arrive faster than
 #: commits and the writer task's shared commits are worth their two turns (at
 #: 10 000 events/s in small calls, commits in callers' steps doubled the
-#: commits and the end-to-end latency p50).
+#: commits and the end-to-end latency p50) — if the loop's thread is also
+#: saturated (``_SATURATED_SHARE``).
 _INLINE_MAX_LAG_S = 0.0006
+
+#: The loop's thread counts as saturated while it used at least this share of
+#: a CPU over the last ``_SHARE_WINDOW_S``. Only then do lagging turns send
+#: commits to the writer task. A loop with idle time gains nothing from shared
+#: commits, and its turns can be long for other reasons (the Realtime client's
+#: pushes, on a slow VM): there the lag bound alone sent calls to the writer
+#: task, whose commits lengthen the turns further, and dual-write publish()
+#: p50 jumped from 0.15 to 0.46-0.98 ms in 4 of ~10 runs at 2 000 events/s.
+_SATURATED_SHARE = 0.9
+_SHARE_WINDOW_S = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +224,10 @@ class Broadcaster:
         # of) how long the loop then took to get through what was ready.
         self._turn_mark: float | None = None
         self._loop_lag = 0.0
+        # Wall and loop-thread CPU time at the start of the current share
+        # window, and whether the last full window was saturated.
+        self._share_mark: tuple[float, float] | None = None
+        self._saturated = False
         # The writer task is between taking submissions and dispatching them.
         self._writing = False
         # Committed records not yet handed to their lanes, in sequence order,
@@ -561,7 +576,7 @@ class Broadcaster:
                 not self._writing
                 and self._inline_spent < _INLINE_BUDGET_S
                 and self._pending_count + len(items) <= _INLINE_MAX_EVENTS
-                and self._loop_lag < _INLINE_MAX_LAG_S
+                and (self._loop_lag < _INLINE_MAX_LAG_S or not self._saturated)
             ):
                 records = self._write_now(items)
                 if records is not None:
@@ -592,7 +607,8 @@ class Broadcaster:
         whatever else is ready (in dual-write: the other lane, its pushes and
         acks), which doubled publish() latency at 2 000 events/s. Such writes
         get ``_INLINE_BUDGET_S`` per loop turn and ``_INLINE_MAX_EVENTS``
-        each, and happen only while the loop keeps up (``_INLINE_MAX_LAG_S``):
+        each, and happen only while the loop keeps up (``_INLINE_MAX_LAG_S``)
+        or has idle time (``_SATURATED_SHARE``):
         a caller publishing in a tight loop still lets the loop run, and
         callers beyond that queue for one shared commit — taken by the writer
         task, or swept up by the next such write, ahead of its own events
@@ -641,9 +657,16 @@ class Broadcaster:
 
     def _turned(self) -> None:
         if self._turn_mark is not None:
-            lag = time.perf_counter() - self._turn_mark
-            self._loop_lag += (lag - self._loop_lag) * 0.25
+            now = time.perf_counter()
+            self._loop_lag += (now - self._turn_mark - self._loop_lag) * 0.25
             self._turn_mark = None
+            mark = self._share_mark
+            if mark is None:
+                self._share_mark = (now, time.thread_time())
+            elif now - mark[0] >= _SHARE_WINDOW_S:
+                cpu = time.thread_time()
+                self._saturated = cpu - mark[1] >= _SATURATED_SHARE * (now - mark[0])
+                self._share_mark = (now, cpu)
         self._inline_spent = 0.0
 
     def _backlog(self) -> int:
