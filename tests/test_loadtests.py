@@ -32,6 +32,7 @@ from loadtests._common import (
     running_loop_name,
     spawn,
     summarise,
+    syscall_us,
 )
 from loadtests._stack import PhaseResult, Stack, _end
 from loadtests.scenarios import SCENARIOS
@@ -90,6 +91,9 @@ def test_every_scenario_ran(smoke: Smoke) -> None:
     assert set(smoke.results) == set(SCENARIOS)
     # --loop auto, as `broadcaster serve`: uvloop, which the package installs.
     assert {r["event_loop"] for r in smoke.results.values()} == {"uvloop"}
+    # The timing scenarios say what a system call cost on the machine.
+    timed = ("sustained", "dual-vs-single", "publish-overhead", "raw-limit")
+    assert all(_finite_positive(smoke.results[name]["syscall_us"]) for name in timed)
 
 
 def test_loop_asyncio_runs_the_scenario_on_asyncios_loop() -> None:
@@ -673,3 +677,10 @@ def test_bench_wakeup_prints_send_costs_per_gap(capsys: pytest.CaptureFixture[st
     assert all(
         v["p50_us"] > 0 and v["p90_us"] >= v["p50_us"] for k, v in line.items() if k[:4] == "gap_"
     )
+
+
+def test_syscall_us_times_one_call_in_the_kernel() -> None:
+    cost = syscall_us(2000)
+    # Well above a plain function call, well below a context switch: both
+    # bounds hold on any machine this runs on (0.05-0.9 us seen).
+    assert 0.01 < cost < 50
