@@ -89,7 +89,7 @@ _INLINE_MAX_LAG_S = 0.0006
 #: commits, and its turns can be long for other reasons (the Realtime client's
 #: pushes, on a slow VM): there the lag bound alone sent calls to the writer
 #: task, whose commits lengthen the turns further, and dual-write publish()
-#: p50 jumped from 0.15 to 0.46-0.98 ms in 4 of ~10 runs at 2 000 events/s.
+#: p50 jumped from 0.15 to 0.46-0.98 ms in 4 of ~13 runs at 2 000 events/s.
 _SATURATED_SHARE = 0.9
 _SHARE_WINDOW_S = 0.02
 
