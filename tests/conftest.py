@@ -19,6 +19,7 @@ import pytest
 import structlog
 import uvloop
 
+from broadcaster import core
 from tests._env import SETTING_PREFIXES
 
 #: Test modules (paths under tests/) whose async tests run on both loops.
@@ -53,3 +54,13 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     monkeypatch.chdir(tmp_path)
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture
+def commits_in_callers_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every publish() commits in its caller's step, however slow the loop:
+    no loop-lag bound, no per-turn time budget. For tests that count loop
+    turns after commits: on a loaded machine (CI, coverage, asyncio debug
+    mode) a VM pause mid-step must not send a commit to the writer task."""
+    monkeypatch.setattr(core, "_INLINE_MAX_LAG_S", 1.0)
+    monkeypatch.setattr(core, "_INLINE_BUDGET_S", 1.0)

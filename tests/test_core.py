@@ -64,15 +64,6 @@ def loop_keeps_up(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(core, "_INLINE_MAX_LAG_S", 1.0)
 
 
-@pytest.fixture
-def commits_in_callers_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    """As ``loop_keeps_up``, and without the per-turn time budget either: a
-    test that counts loop turns after several commits in one step must not
-    see one of them go to the writer task because the VM paused mid-step."""
-    monkeypatch.setattr(core, "_INLINE_MAX_LAG_S", 1.0)
-    monkeypatch.setattr(core, "_INLINE_BUDGET_S", 1.0)
-
-
 class WriteNowStore(MemoryStore):
     """A MemoryStore that can also append without waiting (as SQLite's loop
     writes), each such write taking ``write_s`` of the loop's time; it records

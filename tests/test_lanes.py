@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 import pytest
 
-from broadcaster import core
 from broadcaster.adapters.memory import MemoryAdapter
 from broadcaster.breaker_policy import BreakerConfig
 from broadcaster.core import Broadcaster
@@ -354,16 +353,12 @@ class WriteNowStore(MemoryStore):
         return self._append(items)
 
 
-async def test_a_lane_reading_its_undelivered_rows_takes_over_records_being_handed_over(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.mark.usefixtures("commits_in_callers_step")
+async def test_a_lane_reading_its_undelivered_rows_takes_over_records_being_handed_over() -> None:
     """A record committed in publish()'s own step reaches its lanes a loop
     turn later (the broadcaster's hand-off). A lane that reads its undelivered
     rows from the store in that turn (backfill, half-open probes) must count
     the record as its own, not send it a second time."""
-    # However slow the loop of a loaded machine, commit in the caller's step.
-    monkeypatch.setattr(core, "_INLINE_MAX_LAG_S", 1.0)
-    monkeypatch.setattr(core, "_INLINE_BUDGET_S", 1.0)
     rt, store = FaultyAdapter("realtime"), WriteNowStore()
     async with make(rt, store) as b:
         await b.publish("SYSTEM", "e", {})
