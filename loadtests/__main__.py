@@ -27,7 +27,7 @@ from typing import Any
 from broadcaster.logs import configure_logging
 from broadcaster.loop import EVENT_LOOPS, resolve_event_loop, run_on_loop
 
-from ._common import load_average, markdown_table, progress, python_env
+from ._common import load_average, markdown_table, pin_cpus, progress, python_env
 from .scenarios import SCENARIOS
 
 __all__ = ["build_parser", "main", "run_all", "run_in_subprocess"]
@@ -81,6 +81,12 @@ def _add_loop_argument(parser: argparse.ArgumentParser) -> None:
         help="the event loop of the broadcaster and subscriber processes, as EVENT_LOOP "
         "(default auto: uvloop where installed, as `broadcaster serve`)",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="keep the broadcaster's process on one CPU and the local servers, "
+        "subscribers and peers on the others (JSON: pinned)",
+    )
 
 
 def _apply_defaults(module: ModuleType, args: argparse.Namespace) -> None:
@@ -96,6 +102,8 @@ def _scenario_argv(name: str, args: argparse.Namespace, out: Path | None) -> lis
         argv.append("--smoke")
     if args.loop != "auto":
         argv += ["--loop", args.loop]
+    if args.pin:
+        argv.append("--pin")
     if args.seconds is not None and name in _TIMED:
         argv += ["--seconds", str(args.seconds)]
     if args.rate is not None and name == "sustained":
@@ -171,8 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         return run_all(args, argv)
     module = SCENARIOS[args.scenario]
     _apply_defaults(module, args)
+    # Before the loop: its threads (the store's worker) inherit the mask.
+    pinned = pin_cpus() if args.pin else None
     result = run_on_loop(module.run(args), loop=args.loop)
     result["event_loop"] = resolve_event_loop(args.loop)
+    result["pinned"] = pinned
     print(json.dumps(result), flush=True)
     return 0
 

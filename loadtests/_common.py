@@ -29,6 +29,8 @@ __all__ = [
     "load_average",
     "markdown_table",
     "percentile",
+    "pin_cpus",
+    "pin_helper",
     "progress",
     "python_env",
     "running_loop_name",
@@ -222,15 +224,47 @@ def running_loop_name() -> str:
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
+#: CPUs the helper processes (servers, subscribers, peers) are pinned to;
+#: None while nothing is pinned (:func:`pin_cpus`).
+_helper_cpus: set[int] | None = None
+
+
+def pin_cpus() -> dict[str, list[int]] | None:
+    """``--pin``: keep this process (the broadcaster's) on its lowest CPU and
+    every helper process :func:`spawn` starts on the others, so that the
+    scheduler does not move the broadcaster between cores as the local
+    Realtime server and subscribers wake: in production those run elsewhere.
+    Call before any thread starts (threads inherit the mask of the thread
+    that creates them). Returns the split (the JSON's ``pinned``), or None
+    with fewer than two CPUs to split."""
+    global _helper_cpus
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    os.sched_setaffinity(0, {cpus[0]})
+    _helper_cpus = set(cpus[1:])
+    return {"broadcaster": cpus[:1], "helpers": cpus[1:]}
+
+
+def pin_helper(pid: int) -> None:
+    """Put helper process ``pid`` on the helpers' CPUs, if :func:`pin_cpus`
+    pinned this one. Right after its start, before it makes threads."""
+    if _helper_cpus is not None:
+        os.sched_setaffinity(pid, _helper_cpus)
+
+
 def spawn(*args: str, stdin: bool = False) -> subprocess.Popen[str]:
-    """``python *args`` with piped stdout (and stdin if asked), stderr inherited."""
-    return subprocess.Popen(
+    """``python *args`` with piped stdout (and stdin if asked), stderr
+    inherited; on the helpers' CPUs if :func:`pin_cpus` split them."""
+    proc = subprocess.Popen(
         [sys.executable, *args],
         stdin=subprocess.PIPE if stdin else None,
         stdout=subprocess.PIPE,
         text=True,
         env=python_env(),
     )
+    pin_helper(proc.pid)
+    return proc
 
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

@@ -29,7 +29,7 @@ from broadcaster.events import EventRecord, record_from_wire
 from broadcaster.exceptions import AdapterUnavailable
 from broadcaster.logs import configure_logging
 
-from ._common import python_env
+from ._common import pin_helper, python_env
 
 __all__ = ["ChildRealtimeAdapter", "main"]
 
@@ -59,6 +59,7 @@ class ChildRealtimeAdapter(Adapter):
             stdout=asyncio.subprocess.PIPE,
             env=python_env(),
         )
+        pin_helper(self._proc.pid)
         assert self._proc.stdout is not None
         line = await self._proc.stdout.readline()
         if line.strip() != b"ready":

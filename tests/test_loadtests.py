@@ -14,6 +14,8 @@ import io
 import json
 import math
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from loadtests._common import (
     flatten,
     markdown_table,
     percentile,
+    python_env,
     running_loop_name,
     spawn,
     summarise,
@@ -91,9 +94,57 @@ def test_every_scenario_ran(smoke: Smoke) -> None:
     assert set(smoke.results) == set(SCENARIOS)
     # --loop auto, as `broadcaster serve`: uvloop, which the package installs.
     assert {r["event_loop"] for r in smoke.results.values()} == {"uvloop"}
+    assert all(r["pinned"] is None for r in smoke.results.values())  # no --pin
     # The timing scenarios say what a system call cost on the machine.
     timed = ("sustained", "dual-vs-single", "publish-overhead", "raw-limit")
     assert all(_finite_positive(smoke.results[name]["syscall_us"]) for name in timed)
+
+
+_PIN_PROBE = """
+import json, os
+from loadtests._common import pin_cpus, spawn
+split = pin_cpus()
+child = spawn("-c", "import os; print(sorted(os.sched_getaffinity(0)))")
+out, _ = child.communicate(timeout=30)
+print(json.dumps({"split": split, "own": sorted(os.sched_getaffinity(0)),
+                  "helper": json.loads(out)}))
+"""
+
+
+def test_pin_keeps_this_process_on_one_cpu_and_spawned_helpers_on_the_others() -> None:
+    # In a child interpreter: pinning the test process would pin the suite.
+    probe = subprocess.run(
+        [sys.executable, "-c", _PIN_PROBE],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=60,
+        check=True,
+    )
+    seen = json.loads(probe.stdout)
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:  # nothing to split: nothing pinned
+        assert seen == {"split": None, "own": cpus, "helper": cpus}
+    else:
+        assert seen["split"] == {"broadcaster": cpus[:1], "helpers": cpus[1:]}
+        assert seen["own"] == cpus[:1]
+        assert seen["helper"] == cpus[1:]
+
+
+def test_pin_is_reported_in_the_scenarios_json() -> None:
+    probe = subprocess.run(
+        [sys.executable, "-m", "loadtests", "checksum-cost", "--smoke", "--pin"],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=120,
+        check=True,
+    )
+    result = json.loads(probe.stdout.splitlines()[-1])
+    cpus = sorted(os.sched_getaffinity(0))
+    assert result["pinned"] == (
+        {"broadcaster": cpus[:1], "helpers": cpus[1:]} if len(cpus) > 1 else None
+    )
 
 
 def test_loop_asyncio_runs_the_scenario_on_asyncios_loop() -> None:
@@ -643,6 +694,8 @@ def test_all_passes_options_to_the_right_scenarios(tmp_path: Path) -> None:
     assert _scenario_argv("checksum-cost", args, tmp_path) == ["checksum-cost", "--smoke"]
     on_asyncio = build_parser().parse_args(["all", "--loop", "asyncio"])
     assert _scenario_argv("failover", on_asyncio, None) == ["failover", "--loop", "asyncio"]
+    pinned = build_parser().parse_args(["all", "--pin"])
+    assert _scenario_argv("raw-limit", pinned, None) == ["raw-limit", "--pin"]
 
 
 @pytest.mark.parametrize(
