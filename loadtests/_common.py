@@ -236,8 +236,10 @@ def pin_cpus() -> dict[str, list[int]] | None:
     Realtime server and subscribers wake: in production those run elsewhere.
     Call before any thread starts (threads inherit the mask of the thread
     that creates them). Returns the split (the JSON's ``pinned``), or None
-    with fewer than two CPUs to split."""
+    with fewer than two CPUs to split or no affinity calls (not Linux)."""
     global _helper_cpus
+    if not hasattr(os, "sched_setaffinity"):
+        return None
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return None
