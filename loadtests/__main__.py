@@ -27,7 +27,7 @@ from typing import Any
 from broadcaster.logs import configure_logging
 from broadcaster.loop import EVENT_LOOPS, resolve_event_loop, run_on_loop
 
-from ._common import load_average, markdown_table, pin_cpus, progress, python_env
+from ._common import load_average, markdown_table, pin_cpus, progress, python_env, syscall_us
 from .scenarios import SCENARIOS
 
 __all__ = ["build_parser", "main", "run_all", "run_in_subprocess"]
@@ -184,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     result = run_on_loop(module.run(args), loop=args.loop)
     result["event_loop"] = resolve_event_loop(args.loop)
     result["pinned"] = pinned
+    if args.scenario in _TIMED:
+        # What a system call costs here: runs on different VMs compare only
+        # with this beside them.
+        result["syscall_us"] = syscall_us()
     print(json.dumps(result), flush=True)
     return 0
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .._common import load_average, percentile, progress, syscall_us
+from .._common import load_average, percentile, progress
 from .._stack import PhaseResult, Stack
 from ..plotting import plot_timeline
 from .sustained import add_load_arguments
@@ -228,7 +228,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result["subscriber_reconnects"] = stack.reconnects
     result["checksum_mismatches"] = phases[-1].figures["checksum_mismatches"]
     result["load_avg_1m"] = load
-    result["syscall_us"] = syscall_us()
     if args.plot:
         # Phases follow each other and bins carry wall-clock times: one line
         # per role across the eight phases, the markers say which is which.

@@ -45,7 +45,7 @@ from typing import Any
 from broadcaster import Broadcaster
 from broadcaster.events import EventDraft, EventRecord
 
-from .._common import load_average, percentile, progress, syscall_us
+from .._common import load_average, percentile, progress
 from .._stack import SECOND_PATHS, PhaseResult, Stack
 from ..plotting import plot_timeline
 from .dual_vs_single import ALTERNATE_S, _ratio, interleaved_figures
@@ -254,7 +254,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "lost": sum(f["lost"] for f in per_path.values()),
         "checksum_mismatches": sum(f["checksum_mismatches"] for f in per_path.values()),
         "load_avg_1m": load,
-        "syscall_us": syscall_us(),
     }
 
 

@@ -40,7 +40,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from broadcaster.events import EventFactory, seal
 
-from .._common import load_average, progress, spawn, syscall_us
+from .._common import load_average, progress, spawn
 from .._stack import padding
 from ..plotting import plot_timeline
 from . import sustained
@@ -176,7 +176,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "broadcaster_cpu_s": figures["cpu_s"],
         "fraction": round(figures["delivered_events_per_s"] / raw_rate, 4),
         "load_avg_1m": load,
-        "syscall_us": syscall_us(),
     }
     if args.plot:
         series: dict[str, Any] = {

@@ -23,7 +23,7 @@ from typing import Any
 
 from broadcaster.events import Category
 
-from .._common import load_average, progress, syscall_us
+from .._common import load_average, progress
 from .._stack import PhaseResult, Stack
 from ..plotting import plot_timeline
 
@@ -133,7 +133,6 @@ async def measure(
         "lost": sum(p.figures["lost"] for p in phases),
         "subscriber_reconnects": stack.reconnects,
         "load_avg_1m": load,
-        "syscall_us": syscall_us(),
     }
     return figures, run
 
