@@ -37,6 +37,7 @@ from .checksums import ChecksumAlgorithm
 from .events import DEFAULT_CHECKSUM, DEFAULT_EVENT_MAX_BYTES, Category
 from .exceptions import ConfigError
 from .routing import ADAPTER_NAMES, OVERRIDE_ALL, CategoryRoute, RoutingTable
+from .security import TokenSet, mask_url_password, parse_token_settings
 
 __all__ = [
     "SQLITE_SYNCHRONOUS_MODES",
@@ -281,6 +282,16 @@ class Settings(BaseSettings):
     admin_host: str = "127.0.0.1"
     admin_port: int = Field(default=8080, ge=0, le=65535)
     broadcaster_admin_token: SecretStr | None = None
+    #: Named, scoped tokens: JSON (SPEC 13), checked by :meth:`api_tokens`.
+    broadcaster_tokens: SecretStr | None = None
+    admin_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    admin_tls_cert: Path | None = None
+    admin_tls_key: Path | None = None
+    websocket_tls_cert: Path | None = None
+    websocket_tls_key: Path | None = None
+    websocket_require_token: bool = False
+    event_signing_key: SecretStr | None = None
+    event_signing_key_id: str = Field(default="default", min_length=1, max_length=64)
 
     event_max_bytes: int = Field(default=DEFAULT_EVENT_MAX_BYTES, ge=1)
     log_format: Literal["console", "json"] = "console"
@@ -310,10 +321,30 @@ class Settings(BaseSettings):
             return value.lower() if info.field_name == "log_format" else value.upper()
         return value
 
-    @field_validator("supabase_url", "supabase_key", "broadcaster_admin_token", mode="before")
+    @field_validator(
+        "supabase_url",
+        "supabase_key",
+        "broadcaster_admin_token",
+        "broadcaster_tokens",
+        "admin_tls_cert",
+        "admin_tls_key",
+        "websocket_tls_cert",
+        "websocket_tls_key",
+        "event_signing_key",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("admin_tls_cert", "admin_tls_key", "websocket_tls_cert", "websocket_tls_key")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        # Checked here so that a typo stops start-up (exit 2) with the
+        # variable named, rather than failing inside the TLS library.
+        if value is not None and not value.is_file():
+            raise ValueError("no such file")
+        return value
 
     @field_validator("supabase_url")
     @classmethod
@@ -362,13 +393,35 @@ class Settings(BaseSettings):
             return None
         return self.supabase_url.rstrip("/") + "/realtime/v1"
 
+    def api_tokens(self) -> TokenSet:
+        """The tokens of ``BROADCASTER_ADMIN_TOKEN`` and ``BROADCASTER_TOKENS``
+        (empty when neither is set). Raises :class:`ConfigError`."""
+        return parse_token_settings(
+            _secret(self.broadcaster_admin_token), _secret(self.broadcaster_tokens)
+        )
+
     def effective(self) -> dict[str, Any]:
-        """The effective configuration as plain JSON-able data, secrets masked."""
+        """The effective configuration as plain JSON-able data, secrets masked
+        (keys, tokens, the signing key and the password in ``STORE_URL``)."""
         data = self.model_dump(mode="json")
-        for secret in ("supabase_key", "broadcaster_admin_token"):
+        for secret in _SECRET_FIELDS:
             if data.get(secret):
                 data[secret] = "********"
+        data["store_url"] = mask_url_password(self.store_url)
         return data
+
+
+#: Settings whose values are never shown.
+_SECRET_FIELDS: Final = (
+    "supabase_key",
+    "broadcaster_admin_token",
+    "broadcaster_tokens",
+    "event_signing_key",
+)
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()
 
 
 def _variable_for(loc: tuple[int | str, ...]) -> str:
@@ -393,6 +446,14 @@ def _check_cross_fields(settings: Settings) -> None:
             override,
             f"names no adapter; expected one of {', '.join(ADAPTER_NAMES)}, 'all' or 'null'",
         )
+    for kind in ("admin", "websocket"):
+        cert = getattr(settings, f"{kind}_tls_cert")
+        key = getattr(settings, f"{kind}_tls_key")
+        if (cert is None) != (key is None):
+            missing = f"{kind.upper()}_TLS_KEY" if key is None else f"{kind.upper()}_TLS_CERT"
+            given = f"{kind.upper()}_TLS_CERT" if key is None else f"{kind.upper()}_TLS_KEY"
+            raise ConfigError(missing, "(unset)", f"required with {given}")
+    settings.api_tokens()
     if settings.reconcile_max_delay_s < settings.reconcile_window_s:
         raise ConfigError(
             "RECONCILE_MAX_DELAY_S",

@@ -46,6 +46,15 @@ SPEC_FLAT_DEFAULTS: dict[str, Any] = {
     "ADMIN_HOST": "127.0.0.1",
     "ADMIN_PORT": 8080,
     "BROADCASTER_ADMIN_TOKEN": None,
+    "BROADCASTER_TOKENS": None,
+    "ADMIN_MAX_BODY_BYTES": 8 * 1024 * 1024,
+    "ADMIN_TLS_CERT": None,
+    "ADMIN_TLS_KEY": None,
+    "WEBSOCKET_TLS_CERT": None,
+    "WEBSOCKET_TLS_KEY": None,
+    "WEBSOCKET_REQUIRE_TOKEN": False,
+    "EVENT_SIGNING_KEY": None,
+    "EVENT_SIGNING_KEY_ID": "default",
     "EVENT_MAX_BYTES": 262_144,
     "LOG_FORMAT": "console",
     "LOG_LEVEL": "INFO",
@@ -66,9 +75,23 @@ def _secret(value: Any) -> Any:
     return None if value is None else value.get_secret_value()
 
 
+SECRETS = ("SUPABASE_KEY", "BROADCASTER_ADMIN_TOKEN", "BROADCASTER_TOKENS", "EVENT_SIGNING_KEY")
+
+#: A file that exists, for the TLS variables (the settings check only that).
+A_FILE = str(Path(__file__).resolve())
+#: TLS variables come in pairs: setting one alone is an error.
+COMPANIONS = {
+    "ADMIN_TLS_CERT": "ADMIN_TLS_KEY",
+    "ADMIN_TLS_KEY": "ADMIN_TLS_CERT",
+    "WEBSOCKET_TLS_CERT": "WEBSOCKET_TLS_KEY",
+    "WEBSOCKET_TLS_KEY": "WEBSOCKET_TLS_CERT",
+}
+TOKENS_JSON = '{"ci": {"token": "ci-token-0123456789", "scope": "read"}}'
+
+
 def flat(settings: Settings, variable: str) -> Any:
     value = getattr(settings, variable.lower())
-    return _secret(value) if variable in ("SUPABASE_KEY", "BROADCASTER_ADMIN_TOKEN") else value
+    return _secret(value) if variable in SECRETS else value
 
 
 def category(settings: Settings, name: str) -> tuple[Any, ...]:
@@ -102,7 +125,21 @@ VARIABLES: list[tuple[str, str, Callable[[Settings], Any], Any]] = [
             ("STORE_URL", "postgresql://u@h/db", "postgresql://u@h/db"),
             ("ADMIN_HOST", "0.0.0.0", "0.0.0.0"),
             ("ADMIN_PORT", "9090", 9090),
-            ("BROADCASTER_ADMIN_TOKEN", "tok", "tok"),
+            # Taken whole: '=' and ',' are part of the token (SPEC 13).
+            (
+                "BROADCASTER_ADMIN_TOKEN",
+                "V7oS/Oh28Z9l7Q/XLWBDhA==,x=y",
+                "V7oS/Oh28Z9l7Q/XLWBDhA==,x=y",
+            ),
+            ("BROADCASTER_TOKENS", TOKENS_JSON, TOKENS_JSON),
+            ("ADMIN_MAX_BODY_BYTES", "65536", 65536),
+            ("ADMIN_TLS_CERT", A_FILE, Path(A_FILE)),
+            ("ADMIN_TLS_KEY", A_FILE, Path(A_FILE)),
+            ("WEBSOCKET_TLS_CERT", A_FILE, Path(A_FILE)),
+            ("WEBSOCKET_TLS_KEY", A_FILE, Path(A_FILE)),
+            ("WEBSOCKET_REQUIRE_TOKEN", "true", True),
+            ("EVENT_SIGNING_KEY", "signing-key", "signing-key"),
+            ("EVENT_SIGNING_KEY_ID", "k2", "k2"),
             ("EVENT_MAX_BYTES", "1024", 1024),
             ("LOG_FORMAT", "json", "json"),
             ("LOG_LEVEL", "DEBUG", "DEBUG"),
@@ -190,6 +227,8 @@ def test_variable_from_environment(
     before = read(load_settings(None))
     assert before != expected  # the test value must differ from the default
     monkeypatch.setenv(variable, raw)
+    if variable in COMPANIONS:
+        monkeypatch.setenv(COMPANIONS[variable], A_FILE)
     assert read(load_settings(None)) == expected
 
 
@@ -197,9 +236,12 @@ def test_variable_from_environment(
 def test_variable_from_dotenv(
     tmp_path: Path, variable: str, raw: str, read: Callable[[Settings], Any], expected: Any
 ) -> None:
-    write_env(tmp_path / ".env", {variable: raw})
+    values = {variable: raw}
+    if variable in COMPANIONS:
+        values[COMPANIONS[variable]] = A_FILE
+    write_env(tmp_path / ".env", values)
     assert read(load_settings()) == expected  # ./.env is the default file
-    other = write_env(tmp_path / "elsewhere.env", {variable: raw})
+    other = write_env(tmp_path / "elsewhere.env", values)
     assert read(load_settings(other)) == expected
     assert read(load_settings(None)) != expected  # env_file=None reads no file
 
@@ -506,12 +548,20 @@ def test_category_settings_validation() -> None:
 
 def test_effective_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SUPABASE_KEY", "super-secret-key")
-    monkeypatch.setenv("BROADCASTER_ADMIN_TOKEN", "admin-token-123")
+    monkeypatch.setenv("BROADCASTER_ADMIN_TOKEN", "admin-token-123456789")
+    monkeypatch.setenv("BROADCASTER_TOKENS", TOKENS_JSON)
+    monkeypatch.setenv("EVENT_SIGNING_KEY", "the-signing-key")
+    monkeypatch.setenv("STORE_URL", "postgresql://app:pg-pass-word@db.internal:5432/events")
     effective = load_settings(None).effective()
     text = json.dumps(effective)
-    assert "super-secret-key" not in text and "admin-token-123" not in text
+    for secret in ("super-secret-key", "admin-token-123", "ci-token-0123", "the-signing-key"):
+        assert secret not in text
+    assert "pg-pass-word" not in text
+    assert effective["store_url"] == "postgresql://app:********@db.internal:5432/events"
     assert effective["supabase_key"] == "********"
     assert effective["broadcaster_admin_token"] == "********"
+    assert effective["broadcaster_tokens"] == "********"
+    assert effective["event_signing_key"] == "********"
     assert effective["websocket_port"] == 8765
     assert effective["categories"]["CRITICAL"]["percentage"] == 100
 
