@@ -165,17 +165,20 @@ def _repair(args: argparse.Namespace, settings: Settings) -> int:
     subscribers are connected to it), so it goes through the admin API."""
     import httpx
 
-    from .admin import parse_tokens
+    from .security import Scope
 
     url = (args.admin_url or f"http://{settings.admin_host}:{settings.admin_port}").rstrip("/")
-    if settings.broadcaster_admin_token is None:
+    tokens = settings.api_tokens()
+    found = tokens.first(Scope.ADMIN) or tokens.first(Scope.OPERATOR)
+    if found is None:
         print(
-            "reconcile --repair: BROADCASTER_ADMIN_TOKEN is not set; use the token the "
-            "service printed at start",
+            "reconcile --repair: no token to ask the service with; set BROADCASTER_ADMIN_TOKEN"
+            " (the token the service printed at start) or an operator token in"
+            " BROADCASTER_TOKENS",
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    token = next(iter(parse_tokens(settings.broadcaster_admin_token.get_secret_value()).values()))
+    token = found.secret.decode()
     try:
         response = httpx.post(
             f"{url}/reconciliation/run",
@@ -191,7 +194,7 @@ def _repair(args: argparse.Namespace, settings: Settings) -> int:
             f"reconcile --repair: {url} answered {response.status_code}: {response.text}",
             file=sys.stderr,
         )
-        return EXIT_CONFIG if response.status_code == 401 else EXIT_PROBLEM
+        return EXIT_CONFIG if response.status_code in (401, 403) else EXIT_PROBLEM
     body = response.json()
     loss = int(body["unrepaired_loss"])
     queued = {str(k): int(v) for k, v in body["repair"].items()}

@@ -54,6 +54,7 @@ from .lanes import Lane
 from .reconcile.matching import MatchPolicy, Report
 from .reconcile.reconciler import RECONCILED_THROUGH, Reconciler
 from .routing import RoutingTable
+from .security import mask_url_password
 from .settings import Settings, load_settings
 from .stats import DeliveryStats
 from .store import Store, store_from_url
@@ -284,7 +285,7 @@ class Broadcaster:
                 cat.value: f"{'on' if r.enabled else 'off'} {r.percentage}% {','.join(r.adapters)}"
                 for cat, r in table.categories.items()
             },
-            store_url=settings.store_url,
+            store_url=mask_url_password(settings.store_url),
         )
         return cls(settings, **kwargs)
 

@@ -62,6 +62,7 @@ from .core import Broadcaster
 from .events import Category
 from .metrics import BroadcasterMetrics
 from .reconcile.matching import Outcome, Report
+from .security import TokenSet
 from .settings import Settings
 
 __all__ = ["DemoSummary", "run_demo"]
@@ -463,7 +464,9 @@ class _Demo:
             metrics = BroadcasterMetrics(b)
             stack.callback(metrics.close)
             admin = await stack.enter_async_context(
-                AdminServer(create_app(b, {"demo": token}, metrics=metrics), "127.0.0.1", 0)
+                AdminServer(
+                    create_app(b, TokenSet.of({"demo": token}), metrics=metrics), "127.0.0.1", 0
+                )
             )
             http = await stack.enter_async_context(
                 httpx.AsyncClient(

@@ -41,7 +41,8 @@ class CategoryPatch(BaseModel):
 
     enabled: StrictBool | None = None
     percentage: int | None = Field(default=None, ge=0, le=100, strict=True)
-    adapters: list[AdapterName] | None = None
+    # Bounded: there are only so many adapters, and a huge list is an attack.
+    adapters: list[AdapterName] | None = Field(default=None, max_length=16)
 
     @model_validator(mode="after")
     def _something(self) -> CategoryPatch:

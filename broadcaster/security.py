@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -93,10 +93,15 @@ class TokenSet:
     def __init__(self, tokens: Iterable[ApiToken]) -> None:
         self._tokens = tuple(tokens)
 
+    @classmethod
+    def of(cls, secrets: Mapping[str, str], scope: Scope = Scope.ADMIN) -> TokenSet:
+        """Tokens built in code (demo, tests): name -> secret, one scope."""
+        return cls(ApiToken(name, secret.encode(), scope) for name, secret in secrets.items())
+
     def __len__(self) -> int:
         return len(self._tokens)
 
-    def __iter__(self) -> Iterable[ApiToken]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[ApiToken]:
         return iter(self._tokens)
 
     @property
@@ -192,7 +197,7 @@ def _parse_tokens_json(text: str) -> list[ApiToken]:
         secret = _check_secret(variable, name, entry.get("token"))
         scope_name = entry.get("scope")
         try:
-            scope = Scope(scope_name)
+            scope = Scope(scope_name if isinstance(scope_name, str) else repr(scope_name))
         except ValueError:
             raise ConfigError(
                 variable,

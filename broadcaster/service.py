@@ -19,10 +19,11 @@ from typing import TextIO
 
 import structlog
 
-from .admin import AdminServer, create_app, generate_token, parse_tokens
+from .admin import AdminServer, create_app, generate_token
 from .core import Broadcaster
 from .exceptions import FlushTimeout
 from .metrics import BroadcasterMetrics
+from .security import TokenSet, mask_url_password
 from .settings import Settings
 
 __all__ = ["run_service"]
@@ -53,12 +54,11 @@ async def run_service(
     when the process is shared (tests, an application embedding the service).
     """
     stop = stop if stop is not None else asyncio.Event()
-    if settings.broadcaster_admin_token is not None:
-        tokens = parse_tokens(settings.broadcaster_admin_token.get_secret_value())
-        generated = None
-    else:
+    tokens = settings.api_tokens()
+    generated = None
+    if not len(tokens):  # no token configured at all: one for this run, printed below
         generated = generate_token()
-        tokens = {"admin": generated}
+        tokens = TokenSet.of({"admin": generated})
     loop = asyncio.get_running_loop()
     # Signals can only be handled on the main thread; run elsewhere (a test's
     # thread, an embedding application), ``stop`` is the only way to end it.
@@ -72,7 +72,9 @@ async def run_service(
             metrics = BroadcasterMetrics(b)
             try:
                 async with AdminServer(
-                    create_app(b, tokens, metrics=metrics),
+                    create_app(
+                        b, tokens, metrics=metrics, max_body_bytes=settings.admin_max_body_bytes
+                    ),
                     settings.admin_host,
                     settings.admin_port,
                 ) as admin:
@@ -103,7 +105,7 @@ def _announce(out: TextIO, b: Broadcaster, admin: AdminServer, generated: str | 
     lines = [
         f"websocket  {ws}",
         f"realtime   {realtime}",
-        f"store      {b.settings.store_url}",
+        f"store      {mask_url_password(b.settings.store_url)}",
         f"admin      {admin.url}",
         f"dashboard  {admin.url}/dashboard",
         f"metrics    {admin.url}/metrics",

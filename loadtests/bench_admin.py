@@ -32,7 +32,7 @@ import httpx
 
 __all__ = ["main"]
 
-TOKEN = "bench-token"
+TOKEN = "bench-token-0123456789"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
 

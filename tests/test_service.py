@@ -26,7 +26,7 @@ from broadcaster.store.base import DeliveryState
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-TOKEN = "service-token"
+TOKEN = "service-token-0123456789"
 
 
 def free_port() -> int:
@@ -133,7 +133,7 @@ class Child:
             STORE_URL=self.store_url,
             ADMIN_PORT=str(self.admin_port),
             WEBSOCKET_PORT=str(free_port()),
-            BROADCASTER_ADMIN_TOKEN=f"ops={TOKEN}",
+            BROADCASTER_ADMIN_TOKEN=TOKEN,
             RECONCILE_INTERVAL_S="0",
             LOG_FORMAT="json",
             **env,

@@ -1,14 +1,21 @@
 """Admin REST API (SPEC 8) and its embedded uvicorn server."""
 
-from .app import MAX_BATCH, EventIn, collect_stats, create_app, generate_token, parse_tokens
+from .app import (
+    DEFAULT_MAX_BODY_BYTES,
+    MAX_BATCH,
+    EventIn,
+    collect_stats,
+    create_app,
+    generate_token,
+)
 from .server import AdminServer
 
 __all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
     "MAX_BATCH",
     "AdminServer",
     "EventIn",
     "collect_stats",
     "create_app",
     "generate_token",
-    "parse_tokens",
 ]

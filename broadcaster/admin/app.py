@@ -1,29 +1,33 @@
 """The admin REST API (SPEC 8) as a FastAPI application over one running
 :class:`~broadcaster.core.Broadcaster`.
 
-Every path but ``/health`` and ``/metrics`` needs ``Authorization: Bearer
-<token>`` (401 otherwise). Tokens come from ``BROADCASTER_ADMIN_TOKEN``: one
-token (its name in the audit trail is ``admin``) or a comma-separated list of
-``name=token`` pairs. They are compared in constant time. Bad bodies give 422
-naming the field, unknown categories 404, a store that cannot take a change
-503 — and in each case nothing changed.
+Every path but ``/health``, ``/metrics`` and the dashboard shell needs
+``Authorization: Bearer <token>`` with a scope that allows it (SPEC 13): 401
+without a valid token, 403 when the scope does not allow the request. The
+:class:`~broadcaster.admin.guard.AccessGuard` decides that before the body is
+read, and caps the body's size. The audit names the token's name. Bad bodies
+give 422 naming the field, unknown categories 404, a store that cannot take
+a change 503 — and in each case nothing changed.
 """
 
 from __future__ import annotations
 
-import hmac
+import base64
+import hashlib
+import json
+import re
 import secrets
 import time
-from collections.abc import Mapping
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
+import orjson
 import structlog
 from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
 
 from ..core import Broadcaster
 from ..events import Category, format_timestamp
@@ -36,15 +40,17 @@ from ..exceptions import (
 )
 from ..flags import CategoryPatch, OverrideChange
 from ..metrics import BroadcasterMetrics
+from ..security import TokenSet
 from ..store.base import AuditEntry, StoredEvent
+from .guard import AccessGuard, token_of
 
 __all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
     "MAX_BATCH",
     "EventIn",
     "collect_stats",
     "create_app",
     "generate_token",
-    "parse_tokens",
 ]
 
 log = structlog.get_logger("broadcaster.admin")
@@ -52,25 +58,17 @@ log = structlog.get_logger("broadcaster.admin")
 #: Most events one ``POST /events`` may carry.
 MAX_BATCH = 1000
 
+#: ``ADMIN_MAX_BODY_BYTES``' default.
+DEFAULT_MAX_BODY_BYTES: Final = 8 * 1024 * 1024
+
+#: The largest id a store can hold (a signed 64-bit integer): bigger ones in
+#: a path or query are 422, not an overflow deeper down.
+_MAX_ID: Final = 2**63 - 1
+
 
 def generate_token() -> str:
     """A fresh random admin token (for when ``BROADCASTER_ADMIN_TOKEN`` is unset)."""
     return secrets.token_urlsafe(24)
-
-
-def parse_tokens(value: str) -> dict[str, str]:
-    """``"tok"`` → ``{"admin": "tok"}``; ``"alice=t1,bob=t2"`` → two named tokens.
-    Raises :class:`ConfigError` for an empty token or name."""
-    tokens: dict[str, str] = {}
-    for part in value.split(","):
-        part = part.strip()
-        name, sep, token = part.partition("=")
-        if not sep:
-            name, token = "admin", part
-        if not name.strip() or not token.strip():
-            raise ConfigError("BROADCASTER_ADMIN_TOKEN", "********", "empty token or token name")
-        tokens[name.strip()] = token.strip()
-    return tokens
 
 
 class EventIn(BaseModel):
@@ -85,31 +83,13 @@ class EventIn(BaseModel):
     source: str = Field(default="default", min_length=1, max_length=200)
 
 
-_bearer = HTTPBearer(auto_error=False, description="BROADCASTER_ADMIN_TOKEN")
+# Declared for the OpenAPI document only: AccessGuard checks the token.
+_bearer = HTTPBearer(auto_error=False, description="a token of BROADCASTER_ADMIN_TOKEN / _TOKENS")
 
 
-def _token_name(request: Request, credentials: HTTPAuthorizationCredentials) -> str | None:
-    """The name of the presented token, None if it is unknown."""
-    tokens: list[tuple[str, bytes]] = request.app.state.tokens
-    given = credentials.credentials.strip().encode()
-    found = None
-    for name, token in tokens:  # every token compared, in constant time: no early exit
-        if hmac.compare_digest(given, token) and found is None:
-            found = name
-    return found
-
-
-def _authenticate(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    """The name of the token presented; 401 for a missing or unknown one."""
-    if credentials is None:
-        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    found = _token_name(request, credentials)
-    if found is None:
-        raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
-    return found
+def _actor(request: Request, _: Annotated[object, Depends(_bearer)]) -> str:
+    """The name of the token AccessGuard authenticated (the audit's actor)."""
+    return token_of(request.scope).name
 
 
 #: Tags pydantic puts in an error's location for each alternative of a union
@@ -139,8 +119,8 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     return errors
 
 
-#: The authenticated token name, for handlers that need a token.
-Actor = Annotated[str, Depends(_authenticate)]
+#: The authenticated token's name, for handlers that need a token.
+Actor = Annotated[str, Depends(_actor)]
 
 
 def _category(name: str) -> Category:
@@ -188,13 +168,15 @@ def _trace(stored: StoredEvent) -> dict[str, Any]:
 
 def create_app(
     broadcaster: Broadcaster,
-    tokens: Mapping[str, str],
+    tokens: TokenSet,
     *,
     metrics: BroadcasterMetrics | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
-    """The admin application for a started ``broadcaster``. ``tokens`` maps
-    token names to tokens (see :func:`parse_tokens`); at least one."""
-    if not tokens:
+    """The admin application for a started ``broadcaster``, accepting
+    ``tokens`` (at least one; see :meth:`Settings.api_tokens`) and request
+    bodies of at most ``max_body_bytes``."""
+    if not len(tokens):
         raise ConfigError("BROADCASTER_ADMIN_TOKEN", "", "at least one token is required")
     b = broadcaster
     exporter = metrics if metrics is not None else BroadcasterMetrics(b)
@@ -204,21 +186,11 @@ def create_app(
         description="Runtime flags, stats, event trace, reconciliation and audit (SPEC 8).",
     )
     app.state.broadcaster = b
-    app.state.tokens = [(name, token.encode()) for name, token in tokens.items()]
     app.state.metrics = exporter
+    app.add_middleware(AccessGuard, router=app.router, tokens=tokens, max_body_bytes=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI decodes a JSON body before it runs any dependency, so a
-        # malformed body would answer 422 to a caller with no token: SPEC 8
-        # says 401 (every input-taking path needs a token).
-        credentials = await _bearer(request)
-        if credentials is None or _token_name(request, credentials) is None:
-            return JSONResponse(
-                {"detail": "missing bearer token" if credentials is None else "invalid token"},
-                status_code=401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
         return JSONResponse({"detail": _validation_errors(exc)}, status_code=422)
 
     @app.exception_handler(StoreError)
@@ -304,7 +276,9 @@ def create_app(
     @app.get("/audit")
     async def audit(
         actor: Actor,
-        after: Annotated[int, Query(ge=0, description="return entries with id > after")] = 0,
+        after: Annotated[
+            int, Query(ge=0, le=_MAX_ID, description="return entries with id > after")
+        ] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
         """Configuration changes, oldest first; page with ``after=<next>``."""
@@ -325,35 +299,30 @@ def create_app(
 
     # -- events --------------------------------------------------------------
 
-    @app.post("/events", status_code=201)
-    async def post_events(
-        actor: Actor,
-        body: Annotated[EventIn | list[EventIn], Body()],
-    ) -> Any:
-        """Publish one event (returns its receipt) or a list (returns a list of
-        receipts, in order). A list is all-or-nothing: one invalid event and
-        none is stored. Returns once the events are durably stored."""
-        single = isinstance(body, EventIn)
-        events = [body] if isinstance(body, EventIn) else body
-        if len(events) > MAX_BATCH:
-            raise HTTPException(422, f"at most {MAX_BATCH} events per request")
+    @app.post("/events", status_code=201, openapi_extra=_EVENTS_BODY)
+    async def post_events(actor: Actor, request: Request) -> Any:
+        """Publish one event (returns its receipt) or a list of at most
+        ``MAX_BATCH`` (returns a list of receipts, in order). A list is
+        all-or-nothing: one invalid event and none is stored. Returns once
+        the events are durably stored."""
+        parsed = _parse_events(await request.body())
+        if isinstance(parsed, JSONResponse):
+            return parsed
+        events, single = parsed
         try:
-            receipts = await b.publish_many(
-                [e.model_dump(mode="json", exclude_none=True) for e in events]
-            )
+            receipts = await b.publish_many(events)
         except InvalidEvent as exc:
             where = f"{exc.index}." if exc.index is not None and not single else ""
-            return JSONResponse(
-                {"detail": [{"field": f"{where}{exc.field}", "message": exc.reason}]},
-                status_code=422,
-            )
+            return _unprocessable(f"{where}{exc.field}", exc.reason)
         except StoreUnavailable as exc:
             return JSONResponse({"detail": f"not accepted, retry: {exc}"}, status_code=503)
         out = [r.as_dict() for r in receipts]
         return out[0] if single else out
 
     @app.get("/events/{sequence_id}")
-    async def get_event(actor: Actor, sequence_id: Annotated[int, Path(ge=1)]) -> dict[str, Any]:
+    async def get_event(
+        actor: Actor, sequence_id: Annotated[int, Path(ge=1, le=_MAX_ID)]
+    ) -> dict[str, Any]:
         """The event and its trace: routed, per-adapter state, receipts, checksums."""
         stored = await b.store.get(sequence_id)
         if stored is None:
@@ -390,13 +359,137 @@ def create_app(
 
     # -- dashboard -----------------------------------------------------------
 
+    page = resources.files("broadcaster.admin").joinpath("dashboard.html").read_text()
+    page_headers = {
+        "Content-Security-Policy": _dashboard_csp(page),
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+    }
+
     @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
     async def dashboard() -> HTMLResponse:
         """The live page; it asks for the token and keeps it in the browser."""
-        page = resources.files("broadcaster.admin").joinpath("dashboard.html").read_text()
-        return HTMLResponse(page)
+        return HTMLResponse(page, headers=page_headers)
 
     return app
+
+
+_EVENTS = TypeAdapter(list[EventIn])
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its ``$defs`` references inlined (the OpenAPI document
+    has no place for a request body's own definitions)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    result: dict[str, Any] = walk(schema)
+    return result
+
+
+#: POST /events's body, described for the OpenAPI document; the handler
+#: parses it itself so that it can count a list before validating it.
+_EVENTS_BODY: Final[dict[str, Any]] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": _inline_refs(
+                    TypeAdapter(EventIn | list[EventIn]).json_schema(mode="validation")
+                )
+            }
+        },
+    }
+}
+
+
+def _unprocessable(field: str, message: str) -> JSONResponse:
+    return JSONResponse({"detail": [{"field": field, "message": message}]}, status_code=422)
+
+
+def _loads(body: bytes) -> Any:
+    """The JSON of a body. orjson refuses lone surrogates outright; those
+    bodies are read again by the standard parser, which keeps them, so that
+    the event's own checks can name the field that holds one."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if "surrogate" not in str(exc):
+            raise
+
+        def no_constants(name: str) -> Any:
+            raise ValueError(f"{name} is not valid JSON")
+
+        return json.loads(body, parse_constant=no_constants)
+
+
+def _parse_events(body: bytes) -> tuple[list[dict[str, Any]], bool] | JSONResponse:
+    """POST /events's body as plain event dicts and whether it was a single
+    event; a 422 response naming the field otherwise. A list is counted
+    before any event in it is validated."""
+    try:
+        data = _loads(body)
+    except ValueError as exc:
+        return _unprocessable("body", f"invalid JSON: {exc}")
+    if isinstance(data, dict):
+        try:
+            event = EventIn.model_validate(data)
+        except ValidationError as exc:
+            return _first_error(exc, prefix="")
+        return [event.model_dump(mode="json", exclude_none=True)], True
+    if not isinstance(data, list):
+        return _unprocessable("body", "expected an event (an object) or a list")
+    if len(data) > MAX_BATCH:
+        return _unprocessable("body", f"at most {MAX_BATCH} events per request, got {len(data)}")
+    try:
+        events = _EVENTS.validate_python(data)
+    except ValidationError as exc:
+        return _first_error(exc, prefix="")
+    return [e.model_dump(mode="json", exclude_none=True) for e in events], False
+
+
+def _first_error(exc: ValidationError, *, prefix: str) -> JSONResponse:
+    errors = [
+        {"field": prefix + ".".join(str(p) for p in err["loc"]), "message": err["msg"]}
+        for err in exc.errors()
+    ]
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+_INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.S)
+
+
+def _dashboard_csp(page: str) -> str:
+    """A Content-Security-Policy allowing exactly the page's own inline script
+    and style (by hash) and calls back to this origin, nothing else."""
+    hashes: dict[str, list[str]] = {"script": [], "style": []}
+    for kind, text in _INLINE.findall(page):
+        digest = base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+        hashes[kind].append(f"'sha256-{digest}'")
+    scripts = " ".join(hashes["script"]) or "'none'"
+    styles = " ".join(hashes["style"]) or "'none'"
+    return "; ".join(
+        [
+            "default-src 'none'",
+            f"script-src {scripts}",
+            f"style-src {styles}",
+            "connect-src 'self'",
+            "img-src 'self' data:",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        ]
+    )
 
 
 async def collect_stats(b: Broadcaster) -> dict[str, Any]:

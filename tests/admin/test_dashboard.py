@@ -22,12 +22,13 @@ from broadcaster.adapters.memory import MemoryAdapter
 from broadcaster.admin import AdminServer, create_app
 from broadcaster.core import Broadcaster
 from broadcaster.events import Category
+from broadcaster.security import TokenSet
 from broadcaster.settings import load_settings
 from broadcaster.store.memory import MemoryStore
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "secret-token"
+TOKEN = "secret-token-for-the-dashboard"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -84,7 +85,7 @@ async def service() -> AsyncIterator[Service]:
         adapters=[MemoryAdapter("websocket"), MemoryAdapter("realtime")],
         store=MemoryStore(),
     )
-    async with b, AdminServer(create_app(b, {"ops": TOKEN}), port=0) as server:
+    async with b, AdminServer(create_app(b, TokenSet.of({"ops": TOKEN})), port=0) as server:
         stop = asyncio.Event()
         producer = asyncio.create_task(_produce(b, stop), name="dashboard-producer")
         try:

@@ -1,18 +1,26 @@
-"""Schema-driven fuzzing of the admin API (schemathesis): every operation of
-the served OpenAPI document, with generated valid and invalid requests, over
-real HTTP against a running service. No request may produce a 5xx."""
+"""Fuzzing the admin API over real HTTP against a running service.
+
+Schema-driven (schemathesis): every operation of the served OpenAPI document,
+with generated valid and invalid requests, with a token of every scope. And
+schema-free (hypothesis): any JSON body, header and path parameter. No request
+may produce a 5xx, and nothing may log a traceback."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
+import httpx
 import hypothesis
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given
+from hypothesis import strategies as st
 from schemathesis.generation import GenerationMode
 
 from broadcaster.adapters.memory import MemoryAdapter
@@ -23,7 +31,23 @@ from broadcaster.store.memory import MemoryStore
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "fuzz-token"
+TOKEN = "fuzz-token-0123456789"
+SCOPED = {
+    scope: f"{scope}-fuzz-token-0123456789" for scope in ("operator", "read", "ingest", "consumer")
+}
+TOKENS_JSON = json.dumps({f"{s}-bot": {"token": t, "scope": s} for s, t in SCOPED.items()})
+
+
+class Tracebacks(logging.Handler):
+    """Every log record that carries an exception, from any logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info or record.levelno >= logging.ERROR:
+            self.records.append(record)
 
 
 class ServiceThread:
@@ -45,12 +69,19 @@ class ServiceThread:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         try:
+            settings = load_settings(
+                env_file=None,
+                reconcile_interval_s=0,
+                broadcaster_admin_token=TOKEN,
+                broadcaster_tokens=TOKENS_JSON,
+            )
             b = Broadcaster(
-                load_settings(env_file=None, reconcile_interval_s=0),
+                settings,
                 adapters=[MemoryAdapter("websocket"), MemoryAdapter("realtime")],
                 store=MemoryStore(),
             )
-            async with b, AdminServer(create_app(b, {"fuzz": TOKEN}), port=0) as server:
+            app = create_app(b, settings.api_tokens(), max_body_bytes=256 * 1024)
+            async with b, AdminServer(app, port=0) as server:
                 await b.publish("CRITICAL", "seed", {"n": 1})
                 self.url = server.url
                 self._ready.set()
@@ -79,18 +110,36 @@ def service() -> Iterator[ServiceThread]:
         yield svc
 
 
-def fuzz(operation: Any, url: str, seen: dict[str, set[int]], mode: GenerationMode) -> None:
+@pytest.fixture
+def tracebacks() -> Iterator[Tracebacks]:
+    handler = Tracebacks()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+
+
+def fuzz(
+    operation: Any,
+    url: str,
+    seen: dict[str, set[int]],
+    mode: GenerationMode,
+    token: str = TOKEN,
+    examples: int = 30,
+) -> None:
     label = f"{operation.method.upper()} {operation.path}"
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @hypothesis.settings(
-        max_examples=30,
+        max_examples=examples,
         deadline=None,
         database=None,
         suppress_health_check=list(HealthCheck),
     )
     def check(case: Any) -> None:
-        response = case.call(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+        response = case.call(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
         seen.setdefault(label, set()).add(response.status_code)
         assert response.status_code < 500, (label, response.status_code, response.text)
 
@@ -102,8 +151,12 @@ def fuzz(operation: Any, url: str, seen: dict[str, set[int]], mode: GenerationMo
         assert mode is GenerationMode.NEGATIVE, label
 
 
-def test_no_operation_answers_with_a_server_error(service: ServiceThread) -> None:
-    schema = schemathesis.openapi.from_url(f"{service.url}/openapi.json")
+def test_no_operation_answers_with_a_server_error(
+    service: ServiceThread, tracebacks: Tracebacks
+) -> None:
+    schema = schemathesis.openapi.from_url(
+        f"{service.url}/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 10
     seen: dict[str, set[int]] = {}
@@ -115,3 +168,85 @@ def test_no_operation_answers_with_a_server_error(service: ServiceThread) -> Non
     # The fuzzing reached the handlers, not only the validators.
     assert any(200 <= code < 300 for codes in seen.values() for code in codes)
     assert any(code == 422 for codes in seen.values() for code in codes)
+    assert tracebacks.records == []
+
+
+def test_no_scope_meets_a_server_error(service: ServiceThread, tracebacks: Tracebacks) -> None:
+    schema = schemathesis.openapi.from_url(
+        f"{service.url}/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    seen: dict[str, set[int]] = {}
+    for operation in (result.ok() for result in schema.get_all_operations()):
+        for token in SCOPED.values():
+            fuzz(operation, service.url, seen, GenerationMode.POSITIVE, token, examples=5)
+    assert any(403 in codes for codes in seen.values()), seen
+    assert tracebacks.records == []
+
+
+#: Any JSON value, nested a few levels, with any text (lone surrogates included).
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+ROUTES = [
+    ("GET", "/config"),
+    ("PATCH", "/config/categories/{}"),
+    ("PUT", "/config/override"),
+    ("GET", "/audit?after={}&limit={}"),
+    ("GET", "/stats"),
+    ("POST", "/events"),
+    ("GET", "/events/{}"),
+    ("GET", "/reconciliation"),
+    ("POST", "/reconciliation/run?repair={}"),
+    ("GET", "/health"),
+    ("GET", "/metrics"),
+    ("GET", "/dashboard"),
+    ("GET", "/openapi.json"),
+]
+HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40).map(
+    str.strip
+)
+
+
+def test_no_json_header_or_path_parameter_meets_a_server_error(
+    service: ServiceThread, tracebacks: Tracebacks
+) -> None:
+    with httpx.Client(base_url=service.url, timeout=10) as client:
+
+        @given(
+            route=st.sampled_from(ROUTES),
+            params=st.lists(st.text(max_size=30) | st.integers().map(str), min_size=3, max_size=3),
+            body=JSON,
+            raw=st.binary(max_size=64),
+            use_raw=st.booleans(),
+            token=st.sampled_from([TOKEN, *SCOPED.values(), "", "=", "x" * 40]),
+            extra=st.dictionaries(
+                HEADER_TEXT.filter(lambda k: k.isalnum()), HEADER_TEXT, max_size=3
+            ),
+        )
+        @hypothesis.settings(
+            max_examples=300,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def check(
+            route: tuple[str, str],
+            params: list[str],
+            body: Any,
+            raw: bytes,
+            use_raw: bool,
+            token: str,
+            extra: dict[str, str],
+        ) -> None:
+            method, template = route
+            path = template.format(*(quote(p, safe="") for p in params))
+            content = raw if use_raw else json.dumps(body).encode("utf-8", "surrogatepass")
+            headers = {**extra, "Authorization": f"Bearer {token}".strip()}
+            headers["Content-Type"] = "application/json"
+            response = client.request(method, path, content=content, headers=headers)
+            assert response.status_code < 500, (method, path, response.text)
+
+        check()
+    assert tracebacks.records == []
