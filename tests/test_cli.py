@@ -51,6 +51,41 @@ def test_bad_configuration_exits_2_with_one_line_naming_variable_and_value() -> 
     assert "DUAL_WRITE_CRITICAL_PERCENTAGE=150" in lines[0]
 
 
+def test_config_show_masks_tokens_signing_key_and_store_password(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BROADCASTER_ADMIN_TOKEN", "V7oS/Oh28Z9l7Q/XLWBDhA==")
+    monkeypatch.setenv(
+        "BROADCASTER_TOKENS", '{"ci": {"token": "ci-token-0123456789", "scope": "read"}}'
+    )
+    monkeypatch.setenv("EVENT_SIGNING_KEY", "signing-key-0123456789")
+    monkeypatch.setenv("STORE_URL", "postgresql://app:db-password-42@db:5432/events")
+    assert main(["config", "show"]) == 0
+    out = capsys.readouterr().out
+    for secret in ("V7oS/Oh28Z9l7Q", "ci-token-0123", "signing-key-0123", "db-password-42"):
+        assert secret not in out
+    assert json.loads(out)["store_url"] == "postgresql://app:********@db:5432/events"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("BROADCASTER_TOKENS", '{"ci": {"token": "ci-token-0123456789", "scope": "root"}}', "root"),
+        ("BROADCASTER_TOKENS", '{"ci": "secret-secret-secret"', "not valid JSON"),
+        ("BROADCASTER_TOKENS", '{"ci": {"token": "short", "scope": "read"}}', "at least 16"),
+        ("BROADCASTER_ADMIN_TOKEN", "short-token", "at least 16"),
+    ],
+)
+def test_bad_tokens_exit_2_with_one_line_and_no_secret(
+    variable: str, value: str, says: str
+) -> None:
+    result = run("config", "check", env={variable: value})
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert variable in line and says in line
+    assert "secret-secret" not in line and "short-token" not in line and "0123456789" not in line
+
+
 def test_event_loop_is_shown_and_an_unknown_one_exits_2(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

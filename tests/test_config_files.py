@@ -15,11 +15,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from broadcaster.adapters.memory import MemoryAdapter
 from broadcaster.core import Broadcaster
+from broadcaster.events import Category
 from broadcaster.metrics import METRIC_NAMES, BroadcasterMetrics
-from broadcaster.settings import load_settings
+from broadcaster.routing import ADAPTER_NAMES
+from broadcaster.settings import Settings, load_settings
 from broadcaster.store.memory import MemoryStore
 
-CONFIG = Path(__file__).resolve().parent.parent / "config"
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "config"
 ALERTS = CONFIG / "prometheus" / "alerts.yml"
 DASHBOARD = CONFIG / "grafana" / "broadcaster-dashboard.json"
 
@@ -198,3 +201,23 @@ async def test_every_metric_used_is_declared_and_exported(source: str, expressio
 
 async def test_every_declared_metric_is_exported() -> None:
     assert await exported_names() == set(METRIC_NAMES)
+
+
+def test_env_example_lists_every_variable() -> None:
+    """SPEC 4: .env.example lists every variable, and only real ones."""
+    text = (ROOT / ".env.example").read_text()
+    listed = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, re.MULTILINE))
+    flat = {
+        name.upper() for name in Settings.model_fields if name not in ("categories", "adapters")
+    }
+    families = {
+        f"DUAL_WRITE_{cat.value}_{field}"
+        for cat in Category
+        for field in ("ENABLED", "PERCENTAGE", "ADAPTERS", "CHECKSUM")
+    } | {
+        f"ADAPTER_{name.upper()}_{field}"
+        for name in ADAPTER_NAMES
+        for field in ("ERROR_THRESHOLD", "LATENCY_THRESHOLD_MS")
+    }
+    assert flat - listed == set()
+    assert listed - flat - families == set()

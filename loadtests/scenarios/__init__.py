@@ -11,6 +11,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from . import (  # noqa
+    admin_body,
     checksum_cost,
     dual_vs_single,
     failover,
@@ -34,5 +35,6 @@ SCENARIOS: dict[str, ModuleType] = {
         store,
         failover,
         raw_limit,
+        admin_body,
     )
 }

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -326,3 +327,49 @@ async def test_the_dashboard_is_framed_by_nobody_and_runs_only_its_own_code(svc:
     assert csp["connect-src"] == "'self'"
     assert csp["script-src"].startswith("'sha256-") and "unsafe" not in csp["script-src"]
     assert csp["style-src"].startswith("'sha256-") and "unsafe" not in csp["style-src"]
+
+
+async def test_get_config_shows_no_secret() -> None:
+    settings = load_settings(
+        env_file=None,
+        broadcaster_admin_token=ADMIN_SECRET,
+        broadcaster_tokens=TOKENS_JSON,
+        supabase_key="supabase-service-key",
+        event_signing_key="signing-key-0123456789",
+        store_url="postgresql://app:db-password-42@db:5432/events",
+    )
+    b = Broadcaster(settings, adapters=[MemoryAdapter("websocket")], store=MemoryStore())
+    async with b, AdminServer(create_app(b, settings.api_tokens()), port=0) as server:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            response = await client.get(
+                "/config", headers={"Authorization": f"Bearer {ADMIN_SECRET}"}
+            )
+    assert response.status_code == 200
+    text = response.text
+    for secret in (ADMIN_SECRET, *SCOPED.values(), "supabase-service", "signing-key", "db-pass"):
+        assert secret not in text
+    assert response.json()["settings"]["store_url"] == "postgresql://app:********@db:5432/events"
+
+
+def test_the_docs_table_of_scopes_is_the_applications(svc: Service) -> None:
+    """docs/security.md's table, row by row, against the router and ROUTE_ACCESS."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    documented = {}
+    for line in docs.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].startswith("`") and " /" in cells[0]:
+            documented[cells[0].strip("`")] = cells[1]
+    expected = {}
+    for route in svc.app.routes:
+        if not isinstance(route, APIRoute | Route):
+            continue
+        access = ROUTE_ACCESS[route.name]
+        for method in sorted((route.methods or set()) - {"HEAD"}):
+            expected[f"{method} {route.path}"] = (
+                "anyone, no token"
+                if access is OPEN
+                else ", ".join(f"`{s.value}`" for s in Scope if access in GRANTS[s])
+            )
+    assert set(documented) == set(expected)
+    for request, who in expected.items():
+        assert documented[request].startswith(who), request
