@@ -338,3 +338,31 @@ async def test_server_crash_is_unavailable_then_reconnects(
 def test_bad_url_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="invalid PostgreSQL URL"):
         PostgresStore("postgresql://x/y?nonsense_option=1")
+
+
+async def test_the_service_shows_no_store_password(pg_url: str) -> None:
+    """SPEC 13: the start-up banner and the logs mask the password in STORE_URL
+    (the test server trusts local connections, so any password connects)."""
+    import io
+
+    from structlog.testing import capture_logs
+
+    from broadcaster.service import run_service
+    from broadcaster.settings import load_settings
+
+    assert pg_url.startswith(("postgresql://postgres:@", "postgresql://postgres@"))
+    secret_url = pg_url.replace("postgres:@", "postgres@", 1).replace(
+        "postgresql://postgres@", "postgresql://postgres:pg-pass-word-42@", 1
+    )
+    settings = load_settings(
+        env_file=None, store_url=secret_url, websocket_port=0, admin_port=0, reconcile_interval_s=0
+    )
+    out = io.StringIO()
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        task = asyncio.create_task(
+            run_service(settings, out=out, stop=stop, on_ready=lambda b, a: stop.set())
+        )
+        await asyncio.wait_for(task, 60)
+    assert "postgres:********@" in out.getvalue()
+    assert "pg-pass-word-42" not in out.getvalue() and "pg-pass-word-42" not in repr(logs)
