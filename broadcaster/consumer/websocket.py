@@ -21,7 +21,7 @@ import random
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from ssl import SSLContext
+from ssl import SSLCertVerificationError, SSLContext
 from types import TracebackType
 from typing import Any, Final, Self, TextIO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -278,6 +278,17 @@ class WebSocketSubscriber:
                     raise error from exc
                 self._last_error = str(error)
                 log.error("subscription refused", url=self._shown_url, error=str(error))
+            except SSLCertVerificationError as exc:
+                # Not transient: the first connection fails at once, naming it.
+                error = AdapterUnavailable(
+                    ADAPTER, f"cannot verify the TLS certificate of {self._shown_url}: {exc}"
+                )
+                if self._fail_start(error) or not self.reconnect:
+                    raise error from exc
+                self._last_error = str(exc)
+                log.warning(
+                    "certificate not trusted; will retry", url=self._shown_url, error=str(exc)
+                )
             except (OSError, InvalidHandshake, TimeoutError) as exc:
                 error = AdapterUnavailable(ADAPTER, f"cannot connect to {self._shown_url}: {exc}")
                 if not self.reconnect:
