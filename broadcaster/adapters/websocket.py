@@ -78,9 +78,10 @@ _MAX_INCOMING_BYTES: Final = 64 * 1024
 log = structlog.get_logger("broadcaster.adapters.websocket", adapter="websocket")
 
 # websockets logs each request's path and headers at DEBUG, which would put a
-# subscriber's token in the logs; its own logger here never goes below INFO.
+# subscriber's token in the logs; its logger here drops every DEBUG record (a
+# filter, not a level, so what reaches the handlers otherwise is unchanged).
 _protocol_log = logging.getLogger("broadcaster.adapters.websocket.protocol")
-_protocol_log.setLevel(logging.INFO)
+_protocol_log.addFilter(lambda record: record.levelno > logging.DEBUG)
 
 
 def parse_categories(raw: str | None) -> frozenset[Category] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -191,7 +192,11 @@ async def test_a_consumer_token_in_the_query_subscribes(guarded: WebSocketAdapte
 
 
 @pytest.mark.parametrize("token", [CONSUMER, ADMIN], ids=["consumer", "admin"])
-async def test_the_consumer_sends_its_token(guarded: WebSocketAdapter, token: str) -> None:
+async def test_the_consumer_sends_its_token(
+    guarded: WebSocketAdapter, token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # DEBUG everywhere: websockets would log the handshake's headers.
+    caplog.set_level(logging.DEBUG)
     collector = ReceiptCollector("websocket")
     with capture_logs() as logs:
         async with WebSocketSubscriber(guarded.url, collector=collector, token=token) as sub:
@@ -201,10 +206,14 @@ async def test_the_consumer_sends_its_token(guarded: WebSocketAdapter, token: st
             ]
             stats = await sub.wait_for(3, timeout=10)
     assert stats.verified == 3
-    assert token not in repr(logs)
+    assert token not in repr(logs) and token not in caplog.text
+    assert "subscribed" in repr(logs)
 
 
-async def test_tokens_are_never_logged(guarded: WebSocketAdapter) -> None:
+async def test_tokens_are_never_logged(
+    guarded: WebSocketAdapter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     with capture_logs() as logs:
         for token in (READER, "wrong-token-0123456789"):
             sub = WebSocketSubscriber(
@@ -214,6 +223,7 @@ async def test_tokens_are_never_logged(guarded: WebSocketAdapter) -> None:
                 await sub.start()
             assert token not in str(info.value)
     assert logs and not any(t in repr(logs) for t in (READER, "wrong-token-0123456789"))
+    assert caplog.text and not any(t in caplog.text for t in (READER, "wrong-token-0123456789"))
     assert redact_url("wss://h/events?access_token=abc&categories=X") == (
         "wss://h/events?access_token=********&categories=X"
     )
