@@ -20,7 +20,7 @@ from uvicorn.server import ServerState
 
 from broadcaster.admin import AdminServer
 from broadcaster.admin._header_timeout import UVICORN_INTERNALS
-from broadcaster.admin.server import HEADER_TIMEOUT_S, MAX_CONNECTIONS
+from broadcaster.admin.server import HEADER_TIMEOUT_S, MAX_CONNECTIONS, MAX_HEADER_BYTES
 from broadcaster.exceptions import ConfigError
 from tests._tls import Certs, make_certs
 
@@ -179,6 +179,14 @@ async def test_complete_requests_and_keep_alive_outlive_the_header_timeout() -> 
         # The next requests reuse the same (keep-alive) connection.
         again = [await client.get("/who") for _ in range(3)]
         assert [r.json()["port"] for r in again] == [first.json()["port"]] * 3
+
+
+async def test_headers_over_the_cap_get_400() -> None:
+    async with AdminServer(tiny_app(), port=0) as server:
+        reader, writer = await open_raw(server, None)
+        writer.write(b"GET /who HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (MAX_HEADER_BYTES + 1))
+        reply = await closed_by_server(reader, writer)
+    assert reply.startswith(b"HTTP/1.1 400 ")
 
 
 async def test_a_request_over_the_connection_cap_gets_503() -> None:
