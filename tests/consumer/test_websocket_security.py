@@ -170,6 +170,25 @@ async def test_a_token_that_may_not_subscribe_is_refused(
         await sub.start()
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("Authorization", f"Basic {CONSUMER}")],
+        [("Authorization", f"Bearer {CONSUMER}"), ("Authorization", f"Bearer {CONSUMER}")],
+        [("Authorization", "Bearer ")],
+    ],
+    ids=["not-bearer", "two-headers", "empty"],
+)
+async def test_an_odd_authorization_header_is_401(
+    guarded: WebSocketAdapter, headers: list[tuple[str, str]]
+) -> None:
+    # The header decides when present: a good query token does not rescue it.
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(f"{guarded.url}?access_token={CONSUMER}", additional_headers=headers):
+            pass
+    assert info.value.response.status_code == 401
+
+
 async def test_a_consumer_token_in_the_header_subscribes(guarded: WebSocketAdapter) -> None:
     async with connect(
         guarded.url, additional_headers={"Authorization": f"Bearer {CONSUMER}"}
