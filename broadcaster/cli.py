@@ -65,7 +65,19 @@ def _parser() -> argparse.ArgumentParser:
     config.add_argument("action", choices=["show", "check"])
 
     subscribe = sub.add_parser("subscribe", help="tail the WebSocket stream, verifying checksums")
-    subscribe.add_argument("--url", help="ws://host:port/events (default: from settings)")
+    subscribe.add_argument(
+        "--url", help="ws://host:port/events or wss://... (default: from settings)"
+    )
+    subscribe.add_argument(
+        "--ca-file",
+        type=Path,
+        help="CA bundle (PEM) to trust for wss:// (default: the system trust store)",
+    )
+    subscribe.add_argument(
+        "--token",
+        help="token sent as 'Authorization: Bearer' (default: the first 'consumer' token"
+        " of BROADCASTER_TOKENS, else BROADCASTER_ADMIN_TOKEN)",
+    )
     subscribe.add_argument(
         "--categories", type=_categories, help="comma list, e.g. CRITICAL,SYSTEM"
     )
@@ -112,20 +124,42 @@ def _config(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _subscriber_token(settings: Settings) -> str | None:
+    """The first ``consumer`` token of the settings, else the admin token."""
+    from .security import Scope
+
+    consumer = settings.api_tokens().first(Scope.CONSUMER)
+    if consumer is not None:
+        return consumer.secret.decode("utf-8", "surrogateescape")
+    admin = settings.broadcaster_admin_token
+    return admin.get_secret_value() if admin is not None else None
+
+
 def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
     from .consumer.websocket import tail
+    from .tls import client_ssl_context
 
-    url = args.url or f"ws://{settings.websocket_host}:{settings.websocket_port}/events"
+    url = args.url
+    if url is None:
+        scheme = "wss" if settings.websocket_tls_cert is not None else "ws"
+        url = f"{scheme}://{settings.websocket_host}:{settings.websocket_port}/events"
+    try:
+        context = client_ssl_context(args.ca_file) if args.ca_file is not None else None
+    except ValueError as exc:
+        print(f"subscribe: --ca-file: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    token = args.token if args.token is not None else _subscriber_token(settings)
     try:
         stats = run_on_loop(
-            tail(url, args.categories, sys.stdout, limit=args.limit), loop=settings.event_loop
+            tail(url, args.categories, sys.stdout, limit=args.limit, ssl=context, token=token),
+            loop=settings.event_loop,
         )
     except KeyboardInterrupt:
         return EXIT_OK
-    except ValueError as exc:  # not a ws:// or wss:// URL
+    except ValueError as exc:  # not a ws:// or wss:// URL, or --ca-file with ws://
         print(f"subscribe: --url: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except AdapterRejected as exc:  # the server refused the path or filter
+    except AdapterRejected as exc:  # the server refused the path, filter or token
         print(f"subscribe: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except BroadcasterError as exc:  # nothing listening, connection lost for good
@@ -244,6 +278,9 @@ def _serve(settings: Settings) -> int:
         # as that does; the values themselves passed validation.
         print(f"serve: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_PROBLEM
+    except ConfigError as exc:  # found at start-up: TLS files, WEBSOCKET_REQUIRE_TOKEN
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except BroadcasterError as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return EXIT_PROBLEM

@@ -439,6 +439,10 @@ class _Demo:
                 "supabase_url": child.url,
                 "supabase_key": None,
                 "reconcile_interval_s": 0.0,  # the demo reconciles itself, at the end
+                # The demo's own subscribers connect plainly, without a token.
+                "websocket_tls_cert": None,
+                "websocket_tls_key": None,
+                "websocket_require_token": False,
                 "retention_s": 0.0,
                 **_RECONCILE,
             }

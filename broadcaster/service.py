@@ -77,6 +77,8 @@ async def run_service(
                     ),
                     settings.admin_host,
                     settings.admin_port,
+                    tls_cert=settings.admin_tls_cert,
+                    tls_key=settings.admin_tls_key,
                 ) as admin:
                     if freeze_gc:
                         gc.freeze()

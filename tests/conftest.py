@@ -26,6 +26,7 @@ from tests._env import SETTING_PREFIXES
 BOTH_LOOPS = (
     "adapters/test_realtime.py",
     "adapters/test_websocket.py",
+    "admin/test_server.py",
     "consumer/",
     "test_core.py",
     "test_e2e.py",

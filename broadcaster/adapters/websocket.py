@@ -1,9 +1,15 @@
 """The legacy delivery path: a WebSocket fan-out server (SPEC 7).
 
-Clients connect to ``ws://HOST:PORT/events`` and may filter with
-``?categories=CRITICAL,SYSTEM`` (case-insensitive). Every event is one JSON
-text frame holding exactly :attr:`EventRecord.wire`; frames to one connection
-follow sequence order.
+Clients connect to ``ws://HOST:PORT/events`` (``wss://`` with TLS) and may
+filter with ``?categories=CRITICAL,SYSTEM`` (case-insensitive). Every event is
+one JSON text frame holding exactly :attr:`EventRecord.wire`; frames to one
+connection follow sequence order.
+
+With a token set (``WEBSOCKET_REQUIRE_TOKEN``, SPEC 13) the handshake needs a
+token whose scope allows subscribing (``consumer`` or ``admin``), as
+``Authorization: Bearer <token>`` or, for browsers, which cannot set headers
+on a WebSocket handshake, ``?access_token=<token>``: HTTP 401 without a valid
+token, 403 for a valid token whose scope does not allow it.
 
 Delivery model: :meth:`WebSocketAdapter.send` writes the batch to every open,
 matching connection's transport and returns. That is this adapter's "ack":
@@ -19,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import http
+import logging
 import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qsl, urlsplit
 
@@ -34,13 +42,16 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from ..events import Category, EventRecord
-from ..exceptions import AdapterUnavailable
+from ..exceptions import AdapterUnavailable, ConfigError
+from ..security import GRANTS, ApiToken, Permission, TokenSet
+from ..tls import server_ssl_context
 from .base import Adapter, AdapterHealth
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
 __all__ = [
+    "ACCESS_TOKEN_PARAMETER",
     "EVENTS_PATH",
     "SLOW_CLOSE_CODE",
     "SLOW_CLOSE_REASON",
@@ -53,6 +64,9 @@ __all__ = [
 #: The one path the fan-out serves.
 EVENTS_PATH: Final = "/events"
 
+#: The query parameter that carries a subscriber's token where no header can.
+ACCESS_TOKEN_PARAMETER: Final = "access_token"
+
 #: Close code and reason sent to a subscriber that cannot keep up (RFC 6455 1013,
 #: "try again later": the client may reconnect and catch up via reconciliation).
 SLOW_CLOSE_CODE: Final = CloseCode.TRY_AGAIN_LATER
@@ -62,6 +76,12 @@ SLOW_CLOSE_REASON: Final = "subscriber too slow"
 _MAX_INCOMING_BYTES: Final = 64 * 1024
 
 log = structlog.get_logger("broadcaster.adapters.websocket", adapter="websocket")
+
+# websockets logs each request's path and headers at DEBUG, which would put a
+# subscriber's token in the logs; its logger here drops every DEBUG record (a
+# filter, not a level, so what reaches the handlers otherwise is unchanged).
+_protocol_log = logging.getLogger("broadcaster.adapters.websocket.protocol")
+_protocol_log.addFilter(lambda record: record.levelno > logging.DEBUG)
 
 
 def parse_categories(raw: str | None) -> frozenset[Category] | None:
@@ -95,10 +115,15 @@ def _filter_from_path(path: str) -> frozenset[Category] | None:
         raise LookupError(f"no such path {parts.path!r}; the event stream is at {EVENTS_PATH}")
     values: list[str] = []
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name == ACCESS_TOKEN_PARAMETER:
+            continue  # checked by authentication, before the filter
         if name != "categories":
             # Strict on purpose: a typo such as ?category=CRITICAL must not
             # silently subscribe to every category.
-            raise ValueError(f"unknown query parameter {name!r}; only 'categories' is supported")
+            raise ValueError(
+                f"unknown query parameter {name!r}; only 'categories' (and"
+                f" '{ACCESS_TOKEN_PARAMETER}') are supported"
+            )
         values.append(value)
     if not values:
         return None
@@ -109,6 +134,33 @@ def _describe(categories: frozenset[Category] | None) -> tuple[str, ...] | None:
     return None if categories is None else tuple(sorted(c.value for c in categories))
 
 
+def _presented_token(request: Request) -> str | None:
+    """The token a handshake presents: the ``Authorization: Bearer`` header if
+    there is one, else the ``access_token`` query parameter. None when there
+    is none, or more than one (which of them would count is ambiguous)."""
+    headers = request.headers.get_all("Authorization")
+    if headers:
+        if len(headers) != 1:
+            return None
+        scheme, _, value = headers[0].strip().partition(" ")
+        return (value.strip() or None) if scheme.lower() == "bearer" else None
+    values = [
+        value
+        for name, value in parse_qsl(urlsplit(request.path).query, keep_blank_values=True)
+        if name == ACCESS_TOKEN_PARAMETER
+    ]
+    return (values[0] or None) if len(values) == 1 else None
+
+
+def _can_subscribe(tokens: TokenSet) -> bool:
+    """Whether any token of ``tokens`` has a scope that allows subscribing."""
+    return any(
+        tokens.first(scope) is not None
+        for scope, granted in GRANTS.items()
+        if Permission.CONSUME in granted
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SubscriberInfo:
     """A snapshot of one connected subscriber (for health, admin and tests)."""
@@ -117,23 +169,32 @@ class SubscriberInfo:
     categories: tuple[str, ...] | None
     frames_sent: int
     connected_at: float
+    #: The name of the token it presented (None when none was required).
+    token: str | None = None
 
 
 class _Subscriber:
     """Per-connection state kept by the adapter."""
 
-    __slots__ = ("abort_handle", "categories", "connected_at", "frames_sent", "remote")
+    __slots__ = ("abort_handle", "categories", "connected_at", "frames_sent", "remote", "token")
 
-    def __init__(self, remote: str, categories: frozenset[Category] | None) -> None:
+    def __init__(
+        self, remote: str, categories: frozenset[Category] | None, token: str | None
+    ) -> None:
         self.remote = remote
         self.categories = categories
+        self.token = token
         self.frames_sent = 0
         self.connected_at = time.time()
         self.abort_handle: asyncio.TimerHandle | None = None
 
     def info(self) -> SubscriberInfo:
         return SubscriberInfo(
-            self.remote, _describe(self.categories), self.frames_sent, self.connected_at
+            self.remote,
+            _describe(self.categories),
+            self.frames_sent,
+            self.connected_at,
+            self.token,
         )
 
 
@@ -174,7 +235,10 @@ class WebSocketAdapter(Adapter):
     """WebSocket fan-out server at ``ws://host:port/events``.
 
     ``port=0`` binds a free port; read it back from :attr:`port` / :attr:`url`
-    after :meth:`start`. A subscriber whose unsent backlog exceeds
+    after :meth:`start`. With ``ssl`` (a server context) it serves
+    ``wss://``. With ``tokens``, subscribers must present one whose scope
+    allows :attr:`~broadcaster.security.Permission.CONSUME` (see the module
+    docstring); ``ValueError`` if none of them does. A subscriber whose unsent backlog exceeds
     ``max_buffer_bytes`` is sent close code 1013 and aborted after
     ``close_timeout`` seconds if it has not gone by then. ``ping_interval`` /
     ``ping_timeout`` drive keepalive pings that detect peers which vanished
@@ -194,10 +258,16 @@ class WebSocketAdapter(Adapter):
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         close_timeout: float = 2.0,
+        ssl: SSLContext | None = None,
+        tokens: TokenSet | None = None,
     ) -> None:
         if max_buffer_bytes < 1:
             raise ValueError("max_buffer_bytes must be positive")
+        if tokens is not None and not _can_subscribe(tokens):
+            raise ValueError("tokens has no token whose scope allows subscribing")
         self.host = host
+        self._ssl = ssl
+        self._tokens = tokens
         self._port = port
         self._max_buffer = max_buffer_bytes
         self._ping_interval = ping_interval
@@ -215,8 +285,27 @@ class WebSocketAdapter(Adapter):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebSocketAdapter:
-        """Build from ``WEBSOCKET_HOST`` / ``WEBSOCKET_PORT``."""
-        return cls(settings.websocket_host, settings.websocket_port)
+        """Build from ``WEBSOCKET_HOST`` / ``WEBSOCKET_PORT``, the TLS files
+        ``WEBSOCKET_TLS_CERT`` / ``WEBSOCKET_TLS_KEY`` and
+        ``WEBSOCKET_REQUIRE_TOKEN`` (with the tokens of
+        ``BROADCASTER_ADMIN_TOKEN`` / ``BROADCASTER_TOKENS``). Raises
+        :class:`ConfigError` for TLS files that do not load, or a token
+        requirement that no configured token can meet."""
+        context = None
+        cert, key = settings.websocket_tls_cert, settings.websocket_tls_key
+        if cert is not None and key is not None:
+            context = server_ssl_context(cert, key, variable="WEBSOCKET")
+        tokens = None
+        if settings.websocket_require_token:
+            tokens = settings.api_tokens()
+            if not _can_subscribe(tokens):
+                raise ConfigError(
+                    "WEBSOCKET_REQUIRE_TOKEN",
+                    "true",
+                    "no configured token may subscribe: add a 'consumer' token to"
+                    " BROADCASTER_TOKENS or set BROADCASTER_ADMIN_TOKEN",
+                )
+        return cls(settings.websocket_host, settings.websocket_port, ssl=context, tokens=tokens)
 
     # -- addresses -------------------------------------------------------------
 
@@ -230,9 +319,10 @@ class WebSocketAdapter(Adapter):
 
     @property
     def url(self) -> str:
-        """``ws://host:port/events``."""
+        """``ws://host:port/events`` (``wss://`` with TLS)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}{EVENTS_PATH}"
+        scheme = "wss" if self._ssl is not None else "ws"
+        return f"{scheme}://{host}:{self.port}{EVENTS_PATH}"
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -247,6 +337,8 @@ class WebSocketAdapter(Adapter):
                 self.host,
                 self._port,
                 process_request=self._process_request,
+                ssl=self._ssl,
+                logger=_protocol_log,
                 # Compression would cost CPU per frame per subscriber on the
                 # hot path, and hide the real backlog size from the buffer check.
                 # send() frames batches itself (text_frames), which assumes it.
@@ -265,7 +357,12 @@ class WebSocketAdapter(Adapter):
             raise AdapterUnavailable(
                 self.name, f"cannot listen on {self.host}:{self._port}: {exc.strerror or exc}"
             ) from exc
-        log.info("websocket server started", url=self.url, max_buffer_bytes=self._max_buffer)
+        log.info(
+            "websocket server started",
+            url=self.url,
+            max_buffer_bytes=self._max_buffer,
+            require_token=self._tokens is not None,
+        )
 
     async def close(self) -> None:
         """Close every connection (code 1001) and stop listening. Idempotent.
@@ -329,7 +426,36 @@ class WebSocketAdapter(Adapter):
             self._membership.clear()
             await self._membership.wait()
 
+    def _authenticate(self, request: Request) -> ApiToken | None:
+        if self._tokens is None:
+            return None
+        return self._tokens.authenticate(_presented_token(request))
+
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        # Authentication first: an unknown client learns nothing else.
+        if self._tokens is not None:
+            token = self._authenticate(request)
+            if token is None:
+                log.warning("subscriber refused: no valid token", remote=_remote(connection))
+                response = connection.respond(
+                    http.HTTPStatus.UNAUTHORIZED,
+                    "a token allowing subscription is required: send"
+                    f" 'Authorization: Bearer <token>' or ?{ACCESS_TOKEN_PARAMETER}=<token>\n",
+                )
+                response.headers["WWW-Authenticate"] = 'Bearer realm="broadcaster"'
+                return response
+            if not token.allows(Permission.CONSUME):
+                log.warning(
+                    "subscriber refused: token may not subscribe",
+                    remote=_remote(connection),
+                    token=token.name,
+                    scope=token.scope.value,
+                )
+                return connection.respond(
+                    http.HTTPStatus.FORBIDDEN,
+                    f"token {token.name!r} has scope {token.scope.value!r}, which may not"
+                    " subscribe; a 'consumer' (or 'admin') token may\n",
+                )
         # Refuse bad paths and filters at the HTTP handshake, so a client
         # learns what is wrong from the status and body rather than a close.
         try:
@@ -342,14 +468,21 @@ class WebSocketAdapter(Adapter):
 
     async def _handler(self, connection: ServerConnection) -> None:
         # _process_request already validated the path, so this cannot fail.
-        categories = _filter_from_path(connection.request.path if connection.request else "")
-        sub = _Subscriber(_remote(connection), categories)
+        request = connection.request
+        categories = _filter_from_path(request.path if request else "")
+        token = self._authenticate(request) if request is not None else None
+        sub = _Subscriber(_remote(connection), categories, token.name if token else None)
         # Registered before the first await: a client whose handshake has
         # completed gets every event sent after that.
         self._live[connection] = sub
         self._connections[connection] = sub
         self._membership.set()
-        log.info("subscriber connected", remote=sub.remote, categories=_describe(categories))
+        log.info(
+            "subscriber connected",
+            remote=sub.remote,
+            categories=_describe(categories),
+            token=sub.token,
+        )
         try:
             # Subscribers have nothing to say; reading (and discarding) keeps
             # pongs and the close handshake flowing and ends when the peer goes.

@@ -3,6 +3,12 @@
 uvicorn normally owns the process (signals, logging); here it is one part of
 the service, so signals stay with ``broadcaster serve`` and uvicorn's own
 logging is off: requests that matter are logged through structlog.
+
+Bounds against clients that hold connections (SPEC 13): a request's headers
+must be complete within ``header_timeout`` seconds of the connection opening
+(or of a keep-alive request's first byte), headers are capped at
+:data:`MAX_HEADER_BYTES`, and beyond ``max_connections`` open connections a
+request is answered 503. With ``tls_cert`` / ``tls_key`` it serves https.
 """
 
 from __future__ import annotations
@@ -11,14 +17,31 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Generator
+from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Final, Self
 
 import structlog
 import uvicorn
 from fastapi import FastAPI
 
-__all__ = ["AdminServer"]
+from ..tls import server_ssl_context
+from ._header_timeout import header_timeout_protocol
+
+__all__ = ["HEADER_TIMEOUT_S", "MAX_CONNECTIONS", "MAX_HEADER_BYTES", "AdminServer"]
+
+#: Seconds a client has to send a request's headers before its connection is
+#: closed: generous for any real client, short enough that held connections
+#: free up quickly.
+HEADER_TIMEOUT_S: Final = 10.0
+
+#: Open connections beyond which a request is answered 503 (uvicorn's
+#: ``limit_concurrency``).
+MAX_CONNECTIONS: Final = 1000
+
+#: Bytes of request line and headers h11 buffers before answering 400 (its
+#: own default, set here so an uvicorn or h11 release cannot widen it).
+MAX_HEADER_BYTES: Final = 16 * 1024
 
 log = structlog.get_logger("broadcaster.admin")
 
@@ -33,9 +56,32 @@ class _EmbeddedServer(uvicorn.Server):
 
 class AdminServer:
     """``async with AdminServer(app, host, port) as server: server.url``.
-    ``port=0`` picks a free port; :attr:`port` tells which."""
+    ``port=0`` picks a free port; :attr:`port` tells which.
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 8080) -> None:
+    ``tls_cert`` and ``tls_key`` (PEM files, both or neither) serve https; a
+    file that cannot be loaded raises :class:`~broadcaster.exceptions.ConfigError`
+    naming ``ADMIN_TLS_CERT`` here, before anything listens.
+    ``header_timeout`` and ``max_connections`` bound what clients can hold
+    (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        app: FastAPI,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        header_timeout: float = HEADER_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if tls_cert is not None and tls_key is not None:
+            # Loaded once here so a bad file is a ConfigError now; uvicorn
+            # loads its own context from the same files.
+            server_ssl_context(tls_cert, tls_key, variable="ADMIN")
         self._config = uvicorn.Config(
             app,
             host=host,
@@ -44,12 +90,17 @@ class AdminServer:
             # No websockets in the admin API: uvicorn's websockets protocol
             # would import the deprecated legacy websockets API.
             ws="none",
-            http="h11",
+            http=header_timeout_protocol(header_timeout),
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            limit_concurrency=max_connections,
+            ssl_certfile=tls_cert,
+            ssl_keyfile=tls_key,
             log_config=None,
             access_log=False,
             log_level="warning",
             timeout_graceful_shutdown=5,
         )
+        self.tls = tls_cert is not None
         self._server = _EmbeddedServer(self._config)
         self._task: asyncio.Task[None] | None = None
         self._socket: socket.socket | None = None
@@ -58,7 +109,9 @@ class AdminServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
 
     async def start(self) -> None:
         """Listen, then serve in a background task. Raises :class:`OSError`
@@ -82,10 +135,18 @@ class AdminServer:
         sock.setblocking(False)
         self._socket = sock
         self.port = sock.getsockname()[1]
-        self._task = asyncio.get_running_loop().create_task(
+        task = asyncio.get_running_loop().create_task(
             self._server.serve(sockets=[sock]), name="admin-server"
         )
+        self._task = task
         while not self._server.started:  # noqa: ASYNC110 (uvicorn exposes a flag only)
+            if task.done():
+                # uvicorn stopped before serving: say why rather than wait for ever.
+                self._task = None
+                self._socket = None
+                sock.close()
+                task.result()
+                raise OSError(f"admin API on {self.host}:{self.port} stopped before serving")
             await asyncio.sleep(0.005)
         log.info("admin API listening", url=self.url)
 

@@ -1,9 +1,11 @@
 """Consumer of the WebSocket fan-out: receive frames, verify, count, report.
 
-:class:`WebSocketSubscriber` connects to ``ws://HOST:PORT/events`` (optionally
-with a category filter), decodes every text frame with orjson and feeds the
-object to a :class:`~broadcaster.consumer.ReceiptCollector`, which verifies the
-checksum and counts it. A malformed frame is counted in
+:class:`WebSocketSubscriber` connects to ``ws://HOST:PORT/events`` or
+``wss://`` (optionally with a category filter, a TLS context that trusts a
+private CA, and a token sent as ``Authorization: Bearer``), decodes every
+text frame with orjson and feeds the object to a
+:class:`~broadcaster.consumer.ReceiptCollector`, which verifies the checksum
+and counts it. A malformed frame is counted in
 ``collector.stats.malformed`` and logged; it never stops the loop. After a
 drop the subscriber reconnects with capped exponential backoff (events sent
 while it was away are not replayed here; reconciliation finds them).
@@ -14,13 +16,15 @@ while it was away are not replayed here; reconciliation finds them).
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from ssl import SSLCertVerificationError, SSLContext
 from types import TracebackType
 from typing import Any, Final, Self, TextIO
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import structlog
@@ -31,9 +35,12 @@ from websockets.uri import parse_uri
 from ..exceptions import AdapterError, AdapterRejected, AdapterUnavailable
 from ._common import ConsumerStats, ReceiptCollector
 
-__all__ = ["WebSocketSubscriber", "subscription_url", "tail"]
+__all__ = ["WebSocketSubscriber", "redact_url", "subscription_url", "tail"]
 
 ADAPTER: Final = "websocket"
+
+# A missing or insufficient token: no retry can fix it, at a reconnect either.
+_AUTH_STATUSES: Final = frozenset({401, 403})
 
 # Frames carry one event each; the payload limit is 256 KiB by default, so a
 # 4 MiB cap leaves room for EVENT_MAX_BYTES raised well above it.
@@ -44,17 +51,36 @@ _MAX_QUEUE: Final = 1024
 
 log = structlog.get_logger("broadcaster.consumer.websocket", adapter=ADAPTER)
 
+# websockets logs the request path and headers at DEBUG: the token. Its logger
+# here drops every DEBUG record.
+_protocol_log = logging.getLogger("broadcaster.consumer.websocket.protocol")
+_protocol_log.addFilter(lambda record: record.levelno > logging.DEBUG)
+
 
 def subscription_url(url: str, categories: Sequence[str] | None) -> str:
     """``url`` with ``?categories=A,B`` set (upper-cased); unchanged for ``None``.
+    Other query parameters (``access_token``) are kept.
 
     The server validates the names: an unknown one is refused with HTTP 400.
     """
     if not categories:
         return url
     parts = urlsplit(url)
-    query = urlencode({"categories": ",".join(c.strip().upper() for c in categories)}, safe=",")
+    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "categories"]
+    selected = ",".join(c.strip().upper() for c in categories)
+    query = urlencode([*kept, ("categories", selected)], safe=",")
     return urlunsplit(parts._replace(query=query))
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the value of an ``access_token`` query parameter masked,
+    for logs and messages."""
+    parts = urlsplit(url)
+    if "access_token" not in parts.query:
+        return url
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    shown = [(k, "********" if k == "access_token" else v) for k, v in pairs]
+    return urlunsplit(parts._replace(query=urlencode(shown, safe=",*")))
 
 
 def _rejection(url: str, exc: InvalidStatus) -> AdapterRejected:
@@ -76,7 +102,13 @@ class WebSocketSubscriber:
     connection is re-opened after ``backoff_initial`` doubling up to
     ``backoff_max`` seconds (with jitter); ``connections`` counts the opens.
     The constructor raises ``ValueError`` for a URL that is not ``ws://`` or
-    ``wss://``.
+    ``wss://``, and for ``ssl`` with a ``ws://`` URL.
+
+    ``ssl`` is the client TLS context for ``wss://`` (default: the system
+    trust store; :func:`broadcaster.tls.client_ssl_context` builds one that
+    trusts a given CA bundle). ``token`` is sent as ``Authorization: Bearer``
+    (servers with ``WEBSOCKET_REQUIRE_TOKEN``). A 401 or 403 at a reconnect
+    ends the subscription as at the start: no retry can fix a token.
     """
 
     def __init__(
@@ -91,13 +123,24 @@ class WebSocketSubscriber:
         connect_timeout: float = 10.0,
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
+        ssl: SSLContext | None = None,
+        token: str | None = None,
     ) -> None:
         self.url = subscription_url(url, categories)
         try:
-            parse_uri(self.url)
+            secure = parse_uri(self.url).secure
         except InvalidURI as exc:
             # Found here, not as a crash of the receive task on first connect.
-            raise ValueError(f"not a WebSocket URL: {url!r} ({exc.msg})") from None
+            raise ValueError(f"not a WebSocket URL: {redact_url(url)!r} ({exc.msg})") from None
+        if ssl is not None and not secure:
+            raise ValueError(f"a TLS context needs a wss:// URL, not {redact_url(url)!r}")
+        self._shown_url = redact_url(self.url)
+        # Only what is set: websockets refuses ssl=None for a wss:// URL.
+        self._connect_options: dict[str, Any] = {}
+        if ssl is not None:
+            self._connect_options["ssl"] = ssl
+        if token:
+            self._connect_options["additional_headers"] = {"Authorization": f"Bearer {token}"}
         self.collector = collector
         self.reconnect = reconnect
         self.connections = 0
@@ -133,7 +176,7 @@ class WebSocketSubscriber:
         loop = asyncio.get_running_loop()
         opened: asyncio.Future[None] = loop.create_future()
         self._opened = opened
-        self._task = loop.create_task(self._run(), name=f"websocket-subscriber {self.url}")
+        self._task = loop.create_task(self._run(), name=f"websocket-subscriber {self._shown_url}")
         self._task.add_done_callback(self._on_task_done)
         try:
             async with asyncio.timeout(self._connect_timeout):
@@ -142,7 +185,7 @@ class WebSocketSubscriber:
             await self.close()
             raise AdapterUnavailable(
                 ADAPTER,
-                f"no connection to {self.url} within {self._connect_timeout}s"
+                f"no connection to {self._shown_url} within {self._connect_timeout}s"
                 + (f" (last error: {self._last_error})" if self._last_error else ""),
             ) from None
         except BaseException:
@@ -201,7 +244,7 @@ class WebSocketSubscriber:
         except TimeoutError:
             raise TimeoutError(
                 f"received {self.collector.stats.received} of {count} events "
-                f"from {self.url} in {timeout}s"
+                f"from {self._shown_url} in {timeout}s"
             ) from None
         finally:
             if entry in self._waiters:
@@ -216,6 +259,7 @@ class WebSocketSubscriber:
             try:
                 ws = await connect(
                     self.url,
+                    logger=_protocol_log,
                     # Compression costs CPU on both ends; the server refuses it anyway.
                     compression=None,
                     max_size=_MAX_FRAME_BYTES,
@@ -224,21 +268,34 @@ class WebSocketSubscriber:
                     ping_timeout=self._ping_timeout,
                     open_timeout=self._connect_timeout,
                     close_timeout=2.0,
+                    **self._connect_options,
                 )
             except InvalidStatus as exc:
-                # A 4xx names a bad path or filter: retrying cannot fix it.
-                error: AdapterError = _rejection(self.url, exc)
-                if self._fail_start(error) or not self.reconnect:
+                # A 4xx names a bad path, filter or token: retrying cannot fix it.
+                error: AdapterError = _rejection(self._shown_url, exc)
+                final = exc.response.status_code in _AUTH_STATUSES
+                if self._fail_start(error) or not self.reconnect or final:
                     raise error from exc
                 self._last_error = str(error)
-                log.error("subscription refused", url=self.url, error=str(error))
+                log.error("subscription refused", url=self._shown_url, error=str(error))
+            except SSLCertVerificationError as exc:
+                # Not transient: the first connection fails at once, naming it.
+                error = AdapterUnavailable(
+                    ADAPTER, f"cannot verify the TLS certificate of {self._shown_url}: {exc}"
+                )
+                if self._fail_start(error) or not self.reconnect:
+                    raise error from exc
+                self._last_error = str(exc)
+                log.warning(
+                    "certificate not trusted; will retry", url=self._shown_url, error=str(exc)
+                )
             except (OSError, InvalidHandshake, TimeoutError) as exc:
-                error = AdapterUnavailable(ADAPTER, f"cannot connect to {self.url}: {exc}")
+                error = AdapterUnavailable(ADAPTER, f"cannot connect to {self._shown_url}: {exc}")
                 if not self.reconnect:
                     self._fail_start(error)
                     raise error from exc
                 self._last_error = str(exc)
-                log.info("connect failed; will retry", url=self.url, error=str(exc))
+                log.info("connect failed; will retry", url=self._shown_url, error=str(exc))
             else:
                 attempt = 0
                 await self._serve(ws)
@@ -254,7 +311,7 @@ class WebSocketSubscriber:
         # wait out its whole timeout, and an unexpected error must be seen.
         error = None if task.cancelled() else task.exception()
         if error is not None and not isinstance(error, AdapterError):
-            log.error("subscriber task failed", url=self.url, error=repr(error))
+            log.error("subscriber task failed", url=self._shown_url, error=repr(error))
         opened = self._opened
         if opened is not None and not opened.done():
             reason = f"subscriber stopped: {error!r}" if error else "subscriber stopped"
@@ -271,7 +328,7 @@ class WebSocketSubscriber:
     async def _serve(self, ws: ClientConnection) -> None:
         self._ws = ws
         self.connections += 1
-        log.info("subscribed", url=self.url, connection=self.connections)
+        log.info("subscribed", url=self._shown_url, connection=self.connections)
         if self._opened is not None and not self._opened.done():
             self._opened.set_result(None)
         try:
@@ -284,7 +341,7 @@ class WebSocketSubscriber:
                 rcvd = exc.rcvd
                 log.warning(
                     "subscription dropped",
-                    url=self.url,
+                    url=self._shown_url,
                     code=rcvd.code if rcvd else None,
                     reason=rcvd.reason if rcvd else None,
                     received=self.collector.stats.received,
@@ -306,7 +363,9 @@ class WebSocketSubscriber:
             stats = collector.stats
             stats.received += 1
             stats.malformed += 1
-            log.warning("malformed frame", url=self.url, error=str(exc), frame=repr(frame[:200]))
+            log.warning(
+                "malformed frame", url=self._shown_url, error=str(exc), frame=repr(frame[:200])
+            )
         else:
             try:
                 collector.handle(obj)
@@ -315,7 +374,7 @@ class WebSocketSubscriber:
                 # else it chokes on (odd types in the checksum object, a failing
                 # callback) must not end the subscription either.
                 collector.stats.malformed += 1
-                log.warning("malformed event", url=self.url, error=repr(exc))
+                log.warning("malformed event", url=self._shown_url, error=repr(exc))
         if self._waiters:
             self._wake_waiters()
 
@@ -332,15 +391,19 @@ async def tail(
     out: TextIO = sys.stdout,
     *,
     limit: int | None = None,
+    ssl: SSLContext | None = None,
+    token: str | None = None,
 ) -> ConsumerStats:
-    """Print one line per event received from the fan-out at ``url``.
+    """Print one line per event received from the fan-out at ``url``
+    (``ssl`` and ``token`` as for :class:`WebSocketSubscriber`).
 
     Each line is ``<sequence_id> <category> <event_type> OK|MISMATCH`` (the
     checksum verdict). Returns the stats once ``limit`` events were seen, or
     when cancelled (Ctrl-C, a timeout): cancellation ends the tail, it is not
     an error. Raises :class:`~broadcaster.exceptions.AdapterRejected` for a bad
-    filter and :class:`~broadcaster.exceptions.AdapterUnavailable` when the
-    server cannot be reached at the start.
+    filter or a refused token (HTTP 401/403) and
+    :class:`~broadcaster.exceptions.AdapterUnavailable` when the server cannot
+    be reached at the start.
     """
     done: asyncio.Future[ConsumerStats] = asyncio.get_running_loop().create_future()
 
@@ -355,7 +418,9 @@ async def tail(
             done.set_result(replace(stats, by_category=stats.by_category.copy()))
 
     collector = ReceiptCollector(ADAPTER, consumer="tail", on_event=on_event, track_seen=False)
-    subscriber = WebSocketSubscriber(url, categories=categories, collector=collector)
+    subscriber = WebSocketSubscriber(
+        url, categories=categories, collector=collector, ssl=ssl, token=token
+    )
     try:
         await subscriber.start()
         while not done.done():
@@ -363,6 +428,13 @@ async def tail(
             # piped at thousands of events per second.
             await asyncio.wait([done], timeout=0.25)
             out.flush()
+            # The receive task ends on its own only for a refusal no retry can
+            # fix (a token refused at a reconnect): report it, do not wait on.
+            task = subscriber._task
+            if task is not None and task.done() and not task.cancelled():
+                error = task.exception()
+                if error is not None:
+                    raise error
     except asyncio.CancelledError:
         current = asyncio.current_task()
         if current is not None:
