@@ -453,13 +453,84 @@ def _check_not_plain_payload(payload: dict[Any, Any], encoded: bytes) -> bool:
     return _small_float_text(encoded)
 
 
+@dataclass(frozen=True, slots=True)
+class _At:
+    """One step of the path to a value inside a payload (a key or an index)."""
+
+    parent: _At | None
+    step: str | int
+
+
+#: Path steps a message shows in full; deeper paths show their last ones.
+_PATH_STEPS_SHOWN: Final = 8
+#: A key longer than this is shown by its two ends.
+_STEP_TEXT_MAX: Final = 40
+
+
+def _step_text(step: str | int) -> str:
+    text = repr(step)
+    if len(text) > _STEP_TEXT_MAX:
+        half = _STEP_TEXT_MAX // 2
+        text = text[:half] + "…" + text[-half:]
+    return f"[{text}]"
+
+
+def _path_text(at: _At | None) -> str:
+    """``payload['a'][0]``: where ``at`` is, as a Python-style subscript path."""
+    steps: list[str | int] = []
+    while at is not None:
+        steps.append(at.step)
+        at = at.parent
+    steps.reverse()
+    hidden = len(steps) - _PATH_STEPS_SHOWN
+    shown = steps[hidden:] if hidden > 0 else steps
+    prefix = f"payload[…{hidden} levels…]" if hidden > 0 else "payload"
+    return prefix + "".join(_step_text(step) for step in shown)
+
+
+def _lone_surrogate(payload: object) -> str | None:
+    """The reason to refuse ``payload`` if a key or string in it holds a lone
+    surrogate (no UTF-8 form, so no JSON text), naming where; else None.
+
+    Iterative, and each container is visited once, so neither nesting beyond
+    the stack nor a cycle (both of which orjson refuses too) can stop it.
+    """
+    stack: list[tuple[object, _At | None]] = [(payload, None)]
+    visited: set[int] = set()
+    while stack:
+        value, at = stack.pop()
+        if isinstance(value, str):
+            if not (value.isascii() or _encodable(value)):
+                where = _path_text(at)
+                return f"string at {where} is not valid Unicode (lone surrogate)"
+            continue
+        if not isinstance(value, dict | list | tuple) or id(value) in visited:
+            continue
+        visited.add(id(value))
+        children: list[tuple[str | int, object]]
+        if isinstance(value, dict):
+            children = list(value.items())
+            for key, _ in children:
+                if isinstance(key, str) and not (key.isascii() or _encodable(key)):
+                    where = _path_text(_At(at, key))
+                    return f"key {where} is not valid Unicode (lone surrogate)"
+        else:
+            children = list(enumerate(value))
+        # Reversed, so that the first child is looked at first.
+        stack.extend((child, _At(at, step)) for step, child in reversed(children))
+    return None
+
+
 def _check_json_payload(payload: object, max_bytes: int) -> bytes:
     if not isinstance(payload, dict):
         raise InvalidEvent("payload", f"must be a JSON object (dict), not {type(payload).__name__}")
     try:
         encoded = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
     except TypeError as exc:  # non-str keys, ints beyond 64 bits, lone surrogates, sets...
-        raise InvalidEvent("payload", f"not JSON-serialisable: {exc}") from None
+        # orjson refuses a lone surrogate in a key or a value alike, but its
+        # message names neither; finding it costs a walk, paid on refusal only.
+        reason = _lone_surrogate(payload) or f"not JSON-serialisable: {exc}"
+        raise InvalidEvent("payload", reason) from None
     try:
         if type(payload) is not dict:
             raise _NotPlainJson

@@ -878,6 +878,101 @@ def test_unencodable_key_or_source_is_invalid_event(field: str) -> None:
     assert info.value.field == field
 
 
+def _nested(depth: int, leaf: Any) -> list[Any]:
+    value: Any = leaf
+    for _ in range(depth):
+        value = [value]
+    result: list[Any] = value
+    return result
+
+
+_shared = {"ok": "é"}
+# Built with chr(): ruff reads "\udfff" and "\ud800" as the same key (F601),
+# as an encoder replacing lone surrogates would.
+_THREE_LONE_KEYS = {chr(0xDFFF): "a", chr(0xDFFE): "b", chr(0xD800): "c"}
+_cyclic: dict[str, Any] = {"a": 1}
+_cyclic["self"] = _cyclic
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        # Three lone-surrogate keys: had they been written with a replacement
+        # character, they would have merged into one key and been checksummed so.
+        (_THREE_LONE_KEYS, "key payload['\\udfff'] is not valid Unicode (lone surrogate)"),
+        ({"ok": 1, "n": {"\udfff": 1}}, "key payload['n']['\\udfff'] is not valid Unicode"),
+        (
+            {"n": [{"x": "ok"}, {"é\ud800x": 1}]},
+            "key payload['n'][1]['é\\ud800x'] is not valid Unicode",
+        ),
+        ({"s": "\ud800"}, "string at payload['s'] is not valid Unicode (lone surrogate)"),
+        ({"t": ("a", "b\udc00")}, "string at payload['t'][1] is not valid Unicode"),
+        # A surrogate pair spelled as two code points is two lone surrogates in a str.
+        ({"emoji": "\ud83d\ude00"}, "string at payload['emoji'] is not valid Unicode"),
+        # Shared containers are looked at once; other types and non-str keys skipped.
+        ({"a": _shared, "b": _shared, "c": {1, 2}, 3: "\ud800"}, "string at payload[3]"),
+        ({"k" * 100 + "\udfff": 1}, "key payload['kkkkkkkkkkkkkkkkkkk…kkkkkkkkkkkkk\\udfff']"),
+        (
+            {"deep": _nested(300, "\ud800")},
+            "string at payload[…293 levels…][0][0][0][0][0][0][0][0] is not valid Unicode",
+        ),
+        # No lone surrogate anywhere: orjson's own reason.
+        (_cyclic, "not JSON-serialisable: "),
+        ({"s": {1, 2}}, "not JSON-serialisable: "),
+    ],
+)
+def test_payload_refusal_names_a_lone_surrogate_and_where_it_is(
+    payload: dict[Any, Any], reason: str
+) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        EventFactory(clock=Clock()).draft("DEBUG", "t", payload)
+    assert info.value.field == "payload"
+    assert info.value.reason.startswith(reason)
+
+
+_surrogate_text = st.lists(
+    st.characters(categories=("Cs",)) | st.sampled_from(["a", "é", "😀", "\ufffd"]),
+    min_size=1,
+    max_size=4,
+).map("".join)
+_maybe_bad_text = text | _surrogate_text
+_maybe_bad_payloads = st.dictionaries(
+    _maybe_bad_text,
+    st.recursive(
+        scalars | _surrogate_text,
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(_maybe_bad_text, inner, max_size=3)
+        ),
+        max_leaves=10,
+    ),
+    max_size=4,
+)
+
+
+@given(_maybe_bad_payloads)
+@example(_THREE_LONE_KEYS)
+@example({"\ufffd": "a"})
+def test_a_payload_is_stored_exactly_or_refused_for_its_lone_surrogate(
+    payload: dict[str, Any],
+) -> None:
+    # The oracle is json's: its text of the payload has a UTF-8 form, or the
+    # payload holds a lone surrogate (as a key or in a string, at any depth).
+    try:
+        reference = _json_reference(payload)
+    except UnicodeEncodeError:
+        reference = None
+    factory = EventFactory(clock=Clock())
+    if reference is None:
+        with pytest.raises(InvalidEvent) as info:
+            factory.draft("DEBUG", "t", payload)
+        assert info.value.field == "payload"
+        assert "is not valid Unicode (lone surrogate)" in info.value.reason
+    else:
+        draft = factory.draft("DEBUG", "t", payload)
+        assert draft.payload_json == reference
+        assert orjson.loads(draft.payload_json) == payload
+
+
 @dataclasses.dataclass
 class _Point:
     x: int
