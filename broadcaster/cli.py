@@ -116,9 +116,13 @@ def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
     from .consumer.websocket import tail
 
     url = args.url or f"ws://{settings.websocket_host}:{settings.websocket_port}/events"
+    # With EVENT_SIGNING_KEY set, an event not signed with it is a bad signature.
+    secret = settings.event_signing_key
+    keys = None if secret is None else {settings.event_signing_key_id: secret.get_secret_value()}
     try:
         stats = run_on_loop(
-            tail(url, args.categories, sys.stdout, limit=args.limit), loop=settings.event_loop
+            tail(url, args.categories, sys.stdout, limit=args.limit, signing_keys=keys),
+            loop=settings.event_loop,
         )
     except KeyboardInterrupt:
         return EXIT_OK
@@ -131,7 +135,7 @@ def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
     except BroadcasterError as exc:  # nothing listening, connection lost for good
         print(f"subscribe: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
-    return EXIT_PROBLEM if stats.mismatches or stats.malformed else EXIT_OK
+    return EXIT_PROBLEM if stats.mismatches or stats.bad_signatures or stats.malformed else EXIT_OK
 
 
 def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
