@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING
 from .adapters import Adapter, AdapterHealth, MemoryAdapter, RealtimeAdapter, WebSocketAdapter
 from .consumer import RealtimeSubscriber, ReceiptCollector, WebSocketSubscriber
 from .core import Broadcaster, Receipt
-from .events import Category, ChecksumInfo, Event, EventFactory, EventRecord, parse_frame
+from .events import (
+    Category,
+    ChecksumInfo,
+    Event,
+    EventFactory,
+    EventRecord,
+    SignatureInfo,
+    SigningKey,
+    parse_frame,
+)
 from .exceptions import (
     AdapterError,
     AdapterRejected,
@@ -23,6 +32,7 @@ from .exceptions import (
     FlushTimeout,
     FrameError,
     InvalidEvent,
+    SignatureMismatch,
     StoreError,
     StoreUnavailable,
 )
@@ -112,6 +122,9 @@ __all__ = [
     "run_service",
     "RuntimeFlags",
     "Settings",
+    "SignatureInfo",
+    "SignatureMismatch",
+    "SigningKey",
     "Store",
     "StoreError",
     "StoreUnavailable",

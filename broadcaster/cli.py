@@ -149,9 +149,20 @@ def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
         print(f"subscribe: --ca-file: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     token = args.token if args.token is not None else _subscriber_token(settings)
+    # With EVENT_SIGNING_KEY set, an event not signed with it is a bad signature.
+    secret = settings.event_signing_key
+    keys = None if secret is None else {settings.event_signing_key_id: secret.get_secret_value()}
     try:
         stats = run_on_loop(
-            tail(url, args.categories, sys.stdout, limit=args.limit, ssl=context, token=token),
+            tail(
+                url,
+                args.categories,
+                sys.stdout,
+                limit=args.limit,
+                ssl=context,
+                token=token,
+                signing_keys=keys,
+            ),
             loop=settings.event_loop,
         )
     except KeyboardInterrupt:
@@ -165,7 +176,7 @@ def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
     except BroadcasterError as exc:  # nothing listening, connection lost for good
         print(f"subscribe: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
-    return EXIT_PROBLEM if stats.mismatches or stats.malformed else EXIT_OK
+    return EXIT_PROBLEM if stats.mismatches or stats.bad_signatures or stats.malformed else EXIT_OK
 
 
 def _reconcile(args: argparse.Namespace, settings: Settings) -> int:

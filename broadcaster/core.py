@@ -39,6 +39,7 @@ from .events import (
     EventDraft,
     EventFactory,
     EventRecord,
+    SigningKey,
     _builder,
 )
 from .exceptions import (
@@ -134,6 +135,14 @@ class Receipt:
 _ReceiptBuilder: Final = _builder(Receipt)
 
 
+def _signing_key(settings: Settings) -> SigningKey | None:
+    """``EVENT_SIGNING_KEY`` as the key every event is signed with (SPEC 13)."""
+    secret = settings.event_signing_key
+    if secret is None:
+        return None
+    return SigningKey(settings.event_signing_key_id, secret.get_secret_value())
+
+
 def _receipt(record: EventRecord, routed: tuple[str, ...]) -> Receipt:
     # One per published event: filled as a plain object and then made a
     # Receipt (see events._builder), ~3x cheaper than the frozen __init__.
@@ -203,6 +212,7 @@ class Broadcaster:
             clock=clock,
             checksums=self.settings.checksum_algorithms(),
             max_payload_bytes=self.settings.event_max_bytes,
+            signing_key=_signing_key(self.settings),
         )
         self._routing = self.settings.routing_table()
         #: Runtime-changeable routing flags (admin API); persisted in the store.

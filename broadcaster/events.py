@@ -13,6 +13,13 @@ An event goes through three shapes:
 * :class:`Event` — the pydantic model of the wire object (SPEC 2), used where
   events come in from outside: consumers, the admin API, tools.
 
+Signed events (SPEC 13): an :class:`EventFactory` given a :class:`SigningKey`
+puts it on every draft, and :func:`seal` adds ``"signature": {"algorithm":
+"hmac-sha256", "key_id": ..., "value": <hex>}`` after the checksum, an
+HMAC-SHA256 of the canonical bytes. The canonical bytes and the checksum stay
+what they are without a key. Consumers holding keys check signatures with
+:func:`verify_signed_event_dict` or :meth:`Event.verify`.
+
 Canonical bytes (SPEC 2) are the UTF-8 JSON of ``event_id, sequence_id,
 category, event_type, timestamp, key, source, payload``, keys sorted at every
 level, no whitespace, non-ASCII kept. They are assembled from pre-encoded
@@ -22,15 +29,16 @@ pieces; ``tests/test_events.py`` proves the assembly equals
 
 from __future__ import annotations
 
+import hmac
 import json
 import math
 import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -42,7 +50,7 @@ from .checksums import (
     compute_checksum,
     unknown_algorithm,
 )
-from .exceptions import ChecksumMismatch, FrameError, InvalidEvent
+from .exceptions import ChecksumMismatch, FrameError, InvalidEvent, SignatureMismatch
 
 __all__ = [
     "CANONICAL_FIELDS",
@@ -54,6 +62,9 @@ __all__ = [
     "EventDraft",
     "EventFactory",
     "EventRecord",
+    "SIGNATURE_ALGORITHM",
+    "SignatureInfo",
+    "SigningKey",
     "UlidGenerator",
     "canonical_bytes_of",
     "canonical_json",
@@ -63,6 +74,7 @@ __all__ = [
     "record_from_wire",
     "seal",
     "verify_event_dict",
+    "verify_signed_event_dict",
 ]
 
 
@@ -209,6 +221,83 @@ def format_timestamp(epoch_ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
 
 
+#: The one signature algorithm (SPEC 13).
+SIGNATURE_ALGORITHM: Final = "hmac-sha256"
+#: Longest key id, as ``EVENT_SIGNING_KEY_ID`` allows.
+MAX_KEY_ID_LENGTH: Final = 64
+_SIGNATURE_HEX_RE: Final = re.compile(r"[0-9a-f]{64}")
+
+
+def _secret_bytes(secret: str | bytes) -> bytes:
+    # surrogateescape: an environment variable's bytes that are not UTF-8
+    # come back as they were (as security.py does for tokens).
+    return secret if isinstance(secret, bytes) else secret.encode("utf-8", "surrogateescape")
+
+
+def _hmac_hex(secret: bytes, canonical: bytes) -> str:
+    return hmac.digest(secret, canonical, "sha256").hex()
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class SigningKey:
+    """A key that signs events: ``key_id`` is written on the wire so that a
+    consumer holding several keys (rotation) knows which one to check with;
+    ``secret`` never is, and is left out of ``repr``.
+
+    ``secret`` may be given as text (``EVENT_SIGNING_KEY``), which is used as
+    its UTF-8 bytes. Raises ``ValueError`` for an empty secret, or a key id
+    that is empty, longer than 64 characters or not valid Unicode.
+    """
+
+    key_id: str
+    secret: bytes = field(repr=False)
+    #: The wire bytes from ``,"signature":`` up to the value's opening quote.
+    _wire_head: bytes = field(repr=False, compare=False)
+
+    def __init__(self, key_id: str, secret: str | bytes) -> None:
+        if not isinstance(key_id, str) or not 0 < len(key_id) <= MAX_KEY_ID_LENGTH:
+            raise ValueError(f"key id must be 1-{MAX_KEY_ID_LENGTH} characters, not {key_id!r}")
+        if not (key_id.isascii() or _encodable(key_id)):
+            raise ValueError(f"key id {key_id!r} is not valid Unicode")
+        secret_bytes = _secret_bytes(secret)
+        if not secret_bytes:
+            raise ValueError("signing key must not be empty")
+        head = b',"signature":{"algorithm":"%b","key_id":%b,"value":"' % (
+            SIGNATURE_ALGORITHM.encode(),
+            orjson.dumps(key_id),
+        )
+        object.__setattr__(self, "key_id", key_id)
+        object.__setattr__(self, "secret", secret_bytes)
+        object.__setattr__(self, "_wire_head", head)
+
+
+def _signature_problem(
+    signature: object, canonical: bytes, keys: Mapping[str, bytes]
+) -> str | None:
+    """Why ``signature`` (a received event's ``signature`` field) does not
+    prove ``canonical`` was signed with one of ``keys``; None when it does."""
+    if signature is None:
+        return "no signature"
+    if not isinstance(signature, dict):
+        return f"signature is a {type(signature).__name__}, not an object"
+    algorithm = signature.get("algorithm")
+    key_id = signature.get("key_id")
+    value = signature.get("value")
+    if algorithm != SIGNATURE_ALGORITHM:
+        return f"unknown signature algorithm {algorithm!r}"
+    if not isinstance(key_id, str) or not isinstance(value, str):
+        return "signature lacks a key_id or value string"
+    secret = keys.get(key_id)
+    if secret is None:
+        return f"unknown key id {key_id!r}"
+    expected = _hmac_hex(secret, canonical).encode()
+    # compare_digest: the time taken must not tell a forger how much matched.
+    # Bytes, because it takes text only when ASCII.
+    if not hmac.compare_digest(value.encode("utf-8", "replace"), expected):
+        return f"signature does not match (key id {key_id!r})"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class EventDraft:
     """A validated event waiting for its sequence id (see :func:`seal`)."""
@@ -224,6 +313,8 @@ class EventDraft:
     #: JSON array of the payload's sorted top-level keys (reconciliation's
     #: "semantic" criterion compares these).
     payload_keys: str = "[]"
+    #: The key :func:`seal` signs with; None: unsigned.
+    signing_key: SigningKey | None = None
 
     @property
     def routing_key(self) -> str:
@@ -278,9 +369,27 @@ class ChecksumInfo(BaseModel):
         return value
 
 
+class SignatureInfo(BaseModel):
+    """``{"algorithm": "hmac-sha256", "key_id": ..., "value": "<64 lowercase hex>"}``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    algorithm: Literal["hmac-sha256"]
+    key_id: str = Field(min_length=1, max_length=MAX_KEY_ID_LENGTH)
+    value: str
+
+    @field_validator("value")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        if not _SIGNATURE_HEX_RE.fullmatch(value):
+            raise ValueError("must be 64 lowercase hex characters")
+        return value
+
+
 class Event(BaseModel):
     """The wire object of SPEC 2, validated. Build one from a received frame
-    with :func:`parse_frame`; check its integrity with :meth:`verify`."""
+    with :func:`parse_frame`; check its integrity with :meth:`verify`.
+    ``signature`` is present on events of a broadcaster with a signing key."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -293,17 +402,26 @@ class Event(BaseModel):
     source: str = Field(min_length=1, max_length=MAX_SOURCE_LENGTH)
     payload: dict[str, Any]
     checksum: ChecksumInfo
+    signature: SignatureInfo | None = None
 
     def canonical_bytes(self) -> bytes:
         return canonical_bytes_of(self.model_dump(include=set(CANONICAL_FIELDS)))
 
-    def verify(self) -> None:
-        """Raise :class:`ChecksumMismatch` unless the checksum matches."""
-        actual = compute_checksum(self.checksum.algorithm, self.canonical_bytes())
+    def verify(self, signing_keys: Mapping[str, bytes] | None = None) -> None:
+        """Raise :class:`ChecksumMismatch` unless the checksum matches; given
+        ``signing_keys`` (key id -> key), raise :class:`SignatureMismatch`
+        unless the event is signed with one of them."""
+        canonical = self.canonical_bytes()
+        actual = compute_checksum(self.checksum.algorithm, canonical)
         if actual != self.checksum.value:
             raise ChecksumMismatch(
                 self.sequence_id, self.checksum.algorithm, self.checksum.value, actual
             )
+        if signing_keys is not None:
+            signature = self.signature.model_dump() if self.signature is not None else None
+            problem = _signature_problem(signature, canonical, signing_keys)
+            if problem is not None:
+                raise SignatureMismatch(self.sequence_id, problem)
 
 
 def payload_keys_of(payload: Mapping[str, Any]) -> str:
@@ -388,6 +506,33 @@ def verify_event_dict(obj: Mapping[str, Any]) -> tuple[bool, str, str]:
     return actual == expected, expected, actual
 
 
+def verify_signed_event_dict(
+    obj: Mapping[str, Any], signing_keys: Mapping[str, bytes]
+) -> tuple[bool, str, str, str | None]:
+    """:func:`verify_event_dict` for a consumer holding ``signing_keys`` (key
+    id -> key): ``(ok, expected, actual, signature_problem)``, where the last
+    is None for an event signed with one of the keys, else why not (no
+    signature, an unknown key id, a value that does not match).
+
+    Each verdict stands alone: a changed payload fails both. Raises
+    :class:`FrameError` as :func:`verify_event_dict` does.
+    """
+    # verify_event_dict's lines, not a shared helper: an unsigned consumer
+    # pays no extra call per event.
+    checksum = obj.get("checksum")
+    if not isinstance(checksum, dict):
+        raise FrameError("event lacks a checksum object")
+    algorithm = checksum.get("algorithm")
+    expected = checksum.get("value")
+    function = _VERIFIERS.get(algorithm) if isinstance(algorithm, str) else None
+    if function is None or not isinstance(expected, str):
+        raise FrameError(f"event checksum is malformed: {checksum!r}")
+    canonical = canonical_bytes_of(obj)
+    actual = function(canonical)
+    problem = _signature_problem(obj.get("signature"), canonical, signing_keys)
+    return actual == expected, expected, actual, problem
+
+
 def parse_frame(data: str | bytes) -> Event:
     """Parse and validate one wire frame. Raises :class:`FrameError` naming the problem."""
     try:
@@ -453,13 +598,84 @@ def _check_not_plain_payload(payload: dict[Any, Any], encoded: bytes) -> bool:
     return _small_float_text(encoded)
 
 
+@dataclass(frozen=True, slots=True)
+class _At:
+    """One step of the path to a value inside a payload (a key or an index)."""
+
+    parent: _At | None
+    step: str | int
+
+
+#: Path steps a message shows in full; deeper paths show their last ones.
+_PATH_STEPS_SHOWN: Final = 8
+#: A key longer than this is shown by its two ends.
+_STEP_TEXT_MAX: Final = 40
+
+
+def _step_text(step: str | int) -> str:
+    text = repr(step)
+    if len(text) > _STEP_TEXT_MAX:
+        half = _STEP_TEXT_MAX // 2
+        text = text[:half] + "…" + text[-half:]
+    return f"[{text}]"
+
+
+def _path_text(at: _At | None) -> str:
+    """``payload['a'][0]``: where ``at`` is, as a Python-style subscript path."""
+    steps: list[str | int] = []
+    while at is not None:
+        steps.append(at.step)
+        at = at.parent
+    steps.reverse()
+    hidden = len(steps) - _PATH_STEPS_SHOWN
+    shown = steps[hidden:] if hidden > 0 else steps
+    prefix = f"payload[…{hidden} levels…]" if hidden > 0 else "payload"
+    return prefix + "".join(_step_text(step) for step in shown)
+
+
+def _lone_surrogate(payload: object) -> str | None:
+    """The reason to refuse ``payload`` if a key or string in it holds a lone
+    surrogate (no UTF-8 form, so no JSON text), naming where; else None.
+
+    Iterative, and each container is visited once, so neither nesting beyond
+    the stack nor a cycle (both of which orjson refuses too) can stop it.
+    """
+    stack: list[tuple[object, _At | None]] = [(payload, None)]
+    visited: set[int] = set()
+    while stack:
+        value, at = stack.pop()
+        if isinstance(value, str):
+            if not (value.isascii() or _encodable(value)):
+                where = _path_text(at)
+                return f"string at {where} is not valid Unicode (lone surrogate)"
+            continue
+        if not isinstance(value, dict | list | tuple) or id(value) in visited:
+            continue
+        visited.add(id(value))
+        children: list[tuple[str | int, object]]
+        if isinstance(value, dict):
+            children = list(value.items())
+            for key, _ in children:
+                if isinstance(key, str) and not (key.isascii() or _encodable(key)):
+                    where = _path_text(_At(at, key))
+                    return f"key {where} is not valid Unicode (lone surrogate)"
+        else:
+            children = list(enumerate(value))
+        # Reversed, so that the first child is looked at first.
+        stack.extend((child, _At(at, step)) for step, child in reversed(children))
+    return None
+
+
 def _check_json_payload(payload: object, max_bytes: int) -> bytes:
     if not isinstance(payload, dict):
         raise InvalidEvent("payload", f"must be a JSON object (dict), not {type(payload).__name__}")
     try:
         encoded = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
     except TypeError as exc:  # non-str keys, ints beyond 64 bits, lone surrogates, sets...
-        raise InvalidEvent("payload", f"not JSON-serialisable: {exc}") from None
+        # orjson refuses a lone surrogate in a key or a value alike, but its
+        # message names neither; finding it costs a walk, paid on refusal only.
+        reason = _lone_surrogate(payload) or f"not JSON-serialisable: {exc}"
+        raise InvalidEvent("payload", reason) from None
     try:
         if type(payload) is not dict:
             raise _NotPlainJson
@@ -530,7 +746,8 @@ class EventFactory:
     """Validates ``publish()`` input and turns it into :class:`EventDraft`\\ s.
 
     ``clock`` returns wall time in seconds (``time.time`` in production).
-    ``checksums`` maps each category to its algorithm.
+    ``checksums`` maps each category to its algorithm. With ``signing_key``,
+    every draft carries it and :func:`seal` signs the event.
     """
 
     def __init__(
@@ -540,8 +757,10 @@ class EventFactory:
         checksums: Mapping[Category, ChecksumAlgorithm] = DEFAULT_CHECKSUM,
         max_payload_bytes: int = DEFAULT_EVENT_MAX_BYTES,
         ulids: UlidGenerator | None = None,
+        signing_key: SigningKey | None = None,
     ) -> None:
         self._clock = clock
+        self._signing_key = signing_key
         self._checksums = dict(DEFAULT_CHECKSUM) | dict(checksums)
         self._max_bytes = max_payload_bytes
         # The bound method: calling the instance costs ~0.4 µs more (tp_call).
@@ -608,6 +827,7 @@ class EventFactory:
             if len(keys_text) <= _MEMO_MAX_KEYS_TEXT and len(self._payload_keys) < _MEMO_SIZE:
                 self._payload_keys[keys] = keys_text
         draft.payload_keys = keys_text
+        draft.signing_key = self._signing_key
         draft.__class__ = EventDraft
         result: EventDraft = draft
         return result
@@ -630,11 +850,14 @@ _CANONICAL: Final = (
 )
 #: The wire object: the canonical one without its ``}``, then the checksum.
 _WIRE: Final = b'%b,"checksum":{"algorithm":"%b","value":"%b"}}'
+#: The same, then the signature (its head from :class:`SigningKey`).
+_SIGNED_WIRE: Final = b'%b,"checksum":{"algorithm":"%b","value":"%b"}%b%b"}}'
 _CATEGORY_BYTES: Final[Mapping[str, bytes]] = {c.value: c.value.encode() for c in Category}
 
 
 def seal(draft: EventDraft, sequence_id: int) -> EventRecord:
-    """Give ``draft`` its sequence id; build canonical bytes, checksum and wire bytes."""
+    """Give ``draft`` its sequence id; build canonical bytes, checksum and wire
+    bytes (with the signature when the draft carries a signing key)."""
     key = draft.key
     source = draft.source
     algorithm = draft.checksum_algorithm
@@ -664,7 +887,17 @@ def seal(draft: EventDraft, sequence_id: int) -> EventRecord:
     record.checksum_algorithm = algorithm
     record.checksum = checksum
     record.canonical = canonical
-    record.wire = _WIRE % (canonical[:-1], algorithm.encode(), checksum.encode())
+    signing_key = draft.signing_key
+    if signing_key is None:
+        record.wire = _WIRE % (canonical[:-1], algorithm.encode(), checksum.encode())
+    else:
+        record.wire = _SIGNED_WIRE % (
+            canonical[:-1],
+            algorithm.encode(),
+            checksum.encode(),
+            signing_key._wire_head,
+            _hmac_hex(signing_key.secret, canonical).encode(),
+        )
     record.payload_keys = draft.payload_keys
     record.__class__ = EventRecord
     result: EventRecord = record
@@ -672,7 +905,9 @@ def seal(draft: EventDraft, sequence_id: int) -> EventRecord:
 
 
 def record_from_wire(wire: bytes) -> EventRecord:
-    """Rebuild an :class:`EventRecord` from stored wire bytes (store, backfill)."""
+    """Rebuild an :class:`EventRecord` from stored wire bytes (store, backfill).
+
+    The wire bytes are kept as they are, so a signed event stays signed."""
     obj = orjson.loads(wire)
     checksum = obj["checksum"]
     return EventRecord(

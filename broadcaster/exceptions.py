@@ -22,7 +22,9 @@ edge, with the original kept as ``__cause__``.
     │   └── BreakerOpen         the adapter's circuit breaker refused the call;
     │                           nothing was sent (.state, .retry_at)
     └── FrameError              a received frame is not a valid event (consumer side)
-        └── ChecksumMismatch    the event's checksum does not match its canonical bytes
+        ├── ChecksumMismatch    the event's checksum does not match its canonical bytes
+        └── SignatureMismatch   a consumer holding signing keys got an event with no
+                                signature, an unknown key id or a wrong value
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "FlushTimeout",
     "FrameError",
     "InvalidEvent",
+    "SignatureMismatch",
     "StoreError",
     "StoreUnavailable",
 ]
@@ -160,3 +163,14 @@ class ChecksumMismatch(FrameError):
         super().__init__(
             f"sequence_id {sequence_id}: {algorithm} checksum {actual} != expected {expected}"
         )
+
+
+class SignatureMismatch(FrameError):
+    """An event is not signed with any key the consumer holds (SPEC 13): it
+    has no signature, names a key id the consumer does not know, or its value
+    is not the HMAC of its canonical bytes. ``reason`` says which."""
+
+    def __init__(self, sequence_id: int, reason: str) -> None:
+        self.sequence_id = sequence_id
+        self.reason = reason
+        super().__init__(f"sequence_id {sequence_id}: bad signature: {reason}")

@@ -173,6 +173,58 @@ def test_subscribe_to_a_non_websocket_url_exits_2(capsys: pytest.CaptureFixture[
     ]
 
 
+@pytest.mark.parametrize(
+    ("env", "verdict", "code"),
+    [
+        ({"EVENT_SIGNING_KEY": "the-signing-key", "EVENT_SIGNING_KEY_ID": "k1"}, "OK", 0),
+        ({"EVENT_SIGNING_KEY": "another-key", "EVENT_SIGNING_KEY_ID": "k1"}, "BAD_SIGNATURE", 1),
+        ({"EVENT_SIGNING_KEY": "the-signing-key"}, "BAD_SIGNATURE", 1),  # key id "default"
+        ({}, "OK", 0),  # no key: signatures are not checked
+    ],
+)
+def test_subscribe_verifies_signatures_with_the_settings_key(
+    env: dict[str, str],
+    verdict: str,
+    code: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import asyncio
+    import threading
+
+    from broadcaster.adapters.websocket import WebSocketAdapter
+    from broadcaster.events import EventFactory, SigningKey, seal
+
+    factory = EventFactory(signing_key=SigningKey("k1", "the-signing-key"))
+    records = [seal(factory.draft("CRITICAL", "order.created", {"i": i}), i + 1) for i in range(3)]
+    # The server runs on a loop of its own thread: the command runs its own.
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+    server = WebSocketAdapter(port=0)
+
+    async def send_once_subscribed() -> None:
+        async with asyncio.timeout(30):
+            await server.wait_for_subscribers(1)
+        await server.send(records)
+
+    try:
+        asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
+        sent = asyncio.run_coroutine_threadsafe(send_once_subscribed(), loop)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        assert main(["subscribe", "--url", server.url, "--limit", "3"]) == code
+        sent.result(30)
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+    # The server's start-up line is logged to stdout before the command's own output.
+    lines = [line for line in capsys.readouterr().out.splitlines() if "[info" not in line]
+    assert lines == [f"{n} CRITICAL order.created {verdict}" for n in (1, 2, 3)]
+
+
 def test_bad_arguments_exit_2() -> None:
     assert run("no-such-command").returncode == 2
     result = run("subscribe", "--categories", "CRITICAL,BOGUS")

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from structlog.contextvars import merge_contextvars
@@ -16,12 +17,13 @@ from broadcaster import core
 from broadcaster.adapters.memory import MemoryAdapter
 from broadcaster.breaker_policy import BreakerConfig
 from broadcaster.core import Broadcaster, Receipt
-from broadcaster.events import Category, EventRecord, seal
+from broadcaster.events import Category, EventRecord, parse_frame, seal
 from broadcaster.exceptions import (
     AdapterUnavailable,
     BroadcasterClosed,
     FlushTimeout,
     InvalidEvent,
+    SignatureMismatch,
     StoreUnavailable,
 )
 from broadcaster.settings import load_settings
@@ -347,6 +349,46 @@ async def test_receipt_as_dict_and_records_match_store() -> None:
     # The default routing keeps USER_ACTIVITY on the primary only.
     assert data["routed_to"] == ["websocket"]
     assert seal  # imported for type checkers of helpers
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
+async def test_with_a_signing_key_every_event_is_signed_on_the_wire_and_in_the_store(
+    tmp_path: Path, store_kind: str
+) -> None:
+    from broadcaster.store.sqlite import SQLiteStore
+
+    settings = load_settings(
+        env_file=None, event_signing_key="the-signing-key", event_signing_key_id="k7"
+    )
+    store = MemoryStore() if store_kind == "memory" else SQLiteStore(tmp_path / "signed.db")
+    ws, rt = MemoryAdapter("websocket"), MemoryAdapter("realtime")
+    async with Broadcaster(settings, adapters=[ws, rt], store=store) as b:
+        receipts = [await b.publish("CRITICAL", "order.created", {"order": n}) for n in range(3)]
+        receipts += await b.publish_many(
+            [{"category": "SYSTEM", "event_type": "disk.full", "payload": {"free": 0}}]
+        )
+        await b.flush(timeout=5)
+        stored = [await store.get(r.sequence_id) for r in receipts]
+    keys = {"k7": b"the-signing-key"}
+    assert [r.sequence_id for r in ws.events] == [r.sequence_id for r in receipts]
+    for record, kept in zip(ws.events, stored, strict=True):
+        event = parse_frame(record.wire)
+        assert event.signature is not None and event.signature.key_id == "k7"
+        event.verify(keys)
+        # What the store hands back for backfill and repair is signed too.
+        assert kept is not None and kept.record.wire == record.wire
+    with pytest.raises(SignatureMismatch, match="does not match"):
+        parse_frame(ws.events[0].wire).verify({"k7": b"another-key"})
+
+
+async def test_without_a_signing_key_events_carry_no_signature() -> None:
+    ws = MemoryAdapter("websocket")
+    async with make(ws) as b:
+        await b.publish("CRITICAL", "order.created", {"order": 1})
+        await b.flush(timeout=5)
+    (record,) = ws.events
+    assert "signature" not in record.to_dict()
+    assert parse_frame(record.wire).signature is None
 
 
 async def test_full_disk_raises_store_unavailable_and_publishing_resumes(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -120,3 +120,74 @@ async def test_ten_thousand_events_reach_exactly_their_routed_adapters_in_order(
     assert rt_col.stats.verified == len(routed["realtime"])
     # Consumer receipts reached the store.
     assert sample is not None and {r.adapter for r in sample.receipts} == {"websocket", "realtime"}
+
+
+async def test_signed_events_verify_end_to_end_and_a_stranger_counts_every_one_bad(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(
+        env_file=None,
+        websocket_port=0,
+        store_url=f"sqlite:///{tmp_path / 'signed.db'}",
+        event_signing_key="the-signing-key",
+        event_signing_key_id="2026-k1",
+        # As above: this test is about what arrives, not about slow calls.
+        adapters={
+            "websocket": {"latency_threshold_ms": 10_000},
+            "realtime": {"latency_threshold_ms": 10_000},
+        },
+    )
+    holder_keys = {"2026-k1": "the-signing-key"}
+    stranger_keys = {"2026-k1": "a-guess-at-the-key"}
+    categories = list(Category)
+    async with Broadcaster(settings) as b:
+        ws_url = b.adapters["websocket"].url  # type: ignore[attr-defined]
+        assert b.local_realtime_url is not None
+        recorders = {
+            (path, who): OrderRecorder()
+            for path in ("websocket", "realtime")
+            for who in ("holder", "stranger")
+        }
+        collectors = {
+            (path, who): ReceiptCollector(path, signing_keys=keys, on_event=recorders[path, who])
+            for path in ("websocket", "realtime")
+            for who, keys in (("holder", holder_keys), ("stranger", stranger_keys))
+        }
+        async with (
+            WebSocketSubscriber(ws_url, collector=collectors["websocket", "holder"]),
+            WebSocketSubscriber(ws_url, collector=collectors["websocket", "stranger"]),
+            RealtimeSubscriber(b.local_realtime_url, collector=collectors["realtime", "holder"]),
+            RealtimeSubscriber(b.local_realtime_url, collector=collectors["realtime", "stranger"]),
+        ):
+            routed: dict[str, int] = defaultdict(int)
+            receipts = await b.publish_many(
+                {
+                    "category": categories[i % len(categories)].value,
+                    "event_type": "signed.event",
+                    "payload": {"i": i, "s": "ünïcode ✓"},
+                }
+                for i in range(300)
+            )
+            for receipt in receipts:
+                for name in receipt.routed_to:
+                    routed[name] += 1
+            await b.flush(timeout=30)
+            for (path, _), recorder in recorders.items():
+                recorder.expected = routed[path]
+                if len(recorder.order) >= recorder.expected:
+                    recorder.done.set()
+            async with asyncio.timeout(30):
+                for recorder in recorders.values():
+                    await recorder.done.wait()
+
+    assert routed["websocket"] == 300 and 0 < routed["realtime"] < 300
+    for (path, who), collector in collectors.items():
+        stats = collector.stats
+        assert stats.received == routed[path], (path, who)
+        assert stats.mismatches == stats.malformed == 0, (path, who)
+        if who == "holder":
+            assert (stats.verified, stats.bad_signatures) == (routed[path], 0), path
+            assert recorders[path, who].bad == []
+        else:
+            assert (stats.verified, stats.bad_signatures) == (0, routed[path]), path
+            assert len(recorders[path, who].bad) == routed[path]

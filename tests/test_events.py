@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import enum
 import hashlib
+import hmac
 import json
 import math
 import pickle
@@ -33,6 +34,8 @@ from broadcaster.events import (
     EventDraft,
     EventFactory,
     EventRecord,
+    SignatureInfo,
+    SigningKey,
     UlidGenerator,
     _small_float_text,
     canonical_bytes_of,
@@ -42,8 +45,9 @@ from broadcaster.events import (
     record_from_wire,
     seal,
     verify_event_dict,
+    verify_signed_event_dict,
 )
-from broadcaster.exceptions import ChecksumMismatch, FrameError, InvalidEvent
+from broadcaster.exceptions import ChecksumMismatch, FrameError, InvalidEvent, SignatureMismatch
 
 # -- references, written independently of the code under test ---------------
 
@@ -328,6 +332,211 @@ def test_wire_round_trip(
     assert rebuilt == record
 
 
+# -- signed events (SPEC 13) --------------------------------------------------------
+
+K1 = SigningKey("k1", b"the-signing-key")
+K2 = SigningKey("k2", "the-next-key")
+KEYS_1_AND_2 = {"k1": b"the-signing-key", "k2": b"the-next-key"}
+
+
+def _reference_hmac(secret: bytes, canonical: bytes) -> str:
+    return hmac.new(secret, canonical, hashlib.sha256).hexdigest()
+
+
+def _known_record(signing_key: SigningKey | None) -> EventRecord:
+    factory = EventFactory(
+        clock=Clock(), ulids=UlidGenerator(random_bits=lambda: 2), signing_key=signing_key
+    )
+    draft = factory.draft("system", "disk.full", {"b": [1, 2.5, None], "a": "é"}, key='k"1')
+    return seal(draft, 7)
+
+
+def test_known_signed_record_bytes() -> None:
+    """The pinned example of test_known_record_bytes, signed: the signature
+    follows the checksum, and its value is the HMAC-SHA256 of the canonical
+    bytes (the value below is also what ``openssl dgst -sha256 -hmac`` gives)."""
+    unsigned, signed = _known_record(None), _known_record(K1)
+    value = "5e58ee635aa635ce6e67fb90546ca04cf8816f88dff7eae75c299bf454955303"
+    assert value == _reference_hmac(b"the-signing-key", unsigned.canonical)
+    assert signed.wire == unsigned.wire[:-1] + (
+        b',"signature":{"algorithm":"hmac-sha256","key_id":"k1","value":"%b"}}' % value.encode()
+    )
+    # The canonical bytes and the checksum do not cover the signature.
+    assert (signed.canonical, signed.checksum) == (unsigned.canonical, unsigned.checksum)
+    assert signed.checksum == f"{zlib.crc32(signed.canonical):08x}"
+
+
+@pytest.mark.parametrize("key_id", ["default", 'k"1\\', "ключ-2026", "k" * 64])
+def test_any_key_id_is_written_as_a_json_string(key_id: str) -> None:
+    record = seal(wire_factory(signing_key=SigningKey(key_id, "s")).draft("DEBUG", "t", {}), 1)
+    event = parse_frame(record.wire)
+    assert event.signature == SignatureInfo(
+        algorithm="hmac-sha256", key_id=key_id, value=_reference_hmac(b"s", record.canonical)
+    )
+    event.verify({key_id: b"s"})
+
+
+@settings(max_examples=50)
+@given(categories, event_types, payloads, routing_keys, sources, sequence_ids)
+def test_signed_wire_round_trip(
+    category: Category,
+    event_type: str,
+    payload: dict[str, Any],
+    key: str | None,
+    source: str,
+    sequence_id: int,
+) -> None:
+    record = seal(
+        wire_factory(signing_key=K2).draft(category, event_type, payload, key=key, source=source),
+        sequence_id,
+    )
+    obj = orjson.loads(record.wire)
+    assert list(obj)[-2:] == ["checksum", "signature"]
+    assert obj["signature"]["value"] == _reference_hmac(b"the-next-key", record.canonical)
+    assert verify_signed_event_dict(obj, KEYS_1_AND_2) == (
+        True,
+        record.checksum,
+        record.checksum,
+        None,
+    )
+    parse_frame(record.wire).verify(KEYS_1_AND_2)
+    # Rebuilt from its stored bytes (backfill, repair), it is still signed.
+    assert record_from_wire(record.wire) == record
+
+
+def test_a_consumer_holding_two_keys_accepts_events_signed_with_either() -> None:
+    for signing_key in (K1, K2):
+        record = seal(wire_factory(signing_key=signing_key).draft("CRITICAL", "t", {"a": 1}), 1)
+        ok, _, _, problem = verify_signed_event_dict(orjson.loads(record.wire), KEYS_1_AND_2)
+        assert ok and problem is None
+        parse_frame(record.wire).verify(KEYS_1_AND_2)
+
+
+def _signed_obj(signing_key: SigningKey | None = K1) -> dict[str, Any]:
+    draft = wire_factory(signing_key=signing_key).draft("CRITICAL", "order.created", {"a": 1})
+    obj: dict[str, Any] = orjson.loads(seal(draft, 5).wire)
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("obj", "keys", "problem"),
+    [
+        (_signed_obj(None), KEYS_1_AND_2, "no signature"),
+        (_signed_obj(K1), {"k2": b"the-next-key"}, "unknown key id 'k1'"),
+        # Signed by someone holding another key under the same id.
+        (
+            _signed_obj(SigningKey("k1", "a-wrong-key")),
+            KEYS_1_AND_2,
+            "signature does not match (key id 'k1')",
+        ),
+        (_signed_obj(K1) | {"signature": "sig"}, KEYS_1_AND_2, "signature is a str, not an object"),
+        (
+            _signed_obj(K1)
+            | {"signature": {"algorithm": "hmac-sha1", "key_id": "k1", "value": ""}},
+            KEYS_1_AND_2,
+            "unknown signature algorithm 'hmac-sha1'",
+        ),
+        (
+            _signed_obj(K1) | {"signature": {"algorithm": "hmac-sha256", "key_id": "k1"}},
+            KEYS_1_AND_2,
+            "signature lacks a key_id or value string",
+        ),
+        (
+            _signed_obj(K1) | {"signature": {"algorithm": "hmac-sha256", "value": "00"}},
+            KEYS_1_AND_2,
+            "signature lacks a key_id or value string",
+        ),
+        (
+            _signed_obj(K1)
+            | {"signature": {"algorithm": "hmac-sha256", "key_id": "k1", "value": "é" * 64}},
+            KEYS_1_AND_2,
+            "signature does not match (key id 'k1')",
+        ),
+    ],
+)
+def test_a_signature_that_proves_nothing_is_named_but_the_checksum_still_judged(
+    obj: dict[str, Any], keys: dict[str, bytes], problem: str
+) -> None:
+    ok, expected, actual, found = verify_signed_event_dict(obj, keys)
+    assert ok and expected == actual == obj["checksum"]["value"]
+    assert found == problem
+
+
+def test_a_changed_payload_fails_the_checksum_and_the_signature() -> None:
+    obj = _signed_obj(K1)
+    obj["payload"]["a"] = 2
+    ok, expected, actual, problem = verify_signed_event_dict(obj, KEYS_1_AND_2)
+    assert not ok and expected != actual
+    assert problem == "signature does not match (key id 'k1')"
+    with pytest.raises(ChecksumMismatch):
+        Event.model_validate(obj).verify(KEYS_1_AND_2)
+
+
+def test_a_recomputed_checksum_does_not_make_a_changed_payload_pass() -> None:
+    # What a forger without the key can do: change the payload, fix the checksum.
+    obj = _signed_obj(K1)
+    obj["payload"]["a"] = 2
+    obj["checksum"]["value"] = hashlib.sha256(canonical_bytes_of(obj)).hexdigest()
+    assert verify_signed_event_dict(obj, KEYS_1_AND_2)[0] is True
+    with pytest.raises(SignatureMismatch) as info:
+        Event.model_validate(obj).verify(KEYS_1_AND_2)
+    assert info.value.sequence_id == 5
+    assert info.value.reason == "signature does not match (key id 'k1')"
+
+
+def test_event_verify_checks_signatures_only_when_given_keys() -> None:
+    unsigned = parse_frame(seal(wire_factory().draft("DEBUG", "t", {}), 1).wire)
+    signed = Event.model_validate(_signed_obj(SigningKey("k9", "unknown")))
+    for event in (unsigned, signed):
+        event.verify()
+    with pytest.raises(SignatureMismatch, match="sequence_id 1: bad signature: no signature"):
+        unsigned.verify(KEYS_1_AND_2)
+    with pytest.raises(SignatureMismatch, match="unknown key id 'k9'"):
+        signed.verify(KEYS_1_AND_2)
+
+
+@pytest.mark.parametrize(
+    ("signature", "message"),
+    [
+        ({"algorithm": "hmac-sha256", "key_id": "k1", "value": "AB" * 32}, "64 lowercase hex"),
+        ({"algorithm": "hmac-sha256", "key_id": "k1", "value": "ab"}, "64 lowercase hex"),
+        ({"algorithm": "hmac-md5", "key_id": "k1", "value": "ab" * 32}, "hmac-sha256"),
+        ({"algorithm": "hmac-sha256", "key_id": "", "value": "ab" * 32}, "key_id"),
+        ({"algorithm": "hmac-sha256", "key_id": "k", "value": "ab" * 32, "x": 1}, "x"),
+    ],
+)
+def test_parse_frame_rejects_malformed_signatures(signature: dict[str, Any], message: str) -> None:
+    obj = _signed_obj(K1) | {"signature": signature}
+    with pytest.raises(FrameError, match=message):
+        parse_frame(orjson.dumps(obj))
+
+
+def test_signing_key_keeps_its_secret_out_of_repr_and_takes_text_as_utf8() -> None:
+    key = SigningKey("k1", "sécret")
+    assert key.secret == "sécret".encode()
+    assert key == SigningKey("k1", "sécret".encode())
+    assert "cret" not in repr(key) and "k1" in repr(key)
+    assert pickle.loads(pickle.dumps(key)) == key
+    draft = wire_factory(signing_key=key).draft("DEBUG", "t", {})
+    assert draft.signing_key == key and "cret" not in repr(draft)
+
+
+@pytest.mark.parametrize(
+    ("key_id", "secret", "message"),
+    [
+        ("", "s", "key id must be 1-64 characters"),
+        ("k" * 65, "s", "key id must be 1-64 characters"),
+        (5, "s", "key id must be 1-64 characters"),
+        ("k\ud800", "s", "is not valid Unicode"),
+        ("k1", "", "signing key must not be empty"),
+        ("k1", b"", "signing key must not be empty"),
+    ],
+)
+def test_signing_key_refuses_what_cannot_sign(key_id: Any, secret: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SigningKey(key_id, secret)
+
+
 def test_default_factory_frames_parse() -> None:
     record = seal(EventFactory().draft("CRITICAL", "order.created", {"order": 42}), 1)
     parse_frame(record.wire).verify()
@@ -439,10 +648,12 @@ def test_verify_event_dict_ignores_the_checksum_field_in_canonical_bytes() -> No
 def test_verify_event_dict_rejects_malformed_objects(
     mutate: Callable[[dict[str, Any]], Any], message: str
 ) -> None:
-    obj = orjson.loads(seal(wire_factory().draft("SYSTEM", "t", {"a": 1}), 1).wire)
+    obj = orjson.loads(seal(wire_factory(signing_key=K1).draft("SYSTEM", "t", {"a": 1}), 1).wire)
     mutate(obj)
     with pytest.raises(FrameError, match=message):
         verify_event_dict(obj)
+    with pytest.raises(FrameError, match=message):
+        verify_signed_event_dict(obj, KEYS_1_AND_2)
 
 
 # -- canonical bytes of received objects, against the reference ------------------
@@ -876,6 +1087,101 @@ def test_unencodable_key_or_source_is_invalid_event(field: str) -> None:
     with pytest.raises(InvalidEvent) as info:
         EventFactory(clock=Clock()).draft("DEBUG", "t", {}, **{field: "bad\ud800"})
     assert info.value.field == field
+
+
+def _nested(depth: int, leaf: Any) -> list[Any]:
+    value: Any = leaf
+    for _ in range(depth):
+        value = [value]
+    result: list[Any] = value
+    return result
+
+
+_shared = {"ok": "é"}
+# Built with chr(): ruff reads "\udfff" and "\ud800" as the same key (F601),
+# as an encoder replacing lone surrogates would.
+_THREE_LONE_KEYS = {chr(0xDFFF): "a", chr(0xDFFE): "b", chr(0xD800): "c"}
+_cyclic: dict[str, Any] = {"a": 1}
+_cyclic["self"] = _cyclic
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        # Three lone-surrogate keys: had they been written with a replacement
+        # character, they would have merged into one key and been checksummed so.
+        (_THREE_LONE_KEYS, "key payload['\\udfff'] is not valid Unicode (lone surrogate)"),
+        ({"ok": 1, "n": {"\udfff": 1}}, "key payload['n']['\\udfff'] is not valid Unicode"),
+        (
+            {"n": [{"x": "ok"}, {"é\ud800x": 1}]},
+            "key payload['n'][1]['é\\ud800x'] is not valid Unicode",
+        ),
+        ({"s": "\ud800"}, "string at payload['s'] is not valid Unicode (lone surrogate)"),
+        ({"t": ("a", "b\udc00")}, "string at payload['t'][1] is not valid Unicode"),
+        # A surrogate pair spelled as two code points is two lone surrogates in a str.
+        ({"emoji": "\ud83d\ude00"}, "string at payload['emoji'] is not valid Unicode"),
+        # Shared containers are looked at once; other types and non-str keys skipped.
+        ({"a": _shared, "b": _shared, "c": {1, 2}, 3: "\ud800"}, "string at payload[3]"),
+        ({"k" * 100 + "\udfff": 1}, "key payload['kkkkkkkkkkkkkkkkkkk…kkkkkkkkkkkkk\\udfff']"),
+        (
+            {"deep": _nested(300, "\ud800")},
+            "string at payload[…293 levels…][0][0][0][0][0][0][0][0] is not valid Unicode",
+        ),
+        # No lone surrogate anywhere: orjson's own reason.
+        (_cyclic, "not JSON-serialisable: "),
+        ({"s": {1, 2}}, "not JSON-serialisable: "),
+    ],
+)
+def test_payload_refusal_names_a_lone_surrogate_and_where_it_is(
+    payload: dict[Any, Any], reason: str
+) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        EventFactory(clock=Clock()).draft("DEBUG", "t", payload)
+    assert info.value.field == "payload"
+    assert info.value.reason.startswith(reason)
+
+
+_surrogate_text = st.lists(
+    st.characters(categories=("Cs",)) | st.sampled_from(["a", "é", "😀", "\ufffd"]),
+    min_size=1,
+    max_size=4,
+).map("".join)
+_maybe_bad_text = text | _surrogate_text
+_maybe_bad_payloads = st.dictionaries(
+    _maybe_bad_text,
+    st.recursive(
+        scalars | _surrogate_text,
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(_maybe_bad_text, inner, max_size=3)
+        ),
+        max_leaves=10,
+    ),
+    max_size=4,
+)
+
+
+@given(_maybe_bad_payloads)
+@example(_THREE_LONE_KEYS)
+@example({"\ufffd": "a"})
+def test_a_payload_is_stored_exactly_or_refused_for_its_lone_surrogate(
+    payload: dict[str, Any],
+) -> None:
+    # The oracle is json's: its text of the payload has a UTF-8 form, or the
+    # payload holds a lone surrogate (as a key or in a string, at any depth).
+    try:
+        reference = _json_reference(payload)
+    except UnicodeEncodeError:
+        reference = None
+    factory = EventFactory(clock=Clock())
+    if reference is None:
+        with pytest.raises(InvalidEvent) as info:
+            factory.draft("DEBUG", "t", payload)
+        assert info.value.field == "payload"
+        assert "is not valid Unicode (lone surrogate)" in info.value.reason
+    else:
+        draft = factory.draft("DEBUG", "t", payload)
+        assert draft.payload_json == reference
+        assert orjson.loads(draft.payload_json) == payload
 
 
 @dataclasses.dataclass

@@ -20,6 +20,7 @@ from broadcaster.exceptions import (
     FlushTimeout,
     FrameError,
     InvalidEvent,
+    SignatureMismatch,
     StoreError,
     StoreUnavailable,
 )
@@ -90,6 +91,7 @@ def test_tree_parser_sees_nesting() -> None:
     tree = _docstring_tree()
     assert tree["StoreUnavailable"] == "StoreError"
     assert tree["ChecksumMismatch"] == "FrameError"
+    assert tree["SignatureMismatch"] == "FrameError"
     assert tree["AdapterTimeout"] == "AdapterError"
     assert tree["FrameError"] == "BroadcasterError"
 
@@ -103,6 +105,7 @@ def test_tree_parser_sees_nesting() -> None:
         (FlushTimeout, TimeoutError),
         (FrameError, ValueError),
         (ChecksumMismatch, ValueError),
+        (SignatureMismatch, ValueError),
     ],
 )
 def test_builtin_bases_for_generic_handlers(cls: type, builtin: type) -> None:
@@ -158,6 +161,14 @@ def test_checksum_mismatch_carries_its_data() -> None:
     message = str(error)
     assert "42" in message and "cbf43926" in message and "00000000" in message
     assert isinstance(error, FrameError)
+
+
+def test_signature_mismatch_carries_its_data() -> None:
+    error = SignatureMismatch(42, "unknown key id 'k3'")
+    assert (error.sequence_id, error.reason) == (42, "unknown key id 'k3'")
+    assert str(error) == "sequence_id 42: bad signature: unknown key id 'k3'"
+    assert isinstance(error, FrameError)
+    assert not isinstance(error, ChecksumMismatch)
 
 
 def test_broadcaster_closed_is_catchable_as_root() -> None:

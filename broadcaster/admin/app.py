@@ -446,7 +446,7 @@ def _parse_events(body: bytes) -> tuple[list[dict[str, Any]], bool] | JSONRespon
             event = EventIn.model_validate(data)
         except ValidationError as exc:
             return _first_error(exc, prefix="")
-        return [event.model_dump(mode="json", exclude_none=True)], True
+        return [_event_fields(event)], True
     if not isinstance(data, list):
         return _unprocessable("body", "expected an event (an object) or a list")
     if len(data) > MAX_BATCH:
@@ -455,7 +455,16 @@ def _parse_events(body: bytes) -> tuple[list[dict[str, Any]], bool] | JSONRespon
         events = _EVENTS.validate_python(data)
     except ValidationError as exc:
         return _first_error(exc, prefix="")
-    return [e.model_dump(mode="json", exclude_none=True) for e in events], False
+    return [_event_fields(e) for e in events], False
+
+
+def _event_fields(event: EventIn) -> dict[str, Any]:
+    """``publish()``'s keyword arguments. Not a JSON-mode dump: that would
+    replace lone surrogates in the payload instead of letting the event's own
+    checks refuse them (three such keys would merge into one)."""
+    fields = event.model_dump(exclude_none=True)
+    fields["category"] = event.category.value
+    return fields
 
 
 def _first_error(exc: ValidationError, *, prefix: str) -> JSONResponse:

@@ -1,6 +1,7 @@
-"""What every consumer does with a received event object: verify its checksum,
-count it, and report a receipt. Transport-specific subscribers (WebSocket,
-Realtime) feed decoded event objects into :class:`ReceiptCollector`.
+"""What every consumer does with a received event object: verify its checksum
+(and, given signing keys, its signature), count it, and report a receipt.
+Transport-specific subscribers (WebSocket, Realtime) feed decoded event
+objects into :class:`ReceiptCollector`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from ..events import payload_keys_of, verify_event_dict
+from ..events import SigningKey, payload_keys_of, verify_event_dict, verify_signed_event_dict
 from ..exceptions import FrameError
 from ..store.base import ConsumerReceipt, Store
 
@@ -34,6 +35,9 @@ class ConsumerStats:
     received: int = 0
     verified: int = 0
     mismatches: int = 0
+    #: Events whose checksum matched but whose signature did not prove them
+    #: (only counted by a consumer given signing keys).
+    bad_signatures: int = 0
     malformed: int = 0
     duplicates: int = 0
     by_category: Counter[str] = field(default_factory=Counter)
@@ -43,10 +47,17 @@ class ReceiptCollector:
     """Verifies received event objects and turns them into receipts.
 
     ``on_event(obj, ok)`` is called for every well-formed event (``ok`` is the
-    checksum verdict); ``receipts`` gets a :class:`ConsumerReceipt` each, so a
+    verdict); ``receipts`` gets a :class:`ConsumerReceipt` each, so a
     :class:`StoreReceiptWriter` can persist them. A checksum mismatch is
     logged and counted, never dropped silently. Sequence ids seen are kept in
     ``seen`` so duplicates are counted.
+
+    ``signing_keys`` (key id -> key, text or bytes; several while keys
+    rotate) makes the collector check signatures too (SPEC 13): an event with
+    a matching checksum but no signature, an unknown key id or a wrong value
+    is counted in ``stats.bad_signatures``, logged, and reported with
+    ``checksum_ok=False``, so reconciliation counts it as a mismatch. Without
+    keys, signatures are ignored. Raises ``ValueError`` for an empty key.
     """
 
     def __init__(
@@ -58,6 +69,7 @@ class ReceiptCollector:
         on_receipt: Callable[[ConsumerReceipt], None] | None = None,
         clock: Callable[[], float] = time.time,
         track_seen: bool = True,
+        signing_keys: Mapping[str, str | bytes] | None = None,
     ) -> None:
         self.adapter = adapter
         self.consumer = consumer
@@ -68,13 +80,24 @@ class ReceiptCollector:
         self.on_event = on_event
         self._on_receipt = on_receipt
         self._clock = clock
+        # Checked and turned into bytes once, as a SigningKey each.
+        self._signing_keys = (
+            None
+            if signing_keys is None
+            else {kid: SigningKey(kid, secret).secret for kid, secret in signing_keys.items()}
+        )
 
     def handle(self, obj: Mapping[str, Any]) -> bool:
         """Verify and count one decoded event object; returns the verdict."""
         stats = self.stats
         stats.received += 1
+        keys = self._signing_keys
         try:
-            ok, expected, actual = verify_event_dict(obj)
+            if keys is None:
+                ok, expected, actual = verify_event_dict(obj)
+                bad_signature = None
+            else:
+                ok, expected, actual, bad_signature = verify_signed_event_dict(obj, keys)
             seq = obj["sequence_id"]
             category = obj["category"]
             event_type = obj["event_type"]
@@ -90,8 +113,20 @@ class ReceiptCollector:
             else:
                 self.seen.add(seq)
         stats.by_category[category] += 1
-        if ok:
+        if ok and bad_signature is None:
             stats.verified += 1
+        elif ok:
+            # The bytes arrived as sent, but who sent them is not proven.
+            ok = False
+            stats.bad_signatures += 1
+            log.error(
+                "bad signature",
+                adapter=self.adapter,
+                event_id=obj.get("event_id"),
+                category=category,
+                sequence_id=seq,
+                reason=bad_signature,
+            )
         else:
             stats.mismatches += 1
             log.error(

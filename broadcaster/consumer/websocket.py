@@ -393,31 +393,49 @@ async def tail(
     limit: int | None = None,
     ssl: SSLContext | None = None,
     token: str | None = None,
+    signing_keys: Mapping[str, str | bytes] | None = None,
 ) -> ConsumerStats:
     """Print one line per event received from the fan-out at ``url``
     (``ssl`` and ``token`` as for :class:`WebSocketSubscriber`).
 
     Each line is ``<sequence_id> <category> <event_type> OK|MISMATCH`` (the
-    checksum verdict). Returns the stats once ``limit`` events were seen, or
-    when cancelled (Ctrl-C, a timeout): cancellation ends the tail, it is not
-    an error. Raises :class:`~broadcaster.exceptions.AdapterRejected` for a bad
-    filter or a refused token (HTTP 401/403) and
-    :class:`~broadcaster.exceptions.AdapterUnavailable` when the server cannot
-    be reached at the start.
+    checksum verdict); given ``signing_keys`` (key id -> key), an event
+    whose signature does not verify ends in ``BAD_SIGNATURE``. Returns the
+    stats once ``limit`` events were seen, or when cancelled (Ctrl-C, a
+    timeout): cancellation ends the tail, it is not an error. Raises
+    :class:`~broadcaster.exceptions.AdapterRejected` for a bad filter or a
+    refused token (HTTP 401/403) and
+    :class:`~broadcaster.exceptions.AdapterUnavailable` when the server
+    cannot be reached at the start.
     """
     done: asyncio.Future[ConsumerStats] = asyncio.get_running_loop().create_future()
+    bad_signatures_shown = 0
 
     def on_event(obj: Mapping[str, Any], ok: bool) -> None:
+        nonlocal bad_signatures_shown
         if done.done():
             return  # frames already in flight when the limit was reached
-        verdict = "OK" if ok else "MISMATCH"
-        out.write(f"{obj['sequence_id']} {obj['category']} {obj['event_type']} {verdict}\n")
         stats = collector.stats
+        if ok:
+            verdict = "OK"
+        elif stats.bad_signatures > bad_signatures_shown:
+            # The collector counted this event as a bad signature just now.
+            bad_signatures_shown = stats.bad_signatures
+            verdict = "BAD_SIGNATURE"
+        else:
+            verdict = "MISMATCH"
+        out.write(f"{obj['sequence_id']} {obj['category']} {obj['event_type']} {verdict}\n")
         if limit is not None and stats.received >= limit:
             # A snapshot: the connection may deliver a few more before it closes.
             done.set_result(replace(stats, by_category=stats.by_category.copy()))
 
-    collector = ReceiptCollector(ADAPTER, consumer="tail", on_event=on_event, track_seen=False)
+    collector = ReceiptCollector(
+        ADAPTER,
+        consumer="tail",
+        on_event=on_event,
+        track_seen=False,
+        signing_keys=signing_keys,
+    )
     subscriber = WebSocketSubscriber(
         url, categories=categories, collector=collector, ssl=ssl, token=token
     )

@@ -8,16 +8,19 @@ from typing import Any
 
 import orjson
 import pytest
+import structlog
 
 from broadcaster.consumer import ReceiptCollector, StoreReceiptWriter
-from broadcaster.events import EventFactory, EventRecord, seal
+from broadcaster.events import EventFactory, EventRecord, SigningKey, seal
 from broadcaster.exceptions import StoreUnavailable
 from broadcaster.store.base import ConsumerReceipt
 from broadcaster.store.memory import MemoryStore
 
 
-def wire_objects(n: int, category: str = "CRITICAL") -> list[dict[str, Any]]:
-    factory = EventFactory()
+def wire_objects(
+    n: int, category: str = "CRITICAL", *, signing_key: SigningKey | None = None
+) -> list[dict[str, Any]]:
+    factory = EventFactory(signing_key=signing_key)
     return [
         orjson.loads(seal(factory.draft(category, "order.created", {"i": i}), i + 1).wire)
         for i in range(n)
@@ -156,6 +159,81 @@ def test_without_callbacks_the_collector_still_counts() -> None:
     obj["event_type"] = "changed"
     assert not c.handle(obj)
     assert (c.stats.verified, c.stats.mismatches) == (1, 1)
+
+
+# -- signatures (SPEC 13) ----------------------------------------------------------
+
+K1 = SigningKey("k1", "first-key")
+K2 = SigningKey("k2", "second-key")
+
+
+def test_a_consumer_holding_the_key_verifies_signed_events() -> None:
+    seen = Collected()
+    c = collector(seen, signing_keys={"k1": "first-key"})
+    objs = wire_objects(3, signing_key=K1)
+    assert all(c.handle(obj) for obj in objs)
+    assert (c.stats.verified, c.stats.mismatches, c.stats.bad_signatures) == (3, 0, 0)
+    assert [ok for _, ok in seen.events] == [True, True, True]
+    assert all(r.checksum_ok for r in seen.receipts)
+
+
+def test_a_consumer_holding_two_keys_accepts_either_while_keys_rotate() -> None:
+    c = ReceiptCollector("websocket", signing_keys={"k1": "first-key", "k2": b"second-key"})
+    for obj in wire_objects(2, signing_key=K1) + wire_objects(2, signing_key=K2):
+        assert c.handle(obj)
+    assert (c.stats.verified, c.stats.bad_signatures) == (4, 0)
+
+
+@pytest.mark.parametrize(
+    ("signing_key", "reason"),
+    [
+        (None, "no signature"),
+        (SigningKey("k3", "third-key"), "unknown key id 'k3'"),
+        (SigningKey("k1", "not-the-first-key"), "signature does not match (key id 'k1')"),
+    ],
+)
+def test_an_event_not_signed_with_a_held_key_is_counted_logged_and_reported_bad(
+    signing_key: SigningKey | None, reason: str
+) -> None:
+    seen = Collected()
+    c = collector(seen, signing_keys={"k1": "first-key", "k2": "second-key"})
+    (obj,) = wire_objects(1, signing_key=signing_key)
+    with structlog.testing.capture_logs() as logs:
+        assert c.handle(obj) is False
+    assert (c.stats.received, c.stats.verified, c.stats.bad_signatures) == (1, 0, 1)
+    assert (c.stats.mismatches, c.stats.malformed) == (0, 0)
+    assert [(e["event"], e["sequence_id"], e["reason"]) for e in logs] == [
+        ("bad signature", 1, reason)
+    ]
+    # Reported, never dropped: reconciliation counts it as a mismatch.
+    (receipt,) = seen.receipts
+    assert receipt.checksum_ok is False
+    assert receipt.checksum == obj["checksum"]["value"]
+    assert seen.events == [(obj, False)]
+
+
+def test_a_changed_payload_is_a_checksum_mismatch_not_a_bad_signature() -> None:
+    c = ReceiptCollector("websocket", signing_keys={"k1": "first-key"})
+    (obj,) = wire_objects(1, signing_key=K1)
+    obj["payload"]["i"] = 999
+    assert c.handle(obj) is False
+    assert (c.stats.mismatches, c.stats.bad_signatures, c.stats.verified) == (1, 0, 0)
+
+
+def test_without_keys_signatures_are_ignored_and_checksums_still_verified() -> None:
+    c = ReceiptCollector("websocket")
+    signed, unsigned = wire_objects(1, signing_key=K1)[0], wire_objects(1)[0]
+    forged = wire_objects(1, signing_key=SigningKey("k1", "forger"))[0]
+    assert c.handle(signed) and c.handle(unsigned) and c.handle(forged)
+    assert (c.stats.verified, c.stats.bad_signatures) == (3, 0)
+    signed["payload"]["i"] = 5
+    assert not c.handle(signed)
+    assert c.stats.mismatches == 1
+
+
+def test_an_empty_signing_key_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="signing key must not be empty"):
+        ReceiptCollector("websocket", signing_keys={"k1": ""})
 
 
 # -- StoreReceiptWriter ----------------------------------------------------------------

@@ -21,7 +21,7 @@ from broadcaster.adapters.realtime import (
 )
 from broadcaster.consumer import ReceiptCollector
 from broadcaster.consumer.realtime import FastBroadcastClient, RealtimeSubscriber
-from broadcaster.events import Category, EventFactory, EventRecord, seal
+from broadcaster.events import Category, EventFactory, EventRecord, SigningKey, seal
 from broadcaster.exceptions import AdapterError
 from broadcaster.realtime_server import LocalRealtimeServer
 
@@ -38,8 +38,8 @@ async def until(predicate: Callable[[], bool], within_s: float = 5.0) -> None:
 
 
 class Records:
-    def __init__(self) -> None:
-        self._factory = EventFactory()
+    def __init__(self, signing_key: SigningKey | None = None) -> None:
+        self._factory = EventFactory(signing_key=signing_key)
         self.seq = 0
 
     def make(self, n: int, category: Category = Category.CRITICAL) -> list[EventRecord]:
@@ -88,6 +88,25 @@ async def test_subscriber_verifies_and_counts_what_the_adapter_sends(
     assert stats.by_category == {"CRITICAL": 30, "SYSTEM": 5}
     assert sub.batches >= 2
     assert not sub.ready
+
+
+async def test_signed_events_verify_with_the_key_and_are_bad_signatures_without_it(
+    server: LocalRealtimeServer,
+) -> None:
+    records = Records(SigningKey("k2", "the-signing-key"))
+    # Keys mid-rotation: the old one and the one the producer now signs with.
+    holder = ReceiptCollector("realtime", signing_keys={"k1": "old-key", "k2": "the-signing-key"})
+    stranger = ReceiptCollector("realtime", signing_keys={"k2": "someone-elses-key"})
+    async with (
+        RealtimeSubscriber(server.realtime_url, collector=holder, **FAST),
+        RealtimeSubscriber(server.realtime_url, collector=stranger, **FAST),
+        RealtimeAdapter(server.realtime_url, **FAST) as adapter,
+    ):
+        await adapter.send(records.make(20) + records.make(5, Category.SYSTEM))
+        await until(lambda: holder.stats.received == stranger.stats.received == 25)
+    assert (holder.stats.verified, holder.stats.bad_signatures) == (25, 0)
+    assert (stranger.stats.verified, stranger.stats.bad_signatures) == (0, 25)
+    assert holder.stats.mismatches == stranger.stats.mismatches == 0
 
 
 async def test_tampered_and_malformed_broadcasts_are_counted_not_dropped_silently(

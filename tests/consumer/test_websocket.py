@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import hmac
 import io
 import socket
 from collections.abc import AsyncIterator, Sequence
@@ -16,12 +18,14 @@ import structlog
 from broadcaster.adapters.websocket import WebSocketAdapter
 from broadcaster.consumer import ReceiptCollector
 from broadcaster.consumer.websocket import WebSocketSubscriber, subscription_url, tail
-from broadcaster.events import Category, EventFactory, EventRecord, seal
+from broadcaster.events import Category, EventFactory, EventRecord, SigningKey, seal
 from broadcaster.exceptions import AdapterRejected, AdapterUnavailable
 
 
-def make_records(n: int, *, start: int = 1) -> list[EventRecord]:
-    factory = EventFactory()
+def make_records(
+    n: int, *, start: int = 1, signing_key: SigningKey | None = None
+) -> list[EventRecord]:
+    factory = EventFactory(signing_key=signing_key)
     cats = list(Category)
     return [
         seal(
@@ -261,3 +265,33 @@ async def test_tail_reports_mismatch_and_returns_stats_when_cancelled() -> None:
 async def test_tail_bad_filter_raises(adapter: WebSocketAdapter) -> None:
     with pytest.raises(AdapterRejected, match="unknown category 'NOPE'"):
         await tail(adapter.url, ["nope"], io.StringIO())
+
+
+async def test_tail_with_signing_keys_prints_bad_signatures_apart_from_mismatches() -> None:
+    key = SigningKey("k1", "the-signing-key")
+    records = make_records(5, signing_key=key)
+    tampered_payload = orjson.loads(records[1].wire)
+    tampered_payload["payload"] = {"i": -1}
+    resigned = orjson.loads(records[2].wire)  # the same event, signed with another key
+    resigned["signature"]["value"] = hmac.new(
+        b"a-wrong-key", records[2].canonical, hashlib.sha256
+    ).hexdigest()
+    unsigned = orjson.loads(records[3].wire)
+    del unsigned["signature"]
+    rewrite = {
+        2: orjson.dumps(tampered_payload),
+        3: orjson.dumps(resigned),
+        4: orjson.dumps(unsigned),
+    }
+    async with RewritingAdapter(rewrite) as server:
+        out = io.StringIO()
+        task = asyncio.create_task(
+            tail(server.url, None, out, limit=5, signing_keys={"k1": "the-signing-key"})
+        )
+        async with asyncio.timeout(5):
+            await server.wait_for_subscribers(1)
+        await server.send(records)
+        stats = await asyncio.wait_for(task, 5)
+    verdicts = [line.split()[-1] for line in out.getvalue().splitlines()]
+    assert verdicts == ["OK", "MISMATCH", "BAD_SIGNATURE", "BAD_SIGNATURE", "OK"]
+    assert (stats.verified, stats.mismatches, stats.bad_signatures) == (2, 1, 2)
