@@ -13,6 +13,7 @@ from .base import (
     ScanRow,
     Store,
     StoredEvent,
+    StoreHealth,
     StoreStats,
     plain_counts,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "AuditEntry",
     "PlainPage",
     "ScanRow",
+    "StoreHealth",
     "StoreStats",
     "ConsumerReceipt",
     "DeliveryState",
