@@ -249,11 +249,12 @@ class Store(ABC):
         return self._health
 
     async def probe(self) -> StoreHealth:
-        """Try a write that changes nothing and return :meth:`health` after it:
-        how a store that went down for a transient reason (a database that was
-        unreachable) is seen up again without waiting for traffic. Never
-        raises a store error. The default (a store that cannot fail) only
-        returns :meth:`health`."""
+        """Check the store without waiting for traffic and return :meth:`health`
+        after it: how a store that went down for a transient reason (a
+        database that was unreachable) is seen up again. What is checked is
+        the backend's (PostgreSQL commits a write that changes nothing;
+        SQLite compares its file). Never raises a store error. The default
+        (a store that cannot fail) only returns :meth:`health`."""
         return self.health()
 
     def _write_failed(self, detail: str, *, permanent: bool = False) -> None:

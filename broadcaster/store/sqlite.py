@@ -62,8 +62,8 @@ What a caller must know:
   this WAL into whatever file is at the path when it is next opened.
 * **Health.** :meth:`~broadcaster.store.base.Store.health` goes down on any
   failed write (disk full, read-only, locked past ``busy_timeout_ms``) and
-  up again on the next successful ``append`` or
-  :meth:`~SQLiteStore.probe`; for a deleted or replaced file it stays down.
+  up again on the next successful ``append``; for a deleted or replaced
+  file it stays down. :meth:`~SQLiteStore.probe` only compares the file.
 * **Runtime config.** ``save_runtime_config`` replaces the ``runtime_config``
   row and appends to ``audit`` in one write transaction: both or neither.
 * **One writer process.** Several processes may open the file (ids stay unique
@@ -222,7 +222,7 @@ FILE_CHECK_S: Final = 1.0
 #: Writes whose success shows the store up again after a failure: an
 #: ``append`` is what publishing needs; other writes (an ack deleting a row)
 #: can succeed on a full disk where an append cannot.
-_UP_ACTIONS: Final = frozenset({"append", "probe"})
+_UP_ACTIONS: Final = frozenset({"append"})
 
 #: Events deleted per ``prune`` transaction: the write lock is released between
 #: chunks, so appends and marks interleave with a long prune.
@@ -718,12 +718,6 @@ def _implied_pairs(
     ]
 
 
-def _probe_body(conn: sqlite3.Connection) -> None:
-    # Rewrites one row with its own value: a real write transaction (lock,
-    # page, WAL frame) that leaves the data as it was.
-    conn.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
-
-
 def _parse_synchronous(value: str) -> str:
     mode = value.upper()
     if mode not in SYNCHRONOUS_MODES:
@@ -1143,18 +1137,17 @@ class SQLiteStore(Store):
             self._log.info("store closed")
 
     async def probe(self) -> StoreHealth:
-        """Compare the file with what is at the path, then commit a write that
-        changes nothing (on the worker thread); :meth:`health` after it. A
-        read-only or locked database fails it; a full one may not (the write
-        needs no new page), in which case the next ``append`` sets the store
-        down again."""
-        if self._executor is None or self._lost is not None:
-            return self.health()
-        try:
-            self._check_file()
-            await self._call(self._write, "probe", _probe_body)
-        except StoreError:
-            pass
+        """Compare the file with what is at the path (one ``os.stat``) and
+        return :meth:`health`. Writes nothing: SQLite has no connection to
+        re-establish, and a write that fits where an append does not (a
+        database at ``max_page_count``) would show up a store that cannot
+        take events. A store down for a failed write is up again at the next
+        successful ``append``."""
+        if self._executor is not None and self._lost is None:
+            try:
+                self._check_file()
+            except StoreUnavailable:
+                pass
         return self.health()
 
     def _close_sync(self) -> None:
