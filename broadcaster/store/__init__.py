@@ -19,10 +19,11 @@ from .base import (
 )
 from .memory import MemoryStore
 from .postgres import PostgresStore
-from .sqlite import WAL_FRAMES_MAX, SQLiteStore
+from .sqlite import FILE_CHECK_S, WAL_FRAMES_MAX, SQLiteStore
 
 __all__ = [
     "DELIVERED_STATES",
+    "FILE_CHECK_S",
     "UNDELIVERED_STATES",
     "AuditEntry",
     "PlainPage",
