@@ -1124,7 +1124,11 @@ class SQLiteStore(Store):
             if self._checkpoint is not None:
                 await asyncio.gather(self._checkpoint, return_exceptions=True)
         finally:
-            if self._lost is not None:
+            # Checked once more: a file replaced since the last write must not
+            # get this store's WAL replayed into it when it is next opened.
+            try:
+                self._check_file()
+            except StoreUnavailable:
                 self._unlink_own_files()
             loop_conn, self._loop_conn = self._loop_conn, None
             if loop_conn is not None:

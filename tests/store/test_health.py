@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from broadcaster.adapters.memory import MemoryAdapter
 from broadcaster.admin import create_app
 from broadcaster.core import Broadcaster, Receipt
+from broadcaster.events import EventFactory
 from broadcaster.exceptions import StoreUnavailable
 from broadcaster.settings import load_settings
 from broadcaster.store import FILE_CHECK_S, PostgresStore, SQLiteStore, Store
@@ -280,3 +281,32 @@ async def test_killed_postgres_connection_is_down_then_up_again(
         # The next publish reconnects, and its success is the store up again.
         await svc.publish(2)
         await svc.assert_up()
+
+
+async def test_a_file_replaced_after_the_last_write_is_left_alone_at_close(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.db"
+    store = SQLiteStore(path, monotonic=Ticks())
+    await store.open()
+    try:
+        factory = EventFactory()
+        await store.append(
+            [(factory.draft("SYSTEM", "e", {"i": i}), ("websocket",)) for i in range(3)]
+        )
+        fresh = tmp_path / "fresh.db"
+        conn = sqlite3.connect(fresh)
+        conn.execute("CREATE TABLE other (y)")
+        conn.commit()
+        conn.close()
+        os.replace(fresh, path)
+    finally:
+        await store.close()  # no write in between: the close checks the file
+    assert not store.health().up
+    assert "replaced" in (store.health().detail or "")
+    conn = sqlite3.connect(path)
+    try:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        assert tables == {"other"}
+    finally:
+        conn.close()
