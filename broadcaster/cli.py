@@ -103,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=54321)
+    server.add_argument(
+        "--key",
+        help="the only apikey accepted (default: SUPABASE_KEY; with neither, any key)",
+    )
     return parser
 
 
@@ -298,10 +302,13 @@ def _serve(settings: Settings) -> int:
     return EXIT_OK
 
 
-def _realtime_server(args: argparse.Namespace) -> int:
-    from .realtime_server import main as server_main
+def _realtime_server(args: argparse.Namespace, settings: Settings | None) -> int:
+    from .realtime_server import run
 
-    return server_main(["--host", args.host, "--port", str(args.port)])
+    key = args.key
+    if key is None and settings is not None and settings.supabase_key is not None:
+        key = settings.supabase_key.get_secret_value()
+    return run(args.host, args.port, key=key)
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -320,8 +327,9 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``broadcaster`` console script."""
     args = _parser().parse_args(argv)
-    if args.command == "realtime-server":
-        return _realtime_server(args)
+    if args.command == "realtime-server" and args.key is not None:
+        # Needs no other setting: runs even where the rest would not validate.
+        return _realtime_server(args, None)
     try:
         settings = _load(args)
         # EVENT_LOOP=uvloop where uvloop cannot be imported: refused here,
@@ -335,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # These commands talk to a person through stdout; routine INFO lines
         # would tear the progress display. LOG_LEVEL=DEBUG still shows all.
         level = "WARNING"
+    if args.command == "realtime-server":
+        return _realtime_server(args, settings)
     configure_logging(settings.log_format, level)
     if args.command == "config":
         return _config(args, settings)

@@ -20,6 +20,7 @@ for the slowest lane; beyond that ``publish()`` waits. It never drops.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,6 +29,7 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 import structlog
+from pydantic import SecretStr
 
 from .adapters.base import Adapter, AdapterHealth
 from .breaker import AdapterBreaker
@@ -58,13 +60,17 @@ from .routing import RoutingTable
 from .security import mask_url_password
 from .settings import Settings, load_settings
 from .stats import DeliveryStats
-from .store import Store, store_from_url
+from .store import Store, StoreHealth, store_from_url
 
 __all__ = ["Broadcaster", "Receipt"]
 
 log = structlog.get_logger("broadcaster")
 
 _RECOVERY_PAGE = 5000
+
+#: Least seconds between two probes of a store that is down (``check_store``):
+#: ``/health`` needs no token, and its callers must not load the database.
+_STORE_PROBE_S = 1.0
 
 #: Time per turn of the event loop that publish() calls may spend committing
 #: their own writes (see ``Broadcaster._submit``); later callers in the same
@@ -255,6 +261,10 @@ class Broadcaster:
         self._routing_listeners: list[Callable[[RoutingTable], None]] = []
         #: URL of the embedded local Realtime server, when one was started.
         self.local_realtime_url: str | None = None
+        #: The ``apikey`` that server accepts (``SUPABASE_KEY``, or one made
+        #: up at start), for in-process consumers of it.
+        self.local_realtime_key: str | None = None
+        self._store_probed: float | None = None
         self._clock = clock
         self.reconciler = Reconciler(
             self._store,
@@ -309,18 +319,28 @@ class Broadcaster:
         if url is None:
             # No Supabase project configured: run the local Realtime-protocol
             # server in this process so the realtime path is real end to end.
+            # It accepts only the adapter's key, so that no other local
+            # process can inject broadcasts; without SUPABASE_KEY, a fresh one.
             from .realtime_server import LocalRealtimeServer
 
-            server = LocalRealtimeServer(host="127.0.0.1", port=0)
+            configured = self.settings.supabase_key
+            key = configured.get_secret_value() if configured else secrets.token_urlsafe(32)
+            server = LocalRealtimeServer(host="127.0.0.1", port=0, key=key)
             await server.start()
             self._closers.append(server.close)
             self.local_realtime_url = server.url
+            self.local_realtime_key = key
             url = server.url
             log.info("local realtime server started", url=url)
         realtime_url = url.rstrip("/") + "/realtime/v1"
+        rt_settings = self.settings
+        if self.local_realtime_key is not None and not self.settings.supabase_key:
+            rt_settings = rt_settings.model_copy(
+                update={"supabase_key": SecretStr(self.local_realtime_key)}
+            )
         return [
             WebSocketAdapter.from_settings(self.settings),
-            RealtimeAdapter.from_settings(self.settings, url=realtime_url),
+            RealtimeAdapter.from_settings(rt_settings, url=realtime_url),
         ]
 
     # -- lifecycle -----------------------------------------------------------
@@ -845,6 +865,24 @@ class Broadcaster:
 
     def health(self) -> dict[str, AdapterHealth]:
         return {name: adapter.health() for name, adapter in self.adapters.items()}
+
+    def store_health(self) -> StoreHealth:
+        """Whether the store accepts writes, as its last write or probe found
+        (no I/O). Down: ``publish()`` raises :class:`StoreUnavailable`."""
+        return self._store.health()
+
+    async def check_store(self) -> StoreHealth:
+        """:meth:`store_health`, after probing the store if it is down and was
+        not probed in the last second: how a database that came back is seen
+        up without waiting for a publish (``/health``, metrics refresh)."""
+        health = self._store.health()
+        if health.up:
+            return health
+        now = self._monotonic()
+        if self._store_probed is not None and now - self._store_probed < _STORE_PROBE_S:
+            return health
+        self._store_probed = now
+        return await self._store.probe()
 
     def breaker_states(self) -> dict[str, dict[str, Any]]:
         """Per adapter: ``state``, ``share`` (percent of live traffic), ``failure_rate``,

@@ -37,6 +37,7 @@ import functools
 import logging
 import os
 import random
+import secrets
 import shutil
 import socket
 import sys
@@ -50,6 +51,7 @@ from typing import Any, TextIO
 
 import httpx
 import structlog
+from pydantic import SecretStr
 
 from .adapters.realtime import RealtimeAdapter
 from .adapters.websocket import WebSocketAdapter
@@ -253,11 +255,14 @@ def _free_port() -> int:
 class _RealtimeChild:
     """The local Realtime server as a child process, so that it can be killed
     for real: ``python -m broadcaster.realtime_server --port N`` prints its URL
-    on its first stdout line; its log goes to ``log_path``."""
+    on its first stdout line; its log goes to ``log_path``. It accepts only
+    ``key`` (made up per run), given in its environment rather than on its
+    command line, which every local user can read."""
 
     def __init__(self, port: int, log_path: Path) -> None:
         self.port = port
         self.log_path = log_path
+        self.key = secrets.token_urlsafe(32)
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -272,6 +277,7 @@ class _RealtimeChild:
         env = dict(os.environ)
         # The child imports this very package, wherever it was imported from.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        env["SUPABASE_KEY"] = self.key
         with self.log_path.open("ab") as log_file:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -437,7 +443,7 @@ class _Demo:
                 "websocket_port": 0,
                 "store_url": f"sqlite:///{tmp / 'demo.db'}",
                 "supabase_url": child.url,
-                "supabase_key": None,
+                "supabase_key": SecretStr(child.key),
                 "reconcile_interval_s": 0.0,  # the demo reconciles itself, at the end
                 # The demo's own subscribers connect plainly, without a token.
                 "websocket_tls_cert": None,
@@ -451,6 +457,7 @@ class _Demo:
         ws = WebSocketAdapter.from_settings(settings)
         rt = RealtimeAdapter(
             settings.supabase_url,
+            child.key,
             channel_prefix=settings.realtime_channel_prefix,
             batch_ms=settings.realtime_batch_ms,
             batch_max=settings.realtime_batch_max,
@@ -532,6 +539,7 @@ class _Demo:
     ) -> RealtimeSubscriber:
         return RealtimeSubscriber(
             child.url,
+            child.key,
             channel_prefix=settings.realtime_channel_prefix,
             collector=collector,
             reconnect_max_s=0.5,

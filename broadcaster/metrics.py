@@ -21,7 +21,9 @@ Where each figure comes from:
   reads and caches them; ``render()`` never touches the store. They appear
   after the first successful refresh; ages are computed at scrape time from the
   cached creation times. If the store fails, the last figures are kept and
-  ``broadcaster_store_up`` drops to 0.
+  ``broadcaster_store_up`` drops to 0. It is 0 too while the store does not
+  accept writes (:meth:`~broadcaster.core.Broadcaster.store_health`: a failed
+  write, a deleted database file), read at scrape time, even if reads work.
 * **Latency histograms** are fed by the hooks on :class:`~broadcaster.stats.DeliveryStats`,
   which run inline on the delivery path (up to ~20 000 events/s). To keep them
   cheap, the histograms are plain bucket arrays updated with weighted
@@ -195,7 +197,8 @@ _SPECS: Final[dict[str, _Spec]] = {
         "counter", "Circuit breaker state changes.", ("adapter", "transition")
     ),
     "broadcaster_store_up": _Spec(
-        "gauge", "1 if the last refresh() read the store, 0 if it failed."
+        "gauge",
+        "1 if the store accepts writes and the last refresh() read it, else 0.",
     ),
     "broadcaster_store_events": _Spec(
         "gauge", "Stored events per adapter and delivery state.", ("adapter", "state")
@@ -332,8 +335,11 @@ class BroadcasterMetrics:
         watermark) and cache them for :meth:`render`. Call it before each
         render (a scrape) when store figures are wanted; it costs a few store
         queries. A :class:`~broadcaster.exceptions.StoreError` is logged, not
-        raised: the previous figures stay and ``broadcaster_store_up`` is 0."""
+        raised: the previous figures stay and ``broadcaster_store_up`` is 0.
+        A store that is down is probed first (at most once a second), so one
+        that came back is seen up without waiting for a publish."""
         store = self.broadcaster.store
+        await self.broadcaster.check_store()
         try:
             stats = await store.stats()
             _, unreconciled_ms = await self.broadcaster.reconciler.progress()
@@ -535,7 +541,8 @@ class BroadcasterMetrics:
         if self._store_up is None:
             return
         up = _series("broadcaster_store_up")
-        up.add_metric([], 1 if self._store_up else 0)
+        writable = self.broadcaster.store_health().up
+        up.add_metric([], 1 if self._store_up and writable else 0)
         yield up
         stats = self._store_stats
         if stats is None:

@@ -9,8 +9,13 @@ without a Supabase project. Point ``SUPABASE_URL`` at :attr:`LocalRealtimeServer
 Wire format: every frame is a JSON object ``{topic, event, payload, ref,
 join_ref}``. The official client connects to
 ``<SUPABASE_URL>/realtime/v1/websocket?apikey=...&vsn=1.0.0``; the server
-also accepts ``/socket/websocket`` and ``/websocket``. The API key is not
-checked.
+also accepts ``/socket/websocket`` and ``/websocket``.
+
+API key: given one (``key``), the server accepts only clients that present
+it, as Supabase's Realtime does: in the ``x-api-key`` header, else the
+``apikey`` query parameter; any other client is refused at the handshake
+with HTTP 403, before the WebSocket opens. Without one it accepts any key
+(or none), and says so in its log: any local process can then broadcast.
 
 Fault injection: each client event is handled by an overridable coroutine
 (:meth:`LocalRealtimeServer.on_join`, :meth:`~LocalRealtimeServer.on_broadcast`,
@@ -19,18 +24,23 @@ ack (schedule it with :meth:`~LocalRealtimeServer.spawn` so the connection keeps
 reading), drop it (do nothing), answer with an error, or stall (sleep inline,
 which stops reading that connection).
 
-Run it on its own with ``python -m broadcaster.realtime_server --port N``.
+Run it on its own with ``python -m broadcaster.realtime_server --port N
+[--key KEY]`` (``--key`` defaults to ``$SUPABASE_KEY``; the environment keeps
+the key out of the process list, where every local user can read it).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
+import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import structlog
@@ -47,6 +57,7 @@ __all__ = [
     "ServerStats",
     "Subscription",
     "main",
+    "run",
 ]
 
 log = structlog.get_logger("broadcaster.realtime_server")
@@ -100,6 +111,8 @@ class ServerStats:
     errors_replied: int = 0
     malformed: int = 0
     evicted: int = 0
+    #: Handshakes refused for a missing or wrong ``apikey``.
+    refused: int = 0
 
 
 def _encode(obj: Message) -> bytes:
@@ -114,7 +127,8 @@ class LocalRealtimeServer:
     backlog: past it the subscriber is closed with code 1013 so one slow
     reader can neither block the others nor grow memory without bound.
     :meth:`close` and :meth:`start` may alternate (stop and restart on the
-    same port, as tests of reconnection do).
+    same port, as tests of reconnection do). ``key``: the only ``apikey``
+    accepted (None or empty: any; see the module doc).
     """
 
     def __init__(
@@ -125,8 +139,10 @@ class LocalRealtimeServer:
         max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         evict_grace_s: float = 1.0,
+        key: str | None = None,
     ) -> None:
         self.host = host
+        self._key = key.encode() if key else None
         self._requested_port = port
         self.max_buffer_bytes = max_buffer_bytes
         self.max_message_bytes = max_message_bytes
@@ -166,7 +182,11 @@ class LocalRealtimeServer:
         sock = next(iter(self._server.sockets))
         self._bound_port = int(sock.getsockname()[1])
         self._closed.clear()
-        log.info("realtime server listening", url=self.url)
+        log.info(
+            "realtime server listening",
+            url=self.url,
+            apikey="checked" if self._key is not None else "any accepted",
+        )
 
     async def close(self) -> None:
         """Close every connection (code 1001) and stop listening. Idempotent."""
@@ -244,11 +264,27 @@ class LocalRealtimeServer:
 
     # -- connection handling -----------------------------------------------------
 
+    @property
+    def checks_key(self) -> bool:
+        """Whether only one ``apikey`` is accepted."""
+        return self._key is not None
+
     def _check_path(self, conn: ServerConnection, request: Request) -> Response | None:
-        path = request.path.split("?", 1)[0].rstrip("/")
-        if path in WEBSOCKET_PATHS:
+        url = urlsplit(request.path)
+        if url.path.rstrip("/") not in WEBSOCKET_PATHS:
+            return conn.respond(404, "unknown path\n")
+        if self._key is None:
             return None
-        return conn.respond(404, "unknown path\n")
+        # Where Realtime looks: the x-api-key header, else the query parameter.
+        presented = request.headers.get("x-api-key")
+        if presented is None:
+            values = parse_qs(url.query).get("apikey")
+            presented = values[0] if values else None
+        if presented is not None and hmac.compare_digest(presented.encode(), self._key):
+            return None
+        self.stats.refused += 1
+        log.warning("connection refused: bad apikey", missing=presented is None)
+        return conn.respond(403, "invalid or missing apikey\n")
 
     async def _handle(self, conn: ServerConnection) -> None:
         self._next_peer_id += 1
@@ -489,14 +525,21 @@ class LocalRealtimeServer:
         peer.conn.transport.abort()
 
 
-async def _run(host: str, port: int) -> int:
+async def _run(host: str, port: int, key: str | None) -> int:
     # Handlers first: a supervisor may signal as soon as it reads the URL line.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = LocalRealtimeServer(host, port)
+    server = LocalRealtimeServer(host, port, key=key)
     await server.start()
+    if not server.checks_key:
+        # On stderr: stdout carries only the URL line, which supervisors read.
+        print(
+            "realtime-server: no --key and no SUPABASE_KEY: accepting any apikey",
+            file=sys.stderr,
+            flush=True,
+        )
     print(server.url, flush=True)
     try:
         await stop.wait()
@@ -507,21 +550,31 @@ async def _run(host: str, port: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until SIGTERM/SIGINT; prints its URL on one stdout line."""
-    from .logs import configure_logging
-
     parser = argparse.ArgumentParser(
         prog="python -m broadcaster.realtime_server",
         description="Local Supabase Realtime (broadcast) protocol server.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument(
+        "--key", help="the only apikey accepted (default: $SUPABASE_KEY; neither: any)"
+    )
     args = parser.parse_args(argv)
+    key = args.key if args.key is not None else os.environ.get("SUPABASE_KEY")
+    return run(args.host, args.port, key=key)
+
+
+def run(host: str, port: int, *, key: str | None) -> int:
+    """Run the server until SIGTERM/SIGINT, accepting only ``key`` (None or
+    empty: any key); prints its URL on one stdout line. Returns the exit code."""
+    from .logs import configure_logging
+
     # Logs go to stderr so stdout carries only the URL line.
     configure_logging("console", "INFO")
     try:
-        return asyncio.run(_run(args.host, args.port))
+        return asyncio.run(_run(host, port, key or None))
     except OSError as exc:
-        print(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "REALTIME_KEY",
     "ROOT",
     "Bins",
     "ProcessCpu",
@@ -40,6 +42,11 @@ __all__ = [
 
 #: The repository root: ``python -m loadtests`` needs it on ``sys.path``.
 ROOT = Path(__file__).resolve().parents[1]
+
+#: The ``apikey`` of the local Realtime server in a run: made up by the first
+#: process and inherited by its children as ``SUPABASE_KEY`` (:func:`python_env`),
+#: so the server accepts the broadcaster and the subscribers and nothing else.
+REALTIME_KEY = os.environ.get("SUPABASE_KEY") or secrets.token_urlsafe(32)
 
 
 def progress(message: str) -> None:
@@ -207,13 +214,14 @@ def free_port() -> int:
 
 def python_env(**extra: str) -> dict[str, str]:
     """The environment for a child Python: this one, with the repository on
-    ``PYTHONPATH`` (so ``-m loadtests...`` works from any directory) and the
-    broadcaster's logs at WARNING."""
+    ``PYTHONPATH`` (so ``-m loadtests...`` works from any directory), the
+    broadcaster's logs at WARNING and the run's :data:`REALTIME_KEY`."""
     path = os.environ.get("PYTHONPATH")
     return {
         **os.environ,
         "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else ""),
         "LOG_LEVEL": "WARNING",
+        "SUPABASE_KEY": REALTIME_KEY,
         **extra,
     }
 

@@ -48,6 +48,7 @@ from broadcaster.realtime_server import LocalRealtimeServer
 from broadcaster.settings import load_settings
 
 from ._common import (
+    REALTIME_KEY,
     Bins,
     ProcessCpu,
     TokenBucket,
@@ -229,7 +230,7 @@ class Stack:
             stdin=True,
         )
         if real and self.server is None:
-            embedded = LocalRealtimeServer(host="127.0.0.1", port=rt_port)
+            embedded = LocalRealtimeServer(host="127.0.0.1", port=rt_port, key=REALTIME_KEY)
             await embedded.start()
             self._exit.push_async_callback(embedded.close)
         elif self.server is not None:
@@ -241,6 +242,7 @@ class Stack:
         fields: dict[str, Any] = {
             "websocket_port": ws_port,
             "supabase_url": rt_url,
+            "supabase_key": REALTIME_KEY,
             "store_url": self._store_url or f"sqlite:///{Path(tmp) / 'bench.db'}",
             "log_level": "WARNING",
             "reconcile_interval_s": 0,

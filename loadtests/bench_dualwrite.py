@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -33,7 +32,7 @@ from broadcaster.core import Broadcaster
 from broadcaster.logs import configure_logging
 from broadcaster.settings import load_settings
 
-from ._common import percentile
+from ._common import REALTIME_KEY, percentile, python_env
 
 __all__ = ["main"]
 
@@ -50,7 +49,7 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
         [sys.executable, *args],
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "LOG_LEVEL": "WARNING"},
+        env=python_env(),
     )
 
 
@@ -114,6 +113,7 @@ async def _run(args: argparse.Namespace) -> None:
             env_file=None,
             websocket_port=ws_port,
             supabase_url=rt_url,
+            supabase_key=REALTIME_KEY,
             store_url=args.store or f"sqlite:///{Path(tmp) / 'bench.db'}",
             log_level="WARNING",
         )

@@ -43,7 +43,7 @@ from broadcaster.core import Broadcaster
 from broadcaster.logs import configure_logging
 from broadcaster.settings import load_settings
 
-from ._common import TokenBucket, percentile
+from ._common import REALTIME_KEY, TokenBucket, percentile, python_env
 
 __all__ = ["FailoverRun", "main", "measure"]
 
@@ -64,6 +64,7 @@ async def _start_server(port: int) -> asyncio.subprocess.Process:
         str(port),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
+        env=python_env(),
     )
     assert proc.stdout is not None
     async with asyncio.timeout(20):
@@ -143,6 +144,7 @@ async def measure(args: argparse.Namespace) -> FailoverRun:
                 env_file=None,
                 websocket_port=0,
                 supabase_url=url,
+                supabase_key=REALTIME_KEY,
                 store_url=f"sqlite:///{Path(tmp) / 'bench.db'}",
                 # No background reconcile: its pass over the store stalls the
                 # publish path (~1 s at 60 000 events), which is not failover.
@@ -157,7 +159,7 @@ async def measure(args: argparse.Namespace) -> FailoverRun:
                 )
 
             ws = WebSocketAdapter.from_settings(settings)
-            rt = RealtimeAdapter(url, reconnect_max_s=0.2, poll_s=0.1)
+            rt = RealtimeAdapter(url, REALTIME_KEY, reconnect_max_s=0.2, poll_s=0.1)
             b = Broadcaster(
                 settings, adapters=[ws, rt], breaker_config=config, backfill_rate=args.backfill_rate
             )

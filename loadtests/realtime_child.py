@@ -19,6 +19,7 @@ the child, no breaker of its own (the lane's breaker sees its errors).
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 import sys
 from collections.abc import Sequence
@@ -129,7 +130,8 @@ async def _serve(url: str) -> None:
         out.write(answer.encode())
         out.flush()
 
-    async with RealtimeAdapter(url) as adapter:
+    # The key comes in the environment (python_env), like the server's.
+    async with RealtimeAdapter(url, os.environ.get("SUPABASE_KEY")) as adapter:
         out.write(b"ready\n")
         out.flush()
         while True:

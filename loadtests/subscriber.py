@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -238,7 +239,9 @@ async def _run(
             fanouts["realtime"] = WebSocketSubscriber(rt_url, collector=rt_col)
             await paths.enter_async_context(fanouts["realtime"])
         elif rt_url is not None:
-            await paths.enter_async_context(RealtimeSubscriber(rt_url, collector=rt_col))
+            # The server's apikey, inherited from the parent (python_env).
+            key = os.environ.get("SUPABASE_KEY")
+            await paths.enter_async_context(RealtimeSubscriber(rt_url, key, collector=rt_col))
         fanouts["websocket"] = WebSocketSubscriber(ws_url, collector=ws_col)
         await paths.enter_async_context(fanouts["websocket"])
         print("ready", flush=True)

@@ -75,7 +75,8 @@ async def test_ten_thousand_events_reach_exactly_their_routed_adapters_in_order(
         assert b.local_realtime_url is not None
         async with (
             WebSocketSubscriber(ws_url, collector=ws_col),
-            RealtimeSubscriber(b.local_realtime_url, collector=rt_col),
+            # The embedded server accepts only the key the broadcaster made up.
+            RealtimeSubscriber(b.local_realtime_url, b.local_realtime_key, collector=rt_col),
         ):
             routed: dict[str, list[int]] = defaultdict(list)
             for start in range(0, N_EVENTS, 250):

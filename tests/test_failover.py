@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import secrets
 import socket
 import sys
 import time
@@ -90,8 +92,10 @@ class SubscriberAwareRealtime(RealtimeAdapter):
     the adapter's and the subscriber's reconnects would reach nobody, and the
     test could not count it. Refusing is what a lost connection looks like."""
 
-    def __init__(self, url: str, subscriber_ready: Callable[[], bool], **kwargs: Any) -> None:
-        super().__init__(url, **kwargs)
+    def __init__(
+        self, url: str, key: str | None, subscriber_ready: Callable[[], bool], **kwargs: Any
+    ) -> None:
+        super().__init__(url, key, **kwargs)
         self._subscriber_ready = subscriber_ready
 
     async def send(self, batch: Sequence[EventRecord]) -> None:
@@ -123,10 +127,12 @@ class FaultyServer(LocalRealtimeServer):
 
 
 class ChildServer:
-    """``python -m broadcaster.realtime_server --port N`` in its own process."""
+    """``python -m broadcaster.realtime_server --port N`` in its own process,
+    accepting only ``key`` (given as ``SUPABASE_KEY`` in its environment)."""
 
     def __init__(self, port: int) -> None:
         self.port = port
+        self.key = secrets.token_urlsafe(16)
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -143,6 +149,7 @@ class ChildServer:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
             cwd=REPO,
+            env={**os.environ, "SUPABASE_KEY": self.key},
         )
         assert self.proc.stdout is not None
         async with asyncio.timeout(20):
@@ -210,6 +217,7 @@ async def scenario(
     *,
     ack_timeout_s: float,
     slow_call_ms: float = 1000.0,
+    key: str | None = None,
 ) -> None:
     """Only the slow scenario needs a tight slow-call bound; elsewhere a loaded
     CI machine must not turn an ordinary call into a "slow" one mid-ramp."""
@@ -217,11 +225,13 @@ async def scenario(
         env_file=None,
         websocket_port=0,
         supabase_url=server_url,
+        supabase_key=key,
         store_url=f"sqlite:///{tmp_path / 'failover.db'}",
     )
     ws_seen, rt_seen = Seen(), Seen()
     rt_sub = RealtimeSubscriber(
         server_url,
+        key,
         collector=ReceiptCollector("realtime", on_event=rt_seen),
         reconnect_max_s=0.2,
         poll_s=0.1,
@@ -230,6 +240,7 @@ async def scenario(
     ws = WebSocketAdapter.from_settings(settings)
     rt = SubscriberAwareRealtime(
         server_url,
+        key,
         lambda: rt_sub.ready,
         ack_timeout_s=ack_timeout_s,
         reconnect_max_s=0.2,
@@ -322,7 +333,9 @@ async def test_sigkilled_realtime_server_fails_over_and_backfills(tmp_path: Path
     child = ChildServer(free_port())
     await child.start()
     try:
-        await scenario(tmp_path, child.url, child.kill, child.start, ack_timeout_s=5.0)
+        await scenario(
+            tmp_path, child.url, child.kill, child.start, ack_timeout_s=5.0, key=child.key
+        )
     finally:
         await child.kill()
 

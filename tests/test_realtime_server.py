@@ -397,3 +397,161 @@ def test_main_reports_a_busy_port() -> None:
     assert done.returncode == 1
     assert done.stdout == b""
     assert b"cannot listen" in done.stderr and b"Errno" not in done.stderr
+
+
+# -- the apikey --------------------------------------------------------------------
+
+
+KEY = "the-right-key-0123456789"
+
+
+@pytest.fixture
+async def keyed() -> AsyncIterator[LocalRealtimeServer]:
+    srv = LocalRealtimeServer(key=KEY)
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.close()
+
+
+async def refused_status(url: str, **kwargs: Any) -> int:
+    """The HTTP status a raw WebSocket handshake to ``url`` is refused with."""
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(url, compression=None, **kwargs):
+            pass
+    return refused.value.response.status_code
+
+
+async def test_a_raw_client_needs_the_right_apikey(keyed: LocalRealtimeServer) -> None:
+    base = f"ws://127.0.0.1:{keyed.port}/realtime/v1/websocket"
+    assert await refused_status(f"{base}?vsn=1.0.0") == 403
+    assert await refused_status(f"{base}?apikey=wrong&vsn=1.0.0") == 403
+    assert await refused_status(f"{base}?apikey={KEY}x&vsn=1.0.0") == 403
+    assert await refused_status(f"{base}?apikey=&vsn=1.0.0") == 403
+    # The header wins over the query parameter, as on Supabase.
+    assert (
+        await refused_status(f"{base}?apikey={KEY}", additional_headers={"x-api-key": "wrong"})
+        == 403
+    )
+    assert keyed.stats.refused == 5
+    assert keyed.stats.connections == 0  # refused before the WebSocket opened
+    for url, headers in (
+        (f"{base}?apikey={KEY}&vsn=1.0.0", {}),
+        (f"{base}?vsn=1.0.0", {"x-api-key": KEY}),
+    ):
+        async with connect(url, compression=None, additional_headers=headers) as ws:
+            client = RawClient(ws)
+            await client.join()
+            await client.push(TOPIC, "broadcast", broadcast_payload(1))
+            reply = await client.recv()
+            assert reply["payload"]["status"] == "ok"
+    assert keyed.stats.broadcasts == 2
+
+
+async def test_the_official_client_needs_the_right_apikey(keyed: LocalRealtimeServer) -> None:
+    for key in ("wrong-key", None):
+        client = AsyncRealtimeClient(keyed.realtime_url, key, auto_reconnect=False)
+        with pytest.raises(InvalidStatus) as refused:
+            await client.connect()
+        assert refused.value.response.status_code == 403
+    client = AsyncRealtimeClient(keyed.realtime_url, KEY, auto_reconnect=False)
+    await client.connect()
+    try:
+        states: list[RealtimeSubscribeStates] = []
+        channel = client.channel("events:critical")
+        await channel.subscribe(lambda state, _err: states.append(state))
+        await until(lambda: RealtimeSubscribeStates.SUBSCRIBED in states)
+    finally:
+        await client.close()
+    assert keyed.stats.joins == 1
+    assert keyed.stats.refused == 2
+
+
+async def test_the_embedded_server_accepts_only_the_broadcasters_key() -> None:
+    from broadcaster.core import Broadcaster
+    from broadcaster.settings import load_settings
+
+    for configured in (None, "configured-key-0123456789"):
+        settings = load_settings(
+            env_file=None, websocket_port=0, store_url="memory://", supabase_key=configured
+        )
+        async with Broadcaster(settings) as b:
+            url, key = b.local_realtime_url, b.local_realtime_key
+            assert url is not None and key
+            if configured is not None:
+                assert key == configured
+            # The broadcaster's own adapter got in with that key.
+            assert b.health()["realtime"].connected
+            base = url.replace("http://", "ws://") + "/realtime/v1/websocket"
+            assert await refused_status(f"{base}?vsn=1.0.0") == 403
+            assert await refused_status(f"{base}?apikey=anything&vsn=1.0.0") == 403
+            async with connect(f"{base}?apikey={key}&vsn=1.0.0", compression=None) as ws:
+                await RawClient(ws).join()
+
+
+class ChildServer:
+    """``python ARGS --port N`` (a Realtime server) as a child process; its
+    stderr is read once it has exited."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        import os
+
+        self.port = _free_port()
+        self.args = [*args, "--port", str(self.port)]
+        self.env = {**os.environ, **env}
+        self.base = f"ws://127.0.0.1:{self.port}/realtime/v1/websocket"
+        self.stderr = ""
+
+    async def __aenter__(self) -> ChildServer:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *self.args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.env,
+        )
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(30):
+            line = (await self.proc.stdout.readline()).decode().strip()
+        assert line == f"http://127.0.0.1:{self.port}", line
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.stderr is not None
+        async with asyncio.timeout(10):
+            self.stderr = (await self.proc.stderr.read()).decode()
+            assert await self.proc.wait() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["-m", "broadcaster.realtime_server"], {"SUPABASE_KEY": KEY}),
+        (["-m", "broadcaster.realtime_server", "--key", KEY], {}),
+        (["-m", "broadcaster", "realtime-server", "--key", KEY], {}),
+        (["-m", "broadcaster", "realtime-server"], {"SUPABASE_KEY": KEY}),
+    ],
+    ids=["module-env", "module-key", "cli-key", "cli-env"],
+)
+async def test_a_child_server_accepts_only_its_key(args: list[str], env: dict[str, str]) -> None:
+    async with ChildServer(args, env) as child:
+        assert await refused_status(f"{child.base}?apikey=wrong&vsn=1.0.0") == 403
+        assert await refused_status(f"{child.base}?vsn=1.0.0") == 403
+        async with connect(f"{child.base}?apikey={KEY}&vsn=1.0.0", compression=None) as ws:
+            await RawClient(ws).join()
+        official = AsyncRealtimeClient(
+            child.base.replace("/websocket", ""), KEY, auto_reconnect=False
+        )
+        await official.connect()
+        await official.close()
+    assert "accepting any apikey" not in child.stderr
+    assert KEY not in child.stderr  # the key is never logged
+
+
+async def test_a_child_server_without_a_key_says_it_accepts_any() -> None:
+    async with ChildServer(["-m", "broadcaster", "realtime-server"], {}) as child:
+        async with connect(f"{child.base}?apikey=anything&vsn=1.0.0", compression=None) as ws:
+            await RawClient(ws).join()
+    assert "accepting any apikey" in child.stderr

@@ -206,7 +206,10 @@ def create_app(
 
     @app.get("/health", tags=["open"])
     async def health() -> dict[str, Any]:
-        """Status and each adapter's connection and breaker state (no token)."""
+        """Status, the store's and each adapter's connection and breaker state
+        (no token). A store that does not accept writes makes the status
+        ``down``: nothing can be published."""
+        store = await b.check_store()
         breakers = b.breaker_states()
         adapters = {}
         for name, h in b.health().items():
@@ -221,7 +224,7 @@ def create_app(
         states = [a["breaker"] for a in adapters.values()]
         if not b.running:
             status = "stopped"
-        elif states and all(s == "open" for s in states):
+        elif not store.up or (states and all(s == "open" for s in states)):
             status = "down"
         elif any(s != "closed" for s in states) or not all(
             a["connected"] for a in adapters.values()
@@ -229,7 +232,11 @@ def create_app(
             status = "degraded"
         else:
             status = "ok"
-        return {"status": status, "adapters": adapters}
+        return {
+            "status": status,
+            "store": {"up": store.up, "detail": store.detail},
+            "adapters": adapters,
+        }
 
     @app.get("/metrics", tags=["open"], response_class=Response)
     async def metrics_text() -> Response:

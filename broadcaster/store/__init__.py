@@ -13,19 +13,22 @@ from .base import (
     ScanRow,
     Store,
     StoredEvent,
+    StoreHealth,
     StoreStats,
     plain_counts,
 )
 from .memory import MemoryStore
 from .postgres import PostgresStore
-from .sqlite import WAL_FRAMES_MAX, SQLiteStore
+from .sqlite import FILE_CHECK_S, WAL_FRAMES_MAX, SQLiteStore
 
 __all__ = [
     "DELIVERED_STATES",
+    "FILE_CHECK_S",
     "UNDELIVERED_STATES",
     "AuditEntry",
     "PlainPage",
     "ScanRow",
+    "StoreHealth",
     "StoreStats",
     "ConsumerReceipt",
     "DeliveryState",

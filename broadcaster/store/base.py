@@ -34,6 +34,7 @@ __all__ = [
     "PlainPage",
     "ScanRow",
     "Store",
+    "StoreHealth",
     "StoreStats",
     "StoredEvent",
     "plain_counts",
@@ -158,6 +159,21 @@ class StoreStats:
     oldest_undelivered_ms: dict[str, int | None]
 
 
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """Whether the store accepts writes, as its last write or probe found.
+
+    ``up`` False: publishing is impossible until the store recovers (or, for a
+    permanent failure such as a replaced SQLite file, until a restart);
+    ``detail`` says why, in the store's words."""
+
+    up: bool
+    detail: str | None = None
+
+
+_UP: StoreHealth = StoreHealth(True)
+
+
 def _dumps(value: Any) -> str:
     """Canonical JSON text of a runtime-config value (shared by the backends).
 
@@ -214,7 +230,43 @@ class Store(ABC):
 
     Errors that mean "cannot durably accept" (disk full, database down) are
     raised as :class:`~broadcaster.exceptions.StoreUnavailable`.
+
+    :meth:`health` is the store's own account of whether it can take writes:
+    a failed write sets it down, a successful ``append`` or :meth:`probe` up
+    again, unless the failure was permanent. Backends report through
+    :meth:`_write_failed` and :meth:`_write_succeeded`.
     """
+
+    # Class-level defaults, shadowed per instance by the first report: the
+    # backends keep their own constructors.
+    _health: StoreHealth = _UP
+    _health_final: bool = False
+
+    def health(self) -> StoreHealth:
+        """Whether the store accepts writes (no I/O): down since a write
+        failed, up again after a successful ``append`` or :meth:`probe`; a
+        permanent failure keeps it down until the process restarts."""
+        return self._health
+
+    async def probe(self) -> StoreHealth:
+        """Check the store without waiting for traffic and return :meth:`health`
+        after it: how a store that went down for a transient reason (a
+        database that was unreachable) is seen up again. What is checked is
+        the backend's (PostgreSQL commits a write that changes nothing;
+        SQLite compares its file). Never raises a store error. The default
+        (a store that cannot fail) only returns :meth:`health`."""
+        return self.health()
+
+    def _write_failed(self, detail: str, *, permanent: bool = False) -> None:
+        """A write failed: the store is down; ``permanent`` until a restart."""
+        if permanent:
+            self._health_final = True
+        self._health = StoreHealth(False, detail)
+
+    def _write_succeeded(self) -> None:
+        """An ``append`` or probe committed: up again, unless down for good."""
+        if not self._health.up and not self._health_final:
+            self._health = _UP
 
     @abstractmethod
     async def open(self) -> None:

@@ -14,6 +14,11 @@ For several broadcaster processes sharing one store. What a caller must know:
   server is unreachable or the connection breaks, the call raises
   :class:`~broadcaster.exceptions.StoreUnavailable` and the next call
   reconnects. Other database errors raise :class:`~broadcaster.exceptions.StoreError`.
+* **Health.** :meth:`~broadcaster.store.base.Store.health` goes down when a
+  write fails or any call finds the database unreachable, and up again on
+  the next successful ``append`` or :meth:`PostgresStore.probe` (a write
+  transaction that changes nothing): a server that died and came back is
+  seen up without waiting for traffic.
 * **Runtime config.** ``save_runtime_config`` replaces the ``runtime_config``
   row and inserts the ``audit`` row in one transaction, under an advisory
   lock held until ``COMMIT``: saves from several processes are serialised, so
@@ -86,6 +91,7 @@ from .base import (
     ScanRow,
     Store,
     StoredEvent,
+    StoreHealth,
     StoreStats,
     _audit_entry,
     _config_json,
@@ -106,6 +112,14 @@ _CONFIG_LOCK: Final = 0x62637374_0003
 
 #: Events deleted per ``prune`` transaction (row locks are held until commit).
 PRUNE_CHUNK: Final = 5000
+
+#: Calls that write: their failure sets the store down (see ``_run``).
+_WRITES: Final = frozenset(
+    {"append", "mark", "record_receipts", "prune", "set_watermark", "save_runtime_config", "probe"}
+)
+#: Writes whose success sets it up again: what publishing needs (an ack can
+#: succeed where an append cannot, e.g. on a full disk).
+_UP_ACTIONS: Final = frozenset({"append", "probe"})
 
 
 #: Ordered schema migrations; migration ``n`` brings version ``n - 1`` to ``n``.
@@ -405,9 +419,23 @@ class PostgresStore(Store):
     async def _run(
         self, action: str, body: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]
     ) -> _T:
-        """Run ``body`` with the connection, one call at a time, translating errors."""
+        """Run ``body`` with the connection, one call at a time, translating
+        errors, and keep :meth:`health` (see the module doc)."""
         if not self._opened:
             raise StoreError("postgres store is not open")
+        try:
+            result = await self._run_once(action, body)
+        except StoreError as exc:
+            if isinstance(exc, StoreUnavailable) or action in _WRITES:
+                self._write_failed(str(exc))
+            raise
+        if action in _UP_ACTIONS:
+            self._write_succeeded()
+        return result
+
+    async def _run_once(
+        self, action: str, body: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]
+    ) -> _T:
         async with self._lock:
             try:
                 async with asyncio.timeout(self._op_timeout):
@@ -478,6 +506,22 @@ class PostgresStore(Store):
                     "UPDATE meta SET value = %s WHERE key = 'schema_version'", (version,)
                 )
         return found
+
+    async def probe(self) -> StoreHealth:
+        """A write transaction that changes nothing (reconnecting if need be);
+        :meth:`health` after it."""
+        if not self._opened:
+            return self.health()
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> None:
+            async with conn.transaction(), conn.cursor() as cur:
+                await cur.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
+
+        try:
+            await self._run("probe", body)
+        except StoreError:
+            pass
+        return self.health()
 
     async def close(self) -> None:
         """Flush queued marks and close the connection. Idempotent."""

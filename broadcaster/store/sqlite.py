@@ -42,6 +42,28 @@ What a caller must know:
   unopenable) is raised as :class:`~broadcaster.exceptions.StoreUnavailable`;
   other sqlite errors (corrupt file, schema newer than this code) as
   :class:`~broadcaster.exceptions.StoreError`. Nothing of a failed call is kept.
+* **A file deleted or replaced under the store.** SQLite keeps writing to
+  the file it opened even after it was unlinked (its directory deleted) or
+  renamed over: commits succeed and vanish at the next start, and sequence
+  ids begin again. So the store remembers the (device, inode) of the file it
+  opened and compares it with what is at the path: right after a commit
+  whenever the last comparison is :data:`FILE_CHECK_S` old or older (one
+  ``os.stat`` per interval, not per event), on every failed write, and on
+  :meth:`SQLiteStore.probe`. Once they differ, that commit's callers get
+  :class:`~broadcaster.exceptions.StoreUnavailable` instead of their
+  records, and so does every write after it, until the process restarts:
+  the store never reopens a fresh file by itself. **Guarantee:** a write
+  acknowledged more than :data:`FILE_CHECK_S` after the file was deleted or
+  replaced was not acknowledged; writes committed within that interval
+  after the change (before the next comparison) may have been, and are
+  lost with the file. Reads keep answering from the file that was opened.
+  At close, this file's ``-wal`` and ``-shm`` are unlinked if they are
+  still at the path (compared by inode too): SQLite would otherwise replay
+  this WAL into whatever file is at the path when it is next opened.
+* **Health.** :meth:`~broadcaster.store.base.Store.health` goes down on any
+  failed write (disk full, read-only, locked past ``busy_timeout_ms``) and
+  up again on the next successful ``append``; for a deleted or replaced
+  file it stays down. :meth:`~SQLiteStore.probe` only compares the file.
 * **Runtime config.** ``save_runtime_config`` replaces the ``runtime_config``
   row and appends to ``audit`` in one write transaction: both or neither.
 * **One writer process.** Several processes may open the file (ids stay unique
@@ -104,6 +126,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -135,12 +158,14 @@ from .base import (
     ScanRow,
     Store,
     StoredEvent,
+    StoreHealth,
     StoreStats,
     _audit_entry,
     _config_json,
 )
 
 __all__ = [
+    "FILE_CHECK_S",
     "MIGRATIONS",
     "PRUNE_CHUNK",
     "SCHEMA_VERSION",
@@ -189,6 +214,15 @@ _CHECKPOINT_EVERY: Final = 200
 #: Default WAL length (4 KiB frames) beyond which a checkpoint holds writes
 #: for a moment so that the WAL restarts: 8192 frames is 32 MiB of file.
 WAL_FRAMES_MAX: Final = 8192
+
+#: Most seconds between two comparisons of the database file's identity with
+#: what is at its path, made right after a commit (see the module doc).
+FILE_CHECK_S: Final = 1.0
+
+#: Writes whose success shows the store up again after a failure: an
+#: ``append`` is what publishing needs; other writes (an ack deleting a row)
+#: can succeed on a full disk where an append cannot.
+_UP_ACTIONS: Final = frozenset({"append"})
 
 #: Events deleted per ``prune`` transaction: the write lock is released between
 #: chunks, so appends and marks interleave with a long prune.
@@ -738,6 +772,8 @@ class SQLiteStore(Store):
     to share its transaction (group commit; 0: none). ``wal_frames_max``: the
     WAL length (4 KiB pages) at which a checkpoint briefly holds writes so
     that the WAL file is reused from its start (bounds the file's size).
+    ``monotonic``: the clock of the file identity check, every ``file_check_s``
+    seconds at most (see the module doc).
     """
 
     def __init__(
@@ -750,10 +786,20 @@ class SQLiteStore(Store):
         loop_write_max: int = LOOP_WRITE_MAX,
         mark_linger_ms: float = MARK_LINGER_MS,
         wal_frames_max: int = WAL_FRAMES_MAX,
+        monotonic: Callable[[], float] = time.monotonic,
+        file_check_s: float = FILE_CHECK_S,
     ) -> None:
         if wal_frames_max < 1:
             raise ValueError(f"wal_frames_max must be >= 1, not {wal_frames_max}")
         self.path = Path(path)
+        self._monotonic = monotonic
+        self._file_check_s = file_check_s
+        # (st_dev, st_ino) of the database, -wal and -shm files opened (None:
+        # not there at open), and when the database's was last compared.
+        self._file_ids: dict[str, tuple[int, int] | None] = {}
+        self._file_checked = 0.0
+        # Why writes are refused for good (the file was deleted or replaced).
+        self._lost: str | None = None
         self._wal_frames_max = wal_frames_max
         self.synchronous = _parse_synchronous(synchronous)
         self._clock = clock
@@ -798,28 +844,97 @@ class SQLiteStore(Store):
         """Run ``body`` in one write transaction on the worker thread: commit, or
         roll back and raise (translated) — never leave a half-written batch."""
         conn = self._connection()
+        self._refuse_if_lost()
         try:
             # IMMEDIATE takes the write lock up front, so a lock held by another
             # process fails here (after busy_timeout) rather than mid-batch.
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise self._translate(exc, action) from exc
+            raise self._write_error(exc, action) from exc
         return self._commit(conn, action, body)
 
     def _commit(
         self, conn: sqlite3.Connection, action: str, body: Callable[[sqlite3.Connection], _T]
     ) -> _T:
-        """After ``BEGIN``: run ``body`` and commit, or roll back and raise (translated)."""
+        """After ``BEGIN``: run ``body`` and commit, or roll back and raise
+        (translated). A commit into a file no longer at the path raises
+        :class:`StoreUnavailable` instead of returning (see the module doc)."""
         try:
             result = body(conn)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback(conn)
-            raise self._translate(exc, action) from exc
+            raise self._write_error(exc, action) from exc
         except BaseException:
             self._rollback(conn)
             raise
+        if self._monotonic() - self._file_checked >= self._file_check_s:
+            self._check_file()
+        if action in _UP_ACTIONS:
+            self._write_succeeded()
         return result
+
+    # -- the file under the store ---------------------------------------------
+
+    def _file_id(self, suffix: str = "") -> tuple[int, int] | None:
+        """(st_dev, st_ino) of the database file (or its ``suffix`` file) at the
+        path now; None if there is none."""
+        try:
+            st = os.stat(f"{self.path}{suffix}")
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _remember_files(self) -> None:
+        self._file_ids = {suffix: self._file_id(suffix) for suffix in ("", "-wal", "-shm")}
+        self._file_checked = self._monotonic()
+
+    def _check_file(self) -> None:
+        """Compare the opened file with what is at the path now; if it was
+        deleted or replaced, refuse writes for good and raise."""
+        self._file_checked = self._monotonic()
+        if self._lost is None and "" in self._file_ids:
+            try:
+                now = self._file_id()
+            except OSError as exc:  # e.g. a directory made unreadable
+                now = None
+                self._log.warning("store file check failed", error=str(exc))
+            if now != self._file_ids.get(""):
+                what = "deleted" if now is None else "replaced"
+                self._lost = (
+                    f"sqlite {self.path}: the database file was {what} while open;"
+                    " writes are refused until the service restarts"
+                )
+                self._write_failed(self._lost, permanent=True)
+                self._log.error("store file lost", reason=what)
+        self._refuse_if_lost()
+
+    def _refuse_if_lost(self) -> None:
+        if self._lost is not None:
+            raise StoreUnavailable(self._lost)
+
+    def _write_error(self, exc: sqlite3.Error, action: str) -> StoreError:
+        """A write failed: the store is down (for good if its file is gone:
+        checked now, whatever the interval). Returns the error to raise."""
+        error = self._translate(exc, action)
+        try:
+            self._check_file()
+        except StoreUnavailable as lost:
+            return lost
+        self._write_failed(str(error))
+        return error
+
+    def _unlink_own_files(self) -> None:
+        """After the file was lost: remove this store's -wal and -shm if they
+        are still at the path, so that they are not replayed into the file
+        that is there now (or created there) when it is next opened."""
+        for suffix in ("-wal", "-shm"):
+            mine = self._file_ids.get(suffix)
+            if mine is not None and self._file_id(suffix) == mine:
+                try:
+                    os.unlink(f"{self.path}{suffix}")
+                except OSError as exc:
+                    self._log.warning("stale file not removed", suffix=suffix, error=str(exc))
 
     async def _small_write(
         self, action: str, rows: int, body: Callable[[sqlite3.Connection], _T]
@@ -842,6 +957,7 @@ class SQLiteStore(Store):
         """Run write transaction ``body`` on the loop's connection if it is
         small (``rows`` at most ``loop_write_max``) and the write lock is free
         right now; else write nothing and return ``_NOT_NOW``."""
+        self._refuse_if_lost()
         conn = self._loop_conn
         if conn is None or rows > self._loop_write_max or self._held is not None:
             return _NOT_NOW
@@ -852,7 +968,7 @@ class SQLiteStore(Store):
         except sqlite3.OperationalError as exc:
             # Primary code: extended ones (BUSY_RECOVERY, ...) carry it in the low byte.
             if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                raise self._translate(exc, action) from exc
+                raise self._write_error(exc, action) from exc
             return _NOT_NOW
         result = self._commit(conn, action, body)
         self._after_loop_commit()
@@ -937,6 +1053,9 @@ class SQLiteStore(Store):
             if self._loop_write_max > 0:
                 # After the worker created and migrated the schema.
                 self._loop_conn = self._connect(busy_timeout_ms=0, checkpoints=False)
+            # The files this store writes to from now on (WAL mode: -wal and
+            # -shm exist once the schema transaction committed).
+            self._remember_files()
         except BaseException:
             if self._conn is not None:
                 await self._call(self._close_sync)
@@ -1005,6 +1124,12 @@ class SQLiteStore(Store):
             if self._checkpoint is not None:
                 await asyncio.gather(self._checkpoint, return_exceptions=True)
         finally:
+            # Checked once more: a file replaced since the last write must not
+            # get this store's WAL replayed into it when it is next opened.
+            try:
+                self._check_file()
+            except StoreUnavailable:
+                self._unlink_own_files()
             loop_conn, self._loop_conn = self._loop_conn, None
             if loop_conn is not None:
                 loop_conn.close()
@@ -1014,6 +1139,20 @@ class SQLiteStore(Store):
                 executor, self._executor = self._executor, None
                 executor.shutdown(wait=False)
             self._log.info("store closed")
+
+    async def probe(self) -> StoreHealth:
+        """Compare the file with what is at the path (one ``os.stat``) and
+        return :meth:`health`. Writes nothing: SQLite has no connection to
+        re-establish, and a write that fits where an append does not (a
+        database at ``max_page_count``) would show up a store that cannot
+        take events. A store down for a failed write is up again at the next
+        successful ``append``."""
+        if self._executor is not None and self._lost is None:
+            try:
+                self._check_file()
+            except StoreUnavailable:
+                pass
+        return self.health()
 
     def _close_sync(self) -> None:
         conn, self._conn = self._conn, None

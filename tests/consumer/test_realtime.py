@@ -4,6 +4,8 @@ in-process and as a separate process that is SIGKILLed and restarted."""
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -197,11 +199,13 @@ def _free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m broadcaster.realtime_server`` in its own process."""
+    """``python -m broadcaster.realtime_server`` in its own process, accepting
+    only ``key`` (given as ``SUPABASE_KEY`` in its environment)."""
 
     def __init__(self, port: int, log_path: Path) -> None:
         self.port = port
         self._log_path = log_path
+        self.key = secrets.token_urlsafe(16)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> str:
@@ -210,6 +214,7 @@ class ServerProcess:
                 [sys.executable, "-m", "broadcaster.realtime_server", "--port", str(self.port)],
                 stdout=subprocess.PIPE,
                 stderr=err,
+                env={**os.environ, "SUPABASE_KEY": self.key},
             )
         assert self.proc.stdout is not None
         return self.proc.stdout.readline().decode().strip()
@@ -248,8 +253,10 @@ async def test_sigkilled_server_process_restarted_adapter_and_subscriber_recover
     stop = asyncio.Event()
 
     async with (
-        RealtimeSubscriber(url, collector=collector, **FAST) as sub,
-        RealtimeAdapter(url + "/realtime/v1", ack_timeout_s=2, **FAST) as adapter,
+        RealtimeSubscriber(url, server_process.key, collector=collector, **FAST) as sub,
+        RealtimeAdapter(
+            url + "/realtime/v1", server_process.key, ack_timeout_s=2, **FAST
+        ) as adapter,
     ):
 
         async def produce() -> None:

@@ -18,6 +18,7 @@ from broadcaster.store import (
     PlainPage,
     ScanRow,
     Store,
+    StoreHealth,
     StoreStats,
     plain_counts,
     postgres,
@@ -44,6 +45,14 @@ async def test_new_store_is_empty(store: Store) -> None:
     assert await store.undelivered("websocket") == []
     assert await store.append([]) == []
     assert await store.last_sequence_id() == 0
+
+
+async def test_a_working_store_is_up_and_its_probe_says_so(store: Store) -> None:
+    assert store.health() == StoreHealth(True, None)
+    assert await store.probe() == StoreHealth(True, None)
+    await store.append([(d, BOTH) for d in drafts(2)])
+    await store.mark("websocket", [1, 2], DeliveryState.ACKED)
+    assert store.health() == StoreHealth(True, None)
 
 
 async def test_append_assigns_increasing_ids_and_seals(store: Store) -> None:
