@@ -12,6 +12,8 @@ The per-category and per-adapter families (``DUAL_WRITE_<CAT>_<FIELD>``,
 
 from __future__ import annotations
 
+import os
+import platform
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple
@@ -45,6 +47,7 @@ __all__ = [
     "CategorySettings",
     "Settings",
     "StoreURL",
+    "default_instance_id",
     "load_settings",
     "parse_store_url",
 ]
@@ -126,6 +129,11 @@ def _url_number(url: str, options: dict[str, list[str]], name: str, *, least: in
             f" of at least {least}"
         )
     return number
+
+
+def default_instance_id() -> str:
+    """``<hostname>:<pid>``: the default ``INSTANCE_ID`` of this process."""
+    return f"{platform.node()}:{os.getpid()}"
 
 
 class CategorySettings(BaseModel):
@@ -257,6 +265,10 @@ class Settings(BaseSettings):
     reconcile_max_delay_s: float = Field(default=300.0, gt=0)
     reconcile_interval_s: float = Field(default=30.0, ge=0)
     retention_s: float = Field(default=86_400.0, ge=0)
+    #: ``serve`` runs a verifying subscriber per adapter that writes receipts (SPEC 12).
+    reconcile_probe: bool = True
+    #: This service instance's name (SPEC 11); its probes report as ``probe:<id>``.
+    instance_id: str = Field(default_factory=default_instance_id, min_length=1, max_length=128)
 
     websocket_host: str = "127.0.0.1"
     websocket_port: int = Field(default=8765, ge=0, le=65535)
@@ -312,6 +324,22 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = value.strip().lower()
             return None if value in ("", "null", "none") else value
+        return value
+
+    @field_validator("instance_id", mode="before")
+    @classmethod
+    def _instance_id_or_default(cls, value: object) -> object:
+        # Blank (as .env.example leaves it) means "not set": the computed default.
+        if isinstance(value, str) and not value.strip():
+            return default_instance_id()
+        return value
+
+    @field_validator("instance_id")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        # It ends up in logs, receipts and /health: no control characters.
+        if not value.isprintable():
+            raise ValueError("must be printable characters only")
         return value
 
     @field_validator("log_format", "log_level", mode="before")

@@ -19,4 +19,5 @@ SETTING_PREFIXES = (
     "BROADCASTER_",
     "EVENT_",
     "LOG_",
+    "INSTANCE_",
 )

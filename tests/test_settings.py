@@ -17,6 +17,7 @@ from broadcaster.settings import (
     CategorySettings,
     Settings,
     StoreURL,
+    default_instance_id,
     load_settings,
     parse_store_url,
 )
@@ -33,6 +34,9 @@ SPEC_FLAT_DEFAULTS: dict[str, Any] = {
     "RECONCILE_WINDOW_S": 5,
     "RECONCILE_BUFFER_S": 30,
     "RECONCILE_MAX_DELAY_S": 300,
+    "RECONCILE_PROBE": True,
+    # Computed at load; this process is the one loading.
+    "INSTANCE_ID": default_instance_id(),
     "WEBSOCKET_HOST": "127.0.0.1",
     "WEBSOCKET_PORT": 8765,
     "SUPABASE_URL": None,
@@ -113,6 +117,8 @@ VARIABLES: list[tuple[str, str, Callable[[Settings], Any], Any]] = [
             ("RECONCILE_WINDOW_S", "2", 2.0),
             ("RECONCILE_BUFFER_S", "10", 10.0),
             ("RECONCILE_MAX_DELAY_S", "600", 600.0),
+            ("RECONCILE_PROBE", "false", False),
+            ("INSTANCE_ID", "eu-west-1a:serve-2", "eu-west-1a:serve-2"),
             ("WEBSOCKET_HOST", "0.0.0.0", "0.0.0.0"),
             ("WEBSOCKET_PORT", "9000", 9000),
             ("SUPABASE_URL", "https://abc.supabase.co", "https://abc.supabase.co"),
@@ -454,6 +460,9 @@ INVALID = [
     ("STORE_URL", "sqlite:///x.db?synchronous=sometimes"),
     ("STORE_URL", "sqlite:///x.db?wal_frames_max=0"),
     ("STORE_URL", "sqlite:///x.db?busy_timeout_ms=soon"),
+    ("RECONCILE_PROBE", "sometimes"),
+    ("INSTANCE_ID", "n" * 129),
+    ("INSTANCE_ID", "tab\there"),
 ]
 
 
@@ -510,6 +519,20 @@ def test_a_whole_mapping_as_value_is_not_dumped_into_the_message() -> None:
         load_settings(None, adapters={"websocket": {"error_threshold": {"secret": "x"}}})
     assert info.value.value == "?"
     assert "secret" not in str(info.value)
+
+
+def test_instance_id_defaults_to_host_and_pid(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import platform
+
+    expected = f"{platform.node()}:{os.getpid()}"
+    assert default_instance_id() == expected
+    assert load_settings(None).instance_id == expected
+    # Blank, as .env.example leaves it: the computed default, not an error.
+    monkeypatch.setenv("INSTANCE_ID", "  ")
+    assert load_settings(None).instance_id == expected
+    monkeypatch.setenv("INSTANCE_ID", "i" * 128)
+    assert load_settings(None).instance_id == "i" * 128
 
 
 def test_max_delay_equal_to_window_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
