@@ -2,9 +2,11 @@
 
 One process runs the WebSocket server, the Realtime adapter (with an embedded
 local Realtime server when ``SUPABASE_URL`` is unset), the store, the
-background reconciler and the admin REST API. SIGTERM or SIGINT stops it in
-order: the admin API first (no new events accepted), then the broadcaster,
-which waits for in-flight events to be acknowledged or recorded pending.
+background reconciler, the admin REST API and, with ``RECONCILE_PROBE``, a
+probe consumer per adapter (:mod:`broadcaster.probes`). SIGTERM or SIGINT stops it in
+order: the admin API first (no new events accepted), then the broadcaster
+waits for in-flight events to be acknowledged or recorded pending, the probes
+stop and write their last receipts, and the broadcaster closes.
 """
 
 from __future__ import annotations
@@ -23,12 +25,17 @@ from .admin import AdminServer, create_app, generate_token
 from .core import Broadcaster
 from .exceptions import FlushTimeout
 from .metrics import BroadcasterMetrics
+from .probes import Probes
 from .security import TokenSet, mask_url_password
 from .settings import Settings
 
 __all__ = ["run_service"]
 
 log = structlog.get_logger("broadcaster.service")
+
+# How long start-up waits for the probes' first connections before it
+# announces the service anyway.
+_PROBE_CONNECT_WAIT_S = 5.0
 
 
 async def run_service(
@@ -69,36 +76,75 @@ async def run_service(
             handled.append(sig)
     try:
         async with Broadcaster(settings) as b:
-            metrics = BroadcasterMetrics(b)
+            probes = _probes(settings, b)
             try:
-                async with AdminServer(
-                    create_app(
-                        b, tokens, metrics=metrics, max_body_bytes=settings.admin_max_body_bytes
-                    ),
-                    settings.admin_host,
-                    settings.admin_port,
-                    tls_cert=settings.admin_tls_cert,
-                    tls_key=settings.admin_tls_key,
-                ) as admin:
-                    if freeze_gc:
-                        gc.freeze()
-                    _announce(out, b, admin, generated)
-                    if on_ready is not None:
-                        on_ready(b, admin)
-                    await stop.wait()
-                    log.info("shutting down: admin API first, then flushing in-flight events")
+                metrics = BroadcasterMetrics(b)
+                try:
+                    async with AdminServer(
+                        create_app(
+                            b,
+                            tokens,
+                            metrics=metrics,
+                            max_body_bytes=settings.admin_max_body_bytes,
+                            probes=probes.health if probes is not None else None,
+                        ),
+                        settings.admin_host,
+                        settings.admin_port,
+                        tls_cert=settings.admin_tls_cert,
+                        tls_key=settings.admin_tls_key,
+                    ) as admin:
+                        if probes is not None:
+                            await _start_probes(probes)
+                        if freeze_gc:
+                            gc.freeze()
+                        _announce(out, b, admin, generated)
+                        if on_ready is not None:
+                            on_ready(b, admin)
+                        await stop.wait()
+                        log.info("shutting down: admin API first, then flushing in-flight events")
+                finally:
+                    metrics.close()
+                try:
+                    await b.flush(timeout=drain_timeout_s)
+                except FlushTimeout as exc:  # reported; what is left stays in the store
+                    log.warning("shutdown flush incomplete", error=str(exc))
+                if probes is not None:
+                    # What was just acknowledged is still on its way to them.
+                    await probes.settle()
             finally:
-                metrics.close()
-            try:
-                await b.flush(timeout=drain_timeout_s)
-            except FlushTimeout as exc:  # reported; what is left stays in the store
-                log.warning("shutdown flush incomplete", error=str(exc))
+                # Before the broadcaster: their receipts go to its store.
+                if probes is not None:
+                    await probes.close()
         log.info("broadcaster stopped")
         out.write("broadcaster stopped\n")
         out.flush()
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
+
+
+def _probes(settings: Settings, b: Broadcaster) -> Probes | None:
+    if not settings.reconcile_probe:
+        return None
+    return Probes.for_service(
+        settings,
+        b.store,
+        b.adapters,
+        local_realtime_url=b.local_realtime_url,
+        local_realtime_key=b.local_realtime_key,
+    )
+
+
+async def _start_probes(probes: Probes) -> None:
+    """Start the probes; wait a little for their first connections, so that
+    what is published once the banner is out reaches them, but never long:
+    a probe that cannot connect keeps retrying in the background."""
+    probes.start()
+    if not await probes.wait_connected(_PROBE_CONNECT_WAIT_S):
+        log.warning(
+            "probes not all connected yet; they keep retrying",
+            probes={name: h["last_error"] for name, h in probes.health().items()},
+        )
 
 
 def _announce(out: TextIO, b: Broadcaster, admin: AdminServer, generated: str | None) -> None:

@@ -18,6 +18,7 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Annotated, Any, Final
 
@@ -172,10 +173,12 @@ def create_app(
     *,
     metrics: BroadcasterMetrics | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    probes: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> FastAPI:
     """The admin application for a started ``broadcaster``, accepting
     ``tokens`` (at least one; see :meth:`Settings.api_tokens`) and request
-    bodies of at most ``max_body_bytes``."""
+    bodies of at most ``max_body_bytes``. ``probes``, when given, returns
+    the probe consumers' state per adapter (``/health`` shows it)."""
     if not len(tokens):
         raise ConfigError("BROADCASTER_ADMIN_TOKEN", "", "at least one token is required")
     b = broadcaster
@@ -232,11 +235,16 @@ def create_app(
             status = "degraded"
         else:
             status = "ok"
-        return {
+        body: dict[str, Any] = {
             "status": status,
             "store": {"up": store.up, "detail": store.detail},
             "adapters": adapters,
         }
+        if probes is not None:
+            # Informational: a probe that cannot connect does not change the
+            # status, which says whether events can be published and delivered.
+            body["probes"] = probes()
+        return body
 
     @app.get("/metrics", tags=["open"], response_class=Response)
     async def metrics_text() -> Response:
