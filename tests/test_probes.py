@@ -1,0 +1,275 @@
+"""Probe consumers of ``broadcaster serve`` (SPEC 12): real subscribers of the
+service's own WebSocket server and Realtime channels that write receipts as
+``probe:<INSTANCE_ID>``, so that reconciliation judges events matched with no
+other consumer running. Through real sockets, in-process service; the
+``serve`` + ``reconcile`` round trip in child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from broadcaster.admin import AdminServer
+from broadcaster.core import Broadcaster
+from broadcaster.probes import probe_consumer, probe_ssl_context
+from broadcaster.realtime_server import LocalRealtimeServer
+from broadcaster.service import run_service
+from broadcaster.settings import Settings, load_settings
+from broadcaster.store import store_from_url
+from tests._tls import make_certs
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+ADMIN = "probe-admin-token-0123456789"
+CONSUMER = "probe-consumer-token-0123456789"
+INSTANCE = "test-instance-1"
+
+
+@dataclass
+class Service:
+    b: Broadcaster
+    admin: AdminServer
+    client: httpx.AsyncClient
+
+    async def health(self) -> dict[str, Any]:
+        response = await self.client.get("/health")
+        assert response.status_code == 200
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def post_events(self, events: list[dict[str, Any]]) -> list[int]:
+        response = await self.client.post(
+            "/events", json=events, headers={"Authorization": f"Bearer {ADMIN}"}
+        )
+        assert response.status_code == 201, response.text
+        return [r["sequence_id"] for r in response.json()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def service_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "store_url": f"sqlite:///{tmp_path / 'probes.db'}",
+        "websocket_port": 0,
+        "admin_port": 0,
+        "reconcile_interval_s": 0,
+        "broadcaster_admin_token": ADMIN,
+        "instance_id": INSTANCE,
+    }
+    values.update(overrides)
+    return load_settings(env_file=None, **values)
+
+
+@asynccontextmanager
+async def running(settings: Settings, verify: Any = True) -> AsyncIterator[Service]:
+    stop = asyncio.Event()
+    ready: asyncio.Future[tuple[Broadcaster, AdminServer]] = (
+        asyncio.get_running_loop().create_future()
+    )
+    task = asyncio.create_task(
+        run_service(
+            settings, out=io.StringIO(), stop=stop, on_ready=lambda b, a: ready.set_result((b, a))
+        )
+    )
+    try:
+        b, admin = await asyncio.wait_for(ready, 30)
+        async with httpx.AsyncClient(base_url=admin.url, verify=verify, timeout=30) as client:
+            yield Service(b, admin, client)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+
+
+async def until(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    """Wait for ``condition()`` (sync or async) to be true, yielding to the
+    loop between checks: the probes run on this loop."""
+    async with asyncio.timeout(timeout):
+        while True:
+            result = condition()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return
+            await asyncio.sleep(0.02)
+    raise AssertionError(what)  # pragma: no cover
+
+
+async def receipts_by_adapter(store_url: str) -> dict[str, dict[int, list[Any]]]:
+    """Receipts in the store per adapter: sequence id -> receipts."""
+    found: dict[str, dict[int, list[Any]]] = {}
+    async with store_from_url(store_url) as store:
+        seq = 1
+        while (stored := await store.get(seq)) is not None:
+            for r in stored.receipts:
+                found.setdefault(r.adapter, {}).setdefault(seq, []).append(r)
+            seq += 1
+    return found
+
+
+EVENTS = [
+    *({"category": "CRITICAL", "event_type": "probe.c", "payload": {"i": i}} for i in range(20)),
+    *({"category": "SYSTEM", "event_type": "probe.s", "payload": {"i": i}} for i in range(20)),
+]
+
+
+async def test_probes_receipt_every_event_on_both_paths(tmp_path: Path) -> None:
+    settings = service_settings(tmp_path)
+    async with running(settings) as svc:
+        health = await svc.health()
+        probes = health["probes"]
+        assert set(probes) == {"websocket", "realtime"}
+        assert all(p["connected"] for p in probes.values()), probes
+        # The adapters' keys are unchanged beside it.
+        assert set(health) == {"status", "store", "adapters", "probes"}
+        assert health["status"] == "ok"
+        ids = await svc.post_events(EVENTS)
+
+        async def seen_all() -> bool:
+            got = (await svc.health())["probes"]
+            return all(p["received"] >= len(ids) for p in got.values())
+
+        await until(seen_all, "the probes did not receive every event")
+        probes = (await svc.health())["probes"]
+        for p in probes.values():
+            assert (p["received"], p["verified"], p["mismatches"]) == (40, 40, 0)
+    # Stopped: every receipt was written before the store closed.
+    receipts = await receipts_by_adapter(settings.store_url)
+    for adapter in ("websocket", "realtime"):
+        assert sorted(receipts[adapter]) == ids
+        for rs in receipts[adapter].values():
+            assert [(r.consumer, r.checksum_ok) for r in rs] == [(probe_consumer(INSTANCE), True)]
+
+
+async def test_reconcile_probe_false_starts_none(tmp_path: Path) -> None:
+    settings = service_settings(tmp_path, reconcile_probe=False)
+    async with running(settings) as svc:
+        health = await svc.health()
+        assert "probes" not in health
+        adapter = svc.b.adapters["websocket"]
+        assert adapter.health().extra["subscribers"] == 0
+        await svc.post_events(EVENTS[:5])
+    assert await receipts_by_adapter(settings.store_url) == {}
+
+
+async def test_probes_over_wss_with_a_required_token_and_signed_events(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "tls")
+    settings = service_settings(
+        tmp_path,
+        broadcaster_tokens=json.dumps({"tail": {"token": CONSUMER, "scope": "consumer"}}),
+        admin_tls_cert=certs.cert,
+        admin_tls_key=certs.key,
+        websocket_tls_cert=certs.cert,
+        websocket_tls_key=certs.key,
+        websocket_require_token=True,
+        event_signing_key="probe-signing-key-0123456789",
+        event_signing_key_id="k1",
+    )
+    async with running(settings, verify=certs.client_context()) as svc:
+        assert svc.b.adapters["websocket"].health().detail.startswith("wss://")
+        probes = (await svc.health())["probes"]
+        assert all(p["connected"] for p in probes.values()), probes
+        ids = await svc.post_events(EVENTS)
+
+        async def seen_all() -> bool:
+            got = (await svc.health())["probes"]
+            return all(p["received"] >= len(ids) for p in got.values())
+
+        await until(seen_all, "the probes did not receive every event")
+        for p in (await svc.health())["probes"].values():
+            # Verified counts only events whose signature checked out too.
+            assert (p["verified"], p["mismatches"]) == (len(ids), 0)
+    receipts = await receipts_by_adapter(settings.store_url)
+    assert sorted(receipts["websocket"]) == sorted(receipts["realtime"]) == ids
+
+
+async def test_probes_with_the_admin_token_when_no_consumer_token_exists(tmp_path: Path) -> None:
+    settings = service_settings(tmp_path, websocket_require_token=True)
+    async with running(settings) as svc:
+        probes = (await svc.health())["probes"]
+        assert probes["websocket"]["connected"], probes
+        await svc.post_events(EVENTS[:3])
+
+        async def seen() -> bool:
+            return bool((await svc.health())["probes"]["websocket"]["verified"] == 3)
+
+        await until(seen, "the websocket probe did not verify the events")
+
+
+async def test_a_probe_that_cannot_connect_retries_until_it_can(tmp_path: Path) -> None:
+    # SUPABASE_URL names a Realtime server that is not up yet: the service
+    # starts anyway, the probe retries (and says why on /health), and joins
+    # once the server is there.
+    port, admin_port = free_port(), free_port()
+    key = "realtime-key-0123456789"
+    settings = service_settings(
+        tmp_path,
+        supabase_url=f"http://127.0.0.1:{port}",
+        supabase_key=key,
+        admin_port=admin_port,
+        # The adapter was down at start too: its pending events go soon after.
+        breaker_recovery_time_s=0.2,
+    )
+    service = asyncio.create_task(_enter(settings))
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin_port}") as client:
+
+        async def refused() -> bool:
+            try:
+                body = (await client.get("/health")).json()
+            except httpx.TransportError:
+                return False  # the admin API is not listening yet
+            probe = body.get("probes", {}).get("realtime", {})
+            return probe.get("last_error") is not None and not probe["connected"]
+
+        await until(refused, "the realtime probe never reported a failed connection")
+        server = LocalRealtimeServer(host="127.0.0.1", port=port, key=key)
+        await server.start()
+        try:
+            svc, exit_stack = await asyncio.wait_for(service, 30)
+            try:
+
+                async def joined() -> bool:
+                    return bool((await svc.health())["probes"]["realtime"]["connected"])
+
+                await until(joined, "the realtime probe did not connect once it could")
+                ids = await svc.post_events(EVENTS[:5])
+
+                async def seen() -> bool:
+                    return bool((await svc.health())["probes"]["realtime"]["verified"] == 5)
+
+                await until(seen, "the realtime probe did not receive the events")
+            finally:
+                await exit_stack.aclose()
+        finally:
+            await server.close()
+    receipts = await receipts_by_adapter(settings.store_url)
+    assert sorted(receipts["realtime"]) == ids
+
+
+async def _enter(settings: Settings) -> tuple[Service, AsyncExitStack]:
+    stack = AsyncExitStack()
+    svc = await stack.enter_async_context(running(settings))
+    return svc, stack
+
+
+def test_probe_ssl_context_trusts_only_the_given_certificate(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "tls")
+    context = probe_ssl_context(certs.cert)
+    assert context.verify_mode.name == "CERT_REQUIRED" and not context.check_hostname
+    (tmp_path / "empty.pem").write_text("no certificate here\n")
+    with pytest.raises(ValueError, match="no PEM certificate"):
+        probe_ssl_context(tmp_path / "empty.pem")
