@@ -212,10 +212,12 @@ def test_sigterm_flushes_in_flight_events_and_exits_0(tmp_path: Path) -> None:
 
 
 def test_reconcile_repair_goes_through_the_running_service(tmp_path: Path) -> None:
-    # No consumer records receipts here, so once past the (tiny) max delay every
-    # event is "missing" on both paths: repair re-sends them all.
+    # No consumer records receipts here (the probes are off), so once past the
+    # (tiny) max delay every event is "missing" on both paths: repair re-sends
+    # them all.
     child = Child(
         tmp_path,
+        RECONCILE_PROBE="false",
         RECONCILE_WINDOW_S="0.001",
         RECONCILE_BUFFER_S="0",
         RECONCILE_MAX_DELAY_S="0.001",
