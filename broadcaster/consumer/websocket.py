@@ -19,7 +19,7 @@ import asyncio
 import logging
 import random
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from ssl import SSLCertVerificationError, SSLContext
 from types import TracebackType
@@ -33,6 +33,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.uri import parse_uri
 
 from ..exceptions import AdapterError, AdapterRejected, AdapterUnavailable
+from ..store.base import ConsumerReceipt
 from ._common import ConsumerStats, ReceiptCollector
 
 __all__ = ["WebSocketSubscriber", "redact_url", "subscription_url", "tail"]
@@ -394,9 +395,13 @@ async def tail(
     ssl: SSLContext | None = None,
     token: str | None = None,
     signing_keys: Mapping[str, str | bytes] | None = None,
+    consumer: str = "tail",
+    on_receipt: Callable[[ConsumerReceipt], None] | None = None,
 ) -> ConsumerStats:
     """Print one line per event received from the fan-out at ``url``
-    (``ssl`` and ``token`` as for :class:`WebSocketSubscriber`).
+    (``ssl`` and ``token`` as for :class:`WebSocketSubscriber`). Each
+    receipt, named ``consumer``, goes to ``on_receipt`` if given (a
+    :class:`~broadcaster.consumer.ReceiptPoster`'s ``add``: ``subscribe --report``).
 
     Each line is ``<sequence_id> <category> <event_type> OK|MISMATCH`` (the
     checksum verdict); given ``signing_keys`` (key id -> key), an event
@@ -431,8 +436,9 @@ async def tail(
 
     collector = ReceiptCollector(
         ADAPTER,
-        consumer="tail",
+        consumer=consumer,
         on_event=on_event,
+        on_receipt=on_receipt,
         track_seen=False,
         signing_keys=signing_keys,
     )
