@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from ssl import SSLContext
+from typing import TYPE_CHECKING
 
 from .events import Category
 from .exceptions import AdapterRejected, BroadcasterError, ConfigError
 from .logs import configure_logging
 from .loop import resolve_event_loop, run_on_loop
 from .settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from .consumer import ConsumerStats
 
 __all__ = ["main"]
 
@@ -82,6 +89,20 @@ def _parser() -> argparse.ArgumentParser:
         "--categories", type=_categories, help="comma list, e.g. CRITICAL,SYSTEM"
     )
     subscribe.add_argument("--limit", type=int, help="stop after this many events")
+    subscribe.add_argument(
+        "--report",
+        action="store_true",
+        help="post a receipt per event to the admin API (POST /receipts), so reconciliation"
+        " counts this subscriber; --token is sent there too",
+    )
+    subscribe.add_argument(
+        "--consumer",
+        help="the consumer name receipts are reported under (default: subscribe:<host>:<pid>)",
+    )
+    subscribe.add_argument(
+        "--admin-url",
+        help="admin API receipts go to (default: http(s)://ADMIN_HOST:ADMIN_PORT)",
+    )
 
     reconcile = sub.add_parser(
         "reconcile", help="reconcile the store; exit 1 while unrepaired loss remains"
@@ -140,7 +161,6 @@ def _subscriber_token(settings: Settings) -> str | None:
 
 
 def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
-    from .consumer.websocket import tail
     from .tls import client_ssl_context
 
     url = args.url
@@ -156,16 +176,35 @@ def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
     # With EVENT_SIGNING_KEY set, an event not signed with it is a bad signature.
     secret = settings.event_signing_key
     keys = None if secret is None else {settings.event_signing_key_id: secret.get_secret_value()}
+    if (args.consumer is not None or args.admin_url is not None) and not args.report:
+        print("subscribe: --consumer and --admin-url need --report", file=sys.stderr)
+        return EXIT_CONFIG
+    report = None
+    if args.report:
+        if not token:
+            print(
+                "subscribe --report: no token for POST /receipts; give --token, or set a"
+                " 'consumer' token in BROADCASTER_TOKENS or BROADCASTER_ADMIN_TOKEN",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        consumer = args.consumer or f"subscribe:{platform.node()}:{os.getpid()}"
+        if not 1 <= len(consumer) <= 128 or not consumer.isprintable():
+            print(
+                f"subscribe: --consumer: 1-128 printable characters, not {consumer!r}",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        report = (args.admin_url or _admin_url(settings), consumer)
     try:
         stats = run_on_loop(
-            tail(
+            _tail(
                 url,
-                args.categories,
-                sys.stdout,
-                limit=args.limit,
+                args,
                 ssl=context,
                 token=token,
                 signing_keys=keys,
+                report=report,
             ),
             loop=settings.event_loop,
         )
@@ -181,6 +220,69 @@ def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
         print(f"subscribe: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
     return EXIT_PROBLEM if stats.mismatches or stats.bad_signatures or stats.malformed else EXIT_OK
+
+
+def _admin_url(settings: Settings) -> str:
+    """The admin API of the service these settings describe, as a client
+    reaches it: a wildcard listen address means this host."""
+    scheme = "https" if settings.admin_tls_cert is not None else "http"
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(
+        settings.admin_host, settings.admin_host
+    )
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}:{settings.admin_port}"
+
+
+async def _tail(
+    url: str,
+    args: argparse.Namespace,
+    *,
+    ssl: SSLContext | None,
+    token: str | None,
+    signing_keys: dict[str, str] | None,
+    report: tuple[str, str] | None,
+) -> ConsumerStats:
+    """``tail``, with a :class:`ReceiptPoster` fed by it when ``report`` is
+    ``(admin URL, consumer name)``; its figures go to stderr at the end."""
+    from .consumer import ReceiptPoster
+    from .consumer.websocket import tail
+
+    if report is None:
+        return await tail(
+            url,
+            args.categories,
+            sys.stdout,
+            limit=args.limit,
+            ssl=ssl,
+            token=token,
+            signing_keys=signing_keys,
+        )
+    admin_url, consumer = report
+    assert token is not None
+    # --ca-file vouches for the service's certificate on both of its ports.
+    poster = ReceiptPoster(admin_url, token, verify=ssl if ssl is not None else True)
+    await poster.start()
+    try:
+        return await tail(
+            url,
+            args.categories,
+            sys.stdout,
+            limit=args.limit,
+            ssl=ssl,
+            token=token,
+            signing_keys=signing_keys,
+            consumer=consumer,
+            on_receipt=poster.add,
+        )
+    finally:
+        await poster.close()
+        p = poster.stats
+        print(
+            f"receipts as {consumer} to {poster.url}: posted {p.posted}, retries {p.retries},"
+            f" dropped {p.dropped}, rejected {p.rejected}"
+            + (f" (last error: {p.last_error})" if p.last_error else ""),
+            file=sys.stderr,
+        )
 
 
 def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
