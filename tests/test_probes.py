@@ -9,7 +9,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -273,3 +278,146 @@ def test_probe_ssl_context_trusts_only_the_given_certificate(tmp_path: Path) -> 
     (tmp_path / "empty.pem").write_text("no certificate here\n")
     with pytest.raises(ValueError, match="no PEM certificate"):
         probe_ssl_context(tmp_path / "empty.pem")
+
+
+# -- serve and reconcile in child processes --------------------------------------------
+
+
+class Serve:
+    """``python -m broadcaster serve`` as a child process, on free ports."""
+
+    def __init__(self, tmp_path: Path, **env: str) -> None:
+        self.admin_port = free_port()
+        self.store_url = f"sqlite:///{tmp_path / 'serve.db'}"
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("DUAL_WRITE_", "ADAPTER_", "BREAKER_", "RECONCILE_", "SUPABASE"))
+        }
+        self.env.update(
+            STORE_URL=self.store_url,
+            ADMIN_PORT=str(self.admin_port),
+            WEBSOCKET_PORT=str(free_port()),
+            BROADCASTER_ADMIN_TOKEN=ADMIN,
+            RECONCILE_INTERVAL_S="0",
+            # Judged as soon as reconcile runs: a receipt is matched at once,
+            # and nothing is old enough to be missing without one.
+            RECONCILE_BUFFER_S="0",
+            RECONCILE_WINDOW_S="10",
+            RECONCILE_MAX_DELAY_S="10",
+            LOG_FORMAT="json",
+            **env,
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "broadcaster", "--env-file", "/dev/null", "serve"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+            cwd=REPO,
+        )
+        lines = []
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            lines.append(line)
+            if line.startswith("metrics"):
+                break
+        if not any(line.startswith("admin") for line in lines):
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=60)
+            raise AssertionError(f"serve did not start: {lines} {err}")
+        self.ws_url = next(line.split()[1] for line in lines if line.startswith("websocket"))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "broadcaster", "--env-file", "/dev/null", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=REPO,
+            timeout=120,
+        )
+
+    def publish(self, n: int, batch: int = 1000) -> list[dict[str, Any]]:
+        """``n`` events through ``POST /events``, half CRITICAL, half SYSTEM
+        (both routed to both adapters by default); their receipts."""
+        receipts: list[dict[str, Any]] = []
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            for start in range(0, n, batch):
+                events = [
+                    {
+                        "category": "CRITICAL" if i % 2 else "SYSTEM",
+                        "event_type": "e2e",
+                        "payload": {"i": i},
+                    }
+                    for i in range(start, min(n, start + batch))
+                ]
+                response = client.post(
+                    "/events", json=events, headers={"Authorization": f"Bearer {ADMIN}"}
+                )
+                assert response.status_code == 201, response.text
+                receipts.extend(response.json())
+        return receipts
+
+    def probes(self) -> dict[str, Any]:
+        body: dict[str, Any] = httpx.get(f"{self.url}/health", timeout=30).json()["probes"]
+        return body
+
+    def stop(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=120)
+        return self.proc.returncode, err
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Block until ``condition()`` (the service is another process)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(what)
+        time.sleep(0.05)
+
+
+def reconcile_report(serve: Serve) -> tuple[int, dict[str, Any]]:
+    result = serve.cli("reconcile", "--json")
+    assert result.returncode in (0, 1), result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return result.returncode, report
+
+
+def matched_per_adapter(report: dict[str, Any]) -> dict[str, int]:
+    matched: dict[str, int] = {}
+    for adapters in report["categories"].values():
+        for adapter, row in adapters.items():
+            matched[adapter] = matched.get(adapter, 0) + row["matched"]
+    return matched
+
+
+def test_serve_with_only_its_probes_reconciles_every_event_matched(tmp_path: Path) -> None:
+    serve = Serve(tmp_path, INSTANCE_ID="e2e-probes")
+    try:
+        receipts = serve.publish(10_000)
+        last = receipts[-1]["sequence_id"]
+        wait_for(
+            lambda: all(p["received"] >= len(receipts) for p in serve.probes().values()),
+            "the probes did not receive every event",
+        )
+        probes = serve.probes()
+    finally:
+        code, err = serve.stop()
+    assert code == 0, err
+    assert "Task was destroyed" not in err and "ResourceWarning" not in err
+    assert all(p["mismatches"] == 0 for p in probes.values()), probes
+    routed: dict[str, int] = {}
+    for r in receipts:
+        for adapter in r["routed_to"]:
+            routed[adapter] = routed.get(adapter, 0) + 1
+    assert routed == {"websocket": 10_000, "realtime": 10_000} and last == 10_000
+    code, report = reconcile_report(serve)
+    assert code == 0, report
+    assert matched_per_adapter(report) == routed
+    assert report["totals"]["missing"] == 0 and report["totals"]["mismatch"] == 0
