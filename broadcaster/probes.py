@@ -264,6 +264,7 @@ class Probes:
             on_receipt=self._writer.add,
             track_seen=False,
             signing_keys=signing_keys,
+            keys_when_verified=False,
         )
 
     @classmethod

@@ -8,7 +8,8 @@ their JSON lines as they finish and then a markdown table, one row per figure;
 ``--out DIR`` also writes ``results.jsonl``, ``results.md`` and the PNGs there.
 
 Scenarios: sustained, dual-vs-single, publish-overhead, checksum-cost,
-reconcile, store, failover, raw-limit (``python -m loadtests <scenario> --help`` for each).
+reconcile, store, failover, raw-limit, admin-body, probe-cost (``python -m
+loadtests <scenario> --help`` for each).
 Nothing here asserts a timing.
 """
 

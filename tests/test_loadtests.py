@@ -737,3 +737,18 @@ def test_syscall_us_times_one_call_in_the_kernel() -> None:
     # Well above a plain function call, well below a context switch: both
     # bounds hold on any machine this runs on (0.05-0.9 us seen).
     assert 0.01 < cost < 50
+
+
+def test_probe_cost(smoke: Smoke) -> None:
+    r = smoke.results["probe-cost"]
+    (rate,) = r["rates"].values()
+    for side in ("off", "on"):
+        assert _finite_positive(rate[side]["cpu_us_per_event"])
+        assert _finite_positive(rate[side]["events_per_s"])
+        assert len(rate["runs"][side]) == 1
+    assert isinstance(rate["probe_share"], float)
+    # The probed run's probes were connected and verified what they got.
+    probes = rate["probes_last_run"]
+    assert set(probes) == {"websocket", "realtime"}
+    assert all(p["connected"] and p["received"] > 0 and not p["mismatches"] for p in probes.values())
+    assert "probes" not in rate["runs"]["off"][0]

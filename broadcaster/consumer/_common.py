@@ -58,6 +58,11 @@ class ReceiptCollector:
     is counted in ``stats.bad_signatures``, logged, and reported with
     ``checksum_ok=False``, so reconciliation counts it as a mismatch. Without
     keys, signatures are ignored. Raises ``ValueError`` for an empty key.
+
+    ``keys_when_verified=False`` leaves ``payload_keys`` out of the receipts
+    of verified events: a matching checksum already proves the payload (and
+    so its keys) intact, and working the keys out is a fair share of what a
+    receipt costs a busy consumer. Events that fail still carry them.
     """
 
     def __init__(
@@ -70,8 +75,10 @@ class ReceiptCollector:
         clock: Callable[[], float] = time.time,
         track_seen: bool = True,
         signing_keys: Mapping[str, str | bytes] | None = None,
+        keys_when_verified: bool = True,
     ) -> None:
         self.adapter = adapter
+        self._keys_when_verified = keys_when_verified
         self.consumer = consumer
         self.stats = ConsumerStats()
         self.seen: set[int] = set()
@@ -148,7 +155,9 @@ class ReceiptCollector:
                     checksum=actual,
                     checksum_ok=ok,
                     consumer=self.consumer,
-                    payload_keys=_keys(obj.get("payload")),
+                    payload_keys=(
+                        _keys(obj.get("payload")) if self._keys_when_verified or not ok else None
+                    ),
                 )
             )
         if self.on_event is not None:

@@ -15,6 +15,7 @@ from . import (  # noqa
     checksum_cost,
     dual_vs_single,
     failover,
+    probe_cost,
     publish_overhead,
     raw_limit,
     reconcile,
@@ -36,5 +37,6 @@ SCENARIOS: dict[str, ModuleType] = {
         failover,
         raw_limit,
         admin_body,
+        probe_cost,
     )
 }

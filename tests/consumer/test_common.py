@@ -378,3 +378,14 @@ async def test_close_with_a_failing_store_keeps_receipts_and_raises() -> None:
     store.failing = False
     await writer.flush()
     assert len(await stored_receipts(store, 1)) == 1
+
+
+def test_payload_keys_can_be_left_out_of_verified_receipts() -> None:
+    # A matching checksum proves the keys; reconciliation takes None as "not
+    # reported" and judges by the checksum.
+    seen = Collected()
+    c = collector(seen, keys_when_verified=False)
+    good, bad = wire_objects(2)
+    bad["payload"] = {"changed": True}
+    assert c.handle(good) is True and c.handle(bad) is False
+    assert [r.payload_keys for r in seen.receipts] == [None, '["changed"]']
