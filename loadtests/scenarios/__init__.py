@@ -17,6 +17,7 @@ from . import (  # noqa
     failover,
     publish_overhead,
     raw_limit,
+    receipts,
     reconcile,
     store,
     sustained,
@@ -36,5 +37,6 @@ SCENARIOS: dict[str, ModuleType] = {
         failover,
         raw_limit,
         admin_body,
+        receipts,
     )
 }
