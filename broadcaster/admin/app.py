@@ -43,6 +43,7 @@ from ..flags import CategoryPatch, OverrideChange
 from ..metrics import BroadcasterMetrics
 from ..security import TokenSet
 from ..store.base import AuditEntry, StoredEvent
+from . import receipts
 from .guard import AccessGuard, token_of
 
 __all__ = [
@@ -191,6 +192,10 @@ def create_app(
     app.state.broadcaster = b
     app.state.metrics = exporter
     app.add_middleware(AccessGuard, router=app.router, tokens=tokens, max_body_bytes=max_body_bytes)
+
+    app.add_api_route(
+        "/receipts", receipts.post_receipts, methods=["POST"], openapi_extra=receipts.OPENAPI
+    )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

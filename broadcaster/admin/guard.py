@@ -59,6 +59,7 @@ ROUTE_ACCESS: Final[Mapping[str, Permission | _Open]] = {
     "get_event": Permission.READ,
     "get_reconciliation": Permission.READ,
     "run_reconciliation": Permission.OPERATE,
+    "post_receipts": Permission.CONSUME,
 }
 
 _SCOPE_KEY: Final = "broadcaster.token"

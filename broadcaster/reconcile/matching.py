@@ -11,14 +11,21 @@ receipts for that (sequence id, adapter) and returns one outcome:
 ``mismatch``  received, but the event type differs or the criterion fails
               (checksum differs for exact categories, payload keys for
               semantic ones)
-``missing``   not received by max delay
+``missing``   not received by max delay, while a consumer of the adapter
+              was reporting
+``unobserved`` not received by max delay, and no consumer of the adapter was
+              watching yet when the event was stored (its sequence id is
+              below every consumer's first): nobody could have seen it, so
+              it is not evidence of loss
 ``pending``   not received while its delivery is held by an open breaker
 ``repaired``  received after reconciliation repair re-sent it
 
-Receipts beyond the first for the same (sequence id, adapter) count as
-duplicates. Criteria per category: CRITICAL, SYSTEM and USER_ACTIVITY exact
-(checksum equal), PERFORMANCE semantic (same event type and payload keys),
-DEBUG presence only.
+Several consumers may report the same pair (the service's probes, remote
+subscribers). One receipt within the window is enough for ``matched``; any
+consumer whose first receipt breaks the criterion makes it ``mismatch``.
+Deliveries to one consumer beyond its first count as duplicates. Criteria per
+category: CRITICAL, SYSTEM and USER_ACTIVITY exact (checksum equal),
+PERFORMANCE semantic (same event type and payload keys), DEBUG presence only.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ class Outcome(StrEnum):
     LATE = "late"
     MISMATCH = "mismatch"
     MISSING = "missing"
+    UNOBSERVED = "unobserved"
     PENDING = "pending"
     REPAIRED = "repaired"
 
@@ -109,6 +117,9 @@ class Observation:
     checksum: str
     checksum_ok: bool
     payload_keys: frozenset[str] | None = None
+    consumer: str = "default"
+    #: How many times this consumer received the event (1: once).
+    deliveries: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +145,13 @@ def judge(
     observations: Sequence[Observation],
     now_ms: int,
     policy: MatchPolicy,
+    watched_from: int | None = 1,
 ) -> Judgement:
     """Classify one (event, adapter) pair. ``observations`` are the receipts for
-    this sequence id and adapter, in any order."""
+    this sequence id and adapter, from any consumers, in any order.
+    ``watched_from`` is the lowest sequence id any consumer of the adapter
+    watched from (None: no consumer ever reported or registered); an event
+    before it that nobody received is ``unobserved``, not ``missing``."""
     age = now_ms - expected.event_time_ms
     if age < policy.buffer_ms:
         return Judgement(Outcome.AWAITING)
@@ -145,21 +160,35 @@ def judge(
             return Judgement(Outcome.PENDING)
         if age < policy.max_delay_ms:
             return Judgement(Outcome.AWAITING)
+        if watched_from is None or expected.sequence_id < watched_from:
+            return Judgement(Outcome.UNOBSERVED, reason="no consumer of the adapter was reporting")
         return Judgement(Outcome.MISSING, reason=f"not received within {policy.max_delay_ms} ms")
-    duplicates = len(observations) - 1
-    first = min(observations, key=lambda o: o.received_at_ms)
-    if first.event_type != expected.event_type:
-        return Judgement(
-            Outcome.MISMATCH,
-            duplicates,
-            f"event_type {first.event_type!r} != {expected.event_type!r}",
-        )
-    why = _meets(policy.criteria[expected.category], expected, first)
-    if why:
-        return Judgement(Outcome.MISMATCH, duplicates, why)
+    firsts: dict[str, Observation] = {}
+    duplicates = 0
+    for seen in observations:
+        duplicates += seen.deliveries - 1
+        other = firsts.get(seen.consumer)
+        if other is None:
+            firsts[seen.consumer] = seen
+        else:
+            duplicates += 1
+            if seen.received_at_ms < other.received_at_ms:
+                firsts[seen.consumer] = seen
+    criterion = policy.criteria[expected.category]
+    for first in sorted(firsts.values(), key=lambda o: o.received_at_ms):
+        if first.event_type != expected.event_type:
+            return Judgement(
+                Outcome.MISMATCH,
+                duplicates,
+                f"event_type {first.event_type!r} != {expected.event_type!r}",
+            )
+        why = _meets(criterion, expected, first)
+        if why:
+            return Judgement(Outcome.MISMATCH, duplicates, why)
     if expected.repaired:
         return Judgement(Outcome.REPAIRED, duplicates)
-    if first.received_at_ms - expected.event_time_ms > policy.window_ms:
+    earliest = min(o.received_at_ms for o in firsts.values())
+    if earliest - expected.event_time_ms > policy.window_ms:
         return Judgement(Outcome.LATE, duplicates)
     return Judgement(Outcome.MATCHED, duplicates)
 
@@ -174,6 +203,9 @@ class Report:
     missing: dict[str, list[int]] = field(default_factory=dict)
     mismatched: dict[str, list[int]] = field(default_factory=dict)
     max_missing_ids: int = 10_000
+    #: Who reported receipts, per adapter, and how far (the store's registry,
+    #: as plain data: adapter, consumer, first/last seen, through, receipts).
+    consumers: list[dict[str, object]] = field(default_factory=list)
 
     def add(self, expected: Expected, judgement: Judgement) -> None:
         key = (expected.category.value, expected.adapter)
@@ -227,4 +259,5 @@ class Report:
             | {"duplicate": sum(self.duplicates.values())},
             "missing": {a: ids[:100] for a, ids in self.missing.items()},
             "mismatched": {a: ids[:100] for a, ids in self.mismatched.items()},
+            "consumers": self.consumers,
         }

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import orjson
 import structlog
@@ -68,9 +68,17 @@ class Reconciler:
         self.last_run_at_ms: int | None = None
         self.last_duration_s: float | None = None
 
-    def judge_row(self, row: ScanRow, now_ms: int, report: Report) -> bool:
+    def judge_row(
+        self,
+        row: ScanRow,
+        now_ms: int,
+        report: Report,
+        watched_from: Mapping[str, int] | None = None,
+    ) -> bool:
         """Judge one event on each of its routed adapters into ``report``;
-        returns whether every verdict is final."""
+        returns whether every verdict is final. ``watched_from`` maps an
+        adapter to the lowest sequence id its consumers watch from (an adapter
+        not in it has none); None treats every adapter as watched throughout."""
         final = True
         category = Category(row.category)
         expected_keys = _keys(row.payload_keys) or frozenset()
@@ -96,11 +104,14 @@ class Reconciler:
                     checksum=r.checksum,
                     checksum_ok=r.checksum_ok,
                     payload_keys=_keys(r.payload_keys),
+                    consumer=r.consumer,
+                    deliveries=r.deliveries,
                 )
                 for r in row.receipts
                 if r.adapter == adapter
             ]
-            judgement = judge(expected, observations, now_ms, self.policy)
+            start = 1 if watched_from is None else watched_from.get(adapter)
+            judgement = judge(expected, observations, now_ms, self.policy, start)
             report.add(expected, judgement)
             if judgement.outcome in _NOT_FINAL:
                 final = False
@@ -119,6 +130,25 @@ class Reconciler:
         started = time.perf_counter()
         now_ms = int(self._clock() * 1000)
         report = Report()
+        consumers = await self._store.consumers()
+        watched_from: dict[str, int] = {}
+        for info in consumers:
+            known = watched_from.get(info.adapter)
+            watched_from[info.adapter] = (
+                info.from_sequence_id if known is None else min(known, info.from_sequence_id)
+            )
+        report.consumers = [
+            {
+                "adapter": c.adapter,
+                "consumer": c.consumer,
+                "from_sequence_id": c.from_sequence_id,
+                "through_sequence_id": c.through_sequence_id,
+                "first_seen_ms": c.first_seen_ms,
+                "last_seen_ms": c.last_seen_ms,
+                "receipts": c.receipts,
+            }
+            for c in consumers
+        ]
         after = 0
         final_through = await self._store.get_watermark(RECONCILED_THROUGH)
         prefix_final = True
@@ -146,7 +176,7 @@ class Reconciler:
                 if not rows:  # pruned since plain_page() saw them
                     break
                 for row in rows:
-                    final = self.judge_row(row, now_ms, report)
+                    final = self.judge_row(row, now_ms, report, watched_from)
                     if prefix_final and final:
                         final_through = max(final_through, row.sequence_id)
                     else:

@@ -170,7 +170,7 @@ def assemble_scan(
     ``checksum`` or ``payload_keys`` is NULL (rows written by an older version);
     ``states``: ``(sequence_id, adapter, state)``; ``receipts``: ``(sequence_id,
     adapter, event_type, received_at_ms, checksum, checksum_ok, consumer,
-    payload_keys)`` in receipt order.
+    payload_keys, deliveries)`` in receipt order.
     """
     # Python-side cost dominates a scan (the SQL is a few range reads), so this
     # loop avoids per-row work it can share: enum and routing lookups are cached.
@@ -182,9 +182,9 @@ def assemble_scan(
             per = by_seq[seq] = {}
         per[adapter] = state_of[state]
     receipts_of: dict[int, list[ConsumerReceipt]] = {}
-    for seq, adapter, event_type, received, checksum, ok, consumer, keys in receipts:
+    for seq, adapter, event_type, received, checksum, ok, consumer, keys, n in receipts:
         receipt = ConsumerReceipt(
-            seq, adapter, event_type, received, checksum, bool(ok), consumer, keys
+            seq, adapter, event_type, received, checksum, bool(ok), consumer, keys, n
         )
         got = receipts_of.get(seq)
         if got is None:

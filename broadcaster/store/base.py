@@ -29,14 +29,18 @@ __all__ = [
     "DELIVERED_STATES",
     "UNDELIVERED_STATES",
     "AuditEntry",
+    "ConsumerInfo",
     "ConsumerReceipt",
     "DeliveryState",
+    "EventFacts",
     "PlainPage",
     "ScanRow",
     "Store",
     "StoreHealth",
     "StoreStats",
     "StoredEvent",
+    "consumer_infos",
+    "merge_consumer",
     "plain_counts",
 ]
 
@@ -74,6 +78,34 @@ class ConsumerReceipt:
     consumer: str = "default"
     #: JSON array of the received payload's sorted top-level keys, if known.
     payload_keys: str | None = None
+    #: Written: which delivery of the event to this consumer this is (1 for
+    #: the first). Read back: how many deliveries the consumer reported.
+    deliveries: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerInfo:
+    """One consumer of one adapter's path, from the receipts it reported."""
+
+    consumer: str
+    adapter: str
+    #: It was watching the path from this sequence id on: the lowest it
+    #: reported, or the next id when it registered (whichever is lower).
+    from_sequence_id: int
+    #: The highest sequence id it reported (0: none yet).
+    through_sequence_id: int
+    first_seen_ms: int
+    last_seen_ms: int
+    receipts: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventFacts:
+    """What a receipt is checked against (see :meth:`Store.event_facts`)."""
+
+    event_type: str
+    checksum: str
+    routed_to: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,24 +158,70 @@ def plain_counts(
     for row in rows:
         if row.created_at_ms > judged_before_ms or len(set(row.routed_to)) != len(row.routed_to):
             return None
+        if any(r.adapter not in row.routed_to for r in row.receipts):
+            return None
         for adapter in row.routed_to:
             if row.states.get(adapter) is DeliveryState.REPAIRED:
                 return None
             seen = [r for r in row.receipts if r.adapter == adapter]
-            if len(seen) != 1:
+            if not seen or len({r.consumer for r in seen}) != len(seen):
                 return None
-            (r,) = seen
-            if not (
-                r.event_type == row.event_type
-                and r.checksum_ok
-                and r.checksum == row.checksum
-                and (r.payload_keys is None or r.payload_keys == row.payload_keys)
-                and r.received_at_ms - row.created_at_ms <= window_ms
-            ):
-                return None
+            for r in seen:
+                if not (
+                    r.deliveries == 1
+                    and r.event_type == row.event_type
+                    and r.checksum_ok
+                    and r.checksum == row.checksum
+                    and (r.payload_keys is None or r.payload_keys == row.payload_keys)
+                    and r.received_at_ms - row.created_at_ms <= window_ms
+                ):
+                    return None
             key = (row.category, adapter)
             counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def consumer_infos(receipts: Sequence[ConsumerReceipt]) -> list[ConsumerInfo]:
+    """What one batch of receipts says of each (consumer, adapter): the rows a
+    store merges into its consumer registry (min/max, and a sum of receipts)."""
+    infos: dict[tuple[str, str], ConsumerInfo] = {}
+    for r in receipts:
+        key = (r.consumer, r.adapter)
+        old = infos.get(key)
+        if old is None:
+            infos[key] = ConsumerInfo(
+                r.consumer,
+                r.adapter,
+                r.sequence_id,
+                r.sequence_id,
+                r.received_at_ms,
+                r.received_at_ms,
+                1,
+            )
+        else:
+            infos[key] = ConsumerInfo(
+                r.consumer,
+                r.adapter,
+                min(old.from_sequence_id, r.sequence_id),
+                max(old.through_sequence_id, r.sequence_id),
+                min(old.first_seen_ms, r.received_at_ms),
+                max(old.last_seen_ms, r.received_at_ms),
+                old.receipts + 1,
+            )
+    return list(infos.values())
+
+
+def merge_consumer(old: ConsumerInfo, new: ConsumerInfo) -> ConsumerInfo:
+    """A registry row updated with a batch's :func:`consumer_infos` row."""
+    return ConsumerInfo(
+        old.consumer,
+        old.adapter,
+        min(old.from_sequence_id, new.from_sequence_id),
+        max(old.through_sequence_id, new.through_sequence_id),
+        min(old.first_seen_ms, new.first_seen_ms),
+        max(old.last_seen_ms, new.last_seen_ms),
+        old.receipts + new.receipts,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +398,27 @@ class Store(ABC):
 
     @abstractmethod
     async def record_receipts(self, receipts: Sequence[ConsumerReceipt]) -> None:
-        """Store consumer receipts (duplicates are kept: they are evidence)."""
+        """Store consumer receipts, idempotently per (consumer, sequence id,
+        adapter): the first receipt of a key is kept as written, and a later
+        one only raises the key's ``deliveries`` to its own (so a batch sent
+        twice changes nothing, and a second delivery to the same consumer is
+        counted as a duplicate). Keeps :meth:`consumers` up to date."""
+
+    @abstractmethod
+    async def register_consumer(self, consumer: str, adapter: str, at_ms: int) -> ConsumerInfo:
+        """Say that ``consumer`` watches ``adapter``'s path from now on: every
+        event stored after this (from the next sequence id) is one it should
+        receive, so reconciliation judges those ``missing``, not
+        ``unobserved``, if nobody reports them. Idempotent; returns the row."""
+
+    @abstractmethod
+    async def consumers(self) -> list[ConsumerInfo]:
+        """Every consumer that reported a receipt, per adapter, ordered by
+        adapter then consumer."""
+
+    @abstractmethod
+    async def event_facts(self, sequence_ids: Sequence[int]) -> dict[int, EventFacts]:
+        """The stored events among ``sequence_ids`` (others are left out)."""
 
     @abstractmethod
     async def last_sequence_id(self) -> int:
@@ -339,10 +437,12 @@ class Store(ABC):
         """Decide, without handing rows to Python where the backend can, whether
         every (event, routed adapter) pair among the first ``limit`` events
         after ``after`` is *plainly matched*: the event was stored at or before
-        ``judged_before_ms``; the pair is not ``REPAIRED``; it has exactly one
-        receipt, and that receipt has the event's type, a valid checksum equal
-        to the event's, the event's payload keys (or none reported), and came
-        within ``window_ms`` of the event. Such a pair is ``matched`` under
+        ``judged_before_ms``; the pair is not ``REPAIRED``; it has at least one
+        receipt, each from another consumer and a first delivery only, and each
+        has the event's type, a valid checksum equal to the event's, the
+        event's payload keys (or none reported), and came within ``window_ms``
+        of the event; and no receipt of the page names an adapter its event
+        was not routed to. Such a pair is ``matched`` under
         every criterion of :func:`~broadcaster.reconcile.matching.judge`, so
         reconciliation can count the page instead of judging it pair by pair
         — the common case once both paths agree. Must agree with

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..events import EventDraft, EventRecord, seal
@@ -13,8 +14,10 @@ from .base import (
     DELIVERED_STATES,
     UNDELIVERED_STATES,
     AuditEntry,
+    ConsumerInfo,
     ConsumerReceipt,
     DeliveryState,
+    EventFacts,
     PlainPage,
     ScanRow,
     Store,
@@ -22,6 +25,8 @@ from .base import (
     StoreStats,
     _audit_entry,
     _config_json,
+    consumer_infos,
+    merge_consumer,
     plain_counts,
 )
 
@@ -42,6 +47,7 @@ class MemoryStore(Store):
         self._states: dict[int, dict[str, DeliveryState]] = {}
         self._errors: dict[int, dict[str, str]] = {}
         self._receipts: dict[int, list[ConsumerReceipt]] = {}
+        self._consumers: dict[tuple[str, str], ConsumerInfo] = {}
         self._watermarks: dict[str, int] = {}
         self._config_json: str | None = None
         # (id, at_ms, actor, path, before_json, after_json), ids 1, 2, ...
@@ -112,7 +118,38 @@ class MemoryStore(Store):
 
     async def record_receipts(self, receipts: Sequence[ConsumerReceipt]) -> None:
         for receipt in receipts:
-            self._receipts.setdefault(receipt.sequence_id, []).append(receipt)
+            kept = self._receipts.setdefault(receipt.sequence_id, [])
+            for i, old in enumerate(kept):
+                if old.adapter == receipt.adapter and old.consumer == receipt.consumer:
+                    if receipt.deliveries > old.deliveries:
+                        kept[i] = replace(old, deliveries=receipt.deliveries)
+                    break
+            else:
+                kept.append(replace(receipt, deliveries=max(receipt.deliveries, 1)))
+        for info in consumer_infos(receipts):
+            key = (info.consumer, info.adapter)
+            known = self._consumers.get(key)
+            self._consumers[key] = info if known is None else merge_consumer(known, info)
+
+    async def register_consumer(self, consumer: str, adapter: str, at_ms: int) -> ConsumerInfo:
+        info = ConsumerInfo(consumer, adapter, self._last + 1, 0, at_ms, at_ms, 0)
+        known = self._consumers.get((consumer, adapter))
+        self._consumers[(consumer, adapter)] = row = (
+            info if known is None else merge_consumer(known, info)
+        )
+        return row
+
+    async def consumers(self) -> list[ConsumerInfo]:
+        return [self._consumers[key] for key in sorted(self._consumers, key=lambda k: (k[1], k[0]))]
+
+    async def event_facts(self, sequence_ids: Sequence[int]) -> dict[int, EventFacts]:
+        facts = {}
+        for seq in sequence_ids:
+            entry = self._events.get(seq)
+            if entry is not None:
+                record, routed, _ = entry
+                facts[seq] = EventFacts(record.event_type, record.checksum, routed)
+        return facts
 
     async def last_sequence_id(self) -> int:
         return self._last

@@ -65,6 +65,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -85,8 +86,10 @@ from ._batching import (
 from .base import (
     DELIVERED_STATES,
     AuditEntry,
+    ConsumerInfo,
     ConsumerReceipt,
     DeliveryState,
+    EventFacts,
     PlainPage,
     ScanRow,
     Store,
@@ -95,6 +98,7 @@ from .base import (
     StoreStats,
     _audit_entry,
     _config_json,
+    consumer_infos,
 )
 
 __all__ = ["MIGRATIONS", "PRUNE_CHUNK", "SCHEMA_VERSION", "PostgresStore"]
@@ -115,7 +119,16 @@ PRUNE_CHUNK: Final = 5000
 
 #: Calls that write: their failure sets the store down (see ``_run``).
 _WRITES: Final = frozenset(
-    {"append", "mark", "record_receipts", "prune", "set_watermark", "save_runtime_config", "probe"}
+    {
+        "append",
+        "mark",
+        "record_receipts",
+        "register_consumer",
+        "prune",
+        "set_watermark",
+        "save_runtime_config",
+        "probe",
+    }
 )
 #: Writes whose success sets it up again: what publishing needs (an ack can
 #: succeed where an append cannot, e.g. on a full disk).
@@ -228,6 +241,38 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             updated_at_ms bigint NOT NULL
         )""",
     ),
+    # 5: receipts are idempotent per (event, adapter, consumer): a batch posted
+    # twice changes nothing, and a consumer's later deliveries of an event
+    # raise its row's deliveries (duplicates) instead of adding rows. Earlier
+    # rows of one key fold into the first. consumers is the registry of who
+    # reported what (reconciliation's "unobserved" and the reports' view).
+    (
+        "ALTER TABLE receipts ADD COLUMN deliveries integer NOT NULL DEFAULT 1",
+        """UPDATE receipts AS r SET deliveries = k.n FROM (
+            SELECT min(id) AS id, count(*) AS n FROM receipts
+            GROUP BY sequence_id, adapter, consumer HAVING count(*) > 1) AS k
+            WHERE r.id = k.id""",
+        """DELETE FROM receipts AS r WHERE EXISTS (SELECT 1 FROM receipts AS o
+            WHERE o.sequence_id = r.sequence_id AND o.adapter = r.adapter
+            AND o.consumer = r.consumer AND o.id < r.id)""",
+        """UPDATE meta SET value = (SELECT count(*) FROM receipts)
+            WHERE key = 'receipt_count'""",
+        "DROP INDEX receipts_sequence_id",
+        "CREATE UNIQUE INDEX receipts_key ON receipts (sequence_id, adapter, consumer)",
+        """CREATE TABLE consumers (
+            adapter             text   NOT NULL,
+            consumer            text   NOT NULL,
+            from_sequence_id    bigint NOT NULL,
+            through_sequence_id bigint NOT NULL,
+            first_seen_ms       bigint NOT NULL,
+            last_seen_ms        bigint NOT NULL,
+            receipts            bigint NOT NULL,
+            PRIMARY KEY (adapter, consumer)
+        )""",
+        """INSERT INTO consumers SELECT adapter, consumer, min(sequence_id), max(sequence_id),
+            min(received_at_ms), max(received_at_ms), sum(deliveries)
+            FROM receipts GROUP BY adapter, consumer""",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -297,9 +342,58 @@ _SCAN_OUTBOX: Final = (
 )
 _SCAN_RECEIPTS: Final = (
     "SELECT sequence_id, adapter, event_type, received_at_ms, checksum, checksum_ok,"
-    " consumer, payload_keys FROM receipts WHERE sequence_id BETWEEN %s AND %s"
+    " consumer, payload_keys, deliveries FROM receipts WHERE sequence_id BETWEEN %s AND %s"
     " ORDER BY sequence_id, id"
 )
+# One statement for a batch: rows whose key exists are left alone, except that
+# a later delivery raises the kept row's count. The counter needs how many
+# rows are new: xmax = 0 tells an inserted row from an updated one.
+_UPSERT_RECEIPTS: Final = (
+    "WITH upserted AS (INSERT INTO receipts (sequence_id, adapter, event_type,"
+    " received_at_ms, checksum, checksum_ok, consumer, payload_keys, deliveries)"
+    " SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::text[],"
+    " %b::bool[], %b::text[], %b::text[], %b::int[])"
+    " ON CONFLICT (sequence_id, adapter, consumer) DO UPDATE"
+    " SET deliveries = excluded.deliveries WHERE receipts.deliveries < excluded.deliveries"
+    " RETURNING xmax = 0 AS inserted)"
+    " SELECT count(*) FILTER (WHERE inserted) FROM upserted"
+)
+_MERGE_CONSUMERS: Final = (
+    "INSERT INTO consumers (adapter, consumer, from_sequence_id, through_sequence_id,"
+    " first_seen_ms, last_seen_ms, receipts) SELECT * FROM unnest(%b::text[], %b::text[],"
+    " %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[])"
+    " ON CONFLICT (adapter, consumer) DO UPDATE SET"
+    " from_sequence_id = least(consumers.from_sequence_id, excluded.from_sequence_id),"
+    " through_sequence_id = greatest(consumers.through_sequence_id,"
+    " excluded.through_sequence_id),"
+    " first_seen_ms = least(consumers.first_seen_ms, excluded.first_seen_ms),"
+    " last_seen_ms = greatest(consumers.last_seen_ms, excluded.last_seen_ms),"
+    " receipts = consumers.receipts + excluded.receipts"
+)
+_CONSUMERS: Final = (
+    "SELECT adapter, consumer, from_sequence_id, through_sequence_id, first_seen_ms,"
+    " last_seen_ms, receipts FROM consumers"
+)
+
+
+def _registry(infos: Sequence[ConsumerInfo]) -> tuple[list[Any], ...]:
+    """``_MERGE_CONSUMERS``' arrays for ``infos``."""
+    return (
+        [c.adapter for c in infos],
+        [c.consumer for c in infos],
+        [c.from_sequence_id for c in infos],
+        [c.through_sequence_id for c in infos],
+        [c.first_seen_ms for c in infos],
+        [c.last_seen_ms for c in infos],
+        [c.receipts for c in infos],
+    )
+
+
+def _consumer_info(row: Sequence[Any]) -> ConsumerInfo:
+    adapter, consumer, start, through, first, last, n = row
+    return ConsumerInfo(consumer, adapter, int(start), int(through), int(first), int(last), int(n))
+
+
 # plain_page(): the page's bounds, then three set-based checks, cheapest first.
 _PAGE_LAST: Final = (
     "SELECT max(sequence_id) FROM"
@@ -315,14 +409,15 @@ _PAGE_ROUTED: Final = (
     " FROM events WHERE sequence_id BETWEEN %s AND %s GROUP BY category, routed_to"
 )
 # Receipts of the page's events: how many, how many plainly match their event
-# (and name an adapter it was routed to), how many distinct (event, adapter).
+# (and name an adapter it was routed to), how many distinct (event, adapter),
+# and deliveries beyond the first (duplicates).
 _PAGE_RECEIPTS: Final = (
     "SELECT count(*), count(*) FILTER (WHERE r.event_type = e.event_type AND r.checksum_ok"
     " AND r.checksum = e.checksum"
     " AND (r.payload_keys IS NULL OR r.payload_keys = e.payload_keys)"
     " AND r.received_at_ms - e.created_at_ms <= %(window)s"
     " AND r.adapter IN (SELECT json_array_elements_text(e.routed_to::json))),"
-    " count(DISTINCT (r.sequence_id, r.adapter))"
+    " count(DISTINCT (r.sequence_id, r.adapter)), coalesce(sum(r.deliveries - 1), 0)"
     " FROM receipts AS r JOIN events AS e ON e.sequence_id = r.sequence_id"
     " WHERE r.sequence_id BETWEEN %(low)s AND %(high)s"
 )
@@ -648,35 +743,100 @@ class PostgresStore(Store):
         await self._run("mark", body)
 
     async def record_receipts(self, receipts: Sequence[ConsumerReceipt]) -> None:
-        """Store consumer receipts in one transaction; duplicates are kept."""
+        """Store consumer receipts in one transaction, idempotently per
+        (event, adapter, consumer); see :meth:`Store.record_receipts`."""
         if not receipts:
             return
-        rows = [
-            (
-                r.sequence_id,
-                r.adapter,
-                r.event_type,
-                r.received_at_ms,
-                r.checksum,
-                r.checksum_ok,
-                r.consumer,
-                r.payload_keys,
-            )
-            for r in receipts
-        ]
+        # One row per key (ON CONFLICT cannot touch a row twice in a statement):
+        # the first receipt as written, with the most deliveries any reported.
+        unique: dict[tuple[int, str, str], ConsumerReceipt] = {}
+        for r in receipts:
+            key = (r.sequence_id, r.adapter, r.consumer)
+            first = unique.get(key)
+            if first is None:
+                unique[key] = r
+            elif r.deliveries > first.deliveries:
+                unique[key] = replace(first, deliveries=r.deliveries)
+        rows = list(unique.values())
+        columns = (
+            [r.sequence_id for r in rows],
+            [r.adapter for r in rows],
+            [r.event_type for r in rows],
+            [r.received_at_ms for r in rows],
+            [r.checksum for r in rows],
+            [r.checksum_ok for r in rows],
+            [r.consumer for r in rows],
+            [r.payload_keys for r in rows],
+            [max(r.deliveries, 1) for r in rows],
+        )
+        registry = _registry(consumer_infos(receipts))
 
         async def body(conn: psycopg.AsyncConnection[Any]) -> None:
             async with conn.transaction(), conn.cursor() as cur:
-                await cur.executemany(
-                    "INSERT INTO receipts (sequence_id, adapter, event_type, received_at_ms,"
-                    " checksum, checksum_ok, consumer, payload_keys)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                    rows,
-                )
+                await cur.execute(_UPSERT_RECEIPTS, columns)
+                row = await cur.fetchone()
+                added = int(row[0]) if row is not None else 0
+                await cur.execute(_MERGE_CONSUMERS, registry)
                 # Last statement: the shared counter row is locked only until COMMIT.
-                await cur.execute(_ADD_META, (len(rows), "receipt_count"))
+                await cur.execute(_ADD_META, (added, "receipt_count"))
 
         await self._run("record_receipts", body)
+
+    async def register_consumer(self, consumer: str, adapter: str, at_ms: int) -> ConsumerInfo:
+        """See :meth:`Store.register_consumer`: from the id after the last one
+        the sequence handed out."""
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> ConsumerInfo:
+            async with conn.transaction(), conn.cursor() as cur:
+                await cur.execute("SELECT last_value, is_called FROM event_sequence_id")
+                seq = await cur.fetchone()
+                assert seq is not None
+                start = int(seq[0]) + 1 if seq[1] else int(seq[0])
+                row = ConsumerInfo(consumer, adapter, start, 0, at_ms, at_ms, 0)
+                await cur.execute(_MERGE_CONSUMERS, _registry([row]))
+                await cur.execute(
+                    _CONSUMERS + " WHERE adapter = %s AND consumer = %s", (adapter, consumer)
+                )
+                found = await cur.fetchone()
+            assert found is not None
+            return _consumer_info(found)
+
+        return await self._run("register_consumer", body)
+
+    async def consumers(self) -> list[ConsumerInfo]:
+        """See :meth:`Store.consumers`."""
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> list[ConsumerInfo]:
+            async with conn.cursor() as cur:
+                await cur.execute(_CONSUMERS + " ORDER BY adapter, consumer")
+                return [_consumer_info(row) for row in await cur.fetchall()]
+
+        return await self._run("consumers", body)
+
+    async def event_facts(self, sequence_ids: Sequence[int]) -> dict[int, EventFacts]:
+        """See :meth:`Store.event_facts`: one indexed read for the batch."""
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> dict[int, EventFacts]:
+            async with conn.cursor() as cur:
+                await cur.execute(
+                    "SELECT sequence_id, event_type, checksum, routed_to,"
+                    " CASE WHEN checksum IS NULL THEN wire END FROM events"
+                    " WHERE sequence_id = ANY(%b::bigint[])",
+                    (list(sequence_ids),),
+                )
+                rows = await cur.fetchall()
+            facts: dict[int, EventFacts] = {}
+            routings: dict[str, tuple[str, ...]] = {}
+            for seq, event_type, checksum, routed_json, wire in rows:
+                routed = routings.get(routed_json)
+                if routed is None:
+                    routed = routings[routed_json] = tuple(orjson.loads(routed_json))
+                if checksum is None:  # a row of a version before the column
+                    checksum = record_from_wire(bytes(wire)).checksum
+                facts[int(seq)] = EventFacts(event_type, checksum, routed)
+            return facts
+
+        return await self._run("event_facts", body)
 
     # -- reads ------------------------------------------------------------
 
@@ -716,8 +876,8 @@ class PostgresStore(Store):
                 deliveries = await cur.fetchall()
                 await cur.execute(
                     "SELECT sequence_id, adapter, event_type, received_at_ms, checksum,"
-                    " checksum_ok, consumer, payload_keys FROM receipts WHERE sequence_id = %s"
-                    " ORDER BY id",
+                    " checksum_ok, consumer, payload_keys, deliveries FROM receipts"
+                    " WHERE sequence_id = %s ORDER BY id",
                     (sequence_id,),
                 )
                 return row, deliveries, await cur.fetchall()
@@ -744,8 +904,9 @@ class PostgresStore(Store):
                     checksum_ok=bool(ok),
                     consumer=consumer,
                     payload_keys=keys,
+                    deliveries=int(n),
                 )
-                for seq, adapter, event_type, received, checksum, ok, consumer, keys in (
+                for seq, adapter, event_type, received, checksum, ok, consumer, keys, n in (
                     receipt_rows
                 )
             ),
@@ -799,9 +960,9 @@ class PostgresStore(Store):
     ) -> PlainPage:
         """See :meth:`Store.plain_page`: a few aggregate queries in one
         REPEATABLE READ transaction; no row of the page is sent to Python.
-        Pairs are proven one-to-one with receipts from totals: every receipt
-        plainly matches a pair routed to its adapter, no two share an (event,
-        adapter), and there are as many receipts as routed pairs."""
+        Pairs are proven covered by receipts from totals: every receipt plainly
+        matches a pair routed to its adapter and is a first delivery, and the
+        distinct (event, adapter) among them are as many as the routed pairs."""
 
         async def body(conn: psycopg.AsyncConnection[Any]) -> PlainPage:
             async with conn.transaction(), conn.cursor() as cur:
@@ -823,8 +984,8 @@ class PostgresStore(Store):
                 await cur.execute(_PAGE_RECEIPTS, {"low": low, "high": high, "window": window_ms})
                 totals = await cur.fetchone()
             assert totals is not None  # an aggregate without GROUP BY returns one row
-            received, plain, distinct = totals
-            if received != pairs or plain != received or distinct != received:
+            received, plain, distinct, duplicates = totals
+            if duplicates or distinct != pairs or plain != received:
                 return PlainPage(high, None)
             return PlainPage(high, counts)
 

@@ -87,8 +87,13 @@ Schema (``SCHEMA_VERSION`` in ``meta``; created and migrated by :meth:`SQLiteSto
                PRIMARY KEY (sequence_id, adapter)) WITHOUT ROWID  -- with an error
     VIEW delivery_state  -- every routed pair's state, for people and reports
     receipts(id INTEGER PRIMARY KEY, sequence_id, adapter, event_type,
-             received_at_ms, checksum, checksum_ok, consumer,  -- duplicates kept
-             payload_keys)
+             received_at_ms, checksum, checksum_ok, consumer, payload_keys,
+             dup,          -- not the first receipt of its (event, adapter)
+             deliveries,   -- deliveries to this consumer (1: no duplicate)
+             UNIQUE (sequence_id, adapter, consumer))
+    consumers(adapter, consumer,                -- who watches which path:
+              from_sequence_id, through_sequence_id,  -- from which event, how far
+              first_seen_ms, last_seen_ms, receipts)
     delivered_counts(adapter, state, n)  -- delivered pairs per (adapter, state)
     watermarks(name TEXT PRIMARY KEY, value INTEGER)  -- e.g. reconciled_through
     audit(id INTEGER PRIMARY KEY AUTOINCREMENT,  -- ids never reused
@@ -152,8 +157,10 @@ from ._batching import (
 from .base import (
     DELIVERED_STATES,
     AuditEntry,
+    ConsumerInfo,
     ConsumerReceipt,
     DeliveryState,
+    EventFacts,
     PlainPage,
     ScanRow,
     Store,
@@ -162,6 +169,7 @@ from .base import (
     StoreStats,
     _audit_entry,
     _config_json,
+    consumer_infos,
 )
 
 __all__ = [
@@ -400,6 +408,36 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
                     WHERE key = 'last_sequence_id';
             END""",
     ),
+    # 9: receipts are idempotent per (event, adapter, consumer): a batch posted
+    # twice changes nothing, and a consumer's later deliveries of an event
+    # raise its row's deliveries (duplicates) instead of adding rows. Earlier
+    # rows of one key fold into the first. consumers is the registry of who
+    # reported what (reconciliation's "unobserved" and the reports' view).
+    (
+        "ALTER TABLE receipts ADD COLUMN deliveries INTEGER NOT NULL DEFAULT 1",
+        """UPDATE receipts SET deliveries = (SELECT count(*) FROM receipts AS o
+            WHERE o.sequence_id = receipts.sequence_id AND o.adapter = receipts.adapter
+            AND o.consumer = receipts.consumer)""",
+        """DELETE FROM receipts WHERE id > (SELECT min(o.id) FROM receipts AS o
+            WHERE o.sequence_id = receipts.sequence_id AND o.adapter = receipts.adapter
+            AND o.consumer = receipts.consumer)""",
+        "UPDATE meta SET value = (SELECT count(*) FROM receipts) WHERE key = 'receipt_count'",
+        "DROP INDEX receipts_sequence_id",
+        "CREATE UNIQUE INDEX receipts_key ON receipts (sequence_id, adapter, consumer)",
+        """CREATE TABLE consumers (
+            adapter             TEXT    NOT NULL,
+            consumer            TEXT    NOT NULL,
+            from_sequence_id    INTEGER NOT NULL,
+            through_sequence_id INTEGER NOT NULL,
+            first_seen_ms       INTEGER NOT NULL,
+            last_seen_ms        INTEGER NOT NULL,
+            receipts            INTEGER NOT NULL,
+            PRIMARY KEY (adapter, consumer)
+        ) WITHOUT ROWID""",
+        """INSERT INTO consumers SELECT adapter, consumer, min(sequence_id), max(sequence_id),
+            min(received_at_ms), max(received_at_ms), sum(deliveries)
+            FROM receipts GROUP BY adapter, consumer""",
+    ),
 )
 
 #: The schema version this code writes.
@@ -539,7 +577,7 @@ _SCAN_OUTBOX: Final = (
 )
 _SCAN_RECEIPTS: Final = (
     "SELECT sequence_id, adapter, event_type, received_at_ms, checksum, checksum_ok,"
-    " consumer, payload_keys FROM receipts WHERE sequence_id BETWEEN ? AND ?"
+    " consumer, payload_keys, deliveries FROM receipts WHERE sequence_id BETWEEN ? AND ?"
     " ORDER BY sequence_id, id"
 )
 # plain_page(): the page's bounds, then three set-based checks, cheapest first.
@@ -564,7 +602,8 @@ _PAGE_ROUTED: Final = (
     " FROM events WHERE sequence_id BETWEEN ? AND ? GROUP BY category, routed_to"
 )
 # Receipts of the page's events: how many, how many plainly match their event
-# and name an adapter it was routed to, how many repeat an earlier one. The
+# and name an adapter it was routed to, how many are not the first of their
+# pair (another consumer's), and deliveries beyond the first (duplicates). The
 # routing test is a CASE over the page's few distinct routings, built per page
 # (see _routed_test): ~5x cheaper than json_each() on every receipt.
 _PAGE_RECEIPTS: Final = (
@@ -572,10 +611,27 @@ _PAGE_RECEIPTS: Final = (
     " AND r.checksum = e.checksum"
     " AND (r.payload_keys IS NULL OR r.payload_keys = e.payload_keys)"
     " AND r.received_at_ms - e.created_at_ms <= ? AND {routed}), 0),"
-    " coalesce(sum(r.dup), 0)"
+    " coalesce(sum(r.dup), 0), coalesce(sum(r.deliveries - 1), 0)"
     " FROM receipts AS r JOIN events AS e ON e.sequence_id = r.sequence_id"
     " WHERE r.sequence_id BETWEEN ? AND ?"
 )
+
+
+def _consumer_row(c: ConsumerInfo) -> tuple[str, str, int, int, int, int, int]:
+    return (
+        c.adapter,
+        c.consumer,
+        c.from_sequence_id,
+        c.through_sequence_id,
+        c.first_seen_ms,
+        c.last_seen_ms,
+        c.receipts,
+    )
+
+
+def _consumer_info(row: Sequence[Any]) -> ConsumerInfo:
+    adapter, consumer, start, through, first, last, n = row
+    return ConsumerInfo(consumer, adapter, start, through, first, last, n)
 
 
 def _routed_test(routings: dict[str, tuple[str, ...]]) -> tuple[str, list[str]]:
@@ -592,9 +648,28 @@ def _routed_test(routings: dict[str, tuple[str, ...]]) -> tuple[str, list[str]]:
 
 _INSERT_RECEIPT: Final = (
     "INSERT INTO receipts (sequence_id, adapter, event_type, received_at_ms,"
-    " checksum, checksum_ok, consumer, payload_keys, dup)"
-    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,"
+    " checksum, checksum_ok, consumer, payload_keys, deliveries, dup)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,"
     " EXISTS (SELECT 1 FROM receipts WHERE sequence_id = ?1 AND adapter = ?2))"
+    " ON CONFLICT (sequence_id, adapter, consumer) DO NOTHING"
+)
+_RAISE_DELIVERIES: Final = (
+    "UPDATE receipts SET deliveries = ?4"
+    " WHERE sequence_id = ?1 AND adapter = ?2 AND consumer = ?3 AND deliveries < ?4"
+)
+_MERGE_CONSUMER: Final = (
+    "INSERT INTO consumers (adapter, consumer, from_sequence_id, through_sequence_id,"
+    " first_seen_ms, last_seen_ms, receipts) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (adapter, consumer) DO UPDATE SET"
+    " from_sequence_id = min(from_sequence_id, excluded.from_sequence_id),"
+    " through_sequence_id = max(through_sequence_id, excluded.through_sequence_id),"
+    " first_seen_ms = min(first_seen_ms, excluded.first_seen_ms),"
+    " last_seen_ms = max(last_seen_ms, excluded.last_seen_ms),"
+    " receipts = receipts + excluded.receipts"
+)
+_CONSUMERS: Final = (
+    "SELECT adapter, consumer, from_sequence_id, through_sequence_id, first_seen_ms,"
+    " last_seen_ms, receipts FROM consumers"
 )
 _PRUNE_CANDIDATES: Final = (
     "SELECT sequence_id, routed_to FROM events WHERE sequence_id > ? AND sequence_id <= ?"
@@ -1323,7 +1398,8 @@ class SQLiteStore(Store):
         await self._small_write("mark", -(-ids // _MARK_IDS_PER_ROW), body)
 
     async def record_receipts(self, receipts: Sequence[ConsumerReceipt]) -> None:
-        """Store consumer receipts in one transaction; duplicates are kept."""
+        """Store consumer receipts in one transaction, idempotently per
+        (event, adapter, consumer); see :meth:`Store.record_receipts`."""
         if not receipts:
             return
         rows = [
@@ -1336,17 +1412,78 @@ class SQLiteStore(Store):
                 int(r.checksum_ok),
                 r.consumer,
                 r.payload_keys,
+                max(r.deliveries, 1),
             )
             for r in receipts
         ]
+        raised = [
+            (r.sequence_id, r.adapter, r.consumer, r.deliveries)
+            for r in receipts
+            if r.deliveries > 1
+        ]
+        infos = [_consumer_row(c) for c in consumer_infos(receipts)]
 
         def body(conn: sqlite3.Connection) -> None:
             # One statement per row (executemany): each sees the rows before
-            # it, so a duplicate within the batch is flagged too.
-            conn.executemany(_INSERT_RECEIPT, rows)
-            conn.execute(_ADD_META, (len(rows), "receipt_count"))
+            # it, so a second consumer's receipt within the batch is flagged
+            # dup, and a key repeated within the batch is kept once.
+            added = conn.executemany(_INSERT_RECEIPT, rows).rowcount
+            if raised:
+                conn.executemany(_RAISE_DELIVERIES, raised)
+            conn.executemany(_MERGE_CONSUMER, infos)
+            conn.execute(_ADD_META, (added, "receipt_count"))
 
         await self._call(self._write, "record_receipts", body)
+
+    async def register_consumer(self, consumer: str, adapter: str, at_ms: int) -> ConsumerInfo:
+        """See :meth:`Store.register_consumer`: the next id is read inside the
+        write transaction, so no event committed before it counts."""
+
+        def body(conn: sqlite3.Connection) -> ConsumerInfo:
+            (high,) = conn.execute(f"SELECT {_HIGH_MARK}").fetchone()
+            row = ConsumerInfo(consumer, adapter, int(high) + 1, 0, at_ms, at_ms, 0)
+            conn.execute(_MERGE_CONSUMER, _consumer_row(row))
+            return _consumer_info(
+                conn.execute(
+                    _CONSUMERS + " WHERE adapter = ? AND consumer = ?", (adapter, consumer)
+                ).fetchone()
+            )
+
+        return await self._call(self._write, "register_consumer", body)
+
+    async def consumers(self) -> list[ConsumerInfo]:
+        """See :meth:`Store.consumers`."""
+
+        def body(conn: sqlite3.Connection) -> list[ConsumerInfo]:
+            return [
+                _consumer_info(row)
+                for row in conn.execute(_CONSUMERS + " ORDER BY adapter, consumer")
+            ]
+
+        return await self._call(self._read, "consumers", body)
+
+    async def event_facts(self, sequence_ids: Sequence[int]) -> dict[int, EventFacts]:
+        """See :meth:`Store.event_facts`: one indexed read for the batch."""
+        ids = orjson.dumps(list(sequence_ids)).decode()
+
+        def body(conn: sqlite3.Connection) -> dict[int, EventFacts]:
+            facts: dict[int, EventFacts] = {}
+            routings: dict[str, tuple[str, ...]] = {}
+            for seq, event_type, checksum, routed_json, wire in conn.execute(
+                "SELECT sequence_id, event_type, checksum, routed_to,"
+                " CASE WHEN checksum IS NULL THEN wire END FROM events"
+                " WHERE sequence_id IN (SELECT value FROM json_each(?))",
+                (ids,),
+            ):
+                routed = routings.get(routed_json)
+                if routed is None:
+                    routed = routings[routed_json] = tuple(orjson.loads(routed_json))
+                if checksum is None:  # a row of a version before the column
+                    checksum = record_from_wire(bytes(wire)).checksum
+                facts[seq] = EventFacts(event_type, checksum, routed)
+            return facts
+
+        return await self._call(self._read, "event_facts", body)
 
     # -- reads ------------------------------------------------------------
 
@@ -1395,8 +1532,8 @@ class SQLiteStore(Store):
             ]
             receipts = conn.execute(
                 "SELECT sequence_id, adapter, event_type, received_at_ms, checksum,"
-                " checksum_ok, consumer, payload_keys FROM receipts WHERE sequence_id = ?"
-                " ORDER BY id",
+                " checksum_ok, consumer, payload_keys, deliveries FROM receipts"
+                " WHERE sequence_id = ? ORDER BY id",
                 (sequence_id,),
             ).fetchall()
             return row, deliveries, receipts
@@ -1423,8 +1560,9 @@ class SQLiteStore(Store):
                     checksum_ok=bool(ok),
                     consumer=consumer,
                     payload_keys=keys,
+                    deliveries=int(n),
                 )
-                for seq, adapter, event_type, received, checksum, ok, consumer, keys in (
+                for seq, adapter, event_type, received, checksum, ok, consumer, keys, n in (
                     receipt_rows
                 )
             ),
@@ -1499,9 +1637,10 @@ class SQLiteStore(Store):
     ) -> PlainPage:
         """See :meth:`Store.plain_page`. A few aggregate queries in one read
         transaction; no row of the page is handed to Python. Pairs are proven
-        one-to-one with receipts from totals: every receipt plainly matches a
-        pair routed to its adapter, none repeats another (``dup``, set at write
-        time), and there are as many receipts as routed pairs."""
+        covered by receipts from totals: every receipt plainly matches a pair
+        routed to its adapter and is a first delivery, and the receipts that
+        are the first of their pair (``dup`` is 0, set at write time) are as
+        many as the routed pairs."""
 
         def body(conn: sqlite3.Connection) -> PlainPage:
             (last,) = conn.execute(_PAGE_LAST, (after, limit)).fetchone()
@@ -1521,10 +1660,10 @@ class SQLiteStore(Store):
                 return PlainPage(high, None)
             counts, pairs = expected
             test, params = _routed_test(routings)
-            received, plain, dups = conn.execute(
+            received, plain, others, duplicates = conn.execute(
                 _PAGE_RECEIPTS.format(routed=test), (window_ms, *params, low, high)
             ).fetchone()
-            if dups or received != pairs or plain != received:
+            if duplicates or received - others != pairs or plain != received:
                 return PlainPage(high, None)
             return PlainPage(high, counts)
 

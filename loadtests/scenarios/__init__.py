@@ -18,6 +18,7 @@ from . import (  # noqa
     probe_cost,
     publish_overhead,
     raw_limit,
+    receipts,
     reconcile,
     store,
     sustained,
@@ -37,6 +38,7 @@ SCENARIOS: dict[str, ModuleType] = {
         failover,
         raw_limit,
         admin_body,
+        receipts,
         probe_cost,
     )
 }

@@ -151,6 +151,7 @@ REQUESTS: dict[str, tuple[str, str, Any]] = {
     "get_event": ("GET", "/events/1", None),
     "get_reconciliation": ("GET", "/reconciliation", None),
     "run_reconciliation": ("POST", "/reconciliation/run", None),
+    "post_receipts": ("POST", "/receipts", []),
 }
 
 

@@ -208,3 +208,53 @@ def test_counted_matches_add_to_judged_ones() -> None:
     report.add_matched({("CRITICAL", "realtime"): 2, ("SYSTEM", "realtime"): 0})
     assert report.counts == {("CRITICAL", "realtime", "matched"): 3}
     assert report.total(Outcome.MATCHED) == 3
+
+
+# -- several consumers, deliveries, nobody watching -------------------------------
+
+
+def test_one_consumers_receipt_is_enough_to_match() -> None:
+    observations = [seen(10, consumer="probe:a"), seen(9_000, consumer="browser")]
+    assert judge(expected(), observations, JUDGED, POLICY) == Judgement(Outcome.MATCHED)
+
+
+def test_the_earliest_consumer_decides_late_or_matched() -> None:
+    assert judge(expected(), [seen(9_000, consumer="a")], JUDGED, POLICY).outcome is Outcome.LATE
+    both = [seen(9_000, consumer="a"), seen(4_000, consumer="b")]
+    assert judge(expected(), both, JUDGED, POLICY).outcome is Outcome.MATCHED
+
+
+def test_any_consumer_that_got_bad_data_makes_a_mismatch() -> None:
+    observations = [seen(10, consumer="probe"), seen(20, consumer="b", checksum="ffff0000")]
+    result = judge(expected(), observations, JUDGED, POLICY)
+    assert result.outcome is Outcome.MISMATCH and "ffff0000" in result.reason
+    wrong_type = [seen(10, consumer="probe"), seen(20, consumer="b", event_type="x")]
+    assert judge(expected(), wrong_type, JUDGED, POLICY).outcome is Outcome.MISMATCH
+
+
+def test_a_consumers_later_receipts_are_duplicates_and_its_first_is_judged() -> None:
+    observations = [
+        seen(50, consumer="a", checksum="ffff0000"),  # its second delivery, corrupted
+        seen(10, consumer="a"),
+        seen(20, consumer="b", deliveries=3),
+    ]
+    assert judge(expected(), observations, JUDGED, POLICY) == Judgement(Outcome.MATCHED, 3)
+
+
+def test_nobody_watching_is_unobserved_not_missing() -> None:
+    assert judge(expected(), [], LATE_NOW, POLICY, None).outcome is Outcome.UNOBSERVED
+    # The adapter's consumers watch from a later event than this one (7).
+    later = judge(expected(), [], LATE_NOW, POLICY, 8)
+    assert later.outcome is Outcome.UNOBSERVED
+    assert judge(expected(), [], LATE_NOW, POLICY, 7).outcome is Outcome.MISSING
+    assert judge(expected(), [], LATE_NOW, POLICY).outcome is Outcome.MISSING
+    # Before max delay it may still come, watched or not.
+    assert judge(expected(), [], JUDGED, POLICY, None).outcome is Outcome.AWAITING
+    assert judge(expected(pending=True), [], LATE_NOW, POLICY, None).outcome is Outcome.PENDING
+
+
+def test_unobserved_is_not_loss() -> None:
+    report = Report()
+    report.add(expected(), judge(expected(), [], LATE_NOW, POLICY, None))
+    assert report.unrepaired_loss == 0
+    assert report.as_dict()["totals"]["unobserved"] == 1  # type: ignore[index]

@@ -103,12 +103,16 @@ async def test_checksum_mismatch_and_duplicates_are_reported() -> None:
                 checksum_ok=False,
             )
         ]
-        await store.record_receipts(good + good[:1] + bad)
+        # The same batch twice (a retried post) is one receipt each; the
+        # consumer's second delivery of event 1 is a duplicate.
+        await store.record_receipts(good + bad)
+        await store.record_receipts(good + [replace(good[0], deliveries=2)])
         clock.now += 40
         report = await b.reconcile()
     data = report.as_dict()
     assert data["categories"]["SYSTEM"]["realtime"]["mismatch"] == 1
     assert data["categories"]["SYSTEM"]["websocket"]["duplicate"] == 1
+    assert data["categories"]["PERFORMANCE"]["websocket"]["duplicate"] == 0
     assert data["categories"]["PERFORMANCE"]["websocket"]["matched"] == 1
     assert report.mismatched == {"realtime": [1]}
 
@@ -278,7 +282,7 @@ async def test_counting_plain_pages_gives_the_report_of_judging_every_pair(
         n = len(rt_receipts)
         lost = rt_receipts.pop(n // 2).sequence_id
         rt_receipts[-4] = replace(rt_receipts[-4], received_at_ms=now_ms + 60_000)
-        rt_receipts.append(rt_receipts[-2])
+        rt_receipts.append(replace(rt_receipts[-2], deliveries=2))
         await store.record_receipts(receipts_for(ws.events, "websocket", now_ms + 10))
         await store.record_receipts(rt_receipts)
         clock.now += 600
@@ -307,3 +311,30 @@ async def test_counting_plain_pages_gives_the_report_of_judging_every_pair(
     assert fast.total(Outcome.AWAITING) == 6
     assert fast.as_dict()["totals"]["duplicate"] == 1
     assert 0 < n < 40  # routings differ within a page
+
+
+async def test_what_nobody_watched_is_unobserved_and_the_report_names_the_consumers() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    b, ws, _ = make(clock, store)
+    async with b:
+        for i in range(3):
+            await b.publish("CRITICAL", "e", {"i": i})  # nobody watches either path yet
+        await store.register_consumer("probe:a", "realtime", int(clock.now * 1000))
+        for i in range(2):
+            await b.publish("CRITICAL", "e", {"i": i})  # the probe watches realtime now
+        await b.flush(timeout=5)
+        now_ms = int(clock.now * 1000)
+        await store.record_receipts(receipts_for(ws.events[3:], "websocket", now_ms + 1))
+        clock.now += 400  # past max delay
+        report = await b.reconcile()
+    counts = report.as_dict()["categories"]["CRITICAL"]  # type: ignore[index]
+    # realtime: 1-3 before the probe registered, 4-5 after it, never received.
+    assert counts["realtime"]["unobserved"] == 3 and counts["realtime"]["missing"] == 2
+    # websocket: its only consumer reported from event 4 on.
+    assert counts["websocket"]["unobserved"] == 3 and counts["websocket"]["matched"] == 2
+    assert report.unrepaired_loss == 2 and report.missing == {"realtime": [4, 5]}
+    assert [(c["adapter"], c["consumer"], c["from_sequence_id"]) for c in report.consumers] == [
+        ("realtime", "probe:a", 4),
+        ("websocket", "default", 4),
+    ]

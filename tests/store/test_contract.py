@@ -12,8 +12,10 @@ import pytest
 from broadcaster.events import EventDraft, EventFactory, EventRecord, seal
 from broadcaster.store import (
     UNDELIVERED_STATES,
+    ConsumerInfo,
     ConsumerReceipt,
     DeliveryState,
+    EventFacts,
     MemoryStore,
     PlainPage,
     ScanRow,
@@ -157,15 +159,18 @@ async def test_get_trace_with_errors_and_receipts(store: Store) -> None:
         consumer="c1",
     )
     bad = replace(receipt, adapter="realtime", checksum="00", checksum_ok=False)
-    await store.record_receipts([receipt, receipt])  # a duplicate is evidence: kept
+    # Idempotent per (consumer, event, adapter): the same receipt twice is one.
+    await store.record_receipts([receipt, receipt])
     await store.record_receipts([bad])
+    await store.record_receipts([bad, receipt])
     await store.record_receipts([])
 
     stored = await store.get(seq)
     assert stored is not None
     assert stored.states == {"websocket": DeliveryState.ACKED, "realtime": DeliveryState.REPAIRED}
     assert stored.errors == {"realtime": "rejected: quota"}
-    assert stored.receipts == (receipt, receipt, bad)
+    assert stored.receipts == (receipt, bad)
+    assert (await store.stats()).receipts == 2
 
 
 async def test_concurrent_marks_all_apply(store: Store) -> None:
@@ -301,7 +306,8 @@ async def test_scan_pages_with_states_and_receipts(store: Store) -> None:
     first, second = records[0], records[3]
     keys = '["Zoë","order"]'
     dup = receipt_for(first, "websocket", keys=keys)
-    await store.record_receipts([dup, receipt_for(second, "realtime", ok=False), dup])
+    again = replace(dup, received_at_ms=dup.received_at_ms + 5, deliveries=2)
+    await store.record_receipts([dup, receipt_for(second, "realtime", ok=False), again])
     await store.record_receipts([receipt_for(first, "realtime")])  # no keys known
 
     rows = await store.scan()
@@ -326,8 +332,8 @@ async def test_scan_pages_with_states_and_receipts(store: Store) -> None:
     assert rows[0].states == {"websocket": DeliveryState.ACKED, "realtime": DeliveryState.FAILED}
     assert rows[2].states == {"realtime": DeliveryState.PENDING}
     assert rows[4].routed_to == () and rows[4].states == {}
-    # Duplicates are kept, in the order they were recorded; payload_keys round-trips.
-    assert rows[0].receipts == (dup, dup, receipt_for(first, "realtime"))
+    # A second delivery raises the first receipt's count; payload_keys round-trips.
+    assert rows[0].receipts == (replace(dup, deliveries=2), receipt_for(first, "realtime"))
     assert rows[3].receipts == (receipt_for(second, "realtime", ok=False),)
     assert rows[1].receipts == ()
 
@@ -364,6 +370,7 @@ async def test_stats_counts_and_oldest_undelivered(store: Store) -> None:
     await store.mark("realtime", ids[3:4], DeliveryState.PENDING)  # acked -> undelivered
     await store.mark("realtime", ids[4:5], DeliveryState.ACKED)  # acked again: no change
     await store.record_receipts([receipt_for(records[0], "websocket")] * 3)
+    await store.record_receipts([receipt_for(r, "realtime") for r in records[:2]])
     stats = await store.stats()
     assert stats == await expected_stats(store, ids)
     assert stats.events == 9 and stats.receipts == 3
@@ -542,7 +549,7 @@ async def test_plain_page_counts_only_pages_where_every_pair_plainly_matches(
     await store.record_receipts([good(records[-1], "realtime", created)])
     await check(records, created, True)
 
-    # A duplicate on one pair and nothing on another: totals alone would balance.
+    # Two consumers on one pair and nothing on another: receipts alone would balance.
     records, created = await store_case_missing_one(store, factory, created_dup=True)
     await check(records, created, False)
 
@@ -569,9 +576,12 @@ async def test_plain_page_counts_only_pages_where_every_pair_plainly_matches(
     await store.mark("realtime", ids[:1], DeliveryState.REPAIRED)
     await check(records, created, False)
 
-    # An event routed twice to one adapter: judged pair by pair.
+    # An event routed twice to one adapter: judged pair by pair, unless the
+    # store keeps such a routing as one pair (SQLite does).
     records, created = await case([("websocket", "websocket")])
-    await check(records, created, False)
+    stored = await store.get(records[0].sequence_id)
+    assert stored is not None
+    await check(records, created, stored.routed_to == ("websocket",))
 
     # Past the last event: an empty page.
     last = await store.last_sequence_id()
@@ -582,9 +592,9 @@ async def store_case_missing_one(
     store: Store, factory: EventFactory, *, created_dup: bool = False, stray: bool = False
 ) -> tuple[list[EventRecord], int]:
     """Two events routed to both adapters; every pair has one good receipt except
-    the last event's realtime pair. ``created_dup`` adds a second receipt on the
-    first event's realtime pair; ``stray`` adds a receipt on an adapter the
-    first event was not routed to."""
+    the last event's realtime pair. ``created_dup`` adds a second consumer's
+    receipt on the first event's realtime pair; ``stray`` adds a receipt on an
+    adapter the first event was not routed to."""
     records = await store.append(
         [(factory.draft("CRITICAL", "order.created", {"n": i}), BOTH) for i in range(2)]
     )
@@ -598,7 +608,9 @@ async def store_case_missing_one(
         if not (rec is records[-1] and a == "realtime")
     ]
     if created_dup:
-        receipts.append(replace(receipt_for(records[0], "realtime"), received_at_ms=created))
+        receipts.append(
+            replace(receipt_for(records[0], "realtime"), received_at_ms=created, consumer="c2")
+        )
     if stray:
         receipts.append(replace(receipt_for(records[0], "email"), received_at_ms=created))
     await store.record_receipts(receipts)
@@ -706,3 +718,38 @@ async def test_in_order_acks_sharing_transactions_agree_with_the_memory_store(
         ]
         assert mine == theirs
     await model.close()
+
+
+async def test_consumers_are_registered_by_their_receipts_and_by_name(store: Store) -> None:
+    assert await store.consumers() == []
+    records = await store.append([(d, BOTH) for d in drafts(4)])
+    a, b, c, d = records
+    probe = await store.register_consumer("probe:x", "realtime", 1_000)
+    # Watching from the next event to be stored: none of the four before it.
+    assert (probe.from_sequence_id, probe.through_sequence_id, probe.receipts) == (5, 0, 0)
+    again = await store.register_consumer("probe:x", "realtime", 2_000)
+    assert again == replace(probe, last_seen_ms=2_000)
+    await store.record_receipts(
+        [
+            replace(receipt_for(c, "websocket"), received_at_ms=30),
+            replace(receipt_for(b, "websocket"), received_at_ms=20),
+            replace(receipt_for(d, "realtime"), received_at_ms=40, consumer="probe:x"),
+        ]
+    )
+    await store.record_receipts([replace(receipt_for(a, "websocket"), received_at_ms=50)])
+    assert await store.consumers() == [
+        ConsumerInfo("probe:x", "realtime", d.sequence_id, d.sequence_id, 40, 2_000, 1),
+        ConsumerInfo("c1", "websocket", a.sequence_id, c.sequence_id, 20, 50, 3),
+    ]
+
+
+async def test_event_facts_are_what_receipts_are_checked_against(store: Store) -> None:
+    records = await store.append([(d, BOTH) for d in drafts(2)])
+    records += await store.append([(d, WS) for d in drafts(1, "PERFORMANCE")])
+    ids = [r.sequence_id for r in records]
+    facts = await store.event_facts([*ids, 999_999, ids[0]])
+    assert facts == {
+        r.sequence_id: EventFacts(r.event_type, r.checksum, routed)
+        for r, routed in zip(records, (BOTH, BOTH, WS), strict=True)
+    }
+    assert await store.event_facts([]) == {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from broadcaster.events import EventFactory, parse_frame
@@ -130,15 +132,20 @@ async def test_undelivered_lists_queued_failed_and_pending_in_order(
     assert await store.undelivered("kafka") == []
 
 
-async def test_receipts_are_kept_with_duplicates(factory: EventFactory) -> None:
+async def test_receipts_are_one_per_consumer_and_count_deliveries(
+    factory: EventFactory,
+) -> None:
     store = MemoryStore()
     await store.append([(factory.draft("SYSTEM", "t", {}), ("websocket",)) for _ in range(2)])
-    first, again, other = receipt(1), receipt(1), receipt(2, adapter="realtime", ok=False)
+    first, other = receipt(1), receipt(2, adapter="realtime", ok=False)
     await store.record_receipts([first, other])
-    await store.record_receipts([again])
+    await store.record_receipts([first])  # posted again: nothing changes
+    one = await store.get(1)
+    assert one is not None and one.receipts == (first,)
+    await store.record_receipts([replace(first, received_at_ms=9, deliveries=2)])
     one, two = await store.get(1), await store.get(2)
     assert one is not None and two is not None
-    assert one.receipts == (first, again)
+    assert one.receipts == (replace(first, deliveries=2),)
     assert two.receipts == (other,)
 
 

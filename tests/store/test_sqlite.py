@@ -500,8 +500,14 @@ async def test_migrates_from_version_4_flagging_duplicate_receipts(tmp_path: Pat
     async with SQLiteStore(path) as store:
         page = await store.plain_page(after=0, limit=10, judged_before_ms=1, window_ms=10)
         assert page == PlainPage(2, None)
+        # Version 9 folds one consumer's repeats into one receipt of two deliveries.
+        stored = await store.get(1)
+        assert stored is not None and [r.deliveries for r in stored.receipts] == [2]
+        assert (await store.stats()).receipts == 1
+        [consumer] = await store.consumers()
+        assert (consumer.consumer, consumer.from_sequence_id, consumer.receipts) == ("c", 1, 2)
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT dup FROM receipts ORDER BY id").fetchall() == [(0,), (1,)]
+    assert conn.execute("SELECT dup, deliveries FROM receipts").fetchall() == [(0, 2)]
     conn.close()
 
 

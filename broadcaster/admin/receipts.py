@@ -1,0 +1,159 @@
+"""``POST /receipts``: consumers in other processes report what they received
+(SPEC 12), so reconciliation judges delivery wherever consumers run.
+
+The body is a JSON list of at most :data:`MAX_RECEIPTS` receipts::
+
+    {"sequence_id": 42, "adapter": "websocket", "checksum": "<hex>",
+     "consumer": "web-7", "received_at": 1765100000123, "delivery": 1}
+
+``received_at`` (epoch milliseconds) defaults to the time the service takes
+the batch; ``delivery`` (default 1) is which delivery of the event to that
+consumer this is, so a consumer that got an event twice says so. Each receipt
+is checked against the stored event: a checksum that differs is stored as a
+mismatch. Receipts of events the store does not have are not stored; their
+sequence ids come back in ``unknown``. Writing is idempotent per (consumer,
+sequence id, adapter), so a client may re-post a batch it is unsure of.
+
+The list is counted, then each receipt validated by hand: this path takes
+tens of thousands of receipts a second, where building a model per receipt
+would cost more than the write.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Final
+
+import orjson
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from ..routing import ADAPTER_NAMES
+from ..store.base import ConsumerReceipt
+
+__all__ = ["MAX_RECEIPTS", "OPENAPI", "post_receipts"]
+
+#: Most receipts one ``POST /receipts`` may carry.
+MAX_RECEIPTS: Final = 10_000
+
+_MAX_ID: Final = 2**63 - 1
+_HEX: Final = re.compile(r"[0-9a-f]{1,128}")
+_FIELDS: Final = frozenset(
+    {"sequence_id", "adapter", "checksum", "consumer", "received_at", "delivery"}
+)
+_REQUIRED: Final = ("sequence_id", "adapter", "checksum", "consumer")
+
+#: The request body, for the OpenAPI document (the handler parses it itself).
+_RECEIPT_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": list(_REQUIRED),
+    "properties": {
+        "sequence_id": {"type": "integer", "minimum": 1, "maximum": _MAX_ID},
+        "adapter": {"type": "string", "enum": list(ADAPTER_NAMES)},
+        "checksum": {"type": "string", "pattern": "^[0-9a-f]{1,128}$"},
+        "consumer": {"type": "string", "minLength": 1, "maxLength": 128},
+        "received_at": {"type": "integer", "minimum": 1, "maximum": _MAX_ID},
+        "delivery": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+    },
+}
+#: The route's ``openapi_extra``: the body, described.
+OPENAPI: Final[dict[str, Any]] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"type": "array", "maxItems": MAX_RECEIPTS, "items": _RECEIPT_SCHEMA}
+            }
+        },
+    }
+}
+
+
+class _Invalid(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _whole(value: object, field: str, least: int, most: int) -> int:
+    if type(value) is not int or not least <= value <= most:
+        raise _Invalid(field, f"must be a whole number from {least} to {most}")
+    return value
+
+
+def _receipt(index: int, item: object, now_ms: int) -> tuple[int, str, str, str, int, int]:
+    """One receipt as (sequence_id, adapter, checksum, consumer, received_at_ms,
+    delivery); raises :class:`_Invalid` naming the field."""
+    if not isinstance(item, dict):
+        raise _Invalid(str(index), "must be an object")
+    for name in _REQUIRED:
+        if name not in item:
+            raise _Invalid(f"{index}.{name}", "field required")
+    if len(item) > len(_REQUIRED):
+        extra = sorted(set(item) - _FIELDS)
+        if extra:
+            raise _Invalid(f"{index}.{extra[0]}", "unknown field")
+    seq = _whole(item["sequence_id"], f"{index}.sequence_id", 1, _MAX_ID)
+    adapter = item["adapter"]
+    if adapter not in ADAPTER_NAMES:
+        raise _Invalid(f"{index}.adapter", f"must be one of {', '.join(ADAPTER_NAMES)}")
+    checksum = item["checksum"]
+    if type(checksum) is not str or not _HEX.fullmatch(checksum):
+        raise _Invalid(f"{index}.checksum", "must be 1-128 lowercase hex digits")
+    consumer = item["consumer"]
+    if type(consumer) is not str or not 0 < len(consumer) <= 128 or not consumer.isprintable():
+        raise _Invalid(f"{index}.consumer", "must be 1-128 printable characters")
+    received = item.get("received_at")
+    received_ms = (
+        now_ms if received is None else _whole(received, f"{index}.received_at", 1, _MAX_ID)
+    )
+    delivery = item.get("delivery")
+    times = 1 if delivery is None else _whole(delivery, f"{index}.delivery", 1, 1_000_000)
+    return seq, adapter, checksum, consumer, received_ms, times
+
+
+def _unprocessable(field: str, message: str) -> JSONResponse:
+    return JSONResponse({"detail": [{"field": field, "message": message}]}, status_code=422)
+
+
+async def post_receipts(request: Request) -> Any:
+    """Report receipts (a list of up to 10 000); answers how many were
+    accepted, how many disagree with the stored checksum, and the sequence
+    ids the store does not have (not stored)."""
+    try:
+        data = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        return _unprocessable("body", f"invalid JSON: {exc}")
+    if not isinstance(data, list):
+        return _unprocessable("body", "expected a list of receipts")
+    if len(data) > MAX_RECEIPTS:
+        return _unprocessable(
+            "body", f"at most {MAX_RECEIPTS} receipts per request, got {len(data)}"
+        )
+    now_ms = int(time.time() * 1000)
+    try:
+        parsed = [_receipt(i, item, now_ms) for i, item in enumerate(data)]
+    except _Invalid as exc:
+        return _unprocessable(exc.field, exc.message)
+    store = request.app.state.broadcaster.store
+    facts = await store.event_facts(list({p[0] for p in parsed}))
+    receipts: list[ConsumerReceipt] = []
+    unknown: set[int] = set()
+    mismatches = 0
+    for seq, adapter, checksum, consumer, received_ms, times in parsed:
+        fact = facts.get(seq)
+        if fact is None:
+            unknown.add(seq)
+            continue
+        ok = checksum == fact.checksum
+        mismatches += not ok
+        receipts.append(
+            ConsumerReceipt(
+                seq, adapter, fact.event_type, received_ms, checksum, ok, consumer, None, times
+            )
+        )
+    await store.record_receipts(receipts)
+    return {"accepted": len(receipts), "mismatches": mismatches, "unknown": sorted(unknown)}
