@@ -63,7 +63,8 @@ class ReceiptPosterStats:
     mismatches: int = 0
     #: Receipts whose sequence id the store does not hold.
     unknown: int = 0
-    #: The last failure, for logs and health checks; None after a success.
+    #: The last failure (kept after later successes: a dropped batch's
+    #: reason stays visible); None while there has been none.
     last_error: str | None = None
 
 
@@ -133,15 +134,16 @@ class ReceiptPoster:
             buffer.popleft()
             self.stats.dropped += 1
             self._log_drops()
-        buffer.append(
-            {
-                "sequence_id": receipt.sequence_id,
-                "adapter": receipt.adapter,
-                "checksum": receipt.checksum,
-                "consumer": receipt.consumer,
-                "received_at": receipt.received_at_ms,
-            }
-        )
+        item: dict[str, Any] = {
+            "sequence_id": receipt.sequence_id,
+            "adapter": receipt.adapter,
+            "checksum": receipt.checksum,
+            "consumer": receipt.consumer,
+            "received_at": receipt.received_at_ms,
+        }
+        if receipt.deliveries != 1:  # a consumer's own duplicate: the API counts it
+            item["delivery"] = receipt.deliveries
+        buffer.append(item)
         if not self._has_data.is_set():
             self._has_data.set()
         if len(buffer) >= self._max_batch and not self._full.is_set():
@@ -287,7 +289,6 @@ class ReceiptPoster:
                 log.warning("unexpected answer to POST /receipts", url=self.url, body=response.text)
             stats.posted += len(batch)
             stats.batches += 1
-            stats.last_error = None
             return True
         detail = response.text[:500]
         stats.last_error = f"HTTP {status}: {detail}"
