@@ -212,8 +212,8 @@ def test_sigterm_flushes_in_flight_events_and_exits_0(tmp_path: Path) -> None:
 
 
 def test_reconcile_repair_goes_through_the_running_service(tmp_path: Path) -> None:
-    # No consumer records receipts here, so once past the (tiny) max delay every
-    # event is "missing" on both paths: repair re-sends them all.
+    # The only consumer records no receipts, so once past the (tiny) max delay
+    # every event is "missing" on both paths: repair re-sends them all.
     child = Child(
         tmp_path,
         RECONCILE_WINDOW_S="0.001",
@@ -221,6 +221,14 @@ def test_reconcile_repair_goes_through_the_running_service(tmp_path: Path) -> No
         RECONCILE_MAX_DELAY_S="0.001",
     )
     try:
+        # A consumer that watches both paths and never reports: from now on
+        # an event nobody received is missing, not unobserved.
+        async def watch() -> None:
+            async with store_from_url(child.store_url) as store:
+                for adapter in ("websocket", "realtime"):
+                    await store.register_consumer("deaf", adapter, 0)
+
+        asyncio.run(watch())
         with httpx.Client(base_url=child.url, timeout=30) as client:
             response = client.post(
                 "/events",
