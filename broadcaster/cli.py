@@ -290,9 +290,14 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
         return _repair(args, settings)
     from .reconcile.matching import MatchPolicy
     from .reconcile.reconciler import Reconciler
-    from .store import store_from_url
+    from .security import mask_url_password
+    from .store import store_exists, store_from_url
 
-    async def run() -> tuple[dict[str, object], int]:
+    async def run() -> tuple[dict[str, object], int] | None:
+        # Opening a store creates it: a typo in STORE_URL (or the wrong
+        # directory) would report an empty store as "no loss".
+        if not await store_exists(settings.store_url):
+            return None
         async with store_from_url(settings.store_url) as store:
             policy = MatchPolicy.from_seconds(
                 settings.reconcile_window_s,
@@ -303,10 +308,18 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
             return report.as_dict(), report.unrepaired_loss
 
     try:
-        data, loss = run_on_loop(run(), loop=settings.event_loop)
+        result = run_on_loop(run(), loop=settings.event_loop)
     except BroadcasterError as exc:
         print(f"reconcile: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
+    if result is None:
+        print(
+            f"reconcile: no store at STORE_URL={mask_url_password(settings.store_url)}"
+            " (nothing was created; run it where the service's store is)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    data, loss = result
     _print_report(args, data, loss)
     return EXIT_PROBLEM if loss else EXIT_OK
 
@@ -382,6 +395,27 @@ def _print_report(args: argparse.Namespace, data: dict[str, object], loss: int) 
     assert isinstance(missing, dict)
     for adapter, ids in missing.items():
         print(f"missing on {adapter}: {ids}")
+    _print_consumers(data)
+
+
+def _print_consumers(data: dict[str, object]) -> None:
+    """Who reported receipts on each routed adapter, and how far: a report
+    is only as good as its consumers."""
+    consumers = data.get("consumers") or []
+    assert isinstance(consumers, list)
+    categories = data["categories"]
+    assert isinstance(categories, dict)
+    routed = sorted({adapter for adapters in categories.values() for adapter in adapters})
+    print("consumers reporting receipts:")
+    for adapter in routed:
+        mine = [c for c in consumers if c["adapter"] == adapter]
+        if not mine:
+            print(f"  {adapter:<10} none: its events are 'unobserved', not judged missing")
+        for c in mine:
+            print(
+                f"  {adapter:<10} {c['consumer']}: events {c['from_sequence_id']}"
+                f" through {c['through_sequence_id']} ({c['receipts']} receipts)"
+            )
 
 
 def _serve(settings: Settings) -> int:
@@ -428,6 +462,18 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``broadcaster`` console script."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (``broadcaster reconcile --json | head``): not
+        # an error of ours. Point stdout at nothing so the interpreter's
+        # final flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "realtime-server" and args.key is not None:
         # Needs no other setting: runs even where the rest would not validate.

@@ -232,11 +232,13 @@ def test_bad_arguments_exit_2() -> None:
     assert "BOGUS" in result.stderr
 
 
-async def _seed_store(url: str, *, receipts: bool) -> None:
+async def _seed_store(url: str, *, receipts: bool, watched: bool = True) -> None:
     from broadcaster.events import EventFactory
     from broadcaster.store import ConsumerReceipt, store_from_url
 
     async with store_from_url(url) as store:
+        if watched:  # a consumer watches the path before the events are stored
+            await store.register_consumer("probe:test", "websocket", int(time.time() * 1000))
         factory = EventFactory(clock=lambda: 1_000_000.0)  # long ago: past max delay
         # Stamped before the append, so however slow the machine, the receipt is
         # never more than the 1 ms window after the store's created_at.
@@ -282,3 +284,71 @@ def test_reconcile_exits_1_while_loss_remains_and_0_when_none(
     data = json.loads(capsys.readouterr().out)
     assert data["totals"]["missing"] == 0
     assert data["categories"]["CRITICAL"]["websocket"]["matched"] == 3
+
+
+def test_reconcile_says_which_consumers_reported_and_what_nobody_watched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    url = f"sqlite:///{tmp_path / 'unwatched.db'}"
+    asyncio.run(_seed_store(url, receipts=False, watched=False))
+    monkeypatch.setenv("STORE_URL", url)
+    monkeypatch.setenv("RECONCILE_MAX_DELAY_S", "0.001")
+    monkeypatch.setenv("RECONCILE_BUFFER_S", "0")
+    monkeypatch.setenv("RECONCILE_WINDOW_S", "0.001")
+    assert main(["reconcile"]) == 0  # nobody could have seen them: not loss
+    out = capsys.readouterr().out
+    assert "unrepaired loss: 0" in out
+    assert "websocket  none: its events are 'unobserved'" in out
+    clean = f"sqlite:///{tmp_path / 'clean.db'}"
+    asyncio.run(_seed_store(clean, receipts=True))
+    monkeypatch.setenv("STORE_URL", clean)
+    assert main(["reconcile"]) == 0
+    out = capsys.readouterr().out
+    assert "websocket  default: events 1 through 3 (3 receipts)" in out
+    assert "websocket  probe:test: events 1 through 0 (0 receipts)" in out
+
+
+def test_reconcile_on_no_store_exits_2_and_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "broadcaster.db"
+    result = run("reconcile", env={"STORE_URL": f"sqlite:///{missing}"})
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert str(missing) in line and "no store" in line
+    assert not missing.exists() and not missing.parent.exists()
+    plain = subprocess.run(
+        [sys.executable, "-m", "broadcaster", "--env-file", "/dev/null", "reconcile"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert plain.returncode == 2 and list(tmp_path.iterdir()) == []  # no ./broadcaster.db
+
+
+def test_reconcile_json_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    import asyncio
+    import os
+
+    from broadcaster.store import store_from_url
+
+    url = f"sqlite:///{tmp_path / 'piped.db'}"
+
+    async def seed() -> None:
+        async with store_from_url(url) as store:  # a report far larger than a pipe holds
+            for i in range(3000):
+                await store.register_consumer(f"browser-{i:05d}", "websocket", 1)
+
+    asyncio.run(_seed_store(url, receipts=True))
+    asyncio.run(seed())
+    command = f"{sys.executable} -m broadcaster --env-file /dev/null reconcile --json"
+    result = subprocess.run(
+        ["bash", "-c", f"{command} | head -c 100 >/dev/null; echo ${{PIPESTATUS[0]}}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "STORE_URL": url},
+        timeout=60,
+    )
+    assert result.stderr == ""
+    assert result.stdout.strip() in ("0", "1")

@@ -573,5 +573,6 @@ async def collect_stats(b: Broadcaster) -> dict[str, Any]:
             "lag_s": round(lag_s, 3),
             "last": report.as_dict()["totals"] if report is not None else None,
             "unrepaired_loss": report.unrepaired_loss if report is not None else None,
+            "consumers": report.consumers if report is not None else None,
         },
     }

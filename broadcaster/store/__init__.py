@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ..settings import parse_store_url
 from .base import (
     DELIVERED_STATES,
@@ -20,7 +22,7 @@ from .base import (
     plain_counts,
 )
 from .memory import MemoryStore
-from .postgres import PostgresStore
+from .postgres import PostgresStore, postgres_store_exists
 from .sqlite import FILE_CHECK_S, WAL_FRAMES_MAX, SQLiteStore
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "Store",
     "StoredEvent",
     "plain_counts",
+    "store_exists",
     "store_from_url",
 ]
 
@@ -69,3 +72,18 @@ def store_from_url(url: str) -> Store:
         busy_timeout_ms=spec.busy_timeout_ms,
         wal_frames_max=WAL_FRAMES_MAX if spec.wal_frames_max is None else spec.wal_frames_max,
     )
+
+
+async def store_exists(url: str) -> bool:
+    """Whether ``url`` names a store some service already created, checked
+    without creating anything: a SQLite file that exists, a PostgreSQL
+    database (its ``search_path``) that has this project's tables. A memory
+    store never exists before it is opened. Raises
+    :class:`~broadcaster.exceptions.StoreUnavailable` when PostgreSQL cannot
+    be reached."""
+    spec = parse_store_url(url)
+    if spec.kind == "memory":
+        return False
+    if spec.kind == "sqlite":
+        return os.path.isfile(spec.path)  # noqa: ASYNC240 (one stat, no thread worth it)
+    return await postgres_store_exists(url)

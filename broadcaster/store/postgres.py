@@ -101,7 +101,7 @@ from .base import (
     consumer_infos,
 )
 
-__all__ = ["MIGRATIONS", "PRUNE_CHUNK", "SCHEMA_VERSION", "PostgresStore"]
+__all__ = ["MIGRATIONS", "PRUNE_CHUNK", "SCHEMA_VERSION", "PostgresStore", "postgres_store_exists"]
 
 _T = TypeVar("_T")
 
@@ -1183,3 +1183,20 @@ class PostgresStore(Store):
 
         rows = await self._run("audit_log", body)
         return [_audit_entry(*row) for row in rows]
+
+
+async def postgres_store_exists(url: str, *, connect_timeout: int = 5) -> bool:
+    """Whether the database at ``url`` holds a store (its ``meta`` table on
+    the connection's search path), asked without creating anything."""
+    try:
+        async with (
+            await psycopg.AsyncConnection.connect(
+                url, connect_timeout=connect_timeout, autocommit=True
+            ) as conn,
+            conn.cursor() as cur,
+        ):
+            await cur.execute("SELECT to_regclass('meta') IS NOT NULL")
+            row = await cur.fetchone()
+    except psycopg.Error as exc:
+        raise StoreUnavailable(f"PostgreSQL is not reachable: {exc}".strip()) from exc
+    return bool(row and row[0])

@@ -163,6 +163,10 @@ async def test_dashboard_shows_live_figures_and_changes_a_percentage(
     await expect(page.get_by_test_id("unrepaired-loss")).to_have_text("0")
     await expect(page.get_by_test_id("mismatches-total")).to_have_text("0")
     await expect(page.get_by_test_id("recon-lag")).to_have_text(re.compile(r"^\d+\.\d+ s$"))
+    # Nobody reports receipts here: the page says so for each path.
+    await expect(page.get_by_test_id("consumers-realtime")).to_have_text(
+        "realtime: none (events unobserved)"
+    )
     await expect(page.get_by_test_id("flag-percentage-PERFORMANCE")).to_have_text("50")
     await expect(page.get_by_test_id("error")).to_be_hidden()
     assert console.errors == []

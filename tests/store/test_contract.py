@@ -753,3 +753,6 @@ async def test_event_facts_are_what_receipts_are_checked_against(store: Store) -
         for r, routed in zip(records, (BOTH, BOTH, WS), strict=True)
     }
     assert await store.event_facts([]) == {}
+    # Nearby ids (one range read in SQL backends) and ids with a hole between them.
+    assert set(await store.event_facts([ids[0], ids[2]])) == {ids[0], ids[2]}
+    assert set(await store.event_facts(ids[1:])) == set(ids[1:])
