@@ -21,7 +21,7 @@ import random
 import re
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -115,8 +115,10 @@ class _Probe:
         *,
         backoff_initial_s: float,
         backoff_max_s: float,
+        on_started: Callable[[str], Awaitable[None]],
     ) -> None:
         self.adapter = adapter
+        self._on_started = on_started
         self.subscriber = subscriber
         self.collector = collector
         self._backoff_initial = backoff_initial_s
@@ -184,8 +186,9 @@ class _Probe:
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 continue
             self.last_error = None
-            self._started.set()
             log.info("probe subscribed", adapter=self.adapter, attempt=attempt + 1)
+            await self._on_started(self.adapter)
+            self._started.set()
             return
 
     async def close(self) -> None:
@@ -227,7 +230,12 @@ class Probes:
         self.consumer = consumer
         self._writer = StoreReceiptWriter(store, interval_s=flush_interval_s)
         self._probes: dict[str, _Probe] = {}
-        options = {"backoff_initial_s": backoff_initial_s, "backoff_max_s": backoff_max_s}
+        self._store = store
+        options: dict[str, Any] = {
+            "backoff_initial_s": backoff_initial_s,
+            "backoff_max_s": backoff_max_s,
+            "on_started": self._register,
+        }
         if websocket_url is not None:
             collector = self._collector("websocket", signing_keys)
             subscriber = WebSocketSubscriber(
@@ -252,6 +260,14 @@ class Probes:
             )
             self._probes["realtime"] = _Probe("realtime", realtime, collector, **options)
         self._started = False
+
+    async def _register(self, adapter: str) -> None:
+        # From now on an event nobody reports on this path is missing, not
+        # unobserved: the probe is watching it.
+        try:
+            await self._store.register_consumer(self.consumer, adapter, int(time.time() * 1000))
+        except Exception as exc:  # the store is down: the first receipt registers it too
+            log.warning("probe not registered", adapter=adapter, error=str(exc))
 
     def _collector(
         self, adapter: str, signing_keys: Mapping[str, str | bytes] | None

@@ -10,10 +10,12 @@ import asyncio
 import io
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -25,6 +27,8 @@ import httpx
 import pytest
 
 from broadcaster.admin import AdminServer
+from broadcaster.cli import main
+from broadcaster.consumer import RealtimeSubscriber, ReceiptCollector, ReceiptPoster
 from broadcaster.core import Broadcaster
 from broadcaster.probes import probe_consumer, probe_ssl_context
 from broadcaster.realtime_server import LocalRealtimeServer
@@ -158,6 +162,12 @@ async def test_probes_receipt_every_event_on_both_paths(tmp_path: Path) -> None:
         assert sorted(receipts[adapter]) == ids
         for rs in receipts[adapter].values():
             assert [(r.consumer, r.checksum_ok) for r in rs] == [(probe_consumer(INSTANCE), True)]
+    # Registered as watching both paths, through the last event.
+    async with store_from_url(settings.store_url) as store:
+        consumers = {(c.consumer, c.adapter): c for c in await store.consumers()}
+    for adapter in ("websocket", "realtime"):
+        info = consumers[(probe_consumer(INSTANCE), adapter)]
+        assert (info.from_sequence_id, info.through_sequence_id) == (1, ids[-1])
 
 
 async def test_reconcile_probe_false_starts_none(tmp_path: Path) -> None:
@@ -300,11 +310,12 @@ class Serve:
             WEBSOCKET_PORT=str(free_port()),
             BROADCASTER_ADMIN_TOKEN=ADMIN,
             RECONCILE_INTERVAL_S="0",
-            # Judged as soon as reconcile runs: a receipt is matched at once,
-            # and nothing is old enough to be missing without one.
+            # Judged as soon as reconcile runs: a receipt is matched at once
+            # (however slow a loaded test machine delivers: the window is
+            # wide), and nothing is old enough to be missing without one.
             RECONCILE_BUFFER_S="0",
-            RECONCILE_WINDOW_S="10",
-            RECONCILE_MAX_DELAY_S="10",
+            RECONCILE_WINDOW_S="600",
+            RECONCILE_MAX_DELAY_S="600",
             LOG_FORMAT="json",
             **env,
         )
@@ -421,3 +432,120 @@ def test_serve_with_only_its_probes_reconciles_every_event_matched(tmp_path: Pat
     assert code == 0, report
     assert matched_per_adapter(report) == routed
     assert report["totals"]["missing"] == 0 and report["totals"]["mismatch"] == 0
+
+
+def test_subscribe_report_in_its_own_process_reports_under_its_consumer_name(
+    tmp_path: Path,
+) -> None:
+    # SPEC 12 / issue 26: serve and `subscribe --report` in separate processes,
+    # default settings otherwise (the probes on): every event is matched on
+    # each routed path, and the subscriber's receipts are in the store.
+    serve = Serve(tmp_path, INSTANCE_ID="e2e-report")
+    sub = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "broadcaster",
+            "--env-file",
+            "/dev/null",
+            "subscribe",
+            "--url",
+            serve.ws_url,
+            "--report",
+            "--consumer",
+            "sub-e2e",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=serve.env,
+        cwd=REPO,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert sub.stdout is not None
+    stdout = sub.stdout
+
+    def read() -> None:
+        for line in stdout:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        # Until the subscriber prints one, it may not be connected yet.
+        warmups = 0
+        while True:
+            serve.publish(1)
+            warmups += 1
+            try:
+                lines.get(timeout=0.5)
+                break
+            except queue.Empty:
+                assert warmups < 120, "the subscriber never received an event"
+        receipts = serve.publish(10_000)
+        last = receipts[-1]["sequence_id"]
+        while not lines.get(timeout=60).startswith(f"{last} "):
+            pass
+        sub.send_signal(signal.SIGINT)  # Ctrl-C: it posts what it holds, then exits
+        _, err = sub.communicate(timeout=60)
+        wait_for(
+            lambda: all(p["received"] >= last for p in serve.probes().values()),
+            "the probes did not receive every event",
+        )
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.communicate()
+        code, serve_err = serve.stop()
+    assert sub.returncode == 0, err
+    assert code == 0, serve_err
+    summary = [line for line in err.splitlines() if line.startswith("receipts as sub-e2e")]
+    assert len(summary) == 1 and "dropped 0, rejected 0" in summary[0], err
+    # Every event, warm-ups included, went to both paths and was matched there.
+    code, report = reconcile_report(serve)
+    assert code == 0, report
+    assert matched_per_adapter(report) == {"websocket": last, "realtime": last}, report["totals"]
+    assert report["totals"]["missing"] == 0 and report["totals"]["mismatch"] == 0
+    watching = {(c["consumer"], c["adapter"]): c for c in report["consumers"]}
+    assert watching[("sub-e2e", "websocket")]["through_sequence_id"] == last
+    assert watching[("probe:e2e-report", "realtime")]["through_sequence_id"] == last
+    found = asyncio.run(receipts_by_adapter(serve.store_url))
+    from_sub = {
+        seq for seq, rs in found["websocket"].items() if any(r.consumer == "sub-e2e" for r in rs)
+    }
+    # Connected throughout the 10 000 (and for the warm-up it printed).
+    assert set(range(last - 9_999, last + 1)) <= from_sub
+
+
+async def test_a_realtime_consumer_reports_through_a_receipt_poster(tmp_path: Path) -> None:
+    # broadcaster.consumer's Realtime subscriber, elsewhere in a deployment:
+    # its collector feeds a ReceiptPoster that posts to the service.
+    settings = service_settings(tmp_path, reconcile_probe=False)
+    async with running(settings) as svc:
+        assert svc.b.local_realtime_url is not None
+        async with ReceiptPoster(svc.admin.url, ADMIN, interval_s=0.05) as poster:
+            collector = ReceiptCollector("realtime", consumer="browser-1", on_receipt=poster.add)
+            async with RealtimeSubscriber(
+                svc.b.local_realtime_url, svc.b.local_realtime_key, collector=collector
+            ):
+                ids = await svc.post_events(EVENTS)
+                await until(lambda: poster.stats.posted == len(ids), "receipts not posted")
+        assert poster.stats.mismatches == 0 and poster.stats.unknown == 0
+    receipts = await receipts_by_adapter(settings.store_url)
+    assert sorted(receipts["realtime"]) == ids and "websocket" not in receipts
+    assert {r.consumer for rs in receipts["realtime"].values() for r in rs} == {"browser-1"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--consumer", "x"], "--consumer and --admin-url need --report"),
+        (["--admin-url", "http://127.0.0.1:1"], "--consumer and --admin-url need --report"),
+        (["--report", "--consumer", "x" * 129, "--token", ADMIN], "--consumer: 1-128"),
+        (["--report"], "no token for POST /receipts"),
+    ],
+)
+def test_subscribe_report_arguments(
+    capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    assert main(["--env-file", "/dev/null", "subscribe", *argv]) == 2
+    assert says in capsys.readouterr().err
