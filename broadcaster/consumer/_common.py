@@ -11,17 +11,25 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
-from ..events import SigningKey, payload_keys_of, verify_event_dict, verify_signed_event_dict
+from ..events import (
+    SigningKey,
+    _builder,
+    payload_keys_of,
+    verify_event_dict,
+    verify_signed_event_dict,
+)
 from ..exceptions import FrameError
 from ..store.base import ConsumerReceipt, Store
 
 __all__ = ["ConsumerStats", "ReceiptCollector", "StoreReceiptWriter"]
 
 log = structlog.get_logger("broadcaster.consumer")
+
+_ReceiptBuilder: Final = _builder(ConsumerReceipt)
 
 
 def _keys(payload: object) -> str | None:
@@ -146,20 +154,23 @@ class ReceiptCollector:
                 actual=actual,
             )
         if self._on_receipt is not None:
-            self._on_receipt(
-                ConsumerReceipt(
-                    sequence_id=seq,
-                    adapter=self.adapter,
-                    event_type=event_type,
-                    received_at_ms=int(self._clock() * 1000),
-                    checksum=actual,
-                    checksum_ok=ok,
-                    consumer=self.consumer,
-                    payload_keys=(
-                        _keys(obj.get("payload")) if self._keys_when_verified or not ok else None
-                    ),
-                )
+            # One per event: filled as a plain object, then made a
+            # ConsumerReceipt (see events._builder); the frozen __init__ costs
+            # a busy consumer several times as much.
+            receipt = _ReceiptBuilder()
+            receipt.sequence_id = seq
+            receipt.adapter = self.adapter
+            receipt.event_type = event_type
+            receipt.received_at_ms = int(self._clock() * 1000)
+            receipt.checksum = actual
+            receipt.checksum_ok = ok
+            receipt.consumer = self.consumer
+            receipt.payload_keys = (
+                _keys(obj.get("payload")) if self._keys_when_verified or not ok else None
             )
+            receipt.deliveries = 1
+            receipt.__class__ = ConsumerReceipt
+            self._on_receipt(receipt)
         if self.on_event is not None:
             self.on_event(obj, ok)
         return ok
