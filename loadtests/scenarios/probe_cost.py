@@ -182,6 +182,12 @@ async def _one_run(
         "cpu_share": round(cpu / wall, 4),
         "cpu_us_per_event": round(cpu / sent * 1e6, 1) if sent else None,
     }
+    # Behind-ness of the paths themselves: at saturation a lane (not a
+    # probe) may be what holds events back.
+    result["adapters"] = {
+        name: {k: a.get(k) for k in ("breaker", "pending")}
+        for name, a in health.get("adapters", {}).items()
+    }
     if probe:
         result["probes"] = {
             name: {k: p[k] for k in ("connected", "received", "mismatches")}
