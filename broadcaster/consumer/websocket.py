@@ -209,12 +209,21 @@ class WebSocketSubscriber:
         self._error: AdapterError | None = None
         # False after a server refused a reconnect's since (see _connect_loop).
         self._resuming = True
+        self._ended = asyncio.Event()
 
     @property
     def last_sequence_id(self) -> int | None:
         """The highest sequence id received (``since`` before any): where
         the next connection resumes. None when there is neither."""
         return None if self._last < 0 else self._last
+
+    async def wait_ended(self) -> AdapterError | None:
+        """Wait until the subscription has ended on its own (a refusal no
+        retry can fix: a token, pruned history; or a drop without
+        ``reconnect``) and return :attr:`error`. Bound it with
+        ``asyncio.timeout(...)``; a running subscription never ends by itself."""
+        await self._ended.wait()
+        return self._error
 
     @property
     def error(self) -> AdapterError | None:
@@ -237,6 +246,7 @@ class WebSocketSubscriber:
         if self._task is not None:
             return
         self._closing = False
+        self._ended.clear()
         loop = asyncio.get_running_loop()
         opened: asyncio.Future[None] = loop.create_future()
         self._opened = opened
@@ -399,6 +409,7 @@ class WebSocketSubscriber:
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        self._ended.set()
         # Whatever ended the receive task, a start() still waiting must not
         # wait out its whole timeout, and an unexpected error must be seen.
         error = None if task.cancelled() else task.exception()
