@@ -94,10 +94,10 @@ async def read_events(
         try:
             wanted = parse_categories(",".join(categories))
         except ValueError as exc:
-            return _unprocessable("categories", str(exc))
+            return _unprocessable("query.categories", str(exc))
     if adapter is not None and adapter not in b.adapters:
         known = ", ".join(b.adapters) or "none"
-        return _unprocessable("adapter", f"unknown adapter {adapter!r}; configured: {known}")
+        return _unprocessable("query.adapter", f"unknown adapter {adapter!r}; configured: {known}")
     records = await b.store.read_events(
         after=after, limit=limit, categories=wanted, adapter=adapter
     )
