@@ -392,7 +392,8 @@ async def test_reading_history_is_a_range_read_of_the_primary_key(pg_url: str) -
         for mode in ("auto", "force_generic_plan"):
             await conn.execute(f"SET plan_cache_mode = {mode}")
             for categories, adapter in ((None, None), (["SYSTEM"], "websocket")):
-                params = {"after": 1000, "categories": categories, "adapter": adapter, "limit": 1000}
+                params = {"after": 1000, "categories": categories, "adapter": adapter}
+                params["limit"] = 1000
                 async with conn.transaction():  # as read_events() runs it
                     await conn.execute(_INDEX_ORDER)
                     cur = await conn.execute(f"EXPLAIN {_READ_EVENTS}", params)
