@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .events import Category
-from .exceptions import AdapterRejected, BroadcasterError, ConfigError
+from .exceptions import AdapterRejected, BroadcasterError, ConfigError, HistoryPruned
 from .logs import configure_logging
 from .loop import resolve_event_loop, run_on_loop
 from .settings import Settings, load_settings
@@ -34,6 +34,12 @@ def _categories(value: str) -> list[str]:
                 f"unknown category {name!r}; expected some of {','.join(Category)}"
             )
     return names
+
+
+def _sequence_id(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or int(value) > 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"not a sequence id (a whole number >= 0): {value!r}")
+    return int(value)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
         "--categories", type=_categories, help="comma list, e.g. CRITICAL,SYSTEM"
     )
     subscribe.add_argument("--limit", type=int, help="stop after this many events")
+    subscribe.add_argument(
+        "--since",
+        type=_sequence_id,
+        metavar="N",
+        help="first replay the stored events after sequence id N (the last one seen), then"
+        " continue live; reconnects always resume from the last event received",
+    )
 
     reconcile = sub.add_parser(
         "reconcile", help="reconcile the store; exit 1 while unrepaired loss remains"
@@ -167,11 +180,15 @@ def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
                 ssl=context,
                 token=token,
                 signing_keys=keys,
+                since=args.since,
             ),
             loop=settings.event_loop,
         )
     except KeyboardInterrupt:
         return EXIT_OK
+    except HistoryPruned as exc:  # before AdapterRejected: not an argument problem
+        print(f"subscribe: {_pruned(exc)}", file=sys.stderr)
+        return EXIT_PROBLEM
     except ValueError as exc:  # not a ws:// or wss:// URL, or --ca-file with ws://
         print(f"subscribe: --url: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -182,6 +199,20 @@ def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
         print(f"subscribe: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
     return EXIT_PROBLEM if stats.mismatches or stats.bad_signatures or stats.malformed else EXIT_OK
+
+
+def _pruned(exc: HistoryPruned) -> str:
+    """One line saying how far back the store goes, and how to go on."""
+    if exc.oldest is None:
+        return (
+            f"cannot resume after sequence id {exc.since}: the events after it were pruned and"
+            " the store holds none now; start again without --since"
+        )
+    return (
+        f"cannot resume after sequence id {exc.since}: the store goes back only to sequence"
+        f" id {exc.oldest} (the events between were pruned); --since {exc.oldest - 1} reads"
+        " on from there"
+    )
 
 
 def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
