@@ -17,7 +17,7 @@ from ssl import SSLContext
 from typing import TYPE_CHECKING
 
 from .events import Category
-from .exceptions import AdapterRejected, BroadcasterError, ConfigError
+from .exceptions import AdapterRejected, BroadcasterError, ConfigError, HistoryPruned
 from .logs import configure_logging
 from .loop import resolve_event_loop, run_on_loop
 from .settings import Settings, load_settings
@@ -40,6 +40,12 @@ def _categories(value: str) -> list[str]:
                 f"unknown category {name!r}; expected some of {','.join(Category)}"
             )
     return names
+
+
+def _sequence_id(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or int(value) > 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"not a sequence id (a whole number >= 0): {value!r}")
+    return int(value)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
     subscribe.add_argument(
         "--admin-url",
         help="admin API receipts go to (default: http(s)://ADMIN_HOST:ADMIN_PORT)",
+    )
+    subscribe.add_argument(
+        "--since",
+        type=_sequence_id,
+        metavar="N",
+        help="first replay the stored events after sequence id N (the last one seen), then"
+        " continue live; reconnects always resume from the last event received",
     )
 
     reconcile = sub.add_parser(
@@ -210,6 +223,9 @@ def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
         )
     except KeyboardInterrupt:
         return EXIT_OK
+    except HistoryPruned as exc:  # before AdapterRejected: not an argument problem
+        print(f"subscribe: {_pruned(exc)}", file=sys.stderr)
+        return EXIT_PROBLEM
     except ValueError as exc:  # not a ws:// or wss:// URL, or --ca-file with ws://
         print(f"subscribe: --url: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -256,6 +272,7 @@ async def _tail(
             ssl=ssl,
             token=token,
             signing_keys=signing_keys,
+            since=args.since,
         )
     admin_url, consumer = report
     assert token is not None
@@ -271,6 +288,7 @@ async def _tail(
             ssl=ssl,
             token=token,
             signing_keys=signing_keys,
+            since=args.since,
             consumer=consumer,
             on_receipt=poster.add,
         )
@@ -283,6 +301,20 @@ async def _tail(
             + (f" (last error: {p.last_error})" if p.last_error else ""),
             file=sys.stderr,
         )
+
+
+def _pruned(exc: HistoryPruned) -> str:
+    """One line saying how far back the store goes, and how to go on."""
+    if exc.oldest is None:
+        return (
+            f"cannot resume after sequence id {exc.since}: the events after it were pruned and"
+            " the store holds none now; start again without --since"
+        )
+    return (
+        f"cannot resume after sequence id {exc.since}: the store goes back only to sequence"
+        f" id {exc.oldest} (the events between were pruned); --since {exc.oldest - 1} reads"
+        " on from there"
+    )
 
 
 def _reconcile(args: argparse.Namespace, settings: Settings) -> int:

@@ -192,7 +192,9 @@ class Broadcaster:
 
     ``adapters`` and ``store`` default to what ``settings`` describes: the
     WebSocket fan-out server and the Realtime adapter (with an embedded local
-    Realtime server when ``SUPABASE_URL`` is unset), and ``STORE_URL``.
+    Realtime server when ``SUPABASE_URL`` is unset), and ``STORE_URL``. The
+    default WebSocket server resumes subscribers (``?since=N``) from the
+    store; an injected one from the ``replay`` it was built with.
     """
 
     def __init__(
@@ -339,7 +341,8 @@ class Broadcaster:
                 update={"supabase_key": SecretStr(self.local_realtime_key)}
             )
         return [
-            WebSocketAdapter.from_settings(self.settings),
+            # Resume (?since=N) replays from this broadcaster's store.
+            WebSocketAdapter.from_settings(self.settings, replay=self._store),
             RealtimeAdapter.from_settings(rt_settings, url=realtime_url),
         ]
 

@@ -19,6 +19,8 @@ edge, with the original kept as ``__cause__``.
     │   ├── AdapterUnavailable  not connected / not started / connection lost
     │   ├── AdapterTimeout      no acknowledgement in time
     │   ├── AdapterRejected     the far side answered with an error
+    │   │   └── HistoryPruned   a resume asked for events the store no longer has;
+    │   │                       .since and .oldest (the oldest still stored) say how far
     │   └── BreakerOpen         the adapter's circuit breaker refused the call;
     │                           nothing was sent (.state, .retry_at)
     └── FrameError              a received frame is not a valid event (consumer side)
@@ -41,6 +43,7 @@ __all__ = [
     "ConfigError",
     "FlushTimeout",
     "FrameError",
+    "HistoryPruned",
     "InvalidEvent",
     "SignatureMismatch",
     "StoreError",
@@ -129,6 +132,19 @@ class AdapterTimeout(AdapterError):
 
 class AdapterRejected(AdapterError):
     """The far side answered the batch with an error."""
+
+
+class HistoryPruned(AdapterRejected):
+    """A resume (``?since=N``) was refused because events after ``since``
+    were pruned from the store (WebSocket close code 4410). ``oldest`` is the
+    oldest sequence id still stored, None when none is. Reconnecting cannot
+    fix it: read what is left with ``GET /events``, or resume from
+    ``oldest - 1`` knowing what was lost."""
+
+    def __init__(self, adapter: str, since: int, oldest: int | None, reason: str) -> None:
+        self.since = since
+        self.oldest = oldest
+        super().__init__(adapter, reason)
 
 
 class BreakerOpen(AdapterError):

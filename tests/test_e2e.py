@@ -157,8 +157,16 @@ async def test_signed_events_verify_end_to_end_and_a_stranger_counts_every_one_b
         async with (
             WebSocketSubscriber(ws_url, collector=collectors["websocket", "holder"]),
             WebSocketSubscriber(ws_url, collector=collectors["websocket", "stranger"]),
-            RealtimeSubscriber(b.local_realtime_url, collector=collectors["realtime", "holder"]),
-            RealtimeSubscriber(b.local_realtime_url, collector=collectors["realtime", "stranger"]),
+            RealtimeSubscriber(
+                b.local_realtime_url,
+                b.local_realtime_key,
+                collector=collectors["realtime", "holder"],
+            ),
+            RealtimeSubscriber(
+                b.local_realtime_url,
+                b.local_realtime_key,
+                collector=collectors["realtime", "stranger"],
+            ),
         ):
             routed: dict[str, int] = defaultdict(int)
             receipts = await b.publish_many(

@@ -141,7 +141,8 @@ async def test_a_refused_handshake_exits_2_with_one_line(
     args = ["--url", wss.url, "--ca-file", str(certs.ca_file)]
     result = await subscribe(*args, *(["--token", token] if token else []))
     assert result.returncode == 2
-    lines = said(result)
+    connecting, *lines = said(result)
+    assert connecting == f"connecting to {wss.url} …"
     assert len(lines) == 1 and f"HTTP {status}" in lines[0], result.stderr
     assert READER not in result.stderr
 
@@ -149,7 +150,8 @@ async def test_a_refused_handshake_exits_2_with_one_line(
 async def test_an_untrusted_certificate_fails_at_once(wss: WebSocketAdapter) -> None:
     result = await subscribe("--url", wss.url, "--token", CONSUMER)  # system trust store
     assert result.returncode == 1
-    lines = said(result)
+    connecting, *lines = said(result)
+    assert connecting == f"connecting to {wss.url} …"
     assert len(lines) == 1 and "CERTIFICATE_VERIFY_FAILED" in lines[0], result.stderr
 
 

@@ -11,6 +11,15 @@ token whose scope allows subscribing (``consumer`` or ``admin``), as
 on a WebSocket handshake, ``?access_token=<token>``: HTTP 401 without a valid
 token, 403 for a valid token whose scope does not allow it.
 
+Resume (SPEC 12): ``?since=N`` (a whole number) first sends every stored
+event after sequence id N that was routed to this adapter and matches the
+filter, in sequence order, then continues live, with no gap and no duplicate
+at the seam; see :class:`WebSocketAdapter`. The adapter reads history from
+the :class:`ReplaySource` it was given (the broadcaster's store); without one
+a ``since`` is refused with HTTP 400, as is a ``since`` that is not a whole
+number. History pruned after N closes the connection with
+:data:`PRUNED_CLOSE_CODE` (4410), naming the oldest sequence id still stored.
+
 Delivery model: :meth:`WebSocketAdapter.send` writes the batch to every open,
 matching connection's transport and returns. That is this adapter's "ack":
 the frames are in each current subscriber's socket buffer. Nothing is awaited
@@ -26,12 +35,13 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import re
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import structlog
@@ -42,7 +52,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from ..events import Category, EventRecord
-from ..exceptions import AdapterUnavailable, ConfigError
+from ..exceptions import AdapterUnavailable, ConfigError, StoreError
 from ..security import GRANTS, ApiToken, Permission, TokenSet
 from ..tls import server_ssl_context
 from .base import Adapter, AdapterHealth
@@ -52,12 +62,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACCESS_TOKEN_PARAMETER",
+    "AHEAD_CLOSE_CODE",
     "EVENTS_PATH",
+    "PRUNED_CLOSE_CODE",
+    "SINCE_PARAMETER",
     "SLOW_CLOSE_CODE",
     "SLOW_CLOSE_REASON",
+    "ReplaySource",
     "SubscriberInfo",
     "WebSocketAdapter",
     "parse_categories",
+    "parse_since",
     "text_frames",
 ]
 
@@ -71,6 +86,25 @@ ACCESS_TOKEN_PARAMETER: Final = "access_token"
 #: "try again later": the client may reconnect and catch up via reconciliation).
 SLOW_CLOSE_CODE: Final = CloseCode.TRY_AGAIN_LATER
 SLOW_CLOSE_REASON: Final = "subscriber too slow"
+
+#: The query parameter of resume: replay stored events after this sequence id.
+SINCE_PARAMETER: Final = "since"
+
+#: Close code when events after ``since`` were pruned: the reason names the
+#: oldest sequence id still stored ("Gone", as HTTP 410).
+PRUNED_CLOSE_CODE: Final = 4410
+
+#: Close code when ``since`` is beyond every id this store has handed out: the
+#: cursor comes from another store (or one that was reset), and resuming from
+#: it would silently skip every event up to it.
+AHEAD_CLOSE_CODE: Final = 4416
+
+#: Events read from the store per replay page.
+REPLAY_PAGE: Final = 1000
+
+# The largest sequence id a store can hold (a signed 64-bit integer).
+_MAX_SEQUENCE_ID: Final = 2**63 - 1
+_DIGITS: Final = re.compile(r"[0-9]+")
 
 # Subscribers only send control frames (pongs, close); anything bigger is abuse.
 _MAX_INCOMING_BYTES: Final = 64 * 1024
@@ -108,26 +142,42 @@ def parse_categories(raw: str | None) -> frozenset[Category] | None:
     return frozenset(selected)
 
 
-def _filter_from_path(path: str) -> frozenset[Category] | None:
-    """The category filter of a request path; ``ValueError``/``LookupError`` if bad."""
+def parse_since(raw: str) -> int:
+    """Parse a ``since`` value: a whole number from 0 to 2**63 - 1, in ASCII
+    digits. Raises :class:`ValueError` naming the value otherwise."""
+    if not _DIGITS.fullmatch(raw):
+        raise ValueError(f"since must be a whole number >= 0 (a sequence id), not {raw!r}")
+    value = int(raw)
+    if value > _MAX_SEQUENCE_ID:
+        raise ValueError(f"since {raw} is larger than any sequence id (at most {_MAX_SEQUENCE_ID})")
+    return value
+
+
+def _request_from_path(path: str) -> tuple[frozenset[Category] | None, int | None]:
+    """The category filter and ``since`` of a request path;
+    ``ValueError``/``LookupError`` if bad."""
     parts = urlsplit(path)
     if parts.path != EVENTS_PATH:
         raise LookupError(f"no such path {parts.path!r}; the event stream is at {EVENTS_PATH}")
     values: list[str] = []
+    since: int | None = None
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name == ACCESS_TOKEN_PARAMETER:
             continue  # checked by authentication, before the filter
+        if name == SINCE_PARAMETER:
+            if since is not None:
+                raise ValueError("since given more than once")
+            since = parse_since(value)
+            continue
         if name != "categories":
             # Strict on purpose: a typo such as ?category=CRITICAL must not
             # silently subscribe to every category.
             raise ValueError(
-                f"unknown query parameter {name!r}; only 'categories' (and"
-                f" '{ACCESS_TOKEN_PARAMETER}') are supported"
+                f"unknown query parameter {name!r}; only 'categories', '{SINCE_PARAMETER}'"
+                f" (and '{ACCESS_TOKEN_PARAMETER}') are supported"
             )
         values.append(value)
-    if not values:
-        return None
-    return parse_categories(",".join(values))
+    return (parse_categories(",".join(values)) if values else None), since
 
 
 def _describe(categories: frozenset[Category] | None) -> tuple[str, ...] | None:
@@ -161,6 +211,24 @@ def _can_subscribe(tokens: TokenSet) -> bool:
     )
 
 
+class ReplaySource(Protocol):
+    """Where resume reads history from: what :class:`~broadcaster.store.base.Store`
+    offers (see its methods of the same names)."""
+
+    async def read_events(
+        self,
+        *,
+        after: int,
+        limit: int,
+        categories: Collection[Category] | None = None,
+        adapter: str | None = None,
+    ) -> list[EventRecord]: ...
+
+    async def first_sequence_id(self) -> int: ...
+
+    async def last_sequence_id(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SubscriberInfo:
     """A snapshot of one connected subscriber (for health, admin and tests)."""
@@ -171,15 +239,34 @@ class SubscriberInfo:
     connected_at: float
     #: The name of the token it presented (None when none was required).
     token: str | None = None
+    #: The ``since`` it resumed from (None: it did not ask to).
+    since: int | None = None
+    #: Whether it is still being sent stored events (live ones wait meanwhile).
+    replaying: bool = False
 
 
 class _Subscriber:
     """Per-connection state kept by the adapter."""
 
-    __slots__ = ("abort_handle", "categories", "connected_at", "frames_sent", "remote", "token")
+    __slots__ = (
+        "abort_handle",
+        "categories",
+        "connected_at",
+        "frames_sent",
+        "held",
+        "held_bytes",
+        "remote",
+        "seam",
+        "since",
+        "token",
+    )
 
     def __init__(
-        self, remote: str, categories: frozenset[Category] | None, token: str | None
+        self,
+        remote: str,
+        categories: frozenset[Category] | None,
+        token: str | None,
+        since: int | None = None,
     ) -> None:
         self.remote = remote
         self.categories = categories
@@ -187,6 +274,16 @@ class _Subscriber:
         self.frames_sent = 0
         self.connected_at = time.time()
         self.abort_handle: asyncio.TimerHandle | None = None
+        self.since = since
+        # While replaying: the live records for this connection, sent once
+        # the replay has caught up (None: live). Their wire bytes count
+        # against max_buffer_bytes like an unsent backlog.
+        self.held: list[EventRecord] | None = [] if since is not None else None
+        self.held_bytes = 0
+        # After replay: the highest sequence id replayed. Ids in (since, seam]
+        # were sent from the store; a live copy of one (a backfill, a repair)
+        # would be a duplicate for this connection.
+        self.seam = 0
 
     def info(self) -> SubscriberInfo:
         return SubscriberInfo(
@@ -195,7 +292,13 @@ class _Subscriber:
             self.frames_sent,
             self.connected_at,
             self.token,
+            self.since,
+            self.held is not None,
         )
+
+    def replayed(self, sequence_id: int) -> bool:
+        """Whether ``sequence_id`` was sent to this connection by its replay."""
+        return self.since is not None and self.since < sequence_id <= self.seam
 
 
 def _remote(connection: ServerConnection) -> str:
@@ -245,6 +348,36 @@ class WebSocketAdapter(Adapter):
     without closing their socket (``None`` disables them).
 
     :meth:`send` never waits on a subscriber; see the module docstring.
+
+    **Resume.** With ``replay`` (a :class:`ReplaySource`: the store), a
+    client connecting with ``?since=N`` is registered at once, so live
+    batches for it are held from that moment (bounded by
+    ``max_buffer_bytes``, past which it is closed as too slow, 1013); the
+    adapter then pages through the stored events after N routed to this
+    adapter and matching the filter (``replay_page`` at a time, pacing
+    itself on the client's reading), sends the held live events it did not
+    replay, and switches the connection to live. Every event committed
+    before a page was read is in that page or an earlier one, and every
+    event sent live after registration was held, so nothing falls between
+    the two, and what was replayed is not sent twice: frames follow
+    sequence order. What a resuming subscriber can see:
+
+    * every stored event after N that was routed to this adapter and matches
+      its filter, once, in order, then live events;
+    * events held back by an open breaker are stored, so replay sends them
+      although the live path has not yet (at-least-once); when the breaker
+      closes, the backfill does not send them again to this connection if
+      they are after N, and a backfilled event at or before N arrives out of
+      order, as it does for any live subscriber;
+    * close code 4410 (:data:`PRUNED_CLOSE_CODE`) before anything is sent
+      when events after N were pruned: the reason names the oldest sequence
+      id still stored ("no event is stored" when none is). The check is
+      against that lowest id: an event kept because it is still undelivered
+      somewhere hides a pruned range above it;
+    * close code 4416 (:data:`AHEAD_CLOSE_CODE`) when N is beyond every
+      sequence id the store has handed out (a cursor from another store);
+    * close code 1013 when the store cannot be read: reconnect later with the
+      same ``since``.
     """
 
     name = "websocket"
@@ -260,9 +393,15 @@ class WebSocketAdapter(Adapter):
         close_timeout: float = 2.0,
         ssl: SSLContext | None = None,
         tokens: TokenSet | None = None,
+        replay: ReplaySource | None = None,
+        replay_page: int = REPLAY_PAGE,
     ) -> None:
         if max_buffer_bytes < 1:
             raise ValueError("max_buffer_bytes must be positive")
+        if replay_page < 1:
+            raise ValueError("replay_page must be positive")
+        self._replay = replay
+        self._replay_page = replay_page
         if tokens is not None and not _can_subscribe(tokens):
             raise ValueError("tokens has no token whose scope allows subscribing")
         self.host = host
@@ -284,11 +423,14 @@ class WebSocketAdapter(Adapter):
         self._dropped_slow = 0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> WebSocketAdapter:
+    def from_settings(
+        cls, settings: Settings, *, replay: ReplaySource | None = None
+    ) -> WebSocketAdapter:
         """Build from ``WEBSOCKET_HOST`` / ``WEBSOCKET_PORT``, the TLS files
         ``WEBSOCKET_TLS_CERT`` / ``WEBSOCKET_TLS_KEY`` and
         ``WEBSOCKET_REQUIRE_TOKEN`` (with the tokens of
-        ``BROADCASTER_ADMIN_TOKEN`` / ``BROADCASTER_TOKENS``). Raises
+        ``BROADCASTER_ADMIN_TOKEN`` / ``BROADCASTER_TOKENS``), resuming
+        from ``replay`` (see the class doc). Raises
         :class:`ConfigError` for TLS files that do not load, or a token
         requirement that no configured token can meet."""
         context = None
@@ -305,7 +447,13 @@ class WebSocketAdapter(Adapter):
                     "no configured token may subscribe: add a 'consumer' token to"
                     " BROADCASTER_TOKENS or set BROADCASTER_ADMIN_TOKEN",
                 )
-        return cls(settings.websocket_host, settings.websocket_port, ssl=context, tokens=tokens)
+        return cls(
+            settings.websocket_host,
+            settings.websocket_port,
+            ssl=context,
+            tokens=tokens,
+            replay=replay,
+        )
 
     # -- addresses -------------------------------------------------------------
 
@@ -459,21 +607,26 @@ class WebSocketAdapter(Adapter):
         # Refuse bad paths and filters at the HTTP handshake, so a client
         # learns what is wrong from the status and body rather than a close.
         try:
-            _filter_from_path(request.path)
+            _, since = _request_from_path(request.path)
         except LookupError as exc:
             return connection.respond(http.HTTPStatus.NOT_FOUND, f"{exc}\n")
         except ValueError as exc:
             return connection.respond(http.HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        if since is not None and self._replay is None:
+            return connection.respond(
+                http.HTTPStatus.BAD_REQUEST,
+                "this server keeps no history to resume from; connect without since\n",
+            )
         return None
 
     async def _handler(self, connection: ServerConnection) -> None:
         # _process_request already validated the path, so this cannot fail.
         request = connection.request
-        categories = _filter_from_path(request.path if request else "")
+        categories, since = _request_from_path(request.path if request else "")
         token = self._authenticate(request) if request is not None else None
-        sub = _Subscriber(_remote(connection), categories, token.name if token else None)
+        sub = _Subscriber(_remote(connection), categories, token.name if token else None, since)
         # Registered before the first await: a client whose handshake has
-        # completed gets every event sent after that.
+        # completed gets every event sent after that (held while it replays).
         self._live[connection] = sub
         self._connections[connection] = sub
         self._membership.set()
@@ -482,7 +635,13 @@ class WebSocketAdapter(Adapter):
             remote=sub.remote,
             categories=_describe(categories),
             token=sub.token,
+            since=since,
         )
+        replay: asyncio.Task[None] | None = None
+        if since is not None:
+            replay = asyncio.get_running_loop().create_task(
+                self._resume(connection, sub, since), name=f"websocket-replay {sub.remote}"
+            )
         try:
             # Subscribers have nothing to say; reading (and discarding) keeps
             # pongs and the close handshake flowing and ends when the peer goes.
@@ -491,6 +650,9 @@ class WebSocketAdapter(Adapter):
         except ConnectionClosed:
             pass
         finally:
+            if replay is not None:
+                replay.cancel()
+                await asyncio.gather(replay, return_exceptions=True)
             self._forget(connection)
             self._connections.pop(connection, None)
             if sub.abort_handle is not None:
@@ -527,9 +689,30 @@ class WebSocketAdapter(Adapter):
             return
         every: tuple[bytes, int] | None = None
         by_filter: dict[frozenset[Category], tuple[bytes, int]] = {}
+        lowest: int | None = None
         # Copy: a write failure or a slow drop removes entries as we go.
         for connection, sub in list(self._live.items()):
             wanted = sub.categories
+            if sub.held is not None:
+                self._hold(connection, sub, batch)
+                continue
+            if sub.seam:
+                if lowest is None:
+                    lowest = min(record.sequence_id for record in batch)
+                if lowest <= sub.seam:
+                    # A resumed connection and a batch reaching back into
+                    # what its replay sent (a backfill, a repair): its own frames.
+                    own = text_frames(
+                        [
+                            r.wire
+                            for r in batch
+                            if (wanted is None or r.category in wanted)
+                            and not sub.replayed(r.sequence_id)
+                        ]
+                    )
+                    if own[1]:
+                        self._write(connection, sub, *own)
+                    continue
             if wanted is None:
                 if every is None:
                     every = text_frames([record.wire for record in batch])
@@ -543,7 +726,15 @@ class WebSocketAdapter(Adapter):
             if framed[1]:
                 self._write(connection, sub, *framed)
 
-    def _write(self, connection: ServerConnection, sub: _Subscriber, data: bytes, n: int) -> None:
+    def _write(
+        self,
+        connection: ServerConnection,
+        sub: _Subscriber,
+        data: bytes,
+        n: int,
+        *,
+        bounded: bool = True,
+    ) -> None:
         transport = connection.transport
         protocol = connection.protocol
         if protocol.state is not State.OPEN or transport.is_closing():
@@ -570,7 +761,8 @@ class WebSocketAdapter(Adapter):
         sub.frames_sent += n
         self._frames_sent += n
         backlog = transport.get_write_buffer_size()
-        if backlog > self._max_buffer:
+        # A replay page (bounded=False) paces itself instead (_paced).
+        if bounded and backlog > self._max_buffer:
             self._drop_slow(connection, sub, backlog)
 
     def _drop_slow(self, connection: ServerConnection, sub: _Subscriber, backlog: int) -> None:
@@ -593,3 +785,130 @@ class WebSocketAdapter(Adapter):
         sub.abort_handle = asyncio.get_running_loop().call_later(
             self._close_timeout, connection.transport.abort
         )
+
+    # -- resume ----------------------------------------------------------------
+
+    def _hold(
+        self, connection: ServerConnection, sub: _Subscriber, batch: Sequence[EventRecord]
+    ) -> None:
+        """Keep ``batch``'s matching records for a replaying connection; past
+        ``max_buffer_bytes`` held, it is too slow, as with an unsent backlog."""
+        held = sub.held
+        assert held is not None
+        wanted = sub.categories
+        for record in batch:
+            if wanted is None or record.category in wanted:
+                held.append(record)
+                sub.held_bytes += len(record.wire)
+        if sub.held_bytes > self._max_buffer:
+            backlog = sub.held_bytes
+            sub.held, sub.held_bytes = None, 0
+            self._drop_slow(connection, sub, backlog)
+
+    async def _resume(self, connection: ServerConnection, sub: _Subscriber, since: int) -> None:
+        """Replay the stored events after ``since`` to ``connection``, then
+        switch it to live (see the class doc). Ends quietly when the
+        connection goes or is dropped meanwhile."""
+        source = self._replay
+        assert source is not None  # _process_request refuses since without one
+        try:
+            first = await source.first_sequence_id()
+            last = await source.last_sequence_id()
+            if since > last:
+                await self._refuse(
+                    connection,
+                    sub,
+                    AHEAD_CLOSE_CODE,
+                    f"since {since} is beyond this store: its newest sequence id is {last}",
+                )
+                return
+            if first > since + 1 or (first == 0 and last > since):
+                oldest = f"the oldest stored is {first}" if first else "no event is stored"
+                await self._refuse(
+                    connection,
+                    sub,
+                    PRUNED_CLOSE_CODE,
+                    f"events after {since} were pruned; {oldest}",
+                )
+                return
+            cursor, replayed = since, 0
+            while True:
+                page = await source.read_events(
+                    after=cursor,
+                    limit=self._replay_page,
+                    categories=sub.categories,
+                    adapter=self.name,
+                )
+                if sub.held is None or connection not in self._live:
+                    return  # dropped as too slow, or gone
+                if len(page) < self._replay_page:
+                    # Caught up: this page, the held live events and the
+                    # switch to live happen in one step, with no send between.
+                    self._go_live(connection, sub, page, cursor, replayed)
+                    return
+                cursor = page[-1].sequence_id
+                replayed += len(page)
+                self._write(connection, sub, *text_frames([r.wire for r in page]), bounded=False)
+                await self._paced(connection)
+        except StoreError as exc:
+            log.error("replay failed: store", remote=sub.remote, since=since, error=str(exc))
+            await self._refuse(connection, sub, SLOW_CLOSE_CODE, "store unavailable; resume later")
+        except ConnectionClosed:
+            pass
+        except Exception as exc:
+            # Not a store or connection failure: a bug. Say so, and let the
+            # client retry rather than wait on a replay that will never end.
+            log.exception("replay failed", remote=sub.remote, since=since, error=repr(exc))
+            await self._refuse(connection, sub, CloseCode.INTERNAL_ERROR, "replay failed")
+
+    def _go_live(
+        self,
+        connection: ServerConnection,
+        sub: _Subscriber,
+        page: list[EventRecord],
+        cursor: int,
+        replayed: int,
+    ) -> None:
+        held = sub.held or []
+        since = sub.since
+        assert since is not None
+        sub.held, sub.held_bytes = None, 0
+        # Nothing replayed (seam 0): nothing a live batch could repeat.
+        sub.seam = page[-1].sequence_id if page else (cursor if cursor > since else 0)
+        records = page
+        late = [r for r in held if not sub.replayed(r.sequence_id)]
+        if late:
+            # Held live events in sequence order, each once (a repair may have
+            # sent one twice meanwhile).
+            merged = sorted([*page, *late], key=lambda r: r.sequence_id)
+            records = [
+                r
+                for i, r in enumerate(merged)
+                if i == 0 or merged[i - 1].sequence_id != r.sequence_id
+            ]
+        if records:
+            self._write(connection, sub, *text_frames([r.wire for r in records]))
+        log.info(
+            "subscriber resumed",
+            remote=sub.remote,
+            since=since,
+            replayed=replayed + len(page),
+            held=len(held),
+            seam=sub.seam,
+        )
+
+    async def _paced(self, connection: ServerConnection) -> None:
+        """Wait while a replay's unsent backlog is over a quarter of the
+        limit: a ping's pong comes back once the client has read what was
+        written before it, so replay runs at the client's pace and holds
+        at most about one page beyond the limit."""
+        while connection.transport.get_write_buffer_size() > self._max_buffer // 4:
+            await (await connection.ping())
+
+    async def _refuse(
+        self, connection: ServerConnection, sub: _Subscriber, code: int, reason: str
+    ) -> None:
+        self._forget(connection)
+        sub.held, sub.held_bytes = None, 0
+        log.warning("resume refused", remote=sub.remote, since=sub.since, code=code, reason=reason)
+        await connection.close(code, reason)

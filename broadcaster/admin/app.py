@@ -44,6 +44,7 @@ from ..metrics import BroadcasterMetrics
 from ..security import TokenSet
 from ..store.base import AuditEntry, StoredEvent
 from . import receipts
+from .catchup import add_catchup_route
 from .guard import AccessGuard, token_of
 
 __all__ = [
@@ -338,6 +339,8 @@ def create_app(
             return JSONResponse({"detail": f"not accepted, retry: {exc}"}, status_code=503)
         out = [r.as_dict() for r in receipts]
         return out[0] if single else out
+
+    add_catchup_route(app)  # GET /events?after=N (catch-up)
 
     @app.get("/events/{sequence_id}")
     async def get_event(

@@ -12,7 +12,9 @@ soon as the bytes read pass it, without reading further. Every response gets
 Each route's decision lives in :data:`ROUTE_ACCESS`, keyed by the route's
 name. A route without one needs the ``operate`` permission, the safer
 mistake; the test suite walks the router and requires a decision for every
-route, so none should be without.
+route, so none should be without. A route that more than one permission may
+call lists the others in :data:`ALSO_PERMITTED`; :func:`permits` says
+whether a scope may call a route.
 """
 
 from __future__ import annotations
@@ -25,9 +27,19 @@ import orjson
 from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..security import ApiToken, Permission, TokenSet
+from ..security import GRANTS, ApiToken, Permission, TokenSet
+from ..security import Scope as SecurityScope
 
-__all__ = ["OPEN", "ROUTE_ACCESS", "AccessGuard", "BodyTooLarge", "token_of"]
+__all__ = [
+    "ALSO_PERMITTED",
+    "OPEN",
+    "ROUTE_ACCESS",
+    "AccessGuard",
+    "BodyTooLarge",
+    "permits",
+    "required",
+    "token_of",
+]
 
 
 class _Open(Enum):
@@ -60,7 +72,32 @@ ROUTE_ACCESS: Final[Mapping[str, Permission | _Open]] = {
     "get_reconciliation": Permission.READ,
     "run_reconciliation": Permission.OPERATE,
     "post_receipts": Permission.CONSUME,
+    # GET /events?after=N: catch-up for consumers (SPEC 12, 13); also every GET
+    # for readers, see ALSO_PERMITTED.
+    "read_events": Permission.CONSUME,
 }
+
+#: Routes that a permission besides their :data:`ROUTE_ACCESS` one also
+#: allows: the catch-up read is a consumer's, and as a GET a reader's too.
+ALSO_PERMITTED: Final[Mapping[str, frozenset[Permission]]] = {
+    "read_events": frozenset({Permission.READ}),
+}
+
+
+def required(route: str) -> frozenset[Permission] | _Open:
+    """What calling the route named ``route`` needs: OPEN, or a set of
+    permissions any one of which suffices."""
+    access = ROUTE_ACCESS.get(route, Permission.OPERATE)
+    if access is OPEN:
+        return OPEN
+    return frozenset({access}) | ALSO_PERMITTED.get(route, frozenset())
+
+
+def permits(route: str, scope: SecurityScope) -> bool:
+    """Whether a token of ``scope`` may call the route named ``route``."""
+    access = required(route)
+    return access is OPEN or bool(access & GRANTS[scope])
+
 
 _SCOPE_KEY: Final = "broadcaster.token"
 
@@ -107,14 +144,13 @@ class AccessGuard:
         self._tokens = tokens
         self._max_body = max_body_bytes
 
-    def _access(self, scope: Scope) -> Permission | _Open | None:
-        """The matched route's decision; None when no route matches fully
-        (404 or 405 then, for token holders only)."""
+    def _access(self, scope: Scope) -> frozenset[Permission] | _Open | None:
+        """The matched route's decision (:func:`required`); None when no
+        route matches fully (404 or 405 then, for token holders only)."""
         for route in self._router.routes:
             match, _ = route.matches(scope)
             if match is Match.FULL:
-                name = getattr(route, "name", "")
-                return ROUTE_ACCESS.get(name, Permission.OPERATE)
+                return required(getattr(route, "name", ""))
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -129,7 +165,7 @@ class AccessGuard:
                 why = "missing bearer token" if _bearer(scope) is None else "invalid token"
                 await _reply(send, 401, why, {"www-authenticate": "Bearer"})
                 return
-            if access is not None and not token.allows(access):
+            if access is not None and not any(token.allows(p) for p in access):
                 await _reply(
                     send, 403, f"token {token.name!r} (scope {token.scope.value}) may not do this"
                 )

@@ -7,8 +7,12 @@ text frame with orjson and feeds the object to a
 :class:`~broadcaster.consumer.ReceiptCollector`, which verifies the checksum
 and counts it. A malformed frame is counted in
 ``collector.stats.malformed`` and logged; it never stops the loop. After a
-drop the subscriber reconnects with capped exponential backoff (events sent
-while it was away are not replayed here; reconciliation finds them).
+drop the subscriber reconnects with capped exponential backoff and resumes
+(SPEC 12): it remembers the highest sequence id it received and reconnects
+with ``?since=<that id>``, so the server replays what it missed, with no gap
+and no duplicate; ``since=`` starts the first connection that way too. A
+server that pruned that history closes with 4410, which ends the
+subscription with :class:`~broadcaster.exceptions.HistoryPruned`.
 
 :func:`tail` is the ``broadcaster subscribe`` command: one line per event.
 """
@@ -16,8 +20,10 @@ while it was away are not replayed here; reconciliation finds them).
 from __future__ import annotations
 
 import asyncio
+import http
 import logging
 import random
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -32,16 +38,22 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.uri import parse_uri
 
-from ..exceptions import AdapterError, AdapterRejected, AdapterUnavailable
+from ..exceptions import AdapterError, AdapterRejected, AdapterUnavailable, HistoryPruned
 from ..store.base import ConsumerReceipt
 from ._common import ConsumerStats, ReceiptCollector
 
-__all__ = ["WebSocketSubscriber", "redact_url", "subscription_url", "tail"]
+__all__ = ["WebSocketSubscriber", "redact_url", "resume_url", "subscription_url", "tail"]
 
 ADAPTER: Final = "websocket"
 
 # A missing or insufficient token: no retry can fix it, at a reconnect either.
 _AUTH_STATUSES: Final = frozenset({401, 403})
+
+# Close codes of a refused resume (broadcaster.adapters.websocket): history
+# pruned after the cursor, and a cursor beyond the store. Not retried.
+_PRUNED: Final = 4410
+_AHEAD: Final = 4416
+_OLDEST: Final = re.compile(r"oldest stored is (\d+)")
 
 # Frames carry one event each; the payload limit is 256 KiB by default, so a
 # 4 MiB cap leaves room for EVENT_MAX_BYTES raised well above it.
@@ -71,6 +83,22 @@ def subscription_url(url: str, categories: Sequence[str] | None) -> str:
     selected = ",".join(c.strip().upper() for c in categories)
     query = urlencode([*kept, ("categories", selected)], safe=",")
     return urlunsplit(parts._replace(query=query))
+
+
+def resume_url(url: str, since: int | None) -> str:
+    """``url`` with ``?since=<since>`` set (replacing one it had); without it
+    for ``None``. Other query parameters are kept."""
+    parts = urlsplit(url)
+    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "since"]
+    if since is not None:
+        kept.append(("since", str(since)))
+    return urlunsplit(parts._replace(query=urlencode(kept, safe=",")))
+
+
+def _since_of(url: str) -> int | None:
+    """The ``since`` a URL asks for, if any (the server judges its form)."""
+    values = [v for k, v in parse_qsl(urlsplit(url).query) if k == "since"]
+    return int(values[-1]) if values and values[-1].isascii() and values[-1].isdigit() else None
 
 
 def redact_url(url: str) -> str:
@@ -110,6 +138,18 @@ class WebSocketSubscriber:
     trusts a given CA bundle). ``token`` is sent as ``Authorization: Bearer``
     (servers with ``WEBSOCKET_REQUIRE_TOKEN``). A 401 or 403 at a reconnect
     ends the subscription as at the start: no retry can fix a token.
+
+    Resume: :attr:`last_sequence_id` is the highest sequence id received
+    (``since`` until one arrives, None without either); every connection
+    after the first asks for ``?since=<last_sequence_id>``, and the first
+    too when ``since`` is given (or the URL carries one). A subscriber that
+    has received nothing and was given no ``since`` reconnects without one:
+    it has no position to resume from. A server that pruned the history
+    after the cursor closes with 4410: the subscription ends and
+    :attr:`error` is a :class:`~broadcaster.exceptions.HistoryPruned`.
+    ``on_connect(url, attempt)`` is called before every connection attempt
+    with the URL (token masked, ``since`` included): attempt 0 is the first
+    connection, n > 0 the n-th retry since the last connection opened.
     """
 
     def __init__(
@@ -126,7 +166,11 @@ class WebSocketSubscriber:
         ping_timeout: float | None = 20.0,
         ssl: SSLContext | None = None,
         token: str | None = None,
+        since: int | None = None,
+        on_connect: Callable[[str, int], None] | None = None,
     ) -> None:
+        if since is not None and since < 0:
+            raise ValueError(f"since must be >= 0, not {since}")
         self.url = subscription_url(url, categories)
         try:
             secure = parse_uri(self.url).secure
@@ -158,6 +202,35 @@ class WebSocketSubscriber:
         # (target count, future) pairs of wait_for() callers; empty on the
         # hot path, so checking it costs one truth test per frame.
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        # The resume cursor: -1 until there is one (ids start at 1, since at 0).
+        if since is None:
+            since = _since_of(self.url)
+        self._last = -1 if since is None else since
+        self._on_connect = on_connect
+        self._error: AdapterError | None = None
+        # False after a server refused a reconnect's since (see _connect_loop).
+        self._resuming = True
+        self._ended = asyncio.Event()
+
+    @property
+    def last_sequence_id(self) -> int | None:
+        """The highest sequence id received (``since`` before any): where
+        the next connection resumes. None when there is neither."""
+        return None if self._last < 0 else self._last
+
+    async def wait_ended(self) -> AdapterError | None:
+        """Wait until the subscription has ended on its own (a refusal no
+        retry can fix: a token, pruned history; or a drop without
+        ``reconnect``) and return :attr:`error`. Bound it with
+        ``asyncio.timeout(...)``; a running subscription never ends by itself."""
+        await self._ended.wait()
+        return self._error
+
+    @property
+    def error(self) -> AdapterError | None:
+        """What ended the subscription for good (a refused token, pruned
+        history), or None while it runs or after a plain :meth:`close`."""
+        return self._error
 
     @property
     def stats(self) -> ConsumerStats:
@@ -174,6 +247,7 @@ class WebSocketSubscriber:
         if self._task is not None:
             return
         self._closing = False
+        self._ended.clear()
         loop = asyncio.get_running_loop()
         opened: asyncio.Future[None] = loop.create_future()
         self._opened = opened
@@ -255,11 +329,21 @@ class WebSocketSubscriber:
     # -- receive loop ----------------------------------------------------------
 
     async def _run(self) -> None:
+        try:
+            await self._connect_loop()
+        except AdapterError as exc:
+            self._error = exc
+            raise
+
+    async def _connect_loop(self) -> None:
         attempt = 0
         while True:
+            url = resume_url(self.url, self.last_sequence_id if self._resuming else None)
+            if self._on_connect is not None:
+                self._on_connect(redact_url(url), attempt)
             try:
                 ws = await connect(
-                    self.url,
+                    url,
                     logger=_protocol_log,
                     # Compression costs CPU on both ends; the server refuses it anyway.
                     compression=None,
@@ -275,6 +359,23 @@ class WebSocketSubscriber:
                 # A 4xx names a bad path, filter or token: retrying cannot fix it.
                 error: AdapterError = _rejection(self._shown_url, exc)
                 final = exc.response.status_code in _AUTH_STATUSES
+                if (
+                    exc.response.status_code == http.HTTPStatus.BAD_REQUEST
+                    and self._resuming
+                    and self._opened is not None
+                    and self._opened.done()
+                ):
+                    # A reconnect refused for its since: a server that keeps
+                    # no history. Go on live at once rather than not at all;
+                    # what was missed meanwhile shows up in reconciliation.
+                    log.warning(
+                        "server cannot resume; continuing without since",
+                        url=self._shown_url,
+                        since=self.last_sequence_id,
+                        error=str(error),
+                    )
+                    self._resuming = False
+                    continue
                 if self._fail_start(error) or not self.reconnect or final:
                     raise error from exc
                 self._last_error = str(error)
@@ -299,6 +400,7 @@ class WebSocketSubscriber:
                 log.info("connect failed; will retry", url=self._shown_url, error=str(exc))
             else:
                 attempt = 0
+                self._resuming = True
                 await self._serve(ws)
                 if self._closing or not self.reconnect:
                     return
@@ -308,6 +410,7 @@ class WebSocketSubscriber:
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        self._ended.set()
         # Whatever ended the receive task, a start() still waiting must not
         # wait out its whole timeout, and an unexpected error must be seen.
         error = None if task.cancelled() else task.exception()
@@ -338,8 +441,11 @@ class WebSocketSubscriber:
             while True:
                 on_frame(await recv())
         except ConnectionClosed as exc:
+            rcvd = exc.rcvd
+            if rcvd is not None and rcvd.code in (_PRUNED, _AHEAD) and not self._closing:
+                # The server cannot resume from our cursor: no retry can fix that.
+                self._refused_resume(rcvd.code, rcvd.reason)
             if not self._closing:
-                rcvd = exc.rcvd
                 log.warning(
                     "subscription dropped",
                     url=self._shown_url,
@@ -351,6 +457,14 @@ class WebSocketSubscriber:
             self._ws = None
             # Release the socket whatever ended the loop (cancel included).
             await ws.close()
+
+    def _refused_resume(self, code: int, reason: str) -> None:
+        since = self._last
+        message = f"{self._shown_url} cannot resume after sequence id {since}: {reason}"
+        if code == _PRUNED:
+            found = _OLDEST.search(reason)
+            raise HistoryPruned(ADAPTER, since, int(found.group(1)) if found else None, message)
+        raise AdapterRejected(ADAPTER, message)
 
     def _on_frame(self, frame: str | bytes) -> None:
         collector = self.collector
@@ -368,6 +482,9 @@ class WebSocketSubscriber:
                 "malformed frame", url=self._shown_url, error=str(exc), frame=repr(frame[:200])
             )
         else:
+            seq = obj.get("sequence_id")
+            if type(seq) is int and seq > self._last:
+                self._last = seq
             try:
                 collector.handle(obj)
             except Exception as exc:
@@ -395,11 +512,16 @@ async def tail(
     ssl: SSLContext | None = None,
     token: str | None = None,
     signing_keys: Mapping[str, str | bytes] | None = None,
+    since: int | None = None,
+    err: TextIO | None = None,
     consumer: str = "tail",
     on_receipt: Callable[[ConsumerReceipt], None] | None = None,
 ) -> ConsumerStats:
     """Print one line per event received from the fan-out at ``url``
-    (``ssl`` and ``token`` as for :class:`WebSocketSubscriber`). Each
+    (``ssl``, ``token`` and ``since`` as for :class:`WebSocketSubscriber`:
+    it resumes after every reconnect). ``err`` (default ``sys.stderr``)
+    gets ``connecting to <url> …`` at the start and ``reconnecting (attempt
+    n) to <url> …`` before each retry, so ``out`` holds events only. Each
     receipt, named ``consumer``, goes to ``on_receipt`` if given (a
     :class:`~broadcaster.consumer.ReceiptPoster`'s ``add``: ``subscribe --report``).
 
@@ -409,7 +531,9 @@ async def tail(
     stats once ``limit`` events were seen, or when cancelled (Ctrl-C, a
     timeout): cancellation ends the tail, it is not an error. Raises
     :class:`~broadcaster.exceptions.AdapterRejected` for a bad filter or a
-    refused token (HTTP 401/403) and
+    refused token (HTTP 401/403),
+    :class:`~broadcaster.exceptions.HistoryPruned` when the server no longer
+    has the events to resume from, and
     :class:`~broadcaster.exceptions.AdapterUnavailable` when the server
     cannot be reached at the start.
     """
@@ -442,8 +566,23 @@ async def tail(
         track_seen=False,
         signing_keys=signing_keys,
     )
+
+    def on_connect(shown: str, attempt: int) -> None:
+        stream = err if err is not None else sys.stderr
+        if attempt:
+            stream.write(f"reconnecting (attempt {attempt}) to {shown} …\n")
+        else:
+            stream.write(f"connecting to {shown} …\n")
+        stream.flush()
+
     subscriber = WebSocketSubscriber(
-        url, categories=categories, collector=collector, ssl=ssl, token=token
+        url,
+        categories=categories,
+        collector=collector,
+        ssl=ssl,
+        token=token,
+        since=since,
+        on_connect=on_connect,
     )
     try:
         await subscriber.start()

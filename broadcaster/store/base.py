@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
 from typing import Any, Self
 
-from ..events import EventDraft, EventRecord
+from ..events import Category, EventDraft, EventRecord
 
 __all__ = [
     "DELIVERED_STATES",
@@ -424,6 +424,27 @@ class Store(ABC):
     async def last_sequence_id(self) -> int:
         """The highest sequence id ever handed out (0 for a new store). Ids of
         a failed append are not reused, so this may exceed the highest stored id."""
+
+    @abstractmethod
+    async def read_events(
+        self,
+        *,
+        after: int,
+        limit: int,
+        categories: Collection[Category] | None = None,
+        adapter: str | None = None,
+    ) -> list[EventRecord]:
+        """Stored events with sequence id > ``after``, in sequence order, at most
+        ``limit``: only those of ``categories`` (None: every category) and only
+        those whose routing includes ``adapter`` (None: any routing). What
+        resume (``?since=N``) and ``GET /events`` replay. A range read of the
+        events key, whatever the delivery states; an empty ``categories``
+        matches nothing."""
+
+    @abstractmethod
+    async def first_sequence_id(self) -> int:
+        """The lowest sequence id still stored (0 when no event is): where
+        history begins after pruning."""
 
     @abstractmethod
     async def scan(self, *, after: int = 0, limit: int = 1000) -> list[ScanRow]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ..events import EventDraft, EventRecord, seal
+from ..events import Category, EventDraft, EventRecord, seal
 from .base import (
     DELIVERED_STATES,
     UNDELIVERED_STATES,
@@ -153,6 +153,35 @@ class MemoryStore(Store):
 
     async def last_sequence_id(self) -> int:
         return self._last
+
+    async def read_events(
+        self,
+        *,
+        after: int,
+        limit: int,
+        categories: Collection[Category] | None = None,
+        adapter: str | None = None,
+    ) -> list[EventRecord]:
+        """See :meth:`Store.read_events`. Events sit in the dict in sequence
+        order (appended in order, only ever deleted), so no sort is needed."""
+        wanted = None if categories is None else frozenset(categories)
+        out: list[EventRecord] = []
+        if limit <= 0:
+            return out
+        for seq, (record, routed, _) in self._events.items():
+            if seq <= after:
+                continue
+            if wanted is not None and record.category not in wanted:
+                continue
+            if adapter is not None and adapter not in routed:
+                continue
+            out.append(record)
+            if len(out) >= limit:
+                break
+        return out
+
+    async def first_sequence_id(self) -> int:
+        return next(iter(self._events), 0)
 
     async def scan(self, *, after: int = 0, limit: int = 1000) -> list[ScanRow]:
         rows = []

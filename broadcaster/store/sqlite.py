@@ -134,7 +134,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -143,7 +143,7 @@ from typing import Any, Final, TypeVar
 import orjson
 import structlog
 
-from ..events import EventDraft, EventRecord, record_from_wire, seal
+from ..events import Category, EventDraft, EventRecord, record_from_wire, seal
 from ..exceptions import StoreError, StoreUnavailable
 from ..settings import SQLITE_SYNCHRONOUS_MODES
 from ._batching import (
@@ -560,6 +560,15 @@ _ADD_DELIVERED_COUNT: Final = (
     " ON CONFLICT (adapter, state) DO UPDATE SET n = n + excluded.n"
 )
 _ADD_META: Final = "UPDATE meta SET value = value + ? WHERE key = ?"
+# read_events(): a range read of the events key. The filters are parameters
+# that may be NULL, so one statement (and one cached plan) serves every call.
+_READ_EVENTS: Final = (
+    "SELECT wire FROM events WHERE sequence_id > ?1"
+    " AND (?2 IS NULL OR category IN (SELECT value FROM json_each(?2)))"
+    " AND (?3 IS NULL OR EXISTS (SELECT 1 FROM json_each(routed_to) WHERE value = ?3))"
+    " ORDER BY sequence_id LIMIT ?4"
+)
+_FIRST_SEQUENCE_ID: Final = "SELECT coalesce(min(sequence_id), 0) FROM events"
 # scan(): one page is four range reads. CASE: the wire only for rows written
 # before migration 3 filled checksum and payload_keys.
 _SCAN_EVENTS: Final = (
@@ -1612,6 +1621,35 @@ class SQLiteStore(Store):
             return int(value)
 
         return await self._call(self._read, "last_sequence_id", body)
+
+    async def read_events(
+        self,
+        *,
+        after: int,
+        limit: int,
+        categories: Collection[Category] | None = None,
+        adapter: str | None = None,
+    ) -> list[EventRecord]:
+        """See :meth:`Store.read_events`: one range read of the events key on
+        the worker thread; rows the filters refuse are skipped in SQL."""
+        if limit <= 0:
+            return []
+        cats = None if categories is None else orjson.dumps(sorted(c.value for c in categories))
+
+        def body(conn: sqlite3.Connection) -> list[bytes]:
+            return [row[0] for row in conn.execute(_READ_EVENTS, (after, cats, adapter, limit))]
+
+        wires = await self._call(self._read, "read_events", body)
+        return [record_from_wire(wire) for wire in wires]
+
+    async def first_sequence_id(self) -> int:
+        """The lowest stored sequence id (0: none), from the key's first entry."""
+
+        def body(conn: sqlite3.Connection) -> int:
+            (value,) = conn.execute(_FIRST_SEQUENCE_ID).fetchone()
+            return int(value)
+
+        return await self._call(self._read, "first_sequence_id", body)
 
     async def scan(self, *, after: int = 0, limit: int = 1000) -> list[ScanRow]:
         """Events with sequence id > ``after``, in order, at most ``limit``, with

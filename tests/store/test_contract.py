@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from broadcaster.events import EventDraft, EventFactory, EventRecord, seal
+from broadcaster.events import Category, EventDraft, EventFactory, EventRecord, seal
 from broadcaster.store import (
     UNDELIVERED_STATES,
     ConsumerInfo,
@@ -756,3 +756,65 @@ async def test_event_facts_are_what_receipts_are_checked_against(store: Store) -
     # Nearby ids (one range read in SQL backends) and ids with a hole between them.
     assert set(await store.event_facts([ids[0], ids[2]])) == {ids[0], ids[2]}
     assert set(await store.event_facts(ids[1:])) == set(ids[1:])
+
+
+# -- reading history (resume, GET /events) ---------------------------------------
+
+
+async def test_read_events_pages_in_order_with_filters(store: Store) -> None:
+    assert await store.read_events(after=0, limit=10) == []
+    assert await store.first_sequence_id() == 0
+    records = await store.append(
+        [(d, BOTH) for d in drafts(3, "CRITICAL")]
+        + [(d, ("realtime",)) for d in drafts(2, "SYSTEM")]
+        + [(d, WS) for d in drafts(2, "PERFORMANCE")]
+        + [(d, ()) for d in drafts(1, "DEBUG")]
+    )
+    ids = [r.sequence_id for r in records]
+    # Whatever the delivery state: acked, failed and pending events are history too.
+    await store.mark("websocket", ids[:2], DeliveryState.ACKED)
+    await store.mark("websocket", [ids[2]], DeliveryState.PENDING)
+    await store.mark("realtime", [ids[3]], DeliveryState.FAILED, "down")
+
+    assert await store.read_events(after=0, limit=100) == records
+    assert await store.first_sequence_id() == ids[0]
+    # Pages: the last id of one page is the cursor of the next.
+    pages, after = [], 0
+    while page := await store.read_events(after=after, limit=3):
+        pages.append([r.sequence_id for r in page])
+        after = page[-1].sequence_id
+    assert pages == [ids[0:3], ids[3:6], ids[6:8]]
+    assert await store.read_events(after=ids[-1], limit=10) == []
+    assert await store.read_events(after=0, limit=0) == []
+
+    def seqs(found: Sequence[EventRecord]) -> list[int]:
+        return [r.sequence_id for r in found]
+
+    websocket = await store.read_events(after=0, limit=100, adapter="websocket")
+    assert seqs(websocket) == ids[0:3] + ids[5:7]
+    assert seqs(await store.read_events(after=0, limit=100, adapter="realtime")) == ids[0:5]
+    assert await store.read_events(after=0, limit=100, adapter="nowhere") == []
+    critical = await store.read_events(after=ids[0], limit=100, categories={Category.CRITICAL})
+    assert seqs(critical) == ids[1:3]
+    mixed = await store.read_events(
+        after=0, limit=3, categories=[Category.SYSTEM, Category.PERFORMANCE], adapter="websocket"
+    )
+    assert seqs(mixed) == ids[5:7]
+    assert await store.read_events(after=0, limit=100, categories=()) == []
+    # What comes back is the stored record, wire bytes and all.
+    assert [r.wire for r in websocket] == [records[i].wire for i in (0, 1, 2, 5, 6)]
+
+
+async def test_first_sequence_id_follows_pruning(store: Store) -> None:
+    records = await store.append([(d, WS) for d in drafts(5)])
+    ids = [r.sequence_id for r in records]
+    await store.mark("websocket", ids, DeliveryState.ACKED)
+    stored = await store.get(ids[-1])
+    assert stored is not None
+    cutoff = stored.created_at_ms + 1
+    assert await store.prune(through=ids[2], older_than_ms=cutoff) == 3
+    assert await store.first_sequence_id() == ids[3]
+    assert [r.sequence_id for r in await store.read_events(after=0, limit=10)] == ids[3:]
+    assert await store.prune(through=ids[-1], older_than_ms=cutoff) == 2
+    assert await store.first_sequence_id() == 0  # nothing stored; the high mark stays
+    assert await store.last_sequence_id() == ids[-1]

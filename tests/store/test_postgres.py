@@ -366,3 +366,40 @@ async def test_the_service_shows_no_store_password(pg_url: str) -> None:
         await asyncio.wait_for(task, 60)
     assert "postgres:********@" in out.getvalue()
     assert "pg-pass-word-42" not in out.getvalue() and "pg-pass-word-42" not in repr(logs)
+
+
+async def test_reading_history_is_a_range_read_of_the_primary_key(pg_url: str) -> None:
+    """read_events() and first_sequence_id() on a large table: the plan walks
+    events_pkey from the cursor (and stops at the limit), never a whole-table
+    scan and sort, also as a generic plan (what a prepared statement gets)."""
+    from broadcaster.store.postgres import (  # noqa: PLC0415
+        _FIRST_SEQUENCE_ID,
+        _INDEX_ORDER,
+        _READ_EVENTS,
+    )
+
+    async with PostgresStore(pg_url):
+        pass  # creates the schema
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO events (sequence_id, event_id, category, event_type, created_at_ms,"
+            " routed_to, wire, checksum, payload_keys)"
+            " SELECT i, 'e' || i, (ARRAY['CRITICAL','SYSTEM','DEBUG'])[1 + i % 3], 't', 0,"
+            " '[\"websocket\",\"realtime\"]', '\\x7b7d', 'c', '[]'"
+            " FROM generate_series(1, 200000) AS i"
+        )
+        await conn.execute("ANALYZE events")
+        for mode in ("auto", "force_generic_plan"):
+            await conn.execute(f"SET plan_cache_mode = {mode}")
+            for categories, adapter in ((None, None), (["SYSTEM"], "websocket")):
+                params = {"after": 1000, "categories": categories, "adapter": adapter}
+                params["limit"] = 1000
+                async with conn.transaction():  # as read_events() runs it
+                    await conn.execute(_INDEX_ORDER)
+                    cur = await conn.execute(f"EXPLAIN {_READ_EVENTS}", params)
+                    plan = " ".join(str(row[0]) for row in await cur.fetchall())
+                assert "Index Scan using events_pkey" in plan, plan
+                assert "Sort" not in plan and "Seq Scan" not in plan, plan
+        cur = await conn.execute(f"EXPLAIN {_FIRST_SEQUENCE_ID}")
+        plan = " ".join(str(row[0]) for row in await cur.fetchall())
+        assert "events_pkey" in plan and "Seq Scan" not in plan, plan

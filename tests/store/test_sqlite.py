@@ -1035,3 +1035,18 @@ async def test_closed_store_refuses_calls_and_pragma_checks_input(tmp_path: Path
         SQLiteStore(tmp_path / "d.db", synchronous="sometimes")
     with pytest.raises(ValueError, match="wal_frames_max"):
         SQLiteStore(tmp_path / "d.db", wal_frames_max=0)
+
+
+async def test_reading_history_is_a_range_read_of_the_events_key(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "h.db"):
+        pass
+    conn = sqlite3.connect(tmp_path / "h.db")
+    from broadcaster.store.sqlite import _FIRST_SEQUENCE_ID, _READ_EVENTS  # noqa: PLC0415
+
+    for params in ((0, None, None, 10), (0, '["CRITICAL"]', "websocket", 10)):
+        plan = " ".join(str(r) for r in conn.execute(f"EXPLAIN QUERY PLAN {_READ_EVENTS}", params))
+        assert "SEARCH events USING INTEGER PRIMARY KEY (rowid>?)" in plan, plan
+        assert "SCAN events" not in plan and "TEMP B-TREE" not in plan, plan  # no sort
+    plan = " ".join(str(r) for r in conn.execute(f"EXPLAIN QUERY PLAN {_FIRST_SEQUENCE_ID}"))
+    conn.close()
+    assert "SCAN" not in plan, plan
