@@ -114,6 +114,8 @@ class ReceiptPoster:
         self._has_data = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: The batch being posted (or waiting to be retried), oldest first.
+        self._inflight: list[dict[str, Any]] = []
         self._client: httpx.AsyncClient | None = None
         #: Set once the API refused the token: nothing more is posted.
         self._refused: str | None = None
@@ -187,6 +189,11 @@ class ReceiptPoster:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        if self._inflight:
+            # Cut off mid-post or between retries: the oldest go first again
+            # (the API keeps a receipt once, should it have got them).
+            self._buffer.extendleft(reversed(self._inflight))
+            self._inflight = []
         client, self._client = self._client, None
         if client is None:
             return
@@ -249,11 +256,9 @@ class ReceiptPoster:
                         await self._full.wait()
                 except TimeoutError:
                     pass
-            batch = self._take()
+            batch = self._inflight = self._take()
             attempt = 0
             while not await self._post(client, batch):
-                if self._refused is not None:
-                    return
                 delay = min(self._backoff_max, self._backoff_initial * 2**attempt)
                 attempt += 1
                 self.stats.retries += 1
@@ -268,6 +273,7 @@ class ReceiptPoster:
                     self._log_drops()
                     if not batch:
                         break
+            self._inflight = []
 
     async def _post(self, client: httpx.AsyncClient, batch: Sequence[dict[str, Any]]) -> bool:
         """One attempt. True when the batch is done with (accepted, or refused

@@ -255,6 +255,8 @@ async def test_receipts_that_wait_through_retries_drop_oldest_first(svc: Service
         await until(lambda: poster.stats.retries >= 1)  # 1..5 are in flight
         for seq in range(6, 16):
             poster.add(svc.receipt(seq))
+        # The next failed retry makes room: the waiting batch goes, oldest.
+        await until(lambda: poster.stats.dropped == 5)
         async with svc.serving(port):
             await until(lambda: poster.stats.posted == 10)
     # Only the newest ten were kept: the batch that waited went first.
@@ -299,6 +301,30 @@ async def test_close_counts_what_could_not_be_posted_as_dropped(svc: Service) ->
         poster.add(svc.receipt(2))
     assert poster.stats.dropped == 2 and poster.pending == 0
     await poster.close()  # idempotent
+
+
+async def test_close_puts_the_batch_being_retried_back_and_counts_it(svc: Service) -> None:
+    poster = ReceiptPoster(f"http://127.0.0.1:{free_port()}", TOKEN, interval_s=0.01, **FAST)
+    async with poster:
+        for seq in (1, 2, 3):
+            poster.add(svc.receipt(seq))
+        await until(lambda: poster.stats.retries >= 1)  # taken, and failing
+        assert poster.pending == 0
+    # Not lost silently: counted with whatever else could not go.
+    assert poster.stats.dropped == 3 and poster.stats.posted == 0
+
+
+async def test_a_batch_cut_off_at_close_goes_in_the_last_try(svc: Service) -> None:
+    port = free_port()
+    poster = ReceiptPoster(f"http://127.0.0.1:{port}", TOKEN, interval_s=0.01, **FAST)
+    async with svc.serving(port, answers=[503] * 1000) as front:
+        async with poster:
+            for seq in (1, 2, 3):
+                poster.add(svc.receipt(seq))
+            await until(lambda: poster.stats.retries >= 1)
+            front.answers.clear()  # the API recovers just as the consumer closes
+    assert poster.stats.posted == 3 and poster.stats.dropped == 0
+    assert await svc.stored() == [1, 2, 3]
 
 
 async def test_a_collector_feeds_the_poster(svc: Service) -> None:
