@@ -338,15 +338,6 @@ class Probes:
             **options,
         )
 
-    @property
-    def adapters(self) -> list[str]:
-        """The adapters probed."""
-        return list(self._probes)
-
-    def stats(self, adapter: str) -> ConsumerStats:
-        """The counters of ``adapter``'s probe (``KeyError`` if none)."""
-        return self._probes[adapter].stats
-
     def start(self) -> None:
         """Begin connecting every probe in the background. Idempotent."""
         if self._started:
