@@ -4,14 +4,18 @@
 The body is a JSON list of at most :data:`MAX_RECEIPTS` receipts::
 
     {"sequence_id": 42, "adapter": "websocket", "checksum": "<hex>",
-     "consumer": "web-7", "received_at": 1765100000123, "delivery": 1}
+     "consumer": "web-7", "received_at": 1765100000123, "delivery": 1,
+     "verified": true}
 
 ``received_at`` (epoch milliseconds) defaults to the time the service takes
 the batch; ``delivery`` (default 1) is which delivery of the event to that
-consumer this is, so a consumer that got an event twice says so. Each receipt
-is checked against the stored event: a checksum that differs is stored as a
-mismatch. Receipts of events the store does not have are not stored; their
-sequence ids come back in ``unknown``. Writing is idempotent per (consumer,
+consumer this is, so a consumer that got an event twice says so;
+``verified`` (default true) is the consumer's own verdict, false when it
+refused the event (a bad signature on bytes whose checksum holds). Each
+receipt is checked against the stored event: a checksum that differs, or a
+consumer that did not verify it, is stored as a mismatch. Receipts of
+events the store does not have are not stored; their sequence ids come back
+in ``unknown``. Writing is idempotent per (consumer,
 sequence id, adapter), so a client may re-post a batch it is unsure of.
 
 The list is counted, then each receipt validated by hand: this path takes
@@ -40,7 +44,7 @@ MAX_RECEIPTS: Final = 10_000
 _MAX_ID: Final = 2**63 - 1
 _HEX: Final = re.compile(r"[0-9a-f]{1,128}")
 _FIELDS: Final = frozenset(
-    {"sequence_id", "adapter", "checksum", "consumer", "received_at", "delivery"}
+    {"sequence_id", "adapter", "checksum", "consumer", "received_at", "delivery", "verified"}
 )
 _REQUIRED: Final = ("sequence_id", "adapter", "checksum", "consumer")
 
@@ -56,6 +60,7 @@ _RECEIPT_SCHEMA: Final[dict[str, Any]] = {
         "consumer": {"type": "string", "minLength": 1, "maxLength": 128},
         "received_at": {"type": "integer", "minimum": 1, "maximum": _MAX_ID},
         "delivery": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+        "verified": {"type": "boolean"},
     },
 }
 #: The route's ``openapi_extra``: the body, described.
@@ -84,9 +89,9 @@ def _whole(value: object, field: str, least: int, most: int) -> int:
     return value
 
 
-def _receipt(index: int, item: object, now_ms: int) -> tuple[int, str, str, str, int, int]:
+def _receipt(index: int, item: object, now_ms: int) -> tuple[int, str, str, str, int, int, bool]:
     """One receipt as (sequence_id, adapter, checksum, consumer, received_at_ms,
-    delivery); raises :class:`_Invalid` naming the field."""
+    delivery, verified); raises :class:`_Invalid` naming the field."""
     if not isinstance(item, dict):
         raise _Invalid(str(index), "must be an object")
     for name in _REQUIRED:
@@ -112,7 +117,10 @@ def _receipt(index: int, item: object, now_ms: int) -> tuple[int, str, str, str,
     )
     delivery = item.get("delivery")
     times = 1 if delivery is None else _whole(delivery, f"{index}.delivery", 1, 1_000_000)
-    return seq, adapter, checksum, consumer, received_ms, times
+    verified = item.get("verified", True)
+    if type(verified) is not bool:
+        raise _Invalid(f"{index}.verified", "must be true or false")
+    return seq, adapter, checksum, consumer, received_ms, times, verified
 
 
 def _unprocessable(field: str, message: str) -> JSONResponse:
@@ -143,12 +151,12 @@ async def post_receipts(request: Request) -> Any:
     receipts: list[ConsumerReceipt] = []
     unknown: set[int] = set()
     mismatches = 0
-    for seq, adapter, checksum, consumer, received_ms, times in parsed:
+    for seq, adapter, checksum, consumer, received_ms, times, verified in parsed:
         fact = facts.get(seq)
         if fact is None:
             unknown.add(seq)
             continue
-        ok = checksum == fact.checksum
+        ok = verified and checksum == fact.checksum
         mismatches += not ok
         receipts.append(
             ConsumerReceipt(

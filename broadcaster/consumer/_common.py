@@ -90,6 +90,7 @@ class ReceiptCollector:
         self.consumer = consumer
         self.stats = ConsumerStats()
         self.seen: set[int] = set()
+        self._repeats: dict[int, int] = {}
         self._track = track_seen
         #: Called for every well-formed event; may be replaced at any time.
         self.on_event = on_event
@@ -122,9 +123,13 @@ class ReceiptCollector:
             stats.malformed += 1
             log.warning("malformed event", adapter=self.adapter, error=str(exc))
             return False
+        deliveries = 1
         if self._track:
             if seq in self.seen:
                 stats.duplicates += 1
+                # Which delivery this is, so the store counts the duplicate
+                # (it keeps one receipt per consumer and event).
+                deliveries = self._repeats[seq] = self._repeats.get(seq, 1) + 1
             else:
                 self.seen.add(seq)
         stats.by_category[category] += 1
@@ -168,7 +173,7 @@ class ReceiptCollector:
             receipt.payload_keys = (
                 _keys(obj.get("payload")) if self._keys_when_verified or not ok else None
             )
-            receipt.deliveries = 1
+            receipt.deliveries = deliveries
             receipt.__class__ = ConsumerReceipt
             self._on_receipt(receipt)
         if self.on_event is not None:

@@ -145,6 +145,10 @@ class ReceiptPoster:
         }
         if receipt.deliveries != 1:  # a consumer's own duplicate: the API counts it
             item["delivery"] = receipt.deliveries
+        if not receipt.checksum_ok:
+            # The consumer's own verdict: a bad signature on intact bytes
+            # would otherwise pass the service's checksum comparison.
+            item["verified"] = False
         buffer.append(item)
         if not self._has_data.is_set():
             self._has_data.set()

@@ -183,32 +183,26 @@ def plain_counts(
 
 def consumer_infos(receipts: Sequence[ConsumerReceipt]) -> list[ConsumerInfo]:
     """What one batch of receipts says of each (consumer, adapter): the rows a
-    store merges into its consumer registry (min/max, and a sum of receipts)."""
-    infos: dict[tuple[str, str], ConsumerInfo] = {}
+    store merges into its consumer registry (min/max, and a sum of receipts).
+    Accumulates plain lists and builds one frozen row per key: a batch is
+    usually thousands of receipts from one or two consumers."""
+    acc: dict[tuple[str, str], list[int]] = {}
     for r in receipts:
-        key = (r.consumer, r.adapter)
-        old = infos.get(key)
-        if old is None:
-            infos[key] = ConsumerInfo(
-                r.consumer,
-                r.adapter,
-                r.sequence_id,
-                r.sequence_id,
-                r.received_at_ms,
-                r.received_at_ms,
-                1,
-            )
-        else:
-            infos[key] = ConsumerInfo(
-                r.consumer,
-                r.adapter,
-                min(old.from_sequence_id, r.sequence_id),
-                max(old.through_sequence_id, r.sequence_id),
-                min(old.first_seen_ms, r.received_at_ms),
-                max(old.last_seen_ms, r.received_at_ms),
-                old.receipts + 1,
-            )
-    return list(infos.values())
+        seq, at = r.sequence_id, r.received_at_ms
+        row = acc.get((r.consumer, r.adapter))
+        if row is None:
+            acc[r.consumer, r.adapter] = [seq, seq, at, at, 1]
+            continue
+        if seq < row[0]:
+            row[0] = seq
+        elif seq > row[1]:
+            row[1] = seq
+        if at < row[2]:
+            row[2] = at
+        elif at > row[3]:
+            row[3] = at
+        row[4] += 1
+    return [ConsumerInfo(consumer, adapter, *row) for (consumer, adapter), row in acc.items()]
 
 
 def merge_consumer(old: ConsumerInfo, new: ConsumerInfo) -> ConsumerInfo:

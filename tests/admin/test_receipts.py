@@ -154,3 +154,15 @@ async def test_only_consumer_and_admin_tokens_may_report(svc: Service) -> None:
             "/receipts", json=[], headers={"Authorization": f"Bearer {token}"}
         )
         assert answer.status_code == status
+
+
+async def test_a_consumers_own_refusal_is_a_mismatch_even_with_the_right_checksum(
+    svc: Service,
+) -> None:
+    sent = await svc.b.publish("CRITICAL", "e", {})
+    answer = await svc.post([receipt(sent.sequence_id, sent.checksum.value, verified=False)])
+    assert answer.json() == {"accepted": 1, "mismatches": 1, "unknown": []}
+    stored = await svc.b.store.get(sent.sequence_id)
+    assert stored is not None and [r.checksum_ok for r in stored.receipts] == [False]
+    bad = await svc.post([receipt(sent.sequence_id, sent.checksum.value, verified="no")])
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "0.verified"
