@@ -58,6 +58,14 @@ async def test_demo_flips_a_flag_survives_an_outage_and_repairs_what_was_missed(
     assert summary.routed["CRITICAL"]["realtime"] == summary.routed["CRITICAL"]["websocket"]
     assert "realtime" not in summary.routed["DEBUG"]
 
+    # The remote subscriber, SIGKILLed and resumed with --since: every event of
+    # its path from its first on, once, without repair; its receipts came
+    # through POST /receipts.
+    remote = summary.remote
+    assert remote["killed_after"] > 0 and remote["missed"] == 0 and remote["duplicates"] == 0
+    assert 0 < remote["receipts"] <= remote["received"]
+    assert "remote subscriber  killed after" in text and "missed 0, duplicates 0" in text
+
     # The flag flip went through the admin API, into the audit trail and the routing.
     audit = summary.flag_audit
     assert audit is not None

@@ -11,7 +11,10 @@ The script, while a mixed-category stream is published:
 
 1. flips a flag through the admin API (a real ``PATCH`` with the bearer
    token: USER_ACTIVITY on, 50 %) and shows the routing change and its audit
-   entry;
+   entry; then SIGKILLs the remote subscriber (``broadcaster subscribe
+   --report`` in a child process, posting its receipts to ``POST
+   /receipts``) and starts it again with ``--since`` its last event: at the
+   end it has every event of its path once, without repair;
 2. SIGKILLs the Realtime server and restarts it a few seconds later, printing
    the breaker's phases as they happen: open (failover, events pending),
    half-open, closed, the ramp, the backfill. The breaker runs on a demo-only
@@ -53,19 +56,21 @@ import httpx
 import structlog
 from pydantic import SecretStr
 
-from .adapters.realtime import RealtimeAdapter
-from .adapters.websocket import WebSocketAdapter
-from .admin import AdminServer, create_app, generate_token
-from .breaker_policy import BreakerConfig, Transition
-from .consumer import ReceiptCollector, StoreReceiptWriter
-from .consumer.realtime import RealtimeSubscriber
-from .consumer.websocket import WebSocketSubscriber
-from .core import Broadcaster
-from .events import Category
-from .metrics import BroadcasterMetrics
-from .reconcile.matching import Outcome, Report
-from .security import TokenSet
-from .settings import Settings
+from ..adapters.realtime import RealtimeAdapter
+from ..adapters.websocket import WebSocketAdapter
+from ..admin import AdminServer, create_app, generate_token
+from ..breaker_policy import BreakerConfig, Transition
+from ..consumer import ReceiptCollector, StoreReceiptWriter
+from ..consumer.realtime import RealtimeSubscriber
+from ..consumer.websocket import WebSocketSubscriber
+from ..core import Broadcaster
+from ..events import Category
+from ..metrics import BroadcasterMetrics
+from ..reconcile.matching import Outcome, Report
+from ..security import TokenSet
+from ..settings import Settings
+from ..store import store_from_url
+from .remote import RemoteSubscriber
 
 __all__ = ["DemoSummary", "run_demo"]
 
@@ -87,7 +92,7 @@ _TYPES = {
     Category.DEBUG: ("trace.span",),
 }
 _ADAPTERS = ("websocket", "realtime")
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _REALTIME_CLIENT_MODULES = ("client", "channel", "push", "timer", "presence")
 
 # Demo-only timings: the production defaults (30 s recovery, 10 s ramp steps,
@@ -106,6 +111,8 @@ _REPAIR_TIMEOUT_S = 60.0
 # Closed at full share, events pending and no backfill progress for this long:
 # the backfill has stopped.
 _STALL_S = 5.0
+# How long the remote subscriber stays dead before it resumes.
+_REMOTE_DOWN_S = 0.5
 
 
 @dataclass
@@ -145,6 +152,11 @@ class DemoSummary:
     #: client's reconnect errors), by message.
     warnings: dict[str, int] = field(default_factory=dict)
 
+    #: The remote subscriber (a child process, killed and resumed): events it
+    #: printed, WebSocket events it never got, events it got twice, where it
+    #: was killed, and receipts the store has from it (by POST /receipts).
+    remote: dict[str, int] = field(default_factory=dict)
+
     #: Why the demo could not run to the end (then ``ok`` is False).
     error: str | None = None
 
@@ -156,6 +168,7 @@ class DemoSummary:
             and self.mismatches == 0
             and self.reconcile_after.get(Outcome.MISMATCH.value, 0) == 0
             and not any(self.lost.values())
+            and self.remote.get("missed", 0) == 0
         )
 
 
@@ -274,9 +287,7 @@ class _RealtimeChild:
         return self.proc.pid if self.proc is not None else None
 
     async def start(self) -> None:
-        env = dict(os.environ)
-        # The child imports this very package, wherever it was imported from.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        env = _child_env()
         env["SUPABASE_KEY"] = self.key
         with self.log_path.open("ab") as log_file:
             self.proc = await asyncio.create_subprocess_exec(
@@ -311,6 +322,14 @@ class _RealtimeChild:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
             await self.proc.wait()
+
+
+def _child_env() -> dict[str, str]:
+    """The environment of the demo's child processes: this one, with the
+    child importing this very package, wherever it was imported from."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    return env
 
 
 def _demo_breaker(settings: Settings) -> Callable[[str], BreakerConfig]:
@@ -454,7 +473,9 @@ class _Demo:
             }
         )
         assert settings.supabase_url is not None
-        ws = WebSocketAdapter.from_settings(settings)
+        store = store_from_url(settings.store_url)
+        # Subscribers may resume with ?since=N: the server replays from the store.
+        ws = WebSocketAdapter.from_settings(settings, replay=store)
         rt = RealtimeAdapter(
             settings.supabase_url,
             child.key,
@@ -470,7 +491,12 @@ class _Demo:
         token = generate_token()
         async with contextlib.AsyncExitStack() as stack:
             b = await stack.enter_async_context(
-                Broadcaster(settings, adapters=[ws, rt], breaker_config=_demo_breaker(settings))
+                Broadcaster(
+                    settings,
+                    adapters=[ws, rt],
+                    store=store,
+                    breaker_config=_demo_breaker(settings),
+                )
             )
             metrics = BroadcasterMetrics(b)
             stack.callback(metrics.close)
@@ -507,6 +533,11 @@ class _Demo:
             stack.push_async_callback(close_rt_subs)
             rt_subs.append(self._rt_subscriber(child, settings, collectors["realtime"]))
             await rt_subs[-1].start()
+            remote = RemoteSubscriber(
+                ws.url, admin.url, token, consumer="demo:remote", env=_child_env()
+            )
+            await remote.start()
+            stack.push_async_callback(remote.stop)
 
             publisher = _Publisher(b, random.Random(self.seed), self.rate)
             self.started = time.monotonic()
@@ -523,12 +554,13 @@ class _Demo:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
             try:
-                await self._script(b, http, child, settings, collectors, rt_subs, publisher)
+                await self._script(b, http, child, settings, collectors, rt_subs, publisher, remote)
                 publisher.stopping = True
                 await tasks[0]
                 await stop_tasks()
                 self._show(b, publisher, collectors, final=True)
                 self._report_flip(publisher)
+                await self._finish_remote(b, remote, publisher)
                 await self._reconcile(b, receipts, collectors, publisher, settings)
             finally:
                 await stop_tasks()
@@ -609,9 +641,12 @@ class _Demo:
         collectors: dict[str, ReceiptCollector],
         rt_subs: list[RealtimeSubscriber],
         publisher: _Publisher,
+        remote: RemoteSubscriber,
     ) -> None:
         await self._sleep_until(self._flip_at())
         await self._flip(http)
+        await self._sleep_until((self._flip_at() + self._kill_at()) / 2)
+        await self._crash_remote(remote)
         end_at = self.seconds
         if self.outage:
             await self._sleep_until(self._kill_at())
@@ -638,6 +673,51 @@ class _Demo:
         self.note(
             f"       audit #{entry['id']} at {entry['at']} by {entry['actor']!r}: {entry['path']}"
             f"  before {entry['before']}  after {entry['after']}"
+        )
+
+    async def _crash_remote(self, remote: RemoteSubscriber) -> None:
+        """SIGKILL the remote subscriber mid-stream; start it again with
+        --since where it stopped, while publishing goes on."""
+        if not await remote.wait_started(_START_TIMEOUT_S):
+            raise RuntimeError("the remote subscriber printed no event")
+        last = await remote.kill()
+        self.summary.remote["killed_after"] = last
+        self.note(
+            f"{self.t()} remote subscriber (a child process reporting through POST /receipts)"
+            f" SIGKILLed after sequence id {last}"
+        )
+        await asyncio.sleep(_REMOTE_DOWN_S)  # events published meanwhile: replayed on resume
+        await remote.start(since=last)
+        self.note(f"{self.t()}        started again with --since {last}")
+
+    async def _finish_remote(
+        self, b: Broadcaster, remote: RemoteSubscriber, publisher: _Publisher
+    ) -> None:
+        """Let the remote subscriber read the tail, stop it (it posts its last
+        receipts), and count what it got of the WebSocket path: from its
+        first event on, every one exactly once."""
+        await b.flush(timeout=_RECOVERY_TIMEOUT_S)
+        wanted = publisher.routed["websocket"]
+        first = min(remote.seen) if remote.seen else 0
+        expected = {s for s in wanted if s >= first}
+
+        def caught_up() -> bool:
+            return not expected.difference(remote.seen)
+
+        await _until(caught_up, _CATCH_UP_TIMEOUT_S)
+        await remote.stop()
+        consumers = {(c.consumer, c.adapter): c for c in await b.store.consumers()}
+        reported = consumers.get((remote.consumer, "websocket"))
+        info = self.summary.remote
+        info["received"] = sum(remote.seen.values())
+        info["missed"] = len(expected - remote.seen.keys())
+        info["duplicates"] = sum(n - 1 for n in remote.seen.values())
+        info["receipts"] = reported.receipts if reported is not None else 0
+        self.note(
+            f"{self.t()} remote subscriber: received {info['received']} events in"
+            f" {remote.runs} runs, missed {info['missed']}, duplicates {info['duplicates']},"
+            f" without repair; {info['receipts']} receipts reached the store through"
+            " POST /receipts (those it still held when it was killed died with it)"
         )
 
     def _report_flip(self, publisher: _Publisher) -> None:
@@ -964,6 +1044,13 @@ def _print_table(summary: DemoSummary, snapshot: dict[str, Any], out: TextIO) ->
         lines.append(
             f"{a:<18} received {summary.received[a]}, checksums verified {summary.verified[a]},"
             f" lost {summary.lost[a]}"
+        )
+    remote = summary.remote
+    if "received" in remote:
+        lines.append(
+            f"remote subscriber  killed after {remote['killed_after']}, resumed with --since:"
+            f" received {remote['received']}, missed {remote['missed']},"
+            f" duplicates {remote['duplicates']}; receipts by POST /receipts {remote['receipts']}"
         )
     if summary.transitions:
         lines.append(f"realtime breaker   {_state_path(summary.transitions)}")
