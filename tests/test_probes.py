@@ -32,6 +32,7 @@ from broadcaster.consumer import RealtimeSubscriber, ReceiptCollector, ReceiptPo
 from broadcaster.core import Broadcaster
 from broadcaster.probes import probe_consumer, probe_ssl_context
 from broadcaster.realtime_server import LocalRealtimeServer
+from broadcaster.reconcile.matching import Outcome
 from broadcaster.service import run_service
 from broadcaster.settings import Settings, load_settings
 from broadcaster.store import store_from_url
@@ -549,3 +550,93 @@ def test_subscribe_report_arguments(
 ) -> None:
     assert main(["--env-file", "/dev/null", "subscribe", *argv]) == 2
     assert says in capsys.readouterr().err
+
+
+def start_realtime_server(port: int, key: str) -> subprocess.Popen[str]:
+    """The local Realtime server in a child process (so it can be SIGKILLed),
+    once it listens."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broadcaster.realtime_server", "--host", "127.0.0.1"]
+        + ["--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "SUPABASE_KEY": key, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip(), "the Realtime server did not start"
+    return proc
+
+
+def stop_realtime_server(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    proc.wait(30)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+async def test_a_killed_realtime_server_shows_as_missing_then_repaired_never_silent(
+    tmp_path: Path,
+) -> None:
+    port, key = free_port(), "realtime-key-0123456789"
+    settings = service_settings(
+        tmp_path,
+        supabase_url=f"http://127.0.0.1:{port}",
+        supabase_key=key,
+        breaker_recovery_time_s=0.2,
+        reconcile_window_s=1,
+        reconcile_buffer_s=0,
+        reconcile_max_delay_s=1,
+    )
+    server = start_realtime_server(port, key)
+    batch = [
+        {"category": "CRITICAL", "event_type": "rt.kill", "payload": {"i": i}} for i in range(20)
+    ]
+    try:
+        async with running(settings) as svc:
+
+            async def probe(key_: str) -> Any:
+                return (await svc.health())["probes"]["realtime"][key_]
+
+            async def verified(n: int) -> bool:
+                return bool(await probe("verified") >= n)
+
+            await until(lambda: probe("connected"), "the realtime probe never connected")
+            ids = await svc.post_events(batch)
+            await until(lambda: verified(20), "the probe did not get the first events")
+            stop_realtime_server(server)  # SIGKILL, mid-stream
+            ids += await svc.post_events(batch)  # while the server is dead
+            server = start_realtime_server(port, key)
+            await until(lambda: probe("connected"), "the probe did not reconnect", timeout=60)
+            ids += await svc.post_events(batch)
+            await svc.b.flush(timeout=60)
+            await asyncio.sleep(1.5)  # past the 1 s max delay: what nobody got is missing
+            await svc.b.store.record_receipts([])  # the probes' writer flushes on its own tick
+
+            async def judged() -> Any:
+                report = await svc.b.reconcile()
+                return report if report.total(Outcome.AWAITING) == 0 else None
+
+            await until(judged, "reconciliation kept awaiting")
+            before = await svc.b.reconcile()
+            missing = set(before.missing.get("realtime", []))
+            assert missing <= set(ids[20:]) and before.total(Outcome.UNOBSERVED) == 0
+            queued = await svc.b.repair(before)
+            await svc.b.flush(timeout=60)
+
+            async def repaired() -> bool:
+                report = await svc.b.reconcile()
+                return report.unrepaired_loss == 0
+
+            await until(repaired, "repair did not bring the missing events to the probe")
+            after = await svc.b.reconcile()
+    finally:
+        stop_realtime_server(server)
+    realtime = {
+        outcome: n for (_, adapter, outcome), n in after.counts.items() if adapter == "realtime"
+    }
+    # Every event on the path ends received by the probe: on time, late, or
+    # missing first and then repaired; none unobserved, none missing.
+    assert sum(realtime.values()) == len(ids) == 60
+    assert set(realtime) <= {"matched", "late", "repaired"}
+    assert realtime.get("repaired", 0) == len(missing) == queued.get("realtime", 0)
