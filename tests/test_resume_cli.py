@@ -54,6 +54,14 @@ class Publisher(threading.Thread):
         except BaseException as exc:  # reported by stop()
             self.error = exc
 
+    def wait_for(self, count: int) -> None:
+        """Until at least ``count`` events are published (the thread appends
+        after each batch; reading the length is safe)."""
+        published = threading.Event()
+        while len(self.published) < count and self.is_alive():
+            published.wait(0.01)
+        assert len(self.published) >= count, self.error
+
     def stop(self) -> list[int]:
         self._halt.set()
         self.join(60)
@@ -147,7 +155,9 @@ def test_a_sigkilled_subscriber_restarted_with_its_last_id_misses_nothing(
         first.read_until(at_least=2000)
         first.kill()
         last = first.ids[-1]
-        assert last < len(publisher.published)  # publishing went on past it
+        # Publishing goes on while it is dead: wait for events it missed
+        # (sequence ids count up from 1 here, one per published event).
+        publisher.wait_for(last + 100)
 
         second = Subscriber(child.env, "--url", ws_url, "--since", str(last))
         subscribers.append(second)
