@@ -96,6 +96,7 @@ class ConsumerInfo:
     through_sequence_id: int
     first_seen_ms: int
     last_seen_ms: int
+    #: Receipts it reported, a batch posted twice counted twice.
     receipts: int
 
 
