@@ -750,3 +750,24 @@ def test_supabase_url_is_an_http_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SUPABASE_URL", "wss://abc.supabase.co")
     with pytest.raises(ConfigError, match="expected an http"):
         load_settings(None)
+
+
+@pytest.mark.parametrize("kind", ["ADMIN", "WEBSOCKET"])
+def test_tls_files_must_exist_and_come_in_pairs(
+    kind: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(f"{kind}_TLS_CERT", str(tmp_path / "missing.pem"))
+    monkeypatch.setenv(f"{kind}_TLS_KEY", A_FILE)
+    with pytest.raises(ConfigError) as info:
+        load_settings(None)
+    assert info.value.variable == f"{kind}_TLS_CERT" and "no such file" in str(info.value)
+    monkeypatch.setenv(f"{kind}_TLS_CERT", A_FILE)
+    monkeypatch.delenv(f"{kind}_TLS_KEY")
+    with pytest.raises(ConfigError) as info:
+        load_settings(None)
+    assert str(info.value) == f"{kind}_TLS_KEY=(unset): required with {kind}_TLS_CERT"
+    monkeypatch.delenv(f"{kind}_TLS_CERT")
+    monkeypatch.setenv(f"{kind}_TLS_KEY", A_FILE)
+    with pytest.raises(ConfigError) as info:
+        load_settings(None)
+    assert str(info.value) == f"{kind}_TLS_CERT=(unset): required with {kind}_TLS_KEY"
