@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from .adapters import Adapter, AdapterHealth, MemoryAdapter, RealtimeAdapter, WebSocketAdapter
 from .consumer import RealtimeSubscriber, ReceiptCollector, WebSocketSubscriber
-from .core import Broadcaster, Receipt
+from .core import Broadcaster
 from .events import (
     Category,
     ChecksumInfo,
@@ -39,6 +39,7 @@ from .exceptions import (
 )
 from .flags import CategoryPatch, OverrideChange, RuntimeFlags
 from .loop import EVENT_LOOPS, loop_factory, resolve_event_loop, run_on_loop
+from .producer import Publisher, Receipt
 from .reconcile import MatchPolicy, Outcome, Reconciler, Report
 from .routing import CategoryRoute, RoutingTable, bucket
 from .settings import CategorySettings, Settings, load_settings
@@ -112,6 +113,7 @@ __all__ = [
     "Outcome",
     "OverrideChange",
     "parse_frame",
+    "Publisher",
     "RealtimeAdapter",
     "RealtimeSubscriber",
     "Receipt",

@@ -24,9 +24,8 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Self
 
 import structlog
 from pydantic import SecretStr
@@ -34,26 +33,20 @@ from pydantic import SecretStr
 from .adapters.base import Adapter, AdapterHealth
 from .breaker import AdapterBreaker
 from .breaker_policy import BreakerConfig, BreakerState, Transition
-from .checksums import ChecksumAlgorithm
 from .events import (
     Category,
-    ChecksumInfo,
     EventDraft,
-    EventFactory,
     EventRecord,
-    SigningKey,
-    _builder,
 )
 from .exceptions import (
     BroadcasterClosed,
     BroadcasterError,
     FlushTimeout,
-    InvalidEvent,
     StoreError,
-    StoreUnavailable,
 )
 from .flags import RuntimeFlags
 from .lanes import Lane
+from .producer import Receipt, _receipt, _store_error, draft_batch, event_factory
 from .reconcile.matching import MatchPolicy, Report
 from .reconcile.reconciler import RECONCILED_THROUGH, Reconciler
 from .routing import RoutingTable
@@ -61,6 +54,7 @@ from .security import mask_url_password
 from .settings import Settings, load_settings
 from .stats import DeliveryStats
 from .store import Store, StoreHealth, store_from_url
+from .tail import Tail
 
 __all__ = ["Broadcaster", "Receipt"]
 
@@ -100,75 +94,6 @@ _INLINE_MAX_LAG_S = 0.0006
 #: p50 jumped from 0.15 to 0.46-0.98 ms in 4 of ~13 runs at 2 000 events/s.
 _SATURATED_SHARE = 0.9
 _SHARE_WINDOW_S = 0.02
-
-
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    """What ``publish()`` returns once the event is durably stored and routed.
-
-    ``routed_to`` lists the adapters the routing rules chose, in delivery
-    order (primary first), including one whose breaker is open.
-    """
-
-    sequence_id: int
-    event_id: str
-    category: Category
-    timestamp: str
-    checksum_algorithm: ChecksumAlgorithm
-    checksum_value: str
-    routed_to: tuple[str, ...]
-
-    @property
-    def checksum(self) -> ChecksumInfo:
-        """The event's checksum (built on access: most callers never look, and
-        a pydantic model per published event was a visible share of publish())."""
-        # Built by seal() from validated parts: no re-validation needed.
-        return ChecksumInfo.model_construct(
-            algorithm=self.checksum_algorithm, value=self.checksum_value
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "sequence_id": self.sequence_id,
-            "event_id": self.event_id,
-            "category": self.category.value,
-            "timestamp": self.timestamp,
-            "checksum": {"algorithm": self.checksum_algorithm, "value": self.checksum_value},
-            "routed_to": list(self.routed_to),
-        }
-
-
-_ReceiptBuilder: Final = _builder(Receipt)
-
-
-def _signing_key(settings: Settings) -> SigningKey | None:
-    """``EVENT_SIGNING_KEY`` as the key every event is signed with (SPEC 13)."""
-    secret = settings.event_signing_key
-    if secret is None:
-        return None
-    return SigningKey(settings.event_signing_key_id, secret.get_secret_value())
-
-
-def _receipt(record: EventRecord, routed: tuple[str, ...]) -> Receipt:
-    # One per published event: filled as a plain object and then made a
-    # Receipt (see events._builder), ~3x cheaper than the frozen __init__.
-    receipt = _ReceiptBuilder()
-    receipt.sequence_id = record.sequence_id
-    receipt.event_id = record.event_id
-    receipt.category = record.category
-    receipt.timestamp = record.timestamp
-    receipt.checksum_algorithm = record.checksum_algorithm
-    receipt.checksum_value = record.checksum
-    receipt.routed_to = routed
-    receipt.__class__ = Receipt
-    result: Receipt = receipt
-    return result
-
-
-def _store_error(exc: Exception) -> StoreError:
-    """What the callers of a failed write get: a store's own error as it is,
-    anything else (a bug in a store) as :class:`StoreUnavailable`."""
-    return exc if isinstance(exc, StoreError) else StoreUnavailable(repr(exc))
 
 
 class _Submission:
@@ -212,16 +137,12 @@ class Broadcaster:
         breaker_config: Callable[[str], BreakerConfig] | None = None,
         backfill_rate: float = 5000.0,
         monotonic: Callable[[], float] = time.monotonic,
+        follow_store: bool = False,
     ) -> None:
         self.settings = settings if settings is not None else Settings(_env_file=None)
         self._injected_adapters = list(adapters) if adapters is not None else None
         self._store = store if store is not None else store_from_url(self.settings.store_url)
-        self._factory = EventFactory(
-            clock=clock,
-            checksums=self.settings.checksum_algorithms(),
-            max_payload_bytes=self.settings.event_max_bytes,
-            signing_key=_signing_key(self.settings),
-        )
+        self._factory = event_factory(self.settings, clock)
         self._routing = self.settings.routing_table()
         #: Runtime-changeable routing flags (admin API); persisted in the store.
         self.flags = RuntimeFlags(self.settings, self._store, self.set_routing)
@@ -289,6 +210,19 @@ class Broadcaster:
         self._backfill_rate = backfill_rate
         self._monotonic = monotonic
         self.breakers: dict[str, AdapterBreaker] = {}
+        # Following the store (a service): delivers what other processes
+        # appended too, in sequence order (see tail.py).
+        self._tail = (
+            Tail(
+                self._store,
+                hand=self._deliver,
+                own_first=self._own_first,
+                release_own=self._hand_off,
+                wait_space=self._wait_space,
+            )
+            if follow_store
+            else None
+        )
 
     # -- construction --------------------------------------------------------
 
@@ -372,13 +306,19 @@ class Broadcaster:
                     breaker=self.breakers[name],
                     backfill_rate=self._backfill_rate,
                     sync_handoff=self._hand_off,
+                    handed=self._handed_through if self._tail is not None else None,
                 )
-            await self._recover()
+            # Following: the tail takes every event after this id; recovery
+            # re-sends what is undelivered up to it.
+            through = await self._store.committed_through() if self._tail is not None else None
+            await self._recover(through)
         except BaseException:
             await self._shutdown()
             raise
         for lane in self._lanes.values():
             lane.start()
+        if self._tail is not None and through is not None:
+            self._tail.start(through)
         self._loop = asyncio.get_running_loop()
         self._writer = asyncio.get_running_loop().create_task(
             self._write_loop(), name="broadcaster-writer"
@@ -445,11 +385,13 @@ class Broadcaster:
             else:
                 log.info("adapter started", adapter=adapter.name)
 
-    async def _recover(self) -> None:
+    async def _recover(self, through: int | None) -> None:
         for name, lane in self._lanes.items():
             after, total = 0, 0
             while True:
                 records = await self._store.undelivered(name, after=after, limit=_RECOVERY_PAGE)
+                if through is not None:
+                    records = [r for r in records if r.sequence_id <= through]
                 if not records:
                     break
                 lane.enqueue(records)
@@ -479,6 +421,8 @@ class Broadcaster:
             self._handoff_handle.cancel()
             self._handoff_handle = None
         self._handoff.clear()
+        if self._tail is not None:
+            await self._tail.stop()
         if self._background is not None:
             self._background.cancel()
             await asyncio.gather(self._background, return_exceptions=True)
@@ -564,28 +508,7 @@ class Broadcaster:
         which) and none is stored."""
         self._check_running()
         started = self._monotonic()
-        items: list[tuple[EventDraft, tuple[str, ...]]] = []
-        table = self._routing
-        for index, spec in enumerate(events):
-            try:
-                if not isinstance(spec, Mapping):
-                    raise InvalidEvent("event", f"must be a mapping, not {type(spec).__name__}")
-                unknown = set(spec) - {"category", "event_type", "payload", "key", "source"}
-                if unknown:
-                    raise InvalidEvent(sorted(unknown)[0], "unknown field")
-                for required in ("category", "event_type", "payload"):
-                    if required not in spec:
-                        raise InvalidEvent(required, "is required")
-                draft = self._factory.draft(
-                    spec["category"],
-                    spec["event_type"],
-                    spec["payload"],
-                    key=spec.get("key"),
-                    source=spec.get("source", "default"),
-                )
-            except InvalidEvent as exc:
-                raise exc.at(index) from None
-            items.append((draft, table.route(draft.category, draft.routing_key)))
+        items = draft_batch(self._factory, self._routing, events)
         if not items:
             return []
         records = await self._submit(items)
@@ -711,6 +634,18 @@ class Broadcaster:
             + (max(lane.outstanding for lane in lanes) if lanes else 0)
         )
 
+    def _handed_through(self) -> int:
+        assert self._tail is not None
+        return self._tail.handed
+
+    def _own_first(self) -> int | None:
+        return self._handoff[0][0].sequence_id if self._handoff else None
+
+    async def _wait_space(self) -> None:
+        while self._backlog() >= self._max_pending:
+            self._space.clear()
+            await self._space.wait()
+
     def _on_progress(self) -> None:
         if not self._space.is_set() and self._backlog() < self._max_pending:
             self._space.set()
@@ -767,7 +702,28 @@ class Broadcaster:
         queued = self._handoff
         if not queued:
             return
-        self._handoff = []
+        tail = self._tail
+        if tail is not None:
+            # Following the store: only what continues its cursor goes now;
+            # the tail reads the store for a hole first (see tail.py).
+            drop, take = tail.split(
+                queued[0][0].sequence_id, len(queued), lambda i: queued[i][0].sequence_id
+            )
+            if drop + take < len(queued):
+                self._handoff = queued[drop + take :]
+                queued = queued[drop : drop + take]
+            else:
+                self._handoff = []
+                queued = queued[drop:] if drop else queued
+            if not queued:
+                return
+            tail.handed = queued[-1][0].sequence_id
+        else:
+            self._handoff = []
+        self._deliver(queued)
+
+    def _deliver(self, queued: Sequence[tuple[EventRecord, tuple[str, ...]]]) -> None:
+        """Give committed records (in sequence order) to their lanes."""
         if len(queued) == 1:
             # One record (publish() at a modest rate): no per-lane lists, no Counter.
             record, routed = queued[0]
@@ -850,6 +806,9 @@ class Broadcaster:
                 while True:
                     await self._writer_idle.wait()
                     self._hand_off()
+                    if self._handoff and self._tail is not None:
+                        await self._tail.wait_caught_up()
+                        continue
                     for lane in self._lanes.values():
                         await lane.wait_settled()
                     if (

@@ -101,8 +101,10 @@ class RuntimeFlags:
 
     # -- changing ------------------------------------------------------------
 
-    async def load(self) -> bool:
-        """Replace the environment's flags by the persisted ones, if any.
+    async def load(self, *, quiet: bool = False) -> bool:
+        """Replace the environment's flags by the persisted ones, if any; True
+        if they were applied. ``quiet``: apply (and log) only a change, for a
+        process that re-reads them periodically (a :class:`~broadcaster.Publisher`).
         Raises :class:`ConfigError` if the persisted document is invalid."""
         doc = await self._store.runtime_config()
         if doc is None:
@@ -120,6 +122,8 @@ class RuntimeFlags:
             raise ConfigError(
                 "runtime_config", doc, f"persisted flags are invalid: {exc}"
             ) from None
+        if quiet and (categories, override) == (self._categories, self._override):
+            return False
         self._categories, self._override = categories, override
         self._publish()
         log.info("runtime flags loaded from the store", flags=self.snapshot())

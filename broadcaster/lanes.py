@@ -114,7 +114,9 @@ class Lane:
     committed to the store reach the lane a little later (the broadcaster's
     hand-off), must enqueue those records at once: the lane calls it before it
     reads the store for rows it does not hold (backfill, probes), so it never
-    sends a row that is on its way live.
+    sends a row that is on its way live. ``handed``, where the broadcaster
+    follows its store, is the id up to which stored rows have been handed
+    over: the lane leaves rows above it to that hand-off.
     """
 
     def __init__(
@@ -132,6 +134,7 @@ class Lane:
         breaker: AdapterBreaker | None = None,
         backfill_rate: float = 5000.0,
         sync_handoff: Callable[[], None] | None = None,
+        handed: Callable[[], int] | None = None,
     ) -> None:
         self.adapter = adapter
         self.name = adapter.name
@@ -163,6 +166,9 @@ class Lane:
         # queues them for one loop turn): called before the lane decides from
         # what it holds that a stored row is not on its way.
         self._sync_handoff = sync_handoff
+        # Where the broadcaster follows its store: the id up to which stored
+        # rows have been handed to the lanes; rows above it are on their way.
+        self._handed = handed
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
         self._helpers: list[asyncio.Task[None]] = []
@@ -583,6 +589,9 @@ class Lane:
     def _unheld(self, rows: list[EventRecord]) -> list[EventRecord]:
         if self._sync_handoff is not None:
             self._sync_handoff()
+        if self._handed is not None:
+            through = self._handed()
+            return [r for r in rows if r.sequence_id not in self._held and r.sequence_id <= through]
         return [r for r in rows if r.sequence_id not in self._held]
 
     async def _backfill_pass(self, breaker: AdapterBreaker, tokens: TokenBucket) -> None:

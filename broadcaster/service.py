@@ -12,22 +12,26 @@ stop and write their last receipts, and the broadcaster closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import gc
+import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TextIO
 
 import structlog
 
 from .admin import AdminServer, create_app, generate_token
 from .core import Broadcaster
-from .exceptions import FlushTimeout
+from .exceptions import FlushTimeout, StoreError, StoreUnavailable
 from .metrics import BroadcasterMetrics
 from .probes import Probes
 from .security import TokenSet, mask_url_password
-from .settings import Settings
+from .settings import Settings, parse_store_url
 
 __all__ = ["run_service"]
 
@@ -75,7 +79,10 @@ async def run_service(
             loop.add_signal_handler(sig, stop.set)
             handled.append(sig)
     try:
-        async with Broadcaster(settings) as b:
+        async with (
+            _one_service_per_sqlite_store(settings),
+            Broadcaster(settings, follow_store=True) as b,
+        ):
             probes = _probes(settings, b)
             try:
                 metrics = BroadcasterMetrics(b)
@@ -121,6 +128,38 @@ async def run_service(
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
+
+
+@contextlib.asynccontextmanager
+async def _one_service_per_sqlite_store(settings: Settings) -> AsyncIterator[None]:
+    """Hold ``<database>.serve.lock`` (``flock``) while serving a SQLite store.
+
+    Why: a service follows its store and re-sends what is undelivered at
+    start; two on one file would each deliver every event. The lock is the
+    kernel's, so it goes with the process, SIGKILL included."""
+    spec = parse_store_url(settings.store_url)
+    if spec.kind != "sqlite":
+        yield
+        return
+    path = Path(f"{spec.path}.serve.lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreUnavailable(f"sqlite {spec.path}: cannot open {path}: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise StoreError(
+                f"another broadcaster serve ({holder}) already serves {spec.path}:"
+                " one service instance per SQLite store (use PostgreSQL for several)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _probes(settings: Settings, b: Broadcaster) -> Probes | None:

@@ -15,6 +15,7 @@ SQLite (``sqlite:///path``) and PostgreSQL (``postgresql://...``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
@@ -435,6 +436,29 @@ class Store(ABC):
         resume (``?since=N``) and ``GET /events`` replay. A range read of the
         events key, whatever the delivery states; an empty ``categories``
         matches nothing."""
+
+    @abstractmethod
+    async def read_routed(
+        self, *, after: int, limit: int
+    ) -> list[tuple[EventRecord, tuple[str, ...]]]:
+        """Stored events with sequence id > ``after``, in sequence order, at
+        most ``limit``, each with its routing: what a service that follows
+        the store hands to its lanes. Every backend commits appends in id
+        order, so a page is a prefix of what will ever be stored after
+        ``after``: an id missing inside it never appears later."""
+
+    @abstractmethod
+    async def committed_through(self) -> int:
+        """The highest stored sequence id (0: none): every lower id is stored,
+        pruned, or will never be. Unlike :meth:`last_sequence_id`, never an
+        id still in flight in another process."""
+
+    async def wait_for_appends(self, timeout: float) -> None:  # noqa: ASYNC109 (a bound, not a deadline)
+        """Return soon after another process may have appended events, or
+        after ``timeout`` seconds, whichever comes first; a spurious return
+        is allowed (callers read to see). The default, for a store no other
+        process can write, waits ``timeout``."""
+        await asyncio.sleep(timeout)
 
     @abstractmethod
     async def first_sequence_id(self) -> int:

@@ -180,6 +180,20 @@ class MemoryStore(Store):
                 break
         return out
 
+    async def read_routed(
+        self, *, after: int, limit: int
+    ) -> list[tuple[EventRecord, tuple[str, ...]]]:
+        out: list[tuple[EventRecord, tuple[str, ...]]] = []
+        for seq, (record, routed, _) in self._events.items():
+            if len(out) >= limit:
+                break
+            if seq > after:
+                out.append((record, routed))
+        return out
+
+    async def committed_through(self) -> int:
+        return self._last
+
     async def first_sequence_id(self) -> int:
         return next(iter(self._events), 0)
 

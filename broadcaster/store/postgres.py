@@ -72,9 +72,10 @@ import orjson
 import psycopg
 import structlog
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 
 from ..events import Category, EventDraft, EventRecord, record_from_wire, seal
-from ..exceptions import StoreError, StoreUnavailable
+from ..exceptions import InvalidEvent, StoreError, StoreUnavailable
 from ._batching import (
     GroupCommit,
     MarkRequest,
@@ -101,7 +102,14 @@ from .base import (
     consumer_infos,
 )
 
-__all__ = ["MIGRATIONS", "PRUNE_CHUNK", "SCHEMA_VERSION", "PostgresStore", "postgres_store_exists"]
+__all__ = [
+    "APPEND_CHANNEL",
+    "MIGRATIONS",
+    "PRUNE_CHUNK",
+    "SCHEMA_VERSION",
+    "PostgresStore",
+    "postgres_store_exists",
+]
 
 _T = TypeVar("_T")
 
@@ -325,6 +333,15 @@ _ADD_DELIVERED_COUNTS: Final = (
     " ON CONFLICT (adapter, state) DO UPDATE SET n = delivered_counts.n + excluded.n"
 )
 _ADD_META: Final = "UPDATE meta SET value = value + %s WHERE key = %s"
+#: Where appends notify the services following the store (one round trip).
+APPEND_CHANNEL: Final = "broadcaster_events"
+_ADD_META_AND_NOTIFY: Final = (
+    "UPDATE meta SET value = value + %s"
+    f" FROM (SELECT pg_notify('{APPEND_CHANNEL}', '')) AS notified WHERE key = %s"
+)
+_READ_ROUTED: Final = (
+    "SELECT wire, routed_to FROM events WHERE sequence_id > %s ORDER BY sequence_id LIMIT %s"
+)
 # read_events(): a range read of the events key. The filters are parameters
 # that may be NULL, so one statement serves every call; jsonb's ? tests
 # whether the routing array holds the adapter's name. The planner cannot
@@ -469,6 +486,49 @@ async def _add_counts(cur: psycopg.AsyncCursor[Any], counts: dict[tuple[str, str
         await cur.execute(_ADD_DELIVERED_COUNTS, (adapters, states, ns))
 
 
+async def _append_rows(
+    cur: psycopg.AsyncCursor[Any],
+    batch: Sequence[tuple[EventDraft, tuple[str, ...]]],
+    now_ms: int,
+) -> list[EventRecord]:
+    """In the caller's open transaction: give ``batch`` the next ids, seal and
+    insert it, and tell listeners (:meth:`PostgresStore.wait_for_appends`)
+    at commit. Holds the append lock until the transaction ends."""
+    # Serialise appends across processes until COMMIT so that ids become
+    # visible in increasing order (see module docstring).
+    await cur.execute("SELECT pg_advisory_xact_lock(%s)", (_APPEND_LOCK,))
+    await cur.execute(
+        "SELECT nextval('event_sequence_id') FROM generate_series(1, %s)", (len(batch),)
+    )
+    ids = sorted(int(row[0]) for row in await cur.fetchall())
+    records = [seal(draft, seq) for (draft, _), seq in zip(batch, ids, strict=True)]
+    by_routing: dict[tuple[str, ...], list[int]] = {}
+    for (_, routed), seq in zip(batch, ids, strict=True):
+        by_routing.setdefault(routed, []).append(seq)
+    await cur.execute(
+        _INSERT_EVENTS,
+        (
+            ids,
+            [r.event_id for r in records],
+            [r.category.value for r in records],
+            [r.event_type for r in records],
+            [now_ms] * len(records),
+            [orjson.dumps(routed).decode() for _, routed in batch],
+            [r.wire for r in records],
+            [r.checksum for r in records],
+            [r.payload_keys for r in records],
+        ),
+    )
+    for routed, seqs in by_routing.items():
+        adapters = list(dict.fromkeys(routed))
+        if adapters:
+            await cur.execute(_INSERT_OUTBOX, (now_ms, adapters, seqs))
+    # Serialised by the append lock already; last, so held briefly. The
+    # notification is sent at COMMIT, and not at all on rollback.
+    await cur.execute(_ADD_META_AND_NOTIFY, (len(records), "event_count"))
+    return records
+
+
 class PostgresStore(Store):
     """Event store in PostgreSQL, safe for several broadcaster processes.
 
@@ -498,6 +558,8 @@ class PostgresStore(Store):
         self._op_timeout = op_timeout
         self._clock = clock
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        # wait_for_appends()'s own connection (LISTEN).
+        self._listener: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
         self._opened = False
         self._marks = GroupCommit(self._flush_marks)
@@ -643,6 +705,9 @@ class PostgresStore(Store):
             await self._marks.wait_idle()
         finally:
             self._opened = False
+            listener, self._listener = self._listener, None
+            if listener is not None:
+                await listener.close()
             async with self._lock:
                 await self._discard()
             self._log.info("store closed")
@@ -664,41 +729,47 @@ class PostgresStore(Store):
 
         async def body(conn: psycopg.AsyncConnection[Any]) -> list[EventRecord]:
             async with conn.transaction(), conn.cursor() as cur:
-                # Serialise appends across processes until COMMIT so that ids
-                # become visible in increasing order (see module docstring).
-                await cur.execute("SELECT pg_advisory_xact_lock(%s)", (_APPEND_LOCK,))
-                await cur.execute(
-                    "SELECT nextval('event_sequence_id') FROM generate_series(1, %s)",
-                    (len(batch),),
-                )
-                ids = sorted(int(row[0]) for row in await cur.fetchall())
-                records = [seal(draft, seq) for (draft, _), seq in zip(batch, ids, strict=True)]
-                by_routing: dict[tuple[str, ...], list[int]] = {}
-                for (_, routed), seq in zip(batch, ids, strict=True):
-                    by_routing.setdefault(routed, []).append(seq)
-                await cur.execute(
-                    _INSERT_EVENTS,
-                    (
-                        ids,
-                        [r.event_id for r in records],
-                        [r.category.value for r in records],
-                        [r.event_type for r in records],
-                        [now_ms] * len(records),
-                        [orjson.dumps(routed).decode() for _, routed in batch],
-                        [r.wire for r in records],
-                        [r.checksum for r in records],
-                        [r.payload_keys for r in records],
-                    ),
-                )
-                for routed, seqs in by_routing.items():
-                    adapters = list(dict.fromkeys(routed))
-                    if adapters:
-                        await cur.execute(_INSERT_OUTBOX, (now_ms, adapters, seqs))
-                # Serialised by the append lock already; last, so held briefly.
-                await cur.execute(_ADD_META, (len(records), "event_count"))
-            return records
+                return await _append_rows(cur, batch, now_ms)
 
         return await self._run("append", body)
+
+    async def append_in(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        items: Sequence[tuple[EventDraft, tuple[str, ...]]],
+    ) -> list[EventRecord]:
+        """:meth:`append` inside the caller's open transaction on ``conn`` (a
+        connection to this store's database): the events exist, and are
+        delivered, if and only if the caller commits. The transactional
+        outbox (SPEC 11).
+
+        Ordering: the append lock is taken in that transaction and held until
+        it ends, so no other append commits meanwhile and ids still become
+        visible in increasing order — at the price that every other producer
+        waits for the caller's ``COMMIT``: keep such transactions short.
+        Raises :class:`~broadcaster.exceptions.InvalidEvent` (field
+        ``connection``) when ``conn`` has no transaction to write in, and
+        :class:`StoreUnavailable` / :class:`StoreError` as :meth:`append`
+        (the caller's transaction is then failed: roll it back)."""
+        if not items:
+            return []
+        status = conn.info.transaction_status
+        if status == TransactionStatus.INERROR:
+            raise InvalidEvent("connection", "its transaction has failed: roll it back first")
+        if status not in (TransactionStatus.INTRANS, TransactionStatus.IDLE) or (
+            status == TransactionStatus.IDLE and conn.autocommit
+        ):
+            raise InvalidEvent(
+                "connection",
+                "must be in an open transaction (async with conn.transaction(): ...)",
+            )
+        try:
+            async with conn.cursor() as cur:
+                return await _append_rows(cur, list(items), int(self._clock() * 1000))
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"postgres: append_in: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"postgres: append_in: {exc}") from exc
 
     async def mark(
         self,
@@ -941,6 +1012,60 @@ class PostgresStore(Store):
                 return int(row[0]) if row[1] else 0
 
         return await self._run("last_sequence_id", body)
+
+    async def committed_through(self) -> int:
+        """See :meth:`Store.committed_through`: appends commit in id order
+        (the append lock), so the newest visible id has every lower one
+        committed or abandoned."""
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> int:
+            async with conn.cursor() as cur:
+                await cur.execute("SELECT coalesce(max(sequence_id), 0) FROM events")
+                row = await cur.fetchone()
+                assert row is not None
+                return int(row[0])
+
+        return await self._run("committed_through", body)
+
+    async def read_routed(
+        self, *, after: int, limit: int
+    ) -> list[tuple[EventRecord, tuple[str, ...]]]:
+        """See :meth:`Store.read_routed`: one range read of the primary key."""
+        if limit <= 0:
+            return []
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> list[tuple[bytes, str]]:
+            async with conn.cursor() as cur:
+                await cur.execute(_READ_ROUTED, (after, limit))
+                return [(bytes(wire), routed) for wire, routed in await cur.fetchall()]
+
+        rows = await self._run("read_routed", body)
+        cache: dict[str, tuple[str, ...]] = {}
+        return [(record_from_wire(wire), parse_routed(routed, cache)) for wire, routed in rows]
+
+    async def wait_for_appends(self, timeout: float) -> None:  # noqa: ASYNC109 (a bound, not a deadline)
+        """See :meth:`Store.wait_for_appends`: ``LISTEN`` on a connection of
+        its own; every append notifies at its commit. A broken or refused
+        listening connection returns at once (the next call reconnects), so
+        a caller that reads after each return still sees every event."""
+        if not self._opened:
+            raise StoreError("postgres store is not open")
+        try:
+            listener = self._listener
+            if listener is None or listener.closed or listener.broken:
+                listener = self._listener = await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, **self._connect_kwargs
+                )
+                await listener.execute(f"LISTEN {APPEND_CHANNEL}")
+                return  # appends before LISTEN were not heard: read once now
+            async for _ in listener.notifies(timeout=timeout, stop_after=1):
+                pass
+        except psycopg.Error as exc:
+            listener, self._listener = self._listener, None
+            if listener is not None:
+                await listener.close()
+            self._log.warning("store listen failed", error=str(exc))
+            await asyncio.sleep(min(timeout, 1.0))
 
     async def read_events(
         self,

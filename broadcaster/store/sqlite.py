@@ -179,6 +179,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SYNCHRONOUS_MODES",
     "SQLiteStore",
+    "WATCH_INTERVAL_S",
     "migrate",
 ]
 
@@ -226,6 +227,10 @@ WAL_FRAMES_MAX: Final = 8192
 #: Most seconds between two comparisons of the database file's identity with
 #: what is at its path, made right after a commit (see the module doc).
 FILE_CHECK_S: Final = 1.0
+
+#: Default seconds between two looks of :meth:`SQLiteStore.wait_for_appends`
+#: for other processes' commits: the most it adds to their events' latency.
+WATCH_INTERVAL_S: Final = 0.005
 
 #: Writes whose success shows the store up again after a failure: an
 #: ``append`` is what publishing needs; other writes (an ack deleting a row)
@@ -676,6 +681,9 @@ _MERGE_CONSUMER: Final = (
     " last_seen_ms = max(last_seen_ms, excluded.last_seen_ms),"
     " receipts = receipts + excluded.receipts"
 )
+_READ_ROUTED: Final = (
+    "SELECT wire, routed_to FROM events WHERE sequence_id > ? ORDER BY sequence_id LIMIT ?"
+)
 _CONSUMERS: Final = (
     "SELECT adapter, consumer, from_sequence_id, through_sequence_id, first_seen_ms,"
     " last_seen_ms, receipts FROM consumers"
@@ -896,6 +904,12 @@ class SQLiteStore(Store):
         # Touched only on the event loop's thread (small writes; see the module doc).
         self._loop_conn: sqlite3.Connection | None = None
         self._loop_commits = 0
+        # wait_for_appends()'s connection and the data_version it last saw
+        # (loop thread only).
+        self._watch_conn: sqlite3.Connection | None = None
+        self._watch_version: int | None = None
+        #: How often :meth:`wait_for_appends` looks for other writers' commits.
+        self.watch_interval_s = WATCH_INTERVAL_S
         #: Checkpoints that had to hold writes to complete (see ``_run_checkpoint``).
         self.checkpoints_quiesced = 0
         self._checkpoint: asyncio.Future[None] | None = None
@@ -1217,6 +1231,9 @@ class SQLiteStore(Store):
             loop_conn, self._loop_conn = self._loop_conn, None
             if loop_conn is not None:
                 loop_conn.close()
+            watch_conn, self._watch_conn = self._watch_conn, None
+            if watch_conn is not None:
+                watch_conn.close()
             try:
                 await self._call(self._close_sync)
             finally:
@@ -1621,6 +1638,54 @@ class SQLiteStore(Store):
             return int(value)
 
         return await self._call(self._read, "last_sequence_id", body)
+
+    async def committed_through(self) -> int:
+        """See :meth:`Store.committed_through`: ids are handed out inside the
+        write transaction, so the high-water mark is always committed."""
+        return await self.last_sequence_id()
+
+    async def read_routed(
+        self, *, after: int, limit: int
+    ) -> list[tuple[EventRecord, tuple[str, ...]]]:
+        """See :meth:`Store.read_routed`: one range read on the worker thread."""
+        if limit <= 0:
+            return []
+
+        def body(conn: sqlite3.Connection) -> list[tuple[bytes, str]]:
+            return conn.execute(_READ_ROUTED, (after, limit)).fetchall()
+
+        rows = await self._call(self._read, "read_routed", body)
+        cache: dict[str, tuple[str, ...]] = {}
+        return [(record_from_wire(wire), parse_routed(routed, cache)) for wire, routed in rows]
+
+    async def wait_for_appends(self, timeout: float) -> None:  # noqa: ASYNC109 (a bound, not a deadline)
+        """See :meth:`Store.wait_for_appends`: polls ``PRAGMA data_version``
+        (which changes when another connection commits) every
+        ``watch_interval_s`` on a connection of its own, on the loop's
+        thread: a look at the WAL index in shared memory, no disk read.
+        This store's own commits count as changes too; callers read to see."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        conn = self._watch_conn
+        if conn is None:
+            if self._executor is None:
+                raise StoreError(f"sqlite store {self.path} is not open")
+            conn = self._watch_conn = self._connect(busy_timeout_ms=0, checkpoints=False)
+            self._watch_version = None
+        while True:
+            try:
+                (version,) = conn.execute("PRAGMA data_version").fetchone()
+            except sqlite3.Error:
+                return  # busy or broken: let the caller read and find out
+            if self._watch_version is None:
+                self._watch_version = version
+            elif version != self._watch_version:
+                self._watch_version = version
+                return
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(self.watch_interval_s, left))
 
     async def read_events(
         self,
