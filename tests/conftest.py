@@ -21,6 +21,9 @@ import uvloop
 
 from broadcaster import core
 from tests._env import SETTING_PREFIXES
+from tests._postgres import pg_server, pg_url
+
+__all__ = ["pg_server", "pg_url"]  # fixtures: a real PostgreSQL (tests/_postgres.py)
 
 #: Test modules (paths under tests/) whose async tests run on both loops.
 BOTH_LOOPS = (

@@ -349,6 +349,26 @@ def test_store(smoke: Smoke) -> None:
     assert all(_finite_positive(v) for v in r["publish_store_on"].values())
 
 
+def test_producers(smoke: Smoke) -> None:
+    r = smoke.results["producers"]
+    # --skip-postgres: the SQLite run only, two producer processes.
+    [run] = r["runs"]
+    assert run["store"] == "sqlite"
+    assert run["published"] > 0 and run["publish_errors"] == 0
+    assert run["lost"] == {"websocket": 0, "realtime": 0}
+    assert run["duplicates"] == {"websocket": 0, "realtime": 0}
+    assert _finite_positive(run["delivered_per_s"])
+    assert set(run["cpu_s"]) == {
+        "serve",
+        "realtime_server",
+        "subscriber",
+        "producer_0",
+        "producer_1",
+    }
+    for adapter in ("websocket", "realtime"):
+        assert _finite_positive(run["latency_ms"][adapter]["p99_ms"])
+
+
 def test_failover(smoke: Smoke) -> None:
     r = smoke.results["failover"]
     for key in ("failover_s", "half_open_s", "closed_s", "full_share_s"):

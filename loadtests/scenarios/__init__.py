@@ -16,6 +16,7 @@ from . import (  # noqa
     dual_vs_single,
     failover,
     probe_cost,
+    producers,
     publish_overhead,
     raw_limit,
     receipts,
@@ -40,5 +41,6 @@ SCENARIOS: dict[str, ModuleType] = {
         admin_body,
         receipts,
         probe_cost,
+        producers,
     )
 }
