@@ -69,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, help=f"length of the {', '.join(_TIMED)} runs")
     p.add_argument("--rate", help="sustained: target events/s or max")
     p.add_argument("--events", type=int, help="reconcile: stored events")
-    p.add_argument("--skip-postgres", action="store_true", help="store: memory and SQLite only")
+    p.add_argument(
+        "--skip-postgres",
+        action="store_true",
+        help="without PostgreSQL (store, receipts, producers)",
+    )
     _add_loop_argument(p)
     return parser
 
@@ -97,6 +101,10 @@ def _apply_defaults(module: ModuleType, args: argparse.Namespace) -> None:
             setattr(args, key, value)
 
 
+#: Scenarios that also run on PostgreSQL unless told ``--skip-postgres``.
+_WITH_POSTGRES = ("store", "receipts", "producers")
+
+
 def _scenario_argv(name: str, args: argparse.Namespace, out: Path | None) -> list[str]:
     argv = [name]
     if args.smoke:
@@ -111,7 +119,7 @@ def _scenario_argv(name: str, args: argparse.Namespace, out: Path | None) -> lis
         argv += ["--rate", args.rate]
     if args.events is not None and name == "reconcile":
         argv += ["--events", str(args.events)]
-    if args.skip_postgres and name == "store":
+    if args.skip_postgres and name in _WITH_POSTGRES:
         argv.append("--skip-postgres")
     if out is not None and SCENARIOS[name].PLOTS:
         argv += ["--plot", str(out / f"{name}.png")]

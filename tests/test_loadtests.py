@@ -711,6 +711,8 @@ def test_all_passes_options_to_the_right_scenarios(tmp_path: Path) -> None:
     ]
     assert _scenario_argv("reconcile", args, None) == ["reconcile", "--smoke", "--events", "10"]
     assert _scenario_argv("store", args, None) == ["store", "--smoke", "--skip-postgres"]
+    assert _scenario_argv("receipts", args, None) == ["receipts", "--smoke", "--skip-postgres"]
+    assert _scenario_argv("producers", args, None)[-1] == "--skip-postgres"
     assert _scenario_argv("checksum-cost", args, tmp_path) == ["checksum-cost", "--smoke"]
     on_asyncio = build_parser().parse_args(["all", "--loop", "asyncio"])
     assert _scenario_argv("failover", on_asyncio, None) == ["failover", "--loop", "asyncio"]
