@@ -706,9 +706,7 @@ class Broadcaster:
         if tail is not None:
             # Following the store: only what continues its cursor goes now;
             # the tail reads the store for a hole first (see tail.py).
-            drop, take = tail.split(
-                queued[0][0].sequence_id, len(queued), lambda i: queued[i][0].sequence_id
-            )
+            drop, take = tail.split(len(queued), lambda i: queued[i][0].sequence_id)
             if drop + take < len(queued):
                 self._handoff = queued[drop + take :]
                 queued = queued[drop : drop + take]

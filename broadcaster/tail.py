@@ -94,10 +94,10 @@ class Tail:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
-    def split(self, first: int, count: int, seqs: Callable[[int], int]) -> tuple[int, int]:
+    def split(self, count: int, seqs: Callable[[int], int]) -> tuple[int, int]:
         """Of ``count`` own records waiting (``seqs(i)``: the i-th one's id,
-        ascending; ``first`` the first's), how many to drop (handed already,
-        read from the store) and how many after those continue the cursor."""
+        ascending), how many to drop (handed already, read from the store)
+        and how many after those continue the cursor."""
         drop = 0
         while drop < count and seqs(drop) <= self.handed:
             drop += 1

@@ -12,17 +12,35 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from broadcaster import Broadcaster, MemoryAdapter, Publisher
+from broadcaster import Broadcaster, MemoryAdapter, Publisher, StoreUnavailable
+from broadcaster.events import EventRecord
 from broadcaster.settings import load_settings
 from broadcaster.store import SQLiteStore
 
 
-def _broadcaster(path: Path) -> tuple[Broadcaster, MemoryAdapter, MemoryAdapter]:
+class FlakyReads(SQLiteStore):
+    """The service's store: its first ``failures`` reads of the tail fail
+    (the database briefly unreachable)."""
+
+    failures = 3
+
+    async def read_routed(
+        self, *, after: int, limit: int
+    ) -> list[tuple[EventRecord, tuple[str, ...]]]:
+        if self.failures:
+            self.failures -= 1
+            raise StoreUnavailable("disk I/O error")
+        return await super().read_routed(after=after, limit=limit)
+
+
+def _broadcaster(
+    path: Path, store: SQLiteStore | None = None
+) -> tuple[Broadcaster, MemoryAdapter, MemoryAdapter]:
     ws, rt = MemoryAdapter("websocket"), MemoryAdapter("realtime")
     b = Broadcaster(
         load_settings(env_file=None),
         adapters=[ws, rt],
-        store=SQLiteStore(path),
+        store=store if store is not None else SQLiteStore(path),
         reconcile_interval_s=0,
         retention_s=0,
         follow_store=True,
@@ -84,3 +102,18 @@ async def test_flush_waits_for_own_events_queued_behind_other_writers(tmp_path: 
         own = await _publish(b, "own", 20)  # ids after theirs: a hole before them
         await b.flush(timeout=30)
         assert set(theirs + own) <= set(ws.sequence_ids)
+
+
+async def test_a_failed_read_of_the_store_is_retried_and_skips_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    store = FlakyReads(path)
+    b, ws, rt = _broadcaster(path, store)
+    async with b, Publisher(store=SQLiteStore(path)) as other:
+        theirs = await _publish(other, "theirs", 30)
+        own = await _publish(b, "own", 30)  # behind a hole only the store can fill
+        more = await _publish(other, "theirs", 30)
+        await b.flush(timeout=30)
+        async with asyncio.timeout(30):
+            await rt.wait_for(set(theirs + own + more))
+    assert store.failures == 0
+    assert ws.sequence_ids == rt.sequence_ids == sorted(theirs + own + more)

@@ -347,7 +347,8 @@ _ADD_META_AND_NOTIFY: Final = (
     f" FROM (SELECT pg_notify('{APPEND_CHANNEL}', '')) AS notified WHERE key = %s"
 )
 _READ_ROUTED: Final = (
-    "SELECT wire, routed_to FROM events WHERE sequence_id > %s ORDER BY sequence_id LIMIT %s"
+    "SELECT wire, routed_to, payload_keys FROM events WHERE sequence_id > %s"
+    " ORDER BY sequence_id LIMIT %s"
 )
 # read_events(): a range read of the events key. The filters are parameters
 # that may be NULL, so one statement serves every call; jsonb's ? tests
@@ -1043,14 +1044,17 @@ class PostgresStore(Store):
         if limit <= 0:
             return []
 
-        async def body(conn: psycopg.AsyncConnection[Any]) -> list[tuple[bytes, str]]:
+        async def body(conn: psycopg.AsyncConnection[Any]) -> list[tuple[bytes, str, str | None]]:
             async with conn.cursor() as cur:
                 await cur.execute(_READ_ROUTED, (after, limit))
-                return [(bytes(wire), routed) for wire, routed in await cur.fetchall()]
+                return [(bytes(w), routed, keys) for w, routed, keys in await cur.fetchall()]
 
         rows = await self._run("read_routed", body)
         cache: dict[str, tuple[str, ...]] = {}
-        return [(record_from_wire(wire), parse_routed(routed, cache)) for wire, routed in rows]
+        return [
+            (record_from_wire(wire, keys), parse_routed(routed, cache))
+            for wire, routed, keys in rows
+        ]
 
     async def wait_for_appends(self, timeout: float) -> None:  # noqa: ASYNC109 (a bound, not a deadline)
         """See :meth:`Store.wait_for_appends`: ``LISTEN`` on a connection of

@@ -138,10 +138,14 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 import structlog
+
+if TYPE_CHECKING:
+    from asyncinotify import Inotify
 
 from ..events import Category, EventDraft, EventRecord, record_from_wire, seal
 from ..exceptions import StoreError, StoreUnavailable
@@ -171,6 +175,12 @@ from .base import (
     _config_json,
     consumer_infos,
 )
+
+_inotify: ModuleType | None
+try:  # Linux only (see wait_for_appends)
+    import asyncinotify as _inotify
+except ImportError:  # pragma: no cover - other platforms poll
+    _inotify = None
 
 __all__ = [
     "FILE_CHECK_S",
@@ -682,7 +692,8 @@ _MERGE_CONSUMER: Final = (
     " receipts = receipts + excluded.receipts"
 )
 _READ_ROUTED: Final = (
-    "SELECT wire, routed_to FROM events WHERE sequence_id > ? ORDER BY sequence_id LIMIT ?"
+    "SELECT wire, routed_to, payload_keys FROM events WHERE sequence_id > ?"
+    " ORDER BY sequence_id LIMIT ?"
 )
 _CONSUMERS: Final = (
     "SELECT adapter, consumer, from_sequence_id, through_sequence_id, first_seen_ms,"
@@ -908,6 +919,8 @@ class SQLiteStore(Store):
         # (loop thread only).
         self._watch_conn: sqlite3.Connection | None = None
         self._watch_version: int | None = None
+        self._watch_returned = float("-inf")
+        self._inotify: Inotify | None = None
         #: How often :meth:`wait_for_appends` looks for other writers' commits.
         self.watch_interval_s = WATCH_INTERVAL_S
         #: Checkpoints that had to hold writes to complete (see ``_run_checkpoint``).
@@ -1234,6 +1247,9 @@ class SQLiteStore(Store):
             watch_conn, self._watch_conn = self._watch_conn, None
             if watch_conn is not None:
                 watch_conn.close()
+            watcher, self._inotify = self._inotify, None
+            if watcher is not None:
+                watcher.close()
             try:
                 await self._call(self._close_sync)
             finally:
@@ -1651,19 +1667,25 @@ class SQLiteStore(Store):
         if limit <= 0:
             return []
 
-        def body(conn: sqlite3.Connection) -> list[tuple[bytes, str]]:
+        def body(conn: sqlite3.Connection) -> list[tuple[bytes, str, str | None]]:
             return conn.execute(_READ_ROUTED, (after, limit)).fetchall()
 
         rows = await self._call(self._read, "read_routed", body)
         cache: dict[str, tuple[str, ...]] = {}
-        return [(record_from_wire(wire), parse_routed(routed, cache)) for wire, routed in rows]
+        return [
+            (record_from_wire(wire, keys), parse_routed(routed, cache))
+            for wire, routed, keys in rows
+        ]
 
     async def wait_for_appends(self, timeout: float) -> None:  # noqa: ASYNC109 (a bound, not a deadline)
-        """See :meth:`Store.wait_for_appends`: polls ``PRAGMA data_version``
-        (which changes when another connection commits) every
-        ``watch_interval_s`` on a connection of its own, on the loop's
-        thread: a look at the WAL index in shared memory, no disk read.
-        This store's own commits count as changes too; callers read to see."""
+        """See :meth:`Store.wait_for_appends`: looks at ``PRAGMA data_version``
+        (which changes when another connection commits) on a connection of its
+        own, on the loop's thread: the WAL index in shared memory, no disk
+        read. It looks again when the ``-wal`` file is written to (inotify,
+        on Linux) or, without inotify, every ``watch_interval_s``; and never
+        returns twice within ``watch_interval_s``, so a stream of commits
+        costs the caller one read per interval, not one per commit. This
+        store's own commits count as changes too; callers read to see."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         conn = self._watch_conn
@@ -1672,20 +1694,54 @@ class SQLiteStore(Store):
                 raise StoreError(f"sqlite store {self.path} is not open")
             conn = self._watch_conn = self._connect(busy_timeout_ms=0, checkpoints=False)
             self._watch_version = None
+        # Woken within the interval of the last return: coalesce.
+        rest = self._watch_returned + self.watch_interval_s - loop.time()
+        if rest > 0:
+            await asyncio.sleep(min(rest, max(0.0, deadline - loop.time())))
         while True:
             try:
                 (version,) = conn.execute("PRAGMA data_version").fetchone()
             except sqlite3.Error:
-                return  # busy or broken: let the caller read and find out
-            if self._watch_version is None:
+                version = None  # busy or broken: let the caller read and find out
+            if version is None or (
+                self._watch_version is not None and version != self._watch_version
+            ):
                 self._watch_version = version
-            elif version != self._watch_version:
-                self._watch_version = version
+                self._watch_returned = loop.time()
                 return
+            self._watch_version = version
             left = deadline - loop.time()
             if left <= 0:
                 return
-            await asyncio.sleep(min(self.watch_interval_s, left))
+            watcher = self._wal_watcher()
+            if watcher is None:
+                await asyncio.sleep(min(self.watch_interval_s, left))
+                continue
+            try:
+                async with asyncio.timeout(left):
+                    await watcher.get()
+            except TimeoutError:
+                return
+
+    def _wal_watcher(self) -> Inotify | None:
+        """An inotify watch on this store's ``-wal`` file (None: not Linux, or
+        the file is not there: then the caller polls). Re-made after the
+        file was deleted or moved."""
+        if _inotify is None:
+            return None
+        watcher = self._inotify
+        if watcher is not None and watcher.watches:
+            return watcher
+        if watcher is None:
+            watcher = self._inotify = _inotify.Inotify()
+        try:
+            watcher.add_watch(
+                Path(f"{self.path}-wal"),
+                _inotify.Mask.MODIFY | _inotify.Mask.DELETE_SELF | _inotify.Mask.MOVE_SELF,
+            )
+        except OSError:
+            return None
+        return watcher
 
     async def read_events(
         self,
