@@ -52,3 +52,20 @@ def test_a_readme_python_block_runs_as_a_script(
     )
     assert result.returncode == 0, result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def test_the_readme_links_only_inside_the_repository() -> None:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    links = _LINK.findall(text)
+    assert links
+    for link in links:
+        target = link.split("#", 1)[0]
+        assert not re.match(r"[a-z]+:", target), f"{link}: leaves the repository"
+        if target:
+            path = (REPO / target).resolve()
+            assert path.is_relative_to(REPO), f"{link}: leaves the repository"
+            assert path.exists(), f"{link}: no such file"
+    assert not re.search(r"\b(SPEC|issue) \d", text)
