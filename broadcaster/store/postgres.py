@@ -333,7 +333,11 @@ _ADD_DELIVERED_COUNTS: Final = (
     " ON CONFLICT (adapter, state) DO UPDATE SET n = delivered_counts.n + excluded.n"
 )
 _ADD_META: Final = "UPDATE meta SET value = value + %s WHERE key = %s"
-_ASYNC_COMMIT: Final = "SET LOCAL synchronous_commit = off"
+# For a state change's transaction: see _flush_marks.
+_MARK_SETTINGS: Final = (
+    "SELECT set_config('synchronous_commit', 'off', true),"
+    " set_config('enable_seqscan', 'off', true)"
+)
 # The append lock, then the batch's ids, in one round trip (MATERIALIZED: the
 # lock is taken before any nextval).
 _LOCK_AND_TAKE_IDS: Final = (
@@ -817,8 +821,11 @@ class PostgresStore(Store):
                 # A state change lost in a server crash only makes recovery
                 # re-send an event (at-least-once, the duplicate counted):
                 # no need to wait for the WAL flush, which the appends, whose
-                # durability is the promise, then have to themselves.
-                await cur.execute(_ASYNC_COMMIT)
+                # durability is the promise, then have to themselves. And the
+                # key, always: on a table that grew faster than its
+                # statistics, the planner scanned all of it for every id of
+                # a batch (a mark of a few thousand ids took a second).
+                await cur.execute(_MARK_SETTINGS)
                 results: list[list[tuple[str | None, int]]] = []
                 for statement, params_seq in groups:
                     await cur.executemany(statement, params_seq, returning=True)
