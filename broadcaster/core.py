@@ -132,8 +132,6 @@ class Broadcaster:
         max_pending: int = 20_000,
         lane_max_batch: int = 500,
         lane_max_in_flight: int = 16,
-        reconcile_interval_s: float | None = None,
-        retention_s: float | None = None,
         breaker_config: Callable[[str], BreakerConfig] | None = None,
         backfill_rate: float = 5000.0,
         monotonic: Callable[[], float] = time.monotonic,
@@ -198,14 +196,6 @@ class Broadcaster:
             ),
             clock=clock,
         )
-        # None: take RECONCILE_INTERVAL_S / RETENTION_S; 0 switches either off.
-        interval = reconcile_interval_s
-        if interval is None:
-            interval = self.settings.reconcile_interval_s
-        retention = self.settings.retention_s if retention_s is None else retention_s
-        self._reconcile_interval = interval or None
-        self._retention_s = retention or None
-        self._background: asyncio.Task[None] | None = None
         self._breaker_config = breaker_config
         self._backfill_rate = backfill_rate
         self._monotonic = monotonic
@@ -323,10 +313,6 @@ class Broadcaster:
         self._writer = asyncio.get_running_loop().create_task(
             self._write_loop(), name="broadcaster-writer"
         )
-        if self._reconcile_interval is not None:
-            self._background = asyncio.get_running_loop().create_task(
-                self._reconcile_loop(self._reconcile_interval), name="broadcaster-reconcile"
-            )
         self._running = True
         log.info(
             "broadcaster started",
@@ -423,10 +409,6 @@ class Broadcaster:
         self._handoff.clear()
         if self._tail is not None:
             await self._tail.stop()
-        if self._background is not None:
-            self._background.cancel()
-            await asyncio.gather(self._background, return_exceptions=True)
-            self._background = None
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
@@ -779,18 +761,6 @@ class Broadcaster:
         through = await self._store.get_watermark(RECONCILED_THROUGH)
         cutoff = int((self._clock() - older_than_s) * 1000)
         return await self._store.prune(through=through, older_than_ms=cutoff)
-
-    async def _reconcile_loop(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.reconcile()
-                if self._retention_s is not None:
-                    pruned = await self.prune(self._retention_s)
-                    if pruned:
-                        log.info("pruned reconciled events", count=pruned)
-            except StoreError as exc:
-                log.error("background reconciliation failed", error=str(exc))
 
     # -- flushing and inspection ---------------------------------------------
 

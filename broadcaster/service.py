@@ -1,12 +1,14 @@
-"""``broadcaster serve``: the broadcaster as a service (SPEC 9).
+"""``broadcaster serve``: the broadcaster as a service.
 
 One process runs the WebSocket server, the Realtime adapter (with an embedded
-local Realtime server when ``SUPABASE_URL`` is unset), the store, the
-background reconciler, the admin REST API and, with ``RECONCILE_PROBE``, a
-probe consumer per adapter (:mod:`broadcaster.probes`). SIGTERM or SIGINT stops it in
-order: the admin API first (no new events accepted), then the broadcaster
-waits for in-flight events to be acknowledged or recorded pending, the probes
-stop and write their last receipts, and the broadcaster closes.
+local Realtime server when ``SUPABASE_URL`` is unset), the store (followed:
+it delivers what any process appended), the reconcile schedule
+(``RECONCILE_INTERVAL_S``, pruning after ``RETENTION_S``), the admin REST
+API and, with ``RECONCILE_PROBE``, a probe consumer per adapter
+(:mod:`broadcaster.probes`). SIGTERM or SIGINT stops it in order: the admin
+API first (no new events accepted), then the broadcaster waits for in-flight
+events to be acknowledged or recorded pending, the probes stop and write
+their last receipts, and the broadcaster closes.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .core import Broadcaster
 from .exceptions import FlushTimeout, StoreError, StoreUnavailable
 from .metrics import BroadcasterMetrics
 from .probes import Probes
+from .reconcile.schedule import ReconcileSchedule
 from .security import TokenSet, mask_url_password
 from .settings import Settings, parse_store_url
 
@@ -83,6 +86,9 @@ async def run_service(
             _one_service_per_sqlite_store(settings),
             Broadcaster(settings, follow_store=True) as b,
         ):
+            schedule = ReconcileSchedule.from_settings(b, settings)
+            if schedule is not None:
+                schedule.start()
             probes = _probes(settings, b)
             try:
                 metrics = BroadcasterMetrics(b)
@@ -119,6 +125,8 @@ async def run_service(
                     # What was just acknowledged is still on its way to them.
                     await probes.settle()
             finally:
+                if schedule is not None:
+                    await schedule.stop()
                 # Before the broadcaster: their receipts go to its store.
                 if probes is not None:
                     await probes.close()

@@ -41,8 +41,6 @@ def _broadcaster(
         load_settings(env_file=None),
         adapters=[ws, rt],
         store=store if store is not None else SQLiteStore(path),
-        reconcile_interval_s=0,
-        retention_s=0,
         follow_store=True,
     )
     return b, ws, rt

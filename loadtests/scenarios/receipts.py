@@ -76,8 +76,6 @@ async def _measure(url: str, events: int, batch: int) -> dict[str, Any]:
         settings,
         adapters=[MemoryAdapter("websocket"), MemoryAdapter("realtime")],
         store=store_from_url(url),
-        reconcile_interval_s=0,
-        retention_s=0,
     )
     async with b, AdminServer(create_app(b, TokenSet.of({"bench": TOKEN})), port=0) as server:
         pairs: list[tuple[int, str, str]] = []

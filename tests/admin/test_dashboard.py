@@ -22,6 +22,7 @@ from broadcaster.adapters.memory import MemoryAdapter
 from broadcaster.admin import AdminServer, create_app
 from broadcaster.core import Broadcaster
 from broadcaster.events import Category
+from broadcaster.reconcile.schedule import ReconcileSchedule
 from broadcaster.security import TokenSet
 from broadcaster.settings import load_settings
 from broadcaster.store.memory import MemoryStore
@@ -81,11 +82,16 @@ async def _produce(b: Broadcaster, stop: asyncio.Event) -> None:
 @pytest.fixture
 async def service() -> AsyncIterator[Service]:
     b = Broadcaster(
-        load_settings(env_file=None, reconcile_interval_s=1),
+        load_settings(env_file=None),
         adapters=[MemoryAdapter("websocket"), MemoryAdapter("realtime")],
         store=MemoryStore(),
     )
-    async with b, AdminServer(create_app(b, TokenSet.of({"ops": TOKEN})), port=0) as server:
+    schedule = ReconcileSchedule(b, interval_s=1, retention_s=None)
+    async with (
+        b,
+        schedule,
+        AdminServer(create_app(b, TokenSet.of({"ops": TOKEN})), port=0) as server,
+    ):
         stop = asyncio.Event()
         producer = asyncio.create_task(_produce(b, stop), name="dashboard-producer")
         try:

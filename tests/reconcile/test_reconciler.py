@@ -3,7 +3,6 @@ Time is a fake clock: no sleeping for windows and delays."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from pathlib import Path
 
@@ -155,42 +154,6 @@ async def test_prune_keeps_unreconciled_and_undelivered_events() -> None:
         # Ids are never reused after pruning.
         receipt = await b.publish("CRITICAL", "e", {})
     assert receipt.sequence_id == 5
-
-
-async def test_background_loop_reconciles_and_prunes_on_the_configured_interval() -> None:
-    """RECONCILE_INTERVAL_S and RETENTION_S drive the background task."""
-    clock = Clock()
-    store = MemoryStore(clock=clock)
-    settings = load_settings(env_file=None, reconcile_interval_s=0.02, retention_s=60)
-    ws, rt = MemoryAdapter("websocket"), MemoryAdapter("realtime")
-    async with Broadcaster(settings, adapters=[ws, rt], store=store, clock=clock) as b:
-        for i in range(3):
-            await b.publish("CRITICAL", "e", {"i": i})
-        await b.flush(timeout=5)
-        at = int(clock.now * 1000)
-        await store.record_receipts(receipts_for(ws.events, "websocket", at))
-        await store.record_receipts(receipts_for(rt.events, "realtime", at))
-        clock.now += 3600  # past the buffer and the retention age
-        async with asyncio.timeout(5):
-            while await store.get(3) is not None:  # noqa: ASYNC110 (the store has no event)
-                await asyncio.sleep(0.01)
-        assert b.reconciler.last_report is not None
-        assert await store.get_watermark(RECONCILED_THROUGH) == 3
-        assert [await store.get(seq) for seq in (1, 2, 3)] == [None, None, None]
-
-
-async def test_zero_interval_and_retention_switch_the_background_work_off() -> None:
-    clock = Clock()
-    store = MemoryStore(clock=clock)
-    settings = load_settings(env_file=None, reconcile_interval_s=0, retention_s=0)
-    async with Broadcaster(settings, adapters=[MemoryAdapter("websocket")], store=store) as b:
-        await b.publish("CRITICAL", "e", {})
-        await b.flush(timeout=5)
-        await asyncio.sleep(0.05)
-        assert b.reconciler.last_report is None
-    # An explicit argument wins over the settings.
-    b = Broadcaster(settings, adapters=[], store=store, reconcile_interval_s=5, retention_s=10)
-    assert (b._reconcile_interval, b._retention_s) == (5, 10)
 
 
 async def test_store_size_stays_bounded_under_a_long_run(tmp_path: Path) -> None:

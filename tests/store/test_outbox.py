@@ -54,8 +54,6 @@ async def test_exactly_the_committed_events_are_delivered_in_order(pg_url: str) 
         load_settings(env_file=None),
         adapters=[ws, rt],
         store=PostgresStore(pg_url),
-        reconcile_interval_s=0,
-        retention_s=0,
         follow_store=True,
     )
     async with (
