@@ -133,9 +133,14 @@ class Tail:
             self._wake.clear()
             try:
                 await self._catch_up()
-            except StoreError as exc:
+            except Exception as exc:
                 # Nothing is skipped: the cursor stays, the next wake retries.
-                log.warning("cannot read the store to follow it", error=str(exc))
+                # (Anything else than a store error is a bug, but a tail that
+                # died would deliver nothing more, silently.)
+                if isinstance(exc, StoreError):
+                    log.warning("cannot read the store to follow it", error=str(exc))
+                else:
+                    log.exception("following the store failed", error=repr(exc))
                 await asyncio.sleep(min(self._idle_s, 0.5))
                 self._wake.set()
                 continue
@@ -152,7 +157,9 @@ class Tail:
                     return
                 continue
             limit = self._page if bound is None else min(self._page, bound - 1 - self.handed)
-            rows = await self._store.read_routed(after=self.handed, limit=limit)
+            rows = await self._store.read_routed(
+                after=self.handed, limit=limit, through=None if bound is None else bound - 1
+            )
             fresh = [
                 row
                 for row in rows

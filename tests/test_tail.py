@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from broadcaster import Broadcaster, MemoryAdapter, Publisher, StoreUnavailable
 from broadcaster.events import EventRecord
 from broadcaster.settings import load_settings
@@ -23,14 +25,15 @@ class FlakyReads(SQLiteStore):
     (the database briefly unreachable)."""
 
     failures = 3
+    error: Exception = StoreUnavailable("disk I/O error")
 
     async def read_routed(
-        self, *, after: int, limit: int
+        self, *, after: int, limit: int, through: int | None = None
     ) -> list[tuple[EventRecord, tuple[str, ...]]]:
         if self.failures:
             self.failures -= 1
-            raise StoreUnavailable("disk I/O error")
-        return await super().read_routed(after=after, limit=limit)
+            raise self.error
+        return await super().read_routed(after=after, limit=limit, through=through)
 
 
 def _broadcaster(
@@ -102,9 +105,15 @@ async def test_flush_waits_for_own_events_queued_behind_other_writers(tmp_path: 
         assert set(theirs + own) <= set(ws.sequence_ids)
 
 
-async def test_a_failed_read_of_the_store_is_retried_and_skips_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "error", [StoreUnavailable("disk I/O error"), RuntimeError("a bug in a store")]
+)
+async def test_a_failed_read_of_the_store_is_retried_and_skips_nothing(
+    tmp_path: Path, error: Exception
+) -> None:
     path = tmp_path / "shared.db"
     store = FlakyReads(path)
+    store.error = error
     b, ws, rt = _broadcaster(path, store)
     async with b, Publisher(store=SQLiteStore(path)) as other:
         theirs = await _publish(other, "theirs", 30)

@@ -439,13 +439,14 @@ class Store(ABC):
 
     @abstractmethod
     async def read_routed(
-        self, *, after: int, limit: int
+        self, *, after: int, limit: int, through: int | None = None
     ) -> list[tuple[EventRecord, tuple[str, ...]]]:
-        """Stored events with sequence id > ``after``, in sequence order, at
-        most ``limit``, each with its routing: what a service that follows
-        the store hands to its lanes. Every backend commits appends in id
-        order, so a page is a prefix of what will ever be stored after
-        ``after``: an id missing inside it never appears later."""
+        """Stored events with sequence id > ``after`` (and <= ``through``), in
+        sequence order, at most ``limit``, each with its routing: what a
+        service that follows the store hands to its lanes. A page is a prefix
+        of what will ever be stored after ``after``: an id missing inside it,
+        or (given ``through``, and fewer than ``limit`` rows) missing up to
+        ``through``, never appears later."""
 
     @abstractmethod
     async def committed_through(self) -> int:

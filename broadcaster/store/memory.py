@@ -181,11 +181,11 @@ class MemoryStore(Store):
         return out
 
     async def read_routed(
-        self, *, after: int, limit: int
+        self, *, after: int, limit: int, through: int | None = None
     ) -> list[tuple[EventRecord, tuple[str, ...]]]:
         out: list[tuple[EventRecord, tuple[str, ...]]] = []
         for seq, (record, routed, _) in self._events.items():
-            if len(out) >= limit:
+            if len(out) >= limit or (through is not None and seq > through):
                 break
             if seq > after:
                 out.append((record, routed))

@@ -351,8 +351,8 @@ _ADD_META_AND_NOTIFY: Final = (
     f" FROM (SELECT pg_notify('{APPEND_CHANNEL}', '')) AS notified WHERE key = %s"
 )
 _READ_ROUTED: Final = (
-    "SELECT wire, routed_to, payload_keys FROM events WHERE sequence_id > %s"
-    " ORDER BY sequence_id LIMIT %s"
+    "SELECT wire, routed_to, payload_keys FROM events"
+    " WHERE sequence_id > %s AND sequence_id <= %s ORDER BY sequence_id LIMIT %s"
 )
 # read_events(): a range read of the events key. The filters are parameters
 # that may be NULL, so one statement serves every call; jsonb's ? tests
@@ -1045,15 +1045,17 @@ class PostgresStore(Store):
         return await self._run("committed_through", body)
 
     async def read_routed(
-        self, *, after: int, limit: int
+        self, *, after: int, limit: int, through: int | None = None
     ) -> list[tuple[EventRecord, tuple[str, ...]]]:
-        """See :meth:`Store.read_routed`: one range read of the primary key."""
+        """See :meth:`Store.read_routed`: one range read of the primary key
+        (appends commit in id order: the append lock)."""
         if limit <= 0:
             return []
+        high = 2**63 - 1 if through is None else through
 
         async def body(conn: psycopg.AsyncConnection[Any]) -> list[tuple[bytes, str, str | None]]:
             async with conn.cursor() as cur:
-                await cur.execute(_READ_ROUTED, (after, limit))
+                await cur.execute(_READ_ROUTED, (after, high, limit))
                 return [(bytes(w), routed, keys) for w, routed, keys in await cur.fetchall()]
 
         rows = await self._run("read_routed", body)

@@ -692,8 +692,8 @@ _MERGE_CONSUMER: Final = (
     " receipts = receipts + excluded.receipts"
 )
 _READ_ROUTED: Final = (
-    "SELECT wire, routed_to, payload_keys FROM events WHERE sequence_id > ?"
-    " ORDER BY sequence_id LIMIT ?"
+    "SELECT wire, routed_to, payload_keys FROM events"
+    " WHERE sequence_id > ? AND sequence_id <= ? ORDER BY sequence_id LIMIT ?"
 )
 _CONSUMERS: Final = (
     "SELECT adapter, consumer, from_sequence_id, through_sequence_id, first_seen_ms,"
@@ -1661,14 +1661,17 @@ class SQLiteStore(Store):
         return await self.last_sequence_id()
 
     async def read_routed(
-        self, *, after: int, limit: int
+        self, *, after: int, limit: int, through: int | None = None
     ) -> list[tuple[EventRecord, tuple[str, ...]]]:
-        """See :meth:`Store.read_routed`: one range read on the worker thread."""
+        """See :meth:`Store.read_routed`: one range read on the worker thread
+        (one writer at a time: ids commit in order, no id is ever in flight
+        below a committed one)."""
         if limit <= 0:
             return []
+        high = 2**63 - 1 if through is None else through
 
         def body(conn: sqlite3.Connection) -> list[tuple[bytes, str, str | None]]:
-            return conn.execute(_READ_ROUTED, (after, limit)).fetchall()
+            return conn.execute(_READ_ROUTED, (after, high, limit)).fetchall()
 
         rows = await self._call(self._read, "read_routed", body)
         cache: dict[str, tuple[str, ...]] = {}

@@ -818,3 +818,19 @@ async def test_first_sequence_id_follows_pruning(store: Store) -> None:
     assert await store.prune(through=ids[-1], older_than_ms=cutoff) == 2
     assert await store.first_sequence_id() == 0  # nothing stored; the high mark stays
     assert await store.last_sequence_id() == ids[-1]
+
+
+async def test_a_follower_reads_events_with_their_routing_in_order(store: Store) -> None:
+    """What a service following the store reads (read_routed), and where it
+    starts (committed_through)."""
+    assert await store.committed_through() == 0
+    assert await store.read_routed(after=0, limit=10) == []
+    both, one = ("websocket", "realtime"), ("websocket",)
+    records = await store.append([(d, both if i % 2 else one) for i, d in enumerate(drafts(5))])
+    assert await store.committed_through() == 5
+    page = await store.read_routed(after=1, limit=10, through=3)
+    assert [(r.sequence_id, routed) for r, routed in page] == [(2, both), (3, one)]
+    assert [r.wire for r, _ in page] == [r.wire for r in records[1:3]]
+    assert [r.sequence_id for r, _ in await store.read_routed(after=0, limit=2)] == [1, 2]
+    assert [r.sequence_id for r, _ in await store.read_routed(after=3, limit=10)] == [4, 5]
+    assert await store.read_routed(after=0, limit=0) == []
