@@ -67,6 +67,7 @@ __all__ = [
     "PhaseResult",
     "SecondWebSocketAdapter",
     "Stack",
+    "end_process",
     "padding",
 ]
 
@@ -137,7 +138,7 @@ class PhaseResult:
     call_cpu: list[float] = field(default_factory=list)
 
 
-def _end(proc: subprocess.Popen[str]) -> None:
+def end_process(proc: subprocess.Popen[str]) -> None:
     """Terminate ``proc`` if it still runs, reap it and close its pipes."""
     if proc.poll() is None:
         proc.terminate()
@@ -310,7 +311,7 @@ class Stack:
             finally:
                 for proc in (self.sub, self.server):
                     if proc is not None:
-                        _end(proc)
+                        end_process(proc)
 
     @property
     def broadcaster(self) -> Broadcaster:

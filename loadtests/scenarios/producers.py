@@ -42,6 +42,7 @@ from .._common import (
     running_loop_name,
     spawn,
 )
+from .._stack import end_process
 from ..bench_store import postgres_server
 
 NAME = "producers"
@@ -60,18 +61,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--processes", type=int, help="producer processes")
     parser.add_argument("--tasks", type=int, help="concurrent publish() callers per process")
     parser.add_argument("--skip-postgres", action="store_true", help="SQLite only")
-
-
-def _end(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-    else:
-        proc.communicate()
 
 
 def _child(args: list[str], env: dict[str, str], *, stdin: bool = False) -> subprocess.Popen[str]:
@@ -111,11 +100,11 @@ async def _measure(store_url: str, rate: float | None, args: argparse.Namespace)
     )
     with ExitStack() as procs:
         server = spawn("-m", "broadcaster.realtime_server", "--port", str(rt_port))
-        procs.callback(_end, server)
+        procs.callback(end_process, server)
         if not (await asyncio.to_thread(_readline, server)).strip():
             raise RuntimeError("the Realtime server did not start")
         serve = _child(["-m", "broadcaster", "--env-file", "/dev/null", "serve"], env)
-        procs.callback(_end, serve)
+        procs.callback(end_process, serve)
         lines: list[str] = []
         while not lines or not lines[-1].startswith("metrics"):
             line = await asyncio.to_thread(_readline, serve)
@@ -134,7 +123,7 @@ async def _measure(store_url: str, rate: float | None, args: argparse.Namespace)
             running_loop_name(),
             stdin=True,
         )
-        procs.callback(_end, sub)
+        procs.callback(end_process, sub)
         _send(sub, "start")
         if (await asyncio.to_thread(_readline, sub)).strip() != "ready":
             raise RuntimeError("the subscriber did not start")
@@ -157,7 +146,7 @@ async def _measure(store_url: str, rate: float | None, args: argparse.Namespace)
                 env,
                 stdin=True,
             )
-            procs.callback(_end, proc)
+            procs.callback(end_process, proc)
             producers.append(proc)
         for proc in producers:
             if (await asyncio.to_thread(_readline, proc)).strip() != "ready":
