@@ -37,7 +37,7 @@ from loadtests._common import (
     summarise,
     syscall_us,
 )
-from loadtests._stack import PhaseResult, Stack, _end
+from loadtests._stack import PhaseResult, Stack, end_process
 from loadtests.scenarios import SCENARIOS
 from loadtests.subscriber import Recorder
 from tests._env import SETTING_PREFIXES
@@ -594,7 +594,7 @@ async def test_the_subscriber_process_reports_its_reconnects() -> None:
             sub.stdin.flush()
             report = json.loads(await asyncio.to_thread(sub.stdout.read))
         finally:
-            _end(sub)
+            end_process(sub)
     assert report["reconnects"] == {"websocket": 1}
 
 
