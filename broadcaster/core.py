@@ -80,8 +80,8 @@ _INLINE_MAX_EVENTS = 32
 #: ... and only while the event loop keeps up: once it takes longer than this
 #: to get through what is ready (a moving average), calls arrive faster than
 #: commits and the writer task's shared commits are worth their two turns (at
-#: 10 000 events/s in small calls, commits in callers' steps doubled the
-#: commits and the end-to-end latency p50) — if the loop's thread is also
+#: high rates in small calls, commits in callers' steps multiplied the
+#: commits and raised the end-to-end latency) — if the loop's thread is also
 #: saturated (``_SATURATED_SHARE``).
 _INLINE_MAX_LAG_S = 0.0006
 

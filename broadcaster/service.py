@@ -61,10 +61,11 @@ async def run_service(
 
     ``freeze_gc=True`` (what ``broadcaster serve`` does, as the owner of its
     process) calls :func:`gc.freeze` once everything is started: the objects
-    built at startup (modules, pydantic models, clients: ~62 000) live until
-    shutdown, and every full collection walked them all — a 20-50 ms stall of
-    the event loop every few seconds at 10 000 events/s, measured. Frozen,
-    a full collection walks only what is newer (under 1 ms). Leave it off
+    built at startup (modules, pydantic models, clients: tens of thousands)
+    live until shutdown, and every full collection walked them all, a stall
+    of the event loop every few seconds under load (figures in
+    loadtests/HISTORY.md). Frozen, a full collection walks only what is
+    newer. Leave it off
     when the process is shared (tests, an application embedding the service).
     """
     stop = stop if stop is not None else asyncio.Event()

@@ -37,8 +37,8 @@ class FastBroadcastClient(PreEncodedPushClient):
 
     The stock reader validates every frame against a union of pydantic models
     and formats two debug f-strings with the frame's repr whether or not
-    debug logging is on: ~5 ms per 100-event frame, which caps a subscriber
-    near 20 000 events/s on a whole core. Here a frame that is plainly a
+    debug logging is on, which made it the bound of a subscriber's rate
+    (figures in loadtests/HISTORY.md). Here a frame that is plainly a
     broadcast (``event == "broadcast"``, ``ref`` null, a payload with a string
     ``event`` and an object ``payload``) is decoded once with orjson and handed
     to the channel's broadcast callbacks, the same dict the client would pass.

@@ -824,7 +824,7 @@ class PostgresStore(Store):
                 # durability is the promise, then have to themselves. And the
                 # key, always: on a table that grew faster than its
                 # statistics, the planner scanned all of it for every id of
-                # a batch (a mark of a few thousand ids took a second).
+                # a batch (docs/benchmarks.md, "Producers in other processes").
                 await cur.execute(_MARK_SETTINGS)
                 results: list[list[tuple[str | None, int]]] = []
                 for statement, params_seq in groups:
