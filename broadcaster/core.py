@@ -46,7 +46,7 @@ from .exceptions import (
 )
 from .flags import RuntimeFlags
 from .lanes import Lane
-from .producer import Receipt, _receipt, _store_error, draft_batch, event_factory
+from .producer import Receipt, Submission, draft_batch, event_factory, receipt_of, store_error
 from .reconcile.matching import MatchPolicy, Report
 from .reconcile.reconciler import RECONCILED_THROUGH, Reconciler
 from .routing import RoutingTable
@@ -96,18 +96,6 @@ _SATURATED_SHARE = 0.9
 _SHARE_WINDOW_S = 0.02
 
 
-class _Submission:
-    __slots__ = ("future", "items")
-
-    def __init__(
-        self,
-        items: list[tuple[EventDraft, tuple[str, ...]]],
-        future: asyncio.Future[list[EventRecord]],
-    ) -> None:
-        self.items = items
-        self.future = future
-
-
 class Broadcaster:
     """Dual-write broadcaster. Use as an async context manager::
 
@@ -150,7 +138,7 @@ class Broadcaster:
         self.stats = DeliveryStats()
         self.adapters: dict[str, Adapter] = {}
         self._lanes: dict[str, Lane] = {}
-        self._submissions: list[_Submission] = []
+        self._submissions: list[Submission] = []
         self._pending_count = 0
         self._has_work = asyncio.Event()
         self._writer_idle = asyncio.Event()
@@ -481,7 +469,7 @@ class Broadcaster:
         routed = self._routing.route(draft.category, draft.routing_key)
         records = await self._submit([(draft, routed)])
         self.stats.count_published(1, self._monotonic() - started)
-        return _receipt(records[0], routed)
+        return receipt_of(records[0], routed)
 
     async def publish_many(self, events: Iterable[Mapping[str, Any]]) -> list[Receipt]:
         """Publish a batch: each mapping has ``category``, ``event_type``,
@@ -495,7 +483,7 @@ class Broadcaster:
             return []
         records = await self._submit(items)
         self.stats.count_published(len(records), self._monotonic() - started)
-        return [_receipt(rec, routed) for rec, (_, routed) in zip(records, items, strict=True)]
+        return [receipt_of(rec, routed) for rec, (_, routed) in zip(records, items, strict=True)]
 
     def _check_running(self) -> None:
         if not self._running:
@@ -521,7 +509,7 @@ class Broadcaster:
                 if records is not None:
                     return records
             future: asyncio.Future[list[EventRecord]] = asyncio.get_running_loop().create_future()
-            self._submissions.append(_Submission(items, future))
+            self._submissions.append(Submission(items, future))
             self._pending_count += len(items)
             self._writer_idle.clear()
             self._has_work.set()
@@ -559,7 +547,7 @@ class Broadcaster:
         try:
             records = self._store.append_now(batch)
         except Exception as exc:
-            error = _store_error(exc)
+            error = store_error(exc)
             if queued:
                 self._submissions = []
                 self._settle(queued, error)
@@ -576,7 +564,7 @@ class Broadcaster:
         return records[len(records) - len(items) :]
 
     def _settle(
-        self, submissions: list[_Submission], outcome: list[EventRecord] | Exception
+        self, submissions: list[Submission], outcome: list[EventRecord] | Exception
     ) -> None:
         """Wake the callers of ``submissions``: their slices of ``outcome`` (the
         records of all of them, in order) or its error."""
@@ -645,7 +633,7 @@ class Broadcaster:
             try:
                 records = await self._store.append(items)
             except Exception as exc:
-                self._settle(submissions, _store_error(exc))
+                self._settle(submissions, store_error(exc))
                 continue
             finally:
                 self._writing = False

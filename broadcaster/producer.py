@@ -107,7 +107,7 @@ def _signing_key(settings: Settings) -> SigningKey | None:
     return SigningKey(settings.event_signing_key_id, secret.get_secret_value())
 
 
-def _receipt(record: EventRecord, routed: tuple[str, ...]) -> Receipt:
+def receipt_of(record: EventRecord, routed: tuple[str, ...]) -> Receipt:
     # One per published event: filled as a plain object and then made a
     # Receipt (see events._builder), ~3x cheaper than the frozen __init__.
     receipt = _ReceiptBuilder()
@@ -123,7 +123,7 @@ def _receipt(record: EventRecord, routed: tuple[str, ...]) -> Receipt:
     return result
 
 
-def _store_error(exc: Exception) -> StoreError:
+def store_error(exc: Exception) -> StoreError:
     """What the callers of a failed write get: a store's own error as it is,
     anything else (a bug in a store) as :class:`StoreUnavailable`."""
     return exc if isinstance(exc, StoreError) else StoreUnavailable(repr(exc))
@@ -170,7 +170,10 @@ def draft_batch(
     return items
 
 
-class _Pending:
+class Submission:
+    """Events waiting for a shared commit, and the future their caller awaits
+    (the group commit of Publisher and Broadcaster)."""
+
     __slots__ = ("future", "items")
 
     def __init__(self, items: list[Item], future: asyncio.Future[list[EventRecord]]) -> None:
@@ -217,7 +220,7 @@ class Publisher:
         self._monotonic = monotonic
         self._refreshed = 0.0
         self._refreshing: asyncio.Task[None] | None = None
-        self._queue: list[_Pending] = []
+        self._queue: list[Submission] = []
         self._pending = 0
         self._has_work = asyncio.Event()
         self._idle = asyncio.Event()
@@ -323,7 +326,7 @@ class Publisher:
         draft = self._factory.draft(category, event_type, payload, key=key, source=source)
         item = (draft, self._routing.route(draft.category, draft.routing_key))
         records = await self._write([item], connection)
-        return _receipt(records[0], item[1])
+        return receipt_of(records[0], item[1])
 
     async def publish_many(
         self,
@@ -340,7 +343,7 @@ class Publisher:
         if not items:
             return []
         records = await self._write(items, connection)
-        return [_receipt(rec, routed) for rec, (_, routed) in zip(records, items, strict=True)]
+        return [receipt_of(rec, routed) for rec, (_, routed) in zip(records, items, strict=True)]
 
     async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (SPEC 10 API)
         """Wait until every event handed to ``publish()`` so far is durably
@@ -371,7 +374,7 @@ class Publisher:
             await self._space.wait()
             self._check_running()
         future: asyncio.Future[list[EventRecord]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(items, future))
+        self._queue.append(Submission(items, future))
         self._pending += len(items)
         self._idle.clear()
         self._has_work.set()
@@ -392,7 +395,7 @@ class Publisher:
             try:
                 outcome = await self._store.append(items)
             except Exception as exc:
-                outcome = _store_error(exc)
+                outcome = store_error(exc)
                 log.error("publish failed: store unavailable", error=str(exc), count=len(items))
             self._pending -= len(items)
             if self._pending < self._max_pending:
