@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
@@ -35,13 +35,17 @@ __all__ = [
     "DeliveryState",
     "EventFacts",
     "PlainPage",
+    "Report",
+    "ReportOutcome",
     "ScanRow",
     "Store",
     "StoreHealth",
     "StoreStats",
     "StoredEvent",
     "consumer_infos",
+    "judge_reports",
     "merge_consumer",
+    "report_infos",
     "plain_counts",
 ]
 
@@ -183,17 +187,69 @@ def plain_counts(
     return counts
 
 
+#: A receipt a consumer reported (``POST /receipts``), not yet checked
+#: against the store: (sequence_id, adapter, checksum, consumer,
+#: received_at_ms, deliveries, verified). A tuple, not a class: batches of
+#: thousands are built and read once each.
+Report = tuple[int, str, str, str, int, int, bool]
+
+
+@dataclass(frozen=True, slots=True)
+class ReportOutcome:
+    """What :meth:`Store.record_reports` made of a batch of reports."""
+
+    #: Reports of stored events, all stored (mismatches included).
+    accepted: int
+    #: Accepted reports whose checksum differs from the stored event's, or
+    #: that their consumer did not verify.
+    mismatches: int
+    #: Sequence ids the store does not have, ascending (their reports are
+    #: not stored).
+    unknown: list[int]
+
+
+def judge_reports(
+    reports: Sequence[Report], facts: Mapping[int, tuple[str, str]]
+) -> tuple[list[ConsumerReceipt], ReportOutcome]:
+    """The receipts to store for ``reports`` and the outcome, given
+    ``facts``: sequence id -> (event type, checksum) of the stored events."""
+    receipts: list[ConsumerReceipt] = []
+    unknown: set[int] = set()
+    mismatches = 0
+    for seq, adapter, checksum, consumer, received_ms, times, verified in reports:
+        fact = facts.get(seq)
+        if fact is None:
+            unknown.add(seq)
+            continue
+        ok = verified and checksum == fact[1]
+        mismatches += not ok
+        receipts.append(
+            ConsumerReceipt(seq, adapter, fact[0], received_ms, checksum, ok, consumer, None, times)
+        )
+    return receipts, ReportOutcome(len(receipts), mismatches, sorted(unknown))
+
+
 def consumer_infos(receipts: Sequence[ConsumerReceipt]) -> list[ConsumerInfo]:
     """What one batch of receipts says of each (consumer, adapter): the rows a
-    store merges into its consumer registry (min/max, and a sum of receipts).
+    store merges into its consumer registry (min/max, and a sum of receipts)."""
+    return _infos((r.consumer, r.adapter, r.sequence_id, r.received_at_ms) for r in receipts)
+
+
+def report_infos(reports: Iterable[Report]) -> list[ConsumerInfo]:
+    """:func:`consumer_infos` of the receipts stored for ``reports`` (pass
+    only those of stored events)."""
+    return _infos((r[3], r[1], r[0], r[4]) for r in reports)
+
+
+def _infos(keyed: Iterable[tuple[str, str, int, int]]) -> list[ConsumerInfo]:
+    """Registry rows from (consumer, adapter, sequence id, received at ms).
     Accumulates plain lists and builds one frozen row per key: a batch is
     usually thousands of receipts from one or two consumers."""
     acc: dict[tuple[str, str], list[int]] = {}
-    for r in receipts:
-        seq, at = r.sequence_id, r.received_at_ms
-        row = acc.get((r.consumer, r.adapter))
+    for consumer, adapter, seq, at in keyed:
+        row = acc.get((consumer, adapter))
         if row is None:
-            acc[r.consumer, r.adapter] = [seq, seq, at, at, 1]
+            acc[consumer, adapter] = [seq, seq, at, at, 1]
             continue
         if seq < row[0]:
             row[0] = seq
@@ -399,6 +455,22 @@ class Store(ABC):
         one only raises the key's ``deliveries`` to its own (so a batch sent
         twice changes nothing, and a second delivery to the same consumer is
         counted as a duplicate). Keeps :meth:`consumers` up to date."""
+
+    async def record_reports(self, reports: Sequence[Report]) -> ReportOutcome:
+        """Check receipts consumers reported against the stored events and
+        store those of stored events as :meth:`record_receipts` does: a
+        report whose checksum differs from the stored event's, or that its
+        consumer did not verify, is stored as a mismatch; reports of ids the
+        store does not have are not stored, their ids come back. Stores
+        override this to read and write in one transaction."""
+        wanted = list({r[0] for r in reports})
+        facts = {
+            seq: (fact.event_type, fact.checksum)
+            for seq, fact in (await self.event_facts(wanted)).items()
+        }
+        receipts, outcome = judge_reports(reports, facts)
+        await self.record_receipts(receipts)
+        return outcome
 
     @abstractmethod
     async def register_consumer(self, consumer: str, adapter: str, at_ms: int) -> ConsumerInfo:

@@ -10,26 +10,26 @@ What a caller must know:
   transactions (never corrupt the file). ``synchronous="FULL"``
   (``sqlite:///path?synchronous=full``) fsyncs the WAL on every commit and
   survives power loss too, at the price of one fsync per ``append``/``mark``.
-* **Threads.** sqlite3 is blocking. Reads, big writes and checkpoints run on
-  one dedicated worker thread with its own connection; the event loop only
+* **Threads.** sqlite3 is blocking. Reads and big writes run on one
+  dedicated worker thread with its own connection; the event loop only
   awaits futures. Small write transactions (an ``append`` or group-committed
   ``mark`` of at most ``loop_write_max`` rows) run on the event loop's thread
   instead, on a second connection, when ``synchronous`` is ``NORMAL`` or
-  ``OFF``: such a commit is a WAL append to the page cache (no fsync), about
-  0.1-0.3 ms, while a hop to the worker costs more than that under load — the
-  worker must win the GIL back from a busy loop after every statement
-  (measured at 1 000 events/s end to end: publish p99 17 ms through the worker,
-  4 ms on the loop; at full rate a 400-event append took 15 ms there, 4-6 ms
-  on the loop, and the maximum rose from 14 000 to 17 000-22 000 events/s with
-  ``loop_write_max`` 256 -> 1024). A marked id weighs a quarter of an appended
-  event. The limit bounds how long one commit holds the loop (~16 ms for 1024
-  events here). That connection never checkpoints: every
-  ``_CHECKPOINT_EVERY`` loop commits the worker does (``PASSIVE``; once the
-  WAL holds ``wal_frames_max`` frames, a second, short one with writes held,
-  so the WAL restarts instead of growing). Nor does it
-  wait for a lock: a write that finds the file
+  ``OFF``: such a commit is a WAL append to the page cache (no fsync), cheaper
+  than the hop to the worker, which under load must win the GIL back from a
+  busy loop after every statement. A marked id weighs a quarter of an
+  appended event; the limit bounds how long one commit holds the loop. That
+  connection does not wait for a lock either: a write that finds the file
   locked is handed to the worker, which waits up to ``busy_timeout_ms``.
-  ``loop_write_max=0`` keeps every write on the worker.
+  ``loop_write_max=0`` keeps every write on the worker. (How these limits
+  were chosen: ``loadtests/HISTORY.md``.)
+* **Checkpoints.** No writing connection checkpoints by itself, or some
+  writer's commit would copy the WAL back into the file while every other
+  write waits. Every ``_CHECKPOINT_EVERY`` commits (big ones count more) a
+  ``PASSIVE`` pass runs on a third thread with its own connection, alongside
+  the writes; once the WAL holds ``wal_frames_max`` frames, a second, short
+  pass runs on the worker with writes held, so that the WAL restarts from
+  its beginning instead of growing.
 * **Batching.** One transaction per ``append`` call (all or nothing); concurrent
   ``mark`` calls are coalesced into one transaction (group commit).
 * **Sequence ids** come from the high-water mark, read inside the write
@@ -166,6 +166,8 @@ from .base import (
     DeliveryState,
     EventFacts,
     PlainPage,
+    Report,
+    ReportOutcome,
     ScanRow,
     Store,
     StoredEvent,
@@ -174,6 +176,7 @@ from .base import (
     _audit_entry,
     _config_json,
     consumer_infos,
+    report_infos,
 )
 
 _inotify: ModuleType | None
@@ -227,8 +230,12 @@ _MARK_IDS_PER_ROW: Final = 4
 #: ``flush()``) are recorded up to 5 ms later.
 MARK_LINGER_MS: Final = 5.0
 
-#: Loop-thread commits between two WAL checkpoints on the worker thread.
+#: Commits between two WAL checkpoints. A commit of the worker thread counts
+#: once more for every ``_ROWS_PER_COMMIT`` rows it changed: its writes are
+#: the big ones (receipt batches, appends too big for the loop), and rows
+#: spread over an index dirty up to a page each.
 _CHECKPOINT_EVERY: Final = 200
+_ROWS_PER_COMMIT: Final = 25
 
 #: Default WAL length (4 KiB frames) beyond which a checkpoint holds writes
 #: for a moment so that the WAL restarts: 8192 frames is 32 MiB of file.
@@ -658,6 +665,17 @@ def _consumer_info(row: Sequence[Any]) -> ConsumerInfo:
     return ConsumerInfo(consumer, adapter, start, through, first, last, n)
 
 
+def _ids_where(wanted: set[int]) -> tuple[str, tuple[object, ...]]:
+    """A WHERE clause (and its parameters) on ``sequence_id`` that takes at
+    least the ids in ``wanted`` (callers skip the others). Receipts come in
+    runs of nearby ids: a range read beats a lookup per id unless the range
+    is mostly ids nobody asked for."""
+    low, high = min(wanted), max(wanted)
+    if high - low < 4 * len(wanted):
+        return "sequence_id BETWEEN ? AND ?", (low, high)
+    return _IN_IDS, (orjson.dumps(sorted(wanted)).decode(),)
+
+
 def _routed_test(routings: dict[str, tuple[str, ...]]) -> tuple[str, list[str]]:
     """SQL (and its parameters) true iff receipt ``r``'s adapter is one its
     event ``e`` was routed to, for events whose ``routed_to`` is among ``routings``."""
@@ -914,7 +932,14 @@ class SQLiteStore(Store):
         self._conn: sqlite3.Connection | None = None
         # Touched only on the event loop's thread (small writes; see the module doc).
         self._loop_conn: sqlite3.Connection | None = None
-        self._loop_commits = 0
+        # Commits (weighted, see _CHECKPOINT_EVERY) since the last checkpoint,
+        # and rows changed by worker commits not yet counted (worker thread
+        # adds, loop thread takes: a heuristic, a lost update costs nothing).
+        self._commits = 0
+        self._worker_rows = 0
+        # The thread and connection of ordinary checkpoint passes.
+        self._checkpointer: ThreadPoolExecutor | None = None
+        self._checkpoint_conn: sqlite3.Connection | None = None
         # wait_for_appends()'s connection and the data_version it last saw
         # (loop thread only).
         self._watch_conn: sqlite3.Connection | None = None
@@ -925,6 +950,8 @@ class SQLiteStore(Store):
         self.watch_interval_s = WATCH_INTERVAL_S
         #: Checkpoints that had to hold writes to complete (see ``_run_checkpoint``).
         self.checkpoints_quiesced = 0
+        #: Write transactions committed on the event loop's thread.
+        self.loop_commits = 0
         self._checkpoint: asyncio.Future[None] | None = None
         # Set while a checkpoint pass runs with writes held (see _run_checkpoint).
         self._held: asyncio.Event | None = None
@@ -962,7 +989,18 @@ class SQLiteStore(Store):
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise self._write_error(exc, action) from exc
-        return self._commit(conn, action, body)
+        before = conn.total_changes
+        result = self._commit(conn, action, body)
+        self._worker_rows += conn.total_changes - before
+        return result
+
+    async def _worker_write(self, action: str, body: Callable[[sqlite3.Connection], _T]) -> _T:
+        """:meth:`_write` on the worker thread, then count it towards the next
+        checkpoint."""
+        result: _T = await self._call(self._write, action, body)
+        rows, self._worker_rows = self._worker_rows, 0
+        self._after_commit(1 + rows // _ROWS_PER_COMMIT)
+        return result
 
     def _commit(
         self, conn: sqlite3.Connection, action: str, body: Callable[[sqlite3.Connection], _T]
@@ -1059,7 +1097,7 @@ class SQLiteStore(Store):
             await held.wait()
         result = self._loop_write(action, rows, body)
         if isinstance(result, _NotNow):
-            return await self._call(self._write, action, body)
+            return await self._worker_write(action, body)
         return result
 
     def _loop_write(
@@ -1082,18 +1120,20 @@ class SQLiteStore(Store):
                 raise self._write_error(exc, action) from exc
             return _NOT_NOW
         result = self._commit(conn, action, body)
-        self._after_loop_commit()
+        self.loop_commits += 1
+        self._after_commit(1)
         return result
 
-    def _after_loop_commit(self) -> None:
-        # The loop's connection never checkpoints (copying ~1000 pages back takes
-        # ~20 ms here): every so often the worker does, as SQLite's own
-        # autocheckpoint would (~1000 pages).
-        self._loop_commits += 1
-        if self._loop_commits >= _CHECKPOINT_EVERY and (
+    def _after_commit(self, weight: int) -> None:
+        # No writing connection checkpoints by itself: SQLite's autocheckpoint
+        # would copy pages back inside some unlucky writer's commit, holding
+        # every write behind it. Every so often a pass runs on a thread of its
+        # own instead, alongside the writes.
+        self._commits += weight
+        if self._commits >= _CHECKPOINT_EVERY and (
             self._checkpoint is None or self._checkpoint.done()
         ):
-            self._loop_commits = 0
+            self._commits = 0
             self._checkpoint = asyncio.ensure_future(self._run_checkpoint())
             self._checkpoint.add_done_callback(self._checkpoint_done)
 
@@ -1106,9 +1146,15 @@ class SQLiteStore(Store):
         # restarts it). Held writes wait a few ms: done on every checkpoint,
         # that was half of publish p99 at 1 000 events/s, so it is done only
         # once the WAL holds ``wal_frames_max`` frames.
-        frames = await self._call(self._checkpoint_sync)
+        checkpointer = self._checkpointer
+        if checkpointer is None:
+            return
+        frames = await asyncio.get_running_loop().run_in_executor(
+            checkpointer, self._checkpoint_pass
+        )
         if frames < self._wal_frames_max:
             return
+        # On the worker, so that its writes wait too.
         held = self._held = asyncio.Event()
         self.checkpoints_quiesced += 1
         try:
@@ -1117,10 +1163,26 @@ class SQLiteStore(Store):
             self._held = None
             held.set()
 
-    def _checkpoint_sync(self) -> int:
-        """One PASSIVE pass; returns the frames in the WAL (since its last restart)."""
-        _, frames, _ = self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    def _checkpoint_sync(self, conn: sqlite3.Connection | None = None) -> int:
+        """One PASSIVE pass on ``conn`` (default: the worker's); returns the
+        frames in the WAL (since its last restart)."""
+        conn = conn or self._connection()
+        # fetchall: a statement left unfinished would keep a read lock on the
+        # WAL, and the WAL restarts only when no reader is left in it.
+        ((_, frames, _),) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         return int(frames)
+
+    def _checkpoint_pass(self) -> int:
+        """:meth:`_checkpoint_sync` on the checkpointer's thread and connection
+        (opened at the first pass, after the worker's)."""
+        if self._checkpoint_conn is None:
+            self._checkpoint_conn = self._connect(busy_timeout_ms=0)
+        return self._checkpoint_sync(self._checkpoint_conn)
+
+    def _close_checkpointer_sync(self) -> None:
+        conn, self._checkpoint_conn = self._checkpoint_conn, None
+        if conn is not None:
+            conn.close()
 
     def _checkpoint_done(self, future: asyncio.Future[None]) -> None:
         if not future.cancelled() and future.exception() is not None:
@@ -1161,15 +1223,21 @@ class SQLiteStore(Store):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         try:
             version = await self._call(self._open_sync)
+            self._checkpointer = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="sqlite-checkpoint"
+            )
             if self._loop_write_max > 0:
                 # After the worker created and migrated the schema.
-                self._loop_conn = self._connect(busy_timeout_ms=0, checkpoints=False)
+                self._loop_conn = self._connect(busy_timeout_ms=0)
             # The files this store writes to from now on (WAL mode: -wal and
             # -shm exist once the schema transaction committed).
             self._remember_files()
         except BaseException:
             if self._conn is not None:
                 await self._call(self._close_sync)
+            if self._checkpointer is not None:
+                self._checkpointer.shutdown(wait=False)
+                self._checkpointer = None
             executor, self._executor = self._executor, None
             executor.shutdown(wait=False)
             raise
@@ -1180,8 +1248,9 @@ class SQLiteStore(Store):
             synchronous=self.synchronous,
         )
 
-    def _connect(self, *, busy_timeout_ms: int, checkpoints: bool = True) -> sqlite3.Connection:
-        """A configured connection, for the calling thread only."""
+    def _connect(self, *, busy_timeout_ms: int) -> sqlite3.Connection:
+        """A configured connection, for the calling thread only. It never
+        checkpoints by itself (see :meth:`_after_commit`)."""
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is
             # exactly one transaction.
@@ -1196,8 +1265,7 @@ class SQLiteStore(Store):
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             conn.execute("PRAGMA temp_store = MEMORY")
             conn.execute("PRAGMA cache_size = -32768")  # 32 MiB page cache
-            if not checkpoints:
-                conn.execute("PRAGMA wal_autocheckpoint = 0")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
         return conn
 
     @contextmanager
@@ -1234,6 +1302,12 @@ class SQLiteStore(Store):
             await self._marks.wait_idle()
             if self._checkpoint is not None:
                 await asyncio.gather(self._checkpoint, return_exceptions=True)
+            checkpointer, self._checkpointer = self._checkpointer, None
+            if checkpointer is not None:
+                await asyncio.get_running_loop().run_in_executor(
+                    checkpointer, self._close_checkpointer_sync
+                )
+                checkpointer.shutdown(wait=False)
         finally:
             # Checked once more: a file replaced since the last write must not
             # get this store's WAL replayed into it when it is next opened.
@@ -1451,31 +1525,74 @@ class SQLiteStore(Store):
                 r.event_type,
                 r.received_at_ms,
                 r.checksum,
-                int(r.checksum_ok),
+                r.checksum_ok,
                 r.consumer,
                 r.payload_keys,
                 max(r.deliveries, 1),
             )
             for r in receipts
         ]
-        raised = [
-            (r.sequence_id, r.adapter, r.consumer, r.deliveries)
-            for r in receipts
-            if r.deliveries > 1
-        ]
         infos = [_consumer_row(c) for c in consumer_infos(receipts)]
 
         def body(conn: sqlite3.Connection) -> None:
-            # One statement per row (executemany): each sees the rows before
-            # it, so a second consumer's receipt within the batch is flagged
-            # dup, and a key repeated within the batch is kept once.
-            added = conn.executemany(_INSERT_RECEIPT, rows).rowcount
-            if raised:
-                conn.executemany(_RAISE_DELIVERIES, raised)
+            self._insert_receipts(conn, rows)
             conn.executemany(_MERGE_CONSUMER, infos)
-            conn.execute(_ADD_META, (added, "receipt_count"))
 
-        await self._call(self._write, "record_receipts", body)
+        await self._worker_write("record_receipts", body)
+
+    @staticmethod
+    def _insert_receipts(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Write receipt rows (the columns of :data:`_INSERT_RECEIPT`, with
+        the delivery number last) and count the new ones."""
+        # One statement per row (executemany): each sees the rows before
+        # it, so a second consumer's receipt within the batch is flagged
+        # dup, and a key repeated within the batch is kept once.
+        added = conn.executemany(_INSERT_RECEIPT, rows).rowcount
+        raised = [(r[0], r[1], r[6], r[8]) for r in rows if r[8] > 1]
+        if raised:
+            conn.executemany(_RAISE_DELIVERIES, raised)
+        conn.execute(_ADD_META, (added, "receipt_count"))
+
+    async def record_reports(self, reports: Sequence[Report]) -> ReportOutcome:
+        """See :meth:`Store.record_reports`: the stored events are read and the
+        receipts written in one transaction on the writer's thread, from the
+        reports as they came (no receipt objects on the event loop)."""
+        if not reports:
+            return ReportOutcome(0, 0, [])
+        wanted = {r[0] for r in reports}
+        where, params = _ids_where(wanted)
+
+        def body(conn: sqlite3.Connection) -> ReportOutcome:
+            facts: dict[int, tuple[str, str]] = {}
+            for seq, event_type, checksum, wire in conn.execute(
+                "SELECT sequence_id, event_type, checksum,"
+                f" CASE WHEN checksum IS NULL THEN wire END FROM events WHERE {where}",
+                params,
+            ):
+                if checksum is None:  # a row of a version before the column
+                    checksum = record_from_wire(bytes(wire)).checksum
+                facts[seq] = (event_type, checksum)
+            rows = []
+            known = []
+            unknown: set[int] = set()
+            mismatches = 0
+            for report in reports:
+                seq, adapter, checksum, consumer, received_ms, times, verified = report
+                fact = facts.get(seq)
+                if fact is None:
+                    unknown.add(seq)
+                    continue
+                ok = verified and checksum == fact[1]
+                mismatches += not ok
+                rows.append(
+                    (seq, adapter, fact[0], received_ms, checksum, ok, consumer, None, times)
+                )
+                known.append(report)
+            self._insert_receipts(conn, rows)
+            conn.executemany(_MERGE_CONSUMER, [_consumer_row(c) for c in report_infos(known)])
+            return ReportOutcome(len(rows), mismatches, sorted(unknown))
+
+        return await self._worker_write("record_reports", body)
 
     async def register_consumer(self, consumer: str, adapter: str, at_ms: int) -> ConsumerInfo:
         """See :meth:`Store.register_consumer`: the next id is read inside the
@@ -1491,7 +1608,7 @@ class SQLiteStore(Store):
                 ).fetchone()
             )
 
-        return await self._call(self._write, "register_consumer", body)
+        return await self._worker_write("register_consumer", body)
 
     async def consumers(self) -> list[ConsumerInfo]:
         """See :meth:`Store.consumers`."""
@@ -1509,15 +1626,7 @@ class SQLiteStore(Store):
         wanted = set(sequence_ids)
         if not wanted:
             return {}
-        low, high = min(wanted), max(wanted)
-        # Receipts come in runs of nearby ids: a range read beats a lookup
-        # per id unless the range is mostly ids nobody asked for.
-        params: tuple[object, ...]
-        if high - low < 4 * len(wanted):
-            where, params = "sequence_id BETWEEN ? AND ?", (low, high)
-        else:
-            where = "sequence_id IN (SELECT value FROM json_each(?))"
-            params = (orjson.dumps(sorted(wanted)).decode(),)
+        where, params = _ids_where(wanted)
 
         def body(conn: sqlite3.Connection) -> dict[int, EventFacts]:
             facts: dict[int, EventFacts] = {}
@@ -1695,7 +1804,7 @@ class SQLiteStore(Store):
         if conn is None:
             if self._executor is None:
                 raise StoreError(f"sqlite store {self.path} is not open")
-            conn = self._watch_conn = self._connect(busy_timeout_ms=0, checkpoints=False)
+            conn = self._watch_conn = self._connect(busy_timeout_ms=0)
             self._watch_version = None
         # Woken within the interval of the last return: coalesce.
         rest = self._watch_returned + self.watch_interval_s - loop.time()
@@ -1900,8 +2009,8 @@ class SQLiteStore(Store):
         deleted = 0
         cursor = 0
         while True:
-            chunk: tuple[int, int, bool] = await self._call(
-                self._write, "prune", self._prune_chunk(cursor, through, older_than_ms)
+            chunk: tuple[int, int, bool] = await self._worker_write(
+                "prune", self._prune_chunk(cursor, through, older_than_ms)
             )
             count, cursor, done = chunk
             deleted += count
@@ -1987,7 +2096,7 @@ class SQLiteStore(Store):
                 (name, int(value)),
             )
 
-        await self._call(self._write, "set_watermark", body)
+        await self._worker_write("set_watermark", body)
 
     # -- runtime config and audit trail -------------------------------------
 
@@ -2007,7 +2116,7 @@ class SQLiteStore(Store):
             assert entry_id is not None
             return entry_id
 
-        entry_id = await self._call(self._write, "save_runtime_config", body)
+        entry_id = await self._worker_write("save_runtime_config", body)
         return _audit_entry(entry_id, now_ms, actor, path, before_json, after_json)
 
     async def runtime_config(self) -> dict[str, Any] | None:

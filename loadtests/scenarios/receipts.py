@@ -8,7 +8,10 @@ HTTP connection, as a consumer's reporter has) then posts a receipt for every
 (event, adapter) pair in batches of ``--batch``, each batch waiting for the
 previous answer. ``receipts_per_s`` is receipts posted ÷ wall time of the
 posting, answers included; the client checks every answer accepted its whole
-batch. Nothing here asserts a timing.
+batch. Then the same receipts, as another consumer, go straight to
+``Store.record_reports`` in batches of the same size, one after the other:
+``store_only_per_s`` is what the store alone takes, the ceiling of the HTTP
+figure. Nothing here asserts a timing.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +109,11 @@ async def _measure(url: str, events: int, batch: int) -> dict[str, Any]:
             raise RuntimeError(f"the receipts client failed (exit code {proc.returncode})")
         result = json.loads(out)
         stored = (await b.store.stats()).receipts
+        reports = [(s, a, c, "direct", 1, 1, True) for s, a, c in pairs]
+        started = time.perf_counter()
+        for i in range(0, len(reports), batch):
+            await b.store.record_reports(reports[i : i + batch])
+        direct_s = time.perf_counter() - started
     if result["accepted"] != len(pairs) or stored != len(pairs):
         raise RuntimeError(
             f"{len(pairs)} receipts posted, {result['accepted']} accepted, {stored} stored"
@@ -113,6 +122,7 @@ async def _measure(url: str, events: int, batch: int) -> dict[str, Any]:
         "receipts": len(pairs),
         "seconds": round(result["seconds"], 3),
         "receipts_per_s": round(len(pairs) / result["seconds"]),
+        "store_only_per_s": round(len(pairs) / direct_s),
     }
 
 

@@ -121,6 +121,9 @@ async def test_a_second_delivery_is_a_duplicate_and_receipts_make_events_matched
         ([receipt(2**63, "ab")], "0.sequence_id"),
         ([receipt(1, "ab", adapter="email")], "0.adapter"),
         ([receipt(1, "AB")], "0.checksum"),
+        ([receipt(1, "ab\n")], "0.checksum"),
+        ([receipt(1, "ab"), receipt(2, "a" * 129)], "1.checksum"),
+        ([receipt(1, "ab") | {"sequence_id": 1.0}], "0.sequence_id"),
         ([receipt(1, "")], "0.checksum"),
         ([receipt(1, "ab") | {"consumer": ""}], "0.consumer"),
         ([receipt(1, "ab") | {"consumer": "a\nb"}], "0.consumer"),
@@ -137,6 +140,24 @@ async def test_bad_receipts_are_422_naming_the_field_and_nothing_is_stored(
     assert answer.status_code == 422
     assert answer.json()["detail"][0]["field"] == field
     assert (await svc.b.store.stats()).receipts == 0
+
+
+async def test_optional_fields_may_be_null_and_a_repeated_key_counts_once(
+    svc: Service,
+) -> None:
+    """Null ``received_at``/``delivery`` take their defaults; an object that
+    names a field twice is read as JSON parsers do, the last one counting."""
+    sent = await svc.b.publish("CRITICAL", "e", {})
+    await svc.b.flush(timeout=5)
+    good = receipt(sent.sequence_id, sent.checksum.value, received_at=None, delivery=None)
+    assert (await svc.post([good])).json() == {"accepted": 1, "mismatches": 0, "unknown": []}
+    twice = json.dumps(receipt(sent.sequence_id, sent.checksum.value))[:-1]
+    body = f'[{twice}, "adapter": "realtime"}}]'.encode()
+    answer = await svc.client.post("/receipts", content=body, headers=AUTH)
+    assert answer.json() == {"accepted": 1, "mismatches": 0, "unknown": []}
+    stored = await svc.b.store.get(sent.sequence_id)
+    assert stored is not None
+    assert sorted(r.adapter for r in stored.receipts) == ["realtime", "websocket"]
 
 
 async def test_bodies_that_are_not_a_list_of_receipts(svc: Service) -> None:

@@ -744,14 +744,14 @@ async def test_loop_write_max_weighs_an_append_row_as_four_marked_ids(tmp_path: 
     many ids commit on the loop's connection; bigger ones go to the worker."""
     async with SQLiteStore(tmp_path / "w.db", loop_write_max=10, mark_linger_ms=0) as store:
         records = await store.append(items(10))
-        assert store._loop_commits == 1
+        assert store.loop_commits == 1
         records += await store.append(items(40))
-        assert store._loop_commits == 1  # the worker's
+        assert store.loop_commits == 1  # the worker's
         ids = [r.sequence_id for r in records]
         await store.mark("websocket", ids[:40], DeliveryState.ACKED)
-        assert store._loop_commits == 2
+        assert store.loop_commits == 2
         await store.mark("realtime", ids[:41], DeliveryState.ACKED)
-        assert store._loop_commits == 2
+        assert store.loop_commits == 2
         assert len(await store.undelivered("websocket")) == 10
         assert len(await store.undelivered("realtime")) == 9
 
@@ -808,6 +808,28 @@ async def test_wal_stays_bounded_under_many_small_writes(tmp_path: Path) -> None
         assert wal < 8 * 2**20, wal
         assert store.checkpoints_quiesced >= 2
         assert len(await store.undelivered("realtime", limit=5000)) == 2000
+
+
+async def test_big_writes_on_the_worker_count_towards_checkpoints(tmp_path: Path) -> None:
+    """No connection checkpoints by itself: the worker's big transactions
+    (receipt batches here) count by the rows they change, so the WAL stays
+    bounded though these are a hundred commits, not hundreds."""
+    path = tmp_path / "wal.db"
+    async with SQLiteStore(path, wal_frames_max=256) as store:
+        for _ in range(100):
+            records = await store.append(items(200))
+            reports = [
+                (r.sequence_id, adapter, r.checksum, consumer, 1, 1, True)
+                for r in records
+                for adapter in ("websocket", "realtime")
+                for consumer in ("web-1", "web-2", "probe")
+            ]
+            assert (await store.record_reports(reports)).accepted == 1200
+        wal = path.with_name(path.name + "-wal").stat().st_size
+        # 120 000 receipts and 20 000 events: tens of MiB of WAL unchecked.
+        assert wal < 8 * 2**20, wal
+        assert store.checkpoints_quiesced >= 1
+        assert (await store.stats()).receipts == 120_000
 
 
 async def test_checkpoints_hold_writes_only_once_the_wal_is_long(tmp_path: Path) -> None:
