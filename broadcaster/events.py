@@ -25,18 +25,21 @@ category, event_type, timestamp, key, source, payload``, keys sorted at every
 level, no whitespace, non-ASCII kept. They are assembled from pre-encoded
 pieces; ``tests/test_events.py`` proves the assembly equals
 ``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``.
+
+The pieces live in modules of their own, re-exported here: identity
+(:mod:`.event_ids`), canonical JSON and payload checks (:mod:`.event_json`),
+signatures and received-event checks (:mod:`.event_integrity`). This module
+keeps the three shapes and the hot path from input to wire bytes; it stays
+a little over 500 lines because that path (draft, seal, record_from_wire)
+shares its private builders and byte templates, and reads best in one place.
 """
 
 from __future__ import annotations
 
-import hmac
-import json
-import math
-import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, Literal
 
@@ -49,6 +52,24 @@ from .checksums import (
     ChecksumAlgorithm,
     compute_checksum,
     unknown_algorithm,
+)
+from .event_ids import UlidGenerator, format_timestamp
+from .event_integrity import (
+    _SIGNATURE_HEX_RE,
+    MAX_KEY_ID_LENGTH,
+    SIGNATURE_ALGORITHM,
+    SigningKey,
+    _hmac_hex,
+    _signature_problem,
+    verify_event_dict,
+    verify_signed_event_dict,
+)
+from .event_json import (
+    _check_json_payload,
+    _encodable,
+    canonical_bytes_of,
+    canonical_json,
+    payload_keys_of,
 )
 from .exceptions import ChecksumMismatch, FrameError, InvalidEvent, SignatureMismatch
 
@@ -117,185 +138,8 @@ _ULID_PATTERN: Final = r"^[0-9A-HJKMNP-TV-Z]{26}$"
 _TIMESTAMP_PATTERN: Final = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
 _EVENT_TYPE_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _HEX_RE: Final = re.compile(r"[0-9a-f]+")
-_isfinite: Final = math.isfinite
-# Where orjson's float text can differ from json's (see canonical_json).
-_SMALL_FLOAT_RE: Final = re.compile(rb"[0-9]e-|0\.0000").search
-# The substrings every match of _SMALL_FLOAT_RE contains, one per branch, as
-# literal-prefix searches: re finds a literal about twice as fast as
-# ``bytes in bytes`` on an event's canonical bytes (CPython 3.11). Not
-# ".0000": common floats such as 2.00001 contain it and would take the regex.
-_E_MINUS: Final = re.compile(rb"e-").search
-_ZERO_POINT_ZEROS: Final = re.compile(rb"0\.0000").search
-
-
-def _small_float_text(encoded: bytes) -> bool:
-    """Whether orjson's ``encoded`` may hold a float json writes differently
-    (whether ``_SMALL_FLOAT_RE`` matches it).
-
-    Two literal searches rule out most texts before the regex, which has no
-    literal prefix to skip ahead with (~10x slower on an event's canonical
-    bytes)."""
-    return (
-        _E_MINUS(encoded) is not None or _ZERO_POINT_ZEROS(encoded) is not None
-    ) and _SMALL_FLOAT_RE(encoded) is not None
-
-
-_HEX_LENGTH: Final = {"crc32": 8, "crc32c": 8, "sha256": 64}
 MAX_KEY_LENGTH: Final = 512
 MAX_SOURCE_LENGTH: Final = 128
-
-_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-# Two base32 digits per lookup: 10 bits -> 2 chars.
-_PAIRS: Final = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
-_RANDOM_MAX: Final = (1 << 80) - 1
-
-
-def _base32_10(value: int) -> str:
-    """The low 50 bits of ``value`` as 10 Crockford base32 characters."""
-    pairs = _PAIRS
-    return (
-        pairs[value >> 40 & 0x3FF]
-        + pairs[value >> 30 & 0x3FF]
-        + pairs[value >> 20 & 0x3FF]
-        + pairs[value >> 10 & 0x3FF]
-        + pairs[value & 0x3FF]
-    )
-
-
-def _base32_12(value: int) -> str:
-    """The low 60 bits of ``value`` as 12 Crockford base32 characters."""
-    return _PAIRS[value >> 50 & 0x3FF] + _base32_10(value)
-
-
-def _urandom_80() -> int:
-    return int.from_bytes(os.urandom(10))
-
-
-class UlidGenerator:
-    """Monotonic ULIDs: 48-bit millisecond time + 80 random bits.
-
-    Within one millisecond the random part is incremented, so ids sort in
-    creation order within a process (the ULID spec's monotonic mode). If the
-    clock steps back, the last timestamp is kept, so order still holds.
-    python-ulid parses and validates these (see the tests); it has no
-    monotonic generator and its ``str()`` costs ~10 µs, too much per event.
-
-    The text is cached up to the random part's low 20 bits, so an id within
-    the same millisecond costs two table lookups; the cache is rebuilt when
-    the millisecond changes or an increment carries past those 20 bits.
-    """
-
-    __slots__ = ("_high", "_last_ms", "_last_random", "_prefix", "_random", "_time_text")
-
-    def __init__(self, random_bits: Callable[[], int] | None = None) -> None:
-        self._random = random_bits or _urandom_80
-        self._last_ms = -1
-        self._last_random = 0
-        self._time_text = ""
-        #: ``_time_text`` + the random part above its low 20 bits, as text.
-        self._prefix = ""
-        self._high = -1
-
-    def __call__(self, now_ms: int) -> str:
-        if now_ms > self._last_ms:
-            self._last_ms = now_ms
-            self._time_text = _base32_10(now_ms)
-            self._high = -1
-            # Leave headroom so increments within the millisecond cannot overflow.
-            value = self._random() >> 1
-        else:
-            value = self._last_random + 1
-            if value > _RANDOM_MAX:  # pragma: no cover - needs 2**79 ids in 1 ms
-                raise OverflowError("ULID random part overflowed within one millisecond")
-        self._last_random = value
-        high = value >> 20
-        if high != self._high:
-            self._high = high
-            self._prefix = self._time_text + _base32_12(high)
-        return self._prefix + _PAIRS[(value >> 10) & 0x3FF] + _PAIRS[value & 0x3FF]
-
-
-def format_timestamp(epoch_ms: int) -> str:
-    """UTC ISO-8601 with milliseconds and ``Z``: ``2026-11-23T09:21:48.343Z``."""
-    seconds, ms = divmod(epoch_ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
-
-
-#: The one signature algorithm (SPEC 13).
-SIGNATURE_ALGORITHM: Final = "hmac-sha256"
-#: Longest key id, as ``EVENT_SIGNING_KEY_ID`` allows.
-MAX_KEY_ID_LENGTH: Final = 64
-_SIGNATURE_HEX_RE: Final = re.compile(r"[0-9a-f]{64}")
-
-
-def _secret_bytes(secret: str | bytes) -> bytes:
-    # surrogateescape: an environment variable's bytes that are not UTF-8
-    # come back as they were (as security.py does for tokens).
-    return secret if isinstance(secret, bytes) else secret.encode("utf-8", "surrogateescape")
-
-
-def _hmac_hex(secret: bytes, canonical: bytes) -> str:
-    return hmac.digest(secret, canonical, "sha256").hex()
-
-
-@dataclass(frozen=True, slots=True, init=False)
-class SigningKey:
-    """A key that signs events: ``key_id`` is written on the wire so that a
-    consumer holding several keys (rotation) knows which one to check with;
-    ``secret`` never is, and is left out of ``repr``.
-
-    ``secret`` may be given as text (``EVENT_SIGNING_KEY``), which is used as
-    its UTF-8 bytes. Raises ``ValueError`` for an empty secret, or a key id
-    that is empty, longer than 64 characters or not valid Unicode.
-    """
-
-    key_id: str
-    secret: bytes = field(repr=False)
-    #: The wire bytes from ``,"signature":`` up to the value's opening quote.
-    _wire_head: bytes = field(repr=False, compare=False)
-
-    def __init__(self, key_id: str, secret: str | bytes) -> None:
-        if not isinstance(key_id, str) or not 0 < len(key_id) <= MAX_KEY_ID_LENGTH:
-            raise ValueError(f"key id must be 1-{MAX_KEY_ID_LENGTH} characters, not {key_id!r}")
-        if not (key_id.isascii() or _encodable(key_id)):
-            raise ValueError(f"key id {key_id!r} is not valid Unicode")
-        secret_bytes = _secret_bytes(secret)
-        if not secret_bytes:
-            raise ValueError("signing key must not be empty")
-        head = b',"signature":{"algorithm":"%b","key_id":%b,"value":"' % (
-            SIGNATURE_ALGORITHM.encode(),
-            orjson.dumps(key_id),
-        )
-        object.__setattr__(self, "key_id", key_id)
-        object.__setattr__(self, "secret", secret_bytes)
-        object.__setattr__(self, "_wire_head", head)
-
-
-def _signature_problem(
-    signature: object, canonical: bytes, keys: Mapping[str, bytes]
-) -> str | None:
-    """Why ``signature`` (a received event's ``signature`` field) does not
-    prove ``canonical`` was signed with one of ``keys``; None when it does."""
-    if signature is None:
-        return "no signature"
-    if not isinstance(signature, dict):
-        return f"signature is a {type(signature).__name__}, not an object"
-    algorithm = signature.get("algorithm")
-    key_id = signature.get("key_id")
-    value = signature.get("value")
-    if algorithm != SIGNATURE_ALGORITHM:
-        return f"unknown signature algorithm {algorithm!r}"
-    if not isinstance(key_id, str) or not isinstance(value, str):
-        return "signature lacks a key_id or value string"
-    secret = keys.get(key_id)
-    if secret is None:
-        return f"unknown key id {key_id!r}"
-    expected = _hmac_hex(secret, canonical).encode()
-    # compare_digest: the time taken must not tell a forger how much matched.
-    # Bytes, because it takes text only when ASCII.
-    if not hmac.compare_digest(value.encode("utf-8", "replace"), expected):
-        return f"signature does not match (key id {key_id!r})"
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,115 +268,6 @@ class Event(BaseModel):
                 raise SignatureMismatch(self.sequence_id, problem)
 
 
-def payload_keys_of(payload: Mapping[str, Any]) -> str:
-    """The payload's top-level keys, sorted, as a JSON array (``'["a","b"]'``)."""
-    return orjson.dumps(sorted(payload)).decode()
-
-
-def canonical_json(obj: Any) -> bytes:
-    """``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
-    as UTF-8, computed with orjson where the two agree byte for byte.
-
-    They differ only on floats below 1e-4: orjson writes ``1e-7`` and
-    ``0.00005`` where json writes ``1e-07`` and ``5e-05``. Both forms contain
-    a digit followed by ``e-``, or ``0.0000`` (checked over 200 000 random
-    doubles and every decade in tests/test_events.py), so any output with
-    either is re-encoded with :mod:`json`. Raises ``TypeError`` / ``ValueError``
-    for what JSON cannot hold.
-    """
-    encoded = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
-    if _small_float_text(encoded):
-        encoded = _json_canonical(obj)
-    return encoded
-
-
-def _json_canonical(obj: Any) -> bytes:
-    """The reference: json's sorted, compact, non-ASCII-keeping UTF-8 text."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode()
-
-
-def canonical_bytes_of(obj: Mapping[str, Any]) -> bytes:
-    """Canonical bytes of an event mapping (extra fields such as ``checksum`` ignored).
-
-    Raises :class:`FrameError` naming the first of :data:`CANONICAL_FIELDS`
-    missing, or when a field cannot be written as JSON.
-    """
-    try:
-        # {f: obj[f] for f in CANONICAL_FIELDS} written out: the same lookups
-        # in the same order (so the same first missing field), ~0.5 µs cheaper
-        # than the comprehension. tests/test_events.py pins the two together.
-        return canonical_json(
-            {
-                "event_id": obj["event_id"],
-                "sequence_id": obj["sequence_id"],
-                "category": obj["category"],
-                "event_type": obj["event_type"],
-                "timestamp": obj["timestamp"],
-                "key": obj["key"],
-                "source": obj["source"],
-                "payload": obj["payload"],
-            }
-        )
-    except KeyError as exc:
-        raise FrameError(f"event lacks field {exc.args[0]!r}") from None
-    except (TypeError, ValueError) as exc:
-        raise FrameError(f"event is not JSON-serialisable: {exc}") from None
-
-
-#: The checksum function of each algorithm a received event may name, looked
-#: up once per event (compute_checksum would add a call and a second lookup).
-_VERIFIERS: Final[Mapping[str, Callable[[bytes], str]]] = {
-    algorithm: CHECKSUM_FUNCTIONS[algorithm] for algorithm in _HEX_LENGTH
-}
-
-
-def verify_event_dict(obj: Mapping[str, Any]) -> tuple[bool, str, str]:
-    """Check a received event object's checksum; fast path for consumers.
-
-    Returns ``(ok, expected, actual)``. Raises :class:`FrameError` when the
-    object lacks fields or names an unknown algorithm.
-    """
-    checksum = obj.get("checksum")
-    if not isinstance(checksum, dict):
-        raise FrameError("event lacks a checksum object")
-    algorithm = checksum.get("algorithm")
-    expected = checksum.get("value")
-    function = _VERIFIERS.get(algorithm) if isinstance(algorithm, str) else None
-    if function is None or not isinstance(expected, str):
-        raise FrameError(f"event checksum is malformed: {checksum!r}")
-    actual = function(canonical_bytes_of(obj))
-    return actual == expected, expected, actual
-
-
-def verify_signed_event_dict(
-    obj: Mapping[str, Any], signing_keys: Mapping[str, bytes]
-) -> tuple[bool, str, str, str | None]:
-    """:func:`verify_event_dict` for a consumer holding ``signing_keys`` (key
-    id -> key): ``(ok, expected, actual, signature_problem)``, where the last
-    is None for an event signed with one of the keys, else why not (no
-    signature, an unknown key id, a value that does not match).
-
-    Each verdict stands alone: a changed payload fails both. Raises
-    :class:`FrameError` as :func:`verify_event_dict` does.
-    """
-    # verify_event_dict's lines, not a shared helper: an unsigned consumer
-    # pays no extra call per event.
-    checksum = obj.get("checksum")
-    if not isinstance(checksum, dict):
-        raise FrameError("event lacks a checksum object")
-    algorithm = checksum.get("algorithm")
-    expected = checksum.get("value")
-    function = _VERIFIERS.get(algorithm) if isinstance(algorithm, str) else None
-    if function is None or not isinstance(expected, str):
-        raise FrameError(f"event checksum is malformed: {checksum!r}")
-    canonical = canonical_bytes_of(obj)
-    actual = function(canonical)
-    problem = _signature_problem(obj.get("signature"), canonical, signing_keys)
-    return actual == expected, expected, actual, problem
-
-
 def parse_frame(data: str | bytes) -> Event:
     """Parse and validate one wire frame. Raises :class:`FrameError` naming the problem."""
     try:
@@ -545,160 +280,6 @@ def parse_frame(data: str | bytes) -> Event:
         return Event.model_validate(obj)
     except ValueError as exc:
         raise FrameError(f"frame is not a valid event: {exc}") from None
-
-
-class _NotPlainJson(Exception):
-    """A payload value outside the plain JSON types (see :func:`_small_floats_in`)."""
-
-
-def _small_floats_in(values: Iterable[Any]) -> bool:
-    """Whether ``values`` (walked recursively) hold a float in ``0 < |x| < 1e-4``,
-    the only values whose orjson text differs from json's (see canonical_json).
-
-    Raises :class:`_NotPlainJson` at anything but exactly ``dict``, ``list``,
-    ``str``, ``int``, ``bool``, ``None`` and finite ``float``: NaN and Infinity,
-    datetimes, UUIDs, enums, tuples, subclasses. For a plain payload,
-    orjson.loads of the encoded bytes always gives back an equal object, so it
-    needs no round trip; anything else takes the exact checks
-    (:func:`_check_not_plain_payload`). Runs after orjson.dumps succeeded, so
-    the depth is bounded and there are no cycles.
-    """
-    small = False
-    for value in values:
-        kind = type(value)
-        if kind is str or kind is int or value is None or kind is bool:
-            continue
-        if kind is float:
-            if not _isfinite(value):
-                raise _NotPlainJson
-            if -1e-4 < value < 1e-4 and value != 0.0:
-                small = True
-        elif kind is dict:
-            small = _small_floats_in(value.values()) or small
-        elif kind is list:
-            small = _small_floats_in(value) or small
-        else:
-            raise _NotPlainJson
-    return small
-
-
-def _check_not_plain_payload(payload: dict[Any, Any], encoded: bytes) -> bool:
-    """The exact checks for a payload holding more than plain JSON values;
-    returns whether ``encoded`` needs the small-float re-encoding."""
-    if orjson.loads(encoded) != payload:
-        # orjson quietly writes NaN/Infinity as null and encodes datetimes,
-        # UUIDs, enums and dataclasses; JSON holds none of them. Tuples and
-        # other JSON-able sequences also land here and are accepted.
-        try:
-            json.dumps(payload, allow_nan=False)
-        except ValueError:
-            raise InvalidEvent("payload", "NaN and Infinity are not valid JSON") from None
-        except TypeError as exc:
-            raise InvalidEvent("payload", f"not JSON-serialisable: {exc}") from None
-    return _small_float_text(encoded)
-
-
-@dataclass(frozen=True, slots=True)
-class _At:
-    """One step of the path to a value inside a payload (a key or an index)."""
-
-    parent: _At | None
-    step: str | int
-
-
-#: Path steps a message shows in full; deeper paths show their last ones.
-_PATH_STEPS_SHOWN: Final = 8
-#: A key longer than this is shown by its two ends.
-_STEP_TEXT_MAX: Final = 40
-
-
-def _step_text(step: str | int) -> str:
-    text = repr(step)
-    if len(text) > _STEP_TEXT_MAX:
-        half = _STEP_TEXT_MAX // 2
-        text = text[:half] + "…" + text[-half:]
-    return f"[{text}]"
-
-
-def _path_text(at: _At | None) -> str:
-    """``payload['a'][0]``: where ``at`` is, as a Python-style subscript path."""
-    steps: list[str | int] = []
-    while at is not None:
-        steps.append(at.step)
-        at = at.parent
-    steps.reverse()
-    hidden = len(steps) - _PATH_STEPS_SHOWN
-    shown = steps[hidden:] if hidden > 0 else steps
-    prefix = f"payload[…{hidden} levels…]" if hidden > 0 else "payload"
-    return prefix + "".join(_step_text(step) for step in shown)
-
-
-def _lone_surrogate(payload: object) -> str | None:
-    """The reason to refuse ``payload`` if a key or string in it holds a lone
-    surrogate (no UTF-8 form, so no JSON text), naming where; else None.
-
-    Iterative, and each container is visited once, so neither nesting beyond
-    the stack nor a cycle (both of which orjson refuses too) can stop it.
-    """
-    stack: list[tuple[object, _At | None]] = [(payload, None)]
-    visited: set[int] = set()
-    while stack:
-        value, at = stack.pop()
-        if isinstance(value, str):
-            if not (value.isascii() or _encodable(value)):
-                where = _path_text(at)
-                return f"string at {where} is not valid Unicode (lone surrogate)"
-            continue
-        if not isinstance(value, dict | list | tuple) or id(value) in visited:
-            continue
-        visited.add(id(value))
-        children: list[tuple[str | int, object]]
-        if isinstance(value, dict):
-            children = list(value.items())
-            for key, _ in children:
-                if isinstance(key, str) and not (key.isascii() or _encodable(key)):
-                    where = _path_text(_At(at, key))
-                    return f"key {where} is not valid Unicode (lone surrogate)"
-        else:
-            children = list(enumerate(value))
-        # Reversed, so that the first child is looked at first.
-        stack.extend((child, _At(at, step)) for step, child in reversed(children))
-    return None
-
-
-def _check_json_payload(payload: object, max_bytes: int) -> bytes:
-    if not isinstance(payload, dict):
-        raise InvalidEvent("payload", f"must be a JSON object (dict), not {type(payload).__name__}")
-    try:
-        encoded = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
-    except TypeError as exc:  # non-str keys, ints beyond 64 bits, lone surrogates, sets...
-        # orjson refuses a lone surrogate in a key or a value alike, but its
-        # message names neither; finding it costs a walk, paid on refusal only.
-        reason = _lone_surrogate(payload) or f"not JSON-serialisable: {exc}"
-        raise InvalidEvent("payload", reason) from None
-    try:
-        if type(payload) is not dict:
-            raise _NotPlainJson
-        small_float = _small_floats_in(payload.values())
-    except _NotPlainJson:
-        small_float = _check_not_plain_payload(payload, encoded)
-    if small_float:
-        encoded = _json_canonical(payload)
-    if len(encoded) > max_bytes:
-        raise InvalidEvent(
-            "payload", f"encoded size {len(encoded)} bytes exceeds the limit of {max_bytes}"
-        )
-    return encoded
-
-
-def _encodable(value: str) -> bool:
-    """Whether ``value`` can be written as UTF-8 (callers try the O(1)
-    ``str.isascii`` first)."""
-    try:
-        value.encode()
-    except UnicodeEncodeError:  # lone surrogates cannot be written as UTF-8 JSON
-        return False
-    return True
 
 
 #: Category by exact name; a Category member finds itself too (a StrEnum
@@ -724,7 +305,7 @@ def _builder(cls: type) -> Any:
     """A plain class with the slots of the frozen dataclass ``cls``.
 
     A frozen dataclass's ``__init__`` sets each field with
-    ``object.__setattr__`` (~2 µs for a record). Instead, an instance of the
+    ``object.__setattr__``, slow for a record. Instead, an instance of the
     builder is filled with ordinary attribute stores and then becomes a ``cls``
     by ``__class__`` assignment, which CPython allows because the two layouts
     are the same (it raises ``TypeError`` if they ever differ). The result is a
@@ -763,7 +344,7 @@ class EventFactory:
         self._signing_key = signing_key
         self._checksums = dict(DEFAULT_CHECKSUM) | dict(checksums)
         self._max_bytes = max_payload_bytes
-        # The bound method: calling the instance costs ~0.4 µs more (tp_call).
+        # The bound method: calling the instance costs more (tp_call).
         self._next_event_id = (ulids or UlidGenerator()).__call__
         self._ts_ms = -1
         self._ts_str = ""

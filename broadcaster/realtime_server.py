@@ -17,7 +17,8 @@ it, as Supabase's Realtime does: in the ``x-api-key`` header, else the
 with HTTP 403, before the WebSocket opens. Without one it accepts any key
 (or none), and says so in its log: any local process can then broadcast.
 
-Fault injection: each client event is handled by an overridable coroutine
+Fault injection: each client frame goes through :meth:`LocalRealtimeServer.decode`,
+then each client event is handled by an overridable coroutine
 (:meth:`LocalRealtimeServer.on_join`, :meth:`~LocalRealtimeServer.on_broadcast`,
 :meth:`~LocalRealtimeServer.ack_broadcast`, ...). A test subclass may delay an
 ack (schedule it with :meth:`~LocalRealtimeServer.spawn` so the connection keeps
@@ -293,7 +294,7 @@ class LocalRealtimeServer:
         self.stats.connections += 1
         try:
             async for raw in conn:
-                msg = self._decode(peer, raw)
+                msg = self.decode(peer, raw)
                 if msg is None:
                     continue
                 try:
@@ -309,7 +310,10 @@ class LocalRealtimeServer:
         finally:
             self._forget(peer)
 
-    def _decode(self, peer: Peer, raw: str | bytes) -> Message | None:
+    def decode(self, peer: Peer, raw: str | bytes) -> Message | None:
+        """The message in a frame ``peer`` sent, or None for a malformed one
+        (counted in ``stats.malformed``, logged, ignored). Override to see
+        every frame as it came off the wire."""
         try:
             msg = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:

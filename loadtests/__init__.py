@@ -1,10 +1,10 @@
 """Benchmarks. Each prints figures (JSON lines); none asserts timings.
 
-The harness: ``python -m loadtests <scenario> [options]`` (see
-``loadtests/__main__.py``), scenarios in ``loadtests/scenarios/``: sustained,
-dual-vs-single, checksum-cost, reconcile, store, failover, raw-limit, and
-``all``. The older entry points stay runnable and back the wrappers:
-``python -m loadtests.bench_dualwrite``, ``loadtests.bench_store`` and
-``loadtests.bench_failover``; ``loadtests.subscriber`` and
-``loadtests.raw_peer`` are the processes on the receiving end.
+One harness: ``python -m loadtests <scenario> [options]`` (see
+``loadtests/__main__.py``), one module per scenario in
+``loadtests/scenarios/``, and ``all``. The helpers they share are the
+underscored modules (``_common``, ``_stack``, ``_stores``) and
+:mod:`broadcaster.spawn`; ``loadtests.subscriber``, ``loadtests.raw_peer``,
+``loadtests.producer_child``, ``loadtests.realtime_child`` and
+``loadtests.reconcile_child`` are the processes the scenarios start.
 """

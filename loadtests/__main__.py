@@ -8,8 +8,9 @@ their JSON lines as they finish and then a markdown table, one row per figure;
 ``--out DIR`` also writes ``results.jsonl``, ``results.md`` and the PNGs there.
 
 Scenarios: sustained, dual-vs-single, publish-overhead, checksum-cost,
-reconcile, store, failover, raw-limit, admin-body, probe-cost (``python -m
-loadtests <scenario> --help`` for each).
+event-cost, reconcile, store, failover, raw-limit, wakeup, admin-api,
+admin-body, receipts, probe-cost, producers (``python -m loadtests
+<scenario> --help`` for each).
 Nothing here asserts a timing.
 """
 

@@ -12,13 +12,14 @@ import asyncio
 import math
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from broadcaster.spawn import free_port
 
 __all__ = [
     "REALTIME_KEY",
@@ -203,13 +204,6 @@ class TokenBucket:
             return 0
         await self._sleep(ready - self._clock())
         return 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def python_env(**extra: str) -> dict[str, str]:

@@ -26,8 +26,8 @@ import ulid
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from broadcaster.event_json import _SMALL_FLOAT_RE, _small_float_text
 from broadcaster.events import (
-    _SMALL_FLOAT_RE,
     CANONICAL_FIELDS,
     Category,
     Event,
@@ -37,7 +37,6 @@ from broadcaster.events import (
     SignatureInfo,
     SigningKey,
     UlidGenerator,
-    _small_float_text,
     canonical_bytes_of,
     canonical_json,
     format_timestamp,

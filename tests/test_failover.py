@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import secrets
-import socket
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -38,20 +35,13 @@ from broadcaster.events import EventRecord
 from broadcaster.exceptions import AdapterUnavailable
 from broadcaster.realtime_server import LocalRealtimeServer, Message, Peer
 from broadcaster.settings import Settings, load_settings
+from broadcaster.spawn import RealtimeServerProcess
 from broadcaster.store.base import DeliveryState
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
 PUBLISH_INTERVAL_S = 0.004  # a steady ~200 events/s stream, not a flood
 OUTAGE_S = 1.5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Seen:
@@ -126,42 +116,6 @@ class FaultyServer(LocalRealtimeServer):
         await super().ack_broadcast(peer, msg)
 
 
-class ChildServer:
-    """``python -m broadcaster.realtime_server --port N`` in its own process,
-    accepting only ``key`` (given as ``SUPABASE_KEY`` in its environment)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.key = secrets.token_urlsafe(16)
-        self.proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "broadcaster.realtime_server",
-            "--port",
-            str(self.port),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-            cwd=REPO,
-            env={**os.environ, "SUPABASE_KEY": self.key},
-        )
-        assert self.proc.stdout is not None
-        async with asyncio.timeout(20):
-            line = (await self.proc.stdout.readline()).decode().strip()
-        assert line == self.url, line
-
-    async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()  # SIGKILL: no close frames, no goodbye
-            await self.proc.wait()
-
-
 def breaker_config(settings: Settings, slow_call_ms: float) -> Callable[[str], BreakerConfig]:
     # slow_call_ms: a call slower than this counts as failed (threshold x multiplier).
     def make(name: str) -> BreakerConfig:
@@ -213,7 +167,7 @@ async def scenario(
     tmp_path: Path,
     server_url: str,
     inject: Callable[[], Awaitable[None]],
-    heal: Callable[[], Awaitable[None]],
+    heal: Callable[[], Awaitable[object]],
     *,
     ack_timeout_s: float,
     slow_call_ms: float = 1000.0,
@@ -330,7 +284,7 @@ async def scenario(
 
 
 async def test_sigkilled_realtime_server_fails_over_and_backfills(tmp_path: Path) -> None:
-    child = ChildServer(free_port())
+    child = RealtimeServerProcess(key=secrets.token_urlsafe(16), start_timeout_s=20)
     await child.start()
     try:
         await scenario(

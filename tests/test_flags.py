@@ -31,6 +31,22 @@ def test_patch_model_names_the_field() -> None:
     assert CategoryPatch(adapters=["realtime"]).adapters == ["realtime"]
 
 
+@pytest.mark.parametrize("percentage", [-1, 101, 150, "50"])
+def test_a_category_patch_refuses_a_percentage_outside_0_to_100_naming_it(
+    percentage: object,
+) -> None:
+    """The body of PATCH /config/categories/{category}: the admin API answers
+    422 with these errors' fields (``percentage``), and nothing changes."""
+    with pytest.raises(ValidationError) as info:
+        CategoryPatch.model_validate({"percentage": percentage})
+    assert [e["loc"] for e in info.value.errors()] == [("percentage",)]
+
+
+@pytest.mark.parametrize("percentage", [0, 1, 99, 100])
+def test_a_category_patch_takes_every_percentage_from_0_to_100(percentage: int) -> None:
+    assert CategoryPatch.model_validate({"percentage": percentage}).percentage == percentage
+
+
 async def test_change_is_persisted_then_applied() -> None:
     store = MemoryStore()
     flags, applied = make(store)

@@ -7,55 +7,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Sequence
 
 import pytest
 
 from broadcaster.adapters.memory import MemoryAdapter
 from broadcaster.breaker_policy import BreakerConfig
 from broadcaster.core import Broadcaster
-from broadcaster.events import EventRecord
-from broadcaster.exceptions import AdapterTimeout, AdapterUnavailable
-from broadcaster.lanes import TokenBucket
+from broadcaster.events import EventFactory
+from broadcaster.lanes import Lane, TokenBucket
 from broadcaster.routing import bucket
 from broadcaster.settings import load_settings
+from broadcaster.stats import DeliveryStats
 from broadcaster.store.base import DeliveryState
 from broadcaster.store.memory import MemoryStore
-
-
-class FaultyAdapter(MemoryAdapter):
-    """``mode``: ``ok``; ``down`` (AdapterUnavailable at once); ``stalled``
-    (AdapterTimeout after ``delay_s``); ``slow`` (acks after ``delay_s``)."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.mode = "ok"
-        self.delay_s = 0.0
-        self.calls = 0
-        self.changed = asyncio.Event()
-
-    async def send(self, batch: Sequence[EventRecord]) -> None:
-        self.calls += 1
-        self.changed.set()
-        if self.mode == "down":
-            raise AdapterUnavailable(self.name, "connection refused")
-        if self.mode == "stalled":
-            await asyncio.sleep(self.delay_s)  # the far side never answers
-            raise AdapterTimeout(self.name, "no ack")
-        if self.mode == "slow":
-            await asyncio.sleep(self.delay_s)
-        await super().send(batch)
-        self.changed.set()
-
-    async def wait_for(self, ids: set[int]) -> None:
-        while not ids <= set(self.sequence_ids):
-            self.changed.clear()
-            await self.changed.wait()
-
-    async def wait_calls(self, n: int) -> None:
-        while self.calls < n:
-            self.changed.clear()
-            await self.changed.wait()
+from tests._fakes import FaultyAdapter, WriteNowStore
 
 
 def config(**overrides: object) -> BreakerConfig:
@@ -338,19 +303,42 @@ async def test_backfill_finishes_while_publishing_goes_on() -> None:
         assert sorted(set(rt.sequence_ids)) == list(range(1, total + 1))
 
 
+async def test_a_failed_batch_is_retried_ahead_of_newer_records_in_sequence_order() -> None:
+    """A batch the adapter refused goes back to the front of the lane's queue,
+    ahead of the batches queued behind it: after the retry the adapter has
+    every record exactly once and in sequence order — not the newer batches
+    first and the refused one last. (No breaker: nothing parks, the lane
+    retries after its backoff.)"""
+    store = MemoryStore()
+    factory = EventFactory()
+    drafts = [(factory.draft("SYSTEM", "e", {"i": i}), ("realtime",)) for i in range(6)]
+    records = await store.append(drafts)
+    rt = FaultyAdapter("realtime")
+    await rt.start()
+    rt.mode = "down"
+    # One batch in flight at a time, two records each: [1, 2] is sent while
+    # [3, 4] and [5, 6] wait behind it.
+    lane = Lane(rt, store, DeliveryStats(), max_batch=2, max_in_flight=1, backoff_initial_s=0.01)
+    lane.start()
+    try:
+        lane.enqueue(records)
+        async with asyncio.timeout(30):
+            await rt.wait_calls(1)  # [1, 2] was refused (and maybe its retries)
+            rt.mode = "ok"
+            await lane.wait_idle()
+    finally:
+        await lane.stop()
+    assert rt.sequence_ids == [1, 2, 3, 4, 5, 6]
+    assert [len(batch) for batch in rt.batches] == [2, 2, 2]
+    assert await states(store, range(1, 7), "realtime") == {DeliveryState.ACKED: 6}
+
+
 async def test_token_bucket_paces() -> None:
     tokens = TokenBucket(1000, 10)
     started = time.perf_counter()
     for _ in range(20):
         await tokens.take(10)
     assert time.perf_counter() - started >= 0.15
-
-
-class WriteNowStore(MemoryStore):
-    """Commits in the caller's step, as SQLite's loop writes do."""
-
-    def append_now(self, items):  # type: ignore[no-untyped-def]
-        return self._append(items)
 
 
 @pytest.mark.usefixtures("commits_in_callers_step")

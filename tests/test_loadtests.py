@@ -355,18 +355,20 @@ def test_producers(smoke: Smoke) -> None:
     [run] = r["runs"]
     assert run["store"] == "sqlite"
     assert run["published"] > 0 and run["publish_errors"] == 0
-    assert run["lost"] == {"websocket": 0, "realtime": 0}
-    assert run["duplicates"] == {"websocket": 0, "realtime": 0}
+    # One instance (i0), its subscriber on both paths.
+    assert run["instances"] == 1
+    assert run["lost"] == {"i0/websocket": 0, "i0/realtime": 0}
+    assert run["duplicates"] == {"i0/websocket": 0, "i0/realtime": 0}
     assert _finite_positive(run["delivered_per_s"])
     assert set(run["cpu_s"]) == {
-        "serve",
+        "serve_i0",
         "realtime_server",
-        "subscriber",
+        "subscriber_i0",
         "producer_0",
         "producer_1",
     }
-    for adapter in ("websocket", "realtime"):
-        assert _finite_positive(run["latency_ms"][adapter]["p99_ms"])
+    for path in ("i0/websocket", "i0/realtime"):
+        assert _finite_positive(run["latency_ms"][path]["p99_ms"])
 
 
 def test_failover(smoke: Smoke) -> None:
@@ -742,16 +744,26 @@ def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str
     assert capsys.readouterr().out == ""
 
 
-def test_bench_wakeup_prints_send_costs_per_gap(capsys: pytest.CaptureFixture[str]) -> None:
-    from loadtests import bench_wakeup
-
-    assert bench_wakeup.main(["--sends", "5", "--gaps-ms", "0", "1"]) == 0
+def test_wakeup_prints_send_costs_per_gap(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["wakeup", "--sends", "5", "--gaps-ms", "0", "1"]) == 0
     line = json.loads(capsys.readouterr().out)
-    assert line["bench"] == "wakeup" and line["sends"] == 5
-    assert set(line) == {"bench", "sends", "gap_0_ms", "gap_1_ms"}
-    assert all(
-        v["p50_us"] > 0 and v["p90_us"] >= v["p50_us"] for k, v in line.items() if k[:4] == "gap_"
-    )
+    assert line["scenario"] == "wakeup" and line["sends"] == 5
+    gaps = {k: v for k, v in line.items() if k.startswith("gap_")}
+    assert set(gaps) == {"gap_0_ms", "gap_1_ms"}
+    assert all(v["p50_us"] > 0 and v["p90_us"] >= v["p50_us"] for v in gaps.values())
+
+
+def test_event_cost(smoke: Smoke) -> None:
+    result = smoke.results["event-cost"]
+    for algorithm in ("crc32", "sha256"):
+        assert _finite_positive(result[f"draft_us_{algorithm}"])
+        assert _finite_positive(result[f"seal_us_{algorithm}"])
+
+
+def test_admin_api(smoke: Smoke) -> None:
+    result = smoke.results["admin-api"]
+    assert result["ingest_single"]["events"] > 0 and result["ingest_batched"]["events"] > 0
+    assert set(result["admin_latency"]["idle"]) == {"health", "stats", "config", "patch"}
 
 
 def test_syscall_us_times_one_call_in_the_kernel() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -18,13 +18,13 @@ from structlog.testing import capture_logs
 from broadcaster.adapters.memory import MemoryAdapter
 from broadcaster.breaker_policy import BreakerConfig
 from broadcaster.core import Broadcaster
-from broadcaster.events import Category, EventFactory, EventRecord, format_timestamp, seal
-from broadcaster.exceptions import AdapterUnavailable, StoreUnavailable
+from broadcaster.events import Category, EventFactory, format_timestamp, seal
+from broadcaster.exceptions import StoreUnavailable
 from broadcaster.metrics import LATENCY_BUCKETS, BroadcasterMetrics
 from broadcaster.settings import load_settings
 from broadcaster.store.base import StoreStats
 from broadcaster.store.memory import MemoryStore
-from tests._fakes import GatedAdapter, receipts_for
+from tests._fakes import FaultyAdapter, GatedAdapter, receipts_for
 
 Labels = frozenset[tuple[str, str]]
 
@@ -37,32 +37,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class FaultyAdapter(MemoryAdapter):
-    """``mode``: ``ok``; ``down`` (AdapterUnavailable at once); ``hold`` (each
-    send waits for ``gate``)."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.mode = "ok"
-        self.gate = asyncio.Event()
-        self.calls = 0
-        self.called = asyncio.Event()
-
-    async def send(self, batch: Sequence[EventRecord]) -> None:
-        self.calls += 1
-        self.called.set()
-        if self.mode == "down":
-            raise AdapterUnavailable(self.name, "connection refused")
-        if self.mode == "hold":
-            await self.gate.wait()
-        await super().send(batch)
-
-    async def wait_calls(self, n: int) -> None:
-        while self.calls < n:
-            self.called.clear()
-            await self.called.wait()
 
 
 class BreakableStore(MemoryStore):

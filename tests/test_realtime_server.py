@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from broadcaster.realtime_server import LocalRealtimeServer, Peer
+from broadcaster.spawn import RealtimeServerProcess, free_port
 
 TOPIC = "realtime:events:critical"
 JOIN_ACK = {"config": {"broadcast": {"ack": True, "self": False}, "presence": {"key": ""}}}
@@ -354,15 +355,8 @@ async def test_slow_subscriber_is_closed_and_does_not_hold_back_others() -> None
         await srv.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_main_runs_as_a_module_prints_its_url_and_exits_on_sigterm(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     with (
         open(tmp_path / "stderr.log", "wb") as err,
         subprocess.Popen(
@@ -491,38 +485,29 @@ async def test_the_embedded_server_accepts_only_the_broadcasters_key() -> None:
 
 
 class ChildServer:
-    """``python ARGS --port N`` (a Realtime server) as a child process; its
-    stderr is read once it has exited."""
+    """``python ARGS --host 127.0.0.1 --port N`` (a Realtime server) as a child
+    process, with ``SUPABASE_KEY`` from ``env`` (else none); its stderr is
+    read once it has exited."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        import os
-
-        self.port = _free_port()
-        self.args = [*args, "--port", str(self.port)]
-        self.env = {**os.environ, **env}
+        self.server = RealtimeServerProcess(
+            key=env.get("SUPABASE_KEY", ""), stderr=asyncio.subprocess.PIPE, command=args
+        )
+        self.port = self.server.port
         self.base = f"ws://127.0.0.1:{self.port}/realtime/v1/websocket"
         self.stderr = ""
 
     async def __aenter__(self) -> ChildServer:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *self.args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=self.env,
-        )
-        assert self.proc.stdout is not None
-        async with asyncio.timeout(30):
-            line = (await self.proc.stdout.readline()).decode().strip()
-        assert line == f"http://127.0.0.1:{self.port}", line
+        await self.server.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.stderr is not None
+        proc = self.server.proc
+        assert proc is not None and proc.stderr is not None
+        proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):
-            self.stderr = (await self.proc.stderr.read()).decode()
-            assert await self.proc.wait() == 0
+            self.stderr = (await proc.stderr.read()).decode()
+            assert await proc.wait() == 0
 
 
 @pytest.mark.parametrize(

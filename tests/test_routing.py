@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 
 import pytest
@@ -80,6 +81,29 @@ def test_sampling_is_deterministic(category: Category, key: str, percentage: int
     # A freshly built table (a "new process") gives the same answer.
     assert sampled(category, key, percentage) == first
     assert first == (bucket(category.value, key) < percentage)
+
+
+def key_in_bucket(category: Category, wanted: int) -> str:
+    """The first of ``key-0``, ``key-1``, ... whose documented bucket is ``wanted``."""
+    return next(
+        key
+        for key in (f"key-{i}" for i in itertools.count())
+        if documented_bucket(category.value, key) == wanted
+    )
+
+
+@pytest.mark.parametrize("percentage", [1, 37, 50, 99])
+@pytest.mark.parametrize("category", [Category.PERFORMANCE, Category.CRITICAL])
+def test_a_key_whose_bucket_equals_the_percentage_is_not_sampled(
+    category: Category, percentage: int
+) -> None:
+    """Sampling takes buckets 0 .. percentage-1, exactly ``percentage`` of the
+    100: the key in bucket ``percentage`` is the first one left out, the key
+    in bucket ``percentage - 1`` the last one in."""
+    at_edge = key_in_bucket(category, percentage)
+    below = key_in_bucket(category, percentage - 1)
+    assert not sampled(category, at_edge, percentage)
+    assert sampled(category, below, percentage)
 
 
 @given(categories, keys, percentages, percentages)

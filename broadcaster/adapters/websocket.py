@@ -28,6 +28,12 @@ the broadcaster; instead a connection whose unsent backlog exceeds
 ``max_buffer_bytes`` is closed with code 1013 ("subscriber too slow"). Events a
 subscriber misses that way show up in reconciliation (SPEC 5) — the fan-out
 never buffers without bound on a subscriber's behalf.
+
+The wire protocol and per-connection records are in
+:mod:`.websocket_protocol`, the replay of a resume in :mod:`.websocket_resume`;
+both are re-exported here. This module stays a little over 500 lines: the
+handshake, the send path and close share one piece of state (which
+connections are live), and read best side by side.
 """
 
 from __future__ import annotations
@@ -35,27 +41,44 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
-import re
-import struct
-import time
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from ssl import SSLContext
-from typing import TYPE_CHECKING, Final, Protocol
-from urllib.parse import parse_qsl, urlsplit
+from typing import TYPE_CHECKING
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from ..events import Category, EventRecord
-from ..exceptions import AdapterUnavailable, ConfigError, StoreError
-from ..security import GRANTS, ApiToken, Permission, TokenSet
+from ..exceptions import AdapterUnavailable, ConfigError
+from ..security import ApiToken, Permission, TokenSet
 from ..tls import server_ssl_context
 from .base import Adapter, AdapterHealth
+from .websocket_protocol import (
+    _MAX_INCOMING_BYTES,
+    ACCESS_TOKEN_PARAMETER,
+    AHEAD_CLOSE_CODE,
+    EVENTS_PATH,
+    PRUNED_CLOSE_CODE,
+    REPLAY_PAGE,
+    SINCE_PARAMETER,
+    SLOW_CLOSE_CODE,
+    SLOW_CLOSE_REASON,
+    ReplaySource,
+    SubscriberInfo,
+    _can_subscribe,
+    _describe,
+    _presented_token,
+    _remote,
+    _request_from_path,
+    _Subscriber,
+    parse_categories,
+    parse_since,
+    text_frames,
+)
+from .websocket_resume import ResumeMixin
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -76,39 +99,6 @@ __all__ = [
     "text_frames",
 ]
 
-#: The one path the fan-out serves.
-EVENTS_PATH: Final = "/events"
-
-#: The query parameter that carries a subscriber's token where no header can.
-ACCESS_TOKEN_PARAMETER: Final = "access_token"
-
-#: Close code and reason sent to a subscriber that cannot keep up (RFC 6455 1013,
-#: "try again later": the client may reconnect and catch up via reconciliation).
-SLOW_CLOSE_CODE: Final = CloseCode.TRY_AGAIN_LATER
-SLOW_CLOSE_REASON: Final = "subscriber too slow"
-
-#: The query parameter of resume: replay stored events after this sequence id.
-SINCE_PARAMETER: Final = "since"
-
-#: Close code when events after ``since`` were pruned: the reason names the
-#: oldest sequence id still stored ("Gone", as HTTP 410).
-PRUNED_CLOSE_CODE: Final = 4410
-
-#: Close code when ``since`` is beyond every id this store has handed out: the
-#: cursor comes from another store (or one that was reset), and resuming from
-#: it would silently skip every event up to it.
-AHEAD_CLOSE_CODE: Final = 4416
-
-#: Events read from the store per replay page.
-REPLAY_PAGE: Final = 1000
-
-# The largest sequence id a store can hold (a signed 64-bit integer).
-_MAX_SEQUENCE_ID: Final = 2**63 - 1
-_DIGITS: Final = re.compile(r"[0-9]+")
-
-# Subscribers only send control frames (pongs, close); anything bigger is abuse.
-_MAX_INCOMING_BYTES: Final = 64 * 1024
-
 log = structlog.get_logger("broadcaster.adapters.websocket", adapter="websocket")
 
 # websockets logs each request's path and headers at DEBUG, which would put a
@@ -118,223 +108,7 @@ _protocol_log = logging.getLogger("broadcaster.adapters.websocket.protocol")
 _protocol_log.addFilter(lambda record: record.levelno > logging.DEBUG)
 
 
-def parse_categories(raw: str | None) -> frozenset[Category] | None:
-    """Parse a ``categories`` filter value: comma-separated, case-insensitive.
-
-    ``None`` (no filter) returns ``None``, meaning every category. Raises
-    :class:`ValueError` naming the offending value for an unknown category or
-    an empty list.
-    """
-    if raw is None:
-        return None
-    names = [part.strip().upper() for part in raw.split(",") if part.strip()]
-    if not names:
-        raise ValueError("categories is empty; omit it to receive every category")
-    selected: set[Category] = set()
-    for name in names:
-        try:
-            selected.add(Category(name))
-        except ValueError:
-            raise ValueError(
-                f"unknown category {name!r}; expected a comma-separated list of "
-                f"{', '.join(Category)}"
-            ) from None
-    return frozenset(selected)
-
-
-def parse_since(raw: str) -> int:
-    """Parse a ``since`` value: a whole number from 0 to 2**63 - 1, in ASCII
-    digits. Raises :class:`ValueError` naming the value otherwise."""
-    if not _DIGITS.fullmatch(raw):
-        raise ValueError(f"since must be a whole number >= 0 (a sequence id), not {raw!r}")
-    value = int(raw)
-    if value > _MAX_SEQUENCE_ID:
-        raise ValueError(f"since {raw} is larger than any sequence id (at most {_MAX_SEQUENCE_ID})")
-    return value
-
-
-def _request_from_path(path: str) -> tuple[frozenset[Category] | None, int | None]:
-    """The category filter and ``since`` of a request path;
-    ``ValueError``/``LookupError`` if bad."""
-    parts = urlsplit(path)
-    if parts.path != EVENTS_PATH:
-        raise LookupError(f"no such path {parts.path!r}; the event stream is at {EVENTS_PATH}")
-    values: list[str] = []
-    since: int | None = None
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name == ACCESS_TOKEN_PARAMETER:
-            continue  # checked by authentication, before the filter
-        if name == SINCE_PARAMETER:
-            if since is not None:
-                raise ValueError("since given more than once")
-            since = parse_since(value)
-            continue
-        if name != "categories":
-            # Strict on purpose: a typo such as ?category=CRITICAL must not
-            # silently subscribe to every category.
-            raise ValueError(
-                f"unknown query parameter {name!r}; only 'categories', '{SINCE_PARAMETER}'"
-                f" (and '{ACCESS_TOKEN_PARAMETER}') are supported"
-            )
-        values.append(value)
-    return (parse_categories(",".join(values)) if values else None), since
-
-
-def _describe(categories: frozenset[Category] | None) -> tuple[str, ...] | None:
-    return None if categories is None else tuple(sorted(c.value for c in categories))
-
-
-def _presented_token(request: Request) -> str | None:
-    """The token a handshake presents: the ``Authorization: Bearer`` header if
-    there is one, else the ``access_token`` query parameter. None when there
-    is none, or more than one (which of them would count is ambiguous)."""
-    headers = request.headers.get_all("Authorization")
-    if headers:
-        if len(headers) != 1:
-            return None
-        scheme, _, value = headers[0].strip().partition(" ")
-        return (value.strip() or None) if scheme.lower() == "bearer" else None
-    values = [
-        value
-        for name, value in parse_qsl(urlsplit(request.path).query, keep_blank_values=True)
-        if name == ACCESS_TOKEN_PARAMETER
-    ]
-    return (values[0] or None) if len(values) == 1 else None
-
-
-def _can_subscribe(tokens: TokenSet) -> bool:
-    """Whether any token of ``tokens`` has a scope that allows subscribing."""
-    return any(
-        tokens.first(scope) is not None
-        for scope, granted in GRANTS.items()
-        if Permission.CONSUME in granted
-    )
-
-
-class ReplaySource(Protocol):
-    """Where resume reads history from: what :class:`~broadcaster.store.base.Store`
-    offers (see its methods of the same names)."""
-
-    async def read_events(
-        self,
-        *,
-        after: int,
-        limit: int,
-        categories: Collection[Category] | None = None,
-        adapter: str | None = None,
-    ) -> list[EventRecord]: ...
-
-    async def first_sequence_id(self) -> int: ...
-
-    async def last_sequence_id(self) -> int: ...
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriberInfo:
-    """A snapshot of one connected subscriber (for health, admin and tests)."""
-
-    remote: str
-    categories: tuple[str, ...] | None
-    frames_sent: int
-    connected_at: float
-    #: The name of the token it presented (None when none was required).
-    token: str | None = None
-    #: The ``since`` it resumed from (None: it did not ask to).
-    since: int | None = None
-    #: Whether it is still being sent stored events (live ones wait meanwhile).
-    replaying: bool = False
-
-
-class _Subscriber:
-    """Per-connection state kept by the adapter."""
-
-    __slots__ = (
-        "abort_handle",
-        "categories",
-        "connected_at",
-        "frames_sent",
-        "held",
-        "held_bytes",
-        "remote",
-        "seam",
-        "since",
-        "token",
-    )
-
-    def __init__(
-        self,
-        remote: str,
-        categories: frozenset[Category] | None,
-        token: str | None,
-        since: int | None = None,
-    ) -> None:
-        self.remote = remote
-        self.categories = categories
-        self.token = token
-        self.frames_sent = 0
-        self.connected_at = time.time()
-        self.abort_handle: asyncio.TimerHandle | None = None
-        self.since = since
-        # While replaying: the live records for this connection, sent once
-        # the replay has caught up (None: live). Their wire bytes count
-        # against max_buffer_bytes like an unsent backlog.
-        self.held: list[EventRecord] | None = [] if since is not None else None
-        self.held_bytes = 0
-        # After replay: the highest sequence id replayed. Ids in (since, seam]
-        # were sent from the store; a live copy of one (a backfill, a repair)
-        # would be a duplicate for this connection.
-        self.seam = 0
-
-    def info(self) -> SubscriberInfo:
-        return SubscriberInfo(
-            self.remote,
-            _describe(self.categories),
-            self.frames_sent,
-            self.connected_at,
-            self.token,
-            self.since,
-            self.held is not None,
-        )
-
-    def replayed(self, sequence_id: int) -> bool:
-        """Whether ``sequence_id`` was sent to this connection by its replay."""
-        return self.since is not None and self.since < sequence_id <= self.seam
-
-
-def _remote(connection: ServerConnection) -> str:
-    address = connection.remote_address
-    if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}"
-    return str(address)
-
-
-_HEADER_7: Final = struct.Struct("!BB").pack
-_HEADER_16: Final = struct.Struct("!BBH").pack
-_HEADER_64: Final = struct.Struct("!BBQ").pack
-
-
-def text_frames(payloads: Sequence[bytes]) -> tuple[bytes, int]:
-    """``payloads`` (UTF-8 text) as consecutive unmasked, final text frames
-    (RFC 6455 5.2: what a server sends with no extension), and their count.
-
-    The same bytes as websockets' ``ServerProtocol.send_text`` of each payload
-    with compression off (this server never negotiates it), at a seventh of
-    the cost; built once per batch and written to every matching connection.
-    """
-    parts: list[bytes] = []
-    for payload in payloads:
-        n = len(payload)
-        if n < 126:
-            parts.append(_HEADER_7(0x81, n))
-        elif n < 65536:
-            parts.append(_HEADER_16(0x81, 126, n))
-        else:
-            parts.append(_HEADER_64(0x81, 127, n))
-        parts.append(payload)
-    return b"".join(parts), len(payloads)
-
-
-class WebSocketAdapter(Adapter):
+class WebSocketAdapter(ResumeMixin, Adapter):
     """WebSocket fan-out server at ``ws://host:port/events``.
 
     ``port=0`` binds a free port; read it back from :attr:`port` / :attr:`url`
@@ -785,130 +559,3 @@ class WebSocketAdapter(Adapter):
         sub.abort_handle = asyncio.get_running_loop().call_later(
             self._close_timeout, connection.transport.abort
         )
-
-    # -- resume ----------------------------------------------------------------
-
-    def _hold(
-        self, connection: ServerConnection, sub: _Subscriber, batch: Sequence[EventRecord]
-    ) -> None:
-        """Keep ``batch``'s matching records for a replaying connection; past
-        ``max_buffer_bytes`` held, it is too slow, as with an unsent backlog."""
-        held = sub.held
-        assert held is not None
-        wanted = sub.categories
-        for record in batch:
-            if wanted is None or record.category in wanted:
-                held.append(record)
-                sub.held_bytes += len(record.wire)
-        if sub.held_bytes > self._max_buffer:
-            backlog = sub.held_bytes
-            sub.held, sub.held_bytes = None, 0
-            self._drop_slow(connection, sub, backlog)
-
-    async def _resume(self, connection: ServerConnection, sub: _Subscriber, since: int) -> None:
-        """Replay the stored events after ``since`` to ``connection``, then
-        switch it to live (see the class doc). Ends quietly when the
-        connection goes or is dropped meanwhile."""
-        source = self._replay
-        assert source is not None  # _process_request refuses since without one
-        try:
-            first = await source.first_sequence_id()
-            last = await source.last_sequence_id()
-            if since > last:
-                await self._refuse(
-                    connection,
-                    sub,
-                    AHEAD_CLOSE_CODE,
-                    f"since {since} is beyond this store: its newest sequence id is {last}",
-                )
-                return
-            if first > since + 1 or (first == 0 and last > since):
-                oldest = f"the oldest stored is {first}" if first else "no event is stored"
-                await self._refuse(
-                    connection,
-                    sub,
-                    PRUNED_CLOSE_CODE,
-                    f"events after {since} were pruned; {oldest}",
-                )
-                return
-            cursor, replayed = since, 0
-            while True:
-                page = await source.read_events(
-                    after=cursor,
-                    limit=self._replay_page,
-                    categories=sub.categories,
-                    adapter=self.name,
-                )
-                if sub.held is None or connection not in self._live:
-                    return  # dropped as too slow, or gone
-                if len(page) < self._replay_page:
-                    # Caught up: this page, the held live events and the
-                    # switch to live happen in one step, with no send between.
-                    self._go_live(connection, sub, page, cursor, replayed)
-                    return
-                cursor = page[-1].sequence_id
-                replayed += len(page)
-                self._write(connection, sub, *text_frames([r.wire for r in page]), bounded=False)
-                await self._paced(connection)
-        except StoreError as exc:
-            log.error("replay failed: store", remote=sub.remote, since=since, error=str(exc))
-            await self._refuse(connection, sub, SLOW_CLOSE_CODE, "store unavailable; resume later")
-        except ConnectionClosed:
-            pass
-        except Exception as exc:
-            # Not a store or connection failure: a bug. Say so, and let the
-            # client retry rather than wait on a replay that will never end.
-            log.exception("replay failed", remote=sub.remote, since=since, error=repr(exc))
-            await self._refuse(connection, sub, CloseCode.INTERNAL_ERROR, "replay failed")
-
-    def _go_live(
-        self,
-        connection: ServerConnection,
-        sub: _Subscriber,
-        page: list[EventRecord],
-        cursor: int,
-        replayed: int,
-    ) -> None:
-        held = sub.held or []
-        since = sub.since
-        assert since is not None
-        sub.held, sub.held_bytes = None, 0
-        # Nothing replayed (seam 0): nothing a live batch could repeat.
-        sub.seam = page[-1].sequence_id if page else (cursor if cursor > since else 0)
-        records = page
-        late = [r for r in held if not sub.replayed(r.sequence_id)]
-        if late:
-            # Held live events in sequence order, each once (a repair may have
-            # sent one twice meanwhile).
-            merged = sorted([*page, *late], key=lambda r: r.sequence_id)
-            records = [
-                r
-                for i, r in enumerate(merged)
-                if i == 0 or merged[i - 1].sequence_id != r.sequence_id
-            ]
-        if records:
-            self._write(connection, sub, *text_frames([r.wire for r in records]))
-        log.info(
-            "subscriber resumed",
-            remote=sub.remote,
-            since=since,
-            replayed=replayed + len(page),
-            held=len(held),
-            seam=sub.seam,
-        )
-
-    async def _paced(self, connection: ServerConnection) -> None:
-        """Wait while a replay's unsent backlog is over a quarter of the
-        limit: a ping's pong comes back once the client has read what was
-        written before it, so replay runs at the client's pace and holds
-        at most about one page beyond the limit."""
-        while connection.transport.get_write_buffer_size() > self._max_buffer // 4:
-            await (await connection.ping())
-
-    async def _refuse(
-        self, connection: ServerConnection, sub: _Subscriber, code: int, reason: str
-    ) -> None:
-        self._forget(connection)
-        sub.held, sub.held_bytes = None, 0
-        log.warning("resume refused", remote=sub.remote, since=sub.since, code=code, reason=reason)
-        await connection.close(code, reason)

@@ -14,7 +14,8 @@ and no duplicate; ``since=`` starts the first connection that way too. A
 server that pruned that history closes with 4410, which ends the
 subscription with :class:`~broadcaster.exceptions.HistoryPruned`.
 
-:func:`tail` is the ``broadcaster subscribe`` command: one line per event.
+The URL helpers are in :mod:`.websocket_urls` and :func:`tail` in
+:mod:`.websocket_tail`; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -24,13 +25,10 @@ import http
 import logging
 import random
 import re
-import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from ssl import SSLCertVerificationError, SSLContext
 from types import TracebackType
-from typing import Any, Final, Self, TextIO
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any, Final, Self
 
 import orjson
 import structlog
@@ -39,12 +37,17 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.uri import parse_uri
 
 from ..exceptions import AdapterError, AdapterRejected, AdapterUnavailable, HistoryPruned
-from ..store.base import ConsumerReceipt
 from ._common import ConsumerStats, ReceiptCollector
+from .websocket_urls import (
+    ADAPTER,
+    _rejection,
+    _since_of,
+    redact_url,
+    resume_url,
+    subscription_url,
+)
 
 __all__ = ["WebSocketSubscriber", "redact_url", "resume_url", "subscription_url", "tail"]
-
-ADAPTER: Final = "websocket"
 
 # A missing or insufficient token: no retry can fix it, at a reconnect either.
 _AUTH_STATUSES: Final = frozenset({401, 403})
@@ -59,7 +62,7 @@ _OLDEST: Final = re.compile(r"oldest stored is (\d+)")
 # 4 MiB cap leaves room for EVENT_MAX_BYTES raised well above it.
 _MAX_FRAME_BYTES: Final = 4 * 2**20
 # Messages websockets may buffer before it stops reading the socket. The
-# default (16) makes the reader pause and resume constantly at 20k events/s.
+# default (16) makes the reader pause and resume constantly at high rates.
 _MAX_QUEUE: Final = 1024
 
 log = structlog.get_logger("broadcaster.consumer.websocket", adapter=ADAPTER)
@@ -68,55 +71,6 @@ log = structlog.get_logger("broadcaster.consumer.websocket", adapter=ADAPTER)
 # here drops every DEBUG record.
 _protocol_log = logging.getLogger("broadcaster.consumer.websocket.protocol")
 _protocol_log.addFilter(lambda record: record.levelno > logging.DEBUG)
-
-
-def subscription_url(url: str, categories: Sequence[str] | None) -> str:
-    """``url`` with ``?categories=A,B`` set (upper-cased); unchanged for ``None``.
-    Other query parameters (``access_token``) are kept.
-
-    The server validates the names: an unknown one is refused with HTTP 400.
-    """
-    if not categories:
-        return url
-    parts = urlsplit(url)
-    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "categories"]
-    selected = ",".join(c.strip().upper() for c in categories)
-    query = urlencode([*kept, ("categories", selected)], safe=",")
-    return urlunsplit(parts._replace(query=query))
-
-
-def resume_url(url: str, since: int | None) -> str:
-    """``url`` with ``?since=<since>`` set (replacing one it had); without it
-    for ``None``. Other query parameters are kept."""
-    parts = urlsplit(url)
-    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "since"]
-    if since is not None:
-        kept.append(("since", str(since)))
-    return urlunsplit(parts._replace(query=urlencode(kept, safe=",")))
-
-
-def _since_of(url: str) -> int | None:
-    """The ``since`` a URL asks for, if any (the server judges its form)."""
-    values = [v for k, v in parse_qsl(urlsplit(url).query) if k == "since"]
-    return int(values[-1]) if values and values[-1].isascii() and values[-1].isdigit() else None
-
-
-def redact_url(url: str) -> str:
-    """``url`` with the value of an ``access_token`` query parameter masked,
-    for logs and messages."""
-    parts = urlsplit(url)
-    if "access_token" not in parts.query:
-        return url
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    shown = [(k, "********" if k == "access_token" else v) for k, v in pairs]
-    return urlunsplit(parts._replace(query=urlencode(shown, safe=",*")))
-
-
-def _rejection(url: str, exc: InvalidStatus) -> AdapterRejected:
-    body = bytes(exc.response.body or b"").decode("utf-8", "replace").strip()
-    return AdapterRejected(
-        ADAPTER, f"{url} refused the subscription: HTTP {exc.response.status_code}: {body}"
-    )
 
 
 class WebSocketSubscriber:
@@ -503,106 +457,5 @@ class WebSocketSubscriber:
                 waiter.set_result(None)
 
 
-async def tail(
-    url: str,
-    categories: Sequence[str] | None,
-    out: TextIO = sys.stdout,
-    *,
-    limit: int | None = None,
-    ssl: SSLContext | None = None,
-    token: str | None = None,
-    signing_keys: Mapping[str, str | bytes] | None = None,
-    since: int | None = None,
-    err: TextIO | None = None,
-    consumer: str = "tail",
-    on_receipt: Callable[[ConsumerReceipt], None] | None = None,
-) -> ConsumerStats:
-    """Print one line per event received from the fan-out at ``url``
-    (``ssl``, ``token`` and ``since`` as for :class:`WebSocketSubscriber`:
-    it resumes after every reconnect). ``err`` (default ``sys.stderr``)
-    gets ``connecting to <url> …`` at the start and ``reconnecting (attempt
-    n) to <url> …`` before each retry, so ``out`` holds events only. Each
-    receipt, named ``consumer``, goes to ``on_receipt`` if given (a
-    :class:`~broadcaster.consumer.ReceiptPoster`'s ``add``: ``subscribe --report``).
-
-    Each line is ``<sequence_id> <category> <event_type> OK|MISMATCH`` (the
-    checksum verdict); given ``signing_keys`` (key id -> key), an event
-    whose signature does not verify ends in ``BAD_SIGNATURE``. Returns the
-    stats once ``limit`` events were seen, or when cancelled (Ctrl-C, a
-    timeout): cancellation ends the tail, it is not an error. Raises
-    :class:`~broadcaster.exceptions.AdapterRejected` for a bad filter or a
-    refused token (HTTP 401/403),
-    :class:`~broadcaster.exceptions.HistoryPruned` when the server no longer
-    has the events to resume from, and
-    :class:`~broadcaster.exceptions.AdapterUnavailable` when the server
-    cannot be reached at the start.
-    """
-    done: asyncio.Future[ConsumerStats] = asyncio.get_running_loop().create_future()
-    bad_signatures_shown = 0
-
-    def on_event(obj: Mapping[str, Any], ok: bool) -> None:
-        nonlocal bad_signatures_shown
-        if done.done():
-            return  # frames already in flight when the limit was reached
-        stats = collector.stats
-        if ok:
-            verdict = "OK"
-        elif stats.bad_signatures > bad_signatures_shown:
-            # The collector counted this event as a bad signature just now.
-            bad_signatures_shown = stats.bad_signatures
-            verdict = "BAD_SIGNATURE"
-        else:
-            verdict = "MISMATCH"
-        out.write(f"{obj['sequence_id']} {obj['category']} {obj['event_type']} {verdict}\n")
-        if limit is not None and stats.received >= limit:
-            # A snapshot: the connection may deliver a few more before it closes.
-            done.set_result(replace(stats, by_category=stats.by_category.copy()))
-
-    collector = ReceiptCollector(
-        ADAPTER,
-        consumer=consumer,
-        on_event=on_event,
-        on_receipt=on_receipt,
-        track_seen=False,
-        signing_keys=signing_keys,
-    )
-
-    def on_connect(shown: str, attempt: int) -> None:
-        stream = err if err is not None else sys.stderr
-        if attempt:
-            stream.write(f"reconnecting (attempt {attempt}) to {shown} …\n")
-        else:
-            stream.write(f"connecting to {shown} …\n")
-        stream.flush()
-
-    subscriber = WebSocketSubscriber(
-        url,
-        categories=categories,
-        collector=collector,
-        ssl=ssl,
-        token=token,
-        since=since,
-        on_connect=on_connect,
-    )
-    try:
-        await subscriber.start()
-        while not done.done():
-            # Flush a few times a second: per-line flushes cost too much when
-            # piped at thousands of events per second.
-            await asyncio.wait([done], timeout=0.25)
-            out.flush()
-            # The receive task ends on its own only for a refusal no retry can
-            # fix (a token refused at a reconnect): report it, do not wait on.
-            task = subscriber._task
-            if task is not None and task.done() and not task.cancelled():
-                error = task.exception()
-                if error is not None:
-                    raise error
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None:
-            current.uncancel()
-    finally:
-        await subscriber.close()
-        out.flush()
-    return done.result() if done.done() else collector.stats
+# Last: websocket_tail imports WebSocketSubscriber from this module.
+from .websocket_tail import tail  # noqa: E402

@@ -11,9 +11,11 @@ from __future__ import annotations
 from types import ModuleType
 
 from . import (  # noqa
+    admin_api,
     admin_body,
     checksum_cost,
     dual_vs_single,
+    event_cost,
     failover,
     probe_cost,
     producers,
@@ -23,6 +25,7 @@ from . import (  # noqa
     reconcile,
     store,
     sustained,
+    wakeup,
 )
 
 __all__ = ["SCENARIOS"]
@@ -34,10 +37,13 @@ SCENARIOS: dict[str, ModuleType] = {
         dual_vs_single,
         publish_overhead,
         checksum_cost,
+        event_cost,
         reconcile,
         store,
         failover,
         raw_limit,
+        wakeup,
+        admin_api,
         admin_body,
         receipts,
         probe_cost,

@@ -1,6 +1,6 @@
 """``failover``: SIGKILL the Realtime server, restart it, time the breaker.
 
-Wraps :func:`loadtests.bench_failover.measure`: a producer publishes CRITICAL
+:func:`measure`: a producer publishes CRITICAL
 events (routed to both paths) at ``--rate`` throughout; the Realtime server
 process is SIGKILLed after ``--seconds`` and restarted ``--outage`` seconds
 after the breaker opened. Figures: publish() latency per phase (steady,
@@ -13,11 +13,30 @@ the publish rate and publish() latency over time with those moments marked.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
+import tempfile
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .._common import Bins, load_average, progress
-from ..bench_failover import measure
+from broadcaster.adapters.realtime import RealtimeAdapter
+from broadcaster.adapters.websocket import WebSocketAdapter
+from broadcaster.breaker_policy import BreakerConfig
+from broadcaster.core import Broadcaster
+from broadcaster.settings import load_settings
+from broadcaster.spawn import RealtimeServerProcess
+
+from .._common import (
+    REALTIME_KEY,
+    Bins,
+    TokenBucket,
+    load_average,
+    percentile,
+    progress,
+    python_env,
+)
 from ..plotting import plot_timeline
 
 NAME = "failover"
@@ -63,7 +82,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     progress(
         f"failover: {args.rate:g} events/s, kill after {args.seconds:g}s, outage {args.outage:g}s"
     )
-    # bench_failover's clock is monotonic; bins and marks go on one axis.
+    # measure's clock is monotonic; bins and marks go on one axis.
     wall_offset = time.time() - time.monotonic()
     result = await measure(args)
     summary = {k: v for k, v in result.summary.items() if k != "summary"}
@@ -98,3 +117,164 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         progress(f"wrote {args.plot}")
     return figures
+
+
+async def _until(predicate: Any, within_s: float) -> float:
+    # The breaker exposes no awaitable for its state: poll it finely.
+    async with asyncio.timeout(within_s):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.002)
+    return time.monotonic()
+
+
+class _Producer:
+    """``producers`` tasks calling ``publish()`` one event at a time, paced
+    together to ``rate`` events/s by a shared token bucket (one sequential
+    caller could not reach the rate: each call waits for its commit)."""
+
+    def __init__(self, b: Broadcaster, rate: float, producers: int = 8) -> None:
+        self.b = b
+        self.rate = rate
+        self.producers = producers
+        self.phase = "steady"
+        self.latencies: dict[str, list[float]] = {}
+        #: (monotonic time the call returned, seconds it took), for plots.
+        self.samples: list[tuple[float, float]] = []
+        self.task: asyncio.Task[None] | None = None
+        self._next = 0
+
+    async def _one(self, bucket: TokenBucket) -> None:
+        while True:
+            await bucket.take(1, float("inf"))
+            i = self._next
+            self._next += 1
+            started = time.monotonic()
+            await self.b.publish("CRITICAL", "bench.failover", {"i": i}, key=f"k{i}")
+            ended = time.monotonic()
+            self.latencies.setdefault(self.phase, []).append(ended - started)
+            self.samples.append((ended, ended - started))
+
+    async def run(self) -> None:
+        bucket = TokenBucket(self.rate, burst=self.producers)
+        await asyncio.gather(*(self._one(bucket) for _ in range(self.producers)))
+
+
+def _phase_line(name: str, latencies: list[float]) -> dict[str, Any]:
+    return {
+        "phase": name,
+        "events": len(latencies),
+        "publish_p50_ms": round(percentile(latencies, 50) * 1e3, 3),
+        "publish_p99_ms": round(percentile(latencies, 99) * 1e3, 3),
+        "publish_max_ms": round(max(latencies, default=float("nan")) * 1e3, 3),
+    }
+
+
+@dataclass
+class FailoverRun:
+    """One run's figures: a line per phase, the summary, and for plots the
+    producer's (monotonic time, publish seconds) samples and event marks."""
+
+    phases: list[dict[str, Any]]
+    summary: dict[str, Any]
+    samples: list[tuple[float, float]] = field(default_factory=list)
+    marks: dict[str, float] = field(default_factory=dict)
+
+
+async def measure(args: argparse.Namespace) -> FailoverRun:
+    server = RealtimeServerProcess(key=REALTIME_KEY, env=python_env(), start_timeout_s=20)
+    await server.start()
+    try:
+        url = server.url
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = load_settings(
+                env_file=None,
+                websocket_port=0,
+                supabase_url=url,
+                supabase_key=REALTIME_KEY,
+                store_url=f"sqlite:///{Path(tmp) / 'bench.db'}",
+                # No background reconcile: its pass over the store stalls the
+                # publish path, which is not failover.
+                reconcile_interval_s=0,
+            )
+
+            def config(name: str) -> BreakerConfig:
+                return dataclasses.replace(
+                    BreakerConfig.from_settings(settings, name),
+                    recovery_time_s=args.recovery,
+                    ramp_step_s=args.ramp_step,
+                )
+
+            ws = WebSocketAdapter.from_settings(settings)
+            rt = RealtimeAdapter(url, REALTIME_KEY, reconnect_max_s=0.2, poll_s=0.1)
+            b = Broadcaster(
+                settings, adapters=[ws, rt], breaker_config=config, backfill_rate=args.backfill_rate
+            )
+            async with b:
+                breaker, lane = b.breakers["realtime"], b.lane("realtime")
+                producer = _Producer(b, args.rate, getattr(args, "producers", 8))
+                producer.task = asyncio.get_running_loop().create_task(producer.run())
+                try:
+                    await asyncio.sleep(args.seconds)  # steady state runs for a fixed time
+
+                    producer.phase = "failover"
+                    killed = time.monotonic()
+                    await server.kill()
+                    opened = await _until(lambda: breaker.state == "open", 30)
+                    await asyncio.sleep(args.outage)  # the outage lasts a fixed time
+
+                    producer.phase = "backfill"
+                    restarted = time.monotonic()
+                    await server.start()
+                    half_open = await _until(lambda: breaker.state != "open", 60)
+                    closed = await _until(lambda: breaker.state == "closed", 60)
+                    full = await _until(
+                        lambda: breaker.state == "closed" and breaker.share == 100, 120
+                    )
+                    # Restored: closed, and every event recorded PENDING during the
+                    # outage and the ramp is delivered. (Not ``lane.settled``: with
+                    # producers publishing all the time, something is always in flight.)
+                    restored: float | None
+                    try:
+                        restored = await _until(
+                            lambda: lane.pending == 0 and breaker.state == "closed",
+                            getattr(args, "restore_timeout", 300.0),
+                        )
+                    except TimeoutError:
+                        restored = None  # reported as null, with what is still pending
+                    pending_left = lane.pending
+                finally:
+                    producer.task.cancel()
+                    await asyncio.gather(producer.task, return_exceptions=True)
+                await b.flush(timeout=60)
+                phases = [
+                    _phase_line(name, producer.latencies.get(name, []))
+                    for name in ("steady", "failover", "backfill")
+                ]
+                summary = {
+                    "summary": True,
+                    "rate": args.rate,
+                    "failover_s": round(opened - killed, 3),
+                    "half_open_s": round(half_open - restarted, 3),
+                    "closed_s": round(closed - restarted, 3),
+                    "full_share_s": round(full - restarted, 3),
+                    "restore_s": None if restored is None else round(restored - restarted, 3),
+                    "pending_at_end": pending_left,
+                    "backfilled": b.stats.backfilled["realtime"],
+                    "parked": b.stats.parked["realtime"],
+                    "transitions": breaker.transitions,
+                    "recovery_time_s": args.recovery,
+                    "ramp_step_s": args.ramp_step,
+                    "backfill_rate": args.backfill_rate,
+                }
+                marks = {
+                    "SIGKILL": killed,
+                    "open": opened,
+                    "restart": restarted,
+                    "half-open": half_open,
+                    "closed": closed,
+                    "full share": full,
+                    **({"restored": restored} if restored is not None else {}),
+                }
+        return FailoverRun(phases, summary, producer.samples, marks)
+    finally:
+        await server.kill()

@@ -33,7 +33,7 @@ from broadcaster.settings import load_settings
 from broadcaster.store import store_from_url
 
 from .._common import load_average, progress, python_env
-from ..bench_store import postgres_server
+from .._stores import postgres_server
 
 NAME = "receipts"
 HELP = "POST /receipts throughput into SQLite and PostgreSQL from one client"

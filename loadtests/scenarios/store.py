@@ -1,11 +1,11 @@
 """``store``: store write throughput per backend, and publish with the store on/off.
 
-Wraps :mod:`loadtests.bench_store`: ``append`` in batches of ``--batch`` then
-``mark`` ACKED for two adapters, on the memory store, SQLite and (unless
-``--skip-postgres``, or when ``pgserver`` is not installed) a throwaway
-PostgreSQL; then the publish rate through the broadcaster with adapters that
-acknowledge at once, store off (memory) and on (SQLite), in ``publish_many``
-calls of 100 and from 16 concurrent ``publish()`` producers.
+``append`` in batches of ``--batch`` then ``mark`` ACKED for two adapters,
+on the memory store, SQLite and (unless ``--skip-postgres``, or when
+``pgserver`` is not installed) a throwaway PostgreSQL; then the publish rate
+through the broadcaster with adapters that acknowledge at once, store off
+(memory) and on (SQLite), in ``publish_many`` calls of 100 and from 16
+concurrent ``publish()`` producers.
 """
 
 from __future__ import annotations
@@ -13,11 +13,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+from broadcaster.core import Broadcaster
+from broadcaster.settings import load_settings
+from broadcaster.store import store_from_url
+
 from .._common import load_average, progress
-from ..bench_store import postgres_server, publish_figures, store_write_figures
+from .._stores import NullAdapter, fill, postgres_server
 
 NAME = "store"
 HELP = "append/mark throughput per store backend; publish rate with the store on and off"
@@ -84,3 +89,44 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "load_avg_1m": load,
     }
+
+
+async def store_write_figures(url: str, name: str, n: int, batch: int) -> dict[str, Any]:
+    async with store_from_url(url) as store:
+        append_s, mark_s = await fill(store, n, batch, receipts=False)
+    return {
+        "bench": "store_write",
+        "backend": name,
+        "events": n,
+        "batch": batch,
+        "append_events_per_s": round(n / append_s),
+        "mark_state_changes_per_s": round(2 * n / mark_s),
+    }
+
+
+async def publish_figures(store_url: str, n: int, batch: int, producers: int) -> dict[str, Any]:
+    settings = load_settings(env_file=None, store_url=store_url, log_level="WARNING")
+    adapters = [NullAdapter("websocket"), NullAdapter("realtime")]
+    result: dict[str, Any] = {"bench": "publish", "store": store_url.split(":")[0]}
+    async with Broadcaster(settings, adapters=adapters) as b:
+        b.set_routing(b.routing.with_override("all"))
+        t0 = time.perf_counter()
+        for start in range(0, n, batch):
+            await b.publish_many(
+                [
+                    {"category": "SYSTEM", "event_type": "bench", "payload": {"i": start + k}}
+                    for k in range(batch)
+                ]
+            )
+        await b.flush()
+        result[f"publish_many_{batch}_per_s"] = round(n / (time.perf_counter() - t0))
+
+        async def producer(p: int) -> None:
+            for i in range(n // producers):
+                await b.publish("SYSTEM", "bench", {"p": p, "i": i})
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(producer(p) for p in range(producers)))
+        await b.flush()
+        result[f"publish_{producers}_producers_per_s"] = round(n / (time.perf_counter() - t0))
+    return result

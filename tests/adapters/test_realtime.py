@@ -39,17 +39,9 @@ from broadcaster.exceptions import (
 )
 from broadcaster.realtime_server import LocalRealtimeServer, Peer
 from broadcaster.settings import load_settings
+from tests._wait import until
 
 Msg = dict[str, Any]
-
-
-async def until(predicate: Callable[[], bool], within_s: float = 5.0) -> None:
-    """Poll ``predicate`` until true; fail the test after ``within_s``."""
-    async with asyncio.timeout(within_s):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.01)
 
 
 class Records:
@@ -229,9 +221,9 @@ async def test_push_frames_carry_the_sealed_event_bytes_verbatim(
             super().__init__()
             self.raw: list[str | bytes] = []
 
-        def _decode(self, peer: Peer, raw: str | bytes) -> Any:
+        def decode(self, peer: Peer, raw: str | bytes) -> Any:
             self.raw.append(raw)
-            return super()._decode(peer, raw)
+            return super().decode(peer, raw)
 
     srv = RawFrames()
     await srv.start()
@@ -462,35 +454,22 @@ async def test_overlapping_sends_keep_sequence_order_per_channel(
 
 
 async def test_acks_pipeline_many_outstanding_pushes(records: Records, make_adapter: Any) -> None:
-    class SlowAcks(RecordingServer):
-        def __init__(self) -> None:
-            super().__init__()
-            self.unacked = 0
-            self.max_unacked = 0
-
-        async def ack_broadcast(self, peer: Peer, msg: Msg) -> None:
-            self.unacked += 1
-            self.max_unacked = max(self.max_unacked, self.unacked)
-
-            async def later() -> None:
-                await asyncio.sleep(0.25)
-                self.unacked -= 1
-                await LocalRealtimeServer.ack_broadcast(self, peer, msg)
-
-            self.spawn(later())
-
-    async with SlowAcks() as srv:
+    """A push does not wait for the acks of earlier ones: with the server
+    holding every ack back, all 20 batches are pushed and awaiting their acks
+    at once (serially, one would be); once released, every send completes."""
+    async with HeldAcks() as srv:
         adapter = await make_adapter(srv.realtime_url, batch_max=10, batch_ms=0)
-        started = time.monotonic()
         sends = [adapter.send(records.make(10)) for _ in range(20)]
         tasks = [asyncio.get_running_loop().create_task(s) for s in sends]
-        await until(lambda: adapter.outstanding_acks >= 20, within_s=2)
+        await until(lambda: len(srv.held) == 20)
+        assert srv.push_sizes == [10] * 20
+        assert adapter.outstanding_acks >= 20
         assert adapter.health().extra["outstanding_acks"] >= 20
+        assert not any(task.done() for task in tasks)
+        for release in srv.held:
+            release.set()
         await asyncio.gather(*tasks)
-        elapsed = time.monotonic() - started
-        # 20 pushes with a 0.25 s ack delay each: serial would take 5 s.
-        assert elapsed < 1.5
-        assert srv.max_unacked >= 20
+        assert adapter.outstanding_acks == 0
 
 
 async def test_rate_cap_paces_pushes(
@@ -586,12 +565,11 @@ async def test_server_restart_on_same_port_reconnects_and_rejoins(
         await adapter.send(records.make(2))
         await srv.close()
         await until(lambda: not adapter.health().connected)
-        # Down longer than the client's own retry budget (max_retries=5)
-        # would cover at this backoff: the supervisor keeps going.
-        await asyncio.sleep(0.8)
-        assert adapter.link is not None
-        failed_attempts = adapter.link.attempts
-        assert failed_attempts > 5
+        # Down for more attempts than the client's own retry budget
+        # (max_retries=5): the supervisor keeps going.
+        link = adapter.link
+        assert link is not None
+        await until(lambda: link.attempts > 5)
         await srv.start()
         await until(lambda: adapter.health().connected)
         assert adapter.link.connects == 2

@@ -32,6 +32,7 @@ from broadcaster.consumer.websocket import WebSocketSubscriber
 from broadcaster.events import Category, EventFactory, EventRecord, seal, verify_event_dict
 from broadcaster.exceptions import AdapterUnavailable
 from broadcaster.settings import Settings
+from tests._wait import until
 
 CATEGORIES = list(Category)
 
@@ -333,10 +334,8 @@ async def test_connect_and_disconnect_are_logged_with_filter(adapter: WebSocketA
             await adapter.wait_for_subscribers(1)
             await adapter.send(make_records(5))
         await adapter.wait_for_subscribers(0)
-        for _ in range(100):  # the handler logs once the TCP close completes
-            if any(e["event"] == "subscriber disconnected" for e in logs):
-                break
-            await asyncio.sleep(0.01)
+        # The handler logs once the TCP close completes.
+        await until(lambda: any(e["event"] == "subscriber disconnected" for e in logs))
     connected = [e for e in logs if e["event"] == "subscriber connected"]
     gone = [e for e in logs if e["event"] == "subscriber disconnected"]
     assert connected[0]["adapter"] == "websocket"

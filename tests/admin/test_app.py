@@ -4,7 +4,7 @@ FastAPI app served by uvicorn (AdminServer), httpx as the client."""
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +16,14 @@ from broadcaster.adapters.memory import MemoryAdapter
 from broadcaster.admin import MAX_BATCH, AdminServer, create_app, generate_token
 from broadcaster.core import Broadcaster
 from broadcaster.events import Category
-from broadcaster.exceptions import ConfigError, StoreUnavailable
+from broadcaster.exceptions import ConfigError
 from broadcaster.routing import bucket
 from broadcaster.security import TokenSet
 from broadcaster.settings import load_settings
-from broadcaster.store.base import AuditEntry, ConsumerReceipt, Store
+from broadcaster.store.base import ConsumerReceipt, Store
 from broadcaster.store.memory import MemoryStore
 from broadcaster.store.sqlite import SQLiteStore
+from tests._fakes import FlakyStore
 
 TOKEN = "s3cret-token-for-ops"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -33,23 +34,6 @@ class Service:
         self.b, self.server, self.client = b, server, client
         self.ws = b.adapters["websocket"]
         self.rt = b.adapters["realtime"]
-
-
-class FlakyStore(MemoryStore):
-    """A store whose config writes fail while ``down``: a dead database."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = False
-
-    async def save_runtime_config(
-        self, config: Mapping[str, Any], *, actor: str, path: str, before: Any, after: Any
-    ) -> AuditEntry:
-        if self.down:
-            raise StoreUnavailable("database is unreachable")
-        return await super().save_runtime_config(
-            config, actor=actor, path=path, before=before, after=after
-        )
 
 
 async def serve(store: Store, **settings: Any) -> tuple[Broadcaster, AdminServer]:
@@ -205,6 +189,23 @@ async def test_bad_patch_is_422_naming_the_field_and_changes_nothing(
     assert field in [d["field"] for d in response.json()["detail"]], response.json()
     assert svc.b.flags.snapshot() == before
     assert (await svc.client.get("/audit", headers=AUTH)).json()["entries"] == []
+
+
+def test_the_published_patch_schema_bounds_percentage_to_0_100() -> None:
+    """What the OpenAPI document tells clients of PATCH /config/categories/{category}
+    is the rule the 422s above enforce: an integer percentage from 0 to 100."""
+    b = Broadcaster(
+        load_settings(env_file=None),
+        adapters=[MemoryAdapter("websocket"), MemoryAdapter("realtime")],
+        store=MemoryStore(),
+    )
+    document = create_app(b, TokenSet.of({"ops": TOKEN})).openapi()
+    body = document["paths"]["/config/categories/{category}"]["patch"]["requestBody"]
+    ref = body["content"]["application/json"]["schema"]["$ref"]
+    schema = document["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+    assert schema["additionalProperties"] is False
+    (integer,) = [s for s in schema["properties"]["percentage"]["anyOf"] if s["type"] == "integer"]
+    assert (integer["minimum"], integer["maximum"]) == (0, 100)
 
 
 async def test_bad_json_is_422(svc: Service) -> None:

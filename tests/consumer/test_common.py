@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -15,6 +15,7 @@ from broadcaster.events import EventFactory, EventRecord, SigningKey, seal
 from broadcaster.exceptions import StoreUnavailable
 from broadcaster.store.base import ConsumerReceipt
 from broadcaster.store.memory import MemoryStore
+from tests._fakes import FlakyStore
 
 
 def wire_objects(
@@ -239,21 +240,6 @@ def test_an_empty_signing_key_is_refused_at_construction() -> None:
 # -- StoreReceiptWriter ----------------------------------------------------------------
 
 
-class FlakyStore(MemoryStore):
-    """A MemoryStore whose record_receipts fails while ``failing`` is set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.failing = False
-        self.calls = 0
-
-    async def record_receipts(self, receipts: Sequence[ConsumerReceipt]) -> None:
-        self.calls += 1
-        if self.failing:
-            raise StoreUnavailable("database down")
-        await super().record_receipts(receipts)
-
-
 async def stored_receipts(store: MemoryStore, *seqs: int) -> list[ConsumerReceipt]:
     out: list[ConsumerReceipt] = []
     for seq in seqs:
@@ -283,7 +269,7 @@ async def test_flush_writes_buffered_receipts() -> None:
     await writer.flush()
     assert await stored_receipts(store, 1, 2, 3) == receipts
     await writer.flush()  # nothing left: no second write, no duplicates
-    assert store.calls == 1
+    assert store.receipt_writes == 1
     assert await stored_receipts(store, 1, 2, 3) == receipts
 
 
@@ -293,17 +279,17 @@ async def test_receipts_survive_a_failing_store() -> None:
     writer = StoreReceiptWriter(store)
     writer.add(make_receipt(1))
     writer.add(make_receipt(2))
-    store.failing = True
+    store.down = True
     with pytest.raises(StoreUnavailable):
         await writer.flush()
     writer.add(make_receipt(3))
     with pytest.raises(StoreUnavailable):
         await writer.flush()
     writer.add(make_receipt(4))
-    store.failing = False
+    store.down = False
     await writer.flush()
     assert [r.sequence_id for r in await stored_receipts(store, 1, 2, 3, 4)] == [1, 2, 3, 4]
-    assert store.calls == 3
+    assert store.receipt_writes == 3
 
 
 async def test_collector_feeds_writer() -> None:
@@ -324,22 +310,17 @@ async def test_periodic_flusher_retries_until_the_store_recovers() -> None:
     store = FlakyStore()
     await seeded_store(store, 2)
     writer = StoreReceiptWriter(store, interval_s=0.005)
-    store.failing = True
+    store.down = True
     writer.start()
     writer.start()  # a second start does not add a second flusher
     writer.add(make_receipt(1))
-    for _ in range(200):
-        if store.calls >= 2:
-            break
-        await asyncio.sleep(0.005)
-    assert store.calls >= 2  # it kept trying after a failure
+    async with asyncio.timeout(30):
+        await store.wait_receipt_writes(2)  # it kept trying after a failure
     assert await stored_receipts(store, 1) == []
     writer.add(make_receipt(2))
-    store.failing = False
-    for _ in range(200):
-        if len(await stored_receipts(store, 1, 2)) == 2:
-            break
-        await asyncio.sleep(0.005)
+    store.down = False
+    async with asyncio.timeout(30):
+        await store.wait_receipt_writes(store.receipt_writes + 1)  # the next try
     assert [r.sequence_id for r in await stored_receipts(store, 1, 2)] == [1, 2]
     await writer.close()
 
@@ -352,9 +333,9 @@ async def test_close_stops_the_flusher_and_flushes_the_rest() -> None:
     writer.add(make_receipt(1))
     await writer.close()
     assert [r.sequence_id for r in await stored_receipts(store, 1)] == [1]
-    calls = store.calls
+    calls = store.receipt_writes
     await writer.close()  # idempotent, nothing more to write
-    assert store.calls == calls
+    assert store.receipt_writes == calls
 
 
 async def test_close_without_start_flushes() -> None:
@@ -372,10 +353,10 @@ async def test_close_with_a_failing_store_keeps_receipts_and_raises() -> None:
     writer = StoreReceiptWriter(store, interval_s=60)
     writer.start()
     writer.add(make_receipt(1))
-    store.failing = True
+    store.down = True
     with pytest.raises(StoreUnavailable):
         await writer.close()
-    store.failing = False
+    store.down = False
     await writer.flush()
     assert len(await stored_receipts(store, 1)) == 1
 

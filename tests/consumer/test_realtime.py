@@ -4,12 +4,8 @@ in-process and as a separate process that is SIGKILLed and restarted."""
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import socket
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +22,7 @@ from broadcaster.consumer.realtime import FastBroadcastClient, RealtimeSubscribe
 from broadcaster.events import Category, EventFactory, EventRecord, SigningKey, seal
 from broadcaster.exceptions import AdapterError
 from broadcaster.realtime_server import LocalRealtimeServer
+from broadcaster.spawn import RealtimeServerProcess
 
 FAST: dict[str, Any] = {"reconnect_initial_s": 0.02, "reconnect_max_s": 0.1, "poll_s": 0.05}
 
@@ -191,58 +188,23 @@ async def test_subscriber_rejoins_after_an_in_process_server_restart() -> None:
         await srv.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class ServerProcess:
-    """``python -m broadcaster.realtime_server`` in its own process, accepting
-    only ``key`` (given as ``SUPABASE_KEY`` in its environment)."""
-
-    def __init__(self, port: int, log_path: Path) -> None:
-        self.port = port
-        self._log_path = log_path
-        self.key = secrets.token_urlsafe(16)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> str:
-        with open(self._log_path, "ab") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "broadcaster.realtime_server", "--port", str(self.port)],
-                stdout=subprocess.PIPE,
-                stderr=err,
-                env={**os.environ, "SUPABASE_KEY": self.key},
-            )
-        assert self.proc.stdout is not None
-        return self.proc.stdout.readline().decode().strip()
-
-    def kill(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            proc.kill()
-            proc.wait(timeout=10)
-            assert proc.stdout is not None
-            proc.stdout.close()
-
-
 @pytest.fixture
-def server_process(tmp_path: Path) -> Iterator[ServerProcess]:
-    sp = ServerProcess(_free_port(), tmp_path / "server.log")
+async def server_process(tmp_path: Path) -> AsyncIterator[RealtimeServerProcess]:
+    """``python -m broadcaster.realtime_server`` in its own process, accepting
+    only its own random key."""
+    sp = RealtimeServerProcess(key=secrets.token_urlsafe(16), stderr=tmp_path / "server.log")
     try:
         yield sp
     finally:
-        sp.kill()
+        await sp.kill()
 
 
 @pytest.mark.slow
 async def test_sigkilled_server_process_restarted_adapter_and_subscriber_recover(
-    server_process: ServerProcess,
+    server_process: RealtimeServerProcess,
 ) -> None:
     records = Records()
-    url = await asyncio.to_thread(server_process.start)
+    url = await server_process.start()
     assert url == f"http://127.0.0.1:{server_process.port}"
     received: list[int] = []
     collector = ReceiptCollector(
@@ -273,11 +235,11 @@ async def test_sigkilled_server_process_restarted_adapter_and_subscriber_recover
 
         producer = asyncio.get_running_loop().create_task(produce())
         await until(lambda: len(received) >= 50)
-        await asyncio.to_thread(server_process.kill)  # SIGKILL mid-stream
+        await server_process.kill()  # SIGKILL mid-stream
         await until(lambda: bool(failures) and not adapter.health().connected)
         assert set(failures) <= {"AdapterUnavailable"}
         before_restart = len(sent_ok)
-        assert await asyncio.to_thread(server_process.start) == url
+        assert await server_process.start() == url
         await until(lambda: adapter.health().connected and sub.ready, within_s=10)
         # Broadcasts have no history: what went out before the subscriber
         # rejoined is not replayed (reconciliation reports it). Judge from here.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -27,6 +26,7 @@ from broadcaster.admin import AdminServer, create_app
 from broadcaster.consumer import ReceiptCollector, ReceiptPoster
 from broadcaster.core import Broadcaster
 from broadcaster.settings import load_settings
+from broadcaster.spawn import free_port
 from broadcaster.store.base import ConsumerReceipt
 from broadcaster.store.sqlite import SQLiteStore
 
@@ -39,12 +39,6 @@ TOKENS = json.dumps(
 FAST: dict[str, Any] = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05}
 #: Events the service holds: receipts for 1..EVENTS are "known".
 EVENTS = 300
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def until(predicate: Callable[[], bool], within_s: float = 10.0) -> None:

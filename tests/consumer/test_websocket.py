@@ -8,7 +8,6 @@ import dataclasses
 import hashlib
 import hmac
 import io
-import socket
 from collections.abc import AsyncIterator, Sequence
 
 import orjson
@@ -20,6 +19,7 @@ from broadcaster.consumer import ReceiptCollector
 from broadcaster.consumer.websocket import WebSocketSubscriber, subscription_url, tail
 from broadcaster.events import Category, EventFactory, EventRecord, SigningKey, seal
 from broadcaster.exceptions import AdapterRejected, AdapterUnavailable
+from broadcaster.spawn import free_port
 
 
 def make_records(
@@ -60,13 +60,6 @@ class RewritingAdapter(WebSocketAdapter):
 async def adapter() -> AsyncIterator[WebSocketAdapter]:
     async with WebSocketAdapter(port=0) as server:
         yield server
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def test_subscription_url() -> None:

@@ -92,6 +92,12 @@ def test_late_receipt() -> None:
     assert judge(expected(), [seen(after_ms=6_000)], JUDGED, POLICY).outcome is Outcome.LATE
 
 
+def test_the_window_is_inclusive_a_receipt_at_its_edge_is_matched() -> None:
+    edge = POLICY.window_ms
+    assert judge(expected(), [seen(after_ms=edge)], JUDGED, POLICY).outcome is Outcome.MATCHED
+    assert judge(expected(), [seen(after_ms=edge + 1)], JUDGED, POLICY).outcome is Outcome.LATE
+
+
 def test_repaired() -> None:
     result = judge(expected(repaired=True), [seen(after_ms=60_000)], LATE_NOW, POLICY)
     assert result.outcome is Outcome.REPAIRED

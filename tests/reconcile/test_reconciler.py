@@ -13,7 +13,7 @@ from broadcaster.core import Broadcaster
 from broadcaster.reconcile.matching import Outcome
 from broadcaster.reconcile.reconciler import RECONCILED_THROUGH, Reconciler
 from broadcaster.settings import load_settings
-from broadcaster.store.base import ConsumerReceipt, DeliveryState, PlainPage
+from broadcaster.store.base import ConsumerReceipt, DeliveryState, PlainPage, plain_counts
 from broadcaster.store.memory import MemoryStore
 from broadcaster.store.sqlite import SQLiteStore
 from tests._fakes import receipts_for
@@ -274,6 +274,51 @@ async def test_counting_plain_pages_gives_the_report_of_judging_every_pair(
     assert fast.total(Outcome.AWAITING) == 6
     assert fast.as_dict()["totals"]["duplicate"] == 1
     assert 0 < n < 40  # routings differ within a page
+
+
+class NeverVouches(MemoryStore):
+    """A MemoryStore whose plain_page() never vouches for a page: the
+    reconciler judges every pair itself."""
+
+    async def plain_page(
+        self, *, after: int, limit: int, judged_before_ms: int, window_ms: int
+    ) -> PlainPage:
+        page = await super().plain_page(
+            after=after, limit=limit, judged_before_ms=judged_before_ms, window_ms=window_ms
+        )
+        return PlainPage(page.last, None)
+
+
+@pytest.mark.parametrize(("after_window_ms", "outcome"), [(0, Outcome.MATCHED), (1, Outcome.LATE)])
+@pytest.mark.parametrize("store_class", [MemoryStore, NeverVouches])
+async def test_a_receipt_exactly_at_the_window_edge_is_matched_on_both_paths(
+    store_class: type[MemoryStore], after_window_ms: int, outcome: Outcome
+) -> None:
+    """The window is inclusive: a receipt exactly ``window`` after the event is
+    matched, one a millisecond later is late — whether the store vouches for
+    the page (plain_page, counted without judging) or the reconciler judges
+    each pair. The two paths must agree at the edge."""
+    clock = Clock()
+    store = store_class(clock=clock)
+    b, ws, rt = make(clock, store)
+    async with b:
+        await b.publish("CRITICAL", "order.created", {"order": 1})
+        await b.flush(timeout=5)
+        stored = await store.get(1)
+        assert stored is not None and stored.routed_to == ("websocket", "realtime")
+        window_ms = b.reconciler.policy.window_ms
+        at = stored.created_at_ms + window_ms + after_window_ms
+        await store.record_receipts(receipts_for(ws.events, "websocket", at))
+        await store.record_receipts(receipts_for(rt.events, "realtime", at))
+        clock.now += 40  # past the 30 s buffer: judged
+        judged_before_ms = int(clock.now * 1000) - b.reconciler.policy.buffer_ms
+        rows = await store.scan()
+        report = await b.reconcile()
+    # The reference rule of plain pages takes the edge as in time, and only it.
+    plain = plain_counts(rows, judged_before_ms=judged_before_ms, window_ms=window_ms)
+    assert (plain is not None) is (outcome is Outcome.MATCHED)
+    assert report.total(outcome) == 2
+    assert report.total(Outcome.MATCHED) + report.total(Outcome.LATE) == 2
 
 
 async def test_what_nobody_watched_is_unobserved_and_the_report_names_the_consumers() -> None:

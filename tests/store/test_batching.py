@@ -92,8 +92,12 @@ async def test_group_commit_linger_gathers_calls_that_come_apart() -> None:
         flushed.append(batch)
 
     async def apart(group: GroupCommit) -> None:
+        """The second call comes turns of the loop after the first, once the
+        first one's transaction task has started (and lingers, or has already
+        committed alone) — however slow the machine, not after a fixed time."""
         first = asyncio.create_task(group.submit(MarkRequest("ws", [1], ACKED, None)))
-        await asyncio.sleep(0.005)
+        for _ in range(3):  # the first call queues, its transaction task starts
+            await asyncio.sleep(0)
         await group.submit(MarkRequest("rt", [1], ACKED, None))
         await first
 

@@ -1026,12 +1026,19 @@ def test_store_from_url() -> None:
         store_from_url("sqlite:///x.db?cache=shared")
     small = store_from_url("sqlite:///x.db?wal_frames_max=1024&busy_timeout_ms=50")
     assert isinstance(small, SQLiteStore) and small._wal_frames_max == 1024
-    assert small._busy_timeout_ms == 50
     for bad_number in ("wal_frames_max=0", "wal_frames_max=lots", "busy_timeout_ms=soon"):
         with pytest.raises(ValueError, match=bad_number.partition("=")[0]):
             store_from_url(f"sqlite:///x.db?{bad_number}")
     with pytest.raises(ValueError, match="no database path"):
         store_from_url("sqlite:///")
+
+
+async def test_busy_timeout_ms_in_the_store_url_is_how_long_writes_wait_for_a_lock(
+    tmp_path: Path,
+) -> None:
+    store = store_from_url(f"sqlite:///{tmp_path / 'b.db'}?busy_timeout_ms=50")
+    async with store:
+        assert await store.pragma("busy_timeout") == 50
 
 
 async def test_closed_store_refuses_calls_and_pragma_checks_input(tmp_path: Path) -> None:

@@ -1,15 +1,13 @@
-"""Per-event cost of the producer's pure hot path: ``EventFactory.draft`` and
-``seal`` (issue 6), in µs per event, for a CRC32 and a SHA256 category.
+"""``event-cost``: per-event cost of the producer's pure hot path,
+``EventFactory.draft`` and ``seal`` (issue 6), in µs per event, for a CRC32
+and a SHA256 category.
 
-    python -m loadtests.bench_events
-    python -m loadtests.bench_events --events 50000 --repeat 9
-
-Prints ONE JSON line. Each figure is the best of ``--repeat`` runs of
-``--events`` events (the machine is shared: the minimum is the least disturbed
-run). As with :mod:`timeit`, the garbage collector is off while a run is
-timed and results are dropped at once, as ``publish()`` drops its drafts, so
-the figures are the calls' own cost rather than the heap's state. Nothing here
-asserts a timing.
+Each figure is the best of ``--repeat`` runs of ``--events`` events (the
+machine is shared: the minimum is the least disturbed run). As with
+:mod:`timeit`, the garbage collector is off while a run is timed and results
+are dropped at once, as ``publish()`` drops its drafts, so the figures are
+the calls' own cost rather than the heap's state. Nothing here asserts a
+timing.
 """
 
 from __future__ import annotations
@@ -17,15 +15,31 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import json
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from broadcaster.events import Category, EventDraft, EventFactory, seal
 
-__all__ = ["PAYLOAD", "main", "measure"]
+from .._common import load_average, progress
+
+NAME = "event-cost"
+HELP = "µs per event of EventFactory.draft and seal, per checksum algorithm"
+DEFAULTS: dict[str, Any] = {"events": 20_000, "repeat": 7}
+SMOKE: dict[str, Any] = {"events": 200, "repeat": 2}
+PLOTS = False
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--events", type=int, help="events per run (default 20 000)")
+    parser.add_argument("--repeat", type=int, help="runs; the best is reported (default 7)")
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    load = load_average()
+    progress(f"event-cost: best of {args.repeat} runs of {args.events} events")
+    return {**measure(args.events, args.repeat), "load_avg_1m": load}
+
 
 #: A realistic small metrics/activity payload: ints, strings, a float, a list
 #: and a nested object.
@@ -68,7 +82,7 @@ def _seal_all(drafts: list[EventDraft]) -> None:
 
 def measure(events: int, repeat: int) -> dict[str, Any]:
     """µs/event of ``draft`` and ``seal`` per algorithm (best of ``repeat``)."""
-    figures: dict[str, Any] = {"bench": "events", "events": events, "repeat": repeat}
+    figures: dict[str, Any] = {"scenario": NAME, "events": events, "repeat": repeat}
     for algorithm, category in CATEGORIES.items():
         factory = EventFactory()
         run_draft = functools.partial(_draft_all, factory, category, events)
@@ -84,16 +98,3 @@ def measure(events: int, repeat: int) -> dict[str, Any]:
             figures[f"draft_us_{algorithm}"] + figures[f"seal_us_{algorithm}"], 3
         )
     return figures
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=20_000, help="events per run")
-    parser.add_argument("--repeat", type=int, default=7, help="runs; the best is reported")
-    args = parser.parse_args(argv)
-    print(json.dumps(measure(args.events, args.repeat)), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

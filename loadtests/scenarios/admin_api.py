@@ -1,4 +1,4 @@
-"""Admin API benchmark (issue 5), printed as JSON lines.
+"""``admin-api``: what the admin API takes and how fast it answers (issue 5).
 
 The service (``broadcaster serve``: both real adapters, SQLite store, admin
 API) runs in a child process; this process is the HTTP client.
@@ -10,16 +10,14 @@ API) runs in a child process; this process is the HTTP client.
   ``PATCH /config/categories/DEBUG`` latency (p50/p99) while batched ingest
   keeps publishing, against the same requests on an idle service.
 
-    python -m loadtests.bench_admin --seconds 5
+Nothing here asserts a timing.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,16 +28,37 @@ from typing import Any
 
 import httpx
 
-__all__ = ["main"]
+from broadcaster.spawn import free_port
+
+from .._common import load_average, progress
+
+NAME = "admin-api"
+HELP = "admin API ingest rate (single and batched) and admin request latency, idle and busy"
+DEFAULTS: dict[str, Any] = {"seconds": 5.0, "clients": 4, "batch": 100, "rounds": 50}
+SMOKE: dict[str, Any] = {"seconds": 0.5, "clients": 2, "batch": 10, "rounds": 3}
+PLOTS = False
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=float, help="length of each ingest phase (default 5)")
+    parser.add_argument("--clients", type=int, help="concurrent HTTP clients (default 4)")
+    parser.add_argument("--batch", type=int, help="events per batched request (default 100)")
+    parser.add_argument("--rounds", type=int, help="admin requests of each kind (default 50)")
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    load = load_average()
+    lines = await measure(args.seconds, args.clients, args.batch, args.rounds)
+    figures: dict[str, Any] = {"scenario": NAME}
+    for line in lines:
+        name = line.pop("bench")
+        figures[name] = line
+    figures["load_avg_1m"] = load
+    return figures
+
 
 TOKEN = "bench-token-0123456789"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -50,8 +69,10 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 class Service:
+    """``broadcaster serve`` in a child process, once it serves."""
+
     def __init__(self, tmp: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         env = {
             k: v
             for k, v in os.environ.items()
@@ -60,13 +81,13 @@ class Service:
         env.update(
             STORE_URL=f"sqlite:///{tmp / 'bench.db'}",
             ADMIN_PORT=str(self.port),
-            WEBSOCKET_PORT=str(_free_port()),
+            WEBSOCKET_PORT=str(free_port()),
             BROADCASTER_ADMIN_TOKEN=TOKEN,
             RECONCILE_INTERVAL_S="0",
             LOG_LEVEL="WARNING",
         )
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "broadcaster", "--env-file", "-", "serve"],
+            [sys.executable, "-m", "broadcaster", "--env-file", "/dev/null", "serve"],
             stdout=subprocess.PIPE,
             text=True,
             env=env,
@@ -75,6 +96,8 @@ class Service:
         for line in self.proc.stdout:
             if line.startswith("metrics"):
                 break
+        else:
+            raise RuntimeError("serve did not start")
 
     @property
     def url(self) -> str:
@@ -83,6 +106,8 @@ class Service:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(60)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def _events(n: int, start: int) -> list[dict[str, Any]]:
@@ -151,18 +176,18 @@ async def _admin_requests(url: str, rounds: int) -> dict[str, dict[str, float]]:
     }
 
 
-async def run(seconds: float, clients: int, batch: int, rounds: int) -> list[dict[str, Any]]:
+async def measure(seconds: float, clients: int, batch: int, rounds: int) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-admin-") as tmp:
         service = Service(Path(tmp))
         try:
-            print("ingest, one event per request …", file=sys.stderr)
+            progress("ingest, one event per request")
             single = await _ingest(service.url, seconds, clients, 1)
             results.append({"bench": "ingest_single", **single})
-            print("ingest, batched …", file=sys.stderr)
+            progress("ingest, batched")
             batched = await _ingest(service.url, seconds, clients, batch)
             results.append({"bench": "ingest_batched", **batched})
-            print("admin latency, idle then under load …", file=sys.stderr)
+            progress("admin latency, idle then under load")
             idle = await _admin_requests(service.url, rounds)
             load = asyncio.create_task(_ingest(service.url, seconds * 2, max(1, clients), batch))
             await asyncio.sleep(0.5)
@@ -179,19 +204,3 @@ async def run(seconds: float, clients: int, batch: int, rounds: int) -> list[dic
         finally:
             service.stop()
     return results
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=50, help="admin requests of each kind")
-    args = parser.parse_args(argv)
-    for line in asyncio.run(run(args.seconds, args.clients, args.batch, args.rounds)):
-        print(json.dumps(line))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
