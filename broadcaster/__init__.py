@@ -1,6 +1,8 @@
 """Event-streaming dual-write broadcaster.
 
-The public API is re-exported here; see ``__all__``. Everything raised on
+The public API is re-exported here; see ``__all__``. What only the
+package's own modules need (the event factory, the sampling bucket, the
+admin API's request bodies, the event-loop plumbing) stays in its module. Everything raised on
 purpose derives from :class:`BroadcasterError` (``broadcaster.exceptions``).
 """
 
@@ -13,7 +15,6 @@ from .events import (
     Category,
     ChecksumInfo,
     Event,
-    EventFactory,
     EventRecord,
     SignatureInfo,
     SigningKey,
@@ -37,11 +38,11 @@ from .exceptions import (
     StoreError,
     StoreUnavailable,
 )
-from .flags import CategoryPatch, OverrideChange, RuntimeFlags
-from .loop import EVENT_LOOPS, loop_factory, resolve_event_loop, run_on_loop
+from .flags import RuntimeFlags
+from .loop import run_on_loop
 from .producer import Publisher, Receipt
 from .reconcile import MatchPolicy, Outcome, Reconciler, Report
-from .routing import CategoryRoute, RoutingTable, bucket
+from .routing import RoutingTable
 from .settings import CategorySettings, Settings, load_settings
 from .store import AuditEntry, ConsumerReceipt, DeliveryState, MemoryStore, Store
 
@@ -86,10 +87,7 @@ __all__ = [
     "BroadcasterClosed",
     "BroadcasterError",
     "BroadcasterMetrics",
-    "bucket",
     "Category",
-    "CategoryPatch",
-    "CategoryRoute",
     "CategorySettings",
     "ChecksumInfo",
     "ChecksumMismatch",
@@ -98,20 +96,16 @@ __all__ = [
     "create_app",
     "DeliveryState",
     "Event",
-    "EventFactory",
     "EventRecord",
-    "EVENT_LOOPS",
     "FlushTimeout",
     "FrameError",
     "HistoryPruned",
     "InvalidEvent",
     "load_settings",
-    "loop_factory",
     "MatchPolicy",
     "MemoryAdapter",
     "MemoryStore",
     "Outcome",
-    "OverrideChange",
     "parse_frame",
     "Publisher",
     "RealtimeAdapter",
@@ -120,7 +114,6 @@ __all__ = [
     "ReceiptCollector",
     "Reconciler",
     "Report",
-    "resolve_event_loop",
     "RoutingTable",
     "run_on_loop",
     "run_service",

@@ -77,7 +77,7 @@ __all__ = [
     "BreakerConfig",
     "BreakerPolicy",
     "BreakerState",
-    "Outcome",
+    "CallOutcome",
     "SlidingWindow",
     "Transition",
 ]
@@ -94,7 +94,7 @@ class BreakerState(enum.StrEnum):
     HALF_OPEN = "half_open"
 
 
-class Outcome(enum.Enum):
+class CallOutcome(enum.Enum):
     """How one finished call is counted."""
 
     SUCCESS = "success"
@@ -259,17 +259,17 @@ class SlidingWindow:
         self._head = index
         return index
 
-    def record(self, now: float, outcome: Outcome) -> None:
+    def record(self, now: float, outcome: CallOutcome) -> None:
         """Count one finished call at time ``now``."""
         index = self._advance(now)
         slot = index % self._size
         self._epochs[slot] = index
         self._calls[slot] += 1
         self._tot[0] += 1
-        if outcome is Outcome.FAILURE:
+        if outcome is CallOutcome.FAILURE:
             self._failures[slot] += 1
             self._tot[1] += 1
-        elif outcome is Outcome.SLOW:
+        elif outcome is CallOutcome.SLOW:
             self._slow[slot] += 1
             self._tot[2] += 1
 
@@ -426,11 +426,11 @@ class BreakerPolicy:
         if self._state is BreakerState.HALF_OPEN and self._current(epoch):
             self._probes_in_flight = max(0, self._probes_in_flight - 1)
 
-    def classify(self, ok: bool, duration_s: float) -> Outcome:
+    def classify(self, ok: bool, duration_s: float) -> CallOutcome:
         """How a call that finished ``ok`` (or not) after ``duration_s`` counts."""
         if not ok:
-            return Outcome.FAILURE
-        return Outcome.SLOW if duration_s > self.config.slow_call_s else Outcome.SUCCESS
+            return CallOutcome.FAILURE
+        return CallOutcome.SLOW if duration_s > self.config.slow_call_s else CallOutcome.SUCCESS
 
     def record(
         self,
@@ -462,7 +462,7 @@ class BreakerPolicy:
             return self._move(BreakerState.OPEN, now, f"connection failure: {error!r}")
         ramping = self.share(now) < 100
         self._window.record(now, outcome)
-        if ramping and outcome is not Outcome.SUCCESS:
+        if ramping and outcome is not CallOutcome.SUCCESS:
             return self._move(
                 BreakerState.OPEN, now, f"{_describe(outcome, duration_s, error)} during ramp"
             )
@@ -483,10 +483,10 @@ class BreakerPolicy:
         return epoch is None or epoch == self._epoch
 
     def _record_probe(
-        self, now: float, outcome: Outcome, duration_s: float, error: BaseException | None
+        self, now: float, outcome: CallOutcome, duration_s: float, error: BaseException | None
     ) -> Transition | None:
         self._probes_in_flight = max(0, self._probes_in_flight - 1)
-        if outcome is not Outcome.SUCCESS:
+        if outcome is not CallOutcome.SUCCESS:
             reason = f"probe failed: {_describe(outcome, duration_s, error)}"
             return self._move(BreakerState.OPEN, now, reason)
         self._probes_ok += 1
@@ -511,7 +511,7 @@ class BreakerPolicy:
         return transition
 
 
-def _describe(outcome: Outcome, duration_s: float, error: BaseException | None) -> str:
-    if outcome is Outcome.SLOW:
+def _describe(outcome: CallOutcome, duration_s: float, error: BaseException | None) -> str:
+    if outcome is CallOutcome.SLOW:
         return f"slow call ({duration_s * 1000:.0f} ms)"
     return repr(error) if error is not None else "failure"

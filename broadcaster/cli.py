@@ -12,6 +12,7 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from ssl import SSLContext
 from typing import TYPE_CHECKING
@@ -74,8 +75,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--rate", type=float, default=2000.0, help="target events per second")
 
-    config = sub.add_parser("config", help="show or check the configuration")
-    config.add_argument("action", choices=["show", "check"])
+    config = sub.add_parser(
+        "config",
+        help="show or check the configuration; print an example .env or where the shipped"
+        " alert rules and dashboard are",
+    )
+    config.add_argument(
+        "action",
+        choices=["show", "check", "example", "files"],
+        help="show: the effective settings (secrets masked); check: validate them; example:"
+        " print a commented .env with every variable; files: print the directory holding"
+        " the Prometheus alert rules and the Grafana dashboard",
+    )
 
     subscribe = sub.add_parser("subscribe", help="tail the WebSocket stream, verifying checksums")
     subscribe.add_argument(
@@ -505,8 +516,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
+def _shipped(args: argparse.Namespace) -> int:
+    """``config example`` / ``config files``: what the package ships, needing
+    no valid settings (a first ``.env`` is made with it)."""
+    data = resources.files("broadcaster") / "data"
+    if args.action == "example":
+        sys.stdout.write((data / "env.example").read_text(encoding="utf-8"))
+    else:
+        print(data / "config")
+    return EXIT_OK
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "config" and args.action in ("example", "files"):
+        return _shipped(args)
     if args.command == "realtime-server" and args.key is not None:
         # Needs no other setting: runs even where the rest would not validate.
         return _realtime_server(args, None)

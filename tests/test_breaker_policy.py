@@ -15,7 +15,7 @@ from broadcaster.breaker_policy import (
     BreakerConfig,
     BreakerPolicy,
     BreakerState,
-    Outcome,
+    CallOutcome,
     SlidingWindow,
     Transition,
 )
@@ -151,10 +151,10 @@ def test_window_counts_and_expires() -> None:
     window = SlidingWindow(window_s=3.0)
     assert window.buckets == 3
     assert (window.calls(0.0), window.failure_rate(0.0)) == (0, 0.0)
-    window.record(0.1, Outcome.SUCCESS)
-    window.record(0.2, Outcome.FAILURE)
-    window.record(1.5, Outcome.SLOW)
-    window.record(2.9, Outcome.SUCCESS)
+    window.record(0.1, CallOutcome.SUCCESS)
+    window.record(0.2, CallOutcome.FAILURE)
+    window.record(1.5, CallOutcome.SLOW)
+    window.record(2.9, CallOutcome.SUCCESS)
     assert (window.calls(2.9), window.failures(2.9), window.slow(2.9)) == (4, 1, 1)
     assert window.failure_rate(2.9) == 0.5
     # At 3.0 the bucket [0, 1) leaves the window.
@@ -166,8 +166,8 @@ def test_window_counts_and_expires() -> None:
 
 def test_window_counts_a_late_timestamp_in_the_newest_bucket() -> None:
     window = SlidingWindow(window_s=2.0)
-    window.record(5.5, Outcome.SUCCESS)
-    window.record(1.0, Outcome.FAILURE)  # the clock stepped back
+    window.record(5.5, CallOutcome.SUCCESS)
+    window.record(1.0, CallOutcome.FAILURE)  # the clock stepped back
     assert window.calls(5.9) == 2
     assert window.calls(6.0) == 2
     assert window.calls(7.0) == 0
@@ -175,10 +175,10 @@ def test_window_counts_a_late_timestamp_in_the_newest_bucket() -> None:
 
 def test_window_clear() -> None:
     window = SlidingWindow(window_s=2.0)
-    window.record(0.0, Outcome.FAILURE)
+    window.record(0.0, CallOutcome.FAILURE)
     window.clear()
     assert (window.calls(0.0), window.failures(0.0)) == (0, 0)
-    window.record(0.5, Outcome.SLOW)
+    window.record(0.5, CallOutcome.SLOW)
     assert window.failure_rate(0.5) == 1.0
 
 
@@ -191,15 +191,15 @@ def test_window_of_non_whole_buckets_rounds_up() -> None:
 @given(
     window_s=st.integers(1, 6),
     steps=st.lists(
-        st.tuples(st.floats(0, 4, allow_nan=False), st.sampled_from(list(Outcome))),
+        st.tuples(st.floats(0, 4, allow_nan=False), st.sampled_from(list(CallOutcome))),
         max_size=60,
     ),
 )
 def test_window_matches_a_brute_force_model(
-    window_s: int, steps: list[tuple[float, Outcome]]
+    window_s: int, steps: list[tuple[float, CallOutcome]]
 ) -> None:
     window = SlidingWindow(window_s=float(window_s))
-    seen: list[tuple[float, Outcome]] = []
+    seen: list[tuple[float, CallOutcome]] = []
     now = 0.0
     for delta, outcome in steps:
         now += delta
@@ -208,8 +208,8 @@ def test_window_matches_a_brute_force_model(
         newest = math.floor(now)
         inside = [o for t, o in seen if math.floor(t) > newest - window_s]
         assert window.calls(now) == len(inside)
-        assert window.failures(now) == inside.count(Outcome.FAILURE)
-        assert window.slow(now) == inside.count(Outcome.SLOW)
+        assert window.failures(now) == inside.count(CallOutcome.FAILURE)
+        assert window.slow(now) == inside.count(CallOutcome.SLOW)
         assert window.buckets == window_s  # memory does not grow with calls
 
 
@@ -242,9 +242,9 @@ def test_rate_rule_trips_above_the_threshold_only() -> None:
 
 def test_slow_calls_count_as_failures() -> None:
     policy = BreakerPolicy(replace(CFG, min_calls=4, error_threshold=0.5))
-    assert policy.classify(True, 0.2) is Outcome.SUCCESS  # at the bound: not slower
-    assert policy.classify(True, 0.2001) is Outcome.SLOW
-    assert policy.classify(False, 0.0) is Outcome.FAILURE
+    assert policy.classify(True, 0.2) is CallOutcome.SUCCESS  # at the bound: not slower
+    assert policy.classify(True, 0.2001) is CallOutcome.SLOW
+    assert policy.classify(False, 0.0) is CallOutcome.FAILURE
     fill(policy, 0.0, 1)
     assert policy.record(0.0, True, SLOW) is None
     assert policy.record(0.0, True, SLOW) is None  # 2 calls < min_calls

@@ -32,6 +32,28 @@ def test_config_check_ok(capsys: pytest.CaptureFixture[str]) -> None:
     assert "configuration OK" in capsys.readouterr().out
 
 
+def test_config_example_prints_the_env_file_the_package_ships_even_with_a_bad_config(
+    tmp_path: Path,
+) -> None:
+    """A first .env comes from the installed package, whatever the environment."""
+    result = run("config", "example", env={"STORE_URL": "ftp://nowhere"})
+    assert result.returncode == 0, result.stderr
+    repo = Path(__file__).resolve().parent.parent
+    assert result.stdout == (repo / ".env.example").read_text(encoding="utf-8")
+    (tmp_path / ".env").write_text(result.stdout, encoding="utf-8")
+    checked = run("--env-file", str(tmp_path / ".env"), "config", "check")
+    assert checked.returncode == 0 and checked.stdout == "configuration OK\n", checked.stderr
+
+
+def test_config_files_names_the_shipped_alert_rules_and_dashboard() -> None:
+    result = run("config", "files")
+    assert result.returncode == 0, result.stderr
+    shipped = Path(result.stdout.strip())
+    repo = Path(__file__).resolve().parent.parent
+    for name in ("prometheus/alerts.yml", "grafana/broadcaster-dashboard.json"):
+        assert (shipped / name).read_bytes() == (repo / "config" / name).read_bytes()
+
+
 def test_config_show_prints_effective_configuration_with_secrets_masked(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

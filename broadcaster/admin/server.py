@@ -121,7 +121,8 @@ class AdminServer:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets
         # that say so, and accepted sockets inherit it. Without it, uvicorn's
-        # separate header and body writes meet Nagle + delayed ACK: +40 ms.
+        # separate header and body writes meet Nagle and delayed ACK, which
+        # holds a small answer back for the peer's delayed-ACK timer.
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
