@@ -20,10 +20,9 @@ for the slowest lane; beyond that ``publish()`` waits. It never drops.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -91,7 +90,7 @@ _INLINE_MAX_LAG_S = 0.0006
 #: commits, and its turns can be long for other reasons (the Realtime client's
 #: pushes, on a slow VM): there the lag bound alone sent calls to the writer
 #: task, whose commits lengthen the turns further, and dual-write publish()
-#: p50 jumped from 0.15 to 0.46-0.98 ms in 4 of ~13 runs at 2 000 events/s.
+#: latency tripled in some runs.
 _SATURATED_SHARE = 0.9
 _SHARE_WINDOW_S = 0.02
 
@@ -104,10 +103,18 @@ class Broadcaster:
             await b.flush()
 
     ``adapters`` and ``store`` default to what ``settings`` describes: the
-    WebSocket fan-out server and the Realtime adapter (with an embedded local
-    Realtime server when ``SUPABASE_URL`` is unset), and ``STORE_URL``. The
+    WebSocket fan-out server and the Realtime adapter, and ``STORE_URL``.
+    With ``SUPABASE_URL`` unset, the broadcaster is all in one: it starts a
+    local Realtime stand-in for the block (see
+    :mod:`broadcaster.local_realtime`; ``broadcaster serve`` starts its own
+    before the broadcaster instead). The
     default WebSocket server resumes subscribers (``?since=N``) from the
     store; an injected one from the ``replay`` it was built with.
+
+    ``follow_store``: deliver every event the store holds, whichever process
+    appended it (what ``broadcaster serve`` does). ``deferred``: adapters
+    whose lane runs only between :meth:`take_lane` and :meth:`release_lane`
+    (a service instance writes to Realtime only while it holds the lease).
     """
 
     def __init__(
@@ -124,6 +131,7 @@ class Broadcaster:
         backfill_rate: float = 5000.0,
         monotonic: Callable[[], float] = time.monotonic,
         follow_store: bool = False,
+        deferred: Collection[str] = (),
     ) -> None:
         self.settings = settings if settings is not None else Settings(_env_file=None)
         self._injected_adapters = list(adapters) if adapters is not None else None
@@ -201,6 +209,10 @@ class Broadcaster:
             if follow_store
             else None
         )
+        if deferred and not follow_store:
+            raise ValueError("deferred lanes need follow_store=True")
+        # Adapters whose lanes run only between take_lane and release_lane.
+        self._deferred = frozenset(deferred)
 
     # -- construction --------------------------------------------------------
 
@@ -231,21 +243,14 @@ class Broadcaster:
 
         url = self.settings.supabase_url
         if url is None:
-            # No Supabase project configured: run the local Realtime-protocol
-            # server in this process so the realtime path is real end to end.
-            # It accepts only the adapter's key, so that no other local
-            # process can inject broadcasts; without SUPABASE_KEY, a fresh one.
-            from .realtime_server import LocalRealtimeServer
+            # All in one, without a Supabase project: a stand-in in this
+            # process, so that the realtime path is real end to end.
+            from .local_realtime import start_local_realtime
 
-            configured = self.settings.supabase_key
-            key = configured.get_secret_value() if configured else secrets.token_urlsafe(32)
-            server = LocalRealtimeServer(host="127.0.0.1", port=0, key=key)
-            await server.start()
-            self._closers.append(server.close)
-            self.local_realtime_url = server.url
-            self.local_realtime_key = key
-            url = server.url
-            log.info("local realtime server started", url=url)
+            local = await start_local_realtime(self.settings.supabase_key)
+            self._closers.append(local.close)
+            self.local_realtime_url = url = local.url
+            self.local_realtime_key = local.key
         realtime_url = url.rstrip("/") + "/realtime/v1"
         rt_settings = self.settings
         if self.local_realtime_key is not None and not self.settings.supabase_key:
@@ -271,25 +276,14 @@ class Broadcaster:
             for adapter in await self._build_adapters():
                 self.adapters[adapter.name] = adapter
             await self._start_adapters()
-            for name, adapter in self.adapters.items():
-                self.breakers[name] = self._make_breaker(name)
-                self._lanes[name] = Lane(
-                    adapter,
-                    self._store,
-                    self.stats,
-                    max_batch=self._lane_max_batch,
-                    max_in_flight=self._lane_max_in_flight,
-                    on_progress=self._on_progress,
-                    clock=self._monotonic,
-                    breaker=self.breakers[name],
-                    backfill_rate=self._backfill_rate,
-                    sync_handoff=self._hand_off,
-                    handed=self._handed_through if self._tail is not None else None,
-                )
+            for name in self.adapters:
+                if name not in self._deferred:
+                    self._lanes[name] = self._new_lane(name)
             # Following: the tail takes every event after this id; recovery
             # re-sends what is undelivered up to it.
             through = await self._store.committed_through() if self._tail is not None else None
-            await self._recover(through)
+            for name, lane in self._lanes.items():
+                await self._recover(name, lane, through)
         except BaseException:
             await self._shutdown()
             raise
@@ -307,6 +301,54 @@ class Broadcaster:
             adapters=list(self.adapters),
             store=type(self._store).__name__,
         )
+
+    def _new_lane(self, name: str) -> Lane:
+        self.breakers[name] = self._make_breaker(name)
+        return Lane(
+            self.adapters[name],
+            self._store,
+            self.stats,
+            max_batch=self._lane_max_batch,
+            max_in_flight=self._lane_max_in_flight,
+            on_progress=self._on_progress,
+            clock=self._monotonic,
+            breaker=self.breakers[name],
+            backfill_rate=self._backfill_rate,
+            sync_handoff=self._hand_off,
+            handed=self._handed_through if self._tail is not None else None,
+        )
+
+    async def take_lane(self, name: str) -> int:
+        """Start delivering to adapter ``name``, one of the ``deferred`` ones
+        (this instance won the lease to write to it): events handed over from
+        now on go to it, and what is undelivered up to now is re-sent —
+        whatever the previous writer sent without recording it goes again
+        (at-least-once; reconciliation counts the duplicates). Returns how
+        many were re-sent. A no-op while the lane runs."""
+        if name not in self._deferred:
+            raise ValueError(f"{name!r} is not a deferred adapter")
+        if name in self._lanes or not self._running or self._tail is None:
+            return 0
+        lane = self._new_lane(name)
+        # Synchronously, so that no event falls between the two: what is
+        # committed goes to the lanes there are, then every later hand-off
+        # includes this one, and recovery takes what came before.
+        self._hand_off()
+        through = self._handed_through()
+        self._lanes[name] = lane
+        lane.start()
+        return await self._recover(name, lane, through)
+
+    async def release_lane(self, name: str) -> None:
+        """Stop delivering to ``name`` (the lease is lost or given up): the
+        lane stops; what it had not delivered stays undelivered in the store
+        for the next writer."""
+        lane = self._lanes.pop(name, None)
+        if lane is None:
+            return
+        await lane.stop()
+        self.breakers.pop(name, None)
+        self._on_progress()
 
     def _make_breaker(self, name: str) -> AdapterBreaker:
         # Lane and breaker share one monotonic clock: the lane compares
@@ -359,20 +401,22 @@ class Broadcaster:
             else:
                 log.info("adapter started", adapter=adapter.name)
 
-    async def _recover(self, through: int | None) -> None:
-        for name, lane in self._lanes.items():
-            after, total = 0, 0
-            while True:
-                records = await self._store.undelivered(name, after=after, limit=_RECOVERY_PAGE)
-                if through is not None:
-                    records = [r for r in records if r.sequence_id <= through]
-                if not records:
-                    break
-                lane.enqueue(records)
-                total += len(records)
-                after = records[-1].sequence_id
-            if total:
-                log.info("recovering undelivered events", adapter=name, count=total)
+    async def _recover(self, name: str, lane: Lane, through: int | None) -> int:
+        """Enqueue what the store holds undelivered for ``name`` (up to
+        ``through``, where the tail takes over); returns how many."""
+        after, total = 0, 0
+        while True:
+            records = await self._store.undelivered(name, after=after, limit=_RECOVERY_PAGE)
+            if through is not None:
+                records = [r for r in records if r.sequence_id <= through]
+            if not records:
+                break
+            lane.enqueue(records)
+            total += len(records)
+            after = records[-1].sequence_id
+        if total:
+            log.info("recovering undelivered events", adapter=name, count=total)
+        return total
 
     async def close(self, drain_timeout_s: float = 10.0) -> None:
         """Stop accepting events, deliver what is in flight (up to
@@ -532,7 +576,7 @@ class Broadcaster:
 
         Through the writer task a publish waits two loop turns, each behind
         whatever else is ready (in dual-write: the other lane, its pushes and
-        acks), which doubled publish() latency at 2 000 events/s. Such writes
+        acks), which doubled publish() latency at moderate rates. Such writes
         get ``_INLINE_BUDGET_S`` per loop turn and ``_INLINE_MAX_EVENTS``
         each, and happen only while the loop keeps up (``_INLINE_MAX_LAG_S``)
         or has idle time (``_SATURATED_SHARE``):
@@ -608,6 +652,12 @@ class Broadcaster:
         assert self._tail is not None
         return self._tail.handed
 
+    @property
+    def handed_through(self) -> int | None:
+        """Following the store: every event up to this id has gone to the
+        lanes (None: not following)."""
+        return self._tail.handed if self._tail is not None else None
+
     def _own_first(self) -> int | None:
         return self._handoff[0][0].sequence_id if self._handoff else None
 
@@ -647,8 +697,8 @@ class Broadcaster:
         (:meth:`_hand_off`) hands them over.
 
         Why not here: this runs in the producer's step (``publish()`` waits for
-        it), and handing a record to a lane costs ~1.3 µs per routed adapter
-        (measured, uvloop), so each more path made every call slower. Queued,
+        it), and handing a record to a lane costs a little per routed
+        adapter, so each more path made every call slower. Queued,
         the call costs the same whatever the routing, and records committed in
         one loop turn reach each lane as one batch. Sequence order holds:
         records are queued in commit order and handed over in that order.

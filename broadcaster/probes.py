@@ -289,16 +289,12 @@ class Probes:
         settings: Settings,
         store: Store,
         adapters: Mapping[str, object],
-        *,
-        local_realtime_url: str | None = None,
-        local_realtime_key: str | None = None,
         **options: Any,
     ) -> Probes:
         """The probes of a service built from ``settings``: one per adapter
-        in ``adapters`` it knows how to subscribe to. ``local_realtime_url``
-        and ``_key`` name the embedded local Realtime server, if one runs
-        (:attr:`Broadcaster.local_realtime_url`); else ``SUPABASE_URL`` and
-        ``SUPABASE_KEY`` are used."""
+        in ``adapters`` it knows how to subscribe to; the Realtime probe
+        subscribes at ``SUPABASE_URL`` with ``SUPABASE_KEY`` (the stand-in's,
+        when the service started one)."""
         ws_url = ws_ssl = ws_token = None
         ws = adapters.get("websocket")
         if isinstance(ws, WebSocketAdapter):
@@ -314,13 +310,10 @@ class Probes:
                 if found is not None:
                     ws_token = found.secret.decode("utf-8", "surrogateescape")
         rt_url = rt_key = None
-        if "realtime" in adapters:
-            if local_realtime_url is not None:
-                rt_url, rt_key = local_realtime_url, local_realtime_key
-            elif settings.supabase_url is not None:
-                rt_url = settings.supabase_url
-                key = settings.supabase_key
-                rt_key = key.get_secret_value() if key is not None else None
+        if "realtime" in adapters and settings.supabase_url is not None:
+            rt_url = settings.supabase_url
+            key = settings.supabase_key
+            rt_key = key.get_secret_value() if key is not None else None
         secret = settings.event_signing_key
         keys = (
             None if secret is None else {settings.event_signing_key_id: secret.get_secret_value()}

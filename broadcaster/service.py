@@ -21,15 +21,17 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
 
 from .admin import AdminServer, create_app, generate_token
+from .cluster import REALTIME_LEASE, Membership
 from .core import Broadcaster
 from .exceptions import FlushTimeout, StoreError, StoreUnavailable
+from .local_realtime import realtime_settings
 from .metrics import BroadcasterMetrics
 from .probes import Probes
 from .reconcile.schedule import ReconcileSchedule
@@ -85,8 +87,18 @@ async def run_service(
     try:
         async with (
             _one_service_per_sqlite_store(settings),
-            Broadcaster(settings, follow_store=True) as b,
+            realtime_settings(settings) as pushing,
+            Broadcaster(pushing, follow_store=True, deferred=_deferred(settings)) as b,
         ):
+            told: dict[str, Any] = {}
+            cluster = Membership(
+                b,
+                instance_id=settings.instance_id,
+                lease_s=settings.instance_lease_s,
+                lease=bool(_deferred(settings)),
+                info=lambda: _heartbeat_info(b, told),
+            )
+            await cluster.start()
             schedule = ReconcileSchedule.from_settings(b, settings)
             if schedule is not None:
                 schedule.start()
@@ -101,17 +113,19 @@ async def run_service(
                             metrics=metrics,
                             max_body_bytes=settings.admin_max_body_bytes,
                             probes=probes.health if probes is not None else None,
+                            cluster=cluster,
                         ),
                         settings.admin_host,
                         settings.admin_port,
                         tls_cert=settings.admin_tls_cert,
                         tls_key=settings.admin_tls_key,
                     ) as admin:
+                        told["admin"] = admin.url
                         if probes is not None:
                             await _start_probes(probes)
                         if freeze_gc:
                             gc.freeze()
-                        _announce(out, b, admin, generated)
+                        _announce(out, b, admin, generated, local=settings.supabase_url is None)
                         if on_ready is not None:
                             on_ready(b, admin)
                         await stop.wait()
@@ -126,6 +140,8 @@ async def run_service(
                     # What was just acknowledged is still on its way to them.
                     await probes.settle()
             finally:
+                # First: another instance takes the Realtime lease at once.
+                await cluster.close()
                 if schedule is not None:
                     await schedule.stop()
                 # Before the broadcaster: their receipts go to its store.
@@ -171,16 +187,32 @@ async def _one_service_per_sqlite_store(settings: Settings) -> AsyncIterator[Non
         os.close(fd)  # releases the lock
 
 
+def _deferred(settings: Settings) -> tuple[str, ...]:
+    """The lanes that wait for a lease: Realtime's, where several instances
+    may share the store (PostgreSQL). One instance is all a SQLite store
+    can have (see _one_service_per_sqlite_store): it always writes."""
+    if parse_store_url(settings.store_url).kind == "postgresql":
+        return (REALTIME_LEASE,)
+    return ()
+
+
+def _heartbeat_info(b: Broadcaster, told: Mapping[str, Any]) -> dict[str, Any]:
+    """What this instance tells the others: where it serves, to how many
+    WebSocket subscribers, and how far it has read the store."""
+    ws = b.adapters.get("websocket")
+    health = ws.health().extra if ws is not None else {}
+    return {
+        "websocket": getattr(ws, "url", None),
+        "subscribers": health.get("subscribers", 0),
+        "handed_through": b.handed_through,
+        **told,
+    }
+
+
 def _probes(settings: Settings, b: Broadcaster) -> Probes | None:
     if not settings.reconcile_probe:
         return None
-    return Probes.for_service(
-        settings,
-        b.store,
-        b.adapters,
-        local_realtime_url=b.local_realtime_url,
-        local_realtime_key=b.local_realtime_key,
-    )
+    return Probes.for_service(b.settings, b.store, b.adapters)
 
 
 async def _start_probes(probes: Probes) -> None:
@@ -195,9 +227,13 @@ async def _start_probes(probes: Probes) -> None:
         )
 
 
-def _announce(out: TextIO, b: Broadcaster, admin: AdminServer, generated: str | None) -> None:
+def _announce(
+    out: TextIO, b: Broadcaster, admin: AdminServer, generated: str | None, *, local: bool
+) -> None:
     ws = getattr(b.adapters.get("websocket"), "url", None)
-    realtime = b.local_realtime_url or b.settings.supabase_url
+    realtime = b.settings.supabase_url
+    if local:
+        realtime = f"{realtime} (local stand-in: SUPABASE_URL is not set)"
     lines = [
         f"websocket  {ws}",
         f"realtime   {realtime}",

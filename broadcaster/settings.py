@@ -269,6 +269,8 @@ class Settings(BaseSettings):
     reconcile_probe: bool = True
     #: This service instance's name (SPEC 11); its probes report as ``probe:<id>``.
     instance_id: str = Field(default_factory=default_instance_id, min_length=1, max_length=128)
+    #: Seconds a claim of the Realtime writer's lease lasts (SPEC 11).
+    instance_lease_s: float = Field(default=5.0, gt=0, le=3600)
 
     websocket_host: str = "127.0.0.1"
     websocket_port: int = Field(default=8765, ge=0, le=65535)

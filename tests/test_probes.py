@@ -12,7 +12,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ from broadcaster.realtime_server import LocalRealtimeServer
 from broadcaster.reconcile.matching import Outcome
 from broadcaster.service import run_service
 from broadcaster.settings import Settings, load_settings
+from broadcaster.spawn import RealtimeServerProcess, free_port
 from broadcaster.store import store_from_url
 from tests._tls import make_certs
 
@@ -64,12 +64,6 @@ class Service:
         )
         assert response.status_code == 201, response.text
         return [r["sequence_id"] for r in response.json()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def service_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -145,7 +139,7 @@ async def test_probes_receipt_every_event_on_both_paths(tmp_path: Path) -> None:
         assert set(probes) == {"websocket", "realtime"}
         assert all(p["connected"] for p in probes.values()), probes
         # The adapters' keys are unchanged beside it.
-        assert set(health) == {"status", "store", "adapters", "probes"}
+        assert set(health) == {"status", "store", "adapters", "probes", "cluster"}
         assert health["status"] == "ok"
         ids = await svc.post_events(EVENTS)
 
@@ -522,12 +516,12 @@ async def test_a_realtime_consumer_reports_through_a_receipt_poster(tmp_path: Pa
     # its collector feeds a ReceiptPoster that posts to the service.
     settings = service_settings(tmp_path, reconcile_probe=False)
     async with running(settings) as svc:
-        assert svc.b.local_realtime_url is not None
+        # serve started a local stand-in and pushes to it (SUPABASE_URL unset).
+        url, key = svc.b.settings.supabase_url, svc.b.settings.supabase_key
+        assert settings.supabase_url is None and url is not None and key is not None
         async with ReceiptPoster(svc.admin.url, ADMIN, interval_s=0.05) as poster:
             collector = ReceiptCollector("realtime", consumer="browser-1", on_receipt=poster.add)
-            async with RealtimeSubscriber(
-                svc.b.local_realtime_url, svc.b.local_realtime_key, collector=collector
-            ):
+            async with RealtimeSubscriber(url, key.get_secret_value(), collector=collector):
                 ids = await svc.post_events(EVENTS)
                 await until(lambda: poster.stats.posted == len(ids), "receipts not posted")
         assert poster.stats.mismatches == 0 and poster.stats.unknown == 0
@@ -552,33 +546,11 @@ def test_subscribe_report_arguments(
     assert says in capsys.readouterr().err
 
 
-def start_realtime_server(port: int, key: str) -> subprocess.Popen[str]:
-    """The local Realtime server in a child process (so it can be SIGKILLed),
-    once it listens."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "broadcaster.realtime_server", "--host", "127.0.0.1"]
-        + ["--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "SUPABASE_KEY": key, "PYTHONPATH": str(REPO)},
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip(), "the Realtime server did not start"
-    return proc
-
-
-def stop_realtime_server(proc: subprocess.Popen[str]) -> None:
-    proc.kill()
-    proc.wait(30)
-    if proc.stdout is not None:
-        proc.stdout.close()
-
-
 async def test_a_killed_realtime_server_shows_as_missing_then_repaired_never_silent(
     tmp_path: Path,
 ) -> None:
-    port, key = free_port(), "realtime-key-0123456789"
+    server = RealtimeServerProcess(key="realtime-key-0123456789")
+    port, key = server.port, server.key
     settings = service_settings(
         tmp_path,
         supabase_url=f"http://127.0.0.1:{port}",
@@ -588,7 +560,7 @@ async def test_a_killed_realtime_server_shows_as_missing_then_repaired_never_sil
         reconcile_buffer_s=0,
         reconcile_max_delay_s=1,
     )
-    server = start_realtime_server(port, key)
+    await server.start()
     batch = [
         {"category": "CRITICAL", "event_type": "rt.kill", "payload": {"i": i}} for i in range(20)
     ]
@@ -604,9 +576,9 @@ async def test_a_killed_realtime_server_shows_as_missing_then_repaired_never_sil
             await until(lambda: probe("connected"), "the realtime probe never connected")
             ids = await svc.post_events(batch)
             await until(lambda: verified(20), "the probe did not get the first events")
-            stop_realtime_server(server)  # SIGKILL, mid-stream
+            await server.kill()  # SIGKILL, mid-stream
             ids += await svc.post_events(batch)  # while the server is dead
-            server = start_realtime_server(port, key)
+            await server.start()
             await until(lambda: probe("connected"), "the probe did not reconnect", timeout=60)
             ids += await svc.post_events(batch)
             await svc.b.flush(timeout=60)
@@ -631,7 +603,7 @@ async def test_a_killed_realtime_server_shows_as_missing_then_repaired_never_sil
             await until(repaired, "repair did not bring the missing events to the probe")
             after = await svc.b.reconcile()
     finally:
-        stop_realtime_server(server)
+        await server.kill()
     realtime = {
         outcome: n for (_, adapter, outcome), n in after.counts.items() if adapter == "realtime"
     }

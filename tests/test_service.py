@@ -20,6 +20,7 @@ from broadcaster.admin import AdminServer
 from broadcaster.core import Broadcaster
 from broadcaster.service import run_service
 from broadcaster.settings import load_settings
+from broadcaster.spawn import free_port
 from broadcaster.store import store_from_url
 from broadcaster.store.base import DeliveryState
 
@@ -27,12 +28,6 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "service-token-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_run_service_serves_the_admin_api_and_flushes_on_stop(tmp_path: Path) -> None:
@@ -123,7 +118,7 @@ class Child:
 
     def __init__(self, tmp_path: Path, **env: str) -> None:
         self.admin_port = free_port()
-        self.store_url = f"sqlite:///{tmp_path / 'child.db'}"
+        self.store_url = env.pop("STORE_URL", f"sqlite:///{tmp_path / 'child.db'}")
         self.env = {
             k: v
             for k, v in os.environ.items()

@@ -30,6 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
 
+from ..cluster import Membership
 from ..core import Broadcaster
 from ..events import Category, format_timestamp
 from ..exceptions import (
@@ -169,6 +170,26 @@ def _trace(stored: StoredEvent) -> dict[str, Any]:
     }
 
 
+async def _cluster_health(b: Broadcaster, cluster: Membership) -> dict[str, Any]:
+    """``/health``'s view of the instances: names and heartbeats only (it
+    answers without a token; their URLs are in ``GET /instances``)."""
+    view = cluster.status()
+    try:
+        rows = await b.store.instances(expire_after_s=cluster.expire_after_s)
+    except StoreError as exc:
+        view["instances_error"] = str(exc)
+        return view
+    view["instances"] = [
+        {
+            "instance_id": i.instance_id,
+            "heartbeat_at_ms": i.heartbeat_at_ms,
+            "writes_realtime": i.instance_id == cluster.holder,
+        }
+        for i in rows
+    ]
+    return view
+
+
 def create_app(
     broadcaster: Broadcaster,
     tokens: TokenSet,
@@ -176,11 +197,14 @@ def create_app(
     metrics: BroadcasterMetrics | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     probes: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
+    cluster: Membership | None = None,
 ) -> FastAPI:
     """The admin application for a started ``broadcaster``, accepting
     ``tokens`` (at least one; see :meth:`Settings.api_tokens`) and request
     bodies of at most ``max_body_bytes``. ``probes``, when given, returns
-    the probe consumers' state per adapter (``/health`` shows it)."""
+    the probe consumers' state per adapter (``/health`` shows it);
+    ``cluster``, the service instance's membership (``/health`` and
+    ``/instances`` show the instances and the Realtime writer)."""
     if not len(tokens):
         raise ConfigError("BROADCASTER_ADMIN_TOKEN", "", "at least one token is required")
     b = broadcaster
@@ -250,6 +274,8 @@ def create_app(
             # Informational: a probe that cannot connect does not change the
             # status, which says whether events can be published and delivered.
             body["probes"] = probes()
+        if cluster is not None:
+            body["cluster"] = await _cluster_health(b, cluster)
         return body
 
     @app.get("/metrics", tags=["open"], response_class=Response)
@@ -310,6 +336,28 @@ def create_app(
         }
 
     # -- stats ---------------------------------------------------------------
+
+    @app.get("/instances")
+    async def instances(actor: Actor) -> dict[str, Any]:
+        """The service instances whose heartbeat is recent (each with what it
+        says of itself), and the one that writes to Realtime."""
+        expire = cluster.expire_after_s if cluster is not None else 2 * b.settings.instance_lease_s
+        holder = cluster.holder if cluster is not None else None
+        rows = await b.store.instances(expire_after_s=expire)
+        return {
+            "instances": [
+                {
+                    "instance_id": i.instance_id,
+                    "started_at_ms": i.started_at_ms,
+                    "heartbeat_at_ms": i.heartbeat_at_ms,
+                    "writes_realtime": i.instance_id == holder,
+                    **i.info,
+                }
+                for i in rows
+            ],
+            "lease_holder": holder,
+            "this_instance": cluster.instance_id if cluster is not None else None,
+        }
 
     @app.get("/stats")
     async def stats(actor: Actor) -> dict[str, Any]:

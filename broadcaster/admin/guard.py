@@ -67,6 +67,7 @@ ROUTE_ACCESS: Final[Mapping[str, Permission | _Open]] = {
     "put_override": Permission.OPERATE,
     "audit": Permission.READ,
     "stats": Permission.READ,
+    "instances": Permission.READ,
     "post_events": Permission.INGEST,
     "get_event": Permission.READ,
     "get_reconciliation": Permission.READ,

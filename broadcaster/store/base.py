@@ -34,6 +34,8 @@ __all__ = [
     "ConsumerReceipt",
     "DeliveryState",
     "EventFacts",
+    "InstanceInfo",
+    "LeaseState",
     "PlainPage",
     "Report",
     "ReportOutcome",
@@ -290,6 +292,31 @@ class StoreStats:
 
 
 @dataclass(frozen=True, slots=True)
+class InstanceInfo:
+    """One service instance as its last heartbeat described it."""
+
+    instance_id: str
+    #: When it first beat, and last (epoch ms, the store's clock).
+    started_at_ms: int
+    heartbeat_at_ms: int
+    #: What it says of itself (its URLs, subscribers, cursor): JSON values.
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseState:
+    """A named lease after a claim (see :meth:`Store.claim_lease`)."""
+
+    name: str
+    #: The instance holding it now (None: nobody, or expired).
+    holder: str | None
+    #: When the holder's claim runs out (epoch ms, the store's clock).
+    expires_at_ms: int
+    #: True if the claim made it (or kept it) the caller's.
+    granted: bool
+
+
+@dataclass(frozen=True, slots=True)
 class StoreHealth:
     """Whether the store accepts writes, as its last write or probe found.
 
@@ -455,6 +482,34 @@ class Store(ABC):
         one only raises the key's ``deliveries`` to its own (so a batch sent
         twice changes nothing, and a second delivery to the same consumer is
         counted as a duplicate). Keeps :meth:`consumers` up to date."""
+
+    # -- several service instances ---------------------------------------------
+
+    @abstractmethod
+    async def heartbeat(
+        self, instance_id: str, info: Mapping[str, Any], *, expire_after_s: float
+    ) -> None:
+        """Say that ``instance_id`` is alive, with what it says of itself,
+        and forget instances whose last heartbeat is older than
+        ``expire_after_s`` by the store's clock."""
+
+    @abstractmethod
+    async def instances(self, *, expire_after_s: float) -> list[InstanceInfo]:
+        """The instances whose last heartbeat is at most ``expire_after_s``
+        old, by id."""
+
+    @abstractmethod
+    async def claim_lease(self, name: str, holder: str, ttl_s: float) -> LeaseState:
+        """Take or renew lease ``name`` for ``holder`` for ``ttl_s`` seconds
+        from now (the store's clock, so that the instances' clocks do not
+        matter): granted if nobody holds it, its claim ran out, or ``holder``
+        holds it already. At most one holder at a time, whatever the
+        number of callers."""
+
+    @abstractmethod
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Give lease ``name`` up if ``holder`` holds it (a clean shutdown:
+        the next instance need not wait for it to run out)."""
 
     async def record_reports(self, reports: Sequence[Report]) -> ReportOutcome:
         """Check receipts consumers reported against the stored events and

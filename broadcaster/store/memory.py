@@ -18,6 +18,8 @@ from .base import (
     ConsumerReceipt,
     DeliveryState,
     EventFacts,
+    InstanceInfo,
+    LeaseState,
     PlainPage,
     ScanRow,
     Store,
@@ -31,6 +33,10 @@ from .base import (
 )
 
 __all__ = ["MemoryStore"]
+
+
+def _expired(instance: InstanceInfo, now_ms: int, expire_after_s: float) -> bool:
+    return instance.heartbeat_at_ms < now_ms - int(expire_after_s * 1000)
 
 
 class MemoryStore(Store):
@@ -52,9 +58,47 @@ class MemoryStore(Store):
         self._config_json: str | None = None
         # (id, at_ms, actor, path, before_json, after_json), ids 1, 2, ...
         self._audit: list[tuple[int, int, str, str, str, str]] = []
+        self._instances: dict[str, InstanceInfo] = {}
+        # name -> (holder, expires_at_ms)
+        self._leases: dict[str, tuple[str, int]] = {}
 
     async def open(self) -> None:
         return None
+
+    async def heartbeat(
+        self, instance_id: str, info: Mapping[str, Any], *, expire_after_s: float
+    ) -> None:
+        now_ms = int(self._clock() * 1000)
+        known = self._instances.get(instance_id)
+        started = known.started_at_ms if known is not None else now_ms
+        self._instances[instance_id] = InstanceInfo(
+            instance_id, started, now_ms, json.loads(json.dumps(dict(info)))
+        )
+        self._instances = {
+            k: v for k, v in self._instances.items() if not _expired(v, now_ms, expire_after_s)
+        }
+
+    async def instances(self, *, expire_after_s: float) -> list[InstanceInfo]:
+        now_ms = int(self._clock() * 1000)
+        return [
+            self._instances[k]
+            for k in sorted(self._instances)
+            if not _expired(self._instances[k], now_ms, expire_after_s)
+        ]
+
+    async def claim_lease(self, name: str, holder: str, ttl_s: float) -> LeaseState:
+        now_ms = int(self._clock() * 1000)
+        current = self._leases.get(name)
+        if current is None or current[0] == holder or current[1] < now_ms:
+            expires = now_ms + int(ttl_s * 1000)
+            self._leases[name] = (holder, expires)
+            return LeaseState(name, holder, expires, True)
+        return LeaseState(name, current[0], current[1], False)
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        current = self._leases.get(name)
+        if current is not None and current[0] == holder:
+            del self._leases[name]
 
     async def close(self) -> None:
         return None

@@ -91,7 +91,11 @@ from .base import (
     ConsumerReceipt,
     DeliveryState,
     EventFacts,
+    InstanceInfo,
+    LeaseState,
     PlainPage,
+    Report,
+    ReportOutcome,
     ScanRow,
     Store,
     StoredEvent,
@@ -100,6 +104,7 @@ from .base import (
     _audit_entry,
     _config_json,
     consumer_infos,
+    judge_reports,
 )
 
 __all__ = [
@@ -281,9 +286,27 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             min(received_at_ms), max(received_at_ms), sum(deliveries)
             FROM receipts GROUP BY adapter, consumer""",
     ),
+    # 6: service instances' heartbeats and named leases (the Realtime writer's).
+    # Times are the database's clock, so that the instances' clocks do not matter.
+    (
+        """CREATE TABLE instances (
+            instance_id     text   PRIMARY KEY,
+            started_at_ms   bigint NOT NULL,
+            heartbeat_at_ms bigint NOT NULL,
+            info_json       text   NOT NULL
+        )""",
+        """CREATE TABLE leases (
+            name          text   PRIMARY KEY,
+            holder        text   NOT NULL,
+            expires_at_ms bigint NOT NULL
+        )""",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+#: Now on the database's clock, in epoch milliseconds.
+_NOW_MS: Final = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
 # Multi-row inserts from arrays: one statement and one round trip per batch.
 # %b: binary parameters; text-format bytea arrays cost a regex escape per item.
@@ -536,6 +559,54 @@ async def _append_rows(
     # notification is sent at COMMIT, and not at all on rollback.
     await cur.execute(_ADD_META_AND_NOTIFY, (len(records), "event_count"))
     return records
+
+
+_FACTS: Final = (
+    "SELECT sequence_id, event_type, checksum, CASE WHEN checksum IS NULL THEN wire END"
+    " FROM events WHERE sequence_id = ANY(%b::bigint[])"
+)
+
+
+def _receipt_arrays(
+    receipts: Sequence[ConsumerReceipt],
+) -> tuple[tuple[list[Any], ...], tuple[list[Any], ...]]:
+    """``_UPSERT_RECEIPTS``' and ``_MERGE_CONSUMERS``' arrays for ``receipts``."""
+    # One row per key (ON CONFLICT cannot touch a row twice in a statement):
+    # the first receipt as written, with the most deliveries any reported.
+    unique: dict[tuple[int, str, str], ConsumerReceipt] = {}
+    for r in receipts:
+        key = (r.sequence_id, r.adapter, r.consumer)
+        first = unique.get(key)
+        if first is None:
+            unique[key] = r
+        elif r.deliveries > first.deliveries:
+            unique[key] = replace(first, deliveries=r.deliveries)
+    rows = list(unique.values())
+    columns = (
+        [r.sequence_id for r in rows],
+        [r.adapter for r in rows],
+        [r.event_type for r in rows],
+        [r.received_at_ms for r in rows],
+        [r.checksum for r in rows],
+        [r.checksum_ok for r in rows],
+        [r.consumer for r in rows],
+        [r.payload_keys for r in rows],
+        [max(r.deliveries, 1) for r in rows],
+    )
+    return columns, _registry(consumer_infos(receipts))
+
+
+async def _write_receipts(
+    cur: psycopg.AsyncCursor[Any],
+    columns: tuple[list[Any], ...],
+    registry: tuple[list[Any], ...],
+) -> None:
+    await cur.execute(_UPSERT_RECEIPTS, columns)
+    row = await cur.fetchone()
+    added = int(row[0]) if row is not None else 0
+    await cur.execute(_MERGE_CONSUMERS, registry)
+    # Last statement: the shared counter row is locked only until COMMIT.
+    await cur.execute(_ADD_META, (added, "receipt_count"))
 
 
 class PostgresStore(Store):
@@ -852,40 +923,36 @@ class PostgresStore(Store):
         (event, adapter, consumer); see :meth:`Store.record_receipts`."""
         if not receipts:
             return
-        # One row per key (ON CONFLICT cannot touch a row twice in a statement):
-        # the first receipt as written, with the most deliveries any reported.
-        unique: dict[tuple[int, str, str], ConsumerReceipt] = {}
-        for r in receipts:
-            key = (r.sequence_id, r.adapter, r.consumer)
-            first = unique.get(key)
-            if first is None:
-                unique[key] = r
-            elif r.deliveries > first.deliveries:
-                unique[key] = replace(first, deliveries=r.deliveries)
-        rows = list(unique.values())
-        columns = (
-            [r.sequence_id for r in rows],
-            [r.adapter for r in rows],
-            [r.event_type for r in rows],
-            [r.received_at_ms for r in rows],
-            [r.checksum for r in rows],
-            [r.checksum_ok for r in rows],
-            [r.consumer for r in rows],
-            [r.payload_keys for r in rows],
-            [max(r.deliveries, 1) for r in rows],
-        )
-        registry = _registry(consumer_infos(receipts))
+        columns, registry = _receipt_arrays(receipts)
 
         async def body(conn: psycopg.AsyncConnection[Any]) -> None:
             async with conn.transaction(), conn.cursor() as cur:
-                await cur.execute(_UPSERT_RECEIPTS, columns)
-                row = await cur.fetchone()
-                added = int(row[0]) if row is not None else 0
-                await cur.execute(_MERGE_CONSUMERS, registry)
-                # Last statement: the shared counter row is locked only until COMMIT.
-                await cur.execute(_ADD_META, (added, "receipt_count"))
+                await _write_receipts(cur, columns, registry)
 
         await self._run("record_receipts", body)
+
+    async def record_reports(self, reports: Sequence[Report]) -> ReportOutcome:
+        """See :meth:`Store.record_reports`: the stored events are read and the
+        receipts written in one transaction, one round trip less than a read
+        and a write apart."""
+        if not reports:
+            return ReportOutcome(0, 0, [])
+        wanted = list({r[0] for r in reports})
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> ReportOutcome:
+            async with conn.transaction(), conn.cursor() as cur:
+                await cur.execute(_FACTS, (wanted,))
+                facts: dict[int, tuple[str, str]] = {}
+                for seq, event_type, checksum, wire in await cur.fetchall():
+                    if checksum is None:  # a row of a version before the column
+                        checksum = record_from_wire(bytes(wire)).checksum
+                    facts[int(seq)] = (event_type, checksum)
+                receipts, outcome = judge_reports(reports, facts)
+                if receipts:
+                    await _write_receipts(cur, *_receipt_arrays(receipts))
+                return outcome
+
+        return await self._run("record_reports", body)
 
     async def register_consumer(self, consumer: str, adapter: str, at_ms: int) -> ConsumerInfo:
         """See :meth:`Store.register_consumer`: from the id after the last one
@@ -1360,6 +1427,81 @@ class PostgresStore(Store):
 
         entry_id, at_ms = await self._run("save_runtime_config", body)
         return _audit_entry(entry_id, at_ms, actor, path, before_json, after_json)
+
+    # -- several service instances ---------------------------------------------
+
+    async def heartbeat(
+        self, instance_id: str, info: Mapping[str, Any], *, expire_after_s: float
+    ) -> None:
+        """See :meth:`Store.heartbeat` (the database's clock)."""
+        info_json = json.dumps(dict(info))
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> None:
+            async with conn.transaction(), conn.cursor() as cur:
+                await cur.execute(
+                    f"INSERT INTO instances VALUES (%(id)s, {_NOW_MS}, {_NOW_MS}, %(info)s)"
+                    f" ON CONFLICT (instance_id) DO UPDATE SET heartbeat_at_ms = {_NOW_MS},"
+                    " info_json = %(info)s",
+                    {"id": instance_id, "info": info_json},
+                )
+                await cur.execute(
+                    f"DELETE FROM instances WHERE heartbeat_at_ms < {_NOW_MS} - %s",
+                    (int(expire_after_s * 1000),),
+                )
+
+        await self._run("heartbeat", body)
+
+    async def instances(self, *, expire_after_s: float) -> list[InstanceInfo]:
+        """See :meth:`Store.instances` (the database's clock)."""
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> list[InstanceInfo]:
+            async with conn.cursor() as cur:
+                await cur.execute(
+                    "SELECT instance_id, started_at_ms, heartbeat_at_ms, info_json FROM instances"
+                    f" WHERE heartbeat_at_ms >= {_NOW_MS} - %s ORDER BY instance_id",
+                    (int(expire_after_s * 1000),),
+                )
+                rows = await cur.fetchall()
+            return [InstanceInfo(i, int(a), int(h), json.loads(j)) for i, a, h, j in rows]
+
+        return await self._run("instances", body)
+
+    async def claim_lease(self, name: str, holder: str, ttl_s: float) -> LeaseState:
+        """See :meth:`Store.claim_lease`: one statement decides, under the
+        row's lock, by the database's clock."""
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> LeaseState:
+            async with conn.transaction(), conn.cursor() as cur:
+                await cur.execute(
+                    f"INSERT INTO leases VALUES (%(name)s, %(holder)s, {_NOW_MS} + %(ttl)s)"
+                    " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+                    " expires_at_ms = excluded.expires_at_ms"
+                    f" WHERE leases.holder = excluded.holder OR leases.expires_at_ms < {_NOW_MS}"
+                    " RETURNING expires_at_ms",
+                    {"name": name, "holder": holder, "ttl": int(ttl_s * 1000)},
+                )
+                won = await cur.fetchone()
+                if won is not None:
+                    return LeaseState(name, holder, int(won[0]), True)
+                await cur.execute(
+                    "SELECT holder, expires_at_ms FROM leases WHERE name = %s", (name,)
+                )
+                row = await cur.fetchone()
+            assert row is not None  # the INSERT met a row it did not take
+            return LeaseState(name, str(row[0]), int(row[1]), False)
+
+        return await self._run("claim_lease", body)
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """See :meth:`Store.release_lease`."""
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> None:
+            async with conn.transaction(), conn.cursor() as cur:
+                await cur.execute(
+                    "DELETE FROM leases WHERE name = %s AND holder = %s", (name, holder)
+                )
+
+        await self._run("release_lease", body)
 
     async def runtime_config(self) -> dict[str, Any] | None:
         """The ``runtime_config`` document, or ``None`` if never saved."""

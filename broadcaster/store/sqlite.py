@@ -106,25 +106,24 @@ that change what they count, and ``meta.event_count`` counts the events up
 to ``meta.last_sequence_id`` (every id above it is a stored event), so
 :meth:`SQLiteStore.stats` reads a few rows instead of counting millions; the
 outbox (small: what is still to deliver) is counted live. Why appends leave
-meta alone: its page was the second page of every one-event commit (a
-one-event ``append_now`` p50 38.0 -> 30.3 µs without it, median of 5 runs).
+meta alone: its page was the second page of every one-event commit, a
+large part of a small append's cost.
 
 **The tail.** An ``append`` writes the event rows only: the outbox rows of
 events after ``meta.outbox_through`` are implied by their ``routed_to`` (all
 queued) and written by the next ``mark`` or ``prune`` transaction, before it
 changes any state, or by the ``append`` that takes the tail past
 ``_TAIL_MAX`` events. Reads add the tail's queued pairs. Why: a ``publish()``
-waits for its commit, and each outbox row in it cost the producer ~6-9 µs
-(measured: a one-event append 27 µs with no outbox row, 35 µs with one, 41 µs
-with two), so every path written to made ``publish()`` slower; the rows now
-cost a transaction the producer does not wait for.
+waits for its commit, and each outbox row in it made a one-event append
+markedly slower, so every path written to made ``publish()`` slower; the
+rows now cost a transaction the producer does not wait for.
 
 **Implied acknowledgements.** An ack deletes the pair's outbox row and writes
 nothing (an ACKED row is kept only when it carries an error): a routed pair
 written out (up to ``outbox_through``) with no row was acknowledged, and reads
 say so. Other states keep their rows. Why: moving every acked row to
-``deliveries`` was most of an ack's cost; at the maximum, dual-write used 14 %
-more CPU per event with it.
+``deliveries`` was most of an ack's cost, and at full rate a visible share
+of dual-write's CPU per event.
 """
 
 from __future__ import annotations
@@ -165,6 +164,8 @@ from .base import (
     ConsumerReceipt,
     DeliveryState,
     EventFacts,
+    InstanceInfo,
+    LeaseState,
     PlainPage,
     Report,
     ReportOutcome,
@@ -224,10 +225,10 @@ LOOP_WRITE_MAX: Final = 1024
 _MARK_IDS_PER_ROW: Final = 4
 
 #: Default wait of a ``mark`` after a quiet spell, for other marks to share its
-#: transaction. At 1 000 events/s (three commits per event without it: the
-#: append and one ack per adapter) 5 ms cut the broadcaster's CPU per event by
-#: 15 % and publish p99 from 4.8-5.2 to 3.9-4.1 ms; acknowledgements (and so
-#: ``flush()``) are recorded up to 5 ms later.
+#: transaction. At moderate rates an event otherwise costs three commits (the
+#: append and one ack per adapter); sharing them lowers both the CPU per
+#: event and publish() latency, at the price of acknowledgements (and so
+#: ``flush()``) being recorded up to this much later.
 MARK_LINGER_MS: Final = 5.0
 
 #: Commits between two WAL checkpoints. A commit of the worker thread counts
@@ -238,7 +239,7 @@ _CHECKPOINT_EVERY: Final = 200
 _ROWS_PER_COMMIT: Final = 25
 
 #: Default WAL length (4 KiB frames) beyond which a checkpoint holds writes
-#: for a moment so that the WAL restarts: 8192 frames is 32 MiB of file.
+#: for a moment so that the WAL restarts (8192 frames: a 32 MiB file).
 WAL_FRAMES_MAX: Final = 8192
 
 #: Most seconds between two comparisons of the database file's identity with
@@ -266,7 +267,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # tables so that what is still to deliver is a small, dense b-tree keyed for
     # undelivered(): each routed pair gets one outbox row (since version 6
     # written after the append: see "the tail" in the module doc), an ack moves
-    # it to deliveries. (Measured: 3x cheaper than one table with a partial index.)
+    # it to deliveries (cheaper than one table with a partial index).
     (
         """CREATE TABLE events (
             sequence_id   INTEGER PRIMARY KEY,
@@ -460,6 +461,21 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             min(received_at_ms), max(received_at_ms), sum(deliveries)
             FROM receipts GROUP BY adapter, consumer""",
     ),
+    # 10: service instances' heartbeats and named leases (one store serves
+    # one instance on SQLite, but the contract is the same on every store).
+    (
+        """CREATE TABLE instances (
+            instance_id     TEXT    PRIMARY KEY,
+            started_at_ms   INTEGER NOT NULL,
+            heartbeat_at_ms INTEGER NOT NULL,
+            info_json       TEXT    NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE leases (
+            name          TEXT    PRIMARY KEY,
+            holder        TEXT    NOT NULL,
+            expires_at_ms INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+    ),
 )
 
 #: The schema version this code writes.
@@ -484,7 +500,7 @@ _HIGH_MARKS: Final = f"SELECT {_HIGH_MARK}, (SELECT value FROM meta WHERE key = 
 _OUTBOX_THROUGH: Final = "SELECT value FROM meta WHERE key = 'outbox_through'"
 # The tail's outbox rows: one statement per distinct routing (a tail has one or
 # two), its adapters expanded once rather than json_each() on every event row
-# (measured at full rate: 11 % of the loop thread that way). updated_at_ms is
+# (a visible share of the loop thread at full rate). updated_at_ms is
 # when the event was appended. An append stores routed_to without repeats.
 _TAIL_ROUTINGS: Final = "SELECT DISTINCT routed_to FROM events WHERE sequence_id > ?"
 _WRITE_TAIL: Final = (
@@ -636,7 +652,7 @@ _PAGE_ROUTED: Final = (
 # and name an adapter it was routed to, how many are not the first of their
 # pair (another consumer's), and deliveries beyond the first (duplicates). The
 # routing test is a CASE over the page's few distinct routings, built per page
-# (see _routed_test): ~5x cheaper than json_each() on every receipt.
+# (see _routed_test): far cheaper than json_each() on every receipt.
 _PAGE_RECEIPTS: Final = (
     "SELECT count(*), coalesce(sum(r.event_type = e.event_type AND r.checksum_ok"
     " AND r.checksum = e.checksum"
@@ -1092,8 +1108,8 @@ class SQLiteStore(Store):
         :meth:`_loop_write` can; otherwise on the worker thread, as :meth:`_write`."""
         while (held := self._held) is not None and rows <= self._loop_write_max:
             # Wait here for the checkpoint's short pass, then write on the loop:
-            # through the worker each statement would wait for the GIL (~8 ms
-            # per held write measured, vs ~1 ms here).
+            # through the worker each statement would wait for the GIL, which
+            # costs a held write several times as much.
             await held.wait()
         result = self._loop_write(action, rows, body)
         if isinstance(result, _NotNow):
@@ -1144,8 +1160,8 @@ class SQLiteStore(Store):
         # during passes (a hop to the worker and back takes a few ms here), so
         # the WAL grows until a pass runs with writes held (the next write then
         # restarts it). Held writes wait a few ms: done on every checkpoint,
-        # that was half of publish p99 at 1 000 events/s, so it is done only
-        # once the WAL holds ``wal_frames_max`` frames.
+        # that dominated publish()'s tail latency, so it is done only once the
+        # WAL holds ``wal_frames_max`` frames.
         checkpointer = self._checkpointer
         if checkpointer is None:
             return
@@ -1464,11 +1480,10 @@ class SQLiteStore(Store):
                     distinct = len(set(request.sequence_ids))
                     if request.state is DeliveryState.ACKED and request.error is None:
                         # The usual ack: the outbox rows go, nothing is written
-                        # (measured at the maximum: 14 % less CPU per event in
-                        # dual-write than moving them to deliveries). Rows with
+                        # (cheaper than moving them to deliveries). Rows with
                         # no error first, in one statement; only if ids are left
                         # look for rows whose error must be kept (a separate
-                        # pass over every id was 4 % of the loop at the maximum).
+                        # pass over every id cost the loop at full rate).
                         # Pairs of the tail acknowledged by not writing them,
                         # then the rows of earlier ones (if any can have one).
                         moved = unwritten.get(adapter, 0)
@@ -2118,6 +2133,68 @@ class SQLiteStore(Store):
 
         entry_id = await self._worker_write("save_runtime_config", body)
         return _audit_entry(entry_id, now_ms, actor, path, before_json, after_json)
+
+    # -- several service instances ---------------------------------------------
+
+    async def heartbeat(
+        self, instance_id: str, info: Mapping[str, Any], *, expire_after_s: float
+    ) -> None:
+        """See :meth:`Store.heartbeat`."""
+        now_ms = int(self._clock() * 1000)
+        info_json = orjson.dumps(dict(info)).decode()
+
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO instances VALUES (?1, ?2, ?2, ?3) ON CONFLICT (instance_id)"
+                " DO UPDATE SET heartbeat_at_ms = ?2, info_json = ?3",
+                (instance_id, now_ms, info_json),
+            )
+            conn.execute(
+                "DELETE FROM instances WHERE heartbeat_at_ms < ?",
+                (now_ms - int(expire_after_s * 1000),),
+            )
+
+        await self._worker_write("heartbeat", body)
+
+    async def instances(self, *, expire_after_s: float) -> list[InstanceInfo]:
+        """See :meth:`Store.instances`."""
+        since_ms = int(self._clock() * 1000) - int(expire_after_s * 1000)
+
+        def body(conn: sqlite3.Connection) -> list[InstanceInfo]:
+            rows = conn.execute(
+                "SELECT instance_id, started_at_ms, heartbeat_at_ms, info_json FROM instances"
+                " WHERE heartbeat_at_ms >= ? ORDER BY instance_id",
+                (since_ms,),
+            ).fetchall()
+            return [InstanceInfo(i, s, h, orjson.loads(j)) for i, s, h, j in rows]
+
+        return await self._call(self._read, "instances", body)
+
+    async def claim_lease(self, name: str, holder: str, ttl_s: float) -> LeaseState:
+        """See :meth:`Store.claim_lease`: one write transaction decides."""
+        now_ms = int(self._clock() * 1000)
+        expires = now_ms + int(ttl_s * 1000)
+
+        def body(conn: sqlite3.Connection) -> LeaseState:
+            conn.execute(
+                "INSERT INTO leases VALUES (?1, ?2, ?3) ON CONFLICT (name) DO UPDATE"
+                " SET holder = ?2, expires_at_ms = ?3 WHERE holder = ?2 OR expires_at_ms < ?4",
+                (name, holder, expires, now_ms),
+            )
+            (current, until) = conn.execute(
+                "SELECT holder, expires_at_ms FROM leases WHERE name = ?", (name,)
+            ).fetchone()
+            return LeaseState(name, current, until, current == holder and until == expires)
+
+        return await self._worker_write("claim_lease", body)
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """See :meth:`Store.release_lease`."""
+
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+        await self._worker_write("release_lease", body)
 
     async def runtime_config(self) -> dict[str, Any] | None:
         """The ``runtime_config`` document, or ``None`` if never saved."""

@@ -20,6 +20,7 @@ from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
 from broadcaster.adapters.memory import MemoryAdapter
 from broadcaster.admin import AdminServer, create_app
+from broadcaster.cluster import Membership
 from broadcaster.core import Broadcaster
 from broadcaster.events import Category
 from broadcaster.reconcile.schedule import ReconcileSchedule
@@ -87,19 +88,24 @@ async def service() -> AsyncIterator[Service]:
         store=MemoryStore(),
     )
     schedule = ReconcileSchedule(b, interval_s=1, retention_s=None)
-    async with (
-        b,
-        schedule,
-        AdminServer(create_app(b, TokenSet.of({"ops": TOKEN})), port=0) as server,
-    ):
-        stop = asyncio.Event()
-        producer = asyncio.create_task(_produce(b, stop), name="dashboard-producer")
+    async with b, schedule:
+        cluster = Membership(b, instance_id="dash-1", lease_s=5, lease=False, info=dict)
+        await cluster.start()
+        app = create_app(b, TokenSet.of({"ops": TOKEN}), cluster=cluster)
         try:
-            async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=10) as client:
-                yield Service(b, server.url, client)
+            async with AdminServer(app, port=0) as server:
+                stop = asyncio.Event()
+                producer = asyncio.create_task(_produce(b, stop), name="dashboard-producer")
+                try:
+                    async with httpx.AsyncClient(
+                        base_url=server.url, headers=AUTH, timeout=10
+                    ) as client:
+                        yield Service(b, server.url, client)
+                finally:
+                    stop.set()
+                    await producer
         finally:
-            stop.set()
-            await producer
+            await cluster.close()
 
 
 @pytest.fixture
@@ -162,6 +168,8 @@ async def test_dashboard_shows_live_figures_and_changes_a_percentage(
     )
     await expect(page.get_by_test_id("spark-CRITICAL").locator("polyline")).to_have_count(1)
     await expect(page.get_by_test_id("health-status")).to_have_text("ok")
+    # One instance, writing to Realtime itself (no lease: not a shared store).
+    await expect(page.get_by_test_id("instance-dash-1")).to_contain_text("writes Realtime")
     for name in ("websocket", "realtime"):
         await expect(page.get_by_test_id(f"breaker-{name}")).to_have_text("closed")
         await expect(page.get_by_test_id(f"share-{name}")).to_have_text("100 %")

@@ -147,6 +147,7 @@ REQUESTS: dict[str, tuple[str, str, Any]] = {
     "put_override": ("PUT", "/config/override", {"override": None}),
     "audit": ("GET", "/audit", None),
     "stats": ("GET", "/stats", None),
+    "instances": ("GET", "/instances", None),
     "post_events": ("POST", "/events", {"category": "DEBUG", "event_type": "t", "payload": {}}),
     "get_event": ("GET", "/events/1", None),
     "read_events": ("GET", "/events?after=0&categories=DEBUG&limit=5", None),

@@ -1,0 +1,66 @@
+"""The local Realtime stand-in of a process without a Supabase project.
+
+With ``SUPABASE_URL`` unset the Realtime path still runs end to end: through
+the official client, over a real socket, to a
+:class:`~broadcaster.realtime_server.LocalRealtimeServer` on the loopback
+that accepts only this process's key. ``broadcaster serve`` starts it
+itself, before its broadcaster (:func:`realtime_settings`); the all-in-one
+:class:`~broadcaster.core.Broadcaster` starts one when it is built without a
+Supabase URL (the README's first script, the tests).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import structlog
+from pydantic import SecretStr
+
+from .realtime_server import LocalRealtimeServer
+from .settings import Settings
+
+__all__ = ["LocalRealtime", "realtime_settings", "start_local_realtime"]
+
+log = structlog.get_logger("broadcaster.local_realtime")
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRealtime:
+    """A started stand-in: where it listens, the one key it accepts, and how
+    to stop it."""
+
+    url: str
+    key: str
+    close: Callable[[], Awaitable[None]]
+
+
+async def start_local_realtime(configured_key: SecretStr | None) -> LocalRealtime:
+    """Start a stand-in on a free loopback port. It accepts only
+    ``configured_key`` (``SUPABASE_KEY``) or, without one, a fresh random
+    key, so that no other local process can inject broadcasts."""
+    key = configured_key.get_secret_value() if configured_key else secrets.token_urlsafe(32)
+    server = LocalRealtimeServer(host="127.0.0.1", port=0, key=key)
+    await server.start()
+    log.info("local realtime server started", url=server.url)
+    return LocalRealtime(server.url, key, server.close)
+
+
+@asynccontextmanager
+async def realtime_settings(settings: Settings) -> AsyncIterator[Settings]:
+    """The settings a service pushes to Realtime with: ``settings`` as they
+    are when ``SUPABASE_URL`` names a project; otherwise a copy pointing at a
+    stand-in started for the block (``SUPABASE_URL`` and ``SUPABASE_KEY``
+    set to it) and stopped after it."""
+    if settings.supabase_url is not None:
+        yield settings
+        return
+    local = await start_local_realtime(settings.supabase_key)
+    try:
+        yield settings.model_copy(
+            update={"supabase_url": local.url, "supabase_key": SecretStr(local.key)}
+        )
+    finally:
+        await local.close()

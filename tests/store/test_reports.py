@@ -1,0 +1,38 @@
+"""Store.record_reports on every backend: the receipts consumers reported
+through ``POST /receipts``, checked against the stored events and stored in
+one call."""
+
+from __future__ import annotations
+
+from broadcaster.events import EventFactory
+from broadcaster.store import Store
+
+
+async def test_reports_are_checked_against_the_stored_events_in_one_call(store: Store) -> None:
+    """Store.record_reports: what POST /receipts hands over (the receipts
+    consumers reported, not yet checked)."""
+    factory = EventFactory()
+    records = await store.append(
+        [(factory.draft("CRITICAL", "e", {"i": i}), ("websocket", "realtime")) for i in range(3)]
+    )
+    one, two, three = records
+    reports = [
+        (one.sequence_id, "websocket", one.checksum, "web", 1_765_000_000_000, 1, True),
+        (two.sequence_id, "websocket", "00", "web", 1_765_000_000_000, 1, True),
+        (three.sequence_id, "realtime", three.checksum, "web", 1_765_000_000_000, 2, False),
+        (999, "websocket", "ab", "web", 1_765_000_000_000, 1, True),
+        (998, "websocket", "ab", "web", 1_765_000_000_000, 1, True),
+    ]
+    outcome = await store.record_reports(reports)
+    assert (outcome.accepted, outcome.mismatches, outcome.unknown) == (3, 2, [998, 999])
+    again = await store.record_reports(reports)  # idempotent: nothing new stored
+    assert again == outcome
+    assert (await store.stats()).receipts == 3
+    stored = await store.get(three.sequence_id)
+    assert stored is not None
+    [receipt] = stored.receipts
+    assert (receipt.checksum_ok, receipt.deliveries, receipt.event_type) == (False, 2, "e")
+    assert [(c.consumer, c.adapter) for c in await store.consumers()] == [
+        ("web", "realtime"),
+        ("web", "websocket"),
+    ]
