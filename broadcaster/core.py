@@ -653,6 +653,12 @@ class Broadcaster:
         return self._tail.handed
 
     @property
+    def delivering_to(self) -> frozenset[str]:
+        """The adapters this broadcaster delivers to now (a deferred one only
+        between :meth:`take_lane` and :meth:`release_lane`)."""
+        return frozenset(self._lanes)
+
+    @property
     def handed_through(self) -> int | None:
         """Following the store: every event up to this id has gone to the
         lanes (None: not following)."""

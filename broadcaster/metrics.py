@@ -252,8 +252,12 @@ class BroadcasterMetrics:
         yield from self._store_families(adapters, now)
         yield from self._histogram_families(adapters, categories)
 
+        delivering = _series("broadcaster_delivering")
+        for adapter in sorted(b.adapters):
+            delivering.add_metric([adapter], int(adapter in b.delivering_to))
+        yield delivering
         info = InfoMetricFamily("broadcaster", _SPECS["broadcaster_info"].help, labels=[])
-        info.add_metric([], {"version": self._version})
+        info.add_metric([], {"version": self._version, "instance": b.settings.instance_id})
         yield info
 
     # -- collector parts -------------------------------------------------------------

@@ -164,7 +164,15 @@ _SPECS: Final[dict[str, _Spec]] = {
     "broadcaster_send_seconds": _Spec(
         "histogram", "Duration of one acknowledged batch send.", ("adapter",)
     ),
-    "broadcaster_info": _Spec("info", "Broadcaster build information.", ("version",)),
+    "broadcaster_delivering": _Spec(
+        "gauge",
+        "1 where this instance delivers to the adapter now: with several instances on"
+        " one store, Realtime only on the holder of its lease.",
+        ("adapter",),
+    ),
+    "broadcaster_info": _Spec(
+        "info", "Broadcaster build information and this instance's name.", ("version", "instance")
+    ),
 }
 
 #: Every exported metric name -> its help text. Counters are named with their

@@ -105,6 +105,11 @@ async def test_every_subscriber_on_every_instance_gets_every_event_once_in_order
         assert holder in ("a", "b")
         assert (await asyncio.to_thread(get, b, "/instances"))["lease_holder"] == holder
         assert [i["writes_realtime"] for i in view["instances"]] == [holder == "a", holder == "b"]
+        for child, name in ((a, "a"), (b, "b")):
+            metrics = (await asyncio.to_thread(httpx.get, child.url + "/metrics")).text
+            held = 1 if name == holder else 0
+            assert f'broadcaster_delivering{{adapter="realtime"}} {held}.0' in metrics
+            assert 'broadcaster_delivering{adapter="websocket"} 1.0' in metrics
         health = (await asyncio.to_thread(get, b, "/health"))["cluster"]
         assert (health["instance_id"], health["lease_holder"]) == ("b", holder)
         assert [i["instance_id"] for i in health["instances"]] == ["a", "b"]

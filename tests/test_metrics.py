@@ -180,8 +180,11 @@ async def test_counts_per_category_and_adapter_mirror_the_delivery_stats() -> No
     # One send observation per acknowledged batch.
     assert scrape.value("broadcaster_send_seconds_count", adapter="websocket") == len(ws.batches)
     assert scrape.value("broadcaster_send_seconds_count", adapter="realtime") == len(rt.batches)
-    assert scrape.value("broadcaster_info", version="0.1.0") == 1
+    [(labels, one)] = scrape.series("broadcaster_info").items()
+    assert one == 1 and dict(labels)["version"] == "0.1.0" and dict(labels)["instance"]
     for adapter in ("websocket", "realtime"):
+        # All in one: it delivers to both (no lease to wait for).
+        assert scrape.value("broadcaster_delivering", adapter=adapter) == 1
         assert scrape.value("broadcaster_breaker_state", adapter=adapter) == 0
         assert scrape.value("broadcaster_breaker_share_percent", adapter=adapter) == 100
         assert scrape.value("broadcaster_breaker_failure_ratio", adapter=adapter) == 0
