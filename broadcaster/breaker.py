@@ -1,4 +1,4 @@
-"""One circuit breaker per adapter, for async calls (SPEC 6).
+"""One circuit breaker per adapter, for async calls (docs/configuration.md).
 
 :class:`AdapterBreaker` runs calls through a :class:`~broadcaster.breaker_policy.BreakerPolicy`
 (which decides: rates, slow calls, probes, the ramp) and mirrors every policy
@@ -112,7 +112,7 @@ class AdapterBreaker:
         *,
         on_transition: Callable[[Transition], None] | None = None,
     ) -> AdapterBreaker:
-        """The breaker of adapter ``name`` configured from SPEC 4 settings."""
+        """The breaker of adapter ``name`` configured from the settings."""
         config = BreakerConfig.from_settings(settings, name)
         return cls(name, config, clock, on_transition=on_transition)
 

@@ -1,4 +1,4 @@
-"""Circuit-breaker policy (SPEC 6): a pure, resilience4j-style state machine.
+"""Circuit-breaker policy (docs/configuration.md): a pure, resilience4j-style state machine.
 
 No I/O, no event loop, no clock of its own: every method that depends on time
 takes ``now`` (seconds on any monotonic scale the caller picks, e.g.
@@ -23,7 +23,7 @@ count as failures). The breaker opens when:
 3. **Ramp rule.** While the post-recovery ramp is under way (below), any
    failure or slow call re-opens at once.
 
-SPEC 6 lists "a call raises" and "a call is slower than threshold × multiplier"
+The breaker counts "a call raises" and "a call is slower than threshold × multiplier"
 as trip conditions next to the rate. Read literally, one timed-out batch among
 thousands would cut an adapter off for ``recovery_time_s``, which makes the
 threshold pointless. So: an ``AdapterUnavailable`` means the connection is
@@ -44,7 +44,7 @@ is slow) re-opens it and restarts the recovery timer.
 Ramp — on closing, :meth:`BreakerPolicy.share` returns the percentage of live
 traffic the recovered adapter should get: ``ramp_steps[0]`` for the first
 ``ramp_step_s`` seconds, then the next step, up to the last (100). What the
-ramp holds back is meant to stay pending and be backfilled (SPEC 6), so it
+ramp holds back is meant to stay pending and be backfilled (docs/configuration.md), so it
 changes timing, never completeness. In ``HALF_OPEN`` the share is
 ``ramp_steps[0]`` too, so there is live traffic to probe with (``allow`` still
 caps the probes); ``OPEN`` gives 0; a breaker that never tripped gives 100.
@@ -123,16 +123,16 @@ class BreakerConfig:
 
     Defaults and why:
 
-    * ``error_threshold=0.05`` — SPEC 4 default (``ADAPTER_<NAME>_ERROR_THRESHOLD``).
-    * ``latency_threshold_ms`` — required: SPEC 4 has per-adapter defaults
+    * ``error_threshold=0.05`` — the default of ``ADAPTER_<NAME>_ERROR_THRESHOLD``.
+    * ``latency_threshold_ms`` — required: the settings have per-adapter defaults
       (websocket 200, realtime 150); :meth:`from_settings` fills it.
-    * ``latency_multiplier=2.0`` — SPEC 4; a call slower than
+    * ``latency_multiplier=2.0`` — the settings' default; a call slower than
       ``latency_threshold_ms × latency_multiplier`` counts as failed.
     * ``window_s=10.0`` — long enough to gather ``min_calls`` at modest rates,
       short enough that a failure burst is judged within seconds.
     * ``min_calls=20`` — with the 5 % threshold, the smallest sample where one
       failure is *not* already above the threshold (1/20 = 5 %).
-    * ``recovery_time_s=30.0`` / ``half_open_requests=5`` — SPEC 4.
+    * ``recovery_time_s=30.0`` / ``half_open_requests=5`` — the settings' defaults.
     * ``ramp_steps=(10, 25, 50, 100)`` — percent of live traffic after recovery;
       strictly increasing, ending at 100.
     * ``ramp_step_s=10.0`` — one window per step, so the rate rule sees a full
@@ -191,7 +191,7 @@ class BreakerConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings, adapter_name: str) -> BreakerConfig:
-        """The config of ``adapter_name`` from SPEC 4 settings (``ADAPTER_<NAME>_*``,
+        """The config of ``adapter_name`` from the settings (``ADAPTER_<NAME>_*``,
         ``BREAKER_*``); the other fields keep their defaults. Raises
         ``ValueError`` for an adapter the settings do not know."""
         try:

@@ -1,4 +1,4 @@
-"""The ``broadcaster`` command (SPEC 9).
+"""The ``broadcaster`` command (docs/cli.md).
 
 Exit codes: 0 success, 1 the command ran and found a problem, 2 bad
 configuration or arguments (one line on stderr naming the variable and value).
@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import platform
+import socket
 import sys
 from collections.abc import Sequence
 from importlib import resources
@@ -21,7 +22,7 @@ from .events import Category
 from .exceptions import AdapterRejected, BroadcasterError, ConfigError, HistoryPruned
 from .logs import configure_logging
 from .loop import resolve_event_loop, run_on_loop
-from .settings import Settings, load_settings
+from .settings import Settings, load_settings, unknown_variables
 
 if TYPE_CHECKING:
     from .consumer import ConsumerStats
@@ -156,13 +157,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> Settings:
-    if args.env_file is None:
-        return load_settings(".env")
+    env_file = ".env" if args.env_file is None else args.env_file
     # A file named on the command line must exist: a typo would otherwise
     # run on defaults without a word (--env-file /dev/null: no file at all).
-    if not Path(args.env_file).exists():
-        raise ConfigError("--env-file", args.env_file, "no such file")
-    return load_settings(args.env_file)
+    if args.env_file is not None and not Path(env_file).exists():
+        raise ConfigError("--env-file", env_file, "no such file")
+    settings = load_settings(env_file)
+    _warn_unknown(env_file)
+    return settings
+
+
+def _warn_unknown(env_file: str) -> None:
+    """One line on stderr per variable that looks like a setting and is none
+    (a misspelling is otherwise ignored without a word)."""
+    from dotenv import dotenv_values
+
+    names = list(os.environ)
+    if Path(env_file).is_file():
+        names += list(dotenv_values(env_file))
+    for name, close in unknown_variables(names):
+        hint = f" (did you mean {close}?)" if close is not None else ""
+        print(f"warning: {name} is not a setting{hint}; it is ignored", file=sys.stderr)
 
 
 def _config(args: argparse.Namespace, settings: Settings) -> int:
@@ -461,9 +476,33 @@ def _print_consumers(data: dict[str, object]) -> None:
             )
 
 
+def _taken_port(settings: Settings) -> str | None:
+    """Why ``serve`` cannot listen, found before anything starts (so the
+    error is the only line): a fixed port another process holds."""
+    for what, host, port in (
+        ("admin API", settings.admin_host, settings.admin_port),
+        ("websocket", settings.websocket_host, settings.websocket_port),
+    ):
+        if port == 0:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # As the servers bind: a port in TIME_WAIT is free to them too.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                return f"{what} cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
 def _serve(settings: Settings) -> int:
     from .service import run_service
 
+    taken = _taken_port(settings)
+    if taken is not None:
+        print(f"serve: {taken}", file=sys.stderr)
+        return EXIT_PROBLEM
     try:
         run_on_loop(run_service(settings, freeze_gc=True), loop=settings.event_loop)
     except OSError as exc:

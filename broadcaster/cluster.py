@@ -1,4 +1,4 @@
-"""A service instance among others on one store (SPEC 11): its heartbeat,
+"""A service instance among others on one store (docs/deploying.md): its heartbeat,
 the lease that makes exactly one instance the Realtime writer, and runtime
 flags changed on any instance followed on this one.
 

@@ -23,6 +23,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -45,6 +46,7 @@ from .exceptions import (
 )
 from .flags import RuntimeFlags
 from .lanes import Lane
+from .logs import use_log_settings
 from .producer import Receipt, Submission, draft_batch, event_factory, receipt_of, store_error
 from .reconcile.matching import MatchPolicy, Report
 from .reconcile.reconciler import RECONCILED_THROUGH, Reconciler
@@ -220,10 +222,11 @@ class Broadcaster:
     def from_env(cls, env_file: str | None = ".env", **kwargs: Any) -> Broadcaster:
         """Build from the environment (and ``env_file``). Raises ConfigError."""
         settings = load_settings(env_file)
+        use_log_settings(settings.log_format, settings.log_level)
         table = settings.routing_table()
         log.info(
             "configuration loaded",
-            env_file=env_file,
+            env_file=env_file if env_file is not None and Path(env_file).is_file() else None,
             dual_write_enabled=table.enabled,
             primary=table.primary,
             override=table.override,
@@ -773,7 +776,7 @@ class Broadcaster:
     # -- reconciliation --------------------------------------------------------
 
     async def reconcile(self) -> Report:
-        """Run reconciliation now (SPEC 5) and return the report."""
+        """Run reconciliation now (docs/deploying.md) and return the report."""
         return await self.reconciler.run()
 
     async def repair(self, report: Report | None = None) -> dict[str, int]:
@@ -808,7 +811,7 @@ class Broadcaster:
 
     # -- flushing and inspection ---------------------------------------------
 
-    async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (SPEC 10 API)
+    async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (the public API's signature)
         """Wait until every event published so far is acknowledged by each of
         its adapters or recorded pending behind an open (or half-open) breaker;
         while a breaker is closed, that includes its backfill of pending events.

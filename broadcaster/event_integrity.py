@@ -1,4 +1,4 @@
-"""Event integrity: signing keys and signatures (SPEC 13), and the checks a
+"""Event integrity: signing keys and signatures (docs/security.md), and the checks a
 consumer runs on a received event's checksum and signature.
 
 Pure code: values in, values out, no I/O.
@@ -28,7 +28,7 @@ __all__ = [
 
 _HEX_LENGTH: Final = {"crc32": 8, "crc32c": 8, "sha256": 64}
 
-#: The one signature algorithm (SPEC 13).
+#: The one signature algorithm (docs/security.md).
 SIGNATURE_ALGORITHM: Final = "hmac-sha256"
 #: Longest key id, as ``EVENT_SIGNING_KEY_ID`` allows.
 MAX_KEY_ID_LENGTH: Final = 64

@@ -10,17 +10,17 @@ An event goes through three shapes:
 * :class:`EventRecord` — the draft sealed with its ``sequence_id`` and checksum.
   It holds the canonical bytes and the wire bytes (the JSON text frame), each
   built once and reused by the store and every adapter.
-* :class:`Event` — the pydantic model of the wire object (SPEC 2), used where
+* :class:`Event` — the pydantic model of the wire object (docs/wire-format.md), used where
   events come in from outside: consumers, the admin API, tools.
 
-Signed events (SPEC 13): an :class:`EventFactory` given a :class:`SigningKey`
+Signed events (docs/security.md): an :class:`EventFactory` given a :class:`SigningKey`
 puts it on every draft, and :func:`seal` adds ``"signature": {"algorithm":
 "hmac-sha256", "key_id": ..., "value": <hex>}`` after the checksum, an
 HMAC-SHA256 of the canonical bytes. The canonical bytes and the checksum stay
 what they are without a key. Consumers holding keys check signatures with
 :func:`verify_signed_event_dict` or :meth:`Event.verify`.
 
-Canonical bytes (SPEC 2) are the UTF-8 JSON of ``event_id, sequence_id,
+Canonical bytes (docs/wire-format.md) are the UTF-8 JSON of ``event_id, sequence_id,
 category, event_type, timestamp, key, source, payload``, keys sorted at every
 level, no whitespace, non-ASCII kept. They are assembled from pre-encoded
 pieces; ``tests/test_events.py`` proves the assembly equals
@@ -109,7 +109,7 @@ class Category(StrEnum):
     DEBUG = "DEBUG"
 
 
-#: SPEC 2: sha256 where exactness matters most, crc32 for high-volume categories.
+#: sha256 where exactness matters most, crc32 for high-volume categories.
 DEFAULT_CHECKSUM: Final[Mapping[Category, ChecksumAlgorithm]] = {
     Category.CRITICAL: "sha256",
     Category.USER_ACTIVITY: "sha256",
@@ -231,7 +231,7 @@ class SignatureInfo(BaseModel):
 
 
 class Event(BaseModel):
-    """The wire object of SPEC 2, validated. Build one from a received frame
+    """The wire object (docs/wire-format.md), validated. Build one from a received frame
     with :func:`parse_frame`; check its integrity with :meth:`verify`.
     ``signature`` is present on events of a broadcaster with a signing key."""
 

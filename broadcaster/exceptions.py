@@ -182,7 +182,7 @@ class ChecksumMismatch(FrameError):
 
 
 class SignatureMismatch(FrameError):
-    """An event is not signed with any key the consumer holds (SPEC 13): it
+    """An event is not signed with any key the consumer holds (docs/security.md): it
     has no signature, names a key id the consumer does not know, or its value
     is not the HMAC of its canonical bytes. ``reason`` says which."""
 

@@ -1,5 +1,5 @@
 """Runtime flags: the routing switches an operator may change while the
-broadcaster runs (SPEC 8) — per category ``enabled``, ``percentage`` and
+broadcaster runs (docs/rest-api.md) — per category ``enabled``, ``percentage`` and
 ``adapters``, and the global override.
 
 Environment variables give the initial values. A change is validated like the

@@ -9,7 +9,7 @@ another adapter's sends.
 On failure the batch goes back to the front of the queue and the lane backs
 off (exponentially, capped) before sending again; the store records the
 failure. Nothing is dropped: a record leaves the lane only when acknowledged,
-or — with a circuit breaker (SPEC 6) — when it is recorded ``PENDING``.
+or — with a circuit breaker (docs/configuration.md) — when it is recorded ``PENDING``.
 
 With a breaker, every send goes through :meth:`AdapterBreaker.call`, and:
 

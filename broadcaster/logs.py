@@ -13,7 +13,7 @@ from typing import Literal
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["configure_logging", "get_logger", "use_log_settings"]
 
 
 class _StderrLogger:
@@ -72,6 +72,13 @@ def configure_logging(fmt: Literal["console", "json"] = "console", level: str = 
     logging.basicConfig(
         level=max(numeric, logging.WARNING), handlers=[_StderrHandler()], force=True
     )
+
+
+def use_log_settings(fmt: Literal["console", "json"], level: str) -> None:
+    """``LOG_FORMAT`` and ``LOG_LEVEL`` for a program using the Python API,
+    unless it configured structlog itself (then its choice stands)."""
+    if not structlog.is_configured():
+        configure_logging(fmt, level)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -1,4 +1,4 @@
-"""Probe consumers of ``broadcaster serve`` (SPEC 12).
+"""Probe consumers of ``broadcaster serve`` (docs/deploying.md).
 
 A probe is a real subscriber of one adapter's path, run by the service
 itself: a :class:`~broadcaster.consumer.WebSocketSubscriber` of the

@@ -1,4 +1,4 @@
-"""The producer side: validate, route, seal, append (SPEC 10, 11).
+"""The producer side: validate, route, seal, append (docs/python-api.md, docs/deploying.md).
 
 One piece of code for every way events enter the store: the all-in-one
 :class:`~broadcaster.Broadcaster`, ``POST /events`` (through it), and
@@ -44,6 +44,7 @@ from .exceptions import (
     StoreUnavailable,
 )
 from .flags import RuntimeFlags
+from .logs import use_log_settings
 from .routing import RoutingTable
 from .settings import Settings, load_settings
 from .store import Store, store_from_url
@@ -100,7 +101,7 @@ _ReceiptBuilder: Final = _builder(Receipt)
 
 
 def _signing_key(settings: Settings) -> SigningKey | None:
-    """``EVENT_SIGNING_KEY`` as the key every event is signed with (SPEC 13)."""
+    """``EVENT_SIGNING_KEY`` as the key every event is signed with (docs/security.md)."""
     secret = settings.event_signing_key
     if secret is None:
         return None
@@ -182,7 +183,7 @@ class Submission:
 
 
 class Publisher:
-    """Publish into the shared store from any process (SPEC 11)::
+    """Publish into the shared store from any process (docs/deploying.md)::
 
         async with Publisher.from_env() as publisher:
             receipt = await publisher.publish("CRITICAL", "order.created", {"order": 42})
@@ -232,8 +233,12 @@ class Publisher:
 
     @classmethod
     def from_env(cls, env_file: str | None = ".env", **kwargs: Any) -> Publisher:
-        """Build from the environment (and ``env_file``). Raises ConfigError."""
-        return cls(load_settings(env_file), **kwargs)
+        """Build from the environment (and ``env_file``). Raises ConfigError.
+        Applies ``LOG_LEVEL``/``LOG_FORMAT`` unless the program configured
+        structlog itself."""
+        settings = load_settings(env_file)
+        use_log_settings(settings.log_format, settings.log_level)
+        return cls(settings, **kwargs)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -345,7 +350,7 @@ class Publisher:
         records = await self._write(items, connection)
         return [receipt_of(rec, routed) for rec, (_, routed) in zip(records, items, strict=True)]
 
-    async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (SPEC 10 API)
+    async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (the public API's signature)
         """Wait until every event handed to ``publish()`` so far is durably
         stored (or its call failed). Raises :class:`FlushTimeout`."""
         try:

@@ -1,4 +1,4 @@
-"""Routing: which adapters get an event (SPEC 3). Pure code, no I/O.
+"""Routing: which adapters get an event (docs/configuration.md). Pure code, no I/O.
 
 Sticky sampling hashes ``"<CATEGORY>:<key>"`` with SHA-256 and takes the first
 8 bytes, big-endian, modulo 100 as the bucket (0-99). An event is sampled when
@@ -72,7 +72,7 @@ class RoutingTable:
     def route(self, category: Category, routing_key: str) -> tuple[str, ...]:
         """The adapters an event of ``category`` with ``routing_key`` is routed to.
 
-        Rules in order (SPEC 3): the global override; the master switch and the
+        Rules in order (docs/configuration.md): the global override; the master switch and the
         category's ``enabled``; sticky sampling. The primary comes first.
         """
         if self.override is not None:

@@ -1,4 +1,4 @@
-"""API tokens and their scopes (SPEC 13): who may call what.
+"""API tokens and their scopes (docs/security.md): who may call what.
 
 Pure code: values in, values out. A token set is built once from
 ``BROADCASTER_ADMIN_TOKEN`` (one token, taken whole, named ``admin``) and

@@ -1,4 +1,4 @@
-"""Settings (SPEC 4): built once from the environment and ``.env``, then passed in.
+"""Settings (docs/configuration.md): built once from the environment and ``.env``, then passed in.
 
 Nothing here is read at import time. :func:`load_settings` is the one entry
 point; it raises :class:`~broadcaster.exceptions.ConfigError` naming the
@@ -12,9 +12,10 @@ The per-category and per-adapter families (``DUAL_WRITE_<CAT>_<FIELD>``,
 
 from __future__ import annotations
 
+import difflib
 import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple
 from urllib.parse import parse_qs, urlsplit
@@ -48,8 +49,10 @@ __all__ = [
     "Settings",
     "StoreURL",
     "default_instance_id",
+    "known_variables",
     "load_settings",
     "parse_store_url",
+    "unknown_variables",
 ]
 
 #: The ``synchronous`` modes a ``sqlite:`` STORE_URL may ask for.
@@ -239,7 +242,7 @@ class _FamilySource(PydanticBaseSettingsSource):
 
 
 class Settings(BaseSettings):
-    """Every setting of SPEC 4. Build with :func:`load_settings`, or directly
+    """Every setting (docs/configuration.md). Build with :func:`load_settings`, or directly
     with keyword arguments in tests (``Settings(_env_file=None, ...)``)."""
 
     model_config = SettingsConfigDict(
@@ -265,11 +268,11 @@ class Settings(BaseSettings):
     reconcile_max_delay_s: float = Field(default=300.0, gt=0)
     reconcile_interval_s: float = Field(default=30.0, ge=0)
     retention_s: float = Field(default=86_400.0, ge=0)
-    #: ``serve`` runs a verifying subscriber per adapter that writes receipts (SPEC 12).
+    #: ``serve`` runs a verifying subscriber per adapter that writes receipts (docs/deploying.md).
     reconcile_probe: bool = True
-    #: This service instance's name (SPEC 11); its probes report as ``probe:<id>``.
+    #: This service instance's name (docs/deploying.md); its probes report as ``probe:<id>``.
     instance_id: str = Field(default_factory=default_instance_id, min_length=1, max_length=128)
-    #: Seconds a claim of the Realtime writer's lease lasts (SPEC 11).
+    #: Seconds a claim of the Realtime writer's lease lasts (docs/deploying.md).
     instance_lease_s: float = Field(default=5.0, gt=0, le=3600)
 
     websocket_host: str = "127.0.0.1"
@@ -296,7 +299,7 @@ class Settings(BaseSettings):
     admin_host: str = "127.0.0.1"
     admin_port: int = Field(default=8080, ge=0, le=65535)
     broadcaster_admin_token: SecretStr | None = None
-    #: Named, scoped tokens: JSON (SPEC 13), checked by :meth:`api_tokens`.
+    #: Named, scoped tokens: JSON (docs/security.md), checked by :meth:`api_tokens`.
     broadcaster_tokens: SecretStr | None = None
     admin_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     admin_tls_cert: Path | None = None
@@ -490,6 +493,60 @@ def _check_cross_fields(settings: Settings) -> None:
             settings.reconcile_max_delay_s,
             "must be at least RECONCILE_WINDOW_S",
         )
+
+
+#: Prefixes of this product's variables: a name with one of them that is no
+#: setting is most likely a misspelled one.
+_PREFIXES: Final = (
+    "DUAL_WRITE_",
+    "ADAPTER_",
+    "BREAKER_",
+    "RECONCILE_",
+    "REALTIME_",
+    "SUPABASE_",
+    "WEBSOCKET_",
+    "ADMIN_",
+    "STORE_",
+    "EVENT_",
+    "INSTANCE_",
+    "BROADCASTER_",
+    "RETENTION_",
+)
+
+
+def known_variables() -> frozenset[str]:
+    """Every environment variable :class:`Settings` reads."""
+    names: set[str] = set()
+    for field in Settings.model_fields:
+        if field == "categories":
+            names.update(
+                _variable_for(("categories", cat.value, name))
+                for cat in Category
+                for name in _CATEGORY_FIELDS
+            )
+        elif field == "adapters":
+            names.update(
+                _variable_for(("adapters", adapter, name))
+                for adapter in ADAPTER_NAMES
+                for name in _ADAPTER_FIELDS
+            )
+        else:
+            names.add(field.upper())
+    return frozenset(names)
+
+
+def unknown_variables(names: Iterable[str]) -> list[tuple[str, str | None]]:
+    """Those of ``names`` that look like settings (one of the product's
+    prefixes) but are none, in order, each with the closest known name (None:
+    nothing close): ``DUAL_WRITE_CRITCAL_PERCENTAGE`` is most likely
+    ``DUAL_WRITE_CRITICAL_PERCENTAGE``, and ignored as it is."""
+    known = known_variables()
+    found: list[tuple[str, str | None]] = []
+    for name in dict.fromkeys(n.upper() for n in names):
+        if name.startswith(_PREFIXES) and name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+            found.append((name, close[0] if close else None))
+    return found
 
 
 def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:

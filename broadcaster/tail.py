@@ -1,4 +1,4 @@
-"""Following the store: deliver what other processes appended (SPEC 11).
+"""Following the store: deliver what other processes appended (docs/deploying.md).
 
 A service (``broadcaster serve``) delivers every event in the store, not
 only those published through it: producer processes append with

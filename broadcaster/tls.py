@@ -1,4 +1,4 @@
-"""TLS contexts for the admin API, the WebSocket server and its clients (SPEC 13).
+"""TLS contexts for the admin API, the WebSocket server and its clients (docs/security.md).
 
 Servers load a certificate chain and key (``ADMIN_TLS_CERT`` / ``ADMIN_TLS_KEY``,
 ``WEBSOCKET_TLS_CERT`` / ``WEBSOCKET_TLS_KEY``); a file that is not a usable

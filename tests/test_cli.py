@@ -32,6 +32,19 @@ def test_config_check_ok(capsys: pytest.CaptureFixture[str]) -> None:
     assert "configuration OK" in capsys.readouterr().out
 
 
+def test_a_misspelled_variable_is_named_with_the_closest_setting(tmp_path: Path) -> None:
+    env = tmp_path / "misspelled.env"
+    env.write_text("DUAL_WRITE_CRITCAL_PERCENTAGE=150\n", encoding="utf-8")
+    result = run("--env-file", str(env), "config", "check", env={"REALTIME_BATCH_MSS": "5"})
+    assert result.returncode == 0 and result.stdout == "configuration OK\n"
+    assert result.stderr.splitlines() == [
+        "warning: REALTIME_BATCH_MSS is not a setting (did you mean REALTIME_BATCH_MS?);"
+        " it is ignored",
+        "warning: DUAL_WRITE_CRITCAL_PERCENTAGE is not a setting"
+        " (did you mean DUAL_WRITE_CRITICAL_PERCENTAGE?); it is ignored",
+    ]
+
+
 def test_config_example_prints_the_env_file_the_package_ships_even_with_a_bad_config(
     tmp_path: Path,
 ) -> None:
@@ -164,8 +177,9 @@ def test_serve_on_a_taken_port_exits_1_with_one_line_naming_it(
         for variable in ("ADMIN_PORT", "WEBSOCKET_PORT"):
             monkeypatch.setenv(variable, str(port) if variable == taken else "0")
         assert main(["serve"]) == 1
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("serve:")]
-    assert len(err) == 1
+    # Found before anything starts: the error is the only line.
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("serve: "), err
     assert f"cannot listen on 127.0.0.1:{port}" in err[0] and "Errno" not in err[0]
 
 

@@ -76,3 +76,16 @@ def test_the_check_catches_what_it_is_for() -> None:
         assert FIGURE.search(text), text
     for text in ("# what reconciliation lag is measured from", "# a 4 MiB cap", "# 5 % threshold"):
         assert not FIGURE.search(text), text
+
+
+def test_comments_point_to_the_repositorys_own_docs() -> None:
+    """The contract a comment cites is one a reader has: ``docs/``, not a
+    document outside the repository."""
+    outside = re.compile(r"\bSPEC \d|\.\./shared/")
+    found = [
+        f"{path.relative_to(PACKAGE)}:{number}: {text.strip()}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for number, text in _texts(path)
+        if outside.search(text)
+    ]
+    assert not found, "\n".join(found)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -66,3 +68,46 @@ def test_config_load_is_logged_with_its_fields(monkeypatch: pytest.MonkeyPatch) 
     loaded = [e for e in logs if e["event"] == "configuration loaded"]
     assert loaded and loaded[0]["override"] == "websocket"
     assert loaded[0]["categories"]["CRITICAL"] == "on 100% websocket,realtime"
+
+
+_SCRIPT = """
+import asyncio
+from broadcaster import Broadcaster, Publisher
+
+async def main():
+    async with Publisher.from_env(env_file=None) as p:
+        await p.publish("CRITICAL", "e", {})
+    async with Broadcaster.from_env(env_file=".env") as b:
+        await b.publish("CRITICAL", "e", {})
+        await b.flush()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("level", ["ERROR", "INFO"])
+def test_the_python_api_logs_at_log_level(tmp_path: Path, level: str) -> None:
+    """A program using Publisher/Broadcaster.from_env gets LOG_LEVEL without
+    configuring logging itself; and no .env is reported as none."""
+    import subprocess
+    import sys
+
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("LOG_", "STORE_", "WEBSOCKET_"))
+    }
+    env |= {"LOG_LEVEL": level, "STORE_URL": f"sqlite:///{tmp_path / 'a.db'}"}
+    env |= {"WEBSOCKET_PORT": "0", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    if level == "ERROR":
+        assert done.stderr == ""
+    else:
+        loaded = [line for line in done.stderr.splitlines() if "configuration loaded" in line]
+        assert len(loaded) == 1 and "env_file=None" in loaded[0]

@@ -771,3 +771,20 @@ def test_tls_files_must_exist_and_come_in_pairs(
     with pytest.raises(ConfigError) as info:
         load_settings(None)
     assert str(info.value) == f"{kind}_TLS_CERT=(unset): required with {kind}_TLS_KEY"
+
+
+def test_unknown_variables_are_the_product_looking_names_that_are_no_setting() -> None:
+    from broadcaster.settings import known_variables, unknown_variables
+
+    known = known_variables()
+    assert {
+        "STORE_URL",
+        "DUAL_WRITE_CRITICAL_PERCENTAGE",
+        "ADAPTER_REALTIME_ERROR_THRESHOLD",
+    } <= known
+    assert unknown_variables(
+        ["store_url", "PATH", "DUAL_WRITE_CRITCAL_PERCENTAGE", "SUPABASE_SOMETHING", "PATH"]
+    ) == [
+        ("DUAL_WRITE_CRITCAL_PERCENTAGE", "DUAL_WRITE_CRITICAL_PERCENTAGE"),
+        ("SUPABASE_SOMETHING", None),
+    ]

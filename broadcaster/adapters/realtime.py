@@ -1,4 +1,4 @@
-"""The Supabase Realtime adapter (SPEC 7), on the official ``realtime`` client.
+"""The Supabase Realtime adapter (docs/wire-format.md), on the official ``realtime`` client.
 
 Each category has a channel ``<prefix>:<category lowercase>`` joined with
 broadcast ``ack: true``. Events are batched per channel (``batch_ms``,
@@ -140,7 +140,7 @@ class _TokenBucket:
 
 
 class RealtimeAdapter(Adapter):
-    """Delivers events to Supabase Realtime broadcast channels (SPEC 7).
+    """Delivers events to Supabase Realtime broadcast channels (docs/wire-format.md).
 
     ``url`` is the Realtime endpoint (``<SUPABASE_URL>/realtime/v1``; a bare
     project URL gets that path appended), ``key`` the project's API key.
@@ -205,7 +205,7 @@ class RealtimeAdapter(Adapter):
 
     @classmethod
     def from_settings(cls, settings: Settings, url: str | None = None) -> RealtimeAdapter:
-        """Build from :class:`~broadcaster.settings.Settings` (SPEC 4).
+        """Build from :class:`~broadcaster.settings.Settings` (docs/configuration.md).
 
         ``url`` defaults to ``settings.realtime_url()``; raises ConfigError if
         neither is set (the caller starts a local server in that case).

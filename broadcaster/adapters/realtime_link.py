@@ -46,7 +46,7 @@ log = structlog.get_logger("broadcaster.adapters.realtime", adapter="realtime")
 
 #: What the client would parse a broadcast's empty ``ok`` response into.
 _EMPTY_REPLY: Final = ReplyPostgresChanges()
-#: SPEC 7: the broadcast event name every batch is sent under.
+#: The broadcast event name every batch is sent under.
 BROADCAST_EVENT: Final = "events"
 _FAILED_STATES: Final = frozenset(
     {
@@ -67,7 +67,7 @@ def channel_topic(prefix: str, category: Category | str) -> str:
 
 
 def broadcast_channel_params(*, ack: bool) -> RealtimeChannelOptions:
-    """Join params of SPEC 7 (a fresh dict: the client mutates what it is given)."""
+    """Join params (docs/wire-format.md; a fresh dict: the client mutates what it is given)."""
     return {
         "config": {
             "broadcast": {"ack": ack, "self": False},

@@ -1,17 +1,17 @@
-"""The legacy delivery path: a WebSocket fan-out server (SPEC 7).
+"""The legacy delivery path: a WebSocket fan-out server (docs/wire-format.md).
 
 Clients connect to ``ws://HOST:PORT/events`` (``wss://`` with TLS) and may
 filter with ``?categories=CRITICAL,SYSTEM`` (case-insensitive). Every event is
 one JSON text frame holding exactly :attr:`EventRecord.wire`; frames to one
 connection follow sequence order.
 
-With a token set (``WEBSOCKET_REQUIRE_TOKEN``, SPEC 13) the handshake needs a
+With a token set (``WEBSOCKET_REQUIRE_TOKEN``, docs/security.md) the handshake needs a
 token whose scope allows subscribing (``consumer`` or ``admin``), as
 ``Authorization: Bearer <token>`` or, for browsers, which cannot set headers
 on a WebSocket handshake, ``?access_token=<token>``: HTTP 401 without a valid
 token, 403 for a valid token whose scope does not allow it.
 
-Resume (SPEC 12): ``?since=N`` (a whole number) first sends every stored
+Resume (docs/deploying.md): ``?since=N`` (a whole number) first sends every stored
 event after sequence id N that was routed to this adapter and matches the
 filter, in sequence order, then continues live, with no gap and no duplicate
 at the seam; see :class:`WebSocketAdapter`. The adapter reads history from
@@ -26,7 +26,7 @@ the frames are in each current subscriber's socket buffer. Nothing is awaited
 per subscriber, so one slow or vanished subscriber cannot stall the others or
 the broadcaster; instead a connection whose unsent backlog exceeds
 ``max_buffer_bytes`` is closed with code 1013 ("subscriber too slow"). Events a
-subscriber misses that way show up in reconciliation (SPEC 5) — the fan-out
+subscriber misses that way show up in reconciliation (docs/deploying.md) — the fan-out
 never buffers without bound on a subscriber's behalf.
 
 The wire protocol and per-connection records are in

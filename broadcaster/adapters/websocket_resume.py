@@ -1,4 +1,4 @@
-"""Resume on the WebSocket fan-out (SPEC 12): replay the stored events
+"""Resume on the WebSocket fan-out (docs/deploying.md): replay the stored events
 after a subscriber's ``since``, then switch it to live with no gap and no
 duplicate at the seam (see :class:`~broadcaster.adapters.websocket.WebSocketAdapter`).
 """

@@ -1,4 +1,4 @@
-"""Admin REST API (SPEC 8) and its embedded uvicorn server."""
+"""Admin REST API (docs/rest-api.md) and its embedded uvicorn server."""
 
 from .app import (
     DEFAULT_MAX_BODY_BYTES,

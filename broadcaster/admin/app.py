@@ -1,8 +1,8 @@
-"""The admin REST API (SPEC 8) as a FastAPI application over one running
+"""The admin REST API (docs/rest-api.md) as a FastAPI application over one running
 :class:`~broadcaster.core.Broadcaster`.
 
 Every path but ``/health``, ``/metrics`` and the dashboard shell needs
-``Authorization: Bearer <token>`` with a scope that allows it (SPEC 13): 401
+``Authorization: Bearer <token>`` with a scope that allows it (docs/security.md): 401
 without a valid token, 403 when the scope does not allow the request. The
 :class:`~broadcaster.admin.guard.AccessGuard` decides that before the body is
 read, and caps the body's size. The audit names the token's name. Bad bodies
@@ -212,7 +212,7 @@ def create_app(
     app = FastAPI(
         title="broadcaster admin API",
         version="1",
-        description="Runtime flags, stats, event trace, reconciliation and audit (SPEC 8).",
+        description="Runtime flags, stats, event trace, reconciliation, receipts and audit.",
     )
     app.state.broadcaster = b
     app.state.metrics = exporter

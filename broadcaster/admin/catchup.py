@@ -1,5 +1,5 @@
 """``GET /events?after=N``: stored events after a sequence id, in order — the
-catch-up read for consumers (SPEC 8, 12).
+catch-up read for consumers (docs/rest-api.md).
 
 What ``ws://…/events?since=N`` replays over the WebSocket path, over HTTP:
 for consumers whose path has no history (Realtime broadcasts cannot be

@@ -4,7 +4,7 @@ An ASGI middleware in front of every route. For each request it finds the
 route, and unless the route is open it authenticates the bearer token and
 checks the route's :class:`~broadcaster.security.Permission` against the
 token's scope — all before one byte of the body is read, so an anonymous
-caller cannot make the service parse a large body (SPEC 13). A body larger
+caller cannot make the service parse a large body (docs/security.md). A body larger
 than the cap gets 413: at once when ``Content-Length`` says so, otherwise as
 soon as the bytes read pass it, without reading further. Every response gets
 ``X-Content-Type-Options: nosniff``.
@@ -73,8 +73,8 @@ ROUTE_ACCESS: Final[Mapping[str, Permission | _Open]] = {
     "get_reconciliation": Permission.READ,
     "run_reconciliation": Permission.OPERATE,
     "post_receipts": Permission.CONSUME,
-    # GET /events?after=N: catch-up for consumers (SPEC 12, 13); also every GET
-    # for readers, see ALSO_PERMITTED.
+    # GET /events?after=N: catch-up for consumers (docs/security.md); also
+    # every GET for readers, see ALSO_PERMITTED.
     "read_events": Permission.CONSUME,
 }
 

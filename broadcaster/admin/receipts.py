@@ -1,5 +1,5 @@
 """``POST /receipts``: consumers in other processes report what they received
-(SPEC 12), so reconciliation judges delivery wherever consumers run.
+(docs/deploying.md), so reconciliation judges delivery wherever consumers run.
 
 The body is a JSON list of at most :data:`MAX_RECEIPTS` receipts::
 

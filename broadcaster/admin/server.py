@@ -4,7 +4,7 @@ uvicorn normally owns the process (signals, logging); here it is one part of
 the service, so signals stay with ``broadcaster serve`` and uvicorn's own
 logging is off: requests that matter are logged through structlog.
 
-Bounds against clients that hold connections (SPEC 13): a request's headers
+Bounds against clients that hold connections (docs/security.md): a request's headers
 must be complete within ``header_timeout`` seconds of the connection opening
 (or of a keep-alive request's first byte), headers are capped at
 :data:`MAX_HEADER_BYTES`, and beyond ``max_connections`` open connections a

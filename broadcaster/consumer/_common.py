@@ -61,7 +61,7 @@ class ReceiptCollector:
     ``seen`` so duplicates are counted.
 
     ``signing_keys`` (key id -> key, text or bytes; several while keys
-    rotate) makes the collector check signatures too (SPEC 13): an event with
+    rotate) makes the collector check signatures too (docs/security.md): an event with
     a matching checksum but no signature, an unknown key id or a wrong value
     is counted in ``stats.bad_signatures``, logged, and reported with
     ``checksum_ok=False``, so reconciliation counts it as a mismatch. Without

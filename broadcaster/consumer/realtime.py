@@ -1,7 +1,7 @@
 """Realtime consumer: joins the category channels with the official client and
 feeds every received event object to a :class:`ReceiptCollector`.
 
-Each broadcast ``events`` carries ``{"events": [<event object>, ...]}`` (SPEC 7);
+Each broadcast ``events`` carries ``{"events": [<event object>, ...]}`` (docs/wire-format.md);
 every object goes to ``collector.handle`` (which verifies its checksum and
 counts it). The connection is supervised by
 :class:`~broadcaster.adapters.realtime.RealtimeLink`: a lost connection or a

@@ -1,4 +1,4 @@
-"""Receipts from consumers in other processes: ``POST /receipts`` (SPEC 12).
+"""Receipts from consumers in other processes: ``POST /receipts`` (docs/deploying.md).
 
 A :class:`ReceiptPoster` takes receipts from a
 :class:`~broadcaster.consumer.ReceiptCollector` (``on_receipt=poster.add``)
@@ -37,7 +37,7 @@ __all__ = ["ReceiptPoster", "ReceiptPosterStats"]
 
 log = structlog.get_logger("broadcaster.consumer.receipts")
 
-#: The most receipts one ``POST /receipts`` may carry (SPEC 12).
+#: The most receipts one ``POST /receipts`` may carry (docs/deploying.md).
 MAX_BATCH: Final = 10_000
 # Answers that say "try again": the server is overloaded or its store is down.
 _RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})

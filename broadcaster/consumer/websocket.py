@@ -8,7 +8,7 @@ text frame with orjson and feeds the object to a
 and counts it. A malformed frame is counted in
 ``collector.stats.malformed`` and logged; it never stops the loop. After a
 drop the subscriber reconnects with capped exponential backoff and resumes
-(SPEC 12): it remembers the highest sequence id it received and reconnects
+(docs/deploying.md): it remembers the highest sequence id it received and reconnects
 with ``?since=<that id>``, so the server replays what it missed, with no gap
 and no duplicate; ``since=`` starts the first connection that way too. A
 server that pruned that history closes with 4410, which ends the

@@ -1,4 +1,4 @@
-"""``broadcaster demo``: the whole system on embedded defaults (SPEC 9).
+"""``broadcaster demo``: the whole system on embedded defaults (docs/cli.md).
 
 :mod:`.script` runs the demo's script, with its phases in :mod:`.outage` and
 :mod:`.reconciling` on the shared state and timings of :mod:`.timeline`;

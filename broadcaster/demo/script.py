@@ -1,4 +1,4 @@
-"""``broadcaster demo``: the whole system on embedded defaults (SPEC 9).
+"""``broadcaster demo``: the whole system on embedded defaults (docs/cli.md).
 
 Everything runs locally and goes away at the end: a fresh SQLite store in a
 temporary directory, the WebSocket fan-out server, a local Realtime-protocol

@@ -1,4 +1,4 @@
-"""Reconciliation matching (SPEC 5): pure functions, no I/O, clock passed in.
+"""Reconciliation matching (docs/deploying.md): pure functions, no I/O, clock passed in.
 
 For each event routed to an adapter, :func:`judge` looks at the consumer
 receipts for that (sequence id, adapter) and returns one outcome:

@@ -1,7 +1,7 @@
 """The reconciler: reads the store page by page and judges every (event,
 routed adapter) pair with :func:`~broadcaster.reconcile.matching.judge`.
 
-Strategy (SPEC 5): deliver, then reconcile. A run only reads the store and
+Strategy (docs/deploying.md): deliver, then reconcile. A run only reads the store and
 yields to the event loop between pages, so it never blocks publishing. Its
 memory is one page of rows plus the report's counters (and at most
 ``Report.max_missing_ids`` ids per adapter), not the size of the store.

@@ -821,7 +821,7 @@ class PostgresStore(Store):
         """:meth:`append` inside the caller's open transaction on ``conn`` (a
         connection to this store's database): the events exist, and are
         delivered, if and only if the caller commits. The transactional
-        outbox (SPEC 11).
+        outbox (docs/deploying.md).
 
         Ordering: the append lock is taken in that transaction and held until
         it ends, so no other append commits meanwhile and ids still become
