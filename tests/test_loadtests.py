@@ -70,6 +70,11 @@ def _in_process(argv: list[str]) -> tuple[int, str]:
     return code, buffer.getvalue()
 
 
+# Every test here on one worker (scripts/check runs --dist loadgroup): the
+# smoke run below is a module fixture, and each worker would pay for its own.
+pytestmark = pytest.mark.xdist_group("loadtests-smoke")
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smoke]:
     out = tmp_path_factory.mktemp("loadtests-out")

@@ -80,7 +80,7 @@ class ResumeMixin:
         source = self._replay
         assert source is not None  # _process_request refuses since without one
         try:
-            first = await source.first_sequence_id()
+            pruned = await source.pruned_through()
             last = await source.last_sequence_id()
             if since > last:
                 await self._refuse(
@@ -90,7 +90,10 @@ class ResumeMixin:
                     f"since {since} is beyond this store: its newest sequence id is {last}",
                 )
                 return
-            if first > since + 1 or (first == 0 and last > since):
+            # Gaps above the pruned mark are ids that never committed (a
+            # rolled-back append, one in flight): nothing to refuse for.
+            if pruned > since:
+                first = await source.first_sequence_id()
                 oldest = f"the oldest stored is {first}" if first else "no event is stored"
                 await self._refuse(
                     connection,

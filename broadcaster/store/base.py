@@ -28,6 +28,7 @@ from ..events import Category, EventDraft, EventRecord
 
 __all__ = [
     "DELIVERED_STATES",
+    "PRUNED_THROUGH",
     "UNDELIVERED_STATES",
     "AuditEntry",
     "ConsumerInfo",
@@ -50,6 +51,10 @@ __all__ = [
     "report_infos",
     "plain_counts",
 ]
+
+
+#: The watermark :meth:`Store.prune` raises to the highest id it deleted.
+PRUNED_THROUGH = "pruned_through"
 
 
 class DeliveryState(StrEnum):
@@ -590,8 +595,14 @@ class Store(ABC):
 
     @abstractmethod
     async def first_sequence_id(self) -> int:
-        """The lowest sequence id still stored (0 when no event is): where
-        history begins after pruning."""
+        """The lowest sequence id still stored (0 when no event is)."""
+
+    async def pruned_through(self) -> int:
+        """The highest sequence id ever pruned (0: none). Above it, every
+        event that was committed is still stored: gaps there are ids that
+        never committed (a rolled-back or failed append), not lost history.
+        What resume (``?since=N``) is refused by."""
+        return await self.get_watermark(PRUNED_THROUGH)
 
     @abstractmethod
     async def scan(self, *, after: int = 0, limit: int = 1000) -> list[ScanRow]:

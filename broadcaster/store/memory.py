@@ -12,6 +12,7 @@ from typing import Any
 from ..events import Category, EventDraft, EventRecord, seal
 from .base import (
     DELIVERED_STATES,
+    PRUNED_THROUGH,
     UNDELIVERED_STATES,
     AuditEntry,
     ConsumerInfo,
@@ -299,6 +300,9 @@ class MemoryStore(Store):
             del self._events[seq], self._states[seq]
             self._errors.pop(seq, None)
             self._receipts.pop(seq, None)
+        if doomed:
+            mark = self._watermarks.get(PRUNED_THROUGH, 0)
+            self._watermarks[PRUNED_THROUGH] = max(mark, doomed[-1])
         return len(doomed)
 
     async def get_watermark(self, name: str) -> int:

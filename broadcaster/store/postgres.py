@@ -301,6 +301,16 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             expires_at_ms bigint NOT NULL
         )""",
     ),
+    # 7: resume is refused by the highest id ever pruned, which prune() keeps
+    # from now on. A store pruned before: every id below its first event
+    # counts as pruned, and every id handed out where no event is left.
+    (
+        """INSERT INTO watermarks (name, value) SELECT 'pruned_through',
+            coalesce((SELECT min(sequence_id) - 1 FROM events),
+                     (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END
+                      FROM event_sequence_id))
+            ON CONFLICT (name) DO NOTHING""",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -1371,6 +1381,12 @@ class PostgresStore(Store):
                     "DELETE FROM events WHERE sequence_id = ANY(%s::bigint[])", (doomed,)
                 )
                 events = cur.rowcount
+                await cur.execute(
+                    "INSERT INTO watermarks (name, value) VALUES ('pruned_through', %s)"
+                    " ON CONFLICT (name) DO UPDATE"
+                    " SET value = greatest(watermarks.value, excluded.value)",
+                    (max(doomed),),
+                )
                 # Counters last, in key order (see _add_counts).
                 await _add_counts(cur, counts)
                 await cur.execute(_ADD_META, (-events, "event_count"))

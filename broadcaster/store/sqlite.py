@@ -476,6 +476,14 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             expires_at_ms INTEGER NOT NULL
         ) WITHOUT ROWID""",
     ),
+    # 11: resume is refused by the highest id ever pruned, which prune() keeps
+    # from now on. A store pruned before: every id below its first event
+    # counts as pruned, and every id handed out where no event is left.
+    (
+        """INSERT OR IGNORE INTO watermarks (name, value) SELECT 'pruned_through',
+            coalesce((SELECT min(sequence_id) - 1 FROM events),
+                     (SELECT value FROM meta WHERE key = 'last_sequence_id'), 0)""",
+    ),
 )
 
 #: The schema version this code writes.
@@ -738,6 +746,10 @@ _PRUNE_CANDIDATES: Final = (
     " AND created_at_ms < ? ORDER BY sequence_id LIMIT ?"
 )
 _IN_IDS: Final = "sequence_id IN (SELECT value FROM json_each(?))"
+_RAISE_PRUNED: Final = (
+    "INSERT INTO watermarks (name, value) VALUES ('pruned_through', ?)"
+    " ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)"
+)
 _SAVE_CONFIG: Final = (
     "INSERT INTO runtime_config (id, doc_json, updated_at_ms) VALUES (1, ?, ?)"
     " ON CONFLICT (id) DO UPDATE SET doc_json = excluded.doc_json,"
@@ -2086,6 +2098,7 @@ class SQLiteStore(Store):
             conn.execute(f"DELETE FROM deliveries WHERE {_IN_IDS}", ids)
             receipts = conn.execute(f"DELETE FROM receipts WHERE {_IN_IDS}", ids).rowcount
             events = conn.execute(f"DELETE FROM events WHERE {_IN_IDS}", ids).rowcount
+            conn.execute(_RAISE_PRUNED, (max(doomed),))
             _add_counts(conn, counts)
             conn.executemany(_ADD_META, [(-events, "event_count"), (-receipts, "receipt_count")])
             return events, high, finished

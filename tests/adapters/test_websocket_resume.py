@@ -160,6 +160,32 @@ async def test_pruned_history_closes_with_4410_naming_the_oldest_stored(
         await nothing_more(ws, server)
 
 
+class InFlightStore(MemoryStore):
+    """Ids handed out to appends not committed (in flight in another
+    process, or rolled back) count in the high-water mark, as a PostgreSQL
+    sequence's do, while no event of theirs is stored."""
+
+    in_flight = 0
+
+    async def last_sequence_id(self) -> int:
+        return await super().last_sequence_id() + self.in_flight
+
+
+async def test_ids_not_committed_are_not_pruned_history() -> None:
+    """It refused a subscriber (4410, "pruned") when a producer had taken ids
+    it had not committed yet: a gap is not lost history, only pruning is."""
+    store = InFlightStore()
+    store.in_flight = 3
+    async with WebSocketAdapter(port=0, replay=store) as server:
+        async with connect(f"{server.url}?since=0") as ws:
+            await nothing_more(ws, server)
+            records = await append(store, 2)
+            await server.send(records)
+            assert await receive(ws, 2) == [1, 2]
+        async with connect(f"{server.url}?since=0") as ws:
+            assert await receive(ws, 2) == [1, 2]
+
+
 async def test_the_subscriber_ends_with_history_pruned(
     server: WebSocketAdapter, store: MemoryStore
 ) -> None:

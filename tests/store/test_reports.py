@@ -36,3 +36,22 @@ async def test_reports_are_checked_against_the_stored_events_in_one_call(store: 
         ("web", "realtime"),
         ("web", "websocket"),
     ]
+
+
+async def test_pruned_through_is_the_highest_id_prune_deleted(store: Store) -> None:
+    """What resume is refused by: pruning, not gaps of ids that never
+    committed."""
+    from broadcaster.store import DeliveryState
+
+    assert await store.pruned_through() == 0
+    factory = EventFactory()
+    records = await store.append(
+        [(factory.draft("CRITICAL", "e", {"i": i}), ("websocket",)) for i in range(6)]
+    )
+    ids = [r.sequence_id for r in records]
+    await store.mark("websocket", ids[:2] + ids[3:5], DeliveryState.ACKED)
+    assert await store.prune(through=ids[-1], older_than_ms=2**62) == 4
+    # The third event was not delivered and stays; the mark is the highest gone.
+    assert await store.pruned_through() == ids[4]
+    assert await store.prune(through=ids[1], older_than_ms=2**62) == 0
+    assert await store.pruned_through() == ids[4]

@@ -1079,3 +1079,27 @@ async def test_reading_history_is_a_range_read_of_the_events_key(tmp_path: Path)
     plan = " ".join(str(r) for r in conn.execute(f"EXPLAIN QUERY PLAN {_FIRST_SEQUENCE_ID}"))
     conn.close()
     assert "SCAN" not in plan, plan
+
+
+@pytest.mark.parametrize(("stored", "pruned"), [((5, 6), 4), ((), 6), ((1,), 0)])
+async def test_migrates_from_version_10_taking_what_was_pruned_from_the_gap(
+    tmp_path: Path, stored: tuple[int, ...], pruned: int
+) -> None:
+    """Version 11 keeps the highest pruned id (what resume is refused by):
+    in a store pruned before it, every id below the first stored event, and
+    every id handed out where none is left, counts as pruned."""
+    path = tmp_path / "v10.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    assert migrate(conn, MIGRATIONS[:10]) == 0
+    for seq in stored:
+        r = seal(EventFactory().draft("CRITICAL", "old", {"v": seq}), seq)
+        conn.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (r.sequence_id, r.event_id, "CRITICAL", "old", 1, '["websocket"]', r.wire,
+             r.checksum, r.payload_keys),
+        )  # fmt: skip
+    conn.execute("UPDATE meta SET value = 6 WHERE key = 'last_sequence_id'")
+    conn.close()
+    async with SQLiteStore(path) as store:
+        assert await store.pruned_through() == pruned
