@@ -15,7 +15,7 @@ The lane uses it as::
 
     try:
         await breaker.call(lambda: adapter.send(batch))
-    except BreakerOpen as exc:   # catch before AdapterError: nothing was sent
+    except BreakerOpen as exc:   # not an AdapterError: nothing was sent
         ...keep the batch pending; try again at exc.retry_at (clock units)...
 """
 

@@ -74,6 +74,7 @@ from .event_json import (
 from .exceptions import ChecksumMismatch, FrameError, InvalidEvent, SignatureMismatch
 
 __all__ = [
+    "slots_builder",
     "CANONICAL_FIELDS",
     "Category",
     "ChecksumInfo",
@@ -301,7 +302,7 @@ def _category(value: object) -> Category:
     )
 
 
-def _builder(cls: type) -> Any:
+def slots_builder(cls: type) -> Any:
     """A plain class with the slots of the frozen dataclass ``cls``.
 
     A frozen dataclass's ``__init__`` sets each field with
@@ -314,8 +315,8 @@ def _builder(cls: type) -> Any:
     return type(f"_{cls.__name__}Builder", (), {"__slots__": cls.__dict__["__slots__"]})
 
 
-_DraftBuilder: Final = _builder(EventDraft)
-_RecordBuilder: Final = _builder(EventRecord)
+_DraftBuilder: Final = slots_builder(EventDraft)
+_RecordBuilder: Final = slots_builder(EventRecord)
 
 #: Entries per memo of an :class:`EventFactory` (event types, payload key sets).
 _MEMO_SIZE: Final = 1024

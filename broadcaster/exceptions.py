@@ -18,11 +18,11 @@ edge, with the original kept as ``__cause__``.
     ├── AdapterError            an adapter could not take a batch; .adapter names it
     │   ├── AdapterUnavailable  not connected / not started / connection lost
     │   ├── AdapterTimeout      no acknowledgement in time
-    │   ├── AdapterRejected     the far side answered with an error
-    │   │   └── HistoryPruned   a resume asked for events the store no longer has;
-    │   │                       .since and .oldest (the oldest still stored) say how far
-    │   └── BreakerOpen         the adapter's circuit breaker refused the call;
-    │                           nothing was sent (.state, .retry_at)
+    │   └── AdapterRejected     the far side answered with an error
+    │       └── HistoryPruned   a resume asked for events the store no longer has;
+    │                           .since and .oldest (the oldest still stored) say how far
+    ├── BreakerOpen             an adapter's circuit breaker refused the call: nothing
+    │                           was sent, so no delivery failed (.adapter, .state, .retry_at)
     └── FrameError              a received frame is not a valid event (consumer side)
         ├── ChecksumMismatch    the event's checksum does not match its canonical bytes
         └── SignatureMismatch   a consumer holding signing keys got an event with no
@@ -147,8 +147,10 @@ class HistoryPruned(AdapterRejected):
         super().__init__(adapter, reason)
 
 
-class BreakerOpen(AdapterError):
-    """The breaker refused the call: nothing was sent to the adapter.
+class BreakerOpen(BroadcasterError):
+    """The breaker refused the call: nothing was sent to the adapter. Not an
+    :class:`AdapterError` (no delivery was attempted), so a handler of those
+    never takes it for a failed send.
 
     ``adapter`` names it; ``state`` is ``"open"`` or ``"half_open"`` (every
     probe slot taken); ``retry_at`` is when an open breaker goes half-open, on
@@ -158,10 +160,11 @@ class BreakerOpen(AdapterError):
     """
 
     def __init__(self, adapter: str, state: str, retry_at: float | None) -> None:
+        self.adapter = adapter
         self.state = state
         self.retry_at = retry_at
         when = f"; retry at {retry_at:.3f}" if retry_at is not None else ""
-        super().__init__(adapter, f"circuit breaker {state}{when}")
+        super().__init__(f"{adapter}: circuit breaker {state}{when}")
 
 
 class FrameError(BroadcasterError, ValueError):

@@ -33,7 +33,7 @@ from .events import (
     EventFactory,
     EventRecord,
     SigningKey,
-    _builder,
+    slots_builder,
 )
 from .exceptions import (
     BroadcasterClosed,
@@ -97,7 +97,7 @@ class Receipt:
         }
 
 
-_ReceiptBuilder: Final = _builder(Receipt)
+_ReceiptBuilder: Final = slots_builder(Receipt)
 
 
 def _signing_key(settings: Settings) -> SigningKey | None:
@@ -110,7 +110,7 @@ def _signing_key(settings: Settings) -> SigningKey | None:
 
 def receipt_of(record: EventRecord, routed: tuple[str, ...]) -> Receipt:
     # One per published event: filled as a plain object and then made a
-    # Receipt (see events._builder): cheaper than the frozen __init__.
+    # Receipt (see events.slots_builder): cheaper than the frozen __init__.
     receipt = _ReceiptBuilder()
     receipt.sequence_id = record.sequence_id
     receipt.event_id = record.event_id

@@ -75,42 +75,52 @@ class StoreURL(NamedTuple):
 
 
 def parse_store_url(url: str) -> StoreURL:
-    """Check and take apart a ``STORE_URL``; raise ``ValueError`` saying what
-    is wrong with it. ``memory://``; ``sqlite:///relative/path.db`` or
-    ``sqlite:////absolute/path.db`` (SQLAlchemy's convention) with options
-    ``?synchronous=``, ``?busy_timeout_ms=``, ``?wal_frames_max=``;
-    ``postgresql://…`` or ``postgres://…`` (a libpq URL, checked when the
-    store connects)."""
+    """Check and take apart a ``STORE_URL``; raise :class:`ConfigError`
+    (a ``ValueError``) saying what is wrong with it. ``memory://``;
+    ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``
+    (SQLAlchemy's convention) with options ``?synchronous=``,
+    ``?busy_timeout_ms=``, ``?wal_frames_max=``; ``postgresql://…`` or
+    ``postgres://…`` (a libpq URL, checked when the store connects)."""
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "memory":
         return StoreURL("memory", url)
     if scheme in ("postgresql", "postgres"):
         return StoreURL("postgresql", url)
     if scheme != "sqlite":
-        raise ValueError(
-            f"unsupported STORE_URL {url!r}: expected memory://, sqlite:///path or postgresql://..."
+        raise ConfigError(
+            "STORE_URL",
+            url,
+            f"unsupported STORE_URL {url!r}: expected memory://, sqlite:///path or postgresql://...",
         )
     parts = urlsplit(url)
     if parts.netloc:
-        raise ValueError(
-            f"unsupported STORE_URL {url!r}: sqlite URLs have no host (sqlite:///path)"
+        raise ConfigError(
+            "STORE_URL",
+            url,
+            f"unsupported STORE_URL {url!r}: sqlite URLs have no host (sqlite:///path)",
         )
     path = parts.path[1:] if parts.path.startswith("/") else parts.path
     if not path:
-        raise ValueError(f"unsupported STORE_URL {url!r}: no database path (sqlite:///path)")
+        raise ConfigError(
+            "STORE_URL", url, f"unsupported STORE_URL {url!r}: no database path (sqlite:///path)"
+        )
     options = parse_qs(parts.query, keep_blank_values=True)
     unknown = set(options) - set(_SQLITE_OPTIONS)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
+            "STORE_URL",
+            url,
             f"unsupported STORE_URL {url!r}: unknown option(s) {', '.join(sorted(unknown))};"
-            f" known: {', '.join(_SQLITE_OPTIONS)}"
+            f" known: {', '.join(_SQLITE_OPTIONS)}",
         )
     synchronous = options.get("synchronous", ["NORMAL"])[-1].upper()
     if synchronous not in SQLITE_SYNCHRONOUS_MODES:
         known = ", ".join(m.lower() for m in SQLITE_SYNCHRONOUS_MODES)
-        raise ValueError(
+        raise ConfigError(
+            "STORE_URL",
+            url,
             f"unsupported STORE_URL {url!r}: synchronous={synchronous.lower()!r},"
-            f" expected one of {known}"
+            f" expected one of {known}",
         )
     busy = _url_number(url, options, "busy_timeout_ms", least=0)
     frames = _url_number(url, options, "wal_frames_max", least=1)
@@ -127,9 +137,11 @@ def _url_number(url: str, options: dict[str, list[str]], name: str, *, least: in
     except ValueError:
         number = least - 1
     if number < least:
-        raise ValueError(
+        raise ConfigError(
+            "STORE_URL",
+            url,
             f"unsupported STORE_URL {url!r}: {name}={given!r}, expected a whole number"
-            f" of at least {least}"
+            f" of at least {least}",
         )
     return number
 
@@ -293,7 +305,10 @@ class Settings(BaseSettings):
     def _store_url(cls, value: str) -> str:
         # Checked here, so that `config check` and every command refuse it
         # (exit 2) before anything starts, not when the store is built.
-        parse_store_url(value)
+        try:
+            parse_store_url(value)
+        except ConfigError as exc:
+            raise ValueError(exc.reason) from None
         return value
 
     admin_host: str = "127.0.0.1"

@@ -68,3 +68,10 @@ def commits_in_callers_step(monkeypatch: pytest.MonkeyPatch) -> None:
     mode) a VM pause mid-step must not send a commit to the writer task."""
     monkeypatch.setattr(core, "_INLINE_MAX_LAG_S", 1.0)
     monkeypatch.setattr(core, "_INLINE_BUDGET_S", 1.0)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The load-test smoke (one xdist group, see tests/test_loadtests.py)
+    first: scheduled last, its worker would run it alone while the other
+    idles; scheduled first, the other worker takes the rest meanwhile."""
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,20 @@ def dashboard_expressions() -> list[str]:
 
 
 async def exported_names() -> set[str]:
-    """Metric names in a live render(), after traffic in every category, a
-    reconciliation run and a store refresh, so every labelled series exists.
-    Counters by their ``_total`` sample name, histograms by their base name."""
+    """Metric names in a live render() (see :func:`live_metrics`). Counters by
+    their ``_total`` sample name, histograms by their base name."""
+    names = set()
+    for family in text_string_to_metric_families((await live_metrics()).decode()):
+        if family.type == "histogram":
+            names.add(family.name)
+        else:
+            names.update(sample.name for sample in family.samples)
+    return names
+
+
+async def live_metrics() -> bytes:
+    """A live render(), after traffic in every category, a reconciliation run
+    and a store refresh, so every labelled series exists."""
     b = Broadcaster(
         load_settings(env_file=None),
         adapters=[MemoryAdapter("websocket"), MemoryAdapter("realtime")],
@@ -79,13 +91,28 @@ async def exported_names() -> set[str]:
         await metrics.refresh()
         body, _ = metrics.render()
     metrics.close()
-    names = set()
-    for family in text_string_to_metric_families(body.decode()):
-        if family.type == "histogram":
-            names.add(family.name)
-        else:
-            names.update(sample.name for sample in family.samples)
-    return names
+    return bytes(body)
+
+
+# -- Prometheus's own checker (scripts/check installs Debian's prometheus) ------
+
+
+def promtool(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["promtool", *args], input=stdin, capture_output=True, timeout=60, check=False
+    )
+
+
+def test_promtool_accepts_the_alert_rules() -> None:
+    done = promtool("check", "rules", str(ALERTS))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert b"SUCCESS: 10 rules found" in done.stdout
+
+
+async def test_promtool_accepts_a_live_metrics_page() -> None:
+    """Names, help texts, types and units as Prometheus's linter wants them."""
+    done = promtool("check", "metrics", stdin=await live_metrics())
+    assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
 
 
 # -- alert rules -------------------------------------------------------------------

@@ -724,9 +724,10 @@ def test_parse_store_url() -> None:
         ("sqlite:///x.db?a=1&b=2", "unknown option(s) a, b"),
         ("sqlite:///x.db?synchronous=", "synchronous=''"),
     ]:
-        with pytest.raises(ValueError, match="unsupported STORE_URL") as info:
+        with pytest.raises(ConfigError, match="unsupported STORE_URL") as info:
             parse_store_url(bad)
         assert says in str(info.value), (bad, str(info.value))
+        assert (info.value.variable, info.value.value) == ("STORE_URL", bad)
 
 
 def test_bad_store_url_fails_when_settings_load(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,8 +17,8 @@ import structlog
 
 from ..events import (
     SigningKey,
-    _builder,
     payload_keys_of,
+    slots_builder,
     verify_event_dict,
     verify_signed_event_dict,
 )
@@ -29,7 +29,7 @@ __all__ = ["ConsumerStats", "ReceiptCollector", "StoreReceiptWriter"]
 
 log = structlog.get_logger("broadcaster.consumer")
 
-_ReceiptBuilder: Final = _builder(ConsumerReceipt)
+_ReceiptBuilder: Final = slots_builder(ConsumerReceipt)
 
 
 def _keys(payload: object) -> str | None:
@@ -160,7 +160,7 @@ class ReceiptCollector:
             )
         if self._on_receipt is not None:
             # One per event: filled as a plain object, then made a
-            # ConsumerReceipt (see events._builder); the frozen __init__ costs
+            # ConsumerReceipt (see events.slots_builder); the frozen __init__ costs
             # a busy consumer several times as much.
             receipt = _ReceiptBuilder()
             receipt.sequence_id = seq

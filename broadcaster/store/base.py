@@ -27,6 +27,8 @@ from typing import Any, Self
 from ..events import Category, EventDraft, EventRecord
 
 __all__ = [
+    "audit_entry",
+    "config_json_of",
     "DELIVERED_STATES",
     "PRUNED_THROUGH",
     "UNDELIVERED_STATES",
@@ -344,7 +346,7 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-def _config_json(config: Mapping[str, Any], before: Any, after: Any) -> tuple[str, str, str]:
+def config_json_of(config: Mapping[str, Any], before: Any, after: Any) -> tuple[str, str, str]:
     """The JSON texts of one :meth:`Store.save_runtime_config` call, built before
     anything is written so a bad value fails the call with nothing stored."""
     if not isinstance(config, Mapping):
@@ -370,11 +372,11 @@ class AuditEntry:
     after: Any
 
 
-def _audit_entry(
+def audit_entry(
     entry_id: int, at_ms: int, actor: str, path: str, before_json: str, after_json: str
 ) -> AuditEntry:
     """An audit entry from its stored row (JSON texts as written by
-    :func:`_config_json`), shared by the backends."""
+    :func:`config_json_of`), shared by the backends."""
     return AuditEntry(
         id=int(entry_id),
         at_ms=int(at_ms),

@@ -26,8 +26,8 @@ from .base import (
     Store,
     StoredEvent,
     StoreStats,
-    _audit_entry,
-    _config_json,
+    audit_entry,
+    config_json_of,
     consumer_infos,
     merge_consumer,
     plain_counts,
@@ -316,7 +316,7 @@ class MemoryStore(Store):
     ) -> AuditEntry:
         """Replace the config document and append an audit entry; see
         :meth:`Store.save_runtime_config`. Serialises first: nothing changes on error."""
-        doc, before_json, after_json = _config_json(config, before, after)
+        doc, before_json, after_json = config_json_of(config, before, after)
         row = (
             len(self._audit) + 1,
             int(self._clock() * 1000),
@@ -327,7 +327,7 @@ class MemoryStore(Store):
         )
         self._config_json = doc
         self._audit.append(row)
-        return _audit_entry(*row)
+        return audit_entry(*row)
 
     async def runtime_config(self) -> dict[str, Any] | None:
         """A fresh copy of the last saved config document, or ``None``."""
@@ -341,4 +341,4 @@ class MemoryStore(Store):
         if limit <= 0:
             return []
         start = max(after, 0)  # ids are 1..n at positions 0..n-1
-        return [_audit_entry(*row) for row in self._audit[start : start + limit]]
+        return [audit_entry(*row) for row in self._audit[start : start + limit]]

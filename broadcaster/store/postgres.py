@@ -101,8 +101,8 @@ from .base import (
     StoredEvent,
     StoreHealth,
     StoreStats,
-    _audit_entry,
-    _config_json,
+    audit_entry,
+    config_json_of,
     consumer_infos,
     judge_reports,
 )
@@ -1427,7 +1427,7 @@ class PostgresStore(Store):
         """Replace the ``runtime_config`` row and insert the ``audit`` row in one
         transaction; see :meth:`Store.save_runtime_config`. Values are serialised
         before the transaction starts; a failed call leaves both tables as they were."""
-        doc, before_json, after_json = _config_json(config, before, after)
+        doc, before_json, after_json = config_json_of(config, before, after)
 
         async def body(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
             async with conn.transaction(), conn.cursor() as cur:
@@ -1442,7 +1442,7 @@ class PostgresStore(Store):
                 return int(row[0]), now_ms
 
         entry_id, at_ms = await self._run("save_runtime_config", body)
-        return _audit_entry(entry_id, at_ms, actor, path, before_json, after_json)
+        return audit_entry(entry_id, at_ms, actor, path, before_json, after_json)
 
     # -- several service instances ---------------------------------------------
 
@@ -1546,7 +1546,7 @@ class PostgresStore(Store):
                 return await cur.fetchall()
 
         rows = await self._run("audit_log", body)
-        return [_audit_entry(*row) for row in rows]
+        return [audit_entry(*row) for row in rows]
 
 
 async def postgres_store_exists(url: str, *, connect_timeout: int = 5) -> bool:

@@ -174,8 +174,8 @@ from .base import (
     StoredEvent,
     StoreHealth,
     StoreStats,
-    _audit_entry,
-    _config_json,
+    audit_entry,
+    config_json_of,
     consumer_infos,
     report_infos,
 )
@@ -2134,7 +2134,7 @@ class SQLiteStore(Store):
         """Replace the ``runtime_config`` row and append to ``audit`` in one write
         transaction; see :meth:`Store.save_runtime_config`. Values are serialised
         before the transaction starts; a failed call leaves both tables as they were."""
-        doc, before_json, after_json = _config_json(config, before, after)
+        doc, before_json, after_json = config_json_of(config, before, after)
         now_ms = int(self._clock() * 1000)
 
         def body(conn: sqlite3.Connection) -> int:
@@ -2145,7 +2145,7 @@ class SQLiteStore(Store):
             return entry_id
 
         entry_id = await self._worker_write("save_runtime_config", body)
-        return _audit_entry(entry_id, now_ms, actor, path, before_json, after_json)
+        return audit_entry(entry_id, now_ms, actor, path, before_json, after_json)
 
     # -- several service instances ---------------------------------------------
 
@@ -2228,6 +2228,6 @@ class SQLiteStore(Store):
             return []
 
         def body(conn: sqlite3.Connection) -> list[AuditEntry]:
-            return [_audit_entry(*row) for row in conn.execute(_AUDIT_PAGE, (after, limit))]
+            return [audit_entry(*row) for row in conn.execute(_AUDIT_PAGE, (after, limit))]
 
         return await self._call(self._read, "audit_log", body)
