@@ -15,6 +15,11 @@ Either way sequence ids follow the order of the calls.
 
 Backpressure: at most ``max_pending`` events may be waiting for the writer or
 for the slowest lane; beyond that ``publish()`` waits. It never drops.
+
+Why one module of this size: the group commit heuristics, the hand-off to
+the lanes and ``flush()`` share the broadcaster's state (what is queued,
+committed, handed over) turn by turn; split, each part would reach into
+the others'.
 """
 
 from __future__ import annotations

@@ -27,6 +27,10 @@ With a breaker, every send goes through :meth:`AdapterBreaker.call`, and:
   ``store.undelivered`` and sends what no lane holds, at most
   ``backfill_rate`` events/s and only while the lane is not busy, so live
   traffic keeps its latency. It runs until a pass at full share finds nothing.
+
+Over ~500 lines: delivery, failover and backfill share one queue and one
+set of held ids, and the invariants between them (never send a row twice,
+never drop one) are easiest to check in one place.
 """
 
 from __future__ import annotations

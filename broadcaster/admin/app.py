@@ -8,6 +8,10 @@ without a valid token, 403 when the scope does not allow the request. The
 read, and caps the body's size. The audit names the token's name. Bad bodies
 give 422 naming the field, unknown categories 404, a store that cannot take
 a change 503 — and in each case nothing changed.
+
+Over ~500 lines: the routes that share the application's state and error
+handling; the bigger ones (receipts, catch-up, the guard) live in modules
+of their own.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ entry are written in one transaction.
 
 Backends: :class:`~broadcaster.store.memory.MemoryStore` (tests, ``memory://``),
 SQLite (``sqlite:///path``) and PostgreSQL (``postgresql://...``).
+
+Over ~500 lines because it is the contract: every method of
+:class:`Store` is documented here once for the three backends, with the
+small value types they exchange.
 """
 
 from __future__ import annotations

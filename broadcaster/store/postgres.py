@@ -57,6 +57,10 @@ change in the transactions that change what they count, as each transaction's
 last statement and in key order (no lock-order deadlock between processes), so
 :meth:`PostgresStore.stats` reads a few rows instead of counting millions.
 Pruning deletes from ``events``; the sequence never goes back.
+
+Why one module of this size: as for the SQLite store, the class and the
+statements whose shapes it relies on (the append lock, the marks, the
+outbox) are read together; each method is one transaction.
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ from .base import (
     consumer_infos,
     judge_reports,
 )
+from .postgres_schema import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = [
     "APPEND_CHANNEL",
@@ -147,173 +152,6 @@ _WRITES: Final = frozenset(
 #: succeed where an append cannot, e.g. on a full disk).
 _UP_ACTIONS: Final = frozenset({"append", "probe"})
 
-
-#: Ordered schema migrations; migration ``n`` brings version ``n - 1`` to ``n``.
-#: Append new tuples for later tables; never edit a released one.
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
-    # 1: the id sequence, events, and per-adapter delivery state split as in
-    # the SQLite store: what is still to deliver (outbox) apart from what is
-    # done (deliveries), so undelivered() is a range scan of a small key.
-    (
-        "CREATE SEQUENCE event_sequence_id AS bigint MINVALUE 1 CACHE 1",
-        """CREATE TABLE events (
-            sequence_id   bigint PRIMARY KEY,
-            event_id      text   NOT NULL,
-            category      text   NOT NULL,
-            event_type    text   NOT NULL,
-            created_at_ms bigint NOT NULL,
-            routed_to     text   NOT NULL,
-            wire          bytea  NOT NULL
-        )""",
-        """CREATE TABLE outbox (
-            adapter       text   NOT NULL,
-            sequence_id   bigint NOT NULL,
-            state         text   NOT NULL,
-            error         text,
-            updated_at_ms bigint NOT NULL,
-            PRIMARY KEY (adapter, sequence_id)
-        )""",
-        """CREATE TABLE deliveries (
-            sequence_id   bigint NOT NULL,
-            adapter       text   NOT NULL,
-            state         text   NOT NULL,
-            error         text,
-            updated_at_ms bigint NOT NULL,
-            PRIMARY KEY (sequence_id, adapter)
-        )""",
-        """CREATE VIEW delivery_state AS
-            SELECT sequence_id, adapter, state, error, updated_at_ms FROM outbox
-            UNION ALL
-            SELECT sequence_id, adapter, state, error, updated_at_ms FROM deliveries""",
-    ),
-    # 2: consumer receipts (evidence for reconciliation; duplicates kept).
-    (
-        """CREATE TABLE receipts (
-            id             bigserial PRIMARY KEY,
-            sequence_id    bigint  NOT NULL,
-            adapter        text    NOT NULL,
-            event_type     text    NOT NULL,
-            received_at_ms bigint  NOT NULL,
-            checksum       text    NOT NULL,
-            checksum_ok    boolean NOT NULL,
-            consumer       text    NOT NULL
-        )""",
-        "CREATE INDEX receipts_sequence_id ON receipts (sequence_id)",
-    ),
-    # 3: reconciliation and retention. checksum and payload_keys are copied out
-    # of the wire at append so scan() never parses the wire; rows of older
-    # versions are backfilled from the wire. PostgreSQL's JSON functions reject
-    # a \u0000 escape (and the whole migration with it), so wires holding one
-    # (hex 5c7530303030) are left NULL, like rows an old-version process writes
-    # during a rolling upgrade: scan() reads those from the wire instead.
-    # Counters make stats() O(adapters), not O(rows).
-    (
-        "ALTER TABLE events ADD COLUMN checksum text, ADD COLUMN payload_keys text",
-        # COLLATE "C": byte order of UTF-8 is code point order, as Python's
-        # sorted() (payload_keys_of); to_json quotes each key as JSON.
-        """UPDATE events SET
-            checksum = convert_from(wire, 'UTF8')::json #>> '{checksum,value}',
-            payload_keys = coalesce((
-                SELECT '[' || string_agg(to_json(k)::text, ',' ORDER BY k COLLATE "C") || ']'
-                FROM json_object_keys(convert_from(wire, 'UTF8')::json -> 'payload') AS k
-            ), '[]')
-            WHERE position(decode('5c7530303030', 'hex') IN wire) = 0""",
-        "ALTER TABLE receipts ADD COLUMN payload_keys text",
-        """CREATE TABLE watermarks (
-            name  text   PRIMARY KEY,
-            value bigint NOT NULL
-        )""",
-        """CREATE TABLE delivered_counts (
-            adapter text   NOT NULL,
-            state   text   NOT NULL,
-            n       bigint NOT NULL,
-            PRIMARY KEY (adapter, state)
-        )""",
-        """INSERT INTO delivered_counts (adapter, state, n)
-            SELECT adapter, state, count(*) FROM deliveries GROUP BY adapter, state""",
-        """INSERT INTO meta (key, value) VALUES
-            ('event_count', (SELECT count(*) FROM events)),
-            ('receipt_count', (SELECT count(*) FROM receipts))
-            ON CONFLICT (key) DO UPDATE SET value = excluded.value""",
-    ),
-    # 4: runtime configuration set through the admin API (one JSON document,
-    # replaced whole) and the audit trail of its changes. JSON is kept as text,
-    # not jsonb: it reads back exactly as written, and jsonb refuses \u0000.
-    (
-        """CREATE TABLE audit (
-            id          bigserial PRIMARY KEY,
-            at_ms       bigint NOT NULL,
-            actor       text   NOT NULL,
-            path        text   NOT NULL,
-            before_json text   NOT NULL,
-            after_json  text   NOT NULL
-        )""",
-        """CREATE TABLE runtime_config (
-            id            smallint PRIMARY KEY CHECK (id = 1),
-            doc_json      text   NOT NULL,
-            updated_at_ms bigint NOT NULL
-        )""",
-    ),
-    # 5: receipts are idempotent per (event, adapter, consumer): a batch posted
-    # twice changes nothing, and a consumer's later deliveries of an event
-    # raise its row's deliveries (duplicates) instead of adding rows. Earlier
-    # rows of one key fold into the first. consumers is the registry of who
-    # reported what (reconciliation's "unobserved" and the reports' view).
-    (
-        "ALTER TABLE receipts ADD COLUMN deliveries integer NOT NULL DEFAULT 1",
-        """UPDATE receipts AS r SET deliveries = k.n FROM (
-            SELECT min(id) AS id, count(*) AS n FROM receipts
-            GROUP BY sequence_id, adapter, consumer HAVING count(*) > 1) AS k
-            WHERE r.id = k.id""",
-        """DELETE FROM receipts AS r WHERE EXISTS (SELECT 1 FROM receipts AS o
-            WHERE o.sequence_id = r.sequence_id AND o.adapter = r.adapter
-            AND o.consumer = r.consumer AND o.id < r.id)""",
-        """UPDATE meta SET value = (SELECT count(*) FROM receipts)
-            WHERE key = 'receipt_count'""",
-        "DROP INDEX receipts_sequence_id",
-        "CREATE UNIQUE INDEX receipts_key ON receipts (sequence_id, adapter, consumer)",
-        """CREATE TABLE consumers (
-            adapter             text   NOT NULL,
-            consumer            text   NOT NULL,
-            from_sequence_id    bigint NOT NULL,
-            through_sequence_id bigint NOT NULL,
-            first_seen_ms       bigint NOT NULL,
-            last_seen_ms        bigint NOT NULL,
-            receipts            bigint NOT NULL,
-            PRIMARY KEY (adapter, consumer)
-        )""",
-        """INSERT INTO consumers SELECT adapter, consumer, min(sequence_id), max(sequence_id),
-            min(received_at_ms), max(received_at_ms), sum(deliveries)
-            FROM receipts GROUP BY adapter, consumer""",
-    ),
-    # 6: service instances' heartbeats and named leases (the Realtime writer's).
-    # Times are the database's clock, so that the instances' clocks do not matter.
-    (
-        """CREATE TABLE instances (
-            instance_id     text   PRIMARY KEY,
-            started_at_ms   bigint NOT NULL,
-            heartbeat_at_ms bigint NOT NULL,
-            info_json       text   NOT NULL
-        )""",
-        """CREATE TABLE leases (
-            name          text   PRIMARY KEY,
-            holder        text   NOT NULL,
-            expires_at_ms bigint NOT NULL
-        )""",
-    ),
-    # 7: resume is refused by the highest id ever pruned, which prune() keeps
-    # from now on. A store pruned before: every id below its first event
-    # counts as pruned, and every id handed out where no event is left.
-    (
-        """INSERT INTO watermarks (name, value) SELECT 'pruned_through',
-            coalesce((SELECT min(sequence_id) - 1 FROM events),
-                     (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END
-                      FROM event_sequence_id))
-            ON CONFLICT (name) DO NOTHING""",
-    ),
-)
-
-SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 #: Now on the database's clock, in epoch milliseconds.
 _NOW_MS: Final = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
