@@ -560,7 +560,7 @@ class Lane:
                 continue
             if state == BreakerState.HALF_OPEN:
                 if self._outstanding == 0:
-                    probes = self._unheld(await self._store_page(0, PROBE_PAGE))
+                    probes = self.unheld(await self._store_page(0, PROBE_PAGE))
                     if probes and breaker.state == BreakerState.HALF_OPEN:
                         log.info("probing with pending events", count=len(probes))
                         self.enqueue(probes, live=False)
@@ -589,7 +589,10 @@ class Lane:
             watched, self._watch = self._watch, None
         return [r for r in rows if r.sequence_id not in watched]
 
-    def _unheld(self, rows: list[EventRecord]) -> list[EventRecord]:
+    def unheld(self, rows: list[EventRecord]) -> list[EventRecord]:
+        """Those of ``rows`` (read from the store) this lane may send: not
+        held by it (queued, in flight, being parked) and not on their way to
+        it by the hand-off, which is run first for that."""
         if self._sync_handoff is not None:
             self._sync_handoff()
         if self._handed is not None:
@@ -621,7 +624,7 @@ class Lane:
             if not rows:
                 break
             after = rows[-1].sequence_id
-            fresh = self._unheld(rows)
+            fresh = self.unheld(rows)
             for i in range(0, len(fresh), chunk):
                 await tokens.take(min(chunk, len(fresh) - i))
                 # Live traffic first: wait while the lane has work of its own.

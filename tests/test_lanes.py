@@ -353,7 +353,7 @@ async def test_a_lane_reading_its_undelivered_rows_takes_over_records_being_hand
         lane = b.lane("realtime")
         rows = await store.undelivered("realtime")  # no await inside: same turn
         assert [r.sequence_id for r in rows] == [1] and lane.outstanding == 0
-        assert lane._unheld(rows) == []  # the hand-off ran first: the lane holds it
+        assert lane.unheld(rows) == []  # the hand-off ran first: the lane holds it
         assert lane.outstanding == 1
         await b.flush(timeout=5)
     assert rt.sequence_ids == [1]

@@ -702,6 +702,11 @@ class SQLiteStore(Store):
         self._marks = GroupCommit(self._flush_marks, linger_s=mark_linger_ms / 1000)
         self._log = structlog.get_logger(_LOGGER_NAME, store="sqlite", path=str(self.path))
 
+    @property
+    def wal_frames_max(self) -> int:
+        """The WAL length (4 KiB pages) at which a checkpoint holds writes."""
+        return self._wal_frames_max
+
     # -- plumbing ---------------------------------------------------------
 
     async def _call(self, fn: Callable[..., _T], *args: object) -> _T:

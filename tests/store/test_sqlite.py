@@ -1025,7 +1025,7 @@ def test_store_from_url() -> None:
     with pytest.raises(ValueError, match="cache"):
         store_from_url("sqlite:///x.db?cache=shared")
     small = store_from_url("sqlite:///x.db?wal_frames_max=1024&busy_timeout_ms=50")
-    assert isinstance(small, SQLiteStore) and small._wal_frames_max == 1024
+    assert isinstance(small, SQLiteStore) and small.wal_frames_max == 1024
     for bad_number in ("wal_frames_max=0", "wal_frames_max=lots", "busy_timeout_ms=soon"):
         with pytest.raises(ValueError, match=bad_number.partition("=")[0]):
             store_from_url(f"sqlite:///x.db?{bad_number}")
