@@ -11,8 +11,9 @@ import asyncio
 import signal
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -89,13 +90,33 @@ def stop(*children: Child) -> None:
             child.proc.communicate(timeout=60)
 
 
-async def test_every_subscriber_on_every_instance_gets_every_event_once_in_order(
-    tmp_path: Path, pg_url: str
-) -> None:
+class Pair(NamedTuple):
+    realtime: LocalRealtimeServer
+    watcher: RealtimeWatcher
+    a: Child
+    b: Child
+
+
+@pytest.fixture
+async def pair(tmp_path: Path, pg_url: str) -> AsyncIterator[Pair]:
+    """Two instances on one fresh PostgreSQL schema, both pushing to one
+    Realtime server in this process, and a Realtime watcher of it."""
     realtime = LocalRealtimeServer(key=KEY)
     await realtime.start()
-    watcher = RealtimeWatcher(realtime)
-    a, b = await start_instances(tmp_path, pg_url, realtime)
+    try:
+        a, b = await start_instances(tmp_path, pg_url, realtime)
+        try:
+            yield Pair(realtime, RealtimeWatcher(realtime), a, b)
+        finally:
+            await asyncio.to_thread(stop, a, b)
+    finally:
+        await realtime.close()
+
+
+async def test_every_subscriber_on_every_instance_gets_every_event_once_in_order(
+    pair: Pair,
+) -> None:
+    watcher, a, b = pair.watcher, pair.a, pair.b
     subscribers: list[DeploySubscriber] = []
     producers: list[subprocess.Popen[str]] = []
     try:
@@ -131,8 +152,6 @@ async def test_every_subscriber_on_every_instance_gets_every_event_once_in_order
         reap(producers)
         for sub in subscribers:
             sub.finish()
-        await asyncio.to_thread(stop, a, b)
-        await realtime.close()
     assert len(published) == 900
     for sub in subscribers:
         assert sub.ids == sorted(published)
@@ -163,12 +182,9 @@ async def change_seen_on_the_other(a: Child, b: Child) -> float:
 
 
 async def test_the_survivor_takes_the_lease_when_the_holder_is_killed_and_nothing_is_lost(
-    tmp_path: Path, pg_url: str
+    pair: Pair,
 ) -> None:
-    realtime = LocalRealtimeServer(key=KEY)
-    await realtime.start()
-    watcher = RealtimeWatcher(realtime)
-    a, b = await start_instances(tmp_path, pg_url, realtime)
+    watcher, a, b = pair.watcher, pair.a, pair.b
     children = {"a": a, "b": b}
     producers: list[subprocess.Popen[str]] = []
     subscriber: DeploySubscriber | None = None
@@ -198,8 +214,6 @@ async def test_the_survivor_takes_the_lease_when_the_holder_is_killed_and_nothin
         reap(producers)
         if subscriber is not None:
             subscriber.finish()
-        await asyncio.to_thread(stop, a, b)
-        await realtime.close()
     assert len(published) == 1200
     assert subscriber is not None and subscriber.ids == sorted(published)
     # At least once on Realtime: what the dead holder had sent without
