@@ -20,14 +20,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 import structlog
 
 from .core import Broadcaster
 from .exceptions import StoreError
 
-__all__ = ["REALTIME_LEASE", "Membership"]
+__all__ = ["REALTIME_LEASE", "ClusterStatus", "Membership"]
 
 log = structlog.get_logger("broadcaster.cluster")
 
@@ -35,6 +35,17 @@ log = structlog.get_logger("broadcaster.cluster")
 REALTIME_LEASE: Final = "realtime"
 #: Runtime flags changed on another instance apply here within a second.
 FLAGS_EVERY_S: Final = 0.5
+
+
+class ClusterStatus(TypedDict):
+    """This instance's view of the cluster (``/health``'s ``cluster``)."""
+
+    instance_id: str
+    #: The instance that writes to Realtime, as last seen (None: unknown).
+    lease_holder: str | None
+    #: Whether this instance writes to Realtime now.
+    holding_lease: bool
+    lease_s: float
 
 
 class Membership:
@@ -99,14 +110,14 @@ class Membership:
             except StoreError as exc:
                 log.warning("lease not released; it runs out by itself", error=str(exc))
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ClusterStatus:
         """For ``/health``: this instance, and who writes to Realtime."""
-        return {
-            "instance_id": self.instance_id,
-            "lease_holder": self.holder,
-            "holding_lease": self.holding,
-            "lease_s": self.lease_s,
-        }
+        return ClusterStatus(
+            instance_id=self.instance_id,
+            lease_holder=self.holder,
+            holding_lease=self.holding,
+            lease_s=self.lease_s,
+        )
 
     async def _beat(self) -> None:
         while True:

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypedDict
 
 import structlog
 from pydantic import SecretStr
@@ -62,7 +62,7 @@ from .stats import DeliveryStats
 from .store import Store, StoreHealth, store_from_url
 from .tail import Tail
 
-__all__ = ["Broadcaster", "Receipt"]
+__all__ = ["BreakerView", "Broadcaster", "Receipt"]
 
 log = structlog.get_logger("broadcaster")
 
@@ -100,6 +100,24 @@ _INLINE_MAX_LAG_S = 0.0006
 #: latency tripled in some runs.
 _SATURATED_SHARE = 0.9
 _SHARE_WINDOW_S = 0.02
+
+
+class BreakerView(TypedDict):
+    """One adapter's breaker, as ``/health`` and the metrics show it."""
+
+    #: ``closed``, ``open`` or ``half_open``.
+    state: str
+    #: Percent of live traffic the adapter gets now (the restore ramp).
+    share: float
+    #: Failures (and slow calls) in the breaker's window, 0 to 1.
+    failure_rate: float
+    #: Monotonic seconds; None when not applicable.
+    opened_at: float | None
+    retry_at: float | None
+    #: ``{"closed->open": n, ...}``.
+    transitions: dict[str, int]
+    #: Events this process recorded PENDING and has not delivered yet.
+    pending: int
 
 
 class Broadcaster:
@@ -866,23 +884,21 @@ class Broadcaster:
         self._store_probed = now
         return await self._store.probe()
 
-    def breaker_states(self) -> dict[str, dict[str, Any]]:
-        """Per adapter: ``state``, ``share`` (percent of live traffic), ``failure_rate``,
-        ``opened_at``/``retry_at`` (monotonic seconds, None when not applicable),
-        ``transitions`` (``{"closed->open": n, ...}``) and ``pending`` (events this
-        process recorded PENDING and has not delivered yet). For ``/health``."""
-        states: dict[str, dict[str, Any]] = {}
+    def breaker_states(self) -> dict[str, BreakerView]:
+        """Per adapter with a running lane, its breaker (see
+        :class:`BreakerView`). For ``/health``, ``/stats`` and the metrics."""
+        states: dict[str, BreakerView] = {}
         for name, breaker in self.breakers.items():
             lane = self._lanes.get(name)
-            states[name] = {
-                "state": breaker.state,
-                "share": breaker.share,
-                "failure_rate": breaker.failure_rate,
-                "opened_at": breaker.opened_at,
-                "retry_at": breaker.retry_at,
-                "transitions": breaker.transitions,
-                "pending": lane.pending if lane is not None else 0,
-            }
+            states[name] = BreakerView(
+                state=breaker.state,
+                share=breaker.share,
+                failure_rate=breaker.failure_rate,
+                opened_at=breaker.opened_at,
+                retry_at=breaker.retry_at,
+                transitions=breaker.transitions,
+                pending=lane.pending if lane is not None else 0,
+            )
         return states
 
     def lane(self, name: str) -> Lane:

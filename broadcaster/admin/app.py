@@ -177,7 +177,7 @@ def _trace(stored: StoredEvent) -> dict[str, Any]:
 async def _cluster_health(b: Broadcaster, cluster: Membership) -> dict[str, Any]:
     """``/health``'s view of the instances: names and heartbeats only (it
     answers without a token; their URLs are in ``GET /instances``)."""
-    view = cluster.status()
+    view: dict[str, Any] = dict(cluster.status())
     try:
         rows = await b.store.instances(expire_after_s=cluster.expire_after_s)
     except StoreError as exc:
@@ -250,12 +250,12 @@ def create_app(
         breakers = b.breaker_states()
         adapters = {}
         for name, h in b.health().items():
-            breaker = breakers.get(name, {})
+            breaker = breakers.get(name)
             adapters[name] = {
                 "connected": h.connected,
-                "breaker": breaker.get("state"),
-                "share": breaker.get("share"),
-                "pending": breaker.get("pending"),
+                "breaker": breaker["state"] if breaker is not None else None,
+                "share": breaker["share"] if breaker is not None else None,
+                "pending": breaker["pending"] if breaker is not None else None,
                 "detail": h.detail,
             }
         states = [a["breaker"] for a in adapters.values()]
