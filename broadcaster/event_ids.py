@@ -84,6 +84,6 @@ class UlidGenerator:
 
 
 def format_timestamp(epoch_ms: int) -> str:
-    """UTC ISO-8601 with milliseconds and ``Z``: ``2026-11-23T09:21:48.343Z``."""
+    """UTC ISO-8601 with milliseconds and ``Z`` (``YYYY-MM-DDTHH:MM:SS.mmmZ``)."""
     seconds, ms = divmod(epoch_ms, 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
