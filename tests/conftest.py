@@ -70,8 +70,33 @@ def commits_in_callers_step(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(core, "_INLINE_BUDGET_S", 1.0)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+#: Grouped tests that xdist's ``--dist loadgroup`` failed to group.
+_UNGROUPED: set[str] = set()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The load-test smoke (one xdist group, see tests/test_loadtests.py)
     first: scheduled last, its worker would run it alone while the other
-    idles; scheduled first, the other worker takes the rest meanwhile."""
+    idles; scheduled first, the other worker takes the rest meanwhile.
+
+    In a worker of ``--dist loadgroup``, xdist has by now suffixed each
+    grouped test's id with its group; a grouped test without one means the
+    grouping silently stopped working (it did with a pytest release), and
+    each worker would pay for the smoke run itself: those tests fail."""
+    if config.getoption("loadgroup", default=False):
+        _UNGROUPED.update(
+            item.nodeid
+            for item in items
+            if item.get_closest_marker("xdist_group") is not None and "@" not in item.nodeid
+        )
     items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.nodeid in _UNGROUPED:
+        pytest.fail(
+            "--dist loadgroup did not group this test: pytest and pytest-xdist disagree "
+            "on renaming tests (pin pytest as pyproject.toml says)",
+            pytrace=False,
+        )

@@ -127,8 +127,20 @@ async def test_demo_flips_a_flag_survives_an_outage_and_repairs_what_was_missed(
 
 
 def test_demo_command_exits_0_without_tracebacks_or_warnings() -> None:
+    # The command as a user types it, short and without the outage: the test
+    # above runs the whole script, outage included, in this process.
     result = subprocess.run(
-        [sys.executable, "-m", "broadcaster", "demo", "--seconds", "2", "--rate", "500"],
+        [
+            sys.executable,
+            "-m",
+            "broadcaster",
+            "demo",
+            "--seconds",
+            "1",
+            "--rate",
+            "500",
+            "--no-outage",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

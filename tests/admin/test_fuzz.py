@@ -127,7 +127,7 @@ def fuzz(
     seen: dict[str, set[int]],
     mode: GenerationMode,
     token: str = TOKEN,
-    examples: int = 30,
+    examples: int = 15,
 ) -> None:
     label = f"{operation.method.upper()} {operation.path}"
 
