@@ -8,7 +8,7 @@ their JSON lines as they finish and then a markdown table, one row per figure;
 ``--out DIR`` also writes ``results.jsonl``, ``results.md`` and the PNGs there.
 
 Scenarios: sustained, dual-vs-single, publish-overhead, checksum-cost,
-event-cost, reconcile, store, failover, raw-limit, wakeup, admin-api,
+event-cost, reconcile, store, failover, raw-limit, per-event, wakeup, admin-api,
 admin-body, receipts, probe-cost, producers (``python -m loadtests
 <scenario> --help`` for each).
 Nothing here asserts a timing.

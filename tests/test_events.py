@@ -848,6 +848,25 @@ def _valid_wire() -> dict[str, Any]:
             "not a valid event",
         ),
     ],
+    # Named, not shown: the frames hold fresh event ids, and every xdist
+    # worker must collect the same test ids.
+    ids=[
+        "broken-json",
+        "empty",
+        "list",
+        "string",
+        "sequence-0",
+        "category",
+        "event-type",
+        "event-id",
+        "timestamp",
+        "source",
+        "payload-list",
+        "extra-field",
+        "checksum-case",
+        "checksum-algorithm",
+        "no-key",
+    ],  # fmt: skip
 )
 def test_parse_frame_rejects_bad_frames(frame: bytes, message: str) -> None:
     with pytest.raises(FrameError, match=message):

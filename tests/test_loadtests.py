@@ -38,7 +38,7 @@ from loadtests._common import (
     syscall_us,
 )
 from loadtests._stack import PhaseResult, Stack, end_process
-from loadtests.scenarios import SCENARIOS
+from loadtests.scenarios import SCENARIOS, per_event
 from loadtests.subscriber import Recorder
 from tests._env import SETTING_PREFIXES
 
@@ -415,6 +415,33 @@ def test_raw_limit(smoke: Smoke) -> None:
         assert _finite_positive(r[key]), key
 
 
+def test_per_event(smoke: Smoke) -> None:
+    r = smoke.results["per-event"]
+    assert r["lost"] == 0
+    # --smoke: one round, asyncio's loop in a process of its own, one producer.
+    rows = r["broadcaster"]["asyncio"]
+    assert set(rows) == {"publish_x1", "publish_many100_x16"}
+    for row in rows.values():
+        assert row["lost"] == 0
+        for key in ("events_per_s", "cpu_us_per_event"):
+            low, mid, high = (row[key][k] for k in ("min", "median", "max"))
+            assert _finite_positive(low) and low <= mid <= high
+    # The peer (encode/broadcaster, in its own environment) delivered every event.
+    assert r["peer"]["publish_x1"]["lost"] == 0
+    assert _finite_positive(r["peer"]["publish_x1"]["events_per_s"]["median"])
+    assert set(r["ratios"]) == {
+        "asyncio_publish_x1_over_raw",
+        "asyncio_publish_x1_over_peer",
+        "asyncio_publish_many100_x16_over_raw",
+    }
+    assert all(_finite_positive(ratio["median"]) for ratio in r["ratios"].values())
+
+
+def test_spread_is_min_median_max() -> None:
+    assert per_event.spread([3, 1, 2, 10]) == {"min": 1, "median": 2.5, "max": 10}
+    assert per_event.spread([0.123456]) == {"min": 0.1235, "median": 0.1235, "max": 0.1235}
+
+
 def test_all_prints_a_table_and_writes_results(smoke: Smoke) -> None:
     command = "python -m loadtests " + " ".join(ALL_ARGS)
     assert f"| figure (`{command} --out " in smoke.stdout
@@ -739,6 +766,9 @@ def test_all_passes_options_to_the_right_scenarios(tmp_path: Path) -> None:
         ["publish-overhead", "--rounds", "two"],
         ["nonsense"],
         ["sustained", "--loop", "trio"],
+        ["per-event", "--producers", "1,0"],
+        ["per-event", "--loops", "asyncio,trio"],
+        ["per-event", "--rounds", "0"],
         [],
     ],
 )
