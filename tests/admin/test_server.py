@@ -5,6 +5,7 @@ app stands in for the admin API: what is tested is the server around it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import ssl
 import time
@@ -144,16 +145,21 @@ async def test_half_sent_requests_are_closed_after_the_header_timeout(
         tls_key=certs.key if tls else None,
     ) as server:
         trust = certs if tls else None
-        connections = [await open_raw(server, trust) for _ in range(20)]
-        began = time.monotonic()
-        for i, (_, writer) in enumerate(connections):
+
+        async def half_sent(i: int) -> tuple[bytes, float]:
+            opened = time.monotonic()  # before the server's clock for it starts
+            reader, writer = await open_raw(server, trust)
             if i % 2:  # half of them send part of a request, the rest nothing
                 writer.write(b"GET /who HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-                await writer.drain()
-        replies = await asyncio.gather(*(closed_by_server(r, w) for r, w in connections))
-        waited = time.monotonic() - began
-        assert replies == [b""] * len(connections)  # closed, with no response
-        assert waited >= SHORT * 0.9  # not before the deadline
+                # On a busy machine the deadline may already have passed.
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
+            reply = await closed_by_server(reader, writer)
+            return reply, time.monotonic() - opened
+
+        results = await asyncio.gather(*(half_sent(i) for i in range(20)))
+        assert [reply for reply, _ in results] == [b""] * 20  # closed, with no response
+        assert all(waited >= SHORT * 0.9 for _, waited in results)  # not before the deadline
         # The server is as good as new for complete requests.
         async with httpx.AsyncClient(
             base_url=server.url, verify=certs.client_context() if tls else True
