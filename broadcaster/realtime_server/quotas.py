@@ -258,7 +258,7 @@ _INT32: Final = 2**31
 
 def _term_size(value: object) -> int:
     if isinstance(value, str):
-        return _BINARY_HEAD + len(value.encode("utf-8", "surrogatepass"))
+        return _BINARY_HEAD + len(value.encode())
     if value is None or isinstance(value, bool):
         return _ATOM_SIZES[value]
     if isinstance(value, int):
@@ -272,7 +272,7 @@ def _term_size(value: object) -> int:
         return _FLOAT
     if isinstance(value, dict):
         return _CONTAINER_HEAD + sum(_term_size(k) + _term_size(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
+    if isinstance(value, list):
         if not value:
             return _NIL
         return _CONTAINER_HEAD + sum(_term_size(v) for v in value) + _NIL

@@ -70,7 +70,34 @@ class TokenProblem(StrEnum):
 
 _MALFORMED: Final = "The token provided is not a valid JWT"
 _MISSING_CLAIMS: Final = "Fields `role` and `exp` are required in JWT"
-_SIGNER: Final = "Failed to generate JWT signer, check your JWT secret or JWKS configuration"
+_NO_PERMISSION: Final = "You do not have permissions to read from this Channel topic: {channel}"
+_NO_SECRET: Final = "this server has no JWT secret to verify access tokens with"
+_EXPIRED: Final = "Token has expired {expired_s} seconds ago"
+
+#: A refused join's reason (``RealtimeChannel.join``), per problem.
+_JOIN_REASONS: Final = {
+    TokenProblem.MALFORMED: f"MalformedJWT: {_MALFORMED}",
+    TokenProblem.SIGNER: "JwtSignerError: Failed to generate JWT signer, check your JWT "
+    "secret or JWKS configuration",
+    TokenProblem.SIGNATURE: "JwtSignatureError: Failed to validate JWT signature",
+    TokenProblem.EXPIRED: f"InvalidJWTToken: {_EXPIRED}",
+    TokenProblem.MISSING_CLAIMS: f"InvalidJWTToken: {_MISSING_CLAIMS}",
+    TokenProblem.UNAUTHORIZED: f"Unauthorized: {_NO_PERMISSION}",
+    TokenProblem.NO_SECRET: f"Unauthorized: {_NO_SECRET}",
+}
+#: The message that shuts a joined channel down, per problem
+#: (``RealtimeChannel.handle_in("access_token", ...)`` and
+#: ``handle_info(:confirm_token, ...)``). A bad signature and an unknown
+#: algorithm read as Elixir's ``inspect`` of the error there.
+_SHUTDOWN_MESSAGES: Final = {
+    TokenProblem.MALFORMED: _MALFORMED,
+    TokenProblem.SIGNER: ":error_generating_signer",
+    TokenProblem.SIGNATURE: ":signature_error",
+    TokenProblem.EXPIRED: _EXPIRED,
+    TokenProblem.MISSING_CLAIMS: _MISSING_CLAIMS,
+    TokenProblem.UNAUTHORIZED: _NO_PERMISSION,
+    TokenProblem.NO_SECRET: _NO_SECRET,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,48 +109,13 @@ class TokenRefusal:
     expired_s: int = 0
 
     def join_reason(self, channel: str) -> str:
-        """The ``reason`` of the join's error reply (``RealtimeChannel.join``);
-        ``channel`` is the topic without its ``realtime:`` prefix."""
-        match self.problem:
-            case TokenProblem.MALFORMED:
-                return f"MalformedJWT: {_MALFORMED}"
-            case TokenProblem.SIGNER:
-                return f"JwtSignerError: {_SIGNER}"
-            case TokenProblem.SIGNATURE:
-                return "JwtSignatureError: Failed to validate JWT signature"
-            case TokenProblem.EXPIRED:
-                return f"InvalidJWTToken: Token has expired {self.expired_s} seconds ago"
-            case TokenProblem.MISSING_CLAIMS:
-                return f"InvalidJWTToken: {_MISSING_CLAIMS}"
-            case TokenProblem.UNAUTHORIZED:
-                return f"Unauthorized: {_no_permission(channel)}"
-            case TokenProblem.NO_SECRET:
-                return "Unauthorized: this server has no JWT secret to verify access tokens with"
+        """The ``reason`` of the join's error reply; ``channel`` is the topic
+        without its ``realtime:`` prefix."""
+        return _JOIN_REASONS[self.problem].format(channel=channel, expired_s=self.expired_s)
 
     def shutdown_message(self, channel: str) -> str:
-        """The ``message`` of the ``system`` error that shuts a joined channel
-        down (``RealtimeChannel.handle_in("access_token", ...)`` and
-        ``handle_info(:confirm_token, ...)``). A bad signature and an unknown
-        algorithm read as Elixir's ``inspect`` of the error there."""
-        match self.problem:
-            case TokenProblem.MALFORMED:
-                return _MALFORMED
-            case TokenProblem.SIGNER:
-                return ":error_generating_signer"
-            case TokenProblem.SIGNATURE:
-                return ":signature_error"
-            case TokenProblem.EXPIRED:
-                return f"Token has expired {self.expired_s} seconds ago"
-            case TokenProblem.MISSING_CLAIMS:
-                return _MISSING_CLAIMS
-            case TokenProblem.UNAUTHORIZED:
-                return _no_permission(channel)
-            case TokenProblem.NO_SECRET:
-                return "this server has no JWT secret to verify access tokens with"
-
-
-def _no_permission(channel: str) -> str:
-    return f"You do not have permissions to read from this Channel topic: {channel}"
+        """The ``message`` of the ``system`` error that shuts a joined channel down."""
+        return _SHUTDOWN_MESSAGES[self.problem].format(channel=channel, expired_s=self.expired_s)
 
 
 def _b64decode(part: str) -> bytes:
