@@ -18,6 +18,7 @@ from broadcaster.realtime_server.tokens import (
     TokenRefusal,
     is_refresh,
     mint_token,
+    service_role_key,
     token_for_join,
 )
 
@@ -203,3 +204,17 @@ def test_a_refresh_is_a_new_token_that_is_no_api_key() -> None:
     assert not is_refresh("same", "same")
     assert not is_refresh(None, "old")
     assert not is_refresh("sb_secret_x", "old")
+
+
+def test_a_service_key_is_a_long_lived_service_role_token() -> None:
+    key = service_role_key(SECRET, NOW)
+    decoded = jwt.decode(
+        key, SECRET, algorithms=["HS256"], options={"verify_exp": False, "verify_iat": False}
+    )
+    assert decoded == {
+        "iss": "supabase",
+        "role": "service_role",
+        "iat": int(NOW),
+        "exp": int(NOW) + 10 * 365 * 86_400,
+    }
+    assert CHECK.authorize(key, NOW + 9 * 365 * 86_400) == decoded
