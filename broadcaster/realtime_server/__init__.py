@@ -46,8 +46,9 @@ from .cli import main, run
 from .peers import Peer, ServerStats, Subscription
 from .protocol import Message
 from .quotas import PLANS, Plan
-from .server import DEFAULT_MAX_BUFFER_BYTES, DEFAULT_PORT, LocalRealtimeServer
+from .server import LocalRealtimeServer
 from .tokens import mint_token
+from .transport import DEFAULT_MAX_BUFFER_BYTES, DEFAULT_PORT
 
 __all__ = [
     "DEFAULT_MAX_BUFFER_BYTES",

@@ -11,8 +11,9 @@ import sys
 from collections.abc import Sequence
 
 from .quotas import LIMITS, Plan, plan_named
-from .server import DEFAULT_PORT, LocalRealtimeServer
+from .server import LocalRealtimeServer
 from .tokens import DEFAULT_PRIVATE_ROLES
+from .transport import DEFAULT_PORT
 
 __all__ = ["add_arguments", "main", "parse_roles", "run"]
 

@@ -187,4 +187,22 @@ async def test_over_the_message_rate_each_receiving_channel_is_shut_down() -> No
         await sender.recv()
         assert (await old.recv())["payload"] == broadcast_payload(36)
         await old.expect_silence()
-        assert server.stats.too_many_messages == 2
+        assert server.stats.too_many_messages == 2 == server.stats.quota_refusals
+
+
+async def test_messages_of_any_kind_on_a_channel_count() -> None:
+    plan = dataclasses.replace(ROOMY, messages_per_second=1)
+    async with limited(plan) as (server, make, clock):
+        chatty, reader = await make(), await make()
+        await chatty.joined(ack=False)
+        await reader.joined(ack=False)
+        for _ in range(10):  # no broadcasts, yet ten messages: 10 / 2 / 5 = 1
+            await chatty.push(TOPIC, "typing", {})
+        # Frames are handled in order: once the heartbeat is answered, so are they.
+        ref = await chatty.push("phoenix", "heartbeat")
+        assert (await chatty.recv())["ref"] == ref
+        clock.now += 5
+        await chatty.push(TOPIC, "broadcast", broadcast_payload(1))
+        got = [(await reader.recv())["event"] for _ in range(3)]
+        assert got == ["broadcast", "system", "phx_close"]
+        assert server.stats.too_many_messages == 1

@@ -13,7 +13,7 @@ from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 
 from broadcaster.realtime_server import LocalRealtimeServer, mint_token
 from tests._wait import until
-from tests.realtime_server._clients import TOPIC, Connect, broadcast_payload, clients
+from tests.realtime_server._clients import TOPIC, Connect, FakeClock, broadcast_payload, clients
 
 SECRET = "local-jwt-secret-0123456789-0123456789"
 
@@ -126,6 +126,27 @@ async def test_a_token_that_expires_shuts_its_channel(
     assert system["payload"]["message"] == "Token has expired 0 seconds ago"
     assert (await client.recv())["event"] == "phx_close"
     assert server.subscribers(TOPIC) == 0 and server.stats.unauthorized == 1
+
+
+async def test_a_token_checked_before_its_expiry_is_checked_again() -> None:
+    # The server's clock is the test's: the check falls due (in real time)
+    # while the token is still valid, and the channel stays; once the clock
+    # passes the expiry, the next check shuts it.
+    clock = FakeClock()
+    exp = int(clock.now) + 1
+    async with (
+        LocalRealtimeServer(key=SERVICE_KEY, jwt_secret=SECRET, clock=clock) as srv,
+        clients(srv) as make,
+    ):
+        clock.now = exp - 0.05  # checks fall due every 50 ms
+        client = await make(apikey=SERVICE_KEY)
+        await client.joined(
+            private=True, access_token=mint_token(SECRET, {"role": "authenticated", "exp": exp})
+        )
+        await client.expect_silence(seconds=0.3)
+        clock.now = exp + 2.5
+        system = await client.recv()
+        assert system["payload"]["message"] == "Token has expired 2 seconds ago"
 
 
 async def test_a_refresh_before_expiry_keeps_the_channel(make: Connect) -> None:

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from broadcaster.realtime_server import LocalRealtimeServer, Peer
 from broadcaster.spawn import RealtimeServerProcess, free_port
 from tests._wait import until
-from tests.realtime_server._clients import TOPIC, RawClient, broadcast_payload
+from tests.realtime_server._clients import TOPIC, RawClient, broadcast_payload, refusal
 
 JOIN_ACK = {"config": {"broadcast": {"ack": True, "self": False}, "presence": {"key": ""}}}
 
@@ -55,6 +55,9 @@ async def raw(server: LocalRealtimeServer) -> AsyncIterator[Any]:
 
 
 async def test_url_properties_follow_the_bound_port(server: LocalRealtimeServer) -> None:
+    with pytest.raises(RuntimeError, match="server not started"):
+        _ = LocalRealtimeServer().port
+    await server.start()  # already running: nothing changes
     assert server.port > 0
     assert server.url == f"http://127.0.0.1:{server.port}"
     assert server.realtime_url == server.url + "/realtime/v1"
@@ -386,6 +389,20 @@ async def test_a_raw_client_needs_the_right_apikey(keyed: LocalRealtimeServer) -
             reply = await client.recv()
             assert reply["payload"]["status"] == "ok"
     assert keyed.stats.broadcasts == 2
+
+
+async def test_a_refused_key_gets_realtimes_json_error(keyed: LocalRealtimeServer) -> None:
+    base = f"ws://127.0.0.1:{keyed.port}/realtime/v1/websocket"
+    assert await refusal(f"{base}?vsn=1.0.0") == (401, b'{"error":"API key is missing"}')
+    assert await refusal(f"{base}?apikey=wrong") == (
+        401,
+        b'{"error":"The token provided is not a valid JWT"}',
+    )
+    # A project's keys are JWTs: another one fails the signature.
+    assert await refusal(f"{base}?apikey=aaa.bbb.ccc") == (
+        401,
+        b'{"error":"Failed to validate JWT signature"}',
+    )
 
 
 async def test_the_official_client_needs_the_right_apikey(keyed: LocalRealtimeServer) -> None:

@@ -166,3 +166,14 @@ async def test_a_version_without_a_serializer_is_refused_with_403(
     assert await refusal(f"{base}&vsn=3.0.0") == (403, b"")
     assert await refusal(f"{base}&vsn=banana") == (403, b"")
     assert server.stats.bad_version == 2 and server.stats.connections == 0
+
+
+async def test_other_events_on_a_joined_channel_are_ignored_as_on_supabase(make: Connect) -> None:
+    client = await make(vsn="2.0.0")
+    await client.joined()
+    await client.push(TOPIC, "typing", {"user": 1})
+    await client.expect_silence()
+    # Presence is not implemented, and says so.
+    ref = await client.push(TOPIC, "presence", {"event": "track", "payload": {}})
+    reply = await client.recv()
+    assert (reply["ref"], reply["payload"]["status"]) == (ref, "error")
