@@ -1,44 +1,51 @@
 """The quotas of a Supabase plan, as Supabase's Realtime server enforces them.
 
 The figures are the "Realtime Limits" page's, per plan (:data:`PLANS`); the
-rules are the server's, each named where it lives in the ``supabase/realtime``
-repository:
+rules are the server's, each named by file and function of the
+``supabase/realtime`` repository:
 
 * **Concurrent connections**: a connection counts once it has joined a
-  channel, until it closes (``Realtime.UsersCounter``). At the limit a new
-  WebSocket is refused with HTTP 429 ``Too many connected users``
-  (``RealtimeWeb.TenantRateLimiters.check_tenant`` and
-  ``RealtimeWeb.UserSocket.connect``/``handle_error``), and the first join of
-  a connection not yet counted gets ``ConnectionRateLimitReached: Too many
-  connected users`` (``RealtimeChannel.join``, ``limit_max_users``).
+  channel, until it closes (``lib/realtime/users_counter.ex``). At the limit
+  a new WebSocket is refused with HTTP 429 ``Too many connected users``
+  (``lib/realtime_web/channels/tenant_rate_limiters.ex``, ``check_tenant``;
+  ``lib/realtime_web/channels/user_socket.ex``, ``connect`` and
+  ``handle_error``), and the first join of a connection not yet counted gets
+  ``ConnectionRateLimitReached: Too many connected users``
+  (``lib/realtime_web/channels/realtime_channel.ex``, ``join`` and
+  ``limit_max_users``).
 * **Channel joins per second**: every join that gets past that check counts
-  (``RealtimeChannel.limit_joins``). While the rate is over the limit a join
-  gets ``ClientJoinRateLimitReached: Too many joins per second`` and the
-  whole connection is closed (``RealtimeChannel.join``: a ``disconnect``
-  broadcast to the transport); a new WebSocket gets HTTP 429 ``Too many joins
-  per second``.
+  (``realtime_channel.ex``, ``limit_joins``). While the rate is over the
+  limit a join gets ``ClientJoinRateLimitReached: Too many joins per second``
+  and the whole connection is closed (``realtime_channel.ex``, ``join``: a
+  ``disconnect`` broadcast to the transport); a new WebSocket gets HTTP 429
+  ``Too many joins per second`` (``tenant_rate_limiters.ex``,
+  ``max_joins_per_second_check``).
 * **Channels per connection**: a join beyond the limit gets
   ``ChannelRateLimitReached: Too many channels``; the connection stays
-  (``RealtimeChannel.limit_channels``).
+  (``realtime_channel.ex``, ``limit_channels``).
 * **Messages per second**: every broadcast a client sends counts once
-  (``BroadcastHandler.increment_rate_counter``) and every copy delivered to a
-  subscriber once more (``MessageDispatcher.dispatch`` sends
-  ``:update_rate_counter`` per subscriber). The sender is never refused: while
-  the rate is over the limit, each channel that receives a message is shut
-  down with a ``system`` message ``Too many messages per second`` and
-  ``phx_close`` (``RealtimeChannel.handle_info(:update_rate_counter, ...)``
-  and ``shutdown_response``).
+  (``lib/realtime_web/channels/realtime_channel/broadcast_handler.ex``,
+  ``increment_rate_counter``), every copy delivered to a subscriber once
+  more (``realtime_channel/message_dispatcher.ex``, ``dispatch`` sends
+  ``:update_rate_counter`` per subscriber), and so does any other message a
+  client sends on a joined channel (``realtime_channel.ex``, ``handle_in``).
+  The sender is never refused: while the rate is over the limit, each
+  channel that receives a message is shut down with a ``system`` message
+  ``Too many messages per second`` and ``phx_close`` (``realtime_channel.ex``,
+  ``handle_info(:update_rate_counter, ...)`` and ``shutdown_response``).
 * **Broadcast payload size**: a broadcast whose payload is larger than the
   plan's kilobytes (times 1000, plus 500 bytes of padding) in Erlang's
   external term format (:func:`external_size`) is not delivered; a sender that
   joined with ``ack: true`` gets the reply ``{"status": "error", "response":
-  "payload_size_exceeded"}`` (``Realtime.Tenants.validate_payload_size`` and
-  ``BroadcastHandler.handle``).
+  "payload_size_exceeded"}`` (``lib/realtime/tenants.ex``,
+  ``validate_payload_size``; ``broadcast_handler.ex``, ``handle``).
 
-Both rates are judged as ``Realtime.RateCounter`` judges them
-(:class:`RateCounter`): counted between ticks five seconds apart, averaged
-per second over the last twelve ticks, and over the limit from the tick at
-which that average reaches it until the tick at which it falls below.
+Both rates are judged as ``lib/realtime/rate_counter/rate_counter.ex``
+judges them (:class:`RateCounter`; the arguments in ``tenants.ex``,
+``joins_per_second_rate`` and ``events_per_second_rate``): counted between
+ticks five seconds apart, averaged per second over the last twelve ticks,
+and over the limit from the tick at which that average reaches it until the
+tick at which it falls below.
 
 Pure: values in, decisions out; the caller passes the time.
 """

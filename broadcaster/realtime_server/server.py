@@ -1,5 +1,6 @@
 """The channel protocol: joins, broadcasts, leaves and token refreshes, with
-the checks and refusals of Supabase's ``RealtimeChannel``.
+the checks and refusals of Supabase's ``RealtimeChannel``
+(``lib/realtime_web/channels/realtime_channel.ex`` in ``supabase/realtime``).
 
 :class:`LocalRealtimeServer` is the package's server; the connections under
 it are :class:`~.transport.Transport`'s.
@@ -74,7 +75,7 @@ class LocalRealtimeServer(Transport):
 
     async def _unmatched(self, peer: Peer, msg: Message) -> None:
         # Phoenix's answer to a message on a topic the socket has not joined
-        # (Phoenix.Socket's encode_ignore), without a join_ref.
+        # (encode_ignore in Phoenix's lib/phoenix/socket.ex), without a join_ref.
         await self.reply(peer, {**msg, "join_ref": None}, "error", {"reason": "unmatched topic"})
 
     async def on_heartbeat(self, peer: Peer, msg: Message) -> None:

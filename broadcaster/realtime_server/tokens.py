@@ -2,18 +2,23 @@
 checks them, with an allow-list of roles standing in for RLS policies.
 
 Supabase verifies the token a join carries (``access_token``, else the
-connection's ``apikey``) as a JWT signed with the project's JWT secret
-(``RealtimeWeb.JwtVerification.verify``: HS256/384/512 with the secret),
-requires an ``exp`` in the future and the claims ``role`` and ``exp``
-(``RealtimeWeb.ChannelsAuthorization.authorize_conn``), then asks the RLS
-policies on ``realtime.messages`` whether that role may read the topic
-(``RealtimeChannel.maybe_assign_policies``). Locally the policies are one
-rule: the token's ``role`` must be one of the allowed roles (default
-``authenticated`` and ``service_role``), for reading and writing alike.
+connection's ``apikey``; ``lib/realtime_web/channels/realtime_channel.ex``,
+``assign_access_token``) as a JWT signed with the project's JWT secret
+(``lib/realtime_web/channels/auth/jwt_verification.ex``, ``verify``:
+HS256/384/512 with the secret), requires an ``exp`` in the future and the
+claims ``role`` and ``exp``
+(``lib/realtime_web/channels/auth/channels_authorization.ex``,
+``authorize_conn``), then asks the RLS policies on ``realtime.messages``
+whether that role may read the topic (``realtime_channel.ex``,
+``maybe_assign_policies``). Locally the policies are one rule: the token's
+``role`` must be one of the allowed roles (default ``authenticated`` and
+``service_role``), for reading and writing alike.
 
-A refused join's reply and a channel shut down later (the token expired, or
-an ``access_token`` message brought a bad one) carry Supabase's texts
-(:meth:`TokenRefusal.join_reason`, :meth:`TokenRefusal.shutdown_message`).
+A refused join's reply (``realtime_channel.ex``, ``join``) and a channel shut
+down later — the token expired (``handle_info(:confirm_token, ...)``), or an
+``access_token`` message brought a bad one (``handle_in("access_token",
+...)``) — carry Supabase's texts (:meth:`TokenRefusal.join_reason`,
+:meth:`TokenRefusal.shutdown_message`).
 
 Pure: values in, verdicts out; the caller passes the time.
 """
@@ -53,7 +58,7 @@ DEFAULT_PRIVATE_ROLES: Final = ("authenticated", "service_role")
 _HASHES: Final = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
 _WHITESPACE: Final = re.compile(r"\s")
 #: Supabase's new API keys: never verified as a JWT; the connection's own
-#: token stands instead (``RealtimeChannel.assign_access_token``).
+#: token stands instead.
 _API_KEY_PREFIX: Final = "sb_"
 
 
@@ -75,7 +80,7 @@ _NO_PERMISSION: Final = "You do not have permissions to read from this Channel t
 _NO_SECRET: Final = "this server has no JWT secret to verify access tokens with"
 _EXPIRED: Final = "Token has expired {expired_s} seconds ago"
 
-#: A refused join's reason (``RealtimeChannel.join``), per problem.
+#: A refused join's reason, per problem.
 _JOIN_REASONS: Final = {
     TokenProblem.MALFORMED: f"MalformedJWT: {_MALFORMED}",
     TokenProblem.SIGNER: "JwtSignerError: Failed to generate JWT signer, check your JWT "
@@ -86,10 +91,8 @@ _JOIN_REASONS: Final = {
     TokenProblem.UNAUTHORIZED: f"Unauthorized: {_NO_PERMISSION}",
     TokenProblem.NO_SECRET: f"Unauthorized: {_NO_SECRET}",
 }
-#: The message that shuts a joined channel down, per problem
-#: (``RealtimeChannel.handle_in("access_token", ...)`` and
-#: ``handle_info(:confirm_token, ...)``). A bad signature and an unknown
-#: algorithm read as Elixir's ``inspect`` of the error there.
+#: The message that shuts a joined channel down, per problem. A bad signature
+#: and an unknown algorithm read as Elixir's ``inspect`` of the error there.
 _SHUTDOWN_MESSAGES: Final = {
     TokenProblem.MALFORMED: _MALFORMED,
     TokenProblem.SIGNER: ":error_generating_signer",
@@ -203,8 +206,8 @@ class TokenCheck:
 
 
 def token_for_join(payload: Mapping[str, Any], apikey: str | None) -> str | None:
-    """The token a join is judged by, as ``RealtimeChannel.assign_access_token``
-    picks it: the payload's ``user_token``, else its ``access_token``, else the
+    """The token a join is judged by, as ``assign_access_token`` picks it:
+    the payload's ``user_token``, else its ``access_token``, else the
     connection's ``apikey``; a new-style API key (``sb_...``) given as the
     token stands for the ``apikey``."""
     given = payload.get("access_token") or payload.get("user_token")
@@ -220,7 +223,7 @@ def token_for_join(payload: Mapping[str, Any], apikey: str | None) -> str | None
 def is_refresh(token: object, current: str | None) -> bool:
     """Whether an ``access_token`` message carrying ``token`` asks for a new
     check: a string other than the current token and not a new-style API key
-    (``RealtimeChannel.handle_in("access_token", ...)`` ignores the rest)."""
+    (``handle_in("access_token", ...)`` in ``realtime_channel.ex`` ignores the rest)."""
     return isinstance(token, str) and token != current and not token.startswith(_API_KEY_PREFIX)
 
 

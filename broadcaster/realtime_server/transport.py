@@ -254,7 +254,8 @@ class Transport(ABC):
         query = parse_qs(url.query)
         vsn = _first(query, "vsn")
         if negotiate(vsn) is None:
-            # Phoenix answers a version it has no serializer for with a bare 403.
+            # Phoenix answers a version it has no serializer for with a bare 403
+            # (negotiate_serializer in lib/phoenix/socket.ex).
             self.stats.bad_version += 1
             log.warning("connection refused: unsupported protocol version", vsn=vsn)
             return conn.respond(403, "")
@@ -276,7 +277,8 @@ class Transport(ABC):
 
     @staticmethod
     def _refuse(conn: ServerConnection, status: int, message: str) -> Response:
-        # As RealtimeWeb.UserSocket.handle_error answers: JSON with one "error".
+        # As handle_error in lib/realtime_web/channels/user_socket.ex answers:
+        # JSON with one "error".
         response = conn.respond(status, orjson.dumps({"error": message}).decode())
         del response.headers["Content-Type"]
         response.headers["Content-Type"] = "application/json"
@@ -389,7 +391,8 @@ class Transport(ABC):
         )
 
     def shut_down(self, peer: Peer, sub: Subscription, message: str) -> None:
-        """Shut one channel down as ``RealtimeChannel.shutdown_response`` does:
+        """Shut one channel down as ``shutdown_response`` in
+        ``lib/realtime_web/channels/realtime_channel.ex`` does:
         a ``system`` error naming why, then ``phx_close``."""
         self._unsubscribe(peer, sub)
         log.warning("channel shut down", peer=peer.id, topic=sub.topic, message=message)
