@@ -327,7 +327,14 @@ export function crc32c(bytes) {
 let subtle
 async function webCrypto() {
   if (subtle === undefined) {
-    subtle = globalThis.crypto?.subtle ?? (await import('node:crypto')).webcrypto.subtle
+    subtle = globalThis.crypto?.subtle
+    if (subtle === undefined) {
+      // Browsers offer it only to secure pages; Node before 19 under a module.
+      if (!globalThis.process?.versions?.node) {
+        throw new Error('crypto.subtle is unavailable: SHA-256 and HMAC need https (or localhost)')
+      }
+      subtle = (await import('node:crypto')).webcrypto.subtle
+    }
   }
   return subtle
 }
