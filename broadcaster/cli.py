@@ -147,12 +147,9 @@ def _parser() -> argparse.ArgumentParser:
     server = sub.add_parser(
         "realtime-server", help="run the local Realtime-protocol server on its own"
     )
-    server.add_argument("--host", default="127.0.0.1")
-    server.add_argument("--port", type=int, default=54321)
-    server.add_argument(
-        "--key",
-        help="the only apikey accepted (default: SUPABASE_KEY; with neither, any key)",
-    )
+    from .realtime_server.cli import add_arguments
+
+    add_arguments(server)
     return parser
 
 
@@ -523,10 +520,24 @@ def _serve(settings: Settings) -> int:
 def _realtime_server(args: argparse.Namespace, settings: Settings | None) -> int:
     from .realtime_server import run
 
-    key = args.key
-    if key is None and settings is not None and settings.supabase_key is not None:
-        key = settings.supabase_key.get_secret_value()
-    return run(args.host, args.port, key=key)
+    key, secret = args.key, args.jwt_secret
+    if settings is None:
+        # --key given: the other settings were not read (nor validated).
+        if secret is None:
+            secret = os.environ.get("SUPABASE_JWT_SECRET")
+    else:
+        if key is None and settings.supabase_key is not None:
+            key = settings.supabase_key.get_secret_value()
+        if secret is None and settings.supabase_jwt_secret is not None:
+            secret = settings.supabase_jwt_secret.get_secret_value()
+    return run(
+        args.host,
+        args.port,
+        key=key,
+        limits=args.limits,
+        jwt_secret=secret,
+        private_roles=args.private_roles,
+    )
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:

@@ -273,7 +273,9 @@ class Broadcaster:
             # process, so that the realtime path is real end to end.
             from .local_realtime import start_local_realtime
 
-            local = await start_local_realtime(self.settings.supabase_key)
+            local = await start_local_realtime(
+                self.settings.supabase_key, self.settings.supabase_jwt_secret
+            )
             self._closers.append(local.close)
             self.local_realtime_url = url = local.url
             self.local_realtime_key = local.key

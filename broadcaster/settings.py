@@ -292,6 +292,9 @@ class Settings(BaseSettings):
 
     supabase_url: str | None = None
     supabase_key: SecretStr | None = None
+    #: The project's JWT secret: the local Realtime server checks private
+    #: channels' access tokens with it (docs/realtime-server.md).
+    supabase_jwt_secret: SecretStr | None = None
     realtime_channel_prefix: str = Field(default="events", min_length=1)
     realtime_batch_ms: float = Field(default=5.0, ge=0)
     realtime_batch_max: int = Field(default=100, ge=1)
@@ -372,6 +375,7 @@ class Settings(BaseSettings):
     @field_validator(
         "supabase_url",
         "supabase_key",
+        "supabase_jwt_secret",
         "broadcaster_admin_token",
         "broadcaster_tokens",
         "admin_tls_cert",
@@ -462,6 +466,7 @@ class Settings(BaseSettings):
 #: Settings whose values are never shown.
 _SECRET_FIELDS: Final = (
     "supabase_key",
+    "supabase_jwt_secret",
     "broadcaster_admin_token",
     "broadcaster_tokens",
     "event_signing_key",

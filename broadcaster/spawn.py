@@ -14,8 +14,11 @@ import secrets
 import signal
 import socket
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from .realtime_server.tokens import service_role_key
 
 __all__ = ["PACKAGE_ROOT", "RealtimeServerProcess", "child_env", "free_port"]
 
@@ -52,8 +55,11 @@ class RealtimeServerProcess:
     It listens on ``host:port`` (default: a free port), accepting only ``key``
     as the apikey: given as ``SUPABASE_KEY`` in its environment, never on its
     command line, which every local user can read. ``key=None`` makes up a
-    random one (see :attr:`key`); ``key=""`` leaves ``SUPABASE_KEY`` out, so
-    that, without ``--key`` in ``command``, it accepts any.
+    random one (see :attr:`key`; a service key signed with ``jwt_secret``
+    when one is given); ``key=""`` leaves ``SUPABASE_KEY`` out, so that,
+    without ``--key`` in ``command``, it accepts any. ``limits`` names the
+    plan whose quotas it enforces; ``jwt_secret`` (``SUPABASE_JWT_SECRET`` in
+    its environment) checks private channels' tokens.
     ``stderr`` is a file its log is appended to, or a :mod:`subprocess`
     constant (``DEVNULL``, ``PIPE``). ``command`` replaces the module run
     (e.g. ``("-m", "broadcaster", "realtime-server")``); ``--host`` and
@@ -71,17 +77,27 @@ class RealtimeServerProcess:
         env: Mapping[str, str] | None = None,
         command: Sequence[str] = REALTIME_SERVER,
         start_timeout_s: float = 30.0,
+        limits: str = "none",
+        jwt_secret: str | None = None,
     ) -> None:
         self.host = host
         self.port = free_port(host) if port is None else port
-        self.key = secrets.token_urlsafe(32) if key is None else key
+        if key is None:
+            key = secrets.token_urlsafe(32)
+            if jwt_secret:
+                key = service_role_key(jwt_secret, time.time())
+        self.key = key
         self.stderr = stderr
         self.env = child_env(env)
         if self.key:
             self.env["SUPABASE_KEY"] = self.key
         else:
             self.env.pop("SUPABASE_KEY", None)
+        if jwt_secret:
+            self.env["SUPABASE_JWT_SECRET"] = jwt_secret
         self.command = [*command, "--host", host, "--port", str(self.port)]
+        if limits != "none":
+            self.command += ["--limits", limits]
         self.start_timeout_s = start_timeout_s
         self.proc: asyncio.subprocess.Process | None = None
 

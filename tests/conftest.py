@@ -35,7 +35,7 @@ BOTH_LOOPS = (
     "test_e2e.py",
     "test_failover.py",
     "test_lanes.py",
-    "test_realtime_server.py",
+    "realtime_server/test_server.py",
     "test_recovery.py",
     "test_service.py",
 )

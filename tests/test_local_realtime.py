@@ -32,7 +32,7 @@ async def test_without_a_project_a_stand_in_runs_for_the_block_with_its_own_key(
         with pytest.raises(InvalidStatus) as refused:
             async with connect(_socket(url, "somebody-elses-key")):
                 pass
-        assert refused.value.response.status_code == 403
+        assert refused.value.response.status_code == 401
     with pytest.raises(OSError):
         async with connect(_socket(url, key.get_secret_value()), open_timeout=2):
             pass

@@ -26,6 +26,9 @@ PURE_MODULES = [
     "reconcile/matching.py",
     "breaker_policy.py",
     "security.py",
+    "realtime_server/protocol.py",
+    "realtime_server/quotas.py",
+    "realtime_server/tokens.py",
 ]
 
 FORBIDDEN = frozenset(

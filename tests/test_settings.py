@@ -571,17 +571,25 @@ def test_category_settings_validation() -> None:
 
 def test_effective_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SUPABASE_KEY", "super-secret-key")
+    monkeypatch.setenv("SUPABASE_JWT_SECRET", "the-jwt-secret")
     monkeypatch.setenv("BROADCASTER_ADMIN_TOKEN", "admin-token-123456789")
     monkeypatch.setenv("BROADCASTER_TOKENS", TOKENS_JSON)
     monkeypatch.setenv("EVENT_SIGNING_KEY", "the-signing-key")
     monkeypatch.setenv("STORE_URL", "postgresql://app:pg-pass-word@db.internal:5432/events")
     effective = load_settings(None).effective()
     text = json.dumps(effective)
-    for secret in ("super-secret-key", "admin-token-123", "ci-token-0123", "the-signing-key"):
+    for secret in (
+        "super-secret-key",
+        "the-jwt-secret",
+        "admin-token-123",
+        "ci-token-0123",
+        "the-signing-key",
+    ):
         assert secret not in text
     assert "pg-pass-word" not in text
     assert effective["store_url"] == "postgresql://app:********@db.internal:5432/events"
     assert effective["supabase_key"] == "********"
+    assert effective["supabase_jwt_secret"] == "********"
     assert effective["broadcaster_admin_token"] == "********"
     assert effective["broadcaster_tokens"] == "********"
     assert effective["event_signing_key"] == "********"

@@ -12,11 +12,10 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 from websockets.asyncio.client import ClientConnection, connect
@@ -24,63 +23,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from broadcaster.realtime_server import LocalRealtimeServer, Peer
 from broadcaster.spawn import RealtimeServerProcess, free_port
+from tests._wait import until
+from tests.realtime_server._clients import TOPIC, RawClient, broadcast_payload, refusal
 
-TOPIC = "realtime:events:critical"
 JOIN_ACK = {"config": {"broadcast": {"ack": True, "self": False}, "presence": {"key": ""}}}
-
-
-class RawClient:
-    """A bare WebSocket client writing Phoenix frames by hand."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self._ref = 0
-        self.join_refs: dict[str, str] = {}
-
-    async def push(self, topic: str, event: str, payload: Any = None) -> str:
-        self._ref += 1
-        ref = str(self._ref)
-        if event == "phx_join":
-            self.join_refs[topic] = ref
-        frame = {
-            "topic": topic,
-            "event": event,
-            "payload": {} if payload is None else payload,
-            "ref": ref,
-            "join_ref": self.join_refs.get(topic),
-        }
-        await self.ws.send(orjson.dumps(frame).decode())
-        return ref
-
-    async def recv(self, wait_s: float = 2.0) -> dict[str, Any]:
-        async with asyncio.timeout(wait_s):
-            raw = await self.ws.recv()
-        assert isinstance(raw, str), "the server must send text frames"
-        msg: dict[str, Any] = orjson.loads(raw)
-        return msg
-
-    async def expect_silence(self, seconds: float = 0.15) -> None:
-        with pytest.raises(TimeoutError):
-            await self.recv(wait_s=seconds)
-
-    async def join(self, topic: str = TOPIC, *, ack: bool = True, self_: bool = False) -> None:
-        config = {"broadcast": {"ack": ack, "self": self_}, "presence": {"key": ""}}
-        ref = await self.push(topic, "phx_join", {"config": config})
-        reply = await self.recv()
-        assert reply["ref"] == ref and reply["payload"]["status"] == "ok"
-
-
-async def until(predicate: Callable[[], bool], within_s: float = 5.0) -> None:
-    """Poll ``predicate`` until true; fail the test after ``within_s``."""
-    async with asyncio.timeout(within_s):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.01)
-
-
-def broadcast_payload(n: int) -> dict[str, Any]:
-    return {"type": "broadcast", "event": "events", "payload": {"events": [{"n": n}]}}
 
 
 @pytest.fixture
@@ -109,6 +55,9 @@ async def raw(server: LocalRealtimeServer) -> AsyncIterator[Any]:
 
 
 async def test_url_properties_follow_the_bound_port(server: LocalRealtimeServer) -> None:
+    with pytest.raises(RuntimeError, match="server not started"):
+        _ = LocalRealtimeServer().port
+    await server.start()  # already running: nothing changes
     assert server.port > 0
     assert server.url == f"http://127.0.0.1:{server.port}"
     assert server.realtime_url == server.url + "/realtime/v1"
@@ -123,7 +72,6 @@ async def test_join_replies_ok_with_empty_postgres_changes(raw: Any) -> None:
         "event": "phx_reply",
         "payload": {"status": "ok", "response": {"postgres_changes": []}},
         "ref": ref,
-        "join_ref": ref,
     }
 
 
@@ -133,7 +81,7 @@ async def test_heartbeat_is_answered_and_access_token_ignored(raw: Any) -> None:
     reply = await client.recv()
     assert reply["topic"] == "phoenix" and reply["ref"] == ref
     assert reply["payload"] == {"status": "ok", "response": {}}
-    await client.join()
+    await client.joined()
     await client.push(TOPIC, "access_token", {"access_token": "new"})
     await client.expect_silence()
 
@@ -152,9 +100,9 @@ async def test_broadcast_fans_out_to_others_and_acks_the_sender(
     raw: Any, server: LocalRealtimeServer
 ) -> None:
     sender, other, elsewhere = await raw(), await raw(), await raw()
-    await sender.join(ack=True, self_=False)
-    await other.join(ack=False)
-    await elsewhere.join("realtime:events:system", ack=False)
+    await sender.joined(ack=True, self_=False)
+    await other.joined(ack=False)
+    await elsewhere.joined("realtime:events:system", ack=False)
     ref = await sender.push(TOPIC, "broadcast", broadcast_payload(7))
     ack = await sender.recv()
     assert ack["event"] == "phx_reply" and ack["ref"] == ref
@@ -173,8 +121,8 @@ async def test_broadcast_fans_out_to_others_and_acks_the_sender(
 
 async def test_self_true_echoes_before_the_ack_and_ack_false_sends_no_reply(raw: Any) -> None:
     echoing, quiet = await raw(), await raw()
-    await echoing.join(ack=True, self_=True)
-    await quiet.join(ack=False, self_=False)
+    await echoing.joined(ack=True, self_=True)
+    await quiet.joined(ack=False, self_=False)
     ref = await echoing.push(TOPIC, "broadcast", broadcast_payload(1))
     first, second = await echoing.recv(), await echoing.recv()
     # The ack is written after the fan-out frames.
@@ -188,7 +136,7 @@ async def test_self_true_echoes_before_the_ack_and_ack_false_sends_no_reply(raw:
 
 async def test_unsupported_event_on_joined_topic_is_an_error(raw: Any) -> None:
     client = await raw()
-    await client.join()
+    await client.joined()
     ref = await client.push(TOPIC, "presence", {"event": "track", "payload": {}})
     reply = await client.recv()
     assert reply["ref"] == ref and reply["payload"]["status"] == "error"
@@ -199,8 +147,8 @@ async def test_leave_replies_then_closes_and_stops_delivery(
     raw: Any, server: LocalRealtimeServer
 ) -> None:
     leaver, sender = await raw(), await raw()
-    await leaver.join(ack=False)
-    await sender.join(ack=False)
+    await leaver.joined(ack=False)
+    await sender.joined(ack=False)
     assert server.subscribers(TOPIC) == 2
     join_ref = leaver.join_refs[TOPIC]
     ref = await leaver.push(TOPIC, "phx_leave")
@@ -219,7 +167,7 @@ async def test_fan_out_reaches_every_subscriber_including_official_clients(
 ) -> None:
     raws = [await raw() for _ in range(3)]
     for client in raws:
-        await client.join(ack=False)
+        await client.joined(ack=False)
     official = AsyncRealtimeClient(server.realtime_url, "anon-key", auto_reconnect=False)
     await official.connect()
     received: list[dict[str, Any]] = []
@@ -229,7 +177,7 @@ async def test_fan_out_reaches_every_subscriber_including_official_clients(
     await channel.subscribe(lambda state, _err: states.append(state))
     assert states == [RealtimeSubscribeStates.SUBSCRIBED]
     sender = await raw()
-    await sender.join(ack=True)
+    await sender.joined(ack=True)
     for n in range(5):
         await sender.push(TOPIC, "broadcast", broadcast_payload(n))
         assert (await sender.recv())["payload"]["status"] == "ok"
@@ -262,7 +210,7 @@ async def test_malformed_frames_are_logged_and_ignored(
     assert reply["ref"] == ref and reply["payload"]["status"] == "ok"
     assert server.stats.malformed == 7
     other = await raw()
-    await other.join()
+    await other.joined()
 
 
 async def test_a_raising_handler_costs_one_message_not_the_connection() -> None:
@@ -273,9 +221,9 @@ async def test_a_raising_handler_costs_one_message_not_the_connection() -> None:
     async with Faulty() as srv:
         async with connect(srv.realtime_url.replace("http", "ws") + "/websocket") as ws:
             client = RawClient(ws)
-            await client.join()
+            await client.joined()
             await client.push(TOPIC, "presence", {})
-            await client.join("realtime:events:debug")
+            await client.joined("realtime:events:debug")
 
 
 async def test_unknown_path_is_rejected_with_404(server: LocalRealtimeServer) -> None:
@@ -285,7 +233,7 @@ async def test_unknown_path_is_rejected_with_404(server: LocalRealtimeServer) ->
     for path in ("/socket/websocket", "/websocket?vsn=1.0.0"):
         async with connect(f"ws://127.0.0.1:{server.port}{path}") as ws:
             client = RawClient(ws)
-            await client.join()
+            await client.joined()
 
 
 async def test_restart_binds_the_same_port_and_closes_old_connections(raw: Any) -> None:
@@ -293,7 +241,7 @@ async def test_restart_binds_the_same_port_and_closes_old_connections(raw: Any) 
     await srv.start()
     port = srv.port
     async with connect(f"ws://127.0.0.1:{port}/websocket") as ws:
-        await RawClient(ws).join()
+        await RawClient(ws).joined()
         await srv.close()
         with pytest.raises(ConnectionClosed):
             await ws.recv()
@@ -303,7 +251,7 @@ async def test_restart_binds_the_same_port_and_closes_old_connections(raw: Any) 
     try:
         assert srv.port == port
         async with connect(f"ws://127.0.0.1:{port}/websocket") as ws:
-            await RawClient(ws).join()
+            await RawClient(ws).joined()
     finally:
         await srv.close()
     await srv.close()  # idempotent
@@ -334,9 +282,9 @@ async def test_slow_subscriber_is_closed_and_does_not_hold_back_others() -> None
             connect(url, compression=None) as sender_ws,
         ):
             stuck, fast, sender = RawClient(stuck_ws), RawClient(fast_ws), RawClient(sender_ws)
-            await stuck.join(ack=False)
-            await fast.join(ack=False)
-            await sender.join(ack=True)
+            await stuck.joined(ack=False)
+            await fast.joined(ack=False)
+            await sender.joined(ack=True)
             body = {"type": "broadcast", "event": "events", "payload": {"blob": "x" * 32_768}}
             received = 0
             for _ in range(200):
@@ -419,14 +367,14 @@ async def refused_status(url: str, **kwargs: Any) -> int:
 
 async def test_a_raw_client_needs_the_right_apikey(keyed: LocalRealtimeServer) -> None:
     base = f"ws://127.0.0.1:{keyed.port}/realtime/v1/websocket"
-    assert await refused_status(f"{base}?vsn=1.0.0") == 403
-    assert await refused_status(f"{base}?apikey=wrong&vsn=1.0.0") == 403
-    assert await refused_status(f"{base}?apikey={KEY}x&vsn=1.0.0") == 403
-    assert await refused_status(f"{base}?apikey=&vsn=1.0.0") == 403
+    assert await refused_status(f"{base}?vsn=1.0.0") == 401
+    assert await refused_status(f"{base}?apikey=wrong&vsn=1.0.0") == 401
+    assert await refused_status(f"{base}?apikey={KEY}x&vsn=1.0.0") == 401
+    assert await refused_status(f"{base}?apikey=&vsn=1.0.0") == 401
     # The header wins over the query parameter, as on Supabase.
     assert (
         await refused_status(f"{base}?apikey={KEY}", additional_headers={"x-api-key": "wrong"})
-        == 403
+        == 401
     )
     assert keyed.stats.refused == 5
     assert keyed.stats.connections == 0  # refused before the WebSocket opened
@@ -436,11 +384,25 @@ async def test_a_raw_client_needs_the_right_apikey(keyed: LocalRealtimeServer) -
     ):
         async with connect(url, compression=None, additional_headers=headers) as ws:
             client = RawClient(ws)
-            await client.join()
+            await client.joined()
             await client.push(TOPIC, "broadcast", broadcast_payload(1))
             reply = await client.recv()
             assert reply["payload"]["status"] == "ok"
     assert keyed.stats.broadcasts == 2
+
+
+async def test_a_refused_key_gets_realtimes_json_error(keyed: LocalRealtimeServer) -> None:
+    base = f"ws://127.0.0.1:{keyed.port}/realtime/v1/websocket"
+    assert await refusal(f"{base}?vsn=1.0.0") == (401, b'{"error":"API key is missing"}')
+    assert await refusal(f"{base}?apikey=wrong") == (
+        401,
+        b'{"error":"The token provided is not a valid JWT"}',
+    )
+    # A project's keys are JWTs: another one fails the signature.
+    assert await refusal(f"{base}?apikey=aaa.bbb.ccc") == (
+        401,
+        b'{"error":"Failed to validate JWT signature"}',
+    )
 
 
 async def test_the_official_client_needs_the_right_apikey(keyed: LocalRealtimeServer) -> None:
@@ -448,7 +410,7 @@ async def test_the_official_client_needs_the_right_apikey(keyed: LocalRealtimeSe
         client = AsyncRealtimeClient(keyed.realtime_url, key, auto_reconnect=False)
         with pytest.raises(InvalidStatus) as refused:
             await client.connect()
-        assert refused.value.response.status_code == 403
+        assert refused.value.response.status_code == 401
     client = AsyncRealtimeClient(keyed.realtime_url, KEY, auto_reconnect=False)
     await client.connect()
     try:
@@ -478,10 +440,10 @@ async def test_the_embedded_server_accepts_only_the_broadcasters_key() -> None:
             # The broadcaster's own adapter got in with that key.
             assert b.health()["realtime"].connected
             base = url.replace("http://", "ws://") + "/realtime/v1/websocket"
-            assert await refused_status(f"{base}?vsn=1.0.0") == 403
-            assert await refused_status(f"{base}?apikey=anything&vsn=1.0.0") == 403
+            assert await refused_status(f"{base}?vsn=1.0.0") == 401
+            assert await refused_status(f"{base}?apikey=anything&vsn=1.0.0") == 401
             async with connect(f"{base}?apikey={key}&vsn=1.0.0", compression=None) as ws:
-                await RawClient(ws).join()
+                await RawClient(ws).joined()
 
 
 class ChildServer:
@@ -522,10 +484,10 @@ class ChildServer:
 )
 async def test_a_child_server_accepts_only_its_key(args: list[str], env: dict[str, str]) -> None:
     async with ChildServer(args, env) as child:
-        assert await refused_status(f"{child.base}?apikey=wrong&vsn=1.0.0") == 403
-        assert await refused_status(f"{child.base}?vsn=1.0.0") == 403
+        assert await refused_status(f"{child.base}?apikey=wrong&vsn=1.0.0") == 401
+        assert await refused_status(f"{child.base}?vsn=1.0.0") == 401
         async with connect(f"{child.base}?apikey={KEY}&vsn=1.0.0", compression=None) as ws:
-            await RawClient(ws).join()
+            await RawClient(ws).joined()
         official = AsyncRealtimeClient(
             child.base.replace("/websocket", ""), KEY, auto_reconnect=False
         )
@@ -538,5 +500,5 @@ async def test_a_child_server_accepts_only_its_key(args: list[str], env: dict[st
 async def test_a_child_server_without_a_key_says_it_accepts_any() -> None:
     async with ChildServer(["-m", "broadcaster", "realtime-server"], {}) as child:
         async with connect(f"{child.base}?apikey=anything&vsn=1.0.0", compression=None) as ws:
-            await RawClient(ws).join()
+            await RawClient(ws).joined()
     assert "accepting any apikey" in child.stderr
