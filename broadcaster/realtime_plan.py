@@ -192,7 +192,7 @@ class RateGovernor:
         self,
         ceiling: float = 0.0,
         *,
-        recover_s: float = 10.0,
+        recover_s: float = 5.0,
         growth: float = 1.25,
         floor: float = 1.0,
     ) -> None:
@@ -231,7 +231,7 @@ class RateGovernor:
         current = self.cap(now)
         observed = max(self._floor, observed_per_s)
         base = observed if current == 0 else min(current, observed)
-        learned = RATE_MARGIN * observed
+        learned = max(self._floor, RATE_MARGIN * observed)
         self._learned = learned if self._learned is None else min(self._learned, learned)
         self._cap = max(self._floor, base / 2)
         self._since = now

@@ -161,19 +161,24 @@ class _TokenBucket:
 
 
 class _PushMeter:
-    """Pushes per second over the last few seconds, in one-second buckets."""
+    """Pushes per second over the last few seconds, in one-second buckets
+    (over less time while less has passed since the first push)."""
 
     def __init__(self) -> None:
         self._counts = [0] * _METER_S
         self._second = 0
+        self._first: float | None = None
 
     def add(self, now: float) -> None:
         self._advance(now)
+        if self._first is None:
+            self._first = now
         self._counts[self._second % _METER_S] += 1
 
     def rate(self, now: float) -> float:
         self._advance(now)
-        return sum(self._counts) / _METER_S
+        span = _METER_S if self._first is None else min(_METER_S, max(0.1, now - self._first))
+        return sum(self._counts) / span
 
     def _advance(self, now: float) -> None:
         second = math.floor(now)
@@ -376,6 +381,7 @@ class RealtimeAdapter(Adapter):
                 "pushes": self.pushes,
                 "events_acked": self.events_acked,
                 "max_messages_per_s": self.max_messages_per_s(),
+                "throttled_for_s": self._throttled_for(),
                 "refused": dict(self.refusals),
                 "reconnects": max(0, link.connects - 1) if link else 0,
             },
@@ -414,6 +420,14 @@ class RealtimeAdapter(Adapter):
         return RealtimeLimits(
             self.max_messages_per_s(), self._batch_max, self._batch_bytes, self._max_event
         )
+
+    def _throttled_for(self) -> float:
+        """Seconds left of the pause after a refusal for rate (0: none)."""
+        try:
+            now = asyncio.get_running_loop().time()
+        except RuntimeError:
+            return 0.0
+        return round(max(0.0, self._throttled_until - now), 3)
 
     def max_messages_per_s(self) -> float:
         """The message-rate cap now (0: none): the configured one, or lower

@@ -479,4 +479,3 @@ class FastBroadcastClient(PreEncodedPushClient):
         for callback in channel.broadcast_callbacks:
             callback(broadcast)
         return True
-

@@ -225,4 +225,3 @@ async def test_a_connection_the_server_breaks_is_reported_lost_once() -> None:
         assert len(lost) == 1 and "1011" in lost[0]
         assert not client.is_connected and not client.socket_open
         await discard_client(client)
-
