@@ -33,10 +33,8 @@ after the pause and the breaker does not count.
 from __future__ import annotations
 
 import asyncio
-import math
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -47,21 +45,19 @@ from ...events import Category, EventRecord
 from ...exceptions import (
     AdapterError,
     AdapterRejected,
-    AdapterThrottled,
     AdapterTimeout,
     AdapterUnavailable,
     ConfigError,
-    EventsRefused,
 )
 from ...realtime_plan import (
     PAYLOAD_TOO_LARGE,
     RATE_LIMIT,
-    RateGovernor,
     RealtimeLimits,
     refusal_reason,
 )
 from ..base import Adapter, AdapterHealth
-from .client_glue import PreEncodedPushClient, PushHandle, push_broadcast
+from .batching import ChannelQueue, Inflight, Item, Pacer, Waiter
+from .client_glue import PreEncodedPushClient, push_broadcast
 from .link import BROADCAST_EVENT, RealtimeLink, _redact, channel_topic, normalize_realtime_url
 
 if TYPE_CHECKING:
@@ -70,124 +66,6 @@ if TYPE_CHECKING:
 __all__ = ["RealtimeAdapter"]
 
 log = structlog.get_logger("broadcaster.adapters.realtime", adapter="realtime")
-
-#: Seconds of push history the rate governor's "observed rate" is taken over.
-_METER_S = 5
-
-
-class _Waiter:
-    """One ``send()`` call: resolved when each of its events is acked or refused."""
-
-    __slots__ = ("adapter", "detail", "future", "refused", "remaining")
-
-    def __init__(self, adapter: str, future: asyncio.Future[None], remaining: int) -> None:
-        self.adapter = adapter
-        self.future = future
-        self.remaining = remaining
-        self.refused: dict[int, str] = {}
-        self.detail = ""
-
-    def ack(self, count: int) -> None:
-        self.remaining -= count
-        self._maybe_done()
-
-    def refuse(self, sequence_id: int, reason: str, detail: str) -> None:
-        self.refused[sequence_id] = reason
-        self.detail = self.detail or detail
-        self.remaining -= 1
-        self._maybe_done()
-
-    def fail(self, exc: AdapterError) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc)
-
-    def _maybe_done(self) -> None:
-        if self.remaining > 0 or self.future.done():
-            return
-        if self.refused:
-            self.future.set_exception(EventsRefused(self.adapter, self.refused, self.detail))
-        else:
-            self.future.set_result(None)
-
-
-@dataclass(eq=False, slots=True)
-class _Inflight:
-    """One push waiting for its reply."""
-
-    lane: _Lane
-    items: list[tuple[EventRecord, _Waiter]]
-    size: int
-    waiters: dict[_Waiter, int]
-    push: PushHandle | None = None
-    done: bool = False
-
-
-@dataclass(eq=False, slots=True)
-class _Lane:
-    """The per-channel queue; one flusher task pushes from it, in order."""
-
-    topic: str
-    queue: deque[tuple[EventRecord, _Waiter]] = field(default_factory=deque)
-    queued_bytes: int = 0
-    nonempty: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Push without waiting for more: the batch is full, or a reply came in
-    #: since the last push. Cleared by each take that leaves less than a batch.
-    go: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Pushes of this channel awaiting their reply.
-    inflight: int = 0
-    task: asyncio.Task[None] | None = None
-
-
-class _TokenBucket:
-    """``rate`` tokens per second (changeable), at most one saved up; FIFO waiters."""
-
-    def __init__(self) -> None:
-        self.rate = 1.0
-        self._tokens = 1.0
-        self._last = asyncio.get_running_loop().time()
-        self._lock = asyncio.Lock()
-
-    async def acquire(self) -> None:
-        async with self._lock:
-            loop = asyncio.get_running_loop()
-            while True:
-                now = loop.time()
-                self._tokens = min(1.0, self._tokens + (now - self._last) * self.rate)
-                self._last = now
-                if self._tokens >= 1.0:
-                    self._tokens -= 1.0
-                    return
-                await asyncio.sleep((1.0 - self._tokens) / self.rate)
-
-
-class _PushMeter:
-    """Pushes per second over the last few seconds, in one-second buckets
-    (over less time while less has passed since the first push)."""
-
-    def __init__(self) -> None:
-        self._counts = [0] * _METER_S
-        self._second = 0
-        self._first: float | None = None
-
-    def add(self, now: float) -> None:
-        self._advance(now)
-        if self._first is None:
-            self._first = now
-        self._counts[self._second % _METER_S] += 1
-
-    def rate(self, now: float) -> float:
-        self._advance(now)
-        span = _METER_S if self._first is None else min(_METER_S, max(0.1, now - self._first))
-        return sum(self._counts) / span
-
-    def _advance(self, now: float) -> None:
-        second = math.floor(now)
-        if second - self._second >= _METER_S:
-            self._counts = [0] * _METER_S
-        else:
-            for s in range(self._second + 1, second + 1):
-                self._counts[s % _METER_S] = 0
-        self._second = max(self._second, second)
 
 
 class RealtimeAdapter(Adapter):
@@ -254,21 +132,16 @@ class RealtimeAdapter(Adapter):
         self._batch_bytes = batch_bytes
         self._max_event = max_event_bytes
         self._private = private
-        self._governor = RateGovernor(max_messages_per_s)
+        self._pacer = Pacer(self.name, max_messages_per_s, throttle_s)
         self._ack_timeout = ack_timeout_s
-        self._throttle_s = throttle_s
         self._connect_timeout = connect_timeout_s
         self._reconnect_initial = reconnect_initial_s
         self._reconnect_max = reconnect_max_s
         self._poll_s = poll_s
         self._topics = {cat: channel_topic(channel_prefix, cat) for cat in Category}
-        self._lanes: dict[Category, _Lane] = {}
-        self._inflight: set[_Inflight] = set()
+        self._channels: dict[Category, ChannelQueue] = {}
+        self._inflight: set[Inflight] = set()
         self._link: RealtimeLink | None = None
-        self._bucket: _TokenBucket | None = None
-        self._meter = _PushMeter()
-        self._throttled_until = 0.0
-        self._throttle_detail = ""
         self._closed = False
         #: Pushes sent and events acknowledged so far (for health and tests).
         self.pushes = 0
@@ -312,12 +185,11 @@ class RealtimeAdapter(Adapter):
                 raise AdapterUnavailable(self.name, f"still connecting ({self._link.last_error})")
             return
         self._closed = False
-        self._bucket = _TokenBucket()
         loop = asyncio.get_running_loop()
         for cat, topic in self._topics.items():
-            lane = _Lane(topic)
-            lane.task = loop.create_task(self._run_lane(lane), name=f"realtime-lane-{topic}")
-            self._lanes[cat] = lane
+            queue = ChannelQueue(topic)
+            queue.task = loop.create_task(self._run_channel(queue), name=f"realtime-{topic}")
+            self._channels[cat] = queue
         self._link = RealtimeLink(
             self.url,
             self._key,
@@ -349,13 +221,13 @@ class RealtimeAdapter(Adapter):
         if self._closed:
             return
         self._closed = True
-        lanes = list(self._lanes.values())
-        for lane in lanes:
-            if lane.task is not None:
-                lane.task.cancel()
-        await asyncio.gather(*(ln.task for ln in lanes if ln.task), return_exceptions=True)
+        channels = list(self._channels.values())
+        for channel in channels:
+            if channel.task is not None:
+                channel.task.cancel()
+        await asyncio.gather(*(c.task for c in channels if c.task), return_exceptions=True)
         self._fail_everything(lambda: AdapterUnavailable(self.name, "adapter closed"))
-        self._lanes.clear()
+        self._channels.clear()
         link, self._link = self._link, None
         if link is not None:
             await link.close()
@@ -377,7 +249,7 @@ class RealtimeAdapter(Adapter):
                 "private_channels": self._private,
                 "joined_channels": link.joined_topics() if link else [],
                 "outstanding_acks": len(self._inflight),
-                "queued_events": sum(len(ln.queue) for ln in self._lanes.values()),
+                "queued_events": sum(len(c.queue) for c in self._channels.values()),
                 "pushes": self.pushes,
                 "events_acked": self.events_acked,
                 "max_messages_per_s": self.max_messages_per_s(),
@@ -427,7 +299,7 @@ class RealtimeAdapter(Adapter):
             now = asyncio.get_running_loop().time()
         except RuntimeError:
             return 0.0
-        return round(max(0.0, self._throttled_until - now), 3)
+        return round(self._pacer.paused_for(now), 3)
 
     def max_messages_per_s(self) -> float:
         """The message-rate cap now (0: none): the configured one, or lower
@@ -435,8 +307,8 @@ class RealtimeAdapter(Adapter):
         try:
             now = asyncio.get_running_loop().time()
         except RuntimeError:  # no loop: nothing was refused on one either
-            return self._governor.cap(0.0)
-        return self._governor.cap(now)
+            return self._pacer.cap(0.0)
+        return self._pacer.cap(now)
 
     # -- sending -----------------------------------------------------------------
 
@@ -449,16 +321,16 @@ class RealtimeAdapter(Adapter):
             raise AdapterUnavailable(self.name, "not started")
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if now < self._throttled_until:
-            raise AdapterThrottled(self.name, self._throttle_detail, self._throttled_until - now)
+        if self._pacer.paused_for(now) > 0:
+            raise self._pacer.error(now)
         if not link.ready:
             # Back from a channel the server shut for rate: not an outage
             # unless the connection stays away longer than a reconnect takes.
-            grace = self._throttled_until + self._connect_timeout + self._reconnect_max
+            grace = self._pacer.until + self._connect_timeout + self._reconnect_max
             if now < grace:
-                raise AdapterThrottled(self.name, self._throttle_detail, self._throttle_s)
+                raise self._pacer.error(now, self._pacer.pause_s)
             raise AdapterUnavailable(self.name, f"not connected ({link.last_error})")
-        waiter = _Waiter(self.name, loop.create_future(), len(batch))
+        waiter = Waiter(self.name, loop.create_future(), len(batch))
         # No await before every event is queued: this is what keeps pushes in
         # the order the send() calls began.
         batch_max, batch_bytes, max_event = self._batch_max, self._batch_bytes, self._max_event
@@ -473,19 +345,13 @@ class RealtimeAdapter(Adapter):
                 log.warning("event refused: too large for a push", sequence_id=record.sequence_id)
                 waiter.refuse(record.sequence_id, PAYLOAD_TOO_LARGE, detail)
                 continue
-            lane = self._lanes[record.category]
-            lane.queue.append((record, waiter))
-            lane.queued_bytes += size
-            lane.nonempty.set()
-            if len(lane.queue) >= batch_max or lane.queued_bytes >= batch_bytes:
-                lane.go.set()
+            self._channels[record.category].add((record, waiter), batch_max, batch_bytes)
         await waiter.future
 
-    async def _run_lane(self, lane: _Lane) -> None:
-        loop = asyncio.get_running_loop()
+    async def _run_channel(self, channel: ChannelQueue) -> None:
         while True:
-            await lane.nonempty.wait()
-            if self._batch_s > 0 and lane.inflight and not lane.go.is_set():
+            await channel.nonempty.wait()
+            if self._batch_s > 0 and channel.inflight and not channel.go.is_set():
                 # A push of this channel awaits its reply: gather what comes
                 # until a reply is in, the batch is full, or batch_ms passed —
                 # whichever is first. With nothing in flight the events go at
@@ -494,56 +360,33 @@ class RealtimeAdapter(Adapter):
                 # no faster than pushes go out, so batches still fill.
                 try:
                     async with asyncio.timeout(self._batch_s):
-                        await lane.go.wait()
+                        await channel.go.wait()
                 except TimeoutError:
                     pass
-            rate = self._governor.cap(loop.time())
-            if rate > 0 and self._bucket is not None:
-                self._bucket.rate = rate
-                await self._bucket.acquire()
-            items = self._take(lane)
+            await self._pacer.wait_turn()
+            items = channel.take(self._batch_max, self._batch_bytes)
             if not items:
                 continue
             try:
-                await self._push(lane, items)
+                await self._push(channel, items)
             except Exception as exc:
-                # A bug here must fail these sends, not kill the lane and
-                # leave every later send() on this channel waiting forever.
-                log.exception("realtime push failed unexpectedly", topic=lane.topic)
+                # A bug here must fail these sends, not kill the channel's task
+                # and leave every later send() on it waiting forever.
+                log.exception("realtime push failed unexpectedly", topic=channel.topic)
                 reason = f"internal error: {exc!r}"
                 for _, waiter in items:
                     waiter.fail(_with_cause(AdapterUnavailable(self.name, reason), exc))
 
-    def _take(self, lane: _Lane) -> list[tuple[EventRecord, _Waiter]]:
-        items: list[tuple[EventRecord, _Waiter]] = []
-        size = 0
-        queue = lane.queue
-        while queue and len(items) < self._batch_max:
-            record = queue[0][0]
-            n = len(record.wire)
-            # Always take at least one event, even one larger than batch_bytes.
-            if items and size + n > self._batch_bytes:
-                break
-            items.append(queue.popleft())
-            size += n
-        lane.queued_bytes -= size
-        if not queue:
-            lane.nonempty.clear()
-            lane.queued_bytes = 0
-        if len(queue) < self._batch_max and lane.queued_bytes < self._batch_bytes:
-            lane.go.clear()
-        return items
-
-    async def _push(self, lane: _Lane, items: list[tuple[EventRecord, _Waiter]]) -> None:
-        waiters: dict[_Waiter, int] = {}
+    async def _push(self, queue: ChannelQueue, items: list[Item]) -> None:
+        waiters: dict[Waiter, int] = {}
         size = 0
         for record, waiter in items:
             waiters[waiter] = waiters.get(waiter, 0) + 1
             size += len(record.wire)
-        inflight = _Inflight(lane, items, size, waiters)
-        lane.inflight += 1  # _finish takes it back, once, however the push ends
+        inflight = Inflight(queue, items, size, waiters)
+        queue.inflight += 1  # _finish takes it back, once, however the push ends
         link = self._link
-        channel = link.channel(lane.topic) if link is not None else None
+        channel = link.channel(queue.topic) if link is not None else None
         if channel is None:
             self._settle(inflight, lambda: AdapterUnavailable(self.name, "not connected"))
             return
@@ -566,7 +409,7 @@ class RealtimeAdapter(Adapter):
                 on_timeout=lambda: self._settle(
                     inflight,
                     lambda: AdapterTimeout(
-                        self.name, f"{lane.topic}: no ack within {self._ack_timeout}s"
+                        self.name, f"{queue.topic}: no ack within {self._ack_timeout}s"
                     ),
                 ),
             )
@@ -580,15 +423,15 @@ class RealtimeAdapter(Adapter):
             )
             return
         self.pushes += 1
-        self._meter.add(asyncio.get_running_loop().time())
+        self._pacer.pushed(asyncio.get_running_loop().time())
         if inflight.done:
             push.destroy()
             return
         inflight.push = push
 
-    def _on_error_reply(self, inflight: _Inflight, reply: dict[str, Any]) -> None:
+    def _on_error_reply(self, inflight: Inflight, reply: dict[str, Any]) -> None:
         reason = refusal_reason(reply)
-        topic = inflight.lane.topic
+        topic = inflight.channel.topic
         if reason == PAYLOAD_TOO_LARGE:
             self._refused_as_too_large(inflight, f"{topic}: server replied {reply}")
         elif reason == RATE_LIMIT:
@@ -602,7 +445,7 @@ class RealtimeAdapter(Adapter):
                 lambda: AdapterRejected(self.name, f"{topic}: server replied error {reply}"),
             )
 
-    def _refused_as_too_large(self, inflight: _Inflight, detail: str) -> None:
+    def _refused_as_too_large(self, inflight: Inflight, detail: str) -> None:
         """The server's payload limit is below this push: one event alone is
         refused for good; more are put back to go in smaller pushes."""
         if not self._finish(inflight):
@@ -615,7 +458,7 @@ class RealtimeAdapter(Adapter):
             waiter.refuse(record.sequence_id, PAYLOAD_TOO_LARGE, detail)
             return
         # From now on no push carries more than half of what was refused;
-        # _take always takes one event, so each retry makes progress.
+        # A push always takes one event, so each retry makes progress.
         self._batch_bytes = max(1, min(self._batch_bytes, inflight.size // 2))
         log.warning(
             "push refused as too large; splitting",
@@ -623,44 +466,36 @@ class RealtimeAdapter(Adapter):
             bytes=inflight.size,
             batch_bytes=self._batch_bytes,
         )
-        lane = inflight.lane
-        lane.queue.extendleft(reversed(items))
-        lane.queued_bytes += inflight.size
-        lane.nonempty.set()
-        lane.go.set()
+        inflight.channel.put_back(items, inflight.size)
 
     def _throttle(self, detail: str) -> None:
         """A refusal for rate: pause, and lower the rate cap below what was refused."""
-        now = asyncio.get_running_loop().time()
         self.refusals[RATE_LIMIT] += 1
-        self._throttle_detail = detail
-        self._throttled_until = now + self._throttle_s
-        cap = self._governor.refused(now, self._meter.rate(now))
+        cap = self._pacer.refused(asyncio.get_running_loop().time(), detail)
         log.warning(
             "realtime refused for rate; slowing down",
             detail=detail,
             max_messages_per_s=round(cap, 1),
-            pause_s=self._throttle_s,
+            pause_s=self._pacer.pause_s,
         )
 
     def _throttled_error(self) -> AdapterError:
-        retry = max(0.0, self._throttled_until - asyncio.get_running_loop().time())
-        return AdapterThrottled(self.name, self._throttle_detail, retry)
+        return self._pacer.error(asyncio.get_running_loop().time())
 
-    def _finish(self, inflight: _Inflight) -> bool:
+    def _finish(self, inflight: Inflight) -> bool:
         """Take ``inflight`` out of flight; False if something already did."""
         if inflight.done:
             return False
         inflight.done = True
         self._inflight.discard(inflight)
-        lane = inflight.lane
-        lane.inflight -= 1
-        lane.go.set()
+        channel = inflight.channel
+        channel.inflight -= 1
+        channel.go.set()
         if inflight.push is not None:
             inflight.push.destroy()
         return True
 
-    def _settle(self, inflight: _Inflight, error: Callable[[], AdapterError] | None) -> None:
+    def _settle(self, inflight: Inflight, error: Callable[[], AdapterError] | None) -> None:
         if not self._finish(inflight):
             return
         if error is None:
@@ -674,20 +509,15 @@ class RealtimeAdapter(Adapter):
     def _on_lost(self, reason: str, refusal: str | None) -> None:
         if refusal == RATE_LIMIT and self._link is not None:
             self._throttle(reason)
-            self._link.delay_next_attempt(self._throttle_s)
+            self._link.delay_next_attempt(self._pacer.pause_s)
             self._fail_everything(self._throttled_error)
         else:
             lost = f"connection lost: {reason}"
             self._fail_everything(lambda: AdapterUnavailable(self.name, lost))
 
     def _fail_queued(self, error: Callable[[], AdapterError]) -> None:
-        for lane in self._lanes.values():
-            while lane.queue:
-                _, waiter = lane.queue.popleft()
-                waiter.fail(error())
-            lane.queued_bytes = 0
-            lane.nonempty.clear()
-            lane.go.clear()
+        for channel in self._channels.values():
+            channel.fail_all(error)
 
     def _fail_everything(self, error: Callable[[], AdapterError]) -> None:
         for inflight in list(self._inflight):
