@@ -182,7 +182,7 @@ class RateGovernor:
     refuses for rate, then lower, rising back slowly.
 
     :meth:`refused` halves the cap (taken as the rate just observed when
-    there was none) and remembers 90 % of the refused rate as a learned
+    there was none) and remembers the refused rate less :data:`RATE_MARGIN` as a learned
     ceiling, so the cap never climbs back to where the server said no. Every
     ``recover_s`` seconds without a refusal the cap grows by ``growth`` up to
     the lower of the two ceilings. ``floor`` is the least it goes to.
