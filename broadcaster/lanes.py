@@ -429,7 +429,8 @@ class Lane:
         self._backoff = 0.0
         self.last_error = None
         delivered = [r for r in batch if r.sequence_id not in refused] if refused else batch
-        self._stats.count_delivered(self.name, delivered, self._clock() - started)
+        if delivered:
+            self._stats.count_delivered(self.name, delivered, self._clock() - started)
         self._settle(len(batch))
         ids = [r.sequence_id for r in delivered]
         if self._from_store:

@@ -197,7 +197,7 @@ class Pacer:
         self._meter = PushMeter()
         self._bucket: TokenBucket | None = None
         #: Loop time the pause after the last refusal for rate ends.
-        self.until = 0.0
+        self.until = -math.inf
         self.detail = ""
 
     def cap(self, now: float) -> float:

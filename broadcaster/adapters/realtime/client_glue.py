@@ -93,6 +93,10 @@ INTERNALS: Final[tuple[Internal, ...]] = (
         "the socket: read by the reader, written pre-encoded, closed with a bound",
     ),
     Internal("AsyncRealtimeClient", "send_buffer", "where a write waits while not connected"),
+    Internal("AsyncRealtimeClient", "channels", "the fast paths find a frame's channel"),
+    Internal(
+        "AsyncRealtimeClient", "access_token", "carried over: a refreshed token survives reconnects"
+    ),
     Internal("AsyncRealtimeChannel", "_handle_message", "every frame the fast paths leave"),
     Internal(
         "AsyncRealtimeChannel",
