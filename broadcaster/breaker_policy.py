@@ -32,6 +32,12 @@ them only adds latency — and trips on one occurrence; a timeout, a rejection
 or a slow call is evidence about *one* batch and is judged by the rate. A
 deployment wanting the literal reading sets ``immediate_trip_errors=(Exception,)``.
 
+A quota refusal (``AdapterRefused``: the far side's message rate or payload
+limit said no) is evidence about neither: the adapter is up and answering,
+and the batch is retried or refused by design. Calls raising one of
+``BreakerConfig.neutral_errors`` are recorded as nothing at all (a half-open
+probe slot is freed, as for a cancelled call).
+
 ``OPEN`` — :meth:`BreakerPolicy.allow` refuses every call until
 ``recovery_time_s`` has passed since opening; the first ``allow`` after that
 moves to ``HALF_OPEN``.
@@ -68,7 +74,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .exceptions import AdapterUnavailable
+from .exceptions import AdapterRefused, AdapterUnavailable
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -141,6 +147,8 @@ class BreakerConfig:
       ``bucket_s`` of ``window_s``).
     * ``immediate_trip_errors=(AdapterUnavailable,)`` — errors that open the
       breaker on a single occurrence (see the module doc).
+    * ``neutral_errors=(AdapterRefused,)`` — errors that count as no outcome:
+      quota refusals (see the module doc).
     """
 
     error_threshold: float = 0.05
@@ -154,6 +162,7 @@ class BreakerConfig:
     ramp_step_s: float = 10.0
     bucket_s: float = 1.0
     immediate_trip_errors: tuple[type[BaseException], ...] = (AdapterUnavailable,)
+    neutral_errors: tuple[type[BaseException], ...] = (AdapterRefused,)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -452,6 +461,9 @@ class BreakerPolicy:
         if ok and error is not None:
             raise ValueError("a successful call has no error")
         if not self._current(epoch):
+            return None
+        if error is not None and isinstance(error, self.config.neutral_errors):
+            self.release(epoch)
             return None
         outcome = self.classify(ok, duration_s)
         if self._state is BreakerState.HALF_OPEN:

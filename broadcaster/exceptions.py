@@ -18,9 +18,15 @@ edge, with the original kept as ``__cause__``.
     ├── AdapterError            an adapter could not take a batch; .adapter names it
     │   ├── AdapterUnavailable  not connected / not started / connection lost
     │   ├── AdapterTimeout      no acknowledgement in time
-    │   └── AdapterRejected     the far side answered with an error
-    │       └── HistoryPruned   a resume asked for events the store no longer has;
-    │                           .since and .oldest (the oldest still stored) say how far
+    │   ├── AdapterRejected     the far side answered with an error
+    │   │   └── HistoryPruned   a resume asked for events the store no longer has;
+    │   │                       .since and .oldest (the oldest still stored) say how far
+    │   └── AdapterRefused      a quota said no: neither an outage nor a success to
+    │       │                   the breaker; .reason names the quota
+    │       ├── AdapterThrottled  over a rate quota: retry the whole batch after
+    │       │                   .retry_after_s
+    │       └── EventsRefused   .refused events can never fit (too large); every
+    │                           other event of the batch was delivered
     ├── BreakerOpen             an adapter's circuit breaker refused the call: nothing
     │                           was sent, so no delivery failed (.adapter, .state, .retry_at)
     └── FrameError              a received frame is not a valid event (consumer side)
@@ -33,7 +39,9 @@ from __future__ import annotations
 
 __all__ = [
     "AdapterError",
+    "AdapterRefused",
     "AdapterRejected",
+    "AdapterThrottled",
     "AdapterTimeout",
     "AdapterUnavailable",
     "BreakerOpen",
@@ -41,6 +49,7 @@ __all__ = [
     "BroadcasterError",
     "ChecksumMismatch",
     "ConfigError",
+    "EventsRefused",
     "FlushTimeout",
     "FrameError",
     "HistoryPruned",
@@ -145,6 +154,40 @@ class HistoryPruned(AdapterRejected):
         self.since = since
         self.oldest = oldest
         super().__init__(adapter, reason)
+
+
+class AdapterRefused(AdapterError):
+    """A quota of the far side refused the batch (Supabase Realtime's message
+    rate or payload size). Not an outage: the breaker records neither a
+    failure nor a success, and nothing is lost. ``reason`` names the quota
+    (``rate_limit``, ``payload_too_large``); ``detail`` is what the far side said."""
+
+    def __init__(self, adapter: str, reason: str, detail: str) -> None:
+        self.detail = detail
+        super().__init__(adapter, reason)
+
+    def __str__(self) -> str:
+        return f"{self.adapter}: refused ({self.reason}): {self.detail}"
+
+
+class AdapterThrottled(AdapterRefused):
+    """Over a rate quota: no event of the batch counts as delivered. Send the
+    whole batch again after ``retry_after_s`` seconds."""
+
+    def __init__(self, adapter: str, detail: str, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(adapter, "rate_limit", detail)
+
+
+class EventsRefused(AdapterRefused):
+    """Some events can never be delivered on this path (each is too large even
+    alone); every other event of the batch was delivered. ``refused`` maps the
+    sequence id of each refused event to its reason."""
+
+    def __init__(self, adapter: str, refused: dict[int, str], detail: str) -> None:
+        self.refused = refused
+        reasons = sorted(set(refused.values()))
+        super().__init__(adapter, ", ".join(reasons), detail)
 
 
 class BreakerOpen(BroadcasterError):

@@ -47,7 +47,7 @@ from .adapters.base import Adapter
 from .breaker import AdapterBreaker
 from .breaker_policy import BreakerState
 from .events import EventRecord
-from .exceptions import AdapterError, BreakerOpen, StoreError
+from .exceptions import AdapterError, AdapterThrottled, BreakerOpen, EventsRefused, StoreError
 from .routing import bucket
 from .stats import DeliveryStats
 from .store.base import DeliveryState, Store
@@ -395,6 +395,7 @@ class Lane:
 
     async def _deliver(self, batch: list[EventRecord]) -> None:
         started = self._clock()
+        refused: dict[int, str] = {}
         try:
             await self._send(batch)
         except BreakerOpen:
@@ -402,6 +403,19 @@ class Lane:
             self._release_slot()
             self._park(batch)
             return
+        except AdapterThrottled as exc:
+            self._release_slot()
+            self._throttled(batch, exc)
+            return
+        except EventsRefused as exc:
+            # Every other event of the batch was delivered.
+            refused = exc.refused
+            self._stats.count_refused(self.name, refused.values())
+            log.warning(
+                "events refused for good; reconciliation reports them missing here",
+                error=str(exc),
+                sequence_ids=sorted(refused),
+            )
         except AdapterError as exc:
             self._release_slot()
             await self._failed(batch, exc)
@@ -414,18 +428,27 @@ class Lane:
         self._release_slot()
         self._backoff = 0.0
         self.last_error = None
-        self._stats.count_delivered(self.name, batch, self._clock() - started)
+        delivered = [r for r in batch if r.sequence_id not in refused] if refused else batch
+        if delivered:
+            self._stats.count_delivered(self.name, delivered, self._clock() - started)
         self._settle(len(batch))
-        ids = [r.sequence_id for r in batch]
+        ids = [r.sequence_id for r in delivered]
         if self._from_store:
-            from_store = [i for i in ids if i in self._from_store]
-            if from_store:
-                self._from_store.difference_update(from_store)
-                self.pending = max(0, self.pending - len(from_store))
-                self.backfilled += len(from_store)
-                self._stats.backfilled[self.name] += len(from_store)
+            settled = [r.sequence_id for r in batch if r.sequence_id in self._from_store]
+            if settled:
+                self._from_store.difference_update(settled)
+                self.pending = max(0, self.pending - len(settled))
+                backfilled = len(settled) - sum(1 for i in settled if i in refused)
+                self.backfilled += backfilled
+                self._stats.backfilled[self.name] += backfilled
         repaired = [i for i in ids if i in self._repairing] if self._repairing else []
         try:
+            if refused:
+                self._repairing.difference_update(refused)
+                reasons = ", ".join(sorted(set(refused.values())))
+                await self._store.mark(
+                    self.name, list(refused), DeliveryState.REFUSED, f"refused: {reasons}"
+                )
             if repaired:
                 self._repairing.difference_update(repaired)
                 await self._store.mark(self.name, repaired, DeliveryState.REPAIRED)
@@ -439,6 +462,25 @@ class Lane:
             # Released only once the ACK is written, so a backfill query cannot
             # read the row as undelivered after the lane let go of it.
             self._release([r.sequence_id for r in batch])
+
+    def _throttled(self, batch: list[EventRecord], exc: AdapterThrottled) -> None:
+        """A rate quota said no: not a failure (nothing is marked FAILED and the
+        breaker records nothing); the batch waits at the front for the pause."""
+        self.last_error = str(exc)
+        self._stats.count_refused(self.name, [exc.reason] * len(batch))
+        self._stats.retried_batches[self.name] += 1
+        # A non-zero backoff also keeps _launch_or_wake from sending before
+        # _run has waited out the pause; the next success clears it.
+        self._backoff = max(self._backoff, exc.retry_after_s, 1e-3)
+        self._resume_at = max(self._resume_at, self._clock() + exc.retry_after_s)
+        log.info(
+            "delivery throttled by a quota; will retry",
+            error=str(exc),
+            count=len(batch),
+            retry_in_s=round(exc.retry_after_s, 3),
+        )
+        self._queue.extendleft(reversed(batch))
+        self._wake.set()
 
     async def _failed(self, batch: list[EventRecord], exc: Exception) -> None:
         self.last_error = str(exc)

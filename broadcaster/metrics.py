@@ -12,7 +12,7 @@ Usage (an admin ``/metrics`` handler)::
 Where each figure comes from:
 
 * **Counters and gauges that mirror in-memory state** (published, routed,
-  delivered, failed, backfilled, parked, pending, breaker state/share/
+  delivered, failed, backfilled, parked, refused, pending, breaker state/share/
   transitions, reconciliation outcomes) are read at scrape time by a custom
   collector from ``broadcaster.stats``, ``broadcaster.breaker_states()`` and
   ``broadcaster.reconciler``: nothing is counted twice.
@@ -68,6 +68,7 @@ from .metrics_catalog import (
     BREAKER_STATE_VALUES,
     LATENCY_BUCKETS,
     METRIC_NAMES,
+    REFUSAL_REASONS,
     _age,
     _family,
     _Histogram,
@@ -269,6 +270,7 @@ class BroadcasterMetrics:
         names.update(a for _, a in stats.delivered)
         names.update(stats.backfilled)
         names.update(stats.parked)
+        names.update(a for a, _ in stats.refused)
         return sorted(names)
 
     def _breaker_families(
@@ -289,11 +291,15 @@ class BroadcasterMetrics:
         for adapter in adapters:
             parked.add_metric([adapter], stats.parked[adapter])
             backfilled.add_metric([adapter], stats.backfilled[adapter])
+        refused = _series("broadcaster_events_refused_total")
+        known = [(a, r) for a in adapters for r in REFUSAL_REASONS]
+        for key in _with_extra(known, stats.refused):
+            refused.add_metric(list(key), stats.refused[key])
         transitions = _series("broadcaster_breaker_transitions_total")
         known = [(a, t) for a in sorted(set(adapters) | set(breakers)) for t in _TRANSITIONS]
         for key in _with_extra(known, stats.breaker_transitions):
             transitions.add_metric(list(key), stats.breaker_transitions[key])
-        yield from (pending, parked, backfilled, state, share, failure, transitions)
+        yield from (pending, parked, backfilled, refused, state, share, failure, transitions)
 
     def _reconciliation_families(
         self, pairs: Sequence[tuple[str, str]], now: float

@@ -21,7 +21,7 @@ from prometheus_client.metrics_core import (
 
 from .breaker_policy import BreakerState
 
-__all__ = ["BREAKER_STATE_VALUES", "LATENCY_BUCKETS", "METRIC_NAMES"]
+__all__ = ["BREAKER_STATE_VALUES", "LATENCY_BUCKETS", "METRIC_NAMES", "REFUSAL_REASONS"]
 
 #: Upper bounds (seconds) of every latency histogram: 0.5 ms to 10 s, roughly
 #: 1-2.5-5 per decade, plus 0.15/0.2/0.3 s around the adapters' slow-call bounds.
@@ -56,6 +56,9 @@ BREAKER_STATE_VALUES: Final[Mapping[str, int]] = {
 _TRANSITIONS: Final = ("closed->open", "open->half_open", "half_open->closed", "half_open->open")
 
 _DUPLICATE: Final = "duplicate"
+
+#: Every reason a quota refusal is counted under, exported at 0 until it happens.
+REFUSAL_REASONS: Final = ("payload_too_large", "rate_limit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,14 @@ _SPECS: Final[dict[str, _Spec]] = {
         "counter",
         "Pending events delivered later by backfill or half-open probes.",
         ("adapter",),
+    ),
+    "broadcaster_events_refused_total": _Spec(
+        "counter",
+        "Events a quota of the adapter refused, per reason: rate_limit (the batch "
+        "waited and was sent again; an event retried twice counts twice), "
+        "payload_too_large (never deliverable on that path; reconciliation reports "
+        "it missing there).",
+        ("adapter", "reason"),
     ),
     "broadcaster_dual_write_success_ratio": _Spec(
         "gauge",

@@ -39,6 +39,7 @@ from pydantic_settings import (
 from .checksums import ChecksumAlgorithm
 from .events import DEFAULT_CHECKSUM, DEFAULT_EVENT_MAX_BYTES, Category
 from .exceptions import ConfigError
+from .realtime_plan import RealtimeLimits, RealtimePlan, resolve_limits
 from .routing import ADAPTER_NAMES, OVERRIDE_ALL, CategoryRoute, RoutingTable
 from .security import TokenSet, mask_url_password, parse_token_settings
 
@@ -300,6 +301,10 @@ class Settings(BaseSettings):
     realtime_batch_max: int = Field(default=100, ge=1)
     realtime_batch_bytes: int = Field(default=200_000, ge=1024)
     realtime_max_messages_per_s: float = Field(default=0.0, ge=0)
+    #: The Supabase plan whose Realtime quotas the adapter stays within (None: no assumption).
+    realtime_plan: RealtimePlan | None = None
+    #: Join the channels as private ones (``config.private``), authorised by the access token.
+    realtime_private_channels: bool = False
 
     store_url: str = "sqlite:///./broadcaster.db"
 
@@ -363,6 +368,14 @@ class Settings(BaseSettings):
         # It ends up in logs, receipts and /health: no control characters.
         if not value.isprintable():
             raise ValueError("must be printable characters only")
+        return value
+
+    @field_validator("realtime_plan", mode="before")
+    @classmethod
+    def _plan(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            return None if value in ("", "none", "null") else value
         return value
 
     @field_validator("log_format", "log_level", mode="before")
@@ -444,6 +457,19 @@ class Settings(BaseSettings):
         if self.supabase_url is None:
             return None
         return self.supabase_url.rstrip("/") + "/realtime/v1"
+
+    def realtime_limits(self) -> RealtimeLimits:
+        """The Realtime adapter's caps: ``REALTIME_PLAN`` combined with
+        ``REALTIME_MAX_MESSAGES_PER_S``, ``REALTIME_BATCH_MAX`` and
+        ``REALTIME_BATCH_BYTES`` (:func:`~broadcaster.realtime_plan.resolve_limits`
+        says which wins). ``REALTIME_BATCH_MAX`` counts as set only when given."""
+        explicit = "realtime_batch_max" in self.model_fields_set
+        return resolve_limits(
+            self.realtime_plan,
+            max_messages_per_s=self.realtime_max_messages_per_s,
+            batch_max=self.realtime_batch_max if explicit else None,
+            batch_bytes=self.realtime_batch_bytes,
+        )
 
     def api_tokens(self) -> TokenSet:
         """The tokens of ``BROADCASTER_ADMIN_TOKEN`` and ``BROADCASTER_TOKENS``

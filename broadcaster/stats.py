@@ -1,7 +1,7 @@
 """In-process counters per category and adapter (published, routed, delivered,
 failed), and per adapter for failover (parked, backfilled, breaker
-transitions). Plain integers, updated on the event loop; ``/stats`` and the
-Prometheus exporter read them."""
+transitions) and quotas (refused, by reason). Plain integers, updated on the
+event loop; ``/stats`` and the Prometheus exporter read them."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ class DeliveryStats:
     parked: Counter[str] = field(default_factory=Counter)
     #: adapter -> pending events delivered later by backfill or half-open probes
     backfilled: Counter[str] = field(default_factory=Counter)
+    #: (adapter, reason) -> events a quota of the adapter refused: ``rate_limit``
+    #: (retried after a pause), ``payload_too_large`` (never deliverable there)
+    refused: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: (adapter, "closed->open" ...) -> how often that breaker transition happened
     breaker_transitions: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: Called as ``hook(adapter, records, send_seconds)`` after each acknowledged
@@ -63,6 +66,15 @@ class DeliveryStats:
     def count_published(self, events: int, seconds: float) -> None:
         for hook in self.publish_hooks:
             hook(events, seconds)
+
+    def count_refused(self, adapter: str, reasons: Iterable[str]) -> None:
+        """One refused event per item of ``reasons`` (its reason)."""
+        for reason, n in Counter(reasons).items():
+            self.refused[(adapter, reason)] += n
+
+    def refused_by_reason(self, adapter: str) -> dict[str, int]:
+        """``{reason: events}`` refused by ``adapter``'s quotas so far."""
+        return {r: n for (a, r), n in sorted(self.refused.items()) if a == adapter}
 
     def count_failed(self, adapter: str, records: Iterable[EventRecord]) -> None:
         for record in records:

@@ -25,8 +25,13 @@ CATEGORIES = ("CRITICAL", "SYSTEM", "PERFORMANCE", "USER_ACTIVITY")
 
 
 async def main(mode: str, store_url: str, ws_port: int, realtime_url: str) -> None:
+    # The test's Realtime server accepts any key; the supabase client needs one.
     settings = load_settings(
-        env_file=None, store_url=store_url, websocket_port=ws_port, supabase_url=realtime_url
+        env_file=None,
+        store_url=store_url,
+        websocket_port=ws_port,
+        supabase_url=realtime_url,
+        supabase_key="crash-test-key",
     )
     ws = WebSocketAdapter.from_settings(settings)
     await ws.start()

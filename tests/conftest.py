@@ -27,7 +27,7 @@ __all__ = ["pg_server", "pg_url"]  # fixtures: a real PostgreSQL (tests/_postgre
 
 #: Test modules (paths under tests/) whose async tests run on both loops.
 BOTH_LOOPS = (
-    "adapters/test_realtime.py",
+    "adapters/realtime/test_adapter.py",
     "adapters/test_websocket.py",
     "admin/test_server.py",
     "consumer/",

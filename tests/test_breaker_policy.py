@@ -19,7 +19,13 @@ from broadcaster.breaker_policy import (
     SlidingWindow,
     Transition,
 )
-from broadcaster.exceptions import AdapterRejected, AdapterTimeout, AdapterUnavailable
+from broadcaster.exceptions import (
+    AdapterRejected,
+    AdapterThrottled,
+    AdapterTimeout,
+    AdapterUnavailable,
+    EventsRefused,
+)
 from broadcaster.settings import Settings
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
@@ -267,6 +273,25 @@ def test_immediate_trip_errors_are_configurable() -> None:
     policy = BreakerPolicy(replace(CFG, immediate_trip_errors=()))
     assert policy.record(0.0, False, FAST, unavailable()) is None
     assert policy.state is CLOSED
+
+
+def test_a_quota_refusal_is_no_outcome_at_all() -> None:
+    # Closed: a window of nothing but refusals neither trips nor fills.
+    policy = BreakerPolicy(replace(CFG, min_calls=1, error_threshold=0.0))
+    for _ in range(30):
+        assert policy.record(0.0, False, SLOW, AdapterThrottled("realtime", "429", 1.0)) is None
+        refused = EventsRefused("realtime", {7: "too big"}, "")
+        assert policy.record(0.0, False, FAST, refused) is None
+    assert policy.state is CLOSED and policy.calls(0.0) == 0
+    # Half-open: a refused probe frees its slot and decides nothing.
+    policy, now = half_open(replace(CFG, half_open_requests=1))
+    assert policy.allow(now)
+    assert policy.record(now, False, FAST, AdapterThrottled("realtime", "429", 1.0)) is None
+    assert policy.state is HALF_OPEN and policy.probes_in_flight == 0
+    assert policy.allow(now)
+    # Configurable, like the immediate-trip errors.
+    policy = BreakerPolicy(replace(CFG, neutral_errors=(), min_calls=1, error_threshold=0.0))
+    assert policy.record(0.0, False, FAST, AdapterThrottled("realtime", "429", 1.0)) is not None
 
 
 def test_failures_without_an_exception_and_other_errors_use_the_rate() -> None:

@@ -171,7 +171,7 @@ async def scenario(
     *,
     ack_timeout_s: float,
     slow_call_ms: float = 1000.0,
-    key: str | None = None,
+    key: str = "failover-test-key",
 ) -> None:
     """Only the slow scenario needs a tight slow-call bound; elsewhere a loaded
     CI machine must not turn an ordinary call into a "slow" one mid-ramp."""

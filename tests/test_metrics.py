@@ -191,6 +191,9 @@ async def test_counts_per_category_and_adapter_mirror_the_delivery_stats() -> No
         assert scrape.value("broadcaster_events_pending", adapter=adapter) == 0
         assert scrape.value("broadcaster_events_parked_total", adapter=adapter) == 0
         assert scrape.value("broadcaster_events_backfilled_total", adapter=adapter) == 0
+        for reason in ("payload_too_large", "rate_limit"):
+            name = "broadcaster_events_refused_total"
+            assert scrape.value(name, adapter=adapter, reason=reason) == 0
         for transition in ("closed->open", "open->half_open", "half_open->closed"):
             name = "broadcaster_breaker_transitions_total"
             assert scrape.value(name, adapter=adapter, transition=transition) == 0

@@ -25,6 +25,7 @@ PURE_MODULES = [
     "exceptions.py",
     "reconcile/matching.py",
     "breaker_policy.py",
+    "realtime_plan.py",
     "security.py",
     "realtime_server/protocol.py",
     "realtime_server/quotas.py",

@@ -99,7 +99,7 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_event(tmp_path: Path) ->
         ws_col = ReceiptCollector("websocket", on_event=ws_seen, on_receipt=writer.add)
         rt_col = ReceiptCollector("realtime", on_event=rt_seen, on_receipt=writer.add)
         async with (
-            RealtimeSubscriber(server.url, collector=rt_col),
+            RealtimeSubscriber(server.url, "crash-test-key", collector=rt_col),
             WebSocketSubscriber(
                 f"ws://127.0.0.1:{ws_port}/events", collector=ws_col, backoff_max=0.2
             ),

@@ -46,6 +46,8 @@ SPEC_FLAT_DEFAULTS: dict[str, Any] = {
     "REALTIME_BATCH_MAX": 100,
     "REALTIME_BATCH_BYTES": 200_000,
     "REALTIME_MAX_MESSAGES_PER_S": 0,
+    "REALTIME_PLAN": None,
+    "REALTIME_PRIVATE_CHANNELS": False,
     "STORE_URL": "sqlite:///./broadcaster.db",
     "ADMIN_HOST": "127.0.0.1",
     "ADMIN_PORT": 8080,
@@ -128,6 +130,8 @@ VARIABLES: list[tuple[str, str, Callable[[Settings], Any], Any]] = [
             ("REALTIME_BATCH_MAX", "50", 50),
             ("REALTIME_BATCH_BYTES", "100000", 100_000),
             ("REALTIME_MAX_MESSAGES_PER_S", "10", 10.0),
+            ("REALTIME_PLAN", "pro", "pro"),
+            ("REALTIME_PRIVATE_CHANNELS", "true", True),
             ("STORE_URL", "postgresql://u@h/db", "postgresql://u@h/db"),
             ("ADMIN_HOST", "0.0.0.0", "0.0.0.0"),
             ("ADMIN_PORT", "9090", 9090),
@@ -388,6 +392,9 @@ def test_override_unset_and_explicit_none() -> None:
         ("LOG_FORMAT", "JSON", lambda s: s.log_format, "json"),
         ("LOG_LEVEL", "warning", lambda s: s.log_level, "WARNING"),
         ("SUPABASE_URL", "   ", lambda s: s.supabase_url, None),
+        ("REALTIME_PLAN", " Team ", lambda s: s.realtime_plan, "team"),
+        ("REALTIME_PLAN", "", lambda s: s.realtime_plan, None),
+        ("REALTIME_PLAN", "none", lambda s: s.realtime_plan, None),
         ("DUAL_WRITE_CRITICAL_PERCENTAGE", "0", lambda s: s.categories["CRITICAL"].percentage, 0),
         (
             "ADAPTER_WEBSOCKET_ERROR_THRESHOLD",
@@ -448,6 +455,8 @@ INVALID = [
     ("RECONCILE_MAX_DELAY_S", "1"),
     ("REALTIME_BATCH_MAX", "0"),
     ("REALTIME_BATCH_BYTES", "10"),
+    ("REALTIME_PLAN", "enterprise"),
+    ("REALTIME_PRIVATE_CHANNELS", "sometimes"),
     ("EVENT_MAX_BYTES", "0"),
     ("SUPABASE_URL", "not-a-url"),
     ("SUPABASE_URL", "ftp://example.com"),
@@ -674,6 +683,25 @@ def test_realtime_url(
     if url is not None:
         monkeypatch.setenv("SUPABASE_URL", url)
     assert load_settings(None).realtime_url() == expected
+
+
+def test_realtime_limits_combine_the_plan_with_explicit_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REALTIME_PLAN", "free")
+    limits = load_settings(None).realtime_limits()
+    assert (limits.max_messages_per_s, limits.batch_max, limits.batch_bytes) == (90, 1000, 200_000)
+    # Explicit settings: a batch size wins; a quota only where it is stricter.
+    monkeypatch.setenv("REALTIME_BATCH_MAX", "100")
+    monkeypatch.setenv("REALTIME_MAX_MESSAGES_PER_S", "500")
+    monkeypatch.setenv("REALTIME_BATCH_BYTES", "900000")
+    limits = load_settings(None).realtime_limits()
+    assert (limits.max_messages_per_s, limits.batch_max) == (90, 100)
+    assert limits.max_event_bytes is not None and limits.batch_bytes == limits.max_event_bytes
+    monkeypatch.delenv("REALTIME_PLAN")
+    limits = load_settings(None).realtime_limits()
+    assert (limits.max_messages_per_s, limits.batch_max, limits.batch_bytes) == (500, 100, 900_000)
+    assert limits.max_event_bytes is None
 
 
 def test_settings_are_frozen() -> None:

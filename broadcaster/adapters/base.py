@@ -36,7 +36,10 @@ class Adapter(ABC):
     * ``send(batch)`` delivers ``batch`` (in sequence order) and returns once
       the far side acknowledged it; it raises an
       :class:`~broadcaster.exceptions.AdapterError` subclass otherwise, and
-      translates third-party errors into that tree.
+      translates third-party errors into that tree. A quota refusal is an
+      :class:`~broadcaster.exceptions.AdapterRefused`: ``AdapterThrottled``
+      (send the whole batch again after its pause) or ``EventsRefused`` (the
+      events it names can never be delivered here; the rest were).
     * Calls to ``send`` may overlap: the lane keeps several batches in flight
       so acknowledgements pipeline. An adapter must put batches on the wire in
       the order their ``send`` calls *began* (take an ``asyncio.Lock`` — FIFO —

@@ -367,7 +367,7 @@ def create_app(
     async def stats(actor: Actor) -> dict[str, Any]:
         """Per category and adapter: published, routed, delivered, failed,
         pending, checksum mismatches, dual-write success rate; breakers;
-        store counts; reconciliation lag."""
+        quota refusals by reason; store counts; reconciliation lag."""
         return await collect_stats(b)
 
     # -- events --------------------------------------------------------------
@@ -581,9 +581,10 @@ async def collect_stats(b: Broadcaster) -> dict[str, Any]:
 
     ``dual_write_success_rate`` of a category is delivered ÷ routed summed
     over its adapters (1.0 when nothing was routed); ``pending`` per adapter
-    is what waits behind its breaker; ``mismatches`` come from the last
-    reconciliation; ``reconciliation.lag_s`` is the age of the oldest event
-    not yet reconciled."""
+    is what waits behind its breaker; ``refused`` counts, by reason, events
+    a quota of the adapter refused (docs/configuration.md); ``mismatches``
+    come from the last reconciliation; ``reconciliation.lag_s`` is the age
+    of the oldest event not yet reconciled."""
     snapshot = b.stats.snapshot()["categories"]
     report = b.reconciler.last_report
     breakers = b.breaker_states()
@@ -613,6 +614,7 @@ async def collect_stats(b: Broadcaster) -> dict[str, Any]:
                 "pending": state["pending"],
                 "failure_rate": state["failure_rate"],
                 "backfilled": b.stats.backfilled[name],
+                "refused": b.stats.refused_by_reason(name),
                 "transitions": state["transitions"],
             }
             for name, state in breakers.items()

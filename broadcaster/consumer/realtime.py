@@ -4,8 +4,10 @@ feeds every received event object to a :class:`ReceiptCollector`.
 Each broadcast ``events`` carries ``{"events": [<event object>, ...]}`` (docs/wire-format.md);
 every object goes to ``collector.handle`` (which verifies its checksum and
 counts it). The connection is supervised by
-:class:`~broadcaster.adapters.realtime.RealtimeLink`: a lost connection or a
-server restart is followed by a reconnect and a rejoin of every channel.
+:class:`~broadcaster.adapters.realtime.RealtimeLink`, through the project's
+``supabase`` client: a lost connection or a server restart is followed by a
+reconnect and a rejoin of every channel. With ``private=True`` the channels
+are joined as private ones, authorised by the access token.
 Events broadcast while the subscriber is disconnected are not replayed
 (Realtime broadcast has no history); reconciliation reports them missing.
 """
@@ -14,68 +16,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, Self
 
-import orjson
 import structlog
-from realtime import (
-    BroadcastMeta,
-    BroadcastPayload,
-)
+from realtime import BroadcastPayload
 
-from ..adapters.realtime import PreEncodedPushClient, RealtimeLink, channel_topic
+from ..adapters.realtime import FastBroadcastClient, RealtimeLink, channel_topic
 from ..events import Category
 from ._common import ReceiptCollector
 
 __all__ = ["FastBroadcastClient", "RealtimeSubscriber"]
 
 log = structlog.get_logger("broadcaster.consumer.realtime", adapter="realtime")
-
-
-class FastBroadcastClient(PreEncodedPushClient):
-    """The official client with a fast path for incoming ``broadcast`` frames.
-
-    The stock reader validates every frame against a union of pydantic models
-    and formats two debug f-strings with the frame's repr whether or not
-    debug logging is on, which made it the bound of a subscriber's rate
-    (figures in loadtests/HISTORY.md). Here a frame that is plainly a
-    broadcast (``event == "broadcast"``, ``ref`` null, a payload with a string
-    ``event`` and an object ``payload``) is decoded once with orjson and handed
-    to the channel's broadcast callbacks, the same dict the client would pass.
-    Every other frame (replies, system, errors, close) takes the client's own
-    path. Connection, joins, heartbeats and channel state stay the client's;
-    the reader loop is the adapter's (:class:`PreEncodedPushClient`).
-    """
-
-    def _shortcut(self, raw: str | bytes) -> bool:
-        return self._dispatch_broadcast(raw)
-
-    def _dispatch_broadcast(self, raw: str | bytes) -> bool:
-        try:
-            msg = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return False
-        if not isinstance(msg, dict) or msg.get("event") != "broadcast":
-            return False
-        payload = msg.get("payload")
-        if (
-            msg.get("ref") is not None
-            or not isinstance(payload, dict)
-            or not isinstance(payload.get("event"), str)
-            or not isinstance(payload.get("payload"), dict)
-        ):
-            return False
-        topic = msg.get("topic")
-        channel = self.channels.get(topic) if isinstance(topic, str) else None
-        if channel is None:
-            return True
-        broadcast: BroadcastPayload = {"event": payload["event"], "payload": payload["payload"]}
-        meta = payload.get("meta")
-        if isinstance(meta, dict):
-            broadcast["meta"] = cast(BroadcastMeta, meta)
-        for callback in channel.broadcast_callbacks:
-            callback(broadcast)
-        return True
 
 
 def _categories(values: Iterable[Category | str] | None) -> list[Category]:
@@ -87,7 +39,8 @@ def _categories(values: Iterable[Category | str] | None) -> list[Category]:
 class RealtimeSubscriber:
     """Subscribes to ``<channel_prefix>:<category>`` for each of ``categories``.
 
-    ``url`` is the project URL or its Realtime endpoint (``.../realtime/v1``).
+    ``url`` is the project URL or its Realtime endpoint (``.../realtime/v1``),
+    ``key`` the project's API key (a browser would hold the anon key).
     ``start()`` raises the client's error if the first connection fails and
     keeps nothing running then; once started, it reconnects on its own until
     ``close()``. Use as ``async with RealtimeSubscriber(...) as sub:``.
@@ -98,10 +51,11 @@ class RealtimeSubscriber:
     def __init__(
         self,
         url: str,
-        key: str | None = None,
+        key: str | None,
         *,
         categories: Iterable[Category | str] | None = None,
         channel_prefix: str = "events",
+        private: bool = False,
         collector: ReceiptCollector,
         connect_timeout_s: float = 5.0,
         reconnect_initial_s: float = 0.1,
@@ -118,6 +72,7 @@ class RealtimeSubscriber:
             key,
             self.topics,
             ack=False,
+            private=private,
             on_broadcast=self._on_broadcast,
             connect_timeout_s=connect_timeout_s,
             reconnect_initial_s=reconnect_initial_s,

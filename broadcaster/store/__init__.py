@@ -7,6 +7,7 @@ import os
 from ..settings import parse_store_url
 from .base import (
     DELIVERED_STATES,
+    SETTLED_STATES,
     UNDELIVERED_STATES,
     AuditEntry,
     ConsumerInfo,
@@ -30,6 +31,7 @@ from .sqlite import FILE_CHECK_S, WAL_FRAMES_MAX, SQLiteStore
 __all__ = [
     "DELIVERED_STATES",
     "FILE_CHECK_S",
+    "SETTLED_STATES",
     "UNDELIVERED_STATES",
     "AuditEntry",
     "PlainPage",

@@ -34,6 +34,7 @@ __all__ = [
     "audit_entry",
     "config_json_of",
     "DELIVERED_STATES",
+    "SETTLED_STATES",
     "PRUNED_THROUGH",
     "UNDELIVERED_STATES",
     "AuditEntry",
@@ -71,6 +72,7 @@ class DeliveryState(StrEnum):
     FAILED = "failed"  # the last attempt failed (error kept); will be retried
     PENDING = "pending"  # held back by an open breaker or the restore ramp; backfilled later
     REPAIRED = "repaired"  # re-sent by reconciliation repair and acknowledged
+    REFUSED = "refused"  # the adapter can never take it (too large for its quota); not retried
 
 
 #: States in which an event still has to reach the adapter.
@@ -81,6 +83,9 @@ UNDELIVERED_STATES: frozenset[DeliveryState] = frozenset(
 DELIVERED_STATES: frozenset[DeliveryState] = frozenset(
     {DeliveryState.ACKED, DeliveryState.REPAIRED}
 )
+#: States after which the event is never sent to the adapter again: delivered,
+#: or refused for good (reconciliation reports a refused event missing there).
+SETTLED_STATES: frozenset[DeliveryState] = DELIVERED_STATES | {DeliveryState.REFUSED}
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,8 @@ from typing import Any
 
 from ..events import Category, EventDraft, EventRecord, seal
 from .base import (
-    DELIVERED_STATES,
     PRUNED_THROUGH,
+    SETTLED_STATES,
     UNDELIVERED_STATES,
     AuditEntry,
     ConsumerInfo,
@@ -294,7 +294,7 @@ class MemoryStore(Store):
             for seq, (_, _, created) in self._events.items()
             if seq <= through
             and created < older_than_ms
-            and all(state in DELIVERED_STATES for state in self._states[seq].values())
+            and all(state in SETTLED_STATES for state in self._states[seq].values())
         ]
         for seq in doomed:
             del self._events[seq], self._states[seq]

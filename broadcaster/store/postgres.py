@@ -89,7 +89,7 @@ from ._batching import (
     routed_pairs,
 )
 from .base import (
-    DELIVERED_STATES,
+    SETTLED_STATES,
     AuditEntry,
     ConsumerInfo,
     ConsumerReceipt,
@@ -722,7 +722,7 @@ class PostgresStore(Store):
         groups: list[tuple[str, list[dict[str, Any]]]] = []
         coalesced = coalesce_marks(requests)
         for r in coalesced:
-            statement = _MARK_DELIVERED if r.state in DELIVERED_STATES else _MARK_UNDELIVERED
+            statement = _MARK_DELIVERED if r.state in SETTLED_STATES else _MARK_UNDELIVERED
             params = {
                 "state": r.state.value,
                 "error": r.error,
@@ -752,7 +752,7 @@ class PostgresStore(Store):
                 counts: dict[tuple[str, str], int] = {}
                 for request, rows in zip(coalesced, results, strict=True):
                     adapter, state = request.adapter, request.state.value
-                    delivered = request.state in DELIVERED_STATES
+                    delivered = request.state in SETTLED_STATES
                     for old, n in rows:
                         if old is None:  # rows moved from the outbox
                             if delivered:

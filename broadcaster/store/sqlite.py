@@ -136,7 +136,7 @@ from ._batching import (
     routed_pairs,
 )
 from .base import (
-    DELIVERED_STATES,
+    SETTLED_STATES,
     AuditEntry,
     ConsumerInfo,
     ConsumerReceipt,
@@ -1208,7 +1208,7 @@ class SQLiteStore(Store):
                     "ids": orjson.dumps(request.sequence_ids),
                 }
                 implied = 0
-                if request.state in DELIVERED_STATES:
+                if request.state in SETTLED_STATES:
                     update, move, delete = _MARK_DELIVERED
                     distinct = len(set(request.sequence_ids))
                     if request.state is DeliveryState.ACKED and request.error is None:
@@ -1252,7 +1252,7 @@ class SQLiteStore(Store):
                 if implied:
                     acked = (adapter, DeliveryState.ACKED.value)
                     counts[acked] = counts.get(acked, 0) - implied
-                    if request.state in DELIVERED_STATES:
+                    if request.state in SETTLED_STATES:
                         counts[adapter, state] = counts.get((adapter, state), 0) + implied
             _add_counts(conn, counts)
 

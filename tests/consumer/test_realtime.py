@@ -24,6 +24,8 @@ from broadcaster.exceptions import AdapterError
 from broadcaster.realtime_server import LocalRealtimeServer
 from broadcaster.spawn import RealtimeServerProcess
 
+#: The key every client presents (the local server accepts any unless given one).
+KEY = "service-key"
 FAST: dict[str, Any] = {"reconnect_initial_s": 0.02, "reconnect_max_s": 0.1, "poll_s": 0.05}
 
 
@@ -70,10 +72,10 @@ async def test_subscriber_verifies_and_counts_what_the_adapter_sends(
     )
     # The bare project URL works too: /realtime/v1 is appended.
     sub = RealtimeSubscriber(
-        server.url, categories=["critical", Category.SYSTEM], collector=collector, **FAST
+        server.url, KEY, categories=["critical", Category.SYSTEM], collector=collector, **FAST
     )
     assert sub.topics == ["events:critical", "events:system"]
-    async with sub, RealtimeAdapter(server.realtime_url, **FAST) as adapter:
+    async with sub, RealtimeAdapter(server.realtime_url, KEY, **FAST) as adapter:
         assert sub.ready
         critical, system = records.make(30), records.make(5, Category.SYSTEM)
         debug = records.make(4, Category.DEBUG)  # not subscribed
@@ -97,9 +99,9 @@ async def test_signed_events_verify_with_the_key_and_are_bad_signatures_without_
     holder = ReceiptCollector("realtime", signing_keys={"k1": "old-key", "k2": "the-signing-key"})
     stranger = ReceiptCollector("realtime", signing_keys={"k2": "someone-elses-key"})
     async with (
-        RealtimeSubscriber(server.realtime_url, collector=holder, **FAST),
-        RealtimeSubscriber(server.realtime_url, collector=stranger, **FAST),
-        RealtimeAdapter(server.realtime_url, **FAST) as adapter,
+        RealtimeSubscriber(server.realtime_url, KEY, collector=holder, **FAST),
+        RealtimeSubscriber(server.realtime_url, KEY, collector=stranger, **FAST),
+        RealtimeAdapter(server.realtime_url, KEY, **FAST) as adapter,
     ):
         await adapter.send(records.make(20) + records.make(5, Category.SYSTEM))
         await until(lambda: holder.stats.received == stranger.stats.received == 25)
@@ -113,7 +115,7 @@ async def test_tampered_and_malformed_broadcasts_are_counted_not_dropped_silentl
 ) -> None:
     records = Records()
     collector = ReceiptCollector("realtime")
-    async with RealtimeSubscriber(server.realtime_url, collector=collector, **FAST) as sub:
+    async with RealtimeSubscriber(server.realtime_url, KEY, collector=collector, **FAST) as sub:
         sender = AsyncRealtimeClient(server.realtime_url, "k", auto_reconnect=False)
         await sender.connect()
         channel = sender.channel(
@@ -172,8 +174,8 @@ async def test_subscriber_rejoins_after_an_in_process_server_restart() -> None:
     collector = ReceiptCollector("realtime")
     try:
         async with (
-            RealtimeSubscriber(srv.realtime_url, collector=collector, **FAST) as sub,
-            RealtimeAdapter(srv.realtime_url, **FAST) as adapter,
+            RealtimeSubscriber(srv.realtime_url, KEY, collector=collector, **FAST) as sub,
+            RealtimeAdapter(srv.realtime_url, KEY, **FAST) as adapter,
         ):
             await adapter.send(records.make(3))
             await until(lambda: collector.stats.verified == 3)

@@ -143,6 +143,25 @@ async def test_undelivered_states_match_base(store: Store) -> None:
     assert got == expected
 
 
+async def test_a_refused_event_is_settled_counted_and_prunable(store: Store) -> None:
+    records = await store.append([(d, BOTH) for d in drafts(3)])
+    ids = [r.sequence_id for r in records]
+    await store.mark("websocket", ids, DeliveryState.ACKED)
+    await store.mark("realtime", ids[:2], DeliveryState.ACKED)
+    await store.mark("realtime", ids[2:], DeliveryState.REFUSED, "payload_too_large")
+    # Never sent again: not undelivered, whatever recovery or backfill asks.
+    assert await store.undelivered("realtime") == []
+    stored = await store.get(ids[2])
+    assert stored is not None
+    assert stored.states == {"websocket": DeliveryState.ACKED, "realtime": DeliveryState.REFUSED}
+    assert stored.errors == {"realtime": "payload_too_large"}
+    stats = await store.stats()
+    assert stats.states["realtime"].get("refused") == 1
+    assert stats.oldest_undelivered_ms["realtime"] is None
+    created = stored.created_at_ms
+    assert await store.prune(through=ids[-1], older_than_ms=created + 1) == 3
+
+
 async def test_get_trace_with_errors_and_receipts(store: Store) -> None:
     (record,) = await store.append([(drafts(1)[0], BOTH)])
     seq = record.sequence_id

@@ -6,148 +6,29 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 import pytest
-from realtime import (
-    AsyncRealtimeClient,
-    Message,
-    RealtimeAcknowledgementStatus,
-    RealtimeSubscribeStates,
-    ReplyPostgresChanges,
-)
-from realtime._async.push import AsyncPush
-from realtime.types import ChannelStates
-from websockets.asyncio.client import connect
-from websockets.asyncio.server import ServerConnection, serve
 
 from broadcaster.adapters.realtime import (
-    PreEncodedPushClient,
     RealtimeAdapter,
     broadcast_channel_params,
     channel_topic,
     normalize_realtime_url,
 )
-from broadcaster.events import Category, EventFactory, EventRecord, seal
+from broadcaster.events import Category
 from broadcaster.exceptions import (
     AdapterRejected,
     AdapterTimeout,
     AdapterUnavailable,
     ConfigError,
 )
+from broadcaster.realtime_plan import RealtimeLimits
 from broadcaster.realtime_server import LocalRealtimeServer, Peer
 from broadcaster.settings import load_settings
 from tests._wait import until
-
-Msg = dict[str, Any]
-
-
-class Records:
-    """Sealed events with increasing sequence ids."""
-
-    def __init__(self) -> None:
-        self._factory = EventFactory()
-        self._seq = 0
-
-    def make(
-        self, n: int, category: Category = Category.CRITICAL, payload_bytes: int = 0
-    ) -> list[EventRecord]:
-        out = []
-        for _ in range(n):
-            self._seq += 1
-            payload = {"i": self._seq, "pad": "x" * payload_bytes}
-            out.append(seal(self._factory.draft(category, "test.event", payload), self._seq))
-        return out
-
-
-class RecordingServer(LocalRealtimeServer):
-    """Keeps every broadcast push (topic and event sequence ids) it received."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.pushes: list[tuple[str, list[int]]] = []
-        self.push_sizes: list[int] = []
-
-    async def on_broadcast(self, peer: Peer, msg: Msg) -> None:
-        events = msg["payload"].get("payload", {}).get("events", [])
-        self.pushes.append((msg["topic"], [e["sequence_id"] for e in events]))
-        self.push_sizes.append(len(events))
-        await super().on_broadcast(peer, msg)
-
-
-class Listener:
-    """An official client joined to a category channel, recording what arrives."""
-
-    def __init__(self, url: str, category: Category = Category.CRITICAL) -> None:
-        self.client = AsyncRealtimeClient(url, "anon", auto_reconnect=False)
-        self.topic = channel_topic("events", category)
-        self.batches: list[Msg] = []
-
-    @property
-    def events(self) -> list[Msg]:
-        return [e for b in self.batches for e in b["payload"]["events"]]
-
-    async def start(self) -> None:
-        await self.client.connect()
-        channel = self.client.channel(self.topic, broadcast_channel_params(ack=False))
-        channel.on_broadcast("events", lambda p: self.batches.append(dict(p)))
-        await channel.subscribe()
-        assert channel.is_joined
-
-    async def close(self) -> None:
-        await self.client.close()
-
-
-FAST = {
-    "connect_timeout_s": 2.0,
-    "reconnect_initial_s": 0.02,
-    "reconnect_max_s": 0.1,
-    "poll_s": 0.05,
-}
-
-
-@pytest.fixture
-def records() -> Records:
-    return Records()
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[RecordingServer]:
-    srv = RecordingServer()
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        await srv.close()
-
-
-@pytest.fixture
-async def make_adapter() -> AsyncIterator[Callable[..., Any]]:
-    """Factory of started adapters; every one is closed at the end."""
-    made: list[RealtimeAdapter] = []
-
-    async def make(url: str, *, start: bool = True, **kwargs: Any) -> RealtimeAdapter:
-        adapter = RealtimeAdapter(url, "anon-key", **{**FAST, **kwargs})
-        made.append(adapter)
-        if start:
-            await adapter.start()
-        return adapter
-
-    yield make
-    for adapter in made:
-        await adapter.close()
-
-
-@pytest.fixture
-async def listener(server: RecordingServer) -> AsyncIterator[Listener]:
-    lis = Listener(server.realtime_url)
-    await lis.start()
-    try:
-        yield lis
-    finally:
-        await lis.close()
+from tests.adapters.realtime._support import Listener, Msg, RecordingServer, Records
 
 
 def test_channel_names_params_and_url_normalisation() -> None:
@@ -177,17 +58,35 @@ def test_from_settings_takes_every_realtime_setting() -> None:
         realtime_batch_max=3,
         realtime_batch_bytes=4096,
         realtime_max_messages_per_s=9,
+        realtime_private_channels=True,
     )
     adapter = RealtimeAdapter.from_settings(settings)
     assert adapter.url == "http://127.0.0.1:9/realtime/v1"
     assert adapter.channel_prefix == "pfx"
-    assert (adapter._batch_s, adapter._batch_max, adapter._batch_bytes) == (0.007, 3, 4096)
-    assert adapter._rate == 9 and adapter._key == "secret"
+    assert adapter.batch_ms == 7 and adapter.private
+    assert adapter.limits == RealtimeLimits(9, 3, 4096, None)
     other = RealtimeAdapter.from_settings(settings, url="http://other:1/realtime/v1")
     assert other.url == "http://other:1/realtime/v1"
     with pytest.raises(ConfigError) as info:
         RealtimeAdapter.from_settings(load_settings(env_file=None))
     assert info.value.variable == "SUPABASE_URL"
+    keyless = load_settings(env_file=None, supabase_url="http://127.0.0.1:9/")
+    with pytest.raises(ConfigError) as info:
+        RealtimeAdapter.from_settings(keyless)
+    assert info.value.variable == "SUPABASE_KEY"
+
+
+def test_the_plan_sets_the_caps_the_adapter_uses() -> None:
+    settings = load_settings(
+        env_file=None,
+        supabase_url="http://127.0.0.1:9/",
+        supabase_key="secret",
+        realtime_plan="free",
+    )
+    limits = RealtimeAdapter.from_settings(settings).limits
+    assert limits == settings.realtime_limits()
+    assert limits.max_messages_per_s == 90 and limits.max_event_bytes is not None
+    assert limits.max_event_bytes < 256_000
 
 
 async def test_send_delivers_batches_in_order_on_the_category_channel(
@@ -248,64 +147,6 @@ async def test_push_frames_carry_the_sealed_event_bytes_verbatim(
         }
     finally:
         await srv.close()
-
-
-async def test_plain_broadcast_acks_take_the_fast_path_and_nothing_else_does() -> None:
-    client = PreEncodedPushClient("ws://127.0.0.1:9/realtime/v1", "anon")
-    channel = client.channel("realtime:events:critical")
-    got: list[object] = []
-    broadcast = AsyncPush(channel, "broadcast", {"events": []}, 5)
-    broadcast.receive(RealtimeAcknowledgementStatus.Ok, got.append)
-    join = AsyncPush(channel, "phx_join", {}, 5)
-    waiting = channel.messages_waiting_for_ack
-    waiting.update({"7": broadcast, "8": join})
-
-    def reply(ref: object, status: str = "ok", response: object = None, **extra: object) -> bytes:
-        payload = {"status": status, "response": {} if response is None else response}
-        return orjson.dumps(
-            {"event": "phx_reply", "topic": channel.topic, "ref": ref, "payload": payload} | extra
-        )
-
-    # Left to the client's own reader: not ours to shortcut.
-    assert not client._ack_broadcast(b"not json")
-    assert not client._ack_broadcast(b"[1]")
-    assert not client._ack_broadcast(reply("7", status="error"))
-    assert not client._ack_broadcast(reply("7", response={"postgres_changes": []}))
-    assert not client._ack_broadcast(reply(7))
-    assert not client._ack_broadcast(reply("7", topic="realtime:other"))
-    assert not client._ack_broadcast(reply("8"))  # a join reply
-    assert not client._ack_broadcast(reply("9"))  # nobody waits for it
-    assert got == [] and set(waiting) == {"7", "8"}
-    # The plain ack: the push is triggered as the client would, once.
-    assert client._ack_broadcast(reply("7"))
-    assert set(waiting) == {"8"}
-    assert len(got) == 1 and isinstance(got[0], ReplyPostgresChanges)
-    assert not client._ack_broadcast(reply("7"))
-
-
-async def test_a_write_on_a_connection_the_server_broke_errors_the_channels() -> None:
-    # The client's own handler of this reads ConnectionClosed.code, deprecated
-    # in websockets 15: with warnings as errors here, the test fails on it.
-    async def break_it(conn: ServerConnection) -> None:
-        await conn.close(code=1011, reason="boom")
-
-    async with serve(break_it, "127.0.0.1", 0) as server:
-        port = server.sockets[0].getsockname()[1]
-        client = PreEncodedPushClient(f"ws://127.0.0.1:{port}/realtime/v1", "anon")
-        channel = client.channel("realtime:events:critical")
-        channel.state = ChannelStates.JOINED
-        errors: list[object] = []
-        channel._notify_subscribe_state = lambda state, error: errors.append((state, error))  # type: ignore[method-assign]
-        # Connected by hand, with no reader task: the write is what finds out.
-        ws = await connect(f"ws://127.0.0.1:{port}/")
-        client._ws_connection = ws
-        await ws.wait_closed()
-        await client.send(
-            Message(event="broadcast", topic=channel.topic, payload={}, ref="1", join_ref="1")
-        )
-    assert client._ws_connection is None
-    assert channel.state == ChannelStates.ERRORED
-    assert [state for state, _ in errors] == [RealtimeSubscribeStates.CHANNEL_ERROR]
 
 
 async def test_many_events_become_few_pushes(
@@ -392,24 +233,22 @@ async def test_batch_ms_bounds_the_wait_for_a_reply(records: Records, make_adapt
         await asyncio.gather(*sends)
 
 
-async def test_every_push_outcome_gives_its_channel_back_its_in_flight_slot(
+async def test_a_push_that_times_out_gives_its_channel_back_its_in_flight_slot(
     records: Records, make_adapter: Any
 ) -> None:
-    from broadcaster.adapters.realtime import _Lane, _Waiter
-
     async with HeldAcks() as srv:
-        adapter = await make_adapter(srv.realtime_url, ack_timeout_s=0.2)
-        # A channel the link does not have (it went away between send and push).
-        lane = _Lane("events:gone")
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), 1)
-        await adapter._push(lane, [(records.make(1)[0], waiter)])
-        assert lane.inflight == 0
-        with pytest.raises(AdapterUnavailable, match="not connected"):
-            await waiter.future
+        adapter = await make_adapter(srv.realtime_url, ack_timeout_s=0.2, batch_ms=30_000)
         # No reply: the timeout settles it.
         with pytest.raises(AdapterTimeout):
             await adapter.send(records.make(1))
-        assert all(ln.inflight == 0 for ln in adapter._lanes.values())
+        assert adapter.outstanding_acks == 0
+        # The channel has nothing in flight again: the next event goes at once
+        # rather than waiting 30 s for company.
+        send = asyncio.ensure_future(adapter.send(records.make(1)))
+        await until(lambda: len(srv.held) == 2)
+        srv.held[1].set()
+        async with asyncio.timeout(5):
+            await send
 
 
 async def test_batch_bytes_bounds_every_push(
@@ -489,14 +328,14 @@ async def test_rate_cap_paces_pushes(
 async def test_error_reply_raises_adapter_rejected(records: Records, make_adapter: Any) -> None:
     class Refusing(LocalRealtimeServer):
         async def ack_broadcast(self, peer: Peer, msg: Msg) -> None:
-            await self.reply(peer, msg, "error", {"reason": "RateLimitReached"})
+            await self.reply(peer, msg, "error", {"reason": "UnableToBroadcast"})
 
     async with Refusing() as srv:
         adapter = await make_adapter(srv.realtime_url)
         with pytest.raises(AdapterRejected) as info:
             await adapter.send(records.make(3))
         assert info.value.adapter == "realtime"
-        assert "RateLimitReached" in str(info.value)
+        assert "UnableToBroadcast" in str(info.value)
         assert adapter.outstanding_acks == 0
         assert adapter.health().connected  # a refusal is not a lost connection
 

@@ -1,0 +1,238 @@
+"""Supabase Realtime plans and what the Realtime adapter makes of them (pure).
+
+Supabase publishes, per plan, how many messages a project may send per second
+and how large one broadcast payload may be (its "Realtime Limits" page:
+100 / 500 / 2 500 messages per second on Free / Pro / Team, 256 KB of payload
+on Free and 3 000 KB on paid plans). Beyond them its server refuses: a
+broadcast pushed with ``ack: true`` whose payload is too large gets an error
+reply (``payload_size_exceeded``), and a project over its message rate has
+its channels shut with a ``system`` error (``Too many messages per second``).
+
+:func:`resolve_limits` turns ``REALTIME_PLAN`` and the explicit settings into
+the caps the adapter works with (docs/configuration.md says which wins);
+:func:`refusal_reason` reads a server's refusal; :class:`RateGovernor` is the
+adapter's own message-rate cap, lowered when the server refuses for rate and
+raised again slowly. No I/O and no clock of its own: time is passed in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+__all__ = [
+    "DEFAULT_BATCH_MAX",
+    "ENVELOPE_BYTES",
+    "PAYLOAD_MARGIN",
+    "PAYLOAD_TOO_LARGE",
+    "QUOTAS",
+    "RATE_LIMIT",
+    "RATE_MARGIN",
+    "PlanQuotas",
+    "RateGovernor",
+    "RealtimeLimits",
+    "RealtimePlan",
+    "refusal_reason",
+    "resolve_limits",
+]
+
+
+class RealtimePlan(StrEnum):
+    """A Supabase plan, as ``REALTIME_PLAN`` names it."""
+
+    FREE = "free"
+    PRO = "pro"
+    TEAM = "team"
+
+
+@dataclass(frozen=True, slots=True)
+class PlanQuotas:
+    """The Realtime quotas Supabase publishes for one plan."""
+
+    messages_per_s: int
+    #: Largest broadcast payload, in bytes (Supabase's KB are 1000 bytes).
+    max_payload_bytes: int
+    channel_joins_per_s: int
+    channels_per_connection: int
+    concurrent_connections: int
+
+
+QUOTAS: Final[Mapping[RealtimePlan, PlanQuotas]] = {
+    RealtimePlan.FREE: PlanQuotas(100, 256_000, 100, 100, 200),
+    RealtimePlan.PRO: PlanQuotas(500, 3_000_000, 500, 100, 500),
+    RealtimePlan.TEAM: PlanQuotas(2_500, 3_000_000, 2_500, 100, 10_000),
+}
+
+#: The share of a plan's message rate the adapter uses: the project's quota
+#: also counts what other clients of the project send, and the server judges
+#: an average the adapter cannot see.
+RATE_MARGIN: Final = 0.9
+#: The share of a plan's payload limit a push may fill. The server measures
+#: the decoded payload as Erlang terms, not the JSON bytes the adapter counts;
+#: the two differ by a few percent either way.
+PAYLOAD_MARGIN: Final = 0.9
+#: Bytes of a push's payload around its events
+#: (``{"type":"broadcast","event":"events","payload":{"events":[...]}}``), rounded up.
+ENVELOPE_BYTES: Final = 128
+#: ``REALTIME_BATCH_MAX`` when neither it nor a plan says otherwise.
+DEFAULT_BATCH_MAX: Final = 100
+#: Events per push by plan, where ``REALTIME_BATCH_MAX`` is not set: larger
+#: where the message rate is scarce, so that a busy channel still keeps up.
+_PLAN_BATCH_MAX: Final[Mapping[RealtimePlan, int]] = {
+    RealtimePlan.FREE: 1000,
+    RealtimePlan.PRO: 200,
+    RealtimePlan.TEAM: 100,
+}
+
+#: :func:`refusal_reason` values.
+RATE_LIMIT: Final = "rate_limit"
+PAYLOAD_TOO_LARGE: Final = "payload_too_large"
+
+
+@dataclass(frozen=True, slots=True)
+class RealtimeLimits:
+    """What the adapter works with.
+
+    ``max_messages_per_s``: pushes per second over all channels (0: no cap).
+    ``batch_max`` / ``batch_bytes``: events and event bytes per push.
+    ``max_event_bytes``: the largest event (its sealed JSON) a push can carry
+    within the plan's payload limit; a larger one is refused without being
+    sent (None: no plan, no limit assumed).
+    """
+
+    max_messages_per_s: float
+    batch_max: int
+    batch_bytes: int
+    max_event_bytes: int | None
+
+
+def resolve_limits(
+    plan: RealtimePlan | None,
+    *,
+    max_messages_per_s: float = 0.0,
+    batch_max: int | None = None,
+    batch_bytes: int = 200_000,
+) -> RealtimeLimits:
+    """The adapter's limits under ``plan`` and the explicit settings.
+
+    Quotas: the stricter wins. The message rate is the lower of
+    ``max_messages_per_s`` (0: not set) and the plan's rate less
+    :data:`RATE_MARGIN`; ``batch_bytes`` is capped by what the plan's payload
+    limit leaves for events. Tuning: ``batch_max`` (None: not set) wins over
+    the plan's batch size. Without a plan nothing is assumed: the settings
+    are used as given.
+    """
+    if max_messages_per_s < 0 or batch_bytes < 1 or (batch_max is not None and batch_max < 1):
+        raise ValueError("batch sizes must be >= 1 and the message rate >= 0")
+    if plan is None:
+        return RealtimeLimits(
+            max_messages_per_s,
+            DEFAULT_BATCH_MAX if batch_max is None else batch_max,
+            batch_bytes,
+            None,
+        )
+    quota = QUOTAS[plan]
+    plan_rate = math.floor(quota.messages_per_s * RATE_MARGIN)
+    rate = plan_rate if max_messages_per_s == 0 else min(max_messages_per_s, plan_rate)
+    max_event = math.floor(quota.max_payload_bytes * PAYLOAD_MARGIN) - ENVELOPE_BYTES
+    return RealtimeLimits(
+        rate,
+        _PLAN_BATCH_MAX[plan] if batch_max is None else batch_max,
+        min(batch_bytes, max_event),
+        max_event,
+    )
+
+
+_RATE_MARKERS: Final = (
+    "ratelimitreached",
+    "too many messages",
+    "too_many_requests",
+    "rate limit",
+    "rate_limit",
+)
+_SIZE_MARKERS: Final = ("payload_size_exceeded", "payload too large", "message size exceeded")
+
+
+def refusal_reason(response: Any) -> str | None:
+    """:data:`RATE_LIMIT` or :data:`PAYLOAD_TOO_LARGE` when a server's error
+    says so, else None (an error of another kind).
+
+    ``response`` is what came with the error: the ``response`` of an error
+    ``phx_reply`` (Supabase sends ``"payload_size_exceeded"`` there as a bare
+    string, other errors as ``{"reason": ...}``) or the ``message`` of a
+    ``system`` error (``"Too many messages per second"``).
+    """
+    if isinstance(response, Mapping):
+        text = " ".join(str(response.get(key, "")) for key in ("reason", "message", "error"))
+    else:
+        text = str(response)
+    text = text.lower()
+    if any(marker in text for marker in _SIZE_MARKERS):
+        return PAYLOAD_TOO_LARGE
+    if any(marker in text for marker in _RATE_MARKERS):
+        return RATE_LIMIT
+    return None
+
+
+class RateGovernor:
+    """The adapter's message-rate cap: ``ceiling`` (0: none) until the server
+    refuses for rate, then lower, rising back slowly.
+
+    :meth:`refused` halves the cap (taken as the rate just observed when
+    there was none) and remembers the refused rate less :data:`RATE_MARGIN` as a learned
+    ceiling, so the cap never climbs back to where the server said no. Every
+    ``recover_s`` seconds without a refusal the cap grows by ``growth`` up to
+    the lower of the two ceilings. ``floor`` is the least it goes to.
+    """
+
+    def __init__(
+        self,
+        ceiling: float = 0.0,
+        *,
+        recover_s: float = 5.0,
+        growth: float = 1.25,
+        floor: float = 1.0,
+    ) -> None:
+        if ceiling < 0 or recover_s <= 0 or growth <= 1 or floor <= 0:
+            raise ValueError("need ceiling >= 0, recover_s > 0, growth > 1 and floor > 0")
+        self._ceiling = ceiling
+        self._recover_s = recover_s
+        self._growth = growth
+        self._floor = floor
+        self._learned: float | None = None
+        self._cap = ceiling
+        self._since = 0.0
+        #: Refusals seen so far.
+        self.refusals = 0
+
+    @property
+    def learned_ceiling(self) -> float | None:
+        """The cap the governor will not climb past again (None: no refusal yet)."""
+        return self._learned
+
+    def cap(self, now: float) -> float:
+        """Messages per second allowed at ``now`` (0: no cap)."""
+        if self._cap == 0 or self._learned is None:
+            return self._cap
+        steps = math.floor((now - self._since) / self._recover_s)
+        if steps > 0:
+            target = self._learned if self._ceiling == 0 else min(self._ceiling, self._learned)
+            self._cap = min(target, self._cap * self._growth**steps)
+            self._since += steps * self._recover_s
+        return self._cap
+
+    def refused(self, now: float, observed_per_s: float) -> float:
+        """The server refused for rate at ``now``, after ``observed_per_s``
+        messages per second: lower the cap and return it."""
+        self.refusals += 1
+        current = self.cap(now)
+        observed = max(self._floor, observed_per_s)
+        base = observed if current == 0 else min(current, observed)
+        learned = max(self._floor, RATE_MARGIN * observed)
+        self._learned = learned if self._learned is None else min(self._learned, learned)
+        self._cap = max(self._floor, base / 2)
+        self._since = now
+        return self._cap

@@ -1,0 +1,135 @@
+"""The pure Realtime plan policy: the published quotas, the caps the adapter
+derives from them and the explicit settings, how a server's refusal reads,
+and the rate governor, on explicit times."""
+
+from __future__ import annotations
+
+import pytest
+
+from broadcaster.realtime_plan import (
+    DEFAULT_BATCH_MAX,
+    ENVELOPE_BYTES,
+    PAYLOAD_TOO_LARGE,
+    QUOTAS,
+    RATE_LIMIT,
+    RateGovernor,
+    RealtimeLimits,
+    RealtimePlan,
+    refusal_reason,
+    resolve_limits,
+)
+
+FREE, PRO, TEAM = RealtimePlan.FREE, RealtimePlan.PRO, RealtimePlan.TEAM
+
+
+def test_the_published_quotas() -> None:
+    assert [QUOTAS[p].messages_per_s for p in (FREE, PRO, TEAM)] == [100, 500, 2_500]
+    assert [QUOTAS[p].max_payload_bytes for p in (FREE, PRO, TEAM)] == [
+        256_000,
+        3_000_000,
+        3_000_000,
+    ]
+    assert [QUOTAS[p].concurrent_connections for p in (FREE, PRO, TEAM)] == [200, 500, 10_000]
+    assert {QUOTAS[p].channels_per_connection for p in RealtimePlan} == {100}
+
+
+def test_without_a_plan_the_settings_are_used_as_given() -> None:
+    assert resolve_limits(None) == RealtimeLimits(0.0, DEFAULT_BATCH_MAX, 200_000, None)
+    assert resolve_limits(
+        None, max_messages_per_s=7, batch_max=3, batch_bytes=10_000
+    ) == RealtimeLimits(7, 3, 10_000, None)
+
+
+@pytest.mark.parametrize(
+    ("plan", "rate", "batch_max", "max_event"),
+    [
+        (FREE, 90, 1000, 230_400 - ENVELOPE_BYTES),
+        (PRO, 450, 200, 2_700_000 - ENVELOPE_BYTES),
+        (TEAM, 2_250, 100, 2_700_000 - ENVELOPE_BYTES),
+    ],
+)
+def test_a_plan_sets_a_margin_under_its_quotas(
+    plan: RealtimePlan, rate: int, batch_max: int, max_event: int
+) -> None:
+    limits = resolve_limits(plan)
+    assert limits == RealtimeLimits(rate, batch_max, min(200_000, max_event), max_event)
+    assert limits.max_messages_per_s < QUOTAS[plan].messages_per_s
+    assert max_event + ENVELOPE_BYTES < QUOTAS[plan].max_payload_bytes
+
+
+def test_for_quotas_the_stricter_wins_and_an_explicit_batch_size_wins() -> None:
+    # A lower explicit rate stays; a higher one is cut to the plan's.
+    assert resolve_limits(PRO, max_messages_per_s=100).max_messages_per_s == 100
+    assert resolve_limits(PRO, max_messages_per_s=5000).max_messages_per_s == 450
+    # Batch bytes: never beyond what the plan's payload limit leaves.
+    assert resolve_limits(FREE, batch_bytes=1_000_000).batch_bytes == 230_400 - ENVELOPE_BYTES
+    assert resolve_limits(PRO, batch_bytes=1_000_000).batch_bytes == 1_000_000
+    assert resolve_limits(FREE, batch_bytes=50_000).batch_bytes == 50_000
+    # Events per push: tuning, not a quota; the explicit setting wins.
+    assert resolve_limits(FREE, batch_max=10).batch_max == 10
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"max_messages_per_s": -1}, {"batch_bytes": 0}, {"batch_max": 0}]
+)
+def test_bad_values_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        resolve_limits(FREE, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("response", "reason"),
+    [
+        # What Supabase's server sends (BroadcastHandler, RealtimeChannel).
+        ("payload_size_exceeded", PAYLOAD_TOO_LARGE),
+        ({"reason": "payload_size_exceeded"}, PAYLOAD_TOO_LARGE),
+        ("Too many messages per second", RATE_LIMIT),
+        ({"reason": "ClientJoinRateLimitReached: Too many joins per second"}, RATE_LIMIT),
+        ({"message": "Too many messages per second"}, RATE_LIMIT),
+        ({"error": "too_many_requests"}, RATE_LIMIT),
+        ({"reason": "Track message size exceeded"}, PAYLOAD_TOO_LARGE),
+        # Anything else is no quota.
+        ({"reason": "unmatched topic"}, None),
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_refusal_reason_reads_what_the_server_said(response: object, reason: str | None) -> None:
+    assert refusal_reason(response) == reason
+
+
+def test_the_governor_keeps_the_ceiling_until_a_refusal() -> None:
+    assert RateGovernor().cap(0.0) == 0  # no cap
+    governor = RateGovernor(450)
+    assert governor.cap(100.0) == 450
+    assert governor.learned_ceiling is None and governor.refusals == 0
+
+
+def test_a_refusal_halves_the_cap_and_it_climbs_back_to_below_the_refused_rate() -> None:
+    governor = RateGovernor(recover_s=10.0, growth=2.0)
+    # No cap yet: half the rate that was refused.
+    assert governor.refused(0.0, observed_per_s=200.0) == 100.0
+    assert governor.learned_ceiling == 180.0 and governor.refusals == 1
+    assert governor.cap(9.9) == 100.0
+    assert governor.cap(10.0) == 180.0  # doubled, but not past 90 % of what was refused
+    assert governor.cap(100.0) == 180.0
+    # A second refusal at a lower rate lowers the learned ceiling too.
+    assert governor.refused(100.0, observed_per_s=120.0) == 60.0
+    assert governor.learned_ceiling == pytest.approx(108.0)
+    assert governor.cap(130.0) == pytest.approx(108.0)
+
+
+def test_with_a_ceiling_the_cap_is_halved_from_it_and_never_climbs_past_it() -> None:
+    governor = RateGovernor(90, recover_s=5.0, growth=10.0)
+    # The cap (90) is below the observed rate: halve the cap.
+    assert governor.refused(0.0, observed_per_s=500.0) == 45.0
+    assert governor.cap(5.0) == 90.0  # back to the configured ceiling, not 450
+    # Observed below the cap: halve what was observed; floor at 1.
+    assert governor.refused(5.0, observed_per_s=0.5) == 1.0
+    assert governor.cap(5.0) == 1.0
+
+
+def test_bad_governor_settings_are_refused() -> None:
+    for kwargs in ({"ceiling": -1}, {"recover_s": 0}, {"growth": 1.0}, {"floor": 0}):
+        with pytest.raises(ValueError):
+            RateGovernor(**kwargs)  # type: ignore[arg-type]
