@@ -36,7 +36,7 @@ from .policy import Decision, Gates, Move, Plan, Rollout, RolloutState
 if TYPE_CHECKING:
     from ..core import Broadcaster
 
-__all__ = ["RolloutController", "Rollouts", "describe"]
+__all__ = ["DEFAULT_INTERVAL_S", "RolloutController", "Rollouts", "describe"]
 
 log = structlog.get_logger("broadcaster.rollout")
 

@@ -15,7 +15,8 @@ Each stage is held while its health gates pass:
   ``rolled_back``, the reason kept;
 * a stage **advances** once it has been watched clean for ``hold_s`` *and*
   every event stored up to the moment the hold was reached has a final
-  verdict: a rollout never moves on a partial picture. Hold time counts
+  verdict, at least one of them on the new adapter: a rollout never moves
+  on a partial picture, nor on no picture at all. Hold time counts
   only while someone watches (a caller passes when it last looked); time
   paused or with the service down is not counted;
 * after the last stage the rollout is ``completed``.
@@ -406,12 +407,15 @@ def evaluate(
     done = rollout.hold_done_ms
     if done is None and held >= rollout.plan.hold_ms:
         done = now_ms
-    if done is None or health.complete_through_ms < done:
-        note = (
-            _holding(rollout.plan.hold_ms, held)
-            if done is None
-            else "held clean; waiting for reconciliation to judge the stage's last events"
-        )
+    note = None
+    if done is None:
+        note = _holding(rollout.plan.hold_ms, held)
+    elif health.complete_through_ms < done:
+        note = "held clean; waiting for reconciliation to judge the stage's last events"
+    elif not health.judged:
+        # Nothing seen is no evidence: a stage without traffic never passes.
+        note = f"held; waiting for an event of this stage to be judged on {rollout.plan.adapter}"
+    if note is not None:
         return Decision(replace(rollout, held_ms=held, hold_done_ms=done, note=note))
     finished = rollout.current
     why = (

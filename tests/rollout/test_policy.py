@@ -144,6 +144,12 @@ def test_hold_counts_only_watched_time_and_a_stage_advances_once_judged_through_
     assert "step 1 (1 %) held clean for 60 s (50 events judged on realtime)" in r2.reason
 
 
+def test_a_stage_with_no_event_judged_does_not_advance() -> None:
+    d = look(started(), clean(T0), T0 + HOLD_MS, T0)
+    d = look(d.rollout, clean(T0 + HOLD_MS, judged=0), T0 + HOLD_MS + 1, T0 + HOLD_MS)
+    assert d.move is None and "waiting for an event of this stage" in d.rollout.note
+
+
 def test_a_clock_that_went_back_counts_nothing() -> None:
     d = look(started(), clean(T0), T0 + 1_000, T0 + 5_000)
     assert d.rollout.held_ms == 0
