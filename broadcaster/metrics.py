@@ -17,9 +17,10 @@ Where each figure comes from:
   collector from ``broadcaster.stats``, ``broadcaster.breaker_states()`` and
   ``broadcaster.reconciler``: nothing is counted twice.
 * **Store figures** (events per adapter and state, oldest undelivered age,
-  reconciliation lag, the latest rollout of each category) need the store, which is async: :meth:`~BroadcasterMetrics.refresh`
-  reads and caches them; ``render()`` never touches the store. They appear
-  after the first successful refresh; ages are computed at scrape time from the
+  reconciliation lag, the latest rollout of each category) need the store,
+  which is async: :meth:`~BroadcasterMetrics.refresh` reads and caches them;
+  ``render()`` never touches the store. They appear after the first
+  successful refresh; ages are computed at scrape time from the
   cached creation times. If the store fails, the last figures are kept and
   ``broadcaster_store_up`` drops to 0. It is 0 too while the store does not
   accept writes (:meth:`~broadcaster.core.Broadcaster.store_health`: a failed
