@@ -149,12 +149,12 @@ async def test_a_rollout_climbs_cuts_over_and_rolls_back_when_realtime_dies(
         await service.http.post("/rollouts/1/resume")
         view = await service.traffic_until(lambda r: r["state"] != "running")
         assert view["state"] == "rolled_back", view
-        assert "realtime breaker tripped" in view["reason"]
+        assert "realtime breaker opened" in view["reason"]
         assert (view["percentage"], view["in_cutover"]) == (100, False)
         assert view["timeline"][-1]["action"] == "rollback"
         audit = (await service.http.get("/audit")).json()["entries"]
         assert audit[-1]["actor"] == "rollout:1"
-        assert "rollback" in audit[-1]["path"] and "realtime breaker tripped" in audit[-1]["path"]
+        assert "rollback" in audit[-1]["path"] and "realtime breaker opened" in audit[-1]["path"]
         assert audit[-1]["after"]["cutover"] is False
 
         # Dual-write again: the WebSocket subscriber gets the category.

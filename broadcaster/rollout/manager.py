@@ -302,7 +302,7 @@ def _described(plan: Plan, move: Move) -> str:
     if move.stage < 0:
         where = f"{move.percentage} %, the flags from before the rollout"
     elif move.cutover:
-        where = f"cutover: {plan.category} on {plan.adapter} only"
+        where = f"{plan.category} on {plan.adapter} only"
     else:
         where = f"step {move.stage + 1} of {len(plan.steps)} ({move.percentage} %)"
     if move.action == "rollback":

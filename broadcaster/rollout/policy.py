@@ -131,15 +131,16 @@ class Gates:
                 f" {self.max_mismatch_rate:g} ({health.mismatches} of {health.judged} events)"
             )
         if health.missing > self.max_missing:
-            found.append(f"{health.missing} events missing on {adapter} > {self.max_missing}")
+            found.append(f"{_events(health.missing)} missing on {adapter} > {self.max_missing}")
         if health.unobserved:
             found.append(
-                f"{health.unobserved} events unobserved on {adapter}: no consumer of it was"
+                f"{_events(health.unobserved)} unobserved on {adapter}: no consumer of it was"
                 " reporting receipts, so nothing proves they arrived"
             )
         if health.breaker_trips > self.max_breaker_trips:
             found.append(
-                f"{adapter} breaker tripped {health.breaker_trips} times > {self.max_breaker_trips}"
+                f"{adapter} breaker opened {health.breaker_trips}"
+                f" time{'s' if health.breaker_trips != 1 else ''} > {self.max_breaker_trips}"
             )
         limit = self.max_realtime_p99_ms
         if limit is not None and health.p99_ms is not None and health.p99_ms > limit:
@@ -420,7 +421,7 @@ def evaluate(
     finished = rollout.current
     why = (
         f"{_stage_name(finished)} held clean for {rollout.plan.hold_ms / 1000:g} s"
-        f" ({health.judged} events judged on {rollout.plan.adapter})"
+        f" ({_events(health.judged)} judged on {rollout.plan.adapter})"
     )
     following = rollout.stage + 1
     if following == rollout.plan.stages:
@@ -497,6 +498,10 @@ def _stage_name(stage: Stage) -> str:
     if stage.cutover:
         return "cutover"
     return f"step {stage.number} ({stage.percentage} %)"
+
+
+def _events(n: int) -> str:
+    return f"{n} event" if n == 1 else f"{n} events"
 
 
 def _holding(hold_ms: int, held_ms: int) -> str:

@@ -239,7 +239,7 @@ async def test_a_breaker_trip_rolls_back_from_the_first_step_to_zero(h: Harness)
     await until(lambda: h.b.breaker_states()["realtime"]["state"] == "open")
     row = await h.look(0.1)
     assert row.state == "rolled_back"
-    assert "realtime breaker tripped 1 times > 0" in row.doc["reason"]
+    assert "realtime breaker opened 1 time > 0" in row.doc["reason"]
     assert h.b.flags.category(UA)["percentage"] == 0
 
 

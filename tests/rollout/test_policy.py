@@ -199,7 +199,7 @@ def test_with_cutover_the_last_stage_is_the_new_adapter_alone() -> None:
         (StageHealth(judged=100, mismatches=3), Gates(max_mismatch_rate=0.02), "(3 of 100"),
         (StageHealth(missing=2), Gates(max_missing=1), "2 events missing on realtime > 1"),
         (StageHealth(unobserved=4), Gates(), "4 events unobserved on realtime"),
-        (StageHealth(breaker_trips=1), Gates(), "realtime breaker tripped 1 times > 0"),
+        (StageHealth(breaker_trips=1), Gates(), "realtime breaker opened 1 time > 0"),
         (StageHealth(p99_ms=400), Gates(max_realtime_p99_ms=250), "p99 latency 400 ms > 250"),
     ],
 )
