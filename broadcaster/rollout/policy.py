@@ -510,8 +510,9 @@ def _holding(hold_ms: int, held_ms: int) -> str:
 
 def latency_bucket(ms: int) -> int:
     """The key a latency of ``ms`` is counted under for :func:`percentile`:
-    exact below a second, then rounded up to 10 ms, and to 100 ms past ten
-    seconds, so that a stage's counts stay small whatever its length."""
+    exact below a second, then rounded up to a hundredth of a second, and to
+    a tenth past ten seconds, so that a stage's counts stay small whatever
+    its length."""
     if ms < 1000:
         return max(0, ms)
     step = 10 if ms < 10_000 else 100
