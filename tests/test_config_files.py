@@ -19,7 +19,7 @@ from broadcaster.core import Broadcaster
 from broadcaster.events import Category
 from broadcaster.metrics import METRIC_NAMES, BroadcasterMetrics
 from broadcaster.rollout.manager import Rollouts
-from broadcaster.rollout.policy import Gates
+from broadcaster.rollout.plan import Gates
 from broadcaster.routing import ADAPTER_NAMES
 from broadcaster.settings import Settings, load_settings
 from broadcaster.store.memory import MemoryStore

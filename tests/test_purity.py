@@ -26,6 +26,7 @@ PURE_MODULES = [
     "reconcile/matching.py",
     "breaker_policy.py",
     "security.py",
+    "rollout/plan.py",
     "rollout/policy.py",
 ]
 

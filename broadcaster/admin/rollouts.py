@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, f
 from ..events import Category
 from ..exceptions import RolloutConflict
 from ..rollout.manager import Rollouts, describe
-from ..rollout.policy import MAX_STEPS, Gates, steps_problem
+from ..rollout.plan import MAX_STEPS, Gates, steps_problem
 from ..store.base import RolloutRow
 from .guard import token_of
 

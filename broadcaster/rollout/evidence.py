@@ -30,7 +30,7 @@ from ..probes import PROBE_CONSUMER_PREFIX
 from ..reconcile.matching import Outcome, Report
 from ..reconcile.reconciler import Reconciler
 from ..store.base import ScanRow, Store
-from .policy import StageHealth, latency_bucket, percentile
+from .plan import StageHealth, latency_bucket, percentile
 
 __all__ = ["PAGE", "StageEvidence", "breaker_opens"]
 

@@ -31,7 +31,8 @@ from ..exceptions import RolloutConflict, StoreError
 from ..store.base import ConfigChange, RolloutRow, RolloutWrite, rollout_actor
 from . import policy
 from .evidence import StageEvidence, breaker_opens
-from .policy import Decision, Gates, Move, Plan, Rollout, RolloutState
+from .plan import Gates, Plan, StageHealth
+from .policy import Decision, Move, Rollout, RolloutState
 
 if TYPE_CHECKING:
     from ..core import Broadcaster
@@ -221,7 +222,7 @@ class Rollouts:
             )
         return saved
 
-    async def _health(self, rollout_id: int, rollout: Rollout, now_ms: int) -> policy.StageHealth:
+    async def _health(self, rollout_id: int, rollout: Rollout, now_ms: int) -> StageHealth:
         adapter = rollout.plan.adapter
         opened, not_closed = breaker_opens(self._b.breaker_states().get(adapter))
         key = (rollout_id, rollout.stage, rollout.from_sequence_id)

@@ -25,7 +25,7 @@ from broadcaster.core import Broadcaster
 from broadcaster.events import Category
 from broadcaster.reconcile.schedule import ReconcileSchedule
 from broadcaster.rollout import policy
-from broadcaster.rollout.policy import Gates, Plan, StageHealth
+from broadcaster.rollout.plan import Gates, Plan, StageHealth
 from broadcaster.security import TokenSet
 from broadcaster.settings import load_settings
 from broadcaster.store.memory import MemoryStore

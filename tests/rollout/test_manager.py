@@ -20,7 +20,7 @@ from broadcaster.events import Category
 from broadcaster.exceptions import RolloutConflict
 from broadcaster.flags import CategoryPatch
 from broadcaster.rollout.manager import RolloutController, Rollouts, describe
-from broadcaster.rollout.policy import Gates
+from broadcaster.rollout.plan import Gates
 from broadcaster.routing import bucket
 from broadcaster.settings import load_settings
 from broadcaster.store.base import ConsumerReceipt, RolloutRow
