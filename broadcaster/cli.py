@@ -18,6 +18,7 @@ from pathlib import Path
 from ssl import SSLContext
 from typing import TYPE_CHECKING
 
+from .cli_rollout import add_rollout_parser, run_rollout
 from .events import Category
 from .exceptions import AdapterRejected, BroadcasterError, ConfigError, HistoryPruned
 from .logs import configure_logging
@@ -143,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("serve", help="run the service: adapters, store, reconciler and admin API")
+    add_rollout_parser(sub)
 
     server = sub.add_parser(
         "realtime-server", help="run the local Realtime-protocol server on its own"
@@ -593,7 +595,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     level = settings.log_level
-    if args.command in ("demo", "subscribe", "reconcile") and level == "INFO":
+    if args.command in ("demo", "subscribe", "reconcile", "rollout") and level == "INFO":
         # These commands talk to a person through stdout; routine INFO lines
         # would tear the progress display. LOG_LEVEL=DEBUG still shows all.
         level = "WARNING"
@@ -608,6 +610,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return _reconcile(args, settings)
     if args.command == "serve":
         return _serve(settings)
+    if args.command == "rollout":
+        return run_rollout(args, settings, _admin_url(settings))
     return _demo(args, settings)
 
 

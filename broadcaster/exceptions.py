@@ -29,6 +29,9 @@ edge, with the original kept as ``__cause__``.
     │                           other event of the batch was delivered
     ├── BreakerOpen             an adapter's circuit breaker refused the call: nothing
     │                           was sent, so no delivery failed (.adapter, .state, .retry_at)
+    ├── RolloutConflict         a rollout cannot do that now: its category has another one
+    │                           active, it changed since it was read, or its state does not
+    │                           allow the move (.rollout_id names the one in the way)
     └── FrameError              a received frame is not a valid event (consumer side)
         ├── ChecksumMismatch    the event's checksum does not match its canonical bytes
         └── SignatureMismatch   a consumer holding signing keys got an event with no
@@ -54,6 +57,7 @@ __all__ = [
     "FrameError",
     "HistoryPruned",
     "InvalidEvent",
+    "RolloutConflict",
     "SignatureMismatch",
     "StoreError",
     "StoreUnavailable",
@@ -208,6 +212,19 @@ class BreakerOpen(BroadcasterError):
         self.retry_at = retry_at
         when = f"; retry at {retry_at:.3f}" if retry_at is not None else ""
         super().__init__(f"{adapter}: circuit breaker {state}{when}")
+
+
+class RolloutConflict(BroadcasterError):
+    """A progressive rollout cannot make the change asked for: its category
+    has another rollout running or paused, the rollout changed since the
+    caller read it (another instance moved it), or its state does not allow
+    the move (pausing a completed one). ``rollout_id`` names the rollout in
+    the way, when there is one. Nothing was written."""
+
+    def __init__(self, reason: str, *, rollout_id: int | None = None) -> None:
+        self.reason = reason
+        self.rollout_id = rollout_id
+        super().__init__(reason)
 
 
 class FrameError(BroadcasterError, ValueError):

@@ -1,6 +1,6 @@
 """Runtime flags: the routing switches an operator may change while the
-broadcaster runs (docs/rest-api.md) — per category ``enabled``, ``percentage`` and
-``adapters``, and the global override.
+broadcaster runs (docs/rest-api.md) — per category ``enabled``, ``percentage``,
+``adapters`` and ``cutover``, and the global override.
 
 Environment variables give the initial values. A change is validated like the
 variables, persisted in the store together with its audit entry (one
@@ -8,14 +8,15 @@ transaction), and only then applied: the next published event routes by it and
 in-process listeners (``Broadcaster.on_routing_change``) are told. On start the
 persisted flags replace the environment's, so a change survives a restart.
 If the store refuses the change, :class:`StoreUnavailable` propagates and
-nothing changed.
+nothing changed. A progressive rollout changes a category through
+:meth:`RuntimeFlags.change_category`, writing the change with its own state.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal, TypeVar
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
@@ -24,7 +25,7 @@ from .events import Category
 from .exceptions import ConfigError
 from .routing import ADAPTER_NAMES, RoutingTable
 from .settings import CategorySettings, Settings
-from .store.base import AuditEntry, Store
+from .store.base import AuditEntry, ConfigChange, Store
 
 __all__ = ["CategoryPatch", "OverrideChange", "RuntimeFlags"]
 
@@ -34,7 +35,7 @@ AdapterName = Literal["websocket", "realtime"]
 
 
 class CategoryPatch(BaseModel):
-    """Body of ``PATCH /config/categories/{category}``: any of the three fields;
+    """Body of ``PATCH /config/categories/{category}``: any of the four fields;
     the ones left out keep their value."""
 
     model_config = ConfigDict(extra="forbid")
@@ -43,11 +44,14 @@ class CategoryPatch(BaseModel):
     percentage: int | None = Field(default=None, ge=0, le=100, strict=True)
     # Bounded: there are only so many adapters, and a huge list is an attack.
     adapters: list[AdapterName] | None = Field(default=None, max_length=16)
+    #: The category on its adapters other than the primary only (needs
+    #: ``enabled`` and ``percentage`` 100).
+    cutover: StrictBool | None = None
 
     @model_validator(mode="after")
     def _something(self) -> CategoryPatch:
-        if self.enabled is None and self.percentage is None and self.adapters is None:
-            raise ValueError("give at least one of enabled, percentage, adapters")
+        if self.model_dump(exclude_none=True) == {}:
+            raise ValueError("give at least one of enabled, percentage, adapters, cutover")
         return self
 
 
@@ -60,6 +64,7 @@ class OverrideChange(BaseModel):
 
 
 Listener = Callable[[RoutingTable], None]
+T = TypeVar("T")
 
 
 class RuntimeFlags:
@@ -79,7 +84,7 @@ class RuntimeFlags:
     # -- reading -------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """``{"categories": {CAT: {enabled, percentage, adapters}}, "override": …}``."""
+        """``{"categories": {CAT: {enabled, percentage, adapters, cutover}}, "override": …}``."""
         return {
             "categories": {
                 cat.value: _category_doc(cs) for cat, cs in sorted(self._categories.items())
@@ -133,34 +138,67 @@ class RuntimeFlags:
         self, category: Category, patch: CategoryPatch, *, actor: str, path: str
     ) -> AuditEntry:
         """Change one category's flags; returns the audit entry written."""
+
+        async def save(change: ConfigChange) -> AuditEntry:
+            return await self._store.save_runtime_config(
+                change.config,
+                actor=actor,
+                path=change.path,
+                before=change.before,
+                after=change.after,
+            )
+
+        values = patch.model_dump(exclude_none=True)
+        return await self.change_category(category, values, path=path, persist=save, actor=actor)
+
+    async def change_category(
+        self,
+        category: Category,
+        values: Mapping[str, Any],
+        *,
+        path: str,
+        persist: Callable[[ConfigChange], Awaitable[T]],
+        actor: str,
+    ) -> T:
+        """Change some of one category's flags (``values``: enabled,
+        percentage, adapters, cutover), checked as the variables are. The new
+        document goes to ``persist`` (which writes it with its audit entry,
+        and whatever else belongs in that transaction) before the change is
+        applied; if it raises, nothing changed. Returns what it returns.
+        Raises ``ValueError`` (a pydantic ``ValidationError``) for values the
+        category cannot take."""
         async with self._lock:
             current = self._categories[category]
-            changes = patch.model_dump(exclude_none=True)
+            changes = dict(values)
             if "adapters" in changes:
                 changes["adapters"] = tuple(changes["adapters"])
             updated = current.model_copy(update=changes)
             # model_copy skips validation: run it, so a change obeys the
             # same rules as the variable (known adapters, no duplicates).
             updated = CategorySettings.model_validate(updated.model_dump())
+            primary = self._settings.dual_write_primary_adapter
+            if updated.cutover and not set(updated.adapters) - {primary}:
+                raise ValueError(
+                    f"cutover needs an adapter besides the primary ({primary}) in adapters"
+                )
             categories = {**self._categories, category: updated}
-            entry = await self._persist(
-                categories,
-                self._override,
-                actor,
-                path,
-                _category_doc(current),
-                _category_doc(updated),
+            change = ConfigChange(
+                config=_document(categories, self._override),
+                path=path,
+                before=_category_doc(current),
+                after=_category_doc(updated),
             )
+            result = await persist(change)
             self._categories = categories
             self._publish()
         log.info(
             "category flags changed",
             category=category.value,
             actor=actor,
-            before=entry.before,
-            after=entry.after,
+            before=change.before,
+            after=change.after,
         )
-        return entry
+        return result
 
     async def set_override(self, change: OverrideChange, *, actor: str, path: str) -> AuditEntry:
         """Set or clear the global override; returns the audit entry written."""
@@ -188,12 +226,8 @@ class RuntimeFlags:
         before: Any,
         after: Any,
     ) -> AuditEntry:
-        doc = {
-            "categories": {cat.value: _category_doc(cs) for cat, cs in sorted(categories.items())},
-            "override": override,
-        }
         return await self._store.save_runtime_config(
-            doc, actor=actor, path=path, before=before, after=after
+            _document(categories, override), actor=actor, path=path, before=before, after=after
         )
 
     def _publish(self) -> None:
@@ -201,4 +235,19 @@ class RuntimeFlags:
 
 
 def _category_doc(cs: CategorySettings) -> dict[str, Any]:
-    return {"enabled": cs.enabled, "percentage": cs.percentage, "adapters": list(cs.adapters)}
+    return {
+        "enabled": cs.enabled,
+        "percentage": cs.percentage,
+        "adapters": list(cs.adapters),
+        "cutover": cs.cutover,
+    }
+
+
+def _document(
+    categories: Mapping[Category, CategorySettings], override: str | None
+) -> dict[str, Any]:
+    """The persisted runtime configuration: every category's flags and the override."""
+    return {
+        "categories": {cat.value: _category_doc(cs) for cat, cs in sorted(categories.items())},
+        "override": override,
+    }

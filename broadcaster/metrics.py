@@ -17,9 +17,10 @@ Where each figure comes from:
   collector from ``broadcaster.stats``, ``broadcaster.breaker_states()`` and
   ``broadcaster.reconciler``: nothing is counted twice.
 * **Store figures** (events per adapter and state, oldest undelivered age,
-  reconciliation lag) need the store, which is async: :meth:`~BroadcasterMetrics.refresh`
-  reads and caches them; ``render()`` never touches the store. They appear
-  after the first successful refresh; ages are computed at scrape time from the
+  reconciliation lag, the latest rollout of each category) need the store,
+  which is async: :meth:`~BroadcasterMetrics.refresh` reads and caches them;
+  ``render()`` never touches the store. They appear after the first
+  successful refresh; ages are computed at scrape time from the
   cached creation times. If the store fails, the last figures are kept and
   ``broadcaster_store_up`` drops to 0. It is 0 too while the store does not
   accept writes (:meth:`~broadcaster.core.Broadcaster.store_health`: a failed
@@ -79,7 +80,8 @@ from .metrics_catalog import (
     _with_extra,
 )
 from .reconcile.matching import Outcome, Report
-from .store.base import DeliveryState, StoreStats
+from .rollout.policy import RolloutState
+from .store.base import DeliveryState, RolloutRow, StoreStats
 
 if TYPE_CHECKING:
     from .core import Broadcaster
@@ -129,6 +131,7 @@ class BroadcasterMetrics:
         self._store_up: bool | None = None
         self._store_stats: StoreStats | None = None
         self._unreconciled_ms: int | None = None
+        self._rollouts: dict[str, RolloutRow] = {}
         self.registry.register(self)
         self._closed = False
         broadcaster.stats.publish_hooks.append(self._on_publish)
@@ -150,6 +153,7 @@ class BroadcasterMetrics:
         try:
             stats = await store.stats()
             _, unreconciled_ms = await self.broadcaster.reconciler.progress()
+            rollouts = await store.rollouts()
         except StoreError as exc:
             log.warning("metrics refresh could not read the store", error=str(exc))
             self._store_up = False
@@ -157,6 +161,8 @@ class BroadcasterMetrics:
         self._store_up = True
         self._store_stats = stats
         self._unreconciled_ms = unreconciled_ms
+        # By id: the last one of each category is its latest.
+        self._rollouts = {row.category: row for row in rollouts}
 
     def render(self) -> tuple[bytes, str]:
         """``(body, content_type)`` of a ``/metrics`` response: the registry in
@@ -251,6 +257,7 @@ class BroadcasterMetrics:
         yield from self._breaker_families(breakers, adapters)
         yield from self._reconciliation_families(pairs, now)
         yield from self._store_families(adapters, now)
+        yield from self._rollout_families()
         yield from self._histogram_families(adapters, categories)
 
         delivering = _series("broadcaster_delivering")
@@ -374,6 +381,16 @@ class BroadcasterMetrics:
             oldest.add_metric([adapter], _age(stats.oldest_undelivered_ms.get(adapter), now))
         yield events
         yield oldest
+
+    def _rollout_families(self) -> Iterator[Metric]:
+        step = _series("broadcaster_rollout_step")
+        state = _series("broadcaster_rollout_state")
+        for category, row in sorted(self._rollouts.items()):
+            step.add_metric([category], int(row.doc.get("stage", 0)) + 1)
+            for value in RolloutState:
+                state.add_metric([category, value.value], int(row.state == value.value))
+        yield step
+        yield state
 
     def _histogram_families(
         self, adapters: Sequence[str], categories: Sequence[str]

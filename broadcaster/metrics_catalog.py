@@ -181,6 +181,18 @@ _SPECS: Final[dict[str, _Spec]] = {
         " one store, Realtime only on the holder of its lease.",
         ("adapter",),
     ),
+    "broadcaster_rollout_step": _Spec(
+        "gauge",
+        "The step the category's latest rollout stands at (1 the first; the cutover after"
+        " the last).",
+        ("category",),
+    ),
+    "broadcaster_rollout_state": _Spec(
+        "gauge",
+        "1 for the state of the category's latest rollout (running, paused, rolled_back,"
+        " aborted, completed), 0 for the others.",
+        ("category", "state"),
+    ),
     "broadcaster_info": _Spec(
         "info", "Broadcaster build information and this instance's name.", ("version", "instance")
     ),

@@ -1,5 +1,9 @@
 """Routing: which adapters get an event (docs/configuration.md). Pure code, no I/O.
 
+A category may be *cut over* (``cutover``, set by a progressive rollout or an
+operator once the new path has proven itself): its events go to its adapters
+other than the primary, and the legacy path gets nothing new of it.
+
 Sticky sampling hashes ``"<CATEGORY>:<key>"`` with SHA-256 and takes the first
 8 bytes, big-endian, modulo 100 as the bucket (0-99). An event is sampled when
 ``bucket < percentage``. The hash is fixed by this documentation, so the same
@@ -37,11 +41,13 @@ def bucket(category: str, key: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class CategoryRoute:
-    """One category's flags: ``enabled``, ``percentage`` (0-100) and ``adapters``."""
+    """One category's flags: ``enabled``, ``percentage`` (0-100), ``adapters``
+    and ``cutover`` (the legacy path retired for it)."""
 
     enabled: bool
     percentage: int
     adapters: tuple[str, ...]
+    cutover: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,12 @@ class RoutingTable:
         sampled = {}
         for category, route in self.categories.items():
             names = dict.fromkeys((self.primary, *route.adapters))  # ordered, no duplicates
-            sampled[category] = tuple(n for n in names if n in self.adapters)
+            chosen = tuple(n for n in names if n in self.adapters)
+            if route.cutover:
+                # Never nowhere: a cut-over category left with no other
+                # adapter configured stays on the primary.
+                chosen = tuple(n for n in chosen if n != self.primary) or (self.primary,)
+            sampled[category] = chosen
         object.__setattr__(self, "_sampled", sampled)
         everywhere = tuple(dict.fromkeys((self.primary, *self.adapters)))
         object.__setattr__(self, "_everywhere", everywhere)
@@ -73,12 +84,17 @@ class RoutingTable:
         """The adapters an event of ``category`` with ``routing_key`` is routed to.
 
         Rules in order (docs/configuration.md): the global override; the master switch and the
-        category's ``enabled``; sticky sampling. The primary comes first.
+        category's ``enabled``; a cut-over category's adapters without the
+        primary; sticky sampling. The primary comes first.
         """
         if self.override is not None:
             return self._everywhere if self.override == OVERRIDE_ALL else (self.override,)
         route = self.categories[category]
-        if not self.enabled or not route.enabled or route.percentage <= 0:
+        if not self.enabled or not route.enabled:
+            return (self.primary,)
+        if route.cutover:
+            return self._sampled[category]
+        if route.percentage <= 0:
             return (self.primary,)
         if route.percentage >= 100 or bucket(category.value, routing_key) < route.percentage:
             return self._sampled[category]

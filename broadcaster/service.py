@@ -4,8 +4,9 @@ One process runs the WebSocket server, the Realtime adapter (with an embedded
 local Realtime server when ``SUPABASE_URL`` is unset), the store (followed:
 it delivers what any process appended), the reconcile schedule
 (``RECONCILE_INTERVAL_S``, pruning after ``RETENTION_S``), the admin REST
-API and, with ``RECONCILE_PROBE``, a probe consumer per adapter
-(:mod:`broadcaster.probes`). SIGTERM or SIGINT stops it in order: the admin
+API, with ``RECONCILE_PROBE`` a probe consumer per adapter
+(:mod:`broadcaster.probes`), and the rollout controller (on the instance
+that writes to Realtime: :mod:`broadcaster.rollout`). SIGTERM or SIGINT stops it in order: the admin
 API first (no new events accepted), then the broadcaster waits for in-flight
 events to be acknowledged or recorded pending, the probes stop and write
 their last receipts, and the broadcaster closes.
@@ -35,6 +36,7 @@ from .local_realtime import realtime_settings
 from .metrics import BroadcasterMetrics
 from .probes import Probes
 from .reconcile.schedule import ReconcileSchedule
+from .rollout.manager import DEFAULT_INTERVAL_S, RolloutController, Rollouts
 from .security import TokenSet, mask_url_password
 from .settings import Settings, parse_store_url
 
@@ -102,6 +104,15 @@ async def run_service(
             schedule = ReconcileSchedule.from_settings(b, settings)
             if schedule is not None:
                 schedule.start()
+            rollouts = Rollouts(b)
+            # Rollouts are evaluated as often as reconciliation runs, by the
+            # instance that writes to Realtime: the breaker they judge is its.
+            controller = RolloutController(
+                rollouts,
+                interval_s=settings.reconcile_interval_s or DEFAULT_INTERVAL_S,
+                drives=lambda: cluster.holding,
+            )
+            controller.start()
             probes = _probes(settings, b)
             try:
                 metrics = BroadcasterMetrics(b)
@@ -114,6 +125,7 @@ async def run_service(
                             max_body_bytes=settings.admin_max_body_bytes,
                             probes=probes.health if probes is not None else None,
                             cluster=cluster,
+                            rollouts=rollouts,
                         ),
                         settings.admin_host,
                         settings.admin_port,
@@ -142,6 +154,7 @@ async def run_service(
             finally:
                 # First: another instance takes the Realtime lease at once.
                 await cluster.close()
+                await controller.stop()
                 if schedule is not None:
                     await schedule.stop()
                 # Before the broadcaster: their receipts go to its store.

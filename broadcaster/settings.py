@@ -27,6 +27,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -153,7 +154,10 @@ def default_instance_id() -> str:
 
 
 class CategorySettings(BaseModel):
-    """One category's flags. Also validates admin API changes."""
+    """One category's flags. Also validates admin API changes.
+
+    ``cutover`` is a runtime flag only (no variable): a category gets there
+    through a rollout or the admin API, once the new path has proven itself."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -161,6 +165,7 @@ class CategorySettings(BaseModel):
     percentage: int = Field(ge=0, le=100)
     adapters: tuple[str, ...]
     checksum: ChecksumAlgorithm
+    cutover: bool = False
 
     @field_validator("adapters", mode="before")
     @classmethod
@@ -177,8 +182,18 @@ class CategorySettings(BaseModel):
                 raise ValueError(f"unknown adapter {name!r}; known: {', '.join(ADAPTER_NAMES)}")
         return tuple(dict.fromkeys(value))
 
+    @model_validator(mode="after")
+    def _cut_over_whole(self) -> CategorySettings:
+        # Retiring the legacy path for a share of the events would leave the
+        # rest on it alone: cutover is all of a category's events or none.
+        if self.cutover and not (self.enabled and self.percentage == 100 and self.adapters):
+            raise ValueError(
+                "cutover needs the category enabled, at percentage 100, with an adapter"
+            )
+        return self
+
     def route(self) -> CategoryRoute:
-        return CategoryRoute(self.enabled, self.percentage, self.adapters)
+        return CategoryRoute(self.enabled, self.percentage, self.adapters, self.cutover)
 
 
 _CATEGORY_DEFAULTS: dict[Category, dict[str, Any]] = {

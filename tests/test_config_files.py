@@ -18,6 +18,8 @@ from broadcaster.adapters.memory import MemoryAdapter
 from broadcaster.core import Broadcaster
 from broadcaster.events import Category
 from broadcaster.metrics import METRIC_NAMES, BroadcasterMetrics
+from broadcaster.rollout.manager import Rollouts
+from broadcaster.rollout.plan import Gates
 from broadcaster.routing import ADAPTER_NAMES
 from broadcaster.settings import Settings, load_settings
 from broadcaster.store.memory import MemoryStore
@@ -25,6 +27,7 @@ from broadcaster.store.memory import MemoryStore
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config"
 ALERTS = CONFIG / "prometheus" / "alerts.yml"
+ALERT_TESTS = CONFIG / "prometheus" / "alerts.test.yml"
 DASHBOARD = CONFIG / "grafana" / "broadcaster-dashboard.json"
 
 _METRIC = re.compile(r"broadcaster_[a-z_]+")
@@ -75,8 +78,8 @@ async def exported_names() -> set[str]:
 
 
 async def live_metrics() -> bytes:
-    """A live render(), after traffic in every category, a reconciliation run
-    and a store refresh, so every labelled series exists."""
+    """A live render(), after traffic in every category, a reconciliation run,
+    a rollout and a store refresh, so every labelled series exists."""
     b = Broadcaster(
         load_settings(env_file=None),
         adapters=[MemoryAdapter("websocket"), MemoryAdapter("realtime")],
@@ -88,6 +91,9 @@ async def live_metrics() -> bytes:
             await b.publish(category, "config.check", {"n": 1})
         await b.flush(timeout=5)
         await b.reconcile()
+        await Rollouts(b).start(
+            Category.DEBUG, (10, 100), hold_s=60, gates=Gates(), cutover=False, by="test"
+        )
         await metrics.refresh()
         body, _ = metrics.render()
     metrics.close()
@@ -106,7 +112,7 @@ def promtool(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProc
 def test_promtool_accepts_the_alert_rules() -> None:
     done = promtool("check", "rules", str(ALERTS))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert b"SUCCESS: 10 rules found" in done.stdout
+    assert b"SUCCESS: 11 rules found" in done.stdout
 
 
 async def test_promtool_accepts_a_live_metrics_page() -> None:
@@ -116,6 +122,26 @@ async def test_promtool_accepts_a_live_metrics_page() -> None:
 
 
 # -- alert rules -------------------------------------------------------------------
+
+
+def test_promtool_unit_tests_of_the_alert_rules_pass() -> None:
+    done = promtool("test", "rules", str(ALERT_TESTS))
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+    assert b"SUCCESS" in done.stdout
+
+
+async def test_the_rollout_metrics_say_where_each_categorys_rollout_stands() -> None:
+    families = {f.name: f for f in text_string_to_metric_families((await live_metrics()).decode())}
+    (step,) = families["broadcaster_rollout_step"].samples
+    assert step.labels == {"category": "DEBUG"} and step.value == 1
+    states = {s.labels["state"]: s.value for s in families["broadcaster_rollout_state"].samples}
+    assert states == {
+        "running": 1,
+        "paused": 0,
+        "rolled_back": 0,
+        "aborted": 0,
+        "completed": 0,
+    }
 
 
 def test_alert_rules_have_the_fields_prometheus_and_alertmanager_need() -> None:
@@ -143,6 +169,7 @@ def test_alert_rules_cover_the_required_conditions() -> None:
     assert "increase(broadcaster_checksum_mismatches_total" in joined
     assert "broadcaster_reconciliation_lag_seconds > 600" in joined
     assert "deriv(broadcaster_events_pending" in joined
+    assert 'broadcaster_rollout_state{state="rolled_back"}) == 1' in joined
     breaker = [rule for rule in rules() if rule["expr"].strip() == "broadcaster_breaker_state == 2"]
     assert len(breaker) == 1 and breaker[0]["for"] == "1m"
 

@@ -97,6 +97,20 @@ async def test_demo_flips_a_flag_survives_an_outage_and_repairs_what_was_missed(
     assert summary.reconcile_after["repaired"] >= summary.reconcile_before["missing"]
     assert summary.repaired["realtime"] >= summary.reconcile_before["missing"]
 
+    # Two rollouts of USER_ACTIVITY through POST /rollouts: the first rolled
+    # back on its own by the fault on the keys its step to 25 % added, the
+    # second cut the category over to Realtime.
+    first, second = summary.rollouts
+    assert (first["state"], first["percentage"]) == ("rolled_back", 1), first
+    assert "mismatch rate" in first["reason"]
+    assert [m["action"] for m in first["timeline"]] == ["start", "advance", "rollback"]
+    assert first["last_audit"]["actor"] == f"rollout:{first['id']}"
+    assert "rollback: rolled back to 1 %: mismatch rate" in first["last_audit"]["path"]
+    assert (second["state"], second["in_cutover"]) == ("completed", True), second
+    actions = [m["action"] for m in second["timeline"]]
+    assert actions == ["start", "advance", "cutover", "complete"]
+    assert summary.cutover_routing == ["realtime"]
+
     # What was printed: where things are, the phases, the report, the result.
     match = re.search(r"http://127\.0\.0\.1:\d+/dashboard#token=\S+", text)
     assert match is not None and match.group() == summary.dashboard_url
@@ -111,6 +125,10 @@ async def test_demo_flips_a_flag_survives_an_outage_and_repairs_what_was_missed(
         "backfill done",
         "reconciliation before repair",
         "reconciliation after repair",
+        "fault at 25 %: the Realtime path damages",
+        "rollout 1 rollback 1 %",
+        "rollout 2 cutover  cutover",
+        "USER_ACTIVITY is cut over: its next event went to realtime only",
         "lost                0",
         "result              OK",
     ):

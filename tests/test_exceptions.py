@@ -20,6 +20,7 @@ from broadcaster.exceptions import (
     FlushTimeout,
     FrameError,
     InvalidEvent,
+    RolloutConflict,
     SignatureMismatch,
     StoreError,
     StoreUnavailable,
@@ -174,3 +175,10 @@ def test_signature_mismatch_carries_its_data() -> None:
 def test_broadcaster_closed_is_catchable_as_root() -> None:
     with pytest.raises(BroadcasterError):
         raise BroadcasterClosed("closed")
+
+
+def test_rollout_conflict_names_the_rollout_in_the_way() -> None:
+    error = RolloutConflict("USER_ACTIVITY has rollout 3 running", rollout_id=3)
+    assert (error.reason, error.rollout_id) == ("USER_ACTIVITY has rollout 3 running", 3)
+    assert str(error) == "USER_ACTIVITY has rollout 3 running"
+    assert RolloutConflict("changed").rollout_id is None

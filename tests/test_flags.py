@@ -57,7 +57,12 @@ async def test_change_is_persisted_then_applied() -> None:
         actor="ops",
         path="PATCH /config/categories/DEBUG",
     )
-    assert entry.after == {"enabled": True, "percentage": 100, "adapters": ["realtime"]}
+    assert entry.after == {
+        "enabled": True,
+        "percentage": 100,
+        "adapters": ["realtime"],
+        "cutover": False,
+    }
     assert applied[-1].route(Category.DEBUG, "k") == ("websocket", "realtime")
     doc = await store.runtime_config()
     assert doc is not None and doc["categories"]["DEBUG"]["percentage"] == 100

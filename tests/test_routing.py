@@ -280,3 +280,36 @@ def test_table_is_immutable() -> None:
     t = table()
     with pytest.raises(AttributeError):
         t.override = "all"  # type: ignore[misc]
+
+
+# -- cutover ----------------------------------------------------------------
+
+
+@given(categories, keys)
+def test_a_cut_over_category_goes_to_its_new_adapters_alone(category: Category, key: str) -> None:
+    cut = CategoryRoute(True, 100, ("websocket", "realtime"), cutover=True)
+    assert table(route=cut).route(category, key) == ("realtime",)
+    # The primary stays the primary for a category that is not cut over.
+    assert table().route(category, key) == ("websocket", "realtime")
+
+
+def test_cutover_yields_to_the_switches_and_the_override() -> None:
+    cut = CategoryRoute(True, 100, ("realtime",), cutover=True)
+    assert table(route=cut, override="websocket").route(Category.CRITICAL, "k") == ("websocket",)
+    assert table(route=cut, enabled=False).route(Category.CRITICAL, "k") == ("websocket",)
+    off = CategoryRoute(False, 100, ("realtime",), cutover=True)
+    assert table(route=off).route(Category.CRITICAL, "k") == ("websocket",)
+
+
+def test_a_cut_over_category_with_no_other_adapter_stays_on_the_primary() -> None:
+    # Never nowhere: with only the primary configured, the primary keeps it.
+    lonely = CategoryRoute(True, 100, ("websocket",), cutover=True)
+    assert table(route=lonely).route(Category.SYSTEM, "k") == ("websocket",)
+    only_primary = RoutingTable(
+        enabled=True,
+        primary="websocket",
+        override=None,
+        categories={c: CategoryRoute(True, 100, ("realtime",), cutover=True) for c in Category},
+        adapters=("websocket",),
+    )
+    assert only_primary.route(Category.SYSTEM, "k") == ("websocket",)

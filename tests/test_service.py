@@ -131,8 +131,8 @@ class Child:
             BROADCASTER_ADMIN_TOKEN=TOKEN,
             RECONCILE_INTERVAL_S="0",
             LOG_FORMAT="json",
-            **env,
         )
+        self.env.update(env)  # the test's settings win
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "broadcaster", "--env-file", "/dev/null", "serve"],
             stdout=subprocess.PIPE,

@@ -575,6 +575,24 @@ def test_category_settings_validation() -> None:
             CategorySettings(**values)
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"enabled": False, "percentage": 100, "adapters": ("realtime",)},
+        {"enabled": True, "percentage": 99, "adapters": ("realtime",)},
+        {"enabled": True, "percentage": 100, "adapters": ()},
+    ],
+)
+def test_a_cutover_takes_the_whole_category(values: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="cutover needs the category enabled, at percentage 100"):
+        CategorySettings(**values, checksum="crc32", cutover=True)
+    assert CategorySettings(**values, checksum="crc32").cutover is False
+    whole = CategorySettings(
+        enabled=True, percentage=100, adapters="realtime", checksum="crc32", cutover=True
+    )
+    assert whole.route() == CategoryRoute(True, 100, ("realtime",), cutover=True)
+
+
 # -- derived views ---------------------------------------------------------------------
 
 
@@ -616,6 +634,7 @@ def test_effective_without_secrets_is_plain_data() -> None:
         "percentage": 0,
         "adapters": [],
         "checksum": "crc32",
+        "cutover": False,
     }
 
 

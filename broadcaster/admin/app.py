@@ -41,16 +41,19 @@ from ..exceptions import (
     BroadcasterClosed,
     ConfigError,
     InvalidEvent,
+    RolloutConflict,
     StoreError,
     StoreUnavailable,
 )
 from ..flags import CategoryPatch, OverrideChange
 from ..metrics import BroadcasterMetrics
+from ..rollout.manager import Rollouts
 from ..security import TokenSet
 from ..store.base import AuditEntry, StoredEvent
 from . import receipts
 from .catchup import add_catchup_route
 from .guard import AccessGuard, token_of
+from .rollouts import add_rollout_routes, conflict
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -202,13 +205,16 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     probes: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
     cluster: Membership | None = None,
+    rollouts: Rollouts | None = None,
 ) -> FastAPI:
     """The admin application for a started ``broadcaster``, accepting
     ``tokens`` (at least one; see :meth:`Settings.api_tokens`) and request
     bodies of at most ``max_body_bytes``. ``probes``, when given, returns
     the probe consumers' state per adapter (``/health`` shows it);
     ``cluster``, the service instance's membership (``/health`` and
-    ``/instances`` show the instances and the Realtime writer)."""
+    ``/instances`` show the instances and the Realtime writer);
+    ``rollouts``, the service's rollouts (the ones its controller drives;
+    by default, the broadcaster's store's, driven by nobody here)."""
     if not len(tokens):
         raise ConfigError("BROADCASTER_ADMIN_TOKEN", "", "at least one token is required")
     b = broadcaster
@@ -225,6 +231,8 @@ def create_app(
     app.add_api_route(
         "/receipts", receipts.post_receipts, methods=["POST"], openapi_extra=receipts.OPENAPI
     )
+    rollouts = rollouts if rollouts is not None else Rollouts(b)
+    add_rollout_routes(app, rollouts)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -307,13 +315,33 @@ def create_app(
         actor: Actor,
         category: Annotated[str, Path(description="CRITICAL, PERFORMANCE, …")],
         patch: Annotated[CategoryPatch, Body()],
-    ) -> dict[str, Any]:
-        """Change a category's ``enabled``, ``percentage`` and/or ``adapters``.
-        Takes effect for the next published event; audited."""
+    ) -> Any:
+        """Change a category's ``enabled``, ``percentage``, ``adapters`` and/or
+        ``cutover`` (its adapters other than the primary only: needs it
+        enabled at 100). Takes effect for the next published event; audited.
+        409 while a rollout of the category is running or paused: it owns
+        the category's flags until it ends."""
         cat = _category(category)
-        entry = await b.flags.patch_category(
-            cat, patch, actor=actor, path=f"PATCH /config/categories/{cat.value}"
-        )
+        active = await rollouts.active_for(cat)
+        if active is not None:
+            return conflict(
+                RolloutConflict(
+                    f"{cat.value} is under rollout {active.id} ({active.state}): abort it, or let"
+                    " it end, before changing its flags by hand",
+                    rollout_id=active.id,
+                )
+            )
+        try:
+            entry = await b.flags.patch_category(
+                cat, patch, actor=actor, path=f"PATCH /config/categories/{cat.value}"
+            )
+        except ValidationError as exc:
+            errors = exc.errors()
+            # A check of the category as a whole is the cutover's.
+            field = ".".join(str(p) for p in errors[0]["loc"]) or "cutover"
+            return _unprocessable(field, errors[0]["msg"])
+        except ValueError as exc:
+            return _unprocessable("cutover", str(exc))
         return {"category": cat.value, "flags": b.flags.category(cat), "audit": _audit_dict(entry)}
 
     @app.put("/config/override")

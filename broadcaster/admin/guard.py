@@ -73,6 +73,12 @@ ROUTE_ACCESS: Final[Mapping[str, Permission | _Open]] = {
     "get_reconciliation": Permission.READ,
     "run_reconciliation": Permission.OPERATE,
     "post_receipts": Permission.CONSUME,
+    "list_rollouts": Permission.READ,
+    "get_rollout": Permission.READ,
+    "start_rollout": Permission.OPERATE,
+    "pause_rollout": Permission.OPERATE,
+    "resume_rollout": Permission.OPERATE,
+    "abort_rollout": Permission.OPERATE,
     # GET /events?after=N: catch-up for consumers (docs/security.md); also
     # every GET for readers, see ALSO_PERMITTED.
     "read_events": Permission.CONSUME,

@@ -1,5 +1,6 @@
 """What the demo's terminal shows while it runs: one status line redrawn in
-place, and the warnings of its deliberate outage held back for the summary."""
+place, and the warnings of its deliberate outage (and the errors of the
+fault its rollout injects) held back for the summary."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Collection, Iterator, MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["Progress", "warnings_counted"]
+__all__ = ["Progress", "errors_counted", "warnings_counted"]
 
 REALTIME_CLIENT_MODULES = ("client", "channel", "push", "timer", "presence")
 
@@ -89,3 +90,27 @@ def warnings_counted(counts: MutableMapping[str, int]) -> Iterator[None]:
         structlog.configure(processors=processors)
         for client_log in client_logs:
             client_log.removeFilter(count_client_errors)
+
+
+@contextlib.contextmanager
+def errors_counted(counts: MutableMapping[str, int], events: Collection[str]) -> Iterator[None]:
+    """While a fault the demo injects on purpose lasts, the error lines it is
+    expected to cause (``events``, e.g. each damaged event's "checksum
+    mismatch") are counted in ``counts`` instead of printed; the demo
+    narrates the fault and the summary lists them."""
+
+    def count(
+        _logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        name = str(event.get("event"))
+        if method == "error" and name in events:
+            counts[name] = counts.get(name, 0) + 1
+            raise structlog.DropEvent
+        return event
+
+    processors = structlog.get_config()["processors"]
+    structlog.configure(processors=[count, *processors])
+    try:
+        yield
+    finally:
+        structlog.configure(processors=processors)

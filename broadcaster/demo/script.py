@@ -26,9 +26,14 @@ The script, while a mixed-category stream is published:
 3. reconciles (demo-only short window, buffer and max delay), which finds
    those events missing, repairs them, and reconciles again until nothing is
    missing (bounded);
-4. prints the summary: published, routed and delivered per adapter and
-   category, checksums verified, mismatches, duplicates and lost (routed to a
-   path and never received by its consumer, after repair).
+4. runs two progressive rollouts of USER_ACTIVITY through ``POST /rollouts``
+   (:mod:`.rollout`): 1 → 25 → 100 %, which rolls back on its own when the
+   Realtime path starts damaging the category's events at 25 %, then a clean
+   25 → 100 % that cuts the category over to Realtime;
+5. prints the summary: published, routed and delivered per adapter and
+   category (the main stream's), checksums verified, mismatches, duplicates
+   and lost (routed to a path and never received by its consumer, after
+   repair), and how the rollouts ended.
 """
 
 from __future__ import annotations
@@ -42,13 +47,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import httpx
 import structlog
 from pydantic import SecretStr
 
-from ..adapters.realtime import RealtimeAdapter
 from ..adapters.websocket import WebSocketAdapter
 from ..admin import AdminServer, create_app, generate_token
 from ..breaker_policy import BreakerConfig
@@ -57,6 +61,7 @@ from ..consumer.realtime import RealtimeSubscriber
 from ..consumer.websocket import WebSocketSubscriber
 from ..core import Broadcaster
 from ..metrics import BroadcasterMetrics
+from ..rollout.manager import Rollouts
 from ..security import TokenSet
 from ..settings import Settings
 from ..spawn import RealtimeServerProcess, child_env
@@ -65,6 +70,7 @@ from .console import warnings_counted
 from .outage import OutagePhase
 from .reconciling import ReconcilePhase
 from .remote import RemoteSubscriber
+from .rollout import DamagingRealtimeAdapter, RolloutPhase
 from .stream import FLIP_CATEGORY, Publisher
 from .summary import ADAPTERS, DemoSummary, print_table
 from .timeline import (
@@ -111,7 +117,7 @@ def _demo_breaker(settings: Settings) -> Callable[[str], BreakerConfig]:
     return make
 
 
-class _Demo(OutagePhase, ReconcilePhase):
+class _Demo(OutagePhase, ReconcilePhase, RolloutPhase):
     """The script: each phase in its own module, run in order from here."""
 
     async def run(self) -> DemoSummary:
@@ -150,7 +156,7 @@ class _Demo(OutagePhase, ReconcilePhase):
         store = store_from_url(settings.store_url)
         # Subscribers may resume with ?since=N: the server replays from the store.
         ws = WebSocketAdapter.from_settings(settings, replay=store)
-        rt = RealtimeAdapter(
+        rt = DamagingRealtimeAdapter(
             settings.supabase_url,
             child.key,
             channel_prefix=settings.realtime_channel_prefix,
@@ -174,11 +180,9 @@ class _Demo(OutagePhase, ReconcilePhase):
             )
             metrics = BroadcasterMetrics(b)
             stack.callback(metrics.close)
-            admin = await stack.enter_async_context(
-                AdminServer(
-                    create_app(b, TokenSet.of({"demo": token}), metrics=metrics), "127.0.0.1", 0
-                )
-            )
+            rollouts = Rollouts(b)
+            app = create_app(b, TokenSet.of({"demo": token}), metrics=metrics, rollouts=rollouts)
+            admin = await stack.enter_async_context(AdminServer(app, "127.0.0.1", 0))
             http = await stack.enter_async_context(
                 httpx.AsyncClient(
                     base_url=admin.url,
@@ -238,7 +242,10 @@ class _Demo(OutagePhase, ReconcilePhase):
                 await self._reconcile(b, receipts, collectors, publisher, settings)
             finally:
                 await stop_tasks()
-            await self._summarise(b, collectors, publisher)
+            # The main stream is counted before the rollouts add their own.
+            snapshot = self._summarise(b, collectors, publisher)
+            await self._rollouts(b, http, rt, rollouts)
+            print_table(self.summary, snapshot, self.out)
 
     def _announce(
         self,
@@ -268,7 +275,8 @@ class _Demo(OutagePhase, ReconcilePhase):
                 if self.outage
                 else ""
             )
-            + "; then reconcile, repair and the summary",
+            + "; then reconcile, repair, two rollouts of USER_ACTIVITY (one rolled back by an"
+            " injected fault, one cut over) and the summary",
             f"demo-only timings: breaker recovery {RECOVERY_S:g} s, ramp steps {RAMP_STEP_S:g} s"
             f" ({'/'.join(str(s) for s in b.breakers['realtime'].config.ramp_steps)} %);"
             f" reconcile window {RECONCILE['reconcile_window_s']:g} s,"
@@ -413,12 +421,13 @@ class _Demo(OutagePhase, ReconcilePhase):
 
     # -- summary -------------------------------------------------------------
 
-    async def _summarise(
+    def _summarise(
         self, b: Broadcaster, collectors: dict[str, ReceiptCollector], publisher: Publisher
-    ) -> None:
+    ) -> dict[str, Any]:
+        """The summary of the main stream; returns the stats the table shows."""
         summary = self.summary
         summary.published = publisher.count
-        snapshot = b.stats.snapshot()["categories"]
+        snapshot: dict[str, Any] = b.stats.snapshot()["categories"]
         for cat, data in snapshot.items():
             summary.routed[cat] = {a: v["routed"] for a, v in data["adapters"].items()}
             summary.delivered[cat] = {a: v["delivered"] for a, v in data["adapters"].items()}
@@ -428,7 +437,7 @@ class _Demo(OutagePhase, ReconcilePhase):
             summary.mismatches += collector.stats.mismatches
             summary.duplicates += collector.stats.duplicates
             summary.lost[name] = len(publisher.routed[name] - collector.seen)
-        print_table(summary, snapshot, self.out)
+        return snapshot
 
 
 async def run_demo(

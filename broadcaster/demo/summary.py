@@ -55,6 +55,12 @@ class DemoSummary:
     #: was killed, and receipts the store has from it (by POST /receipts).
     remote: dict[str, int] = field(default_factory=dict)
 
+    #: The rollouts of USER_ACTIVITY, as ``GET /rollouts/{id}`` ended them,
+    #: each with the last audit entry it wrote (``last_audit``).
+    rollouts: list[dict[str, Any]] = field(default_factory=list)
+    #: Where a USER_ACTIVITY event went once the second rollout cut it over.
+    cutover_routing: list[str] = field(default_factory=list)
+
     #: Why the demo could not run to the end (then ``ok`` is False).
     error: str | None = None
 
@@ -145,6 +151,21 @@ def print_table(summary: DemoSummary, snapshot: dict[str, Any], out: TextIO) -> 
             f"reconciliation     missing {before.get('missing', 0)} before repair,"
             f" {after.get('missing', 0)} after; repaired {after.get('repaired', 0)};"
             f" mismatch {after.get('mismatch', 0)}"
+        )
+    for rollout in summary.rollouts:
+        ended = rollout["state"]
+        if rollout["in_cutover"]:
+            ended += f": {rollout['category']} on {rollout['adapter']} only"
+        elif ended == "rolled_back":
+            ended += f" to {rollout['percentage']} %"
+        lines.append(
+            f"rollout {rollout['id']:<10} {rollout['category']}"
+            f" {'/'.join(map(str, rollout['steps']))} %: {ended} ({rollout['reason']})"
+        )
+    if summary.rollouts:
+        lines.append(
+            "                   (the mismatches of the fault injected at 25 % are the rollout's"
+            " evidence, not counted below)"
         )
     if summary.warnings:
         lines.append(

@@ -74,15 +74,20 @@ class Reconciler:
         now_ms: int,
         report: Report,
         watched_from: Mapping[str, int] | None = None,
+        *,
+        only: str | None = None,
     ) -> bool:
-        """Judge one event on each of its routed adapters into ``report``;
-        returns whether every verdict is final. ``watched_from`` maps an
-        adapter to the lowest sequence id its consumers watch from (an adapter
-        not in it has none); None treats every adapter as watched throughout."""
+        """Judge one event on each of its routed adapters (``only`` that one,
+        given) into ``report``; returns whether every verdict is final.
+        ``watched_from`` maps an adapter to the lowest sequence id its
+        consumers watch from (an adapter not in it has none); None treats
+        every adapter as watched throughout."""
         final = True
         category = Category(row.category)
         expected_keys = _keys(row.payload_keys) or frozenset()
         for adapter in row.routed_to:
+            if only is not None and adapter != only:
+                continue
             state = row.states.get(adapter)
             expected = Expected(
                 sequence_id=row.sequence_id,

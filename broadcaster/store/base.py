@@ -29,8 +29,10 @@ from types import TracebackType
 from typing import Any, Self
 
 from ..events import Category, EventDraft, EventRecord
+from ..exceptions import RolloutConflict
 
 __all__ = [
+    "ACTIVE_ROLLOUT_STATES",
     "audit_entry",
     "config_json_of",
     "DELIVERED_STATES",
@@ -38,6 +40,7 @@ __all__ = [
     "PRUNED_THROUGH",
     "UNDELIVERED_STATES",
     "AuditEntry",
+    "ConfigChange",
     "ConsumerInfo",
     "ConsumerReceipt",
     "DeliveryState",
@@ -47,6 +50,8 @@ __all__ = [
     "PlainPage",
     "Report",
     "ReportOutcome",
+    "RolloutRow",
+    "RolloutWrite",
     "ScanRow",
     "Store",
     "StoreHealth",
@@ -57,6 +62,9 @@ __all__ = [
     "merge_consumer",
     "report_infos",
     "plain_counts",
+    "rollout_actor",
+    "rollout_json_of",
+    "stale_rollout",
 ]
 
 
@@ -396,6 +404,76 @@ def audit_entry(
     )
 
 
+#: Rollout states in which a category may have only one rollout (the store
+#: refuses a second); the rollout policy names its states the same.
+ACTIVE_ROLLOUT_STATES: frozenset[str] = frozenset({"running", "paused"})
+
+
+def stale_rollout(rollout_id: int, *, gone: bool) -> RolloutConflict:
+    """The error of a rollout save that found the rollout gone, or at
+    another version than the caller read (shared by the backends)."""
+    if gone:
+        return RolloutConflict(f"no rollout {rollout_id}", rollout_id=rollout_id)
+    return RolloutConflict(
+        f"rollout {rollout_id} changed since it was read; read it again", rollout_id=rollout_id
+    )
+
+
+def rollout_actor(rollout_id: int) -> str:
+    """Who the audit says made a change a rollout wrote."""
+    return f"rollout:{rollout_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    """A runtime configuration change written with a rollout's own write (in
+    one transaction): the whole new document, what was called or decided,
+    and the values before and after, as for :meth:`Store.save_runtime_config`.
+    The audit names the rollout (:func:`rollout_actor`)."""
+
+    config: Mapping[str, Any]
+    path: str
+    before: Any
+    after: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRow:
+    """One stored rollout: its id (assigned by the store, never reused), its
+    category and state, its ``version`` (1 when created, one more with every
+    save), its JSON document and when it was created and last saved."""
+
+    id: int
+    category: str
+    state: str
+    version: int
+    doc: dict[str, Any]
+    created_at_ms: int
+    updated_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutWrite:
+    """What a rollout write stored: the row, and the audit entry of the
+    configuration change written with it (None when there was none)."""
+
+    row: RolloutRow
+    audit: AuditEntry | None
+
+
+def rollout_json_of(
+    doc: Mapping[str, Any], change: ConfigChange | None
+) -> tuple[str, tuple[str, str, str, str] | None]:
+    """The JSON texts of a rollout write: the document's, and the change's
+    ``(config, path, before, after)`` (None without one), built before
+    anything is written, so a value JSON cannot hold fails the call with
+    nothing stored."""
+    if change is None:
+        return _dumps(dict(doc)), None
+    config, before, after = config_json_of(change.config, change.before, change.after)
+    return _dumps(dict(doc)), (config, change.path, before, after)
+
+
 class Store(ABC):
     """Async store. Implementations never block the event loop on anything
     that can wait (locks, fsync, the network); SQLite commits its small writes
@@ -680,6 +758,45 @@ class Store(ABC):
     @abstractmethod
     async def audit_log(self, *, after: int = 0, limit: int = 100) -> list[AuditEntry]:
         """Audit entries with id > ``after``, oldest first, at most ``limit``."""
+
+    # -- progressive rollouts ------------------------------------------------
+
+    @abstractmethod
+    async def create_rollout(
+        self, category: str, doc: Mapping[str, Any], *, change: ConfigChange | None = None
+    ) -> RolloutWrite:
+        """Store a new rollout of ``category`` (state ``running``, version 1)
+        with the configuration ``change`` it starts with, audited as
+        :func:`rollout_actor` of its new id, all in one transaction. Raises
+        :class:`~broadcaster.exceptions.RolloutConflict` (naming the other
+        rollout) when the category has one in :data:`ACTIVE_ROLLOUT_STATES`,
+        and writes nothing."""
+
+    @abstractmethod
+    async def save_rollout(
+        self,
+        rollout_id: int,
+        doc: Mapping[str, Any],
+        *,
+        state: str,
+        version: int,
+        change: ConfigChange | None = None,
+    ) -> RolloutWrite:
+        """Replace rollout ``rollout_id``'s document and state, if it is still
+        at ``version`` (the one the caller read), with the configuration
+        ``change`` that goes with it, in one transaction. Raises
+        :class:`~broadcaster.exceptions.RolloutConflict` when the rollout is
+        at another version (someone else saved it since) or does not exist,
+        and writes nothing."""
+
+    @abstractmethod
+    async def rollout(self, rollout_id: int) -> RolloutRow | None:
+        """One rollout, or None."""
+
+    @abstractmethod
+    async def rollouts(self, *, active_only: bool = False) -> list[RolloutRow]:
+        """Every rollout (only those in :data:`ACTIVE_ROLLOUT_STATES` with
+        ``active_only``), by id."""
 
     async def __aenter__(self) -> Self:
         await self.open()

@@ -10,11 +10,14 @@ from dataclasses import replace
 from typing import Any
 
 from ..events import Category, EventDraft, EventRecord, seal
+from ..exceptions import RolloutConflict
 from .base import (
+    ACTIVE_ROLLOUT_STATES,
     PRUNED_THROUGH,
     SETTLED_STATES,
     UNDELIVERED_STATES,
     AuditEntry,
+    ConfigChange,
     ConsumerInfo,
     ConsumerReceipt,
     DeliveryState,
@@ -22,6 +25,8 @@ from .base import (
     InstanceInfo,
     LeaseState,
     PlainPage,
+    RolloutRow,
+    RolloutWrite,
     ScanRow,
     Store,
     StoredEvent,
@@ -31,6 +36,9 @@ from .base import (
     consumer_infos,
     merge_consumer,
     plain_counts,
+    rollout_actor,
+    rollout_json_of,
+    stale_rollout,
 )
 
 __all__ = ["MemoryStore"]
@@ -62,6 +70,8 @@ class MemoryStore(Store):
         self._instances: dict[str, InstanceInfo] = {}
         # name -> (holder, expires_at_ms)
         self._leases: dict[str, tuple[str, int]] = {}
+        # id -> (category, state, version, doc_json, created_at_ms, updated_at_ms)
+        self._rollouts: dict[int, tuple[str, str, int, str, int, int]] = {}
 
     async def open(self) -> None:
         return None
@@ -342,3 +352,75 @@ class MemoryStore(Store):
             return []
         start = max(after, 0)  # ids are 1..n at positions 0..n-1
         return [audit_entry(*row) for row in self._audit[start : start + limit]]
+
+    # -- progressive rollouts --------------------------------------------------
+
+    async def create_rollout(
+        self, category: str, doc: Mapping[str, Any], *, change: ConfigChange | None = None
+    ) -> RolloutWrite:
+        """See :meth:`Store.create_rollout`."""
+        doc_json, texts = rollout_json_of(doc, change)
+        for rollout_id, (cat, state, *_) in self._rollouts.items():
+            if cat == category and state in ACTIVE_ROLLOUT_STATES:
+                raise RolloutConflict(
+                    f"{category} has rollout {rollout_id} {state}", rollout_id=rollout_id
+                )
+        rollout_id = max(self._rollouts, default=0) + 1
+        now_ms = int(self._clock() * 1000)
+        self._rollouts[rollout_id] = (category, "running", 1, doc_json, now_ms, now_ms)
+        return RolloutWrite(self._rollout_row(rollout_id), self._audit_change(rollout_id, texts))
+
+    async def save_rollout(
+        self,
+        rollout_id: int,
+        doc: Mapping[str, Any],
+        *,
+        state: str,
+        version: int,
+        change: ConfigChange | None = None,
+    ) -> RolloutWrite:
+        """See :meth:`Store.save_rollout`."""
+        doc_json, texts = rollout_json_of(doc, change)
+        found = self._rollouts.get(rollout_id)
+        if found is None or found[2] != version:
+            raise stale_rollout(rollout_id, gone=found is None)
+        category, _, _, _, created_ms, _ = found
+        now_ms = int(self._clock() * 1000)
+        self._rollouts[rollout_id] = (category, state, version + 1, doc_json, created_ms, now_ms)
+        return RolloutWrite(self._rollout_row(rollout_id), self._audit_change(rollout_id, texts))
+
+    async def rollout(self, rollout_id: int) -> RolloutRow | None:
+        """See :meth:`Store.rollout`."""
+        return self._rollout_row(rollout_id) if rollout_id in self._rollouts else None
+
+    async def rollouts(self, *, active_only: bool = False) -> list[RolloutRow]:
+        """See :meth:`Store.rollouts`."""
+        return [
+            self._rollout_row(rollout_id)
+            for rollout_id, (_, state, *_) in sorted(self._rollouts.items())
+            if not active_only or state in ACTIVE_ROLLOUT_STATES
+        ]
+
+    def _rollout_row(self, rollout_id: int) -> RolloutRow:
+        category, state, version, doc_json, created_ms, updated_ms = self._rollouts[rollout_id]
+        return RolloutRow(
+            rollout_id, category, state, version, json.loads(doc_json), created_ms, updated_ms
+        )
+
+    def _audit_change(
+        self, rollout_id: int, texts: tuple[str, str, str, str] | None
+    ) -> AuditEntry | None:
+        if texts is None:
+            return None
+        config, path, before_json, after_json = texts
+        row = (
+            len(self._audit) + 1,
+            int(self._clock() * 1000),
+            rollout_actor(rollout_id),
+            path,
+            before_json,
+            after_json,
+        )
+        self._config_json = config
+        self._audit.append(row)
+        return audit_entry(*row)

@@ -80,6 +80,7 @@ from psycopg.pq import TransactionStatus
 
 from ..events import Category, EventDraft, EventRecord, record_from_wire, seal
 from ..exceptions import InvalidEvent, StoreError, StoreUnavailable
+from . import postgres_rollouts as rollout_sql
 from ._batching import (
     GroupCommit,
     MarkRequest,
@@ -91,6 +92,7 @@ from ._batching import (
 from .base import (
     SETTLED_STATES,
     AuditEntry,
+    ConfigChange,
     ConsumerInfo,
     ConsumerReceipt,
     DeliveryState,
@@ -100,6 +102,8 @@ from .base import (
     PlainPage,
     Report,
     ReportOutcome,
+    RolloutRow,
+    RolloutWrite,
     ScanRow,
     Store,
     StoredEvent,
@@ -109,6 +113,7 @@ from .base import (
     config_json_of,
     consumer_infos,
     judge_reports,
+    rollout_json_of,
 )
 from .postgres_schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -130,7 +135,6 @@ _LOGGER_NAME: Final = "broadcaster.store.postgres"
 # Advisory lock keys (arbitrary constants, "bcst" + purpose).
 _MIGRATE_LOCK: Final = 0x62637374_0001
 _APPEND_LOCK: Final = 0x62637374_0002
-_CONFIG_LOCK: Final = 0x62637374_0003
 
 #: Events deleted per ``prune`` transaction (row locks are held until commit).
 PRUNE_CHUNK: Final = 5000
@@ -145,6 +149,8 @@ _WRITES: Final = frozenset(
         "prune",
         "set_watermark",
         "save_runtime_config",
+        "create_rollout",
+        "save_rollout",
         "probe",
     }
 )
@@ -337,19 +343,6 @@ _PAGE_RECEIPTS: Final = (
     " count(DISTINCT (r.sequence_id, r.adapter)), coalesce(sum(r.deliveries - 1), 0)"
     " FROM receipts AS r JOIN events AS e ON e.sequence_id = r.sequence_id"
     " WHERE r.sequence_id BETWEEN %(low)s AND %(high)s"
-)
-_SAVE_CONFIG: Final = (
-    "INSERT INTO runtime_config (id, doc_json, updated_at_ms) VALUES (1, %s, %s)"
-    " ON CONFLICT (id) DO UPDATE SET doc_json = excluded.doc_json,"
-    " updated_at_ms = excluded.updated_at_ms"
-)
-_INSERT_AUDIT: Final = (
-    "INSERT INTO audit (at_ms, actor, path, before_json, after_json)"
-    " VALUES (%s, %s, %s, %s, %s) RETURNING id"
-)
-_AUDIT_PAGE: Final = (
-    "SELECT id, at_ms, actor, path, before_json, after_json FROM audit"
-    " WHERE id > %s ORDER BY id LIMIT %s"
 )
 _STATES_OF: Final = (
     "SELECT adapter, state, error FROM outbox"
@@ -1267,20 +1260,12 @@ class PostgresStore(Store):
         before the transaction starts; a failed call leaves both tables as they were."""
         doc, before_json, after_json = config_json_of(config, before, after)
 
-        async def body(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
+        async def body(conn: psycopg.AsyncConnection[Any]) -> AuditEntry:
             async with conn.transaction(), conn.cursor() as cur:
-                # One save at a time across processes, until COMMIT: ids become
-                # visible in increasing order (see the module docstring).
-                await cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CONFIG_LOCK,))
-                now_ms = int(self._clock() * 1000)
-                await cur.execute(_SAVE_CONFIG, (doc, now_ms))
-                await cur.execute(_INSERT_AUDIT, (now_ms, actor, path, before_json, after_json))
-                row = await cur.fetchone()
-                assert row is not None
-                return int(row[0]), now_ms
+                texts = (doc, path, before_json, after_json)
+                return await rollout_sql.write_config(cur, texts, actor, self._now_ms)
 
-        entry_id, at_ms = await self._run("save_runtime_config", body)
-        return audit_entry(entry_id, at_ms, actor, path, before_json, after_json)
+        return await self._run("save_runtime_config", body)
 
     # -- several service instances ---------------------------------------------
 
@@ -1380,11 +1365,68 @@ class PostgresStore(Store):
 
         async def body(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
             async with conn.cursor() as cur:
-                await cur.execute(_AUDIT_PAGE, (after, limit))
+                await cur.execute(rollout_sql.AUDIT_PAGE, (after, limit))
                 return await cur.fetchall()
 
         rows = await self._run("audit_log", body)
         return [audit_entry(*row) for row in rows]
+
+    # -- progressive rollouts ---------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    async def create_rollout(
+        self, category: str, doc: Mapping[str, Any], *, change: ConfigChange | None = None
+    ) -> RolloutWrite:
+        """See :meth:`Store.create_rollout`: one transaction."""
+        doc_json, texts = rollout_json_of(doc, change)
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> tuple[RolloutRow, AuditEntry | None]:
+            async with conn.transaction(), conn.cursor() as cur:
+                return await rollout_sql.create_rollout(
+                    cur, category, doc_json, texts, self._now_ms
+                )
+
+        return RolloutWrite(*await self._run("create_rollout", body))
+
+    async def save_rollout(
+        self,
+        rollout_id: int,
+        doc: Mapping[str, Any],
+        *,
+        state: str,
+        version: int,
+        change: ConfigChange | None = None,
+    ) -> RolloutWrite:
+        """See :meth:`Store.save_rollout`: one transaction."""
+        doc_json, texts = rollout_json_of(doc, change)
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> tuple[RolloutRow, AuditEntry | None]:
+            async with conn.transaction(), conn.cursor() as cur:
+                return await rollout_sql.save_rollout(
+                    cur, rollout_id, doc_json, state, version, texts, self._now_ms
+                )
+
+        return RolloutWrite(*await self._run("save_rollout", body))
+
+    async def rollout(self, rollout_id: int) -> RolloutRow | None:
+        """See :meth:`Store.rollout`."""
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> RolloutRow | None:
+            async with conn.cursor() as cur:
+                return await rollout_sql.read_rollout(cur, rollout_id)
+
+        return await self._run("rollout", body)
+
+    async def rollouts(self, *, active_only: bool = False) -> list[RolloutRow]:
+        """See :meth:`Store.rollouts`."""
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> list[RolloutRow]:
+            async with conn.cursor() as cur:
+                return await rollout_sql.read_rollouts(cur, active_only)
+
+        return await self._run("rollouts", body)
 
 
 async def postgres_store_exists(url: str, *, connect_timeout: int = 5) -> bool:

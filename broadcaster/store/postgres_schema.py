@@ -171,6 +171,21 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
                       FROM event_sequence_id))
             ON CONFLICT (name) DO NOTHING""",
     ),
+    # 8: progressive rollouts, one document each; a category has at most
+    # one running or paused, whichever instance starts it.
+    (
+        """CREATE TABLE rollouts (
+            id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            category      text   NOT NULL,
+            state         text   NOT NULL,
+            version       bigint NOT NULL,
+            doc_json      text   NOT NULL,
+            created_at_ms bigint NOT NULL,
+            updated_at_ms bigint NOT NULL
+        )""",
+        """CREATE UNIQUE INDEX rollouts_active ON rollouts (category)
+            WHERE state IN ('running', 'paused')""",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

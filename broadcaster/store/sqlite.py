@@ -127,6 +127,7 @@ if TYPE_CHECKING:
 from ..events import Category, EventDraft, EventRecord, record_from_wire, seal
 from ..exceptions import StoreError, StoreUnavailable
 from ..settings import SQLITE_SYNCHRONOUS_MODES
+from . import sqlite_rollouts as rollout_sql
 from ._batching import (
     GroupCommit,
     MarkRequest,
@@ -138,6 +139,7 @@ from ._batching import (
 from .base import (
     SETTLED_STATES,
     AuditEntry,
+    ConfigChange,
     ConsumerInfo,
     ConsumerReceipt,
     DeliveryState,
@@ -147,6 +149,8 @@ from .base import (
     PlainPage,
     Report,
     ReportOutcome,
+    RolloutRow,
+    RolloutWrite,
     ScanRow,
     Store,
     StoredEvent,
@@ -156,6 +160,7 @@ from .base import (
     config_json_of,
     consumer_infos,
     report_infos,
+    rollout_json_of,
 )
 from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION, migrate
 
@@ -497,18 +502,6 @@ _IN_IDS: Final = "sequence_id IN (SELECT value FROM json_each(?))"
 _RAISE_PRUNED: Final = (
     "INSERT INTO watermarks (name, value) VALUES ('pruned_through', ?)"
     " ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)"
-)
-_SAVE_CONFIG: Final = (
-    "INSERT INTO runtime_config (id, doc_json, updated_at_ms) VALUES (1, ?, ?)"
-    " ON CONFLICT (id) DO UPDATE SET doc_json = excluded.doc_json,"
-    " updated_at_ms = excluded.updated_at_ms"
-)
-_INSERT_AUDIT: Final = (
-    "INSERT INTO audit (at_ms, actor, path, before_json, after_json) VALUES (?, ?, ?, ?, ?)"
-)
-_AUDIT_PAGE: Final = (
-    "SELECT id, at_ms, actor, path, before_json, after_json FROM audit"
-    " WHERE id > ? ORDER BY id LIMIT ?"
 )
 
 
@@ -1858,15 +1851,11 @@ class SQLiteStore(Store):
         doc, before_json, after_json = config_json_of(config, before, after)
         now_ms = int(self._clock() * 1000)
 
-        def body(conn: sqlite3.Connection) -> int:
-            conn.execute(_SAVE_CONFIG, (doc, now_ms))
-            cursor = conn.execute(_INSERT_AUDIT, (now_ms, actor, path, before_json, after_json))
-            entry_id = cursor.lastrowid
-            assert entry_id is not None
-            return entry_id
+        def body(conn: sqlite3.Connection) -> AuditEntry:
+            texts = (doc, path, before_json, after_json)
+            return rollout_sql.write_config(conn, texts, actor, now_ms)
 
-        entry_id = await self._worker_write("save_runtime_config", body)
-        return audit_entry(entry_id, now_ms, actor, path, before_json, after_json)
+        return await self._worker_write("save_runtime_config", body)
 
     # -- several service instances ---------------------------------------------
 
@@ -1949,6 +1938,57 @@ class SQLiteStore(Store):
             return []
 
         def body(conn: sqlite3.Connection) -> list[AuditEntry]:
-            return [audit_entry(*row) for row in conn.execute(_AUDIT_PAGE, (after, limit))]
+            rows = conn.execute(rollout_sql.AUDIT_PAGE, (after, limit))
+            return [audit_entry(*row) for row in rows]
 
         return await self._call(self._read, "audit_log", body)
+
+    # -- progressive rollouts ---------------------------------------------------
+
+    async def create_rollout(
+        self, category: str, doc: Mapping[str, Any], *, change: ConfigChange | None = None
+    ) -> RolloutWrite:
+        """See :meth:`Store.create_rollout`: one write transaction."""
+        doc_json, texts = rollout_json_of(doc, change)
+        now_ms = int(self._clock() * 1000)
+
+        def body(conn: sqlite3.Connection) -> tuple[RolloutRow, AuditEntry | None]:
+            return rollout_sql.create_rollout(conn, category, doc_json, texts, now_ms)
+
+        return RolloutWrite(*await self._worker_write("create_rollout", body))
+
+    async def save_rollout(
+        self,
+        rollout_id: int,
+        doc: Mapping[str, Any],
+        *,
+        state: str,
+        version: int,
+        change: ConfigChange | None = None,
+    ) -> RolloutWrite:
+        """See :meth:`Store.save_rollout`: one write transaction."""
+        doc_json, texts = rollout_json_of(doc, change)
+        now_ms = int(self._clock() * 1000)
+
+        def body(conn: sqlite3.Connection) -> tuple[RolloutRow, AuditEntry | None]:
+            return rollout_sql.save_rollout(
+                conn, rollout_id, doc_json, state, version, texts, now_ms
+            )
+
+        return RolloutWrite(*await self._worker_write("save_rollout", body))
+
+    async def rollout(self, rollout_id: int) -> RolloutRow | None:
+        """See :meth:`Store.rollout`."""
+
+        def body(conn: sqlite3.Connection) -> RolloutRow | None:
+            return rollout_sql.read_rollout(conn, rollout_id)
+
+        return await self._call(self._read, "rollout", body)
+
+    async def rollouts(self, *, active_only: bool = False) -> list[RolloutRow]:
+        """See :meth:`Store.rollouts`."""
+
+        def body(conn: sqlite3.Connection) -> list[RolloutRow]:
+            return rollout_sql.read_rollouts(conn, active_only)
+
+        return await self._call(self._read, "rollouts", body)

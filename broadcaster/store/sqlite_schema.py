@@ -31,6 +31,11 @@ Schema (``SCHEMA_VERSION`` in ``meta``; created and migrated by :meth:`SQLiteSto
           at_ms, actor, path, before_json, after_json TEXT)
     runtime_config(id INTEGER PRIMARY KEY CHECK (id = 1),  -- one row
                    doc_json TEXT, updated_at_ms INTEGER)
+    instances(instance_id TEXT PRIMARY KEY, started_at_ms, heartbeat_at_ms, info_json)
+    leases(name TEXT PRIMARY KEY, holder, expires_at_ms)
+    rollouts(id INTEGER PRIMARY KEY AUTOINCREMENT,  -- ids never reused
+             category, state, version, doc_json TEXT, created_at_ms, updated_at_ms)
+             -- at most one running or paused per category (a partial unique index)
 """
 
 from __future__ import annotations
@@ -267,6 +272,21 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """INSERT OR IGNORE INTO watermarks (name, value) SELECT 'pruned_through',
             coalesce((SELECT min(sequence_id) - 1 FROM events),
                      (SELECT value FROM meta WHERE key = 'last_sequence_id'), 0)""",
+    ),
+    # 12: progressive rollouts, one document each; a category has at most
+    # one running or paused.
+    (
+        """CREATE TABLE rollouts (
+            id            INTEGER PRIMARY KEY AUTOINCREMENT,
+            category      TEXT    NOT NULL,
+            state         TEXT    NOT NULL,
+            version       INTEGER NOT NULL,
+            doc_json      TEXT    NOT NULL,
+            created_at_ms INTEGER NOT NULL,
+            updated_at_ms INTEGER NOT NULL
+        )""",
+        """CREATE UNIQUE INDEX rollouts_active ON rollouts (category)
+            WHERE state IN ('running', 'paused')""",
     ),
 )
 

@@ -146,6 +146,7 @@ async def test_patch_takes_effect_for_the_next_event_and_is_audited(svc: Service
         "enabled": True,
         "percentage": 100,
         "adapters": ["websocket", "realtime"],
+        "cutover": False,
     }
     after = await b.publish("PERFORMANCE", "e", {}, key=key)
     assert after.routed_to == ("websocket", "realtime")
@@ -161,7 +162,12 @@ async def test_patch_takes_effect_for_the_next_event_and_is_audited(svc: Service
     [entry] = audit["entries"]
     assert entry["actor"] == "ops"
     assert entry["path"] == "PATCH /config/categories/PERFORMANCE"
-    assert entry["before"] == {"enabled": True, "percentage": 50, "adapters": ["websocket"]}
+    assert entry["before"] == {
+        "enabled": True,
+        "percentage": 50,
+        "adapters": ["websocket"],
+        "cutover": False,
+    }
     assert entry["after"]["percentage"] == 100
     assert entry["at"].endswith("Z") and audit["next"] is None
 
@@ -342,6 +348,7 @@ async def test_flags_survive_a_restart(tmp_path: Path) -> None:
             "enabled": True,
             "percentage": 30,
             "adapters": ["realtime"],
+            "cutover": False,
         }
         assert flags["override"] == "websocket"
         assert b.routing.override == "websocket"

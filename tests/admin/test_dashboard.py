@@ -12,7 +12,7 @@ import contextlib
 import os
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 import pytest
@@ -24,6 +24,8 @@ from broadcaster.cluster import Membership
 from broadcaster.core import Broadcaster
 from broadcaster.events import Category
 from broadcaster.reconcile.schedule import ReconcileSchedule
+from broadcaster.rollout import policy
+from broadcaster.rollout.plan import Gates, Plan, StageHealth
 from broadcaster.security import TokenSet
 from broadcaster.settings import load_settings
 from broadcaster.store.memory import MemoryStore
@@ -217,9 +219,63 @@ async def test_dashboard_shows_live_figures_and_changes_a_percentage(
     # The browser reports the refused request itself; nothing else went wrong.
     assert len(console.errors) == 1 and "status of 422" in console.errors[0], console.errors
 
+    await _rollouts_as_timelines(page, service)
+    assert len(console.errors) == 1, console.errors
+
     if shot := os.environ.get("DASHBOARD_SCREENSHOT"):
         await page.screenshot(path=shot, full_page=True)
     await page.close()
+
+
+async def _rollouts_as_timelines(page: Page, service: Service) -> None:
+    """The rollout panel: each rollout's stages as a timeline, where it is,
+    why it moved, and its moves."""
+    plan = {"category": "USER_ACTIVITY", "steps": [1, 50, 100], "hold_s": 60, "cutover": True}
+    assert (await service.client.post("/rollouts", json=plan)).status_code == 201
+    await expect(page.get_by_test_id("rollout-state-1")).to_have_text("running")
+    await expect(page.get_by_test_id("rollout-step-1")).to_contain_text("step 1 of 4 · 1 %")
+    stage = page.get_by_test_id
+    await expect(stage("rollout-stage-1-1")).to_have_attribute("data-stage", "current")
+    await expect(stage("rollout-stage-1-2")).to_have_attribute("data-stage", "todo")
+    await expect(stage("rollout-stage-1-4")).to_have_text("cutover")
+    await expect(page.get_by_test_id("rollout-reason-1")).to_have_text("started by ops")
+    await expect(page.get_by_test_id("flag-percentage-USER_ACTIVITY")).to_have_text("1")
+    await expect(page.get_by_test_id("audit-list")).to_contain_text("rollout:1")
+
+    # A gate failed at the second step: the timeline shows where, the reason why.
+    first = policy.start(
+        Plan("SYSTEM", "realtime", (10, 100), 60_000, Gates()),
+        now_ms=1_000,
+        from_sequence_id=0,
+        start_flags={"enabled": True, "percentage": 100, "adapters": [], "cutover": False},
+        by="ops",
+    ).rollout
+    second = replace(first, stage=1)
+    failed = policy.evaluate(
+        second,
+        StageHealth(missing=3),
+        now_ms=2_000,
+        watched_since_ms=None,
+        last_sequence_id=0,
+        by="rollout:2",
+    ).rollout
+    store = service.b.store
+    row = (await store.create_rollout("SYSTEM", second.as_doc())).row
+    await store.save_rollout(row.id, failed.as_doc(), state="rolled_back", version=row.version)
+    await expect(page.get_by_test_id("rollout-state-2")).to_have_text("rolled_back")
+    await expect(stage("rollout-stage-2-1")).to_have_attribute("data-stage", "done")
+    await expect(stage("rollout-stage-2-2")).to_have_attribute("data-stage", "failed")
+    await expect(page.get_by_test_id("rollout-reason-2")).to_have_text(
+        "3 events missing on realtime > 0"
+    )
+    await expect(page.get_by_test_id("rollout-moves-2")).to_contain_text("rollback")
+
+    # Paused, then aborted from the API: the page follows.
+    await service.client.post("/rollouts/1/pause")
+    await expect(page.get_by_test_id("rollout-state-1")).to_have_text("paused")
+    await service.client.post("/rollouts/1/abort")
+    await expect(page.get_by_test_id("rollout-state-1")).to_have_text("aborted")
+    await expect(page.get_by_test_id("flag-percentage-USER_ACTIVITY")).to_have_text("0")
 
 
 async def test_dashboard_shows_401_for_a_wrong_token_and_recovers_with_the_right_one(

@@ -154,6 +154,13 @@ REQUESTS: dict[str, tuple[str, str, Any]] = {
     "get_reconciliation": ("GET", "/reconciliation", None),
     "run_reconciliation": ("POST", "/reconciliation/run", None),
     "post_receipts": ("POST", "/receipts", []),
+    # Rollout 1 (of SYSTEM) is started before the requests; this one is another.
+    "start_rollout": ("POST", "/rollouts", {"category": "CRITICAL", "steps": [50, 100]}),
+    "list_rollouts": ("GET", "/rollouts", None),
+    "get_rollout": ("GET", "/rollouts/1", None),
+    "pause_rollout": ("POST", "/rollouts/1/pause", None),
+    "resume_rollout": ("POST", "/rollouts/1/resume", None),
+    "abort_rollout": ("POST", "/rollouts/1/abort", None),
 }
 
 
@@ -164,6 +171,10 @@ def test_the_request_table_covers_every_route() -> None:
 @pytest.mark.parametrize("scope", list(Scope))
 async def test_each_scope_may_call_exactly_what_it_grants(svc: Service, scope: Scope) -> None:
     await svc.b.publish("DEBUG", "seed", {})
+    seeded = await svc.client.post(
+        "/rollouts", json={"category": "SYSTEM", "steps": [100]}, headers=svc.auth(Scope.ADMIN)
+    )
+    assert seeded.status_code == 201 and seeded.json()["id"] == 1
     for name, (method, path, body) in REQUESTS.items():
         response = await svc.client.request(method, path, json=body, headers=svc.auth(scope))
         if permits(name, scope):
