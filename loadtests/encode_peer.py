@@ -2,12 +2,13 @@
 on PyPI) with its memory backend, fanning each published message out to two
 WebSocket connections, one per "path".
 
-It runs in its own virtual environment (:mod:`loadtests._peer_venv`): its
-import name, ``broadcaster``, is ours too. So this file imports nothing from
-the repository, only the standard library, encode's ``broadcaster`` and
-``websockets``.
+Its import name, ``broadcaster``, is ours too: it runs with encode's package
+first on ``PYTHONPATH`` (:mod:`loadtests._peer_env`), and this file imports
+nothing from the repository, only the standard library, encode's
+``broadcaster`` and ``websockets``.
 
-Run: ``PEER_PYTHON encode_peer.py --producers N --seconds S --payload-bytes B``.
+Run: ``PYTHONPATH=loadtests/.peer python -P encode_peer.py --producers N
+--seconds S --payload-bytes B``.
 Prints ``port N``; a counting peer (:mod:`loadtests.raw_peer`) then connects
 ``/a`` and ``/b``; once both subscribed, ``N`` tasks each ``await
 broadcast.publish()`` one JSON-encoded event after another for ``S`` seconds,

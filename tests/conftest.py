@@ -25,7 +25,9 @@ from tests._postgres import pg_server, pg_url
 
 __all__ = ["pg_server", "pg_url"]  # fixtures: a real PostgreSQL (tests/_postgres.py)
 
-#: Test modules (paths under tests/) whose async tests run on both loops.
+#: Test modules (paths under tests/) whose async tests run on both loops:
+#: those whose broadcaster, servers or clients run on the test's own loop (a
+#: test whose broadcaster is a child process gains nothing from a second run).
 BOTH_LOOPS = (
     "adapters/realtime/test_adapter.py",
     "adapters/test_websocket.py",
@@ -36,7 +38,6 @@ BOTH_LOOPS = (
     "test_failover.py",
     "test_lanes.py",
     "realtime_server/test_server.py",
-    "test_recovery.py",
     "test_service.py",
 )
 _ASYNCIO: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}

@@ -94,7 +94,7 @@ def test_three_producer_processes_reach_a_subscriber_once_each_in_order(
 ) -> None:
     child = Child(
         tmp_path,
-        RECONCILE_WINDOW_S="0.5",
+        RECONCILE_WINDOW_S="3",
         RECONCILE_BUFFER_S="0",
         RECONCILE_MAX_DELAY_S="60",
     )

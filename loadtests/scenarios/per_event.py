@@ -30,12 +30,13 @@ import asyncio
 import json
 import statistics
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .._common import load_average, progress, running_loop_name, spawn
-from .._peer_venv import peer_python
+from .._peer_env import peer_env
 from .._stack import PhaseResult, Stack, end_process
 from . import raw_limit
 
@@ -176,19 +177,22 @@ async def _child(loop: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _start_peer(python: Path, producers: int, args: argparse.Namespace) -> subprocess.Popen[str]:
-    # -I: the peer's environment only (no PYTHONPATH, no script directory),
-    # where ``broadcaster`` is encode's.
+def _start_peer(
+    env: dict[str, str], producers: int, args: argparse.Namespace
+) -> subprocess.Popen[str]:
+    # -P: no script directory on sys.path; PYTHONPATH (env) puts encode's
+    # ``broadcaster`` ahead of ours.
     return subprocess.Popen(
-        [str(python), "-I", str(PEER_SCRIPT), "--producers", str(producers),
+        [sys.executable, "-P", str(PEER_SCRIPT), "--producers", str(producers),
          "--seconds", str(args.seconds), "--payload-bytes", str(args.payload_bytes)],
         stdout=subprocess.PIPE,
         text=True,
+        env=env,
     )  # fmt: skip
 
 
-async def _peer(python: Path, producers: int, args: argparse.Namespace) -> dict[str, Any]:
-    peer = _start_peer(python, producers, args)
+async def _peer(env: dict[str, str], producers: int, args: argparse.Namespace) -> dict[str, Any]:
+    peer = _start_peer(env, producers, args)
     counter = None
     try:
         assert peer.stdout is not None
@@ -252,7 +256,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.part == "broadcaster":
         return {"scenario": NAME, **await _broadcaster(args)}
     load = load_average()
-    python = peer_python() if args.peer else None
+    env = peer_env() if args.peer else None
     rounds: list[dict[str, Any]] = []
     for i in range(args.rounds):
         progress(f"per-event: round {i + 1}/{args.rounds}")
@@ -261,9 +265,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for loop in args.loops.split(","):
             child = await _child(loop, args)
             measured["broadcaster"][child["loop"]] = child["rows"]
-        if python is not None:
+        if env is not None:
             measured["peer"] = {
-                f"publish_x{n}": await _peer(python, int(n), args)
+                f"publish_x{n}": await _peer(env, int(n), args)
                 for n in args.producer_counts.split(",")
             }
         rounds.append(measured)
