@@ -373,8 +373,9 @@ def test_reconcile_json_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None
 
     async def seed() -> None:
         async with store_from_url(url) as store:  # a report far larger than a pipe holds
-            for i in range(3000):
-                await store.register_consumer(f"browser-{i:05d}", "websocket", 1)
+            for i in range(600):  # each row ~200 bytes of JSON
+                name = f"browser-{i:05d}-{'x' * 120}"
+                await store.register_consumer(name, "websocket", 1)
 
     asyncio.run(_seed_store(url, receipts=True))
     asyncio.run(seed())
