@@ -2,8 +2,10 @@
 advances through every step when its gates pass, rolls back on the next look
 after a gate fails (with the reason in the rollout and in the audit), never
 judges what reconciliation has not had time to see, resumes after a restart
-at the same step with the same hold left, and cuts over to the new adapter
-alone — from which a rollback restores dual-write."""
+at the same step with the same hold left (though what a killed service's own
+probe never reported is missing, unless a consumer elsewhere got it), and
+cuts over to the new adapter alone — from which a rollback restores
+dual-write."""
 
 from __future__ import annotations
 
