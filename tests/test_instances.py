@@ -3,15 +3,21 @@ every part a real process: producer processes publish with ``Publisher``,
 each instance serves the WebSocket path to its own subscribers from the
 store, exactly one instance (the lease holder) pushes to a Realtime server
 that both are configured with, and a runtime change made on one instance is
-in force on the other within a second."""
+in force on the other within a second.
+
+Only the lease holder drives a rollout: every controller move comes from it,
+each step is in force on both instances, and when it is killed the survivor
+takes the rollout over at the same step with the hold it had."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,16 +40,18 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LEASE_S = 2.0
 
 
-def instance(tmp_path: Path, pg_url: str, realtime: LocalRealtimeServer, name: str) -> Child:
-    return Child(
-        tmp_path,
-        STORE_URL=pg_url,
-        SUPABASE_URL=realtime.url,
-        SUPABASE_KEY=KEY,
-        INSTANCE_ID=name,
-        INSTANCE_LEASE_S=str(LEASE_S),
-        RECONCILE_PROBE="false",
-    )
+def instance(
+    tmp_path: Path, pg_url: str, realtime: LocalRealtimeServer, name: str, **env: str
+) -> Child:
+    settings = {
+        "STORE_URL": pg_url,
+        "SUPABASE_URL": realtime.url,
+        "SUPABASE_KEY": KEY,
+        "INSTANCE_ID": name,
+        "INSTANCE_LEASE_S": str(LEASE_S),
+        "RECONCILE_PROBE": "false",
+    }
+    return Child(tmp_path, **(settings | env))
 
 
 def ws_url(child: Child) -> str:
@@ -226,3 +234,157 @@ async def test_the_survivor_takes_the_lease_when_the_holder_is_killed_and_nothin
     assert [i["instance_id"] for i in view["instances"]] == [survivor.env["INSTANCE_ID"]]
     # For the record (-s): the timing is a benchmark's business, not a test's.
     print(f"lease taken over {taken_s:.2f} s after the SIGKILL (lease {LEASE_S} s)")
+
+
+#: Instances that drive rollouts briskly: looked at five times a second,
+#: events judged half a second after they are stored, on the receipts of the
+#: probes (the only consumers of the Realtime path here).
+ROLLOUT_ENV = {
+    "RECONCILE_PROBE": "true",
+    "RECONCILE_INTERVAL_S": "0.2",
+    "RECONCILE_WINDOW_S": "0.25",
+    "RECONCILE_BUFFER_S": "0.25",
+    "RECONCILE_MAX_DELAY_S": "5",
+}
+
+
+def post(child: Child, path: str, body: Any) -> Any:
+    answer = httpx.post(child.url + path, json=body, headers=AUTH, timeout=30)
+    assert answer.is_success, answer.text
+    return answer.json()
+
+
+def user_activity(n: int, start: int) -> list[dict[str, Any]]:
+    return [
+        {"category": "USER_ACTIVITY", "event_type": "page.view", "payload": {}, "key": f"u{k}"}
+        for k in range(start, start + n)
+    ]
+
+
+def moves_logged(err: str) -> list[str]:
+    """What an instance's JSON log says it did about the Realtime lease and
+    rollouts, in order."""
+    said = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
+    return [e for e in said if e.startswith(("rollout", "realtime lease"))]
+
+
+async def test_only_the_lease_holder_drives_a_rollout_and_the_survivor_goes_on_from_its_step(
+    tmp_path: Path, pg_url: str
+) -> None:
+    realtime = LocalRealtimeServer(key=KEY)
+    await realtime.start()
+    children: dict[str, Child] = {}
+    try:
+        for name, child in zip(
+            ("a", "b"),
+            await asyncio.gather(
+                *(
+                    asyncio.to_thread(instance, tmp_path, pg_url, realtime, name, **ROLLOUT_ENV)
+                    for name in ("a", "b")
+                )
+            ),
+            strict=True,
+        ):
+            children[name] = child
+        await until(
+            lambda: get(children["a"], "/instances")["lease_holder"] is not None,
+            "a lease holder",
+        )
+        holder = (await asyncio.to_thread(get, children["a"], "/instances"))["lease_holder"]
+        driver, other = children[holder], children["b" if holder == "a" else "a"]
+        other_name = other.env["INSTANCE_ID"]
+
+        # Started through the instance that does not drive rollouts: an
+        # operator's move lands on any instance; the holder drives it.
+        plan = {"category": "USER_ACTIVITY", "steps": [50, 100], "hold_s": 1.0}
+        assert (await asyncio.to_thread(post, other, "/rollouts", plan))["state"] == "running"
+        await asyncio.to_thread(post, other, "/events", user_activity(20, 0))
+        await until(
+            lambda: (
+                (r := get(other, "/rollouts/1"))["state"] != "running"
+                or (r["step"] == 2 and r["held_s"] > 0)
+            ),
+            "step 2 held for a while",
+        )
+        assert (await asyncio.to_thread(get, other, "/rollouts/1"))["state"] == "running"
+
+        # Killed with step 2's events in flight: the survivor's probe sees
+        # what the holder sent, and the survivor sends again what it had not.
+        await asyncio.to_thread(post, other, "/events", user_activity(20, 20))
+        driver.proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(driver.proc.wait, 60)
+        # Nobody drives the rollout until the survivor holds the lease: the
+        # rollout as the dead holder left it, and a moment when the survivor
+        # still did not drive it.
+        before: dict[str, Any] | None = None
+        watched_from_ms = 0
+        while True:
+            asked_ms = int(time.time() * 1000)
+            left = await asyncio.to_thread(get, other, "/rollouts/1")
+            view = await asyncio.to_thread(get, other, "/instances")
+            if view["lease_holder"] == other_name:
+                break
+            before, watched_from_ms = left, asked_ms
+            await asyncio.sleep(0.05)
+        assert before is not None, "the lease moved before the holder's ran out"
+        seen = before["version"]
+        await until(lambda: get(other, "/rollouts/1")["version"] > seen, "the survivor's look")
+        now = await asyncio.to_thread(get, other, "/rollouts/1")
+        # It goes on at the same step, begun at the same time and event, with
+        # the moves made so far (and its completion, should the hold have
+        # been done before the kill).
+        place = ("step", "stage_started_at", "from_sequence_id")
+        assert {k: now[k] for k in place} == {k: before[k] for k in place}
+        assert now["timeline"][: len(before["timeline"])] == before["timeline"]
+        # The survivor counts only the time it watched: the dead holder's
+        # last stretch and the lease's running out add nothing.
+        gained_ms = round((now["held_s"] - before["held_s"]) * 1000)
+        updated_ms = round(datetime.fromisoformat(now["updated_at"]).timestamp() * 1000)
+        assert 0 <= gained_ms <= max(0, updated_ms - watched_from_ms), (before, now)
+
+        # The step is in force on the survivor too, which followed it from
+        # the store when the holder moved.
+        flags = (await asyncio.to_thread(get, other, "/config"))["flags"]["categories"]
+        assert flags["USER_ACTIVITY"]["percentage"] == 100
+
+        # Step 2's events, judged clean on the survivor's watch: it completes.
+        await until(lambda: get(other, "/rollouts/1")["state"] != "running", "the end")
+        done = await asyncio.to_thread(get, other, "/rollouts/1")
+        assert done["state"] == "completed", done
+        assert [m["action"] for m in done["timeline"]] == ["start", "advance", "complete"]
+        audit = await asyncio.to_thread(get, other, "/audit")
+        moved = [e["path"] for e in audit["entries"] if e["actor"] == "rollout:1"]
+        assert [path.split(":")[0] for path in moved] == [
+            "POST /rollouts by admin",
+            "rollout 1 advance",
+        ]
+    finally:
+        try:
+            logs = await asyncio.to_thread(stop_reading_logs, children)
+        finally:
+            await realtime.close()
+    # Every controller move came from the instance holding the lease: the
+    # advance from the first holder; the completion from the survivor, once
+    # it had taken the lease over. The survivor started the rollout only as
+    # the operator's move it was asked for.
+    assert moves_logged(logs[holder]) == [
+        "realtime lease taken: this instance writes to Realtime",
+        "rollout advance",
+    ]
+    assert moves_logged(logs[other_name]) == [
+        "rollout started",
+        "realtime lease taken: this instance writes to Realtime",
+        "rollout complete",
+    ]
+
+
+def stop_reading_logs(children: dict[str, Child]) -> dict[str, str]:
+    """Stop every child still running; each one's log (stderr), by name."""
+    logs = {}
+    for name, child in children.items():
+        if child.proc.poll() is None:
+            code, _, logs[name] = child.stop()
+            assert code == 0, logs[name]
+        else:
+            _, logs[name] = child.proc.communicate(timeout=60)
+    return logs

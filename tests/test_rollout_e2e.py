@@ -7,14 +7,22 @@ The rollout climbs its steps on its own while the probes' receipts match, cuts
 over (the category on Realtime alone: the WebSocket subscriber gets nothing
 new of it), and when the Realtime server is killed it rolls back on its own to
 dual-write, the reason in ``GET /rollouts/{id}`` and in the audit, and the
-WebSocket subscriber gets the category again."""
+WebSocket subscriber gets the category again.
+
+A service killed mid-rollout (SIGKILL) and started again on the same store
+resumes the rollout at the same step with the same hold left: the time it was
+down counts for nothing, and the hold goes on counting from where the store
+has it. A graceful stop (SIGTERM) leaves the rollout in the store as it last
+stood, for the next start to resume from."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import json
+import signal
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +30,9 @@ import httpx
 import pytest
 import websockets
 
+from broadcaster.rollout.manager import describe
 from broadcaster.spawn import RealtimeServerProcess
+from broadcaster.store import store_from_url
 from tests.test_service import TOKEN, Child
 
 pytestmark = pytest.mark.slow
@@ -52,7 +62,7 @@ class Subscriber:
 
 
 class Service:
-    def __init__(self, child: Child, realtime: RealtimeServerProcess) -> None:
+    def __init__(self, child: Child, realtime: RealtimeServerProcess | None = None) -> None:
         self.child = child
         self.realtime = realtime
         self.http = httpx.AsyncClient(base_url=child.url, headers=AUTH, timeout=30)
@@ -71,6 +81,13 @@ class Service:
     async def rollout(self) -> dict[str, Any]:
         body: dict[str, Any] = (await self.http.get("/rollouts/1")).json()
         return body
+
+    async def rollout_until(self, done: Any) -> dict[str, Any]:
+        """The rollout once ``done(rollout)``, posting nothing meanwhile."""
+        async with asyncio.timeout(60):
+            while not done(view := await self.rollout()):  # noqa: ASYNC110 (another process)
+                await asyncio.sleep(0.02)
+        return view
 
     async def traffic_until(self, done: Any) -> dict[str, Any]:
         """Post USER_ACTIVITY events until ``done(rollout)``; the rollout then."""
@@ -145,6 +162,7 @@ async def test_a_rollout_climbs_cuts_over_and_rolls_back_when_realtime_dies(
 
         # The Realtime server dies: its breaker trips, and the rollout, let
         # run again, rolls back to dual-write on its own.
+        assert service.realtime is not None
         await service.realtime.kill()
         await service.http.post("/rollouts/1/resume")
         view = await service.traffic_until(lambda r: r["state"] != "running")
@@ -165,3 +183,86 @@ async def test_a_rollout_climbs_cuts_over_and_rolls_back_when_realtime_dies(
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
+
+
+#: Far longer than the test: the hold never completes, so nothing caps it.
+RESTART_HOLD_S = 60.0
+
+
+async def serve(tmp_path: Path) -> Service:
+    """``broadcaster serve`` on the SQLite store in ``tmp_path`` (the same one
+    each time), pushing to its own local Realtime stand-in, looking at
+    rollouts five times a second."""
+    child = await asyncio.to_thread(
+        Child, tmp_path, LOG_LEVEL="WARNING", RECONCILE_INTERVAL_S="0.2"
+    )
+    return Service(child)
+
+
+async def stopped(service: Service, sig: signal.Signals) -> dict[str, Any]:
+    """Stop ``service`` with ``sig``; the rollout as it left it in the store."""
+    await service.http.aclose()
+    service.child.proc.send_signal(sig)
+    _, err = await asyncio.to_thread(service.child.proc.communicate, timeout=60)
+    code = service.child.proc.returncode
+    assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), err
+    assert "Traceback" not in err
+    async with store_from_url(service.child.store_url) as store:
+        row = await store.rollout(1)
+    assert row is not None
+    return describe(row)
+
+
+def at_ms(stamp: str) -> int:
+    return round(datetime.fromisoformat(stamp).timestamp() * 1000)
+
+
+#: What a restart must leave as it was: the step, when and from which event
+#: it began, and every move made so far.
+PLACE = ("state", "step", "percentage", "stage_started_at", "from_sequence_id", "timeline")
+
+
+async def test_a_killed_service_resumes_its_rollout_at_the_same_step_and_hold(
+    tmp_path: Path,
+) -> None:
+    service = await serve(tmp_path)
+    try:
+        plan = {"category": "USER_ACTIVITY", "steps": [50, 100], "hold_s": RESTART_HOLD_S}
+        started = await service.http.post("/rollouts", json=plan)
+        assert started.status_code == 201, started.text
+        await service.rollout_until(lambda r: r["held_s"] > 0)
+
+        # Killed part way through the step's hold: what the store has is
+        # what the service started again on it resumes.
+        left = await stopped(service, signal.SIGKILL)
+        assert (left["state"], left["step"], left["percentage"]) == ("running", 1, 50)
+        service = await serve(tmp_path)
+        instances = (await service.http.get("/instances")).json()
+        (me,) = [
+            i for i in instances["instances"] if i["instance_id"] == instances["this_instance"]
+        ]
+        # Its first looks since it started.
+        now = await service.rollout_until(lambda r: r["version"] > left["version"])
+        assert {k: now[k] for k in PLACE} == {k: left[k] for k in PLACE}
+        # Only watched time counts: the hold gained at most the time this
+        # process has been watching, nothing for the time it was down.
+        gained_ms = round((now["held_s"] - left["held_s"]) * 1000)
+        assert 0 <= gained_ms <= at_ms(now["updated_at"]) - me["started_at_ms"], (left, now)
+        left_ms = round(now["remaining_hold_s"] * 1000)
+        assert left_ms == round(RESTART_HOLD_S * 1000) - round(now["held_s"] * 1000)
+        config = (await service.http.get("/config")).json()
+        assert config["flags"]["categories"]["USER_ACTIVITY"]["percentage"] == 50
+        # And it counts on from there.
+        later = await service.rollout_until(lambda r: r["held_s"] > now["held_s"])
+        assert {k: later[k] for k in PLACE} == {k: left[k] for k in PLACE}
+
+        # A graceful stop leaves it in the store where it stood, with the
+        # hold as last counted, for the next start to resume from.
+        kept = await stopped(service, signal.SIGTERM)
+        assert {k: kept[k] for k in PLACE} == {k: left[k] for k in PLACE}
+        assert kept["held_s"] >= later["held_s"]
+    finally:
+        await service.http.aclose()
+        if service.child.proc.poll() is None:
+            code, _, err = await asyncio.to_thread(service.child.stop)
+            assert code == 0, err

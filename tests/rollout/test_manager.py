@@ -2,8 +2,10 @@
 advances through every step when its gates pass, rolls back on the next look
 after a gate fails (with the reason in the rollout and in the audit), never
 judges what reconciliation has not had time to see, resumes after a restart
-at the same step with the same hold left, and cuts over to the new adapter
-alone — from which a rollback restores dual-write."""
+at the same step with the same hold left (though what a killed service's own
+probe never reported is missing, unless a consumer elsewhere got it), and
+cuts over to the new adapter alone — from which a rollback restores
+dual-write."""
 
 from __future__ import annotations
 
@@ -99,10 +101,16 @@ class Harness:
         return receipts
 
     async def receive(
-        self, receipts: Sequence[Receipt], *, after_s: float = 0.05, corrupt: bool = False
+        self,
+        receipts: Sequence[Receipt],
+        *,
+        after_s: float = 0.05,
+        corrupt: bool = False,
+        consumer: str = "probe:test",
     ) -> None:
-        """The probe reports what reached the realtime path, ``after_s``
-        after each event was stored (a wrong checksum with ``corrupt``)."""
+        """The probe (or ``consumer``) reports what reached the realtime
+        path, ``after_s`` after each event was stored (a wrong checksum with
+        ``corrupt``)."""
         got = []
         for r in receipts:
             if "realtime" not in r.routed_to:
@@ -117,7 +125,7 @@ class Harness:
                     received_at_ms=stored.created_at_ms + int(after_s * 1000),
                     checksum="0" * 64 if corrupt else stored.record.checksum,
                     checksum_ok=not corrupt,
-                    consumer="probe:test",
+                    consumer=consumer,
                 )
             )
         await self.b.store.record_receipts(got)
@@ -284,6 +292,33 @@ async def test_a_restart_resumes_at_the_same_step_with_the_same_hold_left(
         await again.look(1)
         row = await again.look(HORIZON_S + 1)
         assert describe(row)["percentage"] == 100
+
+
+@pytest.mark.parametrize("watched_elsewhere", [False, True])
+async def test_what_a_killed_services_probe_never_reported_is_missing_after_a_restart(
+    h: Harness, tmp_path: Path, watched_elsewhere: bool
+) -> None:
+    await start(h, (100,))
+    sent = await h.publish(10)
+    await h.look()
+    if watched_elsewhere:
+        # A consumer outside the dead service (another instance's probe)
+        # got them; the dead service's own probe never wrote its receipts.
+        await h.receive(sent, consumer="probe:other-instance")
+    await h.b.close()
+
+    again = Harness(tmp_path / "store.db", h.clock)
+    async with again.b:
+        assert (await again.look()).state == "running"  # not judged yet: too young
+        row = await again.look(30.0 + 1)  # past RECONCILE_MAX_DELAY_S
+        if watched_elsewhere:
+            row = await again.look(HORIZON_S + 1)  # judged through the end of the hold
+    if watched_elsewhere:
+        assert row.state == "completed", row.doc["reason"]
+    else:
+        # The service's probe was watching, and nothing alive reported them.
+        assert row.state == "rolled_back"
+        assert row.doc["reason"] == "10 events missing on realtime > 0"
 
 
 async def test_a_rollback_from_the_cutover_restores_dual_write(h: Harness) -> None:
