@@ -78,8 +78,9 @@ _UNGROUPED: set[str] = set()
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The load-test smoke (one xdist group, see tests/test_loadtests.py)
-    first: scheduled last, its worker would run it alone while the other
-    idles; scheduled first, the other worker takes the rest meanwhile.
+    first, then the slow tests: scheduled last, a long test runs alone while
+    the other worker idles; scheduled first, the other worker takes the
+    short ones meanwhile.
 
     In a worker of ``--dist loadgroup``, xdist has by now suffixed each
     grouped test's id with its group; a grouped test without one means the
@@ -91,7 +92,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             for item in items
             if item.get_closest_marker("xdist_group") is not None and "@" not in item.nodeid
         )
-    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("xdist_group") is None,
+            item.get_closest_marker("slow") is None,
+        )
+    )
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
