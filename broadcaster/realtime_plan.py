@@ -35,6 +35,7 @@ __all__ = [
     "RateGovernor",
     "RealtimeLimits",
     "RealtimePlan",
+    "pushes_per_s",
     "refusal_reason",
     "resolve_limits",
 ]
@@ -66,9 +67,9 @@ QUOTAS: Final[Mapping[RealtimePlan, PlanQuotas]] = {
     RealtimePlan.TEAM: PlanQuotas(2_500, 3_000_000, 2_500, 100, 10_000),
 }
 
-#: The share of a plan's message rate the adapter uses: the project's quota
-#: also counts what other clients of the project send, and the server judges
-#: an average the adapter cannot see.
+#: The share of a plan's message rate the adapter budgets for: the project's
+#: quota also counts what other clients of the project send, and the server
+#: judges an average the adapter cannot see.
 RATE_MARGIN: Final = 0.9
 #: The share of a plan's payload limit a push may fill. The server measures
 #: the decoded payload as Erlang terms, not the JSON bytes the adapter counts;
@@ -96,7 +97,8 @@ PAYLOAD_TOO_LARGE: Final = "payload_too_large"
 class RealtimeLimits:
     """What the adapter works with.
 
-    ``max_messages_per_s``: pushes per second over all channels (0: no cap).
+    ``max_messages_per_s``: the adapter's own pushes per second over all
+    channels (0: no cap); the copies the server delivers come on top.
     ``batch_max`` / ``batch_bytes``: events and event bytes per push.
     ``max_event_bytes``: the largest event (its sealed JSON) a push can carry
     within the plan's payload limit; a larger one is refused without being
@@ -109,21 +111,34 @@ class RealtimeLimits:
     max_event_bytes: int | None
 
 
+def pushes_per_s(plan: RealtimePlan, subscribers: int) -> int:
+    """The pushes per second that keep a project on ``plan`` within its
+    message quota, less :data:`RATE_MARGIN`, when each push reaches
+    ``subscribers`` subscribers: Supabase counts the push and every copy it
+    delivers, so each push costs ``1 + subscribers`` messages. At least one."""
+    if subscribers < 0:
+        raise ValueError("subscribers must be >= 0")
+    budget = QUOTAS[plan].messages_per_s * RATE_MARGIN
+    return max(1, math.floor(budget / (1 + subscribers)))
+
+
 def resolve_limits(
     plan: RealtimePlan | None,
     *,
     max_messages_per_s: float = 0.0,
     batch_max: int | None = None,
     batch_bytes: int = 200_000,
+    subscribers: int = 1,
 ) -> RealtimeLimits:
     """The adapter's limits under ``plan`` and the explicit settings.
 
-    Quotas: the stricter wins. The message rate is the lower of
-    ``max_messages_per_s`` (0: not set) and the plan's rate less
-    :data:`RATE_MARGIN`; ``batch_bytes`` is capped by what the plan's payload
-    limit leaves for events. Tuning: ``batch_max`` (None: not set) wins over
-    the plan's batch size. Without a plan nothing is assumed: the settings
-    are used as given.
+    Quotas: the stricter wins. The push rate is the lower of
+    ``max_messages_per_s`` (pushes; 0: not set) and what the plan's message
+    quota less :data:`RATE_MARGIN` allows when each push reaches
+    ``subscribers`` subscribers (:func:`pushes_per_s`); ``batch_bytes`` is
+    capped by what the plan's payload limit leaves for events. Tuning:
+    ``batch_max`` (None: not set) wins over the plan's batch size. Without a
+    plan nothing is assumed: the settings are used as given.
     """
     if max_messages_per_s < 0 or batch_bytes < 1 or (batch_max is not None and batch_max < 1):
         raise ValueError("batch sizes must be >= 1 and the message rate >= 0")
@@ -135,7 +150,7 @@ def resolve_limits(
             None,
         )
     quota = QUOTAS[plan]
-    plan_rate = math.floor(quota.messages_per_s * RATE_MARGIN)
+    plan_rate = pushes_per_s(plan, subscribers)
     rate = plan_rate if max_messages_per_s == 0 else min(max_messages_per_s, plan_rate)
     max_event = math.floor(quota.max_payload_bytes * PAYLOAD_MARGIN) - ENVELOPE_BYTES
     return RealtimeLimits(

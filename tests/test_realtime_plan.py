@@ -15,6 +15,7 @@ from broadcaster.realtime_plan import (
     RateGovernor,
     RealtimeLimits,
     RealtimePlan,
+    pushes_per_s,
     refusal_reason,
     resolve_limits,
 )
@@ -43,24 +44,43 @@ def test_without_a_plan_the_settings_are_used_as_given() -> None:
 @pytest.mark.parametrize(
     ("plan", "rate", "batch_max", "max_event"),
     [
-        (FREE, 90, 1000, 230_400 - ENVELOPE_BYTES),
-        (PRO, 450, 200, 2_700_000 - ENVELOPE_BYTES),
-        (TEAM, 2_250, 100, 2_700_000 - ENVELOPE_BYTES),
+        (FREE, 45, 1000, 230_400 - ENVELOPE_BYTES),
+        (PRO, 225, 200, 2_700_000 - ENVELOPE_BYTES),
+        (TEAM, 1_125, 100, 2_700_000 - ENVELOPE_BYTES),
     ],
 )
 def test_a_plan_sets_a_margin_under_its_quotas(
     plan: RealtimePlan, rate: int, batch_max: int, max_event: int
 ) -> None:
-    limits = resolve_limits(plan)
+    limits = resolve_limits(plan)  # one subscriber per channel
     assert limits == RealtimeLimits(rate, batch_max, min(200_000, max_event), max_event)
-    assert limits.max_messages_per_s < QUOTAS[plan].messages_per_s
+    # A push and its copy to the subscriber: two messages each.
+    assert 2 * limits.max_messages_per_s < QUOTAS[plan].messages_per_s
     assert max_event + ENVELOPE_BYTES < QUOTAS[plan].max_payload_bytes
+
+
+@pytest.mark.parametrize(
+    ("plan", "subscribers", "pushes"),
+    [
+        (PRO, 0, 450),  # nobody listens: the pushes alone
+        (PRO, 1, 225),  # 225 pushes + 225 copies = 450 messages
+        (PRO, 4, 90),
+        (FREE, 2, 30),
+        (FREE, 1000, 1),  # never below one push a second
+    ],
+)
+def test_the_budget_counts_every_copy_the_server_delivers(
+    plan: RealtimePlan, subscribers: int, pushes: int
+) -> None:
+    assert pushes_per_s(plan, subscribers) == pushes
+    assert resolve_limits(plan, subscribers=subscribers).max_messages_per_s == pushes
+    assert pushes * (1 + subscribers) <= QUOTAS[plan].messages_per_s or pushes == 1
 
 
 def test_for_quotas_the_stricter_wins_and_an_explicit_batch_size_wins() -> None:
     # A lower explicit rate stays; a higher one is cut to the plan's.
     assert resolve_limits(PRO, max_messages_per_s=100).max_messages_per_s == 100
-    assert resolve_limits(PRO, max_messages_per_s=5000).max_messages_per_s == 450
+    assert resolve_limits(PRO, max_messages_per_s=5000).max_messages_per_s == 225
     # Batch bytes: never beyond what the plan's payload limit leaves.
     assert resolve_limits(FREE, batch_bytes=1_000_000).batch_bytes == 230_400 - ENVELOPE_BYTES
     assert resolve_limits(PRO, batch_bytes=1_000_000).batch_bytes == 1_000_000
@@ -70,7 +90,8 @@ def test_for_quotas_the_stricter_wins_and_an_explicit_batch_size_wins() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"max_messages_per_s": -1}, {"batch_bytes": 0}, {"batch_max": 0}]
+    "kwargs",
+    [{"max_messages_per_s": -1}, {"batch_bytes": 0}, {"batch_max": 0}, {"subscribers": -1}],
 )
 def test_bad_values_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
