@@ -39,8 +39,7 @@ import argparse
 import asyncio
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,7 @@ from broadcaster.core import Broadcaster
 from broadcaster.reconcile.matching import Outcome, Report
 
 from .._common import load_average, progress
-from .._stack import Stack
+from .._stack import PhaseResult, Stack
 from .sustained import add_realtime_argument, rate_arg
 
 NAME = "realtime-quota"
@@ -58,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "rate": "20000",
     "free_rate": 2000.0,
     "seconds": 20.0,
+    "free_seconds": 30.0,
     "drain_timeout": 600.0,
     "realtime": "process",
 }
@@ -65,6 +65,7 @@ SMOKE: dict[str, Any] = {
     "rate": "2000",
     "free_rate": 500.0,
     "seconds": 0.5,
+    "free_seconds": 0.5,
     "drain_timeout": 60.0,
     "realtime": "embedded",
 }
@@ -89,8 +90,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--free-rate", type=float, help="free phase: offered events/s (default 2000)"
     )
+    parser.add_argument("--seconds", type=float, help="length of the pro phase (default 20)")
     parser.add_argument(
-        "--seconds", type=float, help="length of the pro and free phases (default 20)"
+        "--free-seconds",
+        type=float,
+        help="length of the free phase (default 30: Supabase judges a minute's mean rate, "
+        "so an excess is refused only once it has lasted a while)",
     )
     parser.add_argument(
         "--drain-timeout",
@@ -140,50 +145,41 @@ async def _settled_report(b: Broadcaster, timeout_s: float = 60.0) -> Report:
             await asyncio.sleep(0.1)  # events younger than the reconcile delay
 
 
-async def _pro(args: argparse.Namespace) -> dict[str, Any]:
+async def _pro(stack: Stack, args: argparse.Namespace) -> tuple[dict[str, Any], PhaseResult]:
+    """The ``pro`` phase on ``stack``; its figures, and the phase to complete
+    once the stack is closed."""
     rate = None if args.rate == "max" else float(args.rate)
-    async with Stack(
-        embedded_realtime=args.realtime == "embedded",
-        realtime_limits="pro",
-        settings={"realtime_plan": "pro"},
-    ) as stack:
-        b = stack.broadcaster
-        before = await stack.server_counters()
-        started = time.monotonic()
-        progress(f"pro: {args.seconds:g}s at {args.rate} events/s")
-        phase = await stack.phase(
-            "pro",
-            seconds=args.seconds,
-            rate=rate,
-            producers=args.producers,
-            max_batch=args.batch,
-        )
-        after = await stack.server_counters()
-        elapsed = time.monotonic() - started
-        adapter = _adapter_figures(_realtime(b))
-        trips = _breaker_trips(b)
-        refused = b.stats.refused_by_reason("realtime")
-    stack.complete([phase])
+    b = stack.broadcaster
+    before = await stack.server_counters()
+    started = time.monotonic()
+    progress(f"pro: {args.seconds:g}s at {args.rate} events/s")
+    phase = await stack.phase(
+        "pro",
+        seconds=args.seconds,
+        rate=rate,
+        producers=args.producers,
+        max_batch=args.batch,
+    )
+    after = await stack.server_counters()
+    elapsed = time.monotonic() - started
     counted = _delta(before, after, "messages", "broadcasts", "fanout_frames", "quota_refusals")
-    figures = phase.figures
-    return {
+    figures = {
         "limits": "pro",
         "realtime_plan": "pro",
         "target_rate": args.rate,
-        "events": figures["events"],
-        "seconds": figures["seconds"],
-        "achieved_events_per_s": figures["achieved_events_per_s"],
+        "events": phase.figures["events"],
+        "seconds": phase.figures["seconds"],
+        "achieved_events_per_s": phase.figures["achieved_events_per_s"],
         "server": {
             **counted,
             "messages_per_s": round(counted["messages"] / elapsed, 1),
             "peak_judged_messages_per_s": after["peak_messages_per_s"],
         },
-        "adapter": adapter,
-        "lane_refused_events": refused,
-        "breaker_trips": trips,
-        "realtime": figures.get("realtime", {}),
-        "lost": figures["lost"],
+        "adapter": _adapter_figures(_realtime(b)),
+        "lane_refused_events": b.stats.refused_by_reason("realtime"),
+        "breaker_trips": _breaker_trips(b),
     }
+    return figures, phase
 
 
 async def _too_large(stack: Stack) -> dict[str, Any]:
@@ -230,13 +226,13 @@ async def _free(stack: Stack, args: argparse.Namespace, refused_id: int) -> dict
     before = await stack.server_counters()
     refused_before = b.stats.refused_by_reason("realtime").get("rate_limit", 0)
     started = time.monotonic()
-    deadline = started + args.seconds + args.drain_timeout
-    progress(f"free: {args.seconds:g}s at {args.free_rate:g} events/s, no REALTIME_PLAN")
+    deadline = started + args.free_seconds + args.drain_timeout
+    progress(f"free: {args.free_seconds:g}s at {args.free_rate:g} events/s, no REALTIME_PLAN")
     # The phase waits for the WebSocket path only: what the Realtime
     # subscriber missed comes back through reconciliation below.
     phase = await stack.phase(
         "free",
-        seconds=args.seconds,
+        seconds=args.free_seconds,
         rate=args.free_rate,
         producers=args.producers,
         max_batch=args.batch,
@@ -292,21 +288,29 @@ async def _free(stack: Stack, args: argparse.Namespace, refused_id: int) -> dict
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     load = load_average()
     with tempfile.TemporaryDirectory(prefix="loadtests-quota-") as tmp:
-        # Every channel it shuts down is a warning line: kept out of the progress.
-        server_log = Path(tmp) / "realtime-server.log"
+        pro_stack = Stack(
+            embedded_realtime=args.realtime == "embedded",
+            realtime_limits="pro",
+            settings={"realtime_plan": "pro"},
+        )
         free_stack = Stack(
             embedded_realtime=args.realtime == "embedded",
             realtime_limits="free",
-            server_log=server_log,
+            # Every channel it shuts down is a warning line: kept out of the progress.
+            server_log=Path(tmp) / "realtime-server.log",
             receipts=True,
             settings={"event_max_bytes": EVENT_MAX_BYTES, **RECONCILE_SETTINGS},
         )
-        # The second stack starts while the first runs (its processes' imports
-        # take seconds); it stays idle until the first is closed.
-        async with _started_early(free_stack) as free_started:
-            pro = await _pro(args)
+        async with AsyncExitStack() as free_exit:
+            async with AsyncExitStack() as pro_exit:
+                # Both start at once (their processes' imports take seconds),
+                # before anything is measured; the free stack idles meanwhile.
+                await _start_together([(pro_exit, pro_stack), (free_exit, free_stack)])
+                pro, pro_phase = await _pro(pro_stack, args)
+            pro_stack.complete([pro_phase])
+            pro["realtime"] = pro_phase.figures.get("realtime", {})
+            pro["lost"] = pro_phase.figures["lost"]
             progress(f"pro: {pro}")
-            await free_started
             too_large = await _too_large(free_stack)
             free = await _free(free_stack, args, too_large["sequence_id"])
         free["subscriber"] = {
@@ -323,25 +327,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-@asynccontextmanager
-async def _started_early(stack: Stack) -> AsyncIterator[asyncio.Task[Stack]]:
-    """Enter ``stack`` in the background; yields the task entering it (await
-    it before using the stack) and leaves the stack on the way out."""
-    entering = asyncio.create_task(stack.__aenter__())
-    failed: BaseException | None = None
+async def _start_together(stacks: list[tuple[AsyncExitStack, Stack]]) -> None:
+    """Enter every stack at once; each one entered is left by its exit stack.
+    If one fails, the others are stopped and the error raised."""
+    entering = [asyncio.create_task(stack.__aenter__()) for _, stack in stacks]
     try:
-        yield entering
-    except BaseException as exc:
-        failed = exc
-        raise
+        await asyncio.gather(*entering)
     finally:
-        entering.cancel()
-        try:
-            await entering
-        except BaseException:  # cancelled or failed: it stopped what it had started
-            pass
-        else:
-            if failed is None:
-                await stack.__aexit__(None, None, None)
-            else:
-                await stack.__aexit__(type(failed), failed, failed.__traceback__)
+        for task in entering:
+            task.cancel()
+        for (exits, stack), task in zip(stacks, entering, strict=True):
+            try:
+                await task
+            except BaseException:  # noqa: S112 - it stopped what it had started
+                continue
+            exits.push_async_exit(stack)
