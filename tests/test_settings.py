@@ -713,15 +713,15 @@ def test_realtime_limits_combine_the_plan_with_explicit_settings(
     monkeypatch.setenv("REALTIME_PLAN", "free")
     limits = load_settings(None).realtime_limits()
     # One subscriber per channel by default: each push costs two messages.
-    assert (limits.max_messages_per_s, limits.batch_max, limits.batch_bytes) == (45, 1000, 200_000)
+    assert (limits.max_messages_per_s, limits.batch_max, limits.batch_bytes) == (44, 1000, 200_000)
     monkeypatch.setenv("REALTIME_SUBSCRIBERS", "2")
-    assert load_settings(None).realtime_limits().max_messages_per_s == 30
+    assert load_settings(None).realtime_limits().max_messages_per_s == 29
     # Explicit settings: a batch size wins; a quota only where it is stricter.
     monkeypatch.setenv("REALTIME_BATCH_MAX", "100")
     monkeypatch.setenv("REALTIME_MAX_MESSAGES_PER_S", "500")
     monkeypatch.setenv("REALTIME_BATCH_BYTES", "900000")
     limits = load_settings(None).realtime_limits()
-    assert (limits.max_messages_per_s, limits.batch_max) == (30, 100)
+    assert (limits.max_messages_per_s, limits.batch_max) == (29, 100)
     assert limits.max_event_bytes is not None and limits.batch_bytes == limits.max_event_bytes
     monkeypatch.delenv("REALTIME_PLAN")
     limits = load_settings(None).realtime_limits()

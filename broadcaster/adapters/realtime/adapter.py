@@ -27,7 +27,11 @@ event alone is refused for good, :class:`~broadcaster.exceptions.EventsRefused`)
 a refusal for rate (an error reply, or a channel the server shuts with a
 ``system`` error) lowers the adapter's own rate cap and fails what is waiting
 with :class:`~broadcaster.exceptions.AdapterThrottled`, which the lane retries
-after the pause and the breaker does not count.
+after the pause and the breaker does not count. Supabase refuses for rate only
+by shutting channels that receive messages, which the adapter's own never
+do: its canary channel (:mod:`.canary`) does, and while the project is over
+its rate (from the canary's shutdown until its pings come back) ``send()``
+is throttled at once, pushing nothing, since every copy would be lost.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from ...exceptions import (
     ConfigError,
 )
 from ...realtime_plan import (
+    CANARY_INTERVAL_S,
     PAYLOAD_TOO_LARGE,
     RATE_LIMIT,
     RealtimeLimits,
@@ -57,6 +62,7 @@ from ...realtime_plan import (
 )
 from ..base import Adapter, AdapterHealth
 from .batching import ChannelQueue, Inflight, Item, Pacer, Waiter
+from .canary import Canary
 from .client_glue import PreEncodedPushClient, push_broadcast
 from .link import BROADCAST_EVENT, RealtimeLink, _redact, channel_topic, normalize_realtime_url
 
@@ -94,7 +100,9 @@ class RealtimeAdapter(Adapter):
     and only while a push of its channel awaits its reply (0: never waits).
     ``max_messages_per_s`` caps pushes per second over all channels (0: no
     cap); a refusal for rate lowers the cap below it (and below the rate
-    refused) and it climbs back slowly.
+    refused) and it climbs back slowly. ``canary_s``: how often the canary
+    channel is pinged while pushing (0: no canary; the adapter then learns
+    of an excess only if the server refuses a push itself).
     """
 
     name = "realtime"
@@ -113,6 +121,7 @@ class RealtimeAdapter(Adapter):
         private: bool = False,
         ack_timeout_s: float = 10.0,
         throttle_s: float = 1.0,
+        canary_s: float = CANARY_INTERVAL_S,
         connect_timeout_s: float = 5.0,
         reconnect_initial_s: float = 0.1,
         reconnect_max_s: float = 5.0,
@@ -122,6 +131,8 @@ class RealtimeAdapter(Adapter):
             raise ValueError("batch_max and batch_bytes must be >= 1, rates and times >= 0")
         if max_event_bytes is not None and max_event_bytes < 1:
             raise ValueError("max_event_bytes must be >= 1")
+        if canary_s < 0:
+            raise ValueError("canary_s must be >= 0")
         if not key:
             raise ConfigError("SUPABASE_KEY", "(unset)", "the project's API key is required")
         self.url = normalize_realtime_url(url)
@@ -139,6 +150,11 @@ class RealtimeAdapter(Adapter):
         self._reconnect_max = reconnect_max_s
         self._poll_s = poll_s
         self._topics = {cat: channel_topic(channel_prefix, cat) for cat in Category}
+        self._canary = (
+            Canary(channel_topic(channel_prefix, "canary"), canary_s, ack_timeout_s)
+            if canary_s > 0
+            else None
+        )
         self._channels: dict[Category, ChannelQueue] = {}
         self._inflight: set[Inflight] = set()
         self._link: RealtimeLink | None = None
@@ -197,6 +213,9 @@ class RealtimeAdapter(Adapter):
             ack=True,
             private=self._private,
             on_lost=self._on_lost,
+            canary_topic=self._canary.topic if self._canary is not None else None,
+            on_canary=self._canary.on_echo if self._canary is not None else None,
+            on_ready=self._canary.on_joined if self._canary is not None else None,
             connect_timeout_s=self._connect_timeout,
             reconnect_initial_s=self._reconnect_initial,
             reconnect_max_s=self._reconnect_max,
@@ -204,6 +223,8 @@ class RealtimeAdapter(Adapter):
             logger=log,
             client_factory=PreEncodedPushClient,
         )
+        if self._canary is not None:
+            self._canary.start(lambda: self._link, lambda: self.pushes)
         try:
             await self._link.start(keep_trying=True)
         except Exception as exc:
@@ -226,6 +247,8 @@ class RealtimeAdapter(Adapter):
             if channel.task is not None:
                 channel.task.cancel()
         await asyncio.gather(*(c.task for c in channels if c.task), return_exceptions=True)
+        if self._canary is not None:
+            await self._canary.close()
         self._fail_everything(lambda: AdapterUnavailable(self.name, "adapter closed"))
         self._channels.clear()
         link, self._link = self._link, None
@@ -259,6 +282,7 @@ class RealtimeAdapter(Adapter):
                 "throttled_for_s": self._throttled_for(),
                 "refused": dict(self.refusals),
                 "reconnects": max(0, link.connects - 1) if link else 0,
+                "canary": self._canary.health() if self._canary is not None else None,
             },
         )
 
@@ -326,6 +350,11 @@ class RealtimeAdapter(Adapter):
         now = loop.time()
         if self._pacer.paused_for(now) > 0:
             raise self._pacer.error(now)
+        canary = self._canary
+        if canary is not None and not canary.gate.open and link.ready:
+            # The project is over its rate: a push would shut the channels
+            # of those who get it. Wait for the canary, not the pause.
+            raise self._pacer.error(now, canary.interval_s)
         if not link.ready:
             # Back from a channel the server shut for rate: not an outage
             # unless the connection stays away longer than a reconnect takes.
@@ -511,7 +540,13 @@ class RealtimeAdapter(Adapter):
 
     def _on_lost(self, reason: str, refusal: str | None) -> None:
         if refusal == RATE_LIMIT and self._link is not None:
-            self._throttle(reason)
+            if self._canary is None or self._canary.gate.refused():
+                self._throttle(reason)
+            else:
+                # The same excess, still judged over: no new news about the
+                # rate to slow down for; only the pause starts again.
+                self.refusals[RATE_LIMIT] += 1
+                self._pacer.hold(asyncio.get_running_loop().time(), reason)
             self._link.delay_next_attempt(self._pacer.pause_s)
             self._fail_everything(self._throttled_error)
         else:

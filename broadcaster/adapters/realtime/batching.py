@@ -230,6 +230,12 @@ class Pacer:
         self.until = now + self.pause_s
         return self._governor.refused(now, self._meter.rate(now))
 
+    def hold(self, now: float, detail: str) -> None:
+        """The server refused for rate again within the same excess: pause
+        again, leaving the cap as it is."""
+        self.detail = detail
+        self.until = now + self.pause_s
+
     def paused_for(self, now: float) -> float:
         """Seconds left of the pause (0: none)."""
         return max(0.0, self.until - now)

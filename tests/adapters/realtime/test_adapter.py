@@ -86,7 +86,7 @@ def test_the_plan_sets_the_caps_the_adapter_uses() -> None:
     limits = RealtimeAdapter.from_settings(settings).limits
     assert limits == settings.realtime_limits()
     # Half of the plan's 90 % for pushes: each reaches one subscriber (a copy).
-    assert limits.max_messages_per_s == 45 and limits.max_event_bytes is not None
+    assert limits.max_messages_per_s == 44 and limits.max_event_bytes is not None
     assert limits.max_event_bytes < 256_000
 
 
@@ -96,7 +96,11 @@ async def test_send_delivers_batches_in_order_on_the_category_channel(
     adapter = await make_adapter(server.realtime_url)
     assert adapter.name == "realtime"
     health = adapter.health()
-    assert health.connected and len(health.extra["joined_channels"]) == len(Category)
+    # A channel per category, and the canary, which its own pings come back on.
+    assert health.connected and len(health.extra["joined_channels"]) == len(Category) + 1
+    joins = dict(server.join_payloads)
+    assert joins["realtime:events:canary"]["config"]["broadcast"] == {"ack": True, "self": True}
+    assert joins["realtime:events:critical"]["config"]["broadcast"]["self"] is False
     batch = records.make(5)
     await adapter.send(batch)
     await until(lambda: len(listener.events) == 5)
@@ -413,7 +417,7 @@ async def test_server_restart_on_same_port_reconnects_and_rejoins(
         await srv.start()
         await until(lambda: adapter.health().connected)
         assert adapter.link.connects == 2
-        assert srv.stats.joins == 2 * len(Category)
+        assert srv.stats.joins == 2 * (len(Category) + 1)  # and the canary
         batch = records.make(4)
         await adapter.send(batch)
         assert srv.pushes[-1] == ("realtime:events:critical", [r.sequence_id for r in batch])
