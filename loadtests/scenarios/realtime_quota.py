@@ -6,11 +6,13 @@ subscriber process listening on both paths. Three phases, two stacks:
 
 * ``pro``: the server with ``--limits pro``, the broadcaster with
   ``REALTIME_PLAN=pro``; ``--rate`` events/s (``max``: as fast as the
-  producers go) for ``--seconds``, routed to both paths. Figures: what the
-  server counted (messages, pushes and the copies it delivered, per second
-  over the phase, and the rate its plan judged, at its highest), refusals
-  counted by the server and by the adapter (both must be 0), breaker trips
-  and lost events (both must be 0).
+  producers go) for ``--seconds``, routed to both paths; then ``pro-moderate``,
+  the same at ``--moderate-rate``, where events are few enough to go in small
+  pushes and the plan's rate is what holds the pushes back. Figures per
+  phase: what the server counted (messages, pushes and the copies it
+  delivered, per second over the phase, and the rate its plan judged, at its
+  highest), refusals counted by the server and by the adapter (both must be
+  0), breaker trips and lost events (both must be 0).
 * ``too-large`` (first on the second stack: ``--limits free``, no
   ``REALTIME_PLAN``, ``EVENT_MAX_BYTES=400000``): a 300 KB event between two
   small ones. Figures: the server's and the adapter's count of payload
@@ -55,7 +57,8 @@ NAME = "realtime-quota"
 HELP = "the Realtime path against a plan's quotas: pro within them, free refused and drained"
 DEFAULTS: dict[str, Any] = {
     "rate": "20000",
-    "free_rate": 2000.0,
+    "moderate_rate": 2000.0,
+    "free_rate": 5000.0,
     "seconds": 20.0,
     "free_seconds": 30.0,
     "drain_timeout": 600.0,
@@ -63,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
 }
 SMOKE: dict[str, Any] = {
     "rate": "2000",
+    "moderate_rate": 500.0,
     "free_rate": 500.0,
     "seconds": 0.5,
     "free_seconds": 0.5,
@@ -88,9 +92,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rate", type=rate_arg, help="pro phase: offered events/s, or 'max' (default 20000)"
     )
     parser.add_argument(
-        "--free-rate", type=float, help="free phase: offered events/s (default 2000)"
+        "--moderate-rate",
+        type=float,
+        help="pro-moderate phase: offered events/s (default 2000), where pushes are "
+        "small and the plan's rate, not the batch size, bounds them",
     )
-    parser.add_argument("--seconds", type=float, help="length of the pro phase (default 20)")
+    parser.add_argument(
+        "--free-rate", type=float, help="free phase: offered events/s (default 5000)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, help="length of each of the two pro phases (default 20)"
+    )
     parser.add_argument(
         "--free-seconds",
         type=float,
@@ -145,18 +157,21 @@ async def _settled_report(b: Broadcaster, timeout_s: float = 60.0) -> Report:
             await asyncio.sleep(0.1)  # events younger than the reconcile delay
 
 
-async def _pro(stack: Stack, args: argparse.Namespace) -> tuple[dict[str, Any], PhaseResult]:
-    """The ``pro`` phase on ``stack``; its figures, and the phase to complete
-    once the stack is closed."""
-    rate = None if args.rate == "max" else float(args.rate)
+async def _pro(
+    stack: Stack, args: argparse.Namespace, name: str, rate: str
+) -> tuple[dict[str, Any], PhaseResult]:
+    """One phase at ``rate`` on the ``pro`` stack; its figures, and the phase
+    to complete once the stack is closed."""
     b = stack.broadcaster
+    adapter = _realtime(b)
     before = await stack.server_counters()
+    pushes = adapter.pushes
     started = time.monotonic()
-    progress(f"pro: {args.seconds:g}s at {args.rate} events/s")
+    progress(f"{name}: {args.seconds:g}s at {rate} events/s")
     phase = await stack.phase(
-        "pro",
+        name,
         seconds=args.seconds,
-        rate=rate,
+        rate=None if rate == "max" else float(rate),
         producers=args.producers,
         max_batch=args.batch,
     )
@@ -166,7 +181,7 @@ async def _pro(stack: Stack, args: argparse.Namespace) -> tuple[dict[str, Any], 
     figures = {
         "limits": "pro",
         "realtime_plan": "pro",
-        "target_rate": args.rate,
+        "target_rate": rate,
         "events": phase.figures["events"],
         "seconds": phase.figures["seconds"],
         "achieved_events_per_s": phase.figures["achieved_events_per_s"],
@@ -175,7 +190,7 @@ async def _pro(stack: Stack, args: argparse.Namespace) -> tuple[dict[str, Any], 
             "messages_per_s": round(counted["messages"] / elapsed, 1),
             "peak_judged_messages_per_s": after["peak_messages_per_s"],
         },
-        "adapter": _adapter_figures(_realtime(b)),
+        "adapter": {**_adapter_figures(adapter), "pushes": adapter.pushes - pushes},
         "lane_refused_events": b.stats.refused_by_reason("realtime"),
         "breaker_trips": _breaker_trips(b),
     }
@@ -306,11 +321,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 # Both start at once (their processes' imports take seconds),
                 # before anything is measured; the free stack idles meanwhile.
                 await _start_together([(pro_exit, pro_stack), (free_exit, free_stack)])
-                pro, pro_phase = await _pro(pro_stack, args)
-            pro_stack.complete([pro_phase])
-            pro["realtime"] = pro_phase.figures.get("realtime", {})
-            pro["lost"] = pro_phase.figures["lost"]
-            progress(f"pro: {pro}")
+                pro, pro_phase = await _pro(pro_stack, args, "pro", args.rate)
+                moderate, moderate_phase = await _pro(
+                    pro_stack, args, "pro-moderate", f"{args.moderate_rate:g}"
+                )
+            pro_stack.complete([pro_phase, moderate_phase])
+            for figures, phase in ((pro, pro_phase), (moderate, moderate_phase)):
+                figures["realtime"] = phase.figures.get("realtime", {})
+                figures["lost"] = phase.figures["lost"]
+                progress(f"{phase.name}: {figures}")
             too_large = await _too_large(free_stack)
             free = await _free(free_stack, args, too_large["sequence_id"])
         free["subscriber"] = {
@@ -320,9 +339,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "scenario": NAME,
         "pro": pro,
+        "pro_moderate": moderate,
         "too_large": too_large,
         "free": free,
-        "lost": pro["lost"] + sum(free["lost"].values()),
+        "lost": pro["lost"] + moderate["lost"] + sum(free["lost"].values()),
         "load_avg_1m": load,
     }
 

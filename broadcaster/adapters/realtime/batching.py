@@ -16,10 +16,24 @@ from ...exceptions import AdapterError, AdapterThrottled, EventsRefused
 from ...realtime_plan import RateGovernor
 from .client_glue import PushHandle
 
-__all__ = ["ChannelQueue", "Inflight", "Item", "Pacer", "PushMeter", "TokenBucket", "Waiter"]
+__all__ = [
+    "MAX_PACED_WAIT_S",
+    "ChannelQueue",
+    "Inflight",
+    "Item",
+    "Pacer",
+    "PushMeter",
+    "TokenBucket",
+    "Waiter",
+]
 
 #: Seconds of push history :class:`PushMeter` measures over.
 METER_S: Final = 5
+#: The longest a ``send()`` may expect its pushes to wait behind the cap; one
+#: that would wait longer is held back instead (:meth:`Pacer.paced_error`).
+#: The breaker judges a send by how long it takes, and a wait the adapter
+#: imposes on itself says nothing about the far side's health.
+MAX_PACED_WAIT_S: Final = 0.1
 #: Seconds of the cap's pushes :class:`Pacer` lets go at once after a lull.
 #: Supabase judges a mean over ticks of seconds, which one second's budget
 #: sent at once barely moves; spacing every push instead makes the events of
@@ -89,6 +103,13 @@ class ChannelQueue:
         if len(self.queue) >= batch_max or self.queued_bytes >= batch_bytes:
             self.go.set()
 
+    def pushes_queued(self, batch_max: int, batch_bytes: int) -> int:
+        """About how many pushes what is queued needs."""
+        if not self.queue:
+            return 0
+        by_count = -(-len(self.queue) // batch_max)
+        return max(by_count, -(-self.queued_bytes // batch_bytes))
+
     def take(self, batch_max: int, batch_bytes: int) -> list[Item]:
         """The next push's events: up to ``batch_max`` of them and
         ``batch_bytes`` of their bytes, but always at least one."""
@@ -148,6 +169,10 @@ class TokenBucket:
         self._tokens = self.burst
         self._last = asyncio.get_running_loop().time()
         self._lock = asyncio.Lock()
+
+    def available(self, now: float) -> float:
+        """Tokens there at ``now`` (loop time), waiters not counted."""
+        return min(self.burst, self._tokens + max(0.0, now - self._last) * self.rate)
 
     async def acquire(self) -> None:
         async with self._lock:
@@ -223,6 +248,20 @@ class Pacer:
 
     def pushed(self, now: float) -> None:
         self._meter.add(now)
+
+    def wait_s(self, pushes: int, now: float) -> float:
+        """Seconds until ``pushes`` more pushes may go under the cap at ``now``."""
+        rate = self._governor.cap(now)
+        if rate <= 0:
+            return 0.0
+        bucket = self._bucket
+        tokens = bucket.available(now) if bucket is not None else max(1.0, rate * BURST_S)
+        return max(0.0, (pushes - tokens) / rate)
+
+    def paced_error(self, wait_s: float) -> AdapterThrottled:
+        """What a send gets when its pushes would wait ``wait_s`` behind the cap."""
+        detail = f"{wait_s:.2f}s of pushes queued behind the rate cap"
+        return AdapterThrottled(self.adapter, detail, wait_s, refused=False)
 
     def refused(self, now: float, detail: str) -> float:
         """The server refused for rate: pause, lower the cap, return it."""

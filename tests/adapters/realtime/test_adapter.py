@@ -20,6 +20,7 @@ from broadcaster.adapters.realtime import (
 from broadcaster.events import Category
 from broadcaster.exceptions import (
     AdapterRejected,
+    AdapterThrottled,
     AdapterTimeout,
     AdapterUnavailable,
     ConfigError,
@@ -323,11 +324,30 @@ async def test_rate_cap_paces_pushes(
         server.realtime_url, batch_max=1, batch_ms=0, max_messages_per_s=40
     )
     started = time.monotonic()
-    await asyncio.gather(*(adapter.send(records.make(1)) for _ in range(52)))
+    await asyncio.gather(*(adapter.send(records.make(1)) for _ in range(43)))
     elapsed = time.monotonic() - started
-    assert adapter.pushes == 52
-    # A second's budget (40) up front, then 40 per second for the other 12.
-    assert elapsed >= 11 / 40 * 0.9
+    assert adapter.pushes == 43
+    # A second's budget (40) up front, then 40 per second for the other 3.
+    assert elapsed >= 2 / 40 * 0.9
+
+
+async def test_a_send_that_would_wait_long_behind_the_cap_is_held_back(
+    server: RecordingServer, records: Records, make_adapter: Any
+) -> None:
+    """Pushes queued behind the cap for longer than a send should take: the
+    send is throttled at once, nothing of it queued (the lane holds it back and
+    tries again), and it is pacing, not a refusal by the server."""
+    adapter = await make_adapter(
+        server.realtime_url, batch_max=1, batch_ms=0, max_messages_per_s=10
+    )
+    taken = asyncio.ensure_future(adapter.send(records.make(20)))
+    await until(lambda: adapter.pushes >= 1)
+    # 20 queued, 10 of them at once: the next push waits about a second.
+    with pytest.raises(AdapterThrottled) as info:
+        await adapter.send(records.make(1))
+    assert not info.value.refused and 0.1 < info.value.retry_after_s <= 1.1
+    await taken
+    assert adapter.pushes == 20 and adapter.health().extra["refused"] == {}
 
 
 async def test_error_reply_raises_adapter_rejected(records: Records, make_adapter: Any) -> None:
