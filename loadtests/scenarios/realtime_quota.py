@@ -255,7 +255,7 @@ async def _free(stack: Stack, args: argparse.Namespace, refused_id: int) -> dict
         drain_timeout_s=args.drain_timeout,
     )
     events = phase.figures["events"]
-    missed: int | None = None
+    first_missing: int | None = None
     repaired = 0
     rounds = 0
     while True:
@@ -266,8 +266,8 @@ async def _free(stack: Stack, args: argparse.Namespace, refused_id: int) -> dict
         await stack.receipts_posted()
         report = await _settled_report(b)
         missing = [i for i in report.missing.get("realtime", []) if i != refused_id]
-        if missed is None:
-            missed = events - got["counts"]["realtime"]
+        if first_missing is None:
+            first_missing = len(missing)
         if missing:
             rounds += 1
             repaired += len(missing)
@@ -292,7 +292,7 @@ async def _free(stack: Stack, args: argparse.Namespace, refused_id: int) -> dict
         "adapter": _adapter_figures(adapter),
         "lane_throttled_events": refused_after - refused_before,
         "breaker_trips": _breaker_trips(b),
-        "missed_by_subscriber": missed or 0,
+        "reported_missing": first_missing or 0,
         "repair_rounds": rounds,
         "repaired_events": repaired,
         "drain_s": round(drain_s, 1),

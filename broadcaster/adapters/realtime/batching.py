@@ -35,10 +35,12 @@ METER_S: Final = 5
 #: imposes on itself says nothing about the far side's health.
 MAX_PACED_WAIT_S: Final = 0.1
 #: Seconds of the cap's pushes :class:`Pacer` lets go at once after a lull.
-#: Supabase judges a mean over ticks of seconds, which one second's budget
-#: sent at once barely moves; spacing every push instead makes the events of
-#: a burst wait behind the cap, and the breaker takes that wait for slowness.
-BURST_S: Final = 1.0
+#: Supabase judges a mean over ticks of seconds, which a quarter of a
+#: second's budget sent at once barely moves; spacing every push instead
+#: makes the events of a burst wait behind the cap, and the breaker takes that
+#: wait for slowness. Much more at once, and the acknowledgements of the last
+#: pushes of the burst come back late.
+BURST_S: Final = 0.25
 
 
 class Waiter:
