@@ -58,7 +58,7 @@ HELP = "the Realtime path against a plan's quotas: pro within them, free refused
 DEFAULTS: dict[str, Any] = {
     "rate": "20000",
     "moderate_rate": 2000.0,
-    "free_rate": 5000.0,
+    "free_rate": 500.0,
     "seconds": 20.0,
     "free_seconds": 30.0,
     "drain_timeout": 600.0,
@@ -98,7 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "small and the plan's rate, not the batch size, bounds them",
     )
     parser.add_argument(
-        "--free-rate", type=float, help="free phase: offered events/s (default 5000)"
+        "--free-rate",
+        type=float,
+        help="free phase: offered events/s (default 500: few enough that most go in a "
+        "push of their own, each push and its copy two messages of the Free plan's 100/s)",
     )
     parser.add_argument(
         "--seconds", type=float, help="length of each of the two pro phases (default 20)"
