@@ -2,33 +2,34 @@
 
 The :mod:`sustained` stack, with the local Realtime server in its own process
 enforcing a plan's quotas (``--limits``, docs/realtime-server.md) and the
-subscriber process listening on both paths. Three phases, two stacks:
+subscriber process listening on both paths. Two stacks, started together:
 
-* ``pro``: the server with ``--limits pro``, the broadcaster with
-  ``REALTIME_PLAN=pro``; ``--rate`` events/s (``max``: as fast as the
-  producers go) for ``--seconds``, routed to both paths; then ``pro-moderate``,
-  the same at ``--moderate-rate``, where events are few enough to go in small
-  pushes and the plan's rate is what holds the pushes back. Figures per
-  phase: what the server counted (messages, pushes and the copies it
-  delivered, per second over the phase, and the rate its plan judged, at its
-  highest), refusals counted by the server and by the adapter (both must be
-  0), breaker trips and lost events (both must be 0).
-* ``too-large`` (first on the second stack: ``--limits free``, no
+* ``too-large`` (first on the free stack: ``--limits free``, no
   ``REALTIME_PLAN``, ``EVENT_MAX_BYTES=400000``): a 300 KB event between two
   small ones. Figures: the server's and the adapter's count of payload
   refusals, the event's state in the store, whether the WebSocket path
   delivered it, and what reconciliation reports missing on Realtime (the
   subscriber posts its receipts to the broadcaster's admin API).
-* ``free``: the same stack, ``--free-rate`` events/s for ``--seconds``. With
-  no plan the adapter assumes no quota; the server refuses as Supabase does,
-  shutting the channels that receive messages while the plan's rate is over.
-  Then the drain: once every event is acknowledged, reconciliation finds what
-  the subscriber missed while its channels were shut and repair sends it
-  again, round after round, until the subscriber holds every event or
-  ``--drain-timeout`` passes. Figures: the server's refusals, the adapter's
-  refusals for rate and rejoins, the subscriber's channel losses and
-  rejoins, what it missed and what repair sent, breaker trips, and lost
-  events after the drain (must be 0).
+* ``free``: the same stack, ``--free-rate`` events/s for ``--free-seconds``.
+  With no plan the adapter assumes no quota; the server refuses as Supabase
+  does, shutting the channels that receive messages while the plan's mean
+  rate is over, the subscriber's and the adapter's canary. Then the drain:
+  once every event is acknowledged, reconciliation finds what the subscriber
+  missed while its channels were shut and repair sends it again, round after
+  round, until the subscriber holds every event or ``--drain-timeout``
+  passes. Figures: the server's refusals, the adapter's refusals for rate
+  and rejoins, the subscriber's channel losses and rejoins, what
+  reconciliation first found missing and what repair sent, breaker trips,
+  and lost events after the drain (must be 0).
+* ``pro`` (the other stack: ``--limits pro``, ``REALTIME_PLAN=pro``):
+  ``--rate`` events/s (``max``: as fast as the producers go) for
+  ``--seconds``, routed to both paths; then ``pro-moderate``, the same at
+  ``--moderate-rate``, where events are few enough to go in small pushes and
+  the plan's rate is what holds the pushes back. Figures per phase: what the
+  server counted (messages, pushes and the copies it delivered, per second
+  over the phase, and the rate its plan judged, at its highest), refusals
+  counted by the server and by the adapter (both must be 0), breaker trips
+  and lost events (both must be 0).
 
 The server's count of a phase is the difference between its counters (read
 from its process on SIGUSR1) before the phase and after its drain. Nothing
@@ -58,7 +59,7 @@ HELP = "the Realtime path against a plan's quotas: pro within them, free refused
 DEFAULTS: dict[str, Any] = {
     "rate": "20000",
     "moderate_rate": 2000.0,
-    "free_rate": 500.0,
+    "free_rate": 100.0,
     "seconds": 20.0,
     "free_seconds": 30.0,
     "drain_timeout": 600.0,
@@ -67,7 +68,7 @@ DEFAULTS: dict[str, Any] = {
 SMOKE: dict[str, Any] = {
     "rate": "2000",
     "moderate_rate": 500.0,
-    "free_rate": 500.0,
+    "free_rate": 100.0,
     "seconds": 0.5,
     "free_seconds": 0.5,
     "drain_timeout": 60.0,
@@ -100,8 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--free-rate",
         type=float,
-        help="free phase: offered events/s (default 500: few enough that most go in a "
-        "push of their own, each push and its copy two messages of the Free plan's 100/s)",
+        help="free phase: offered events/s (default 100: each goes in a push of its own, "
+        "and each push and its copy are two messages of the Free plan's 100/s)",
     )
     parser.add_argument(
         "--seconds", type=float, help="length of each of the two pro phases (default 20)"
@@ -319,26 +320,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             receipts=True,
             settings={"event_max_bytes": EVENT_MAX_BYTES, **RECONCILE_SETTINGS},
         )
-        async with AsyncExitStack() as free_exit:
-            async with AsyncExitStack() as pro_exit:
+        async with AsyncExitStack() as pro_exit:
+            async with AsyncExitStack() as free_exit:
                 # Both start at once (their processes' imports take seconds),
-                # before anything is measured; the free stack idles meanwhile.
+                # before anything is measured. The free stack goes first: its
+                # server judges a minute's mean, and a minute of idling would
+                # hide the excess the free phase is about.
                 await _start_together([(pro_exit, pro_stack), (free_exit, free_stack)])
-                pro, pro_phase = await _pro(pro_stack, args, "pro", args.rate)
-                moderate, moderate_phase = await _pro(
-                    pro_stack, args, "pro-moderate", f"{args.moderate_rate:g}"
-                )
-            pro_stack.complete([pro_phase, moderate_phase])
-            for figures, phase in ((pro, pro_phase), (moderate, moderate_phase)):
-                figures["realtime"] = phase.figures.get("realtime", {})
-                figures["lost"] = phase.figures["lost"]
-                progress(f"{phase.name}: {figures}")
-            too_large = await _too_large(free_stack)
-            free = await _free(free_stack, args, too_large["sequence_id"])
-        free["subscriber"] = {
-            "realtime_link": free_stack.report.get("realtime_link"),
-            "receipts": free_stack.report.get("receipts"),
-        }
+                too_large = await _too_large(free_stack)
+                free = await _free(free_stack, args, too_large["sequence_id"])
+            free["subscriber"] = {
+                "realtime_link": free_stack.report.get("realtime_link"),
+                "receipts": free_stack.report.get("receipts"),
+            }
+            pro, pro_phase = await _pro(pro_stack, args, "pro", args.rate)
+            moderate, moderate_phase = await _pro(
+                pro_stack, args, "pro-moderate", f"{args.moderate_rate:g}"
+            )
+        pro_stack.complete([pro_phase, moderate_phase])
+        for figures, phase in ((pro, pro_phase), (moderate, moderate_phase)):
+            figures["realtime"] = phase.figures.get("realtime", {})
+            figures["lost"] = phase.figures["lost"]
+            progress(f"{phase.name}: {figures}")
     return {
         "scenario": NAME,
         "pro": pro,
