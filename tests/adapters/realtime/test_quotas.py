@@ -22,7 +22,7 @@ from broadcaster.realtime_server import Peer, Plan
 from broadcaster.stats import DeliveryStats
 from broadcaster.store import DeliveryState, MemoryStore
 from tests._wait import until
-from tests.adapters.realtime._support import Listener, Msg, RecordingServer, Records
+from tests.adapters.realtime._support import Listener, Msg, RecordingServer, Records, is_batch
 from tests.realtime_server._clients import FakeClock
 
 RATE_REPLY = {"reason": "MessagePerSecondRateLimitReached: Too many messages per second"}
@@ -38,7 +38,7 @@ class SizeLimited(RecordingServer):
         self.refused = 0
 
     async def on_broadcast(self, peer: Peer, msg: Msg) -> None:
-        if len(orjson.dumps(msg["payload"])) > self.limit:
+        if is_batch(msg) and len(orjson.dumps(msg["payload"])) > self.limit:
             self.refused += 1
             await self.reply(peer, msg, "error", "payload_size_exceeded")
             return
@@ -57,6 +57,9 @@ class RateLimited(RecordingServer):
         self.refused = 0
 
     async def on_broadcast(self, peer: Peer, msg: Msg) -> None:
+        if not is_batch(msg):
+            await super().on_broadcast(peer, msg)
+            return
         self.seen += 1
         if self.seen % self.every == 0 and self.refused < self.times:
             self.refused += 1
