@@ -435,7 +435,6 @@ class Lane:
         delivered = [r for r in batch if r.sequence_id not in refused] if refused else batch
         if delivered:
             self._stats.count_delivered(self.name, delivered, self._clock() - started)
-        self._settle(len(batch))
         ids = [r.sequence_id for r in delivered]
         if self._from_store:
             settled = [r.sequence_id for r in batch if r.sequence_id in self._from_store]
@@ -464,8 +463,10 @@ class Lane:
             log.error("could not record acknowledgements", error=str(exc), count=len(batch))
         finally:
             # Released only once the ACK is written, so a backfill query cannot
-            # read the row as undelivered after the lane let go of it.
+            # read the row as undelivered after the lane let go of it; settled
+            # only then too, so that flush() returns with every state recorded.
             self._release([r.sequence_id for r in batch])
+            self._settle(len(batch))
 
     def _throttled(self, batch: list[EventRecord], exc: AdapterThrottled) -> None:
         """A rate quota said no: not a failure (nothing is marked FAILED and the
