@@ -30,6 +30,7 @@ the subscribers hold every event of the phase, and returns the figures.
 Background reconciliation is off (``RECONCILE_INTERVAL_S=0``) so results do
 not depend on whether a run happened to span a reconcile tick.
 
+The stand-ins for the second path are in :mod:`loadtests._second_paths`.
 This module stays a little over 500 lines: the stack's processes, its
 producers and its phase figures start, run and stop together.
 """
@@ -52,10 +53,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from broadcaster.adapters import Adapter, AdapterHealth, RealtimeAdapter, WebSocketAdapter
+from broadcaster.adapters import Adapter, RealtimeAdapter, WebSocketAdapter
 from broadcaster.admin import AdminServer, create_app
 from broadcaster.core import Broadcaster
-from broadcaster.events import EventRecord
 from broadcaster.realtime_server import LocalRealtimeServer
 from broadcaster.security import TokenSet
 from broadcaster.settings import load_settings
@@ -70,6 +70,13 @@ from ._common import (
     running_loop_name,
     spawn,
     summarise,
+)
+from ._second_paths import (
+    FANOUT_BUFFER_BYTES,
+    SECOND_PATHS,
+    DropAdapter,
+    SecondWebSocketAdapter,
+    padding,
 )
 from .realtime_child import ChildRealtimeAdapter
 from .subscriber import RECEIPTS_TOKEN_ENV
@@ -86,51 +93,6 @@ __all__ = [
 ]
 
 ADAPTERS = ("websocket", "realtime")
-#: What :class:`Stack` can put in the Realtime adapter's place.
-SECOND_PATHS = ("realtime", "websocket", "none", "realtime-process")
-#: Each WebSocket fan-out's per-subscriber buffer here (the service's default
-#: is 16 MiB): at the single-write maximum the measuring subscriber, sharing
-#: the second core, can fall that far behind and be dropped (code 1013) —
-#: a limit of the harness's subscriber, not of the broadcaster.
-FANOUT_BUFFER_BYTES = 256 * 2**20
-
-
-class SecondWebSocketAdapter(WebSocketAdapter):
-    """A WebSocket fan-out under the Realtime adapter's name: the plainest
-    second network path (one pre-encoded frame per batch and subscriber, one
-    transport write, no acknowledgement round trip)."""
-
-    name = "realtime"
-
-
-class DropAdapter(Adapter):
-    """The Realtime adapter's place with no transport behind it: every batch
-    is acknowledged at once and dropped (counted in ``health().extra``).
-    What is left of dual-write's cost with it is the broadcaster's own: the
-    second lane, its acknowledgements in the store."""
-
-    name = "realtime"
-
-    def __init__(self) -> None:
-        self.events = 0
-        self.running = False
-
-    async def start(self) -> None:
-        self.running = True
-
-    async def send(self, batch: Sequence[EventRecord]) -> None:
-        self.events += len(batch)
-
-    async def close(self) -> None:
-        self.running = False
-
-    def health(self) -> AdapterHealth:
-        return AdapterHealth(name=self.name, connected=self.running, extra={"events": self.events})
-
-
-def padding(payload_bytes: int) -> str:
-    """Filler that brings a benchmark payload to about ``payload_bytes``."""
-    return "x" * max(0, payload_bytes - 60)
 
 
 @dataclass
