@@ -287,46 +287,66 @@ class RateCanary:
     on would only lose copies. It opens again once the canary has come back
     twice on one join of the channel (:meth:`echoed`): a ping that found the
     project over its rate would have had the channel shut before the next
-    one could arrive on it. :meth:`joined` starts a fresh join.
+    one could arrive on it. :meth:`joined` starts a fresh join. A gate closed
+    for ``max_closed_s`` opens anyway (:meth:`is_open`): longer than the
+    server remembers an excess, the canary has stopped telling anything, and
+    pushing again is how to find out.
     """
 
-    def __init__(self) -> None:
-        self._open = True
+    def __init__(self, max_closed_s: float = 120.0) -> None:
+        if max_closed_s <= 0:
+            raise ValueError("max_closed_s must be > 0")
+        self._max_closed_s = max_closed_s
+        self._closed_at: float | None = None
         self._echoes = 0
         #: Times the canary channel was shut for rate.
         self.refusals = 0
-        #: Times the gate opened again.
+        #: Times the gate opened again: on the canary's echoes, or timed out.
         self.reopened = 0
+        self.timed_out = 0
 
     @property
-    def open(self) -> bool:
-        """Whether pushes may go."""
-        return self._open
+    def closed_at(self) -> float | None:
+        """When the gate closed (None: open), as of the last look at the time."""
+        return self._closed_at
+
+    def is_open(self, now: float) -> bool:
+        """Whether pushes may go at ``now``."""
+        closed_at = self._closed_at
+        if closed_at is not None and now - closed_at >= self._max_closed_s:
+            self._reopen()
+            self.timed_out += 1
+        return self._closed_at is None
 
     def joined(self) -> None:
         """The canary channel was joined (again): no ping has come back on it yet."""
         self._echoes = 0
 
-    def refused(self) -> bool:
-        """The canary channel was shut for rate. Closes the gate; True when it
-        was open (a new excess: the one refusal that should slow the adapter
-        down), False while it stays closed."""
+    def refused(self, now: float) -> bool:
+        """The canary channel was shut for rate at ``now``. Closes the gate;
+        True when it was open (a new excess: the one refusal that should slow
+        the adapter down), False while it stays closed."""
         self.refusals += 1
         self._echoes = 0
-        was_open, self._open = self._open, False
-        return was_open
+        if not self.is_open(now):
+            return False
+        self._closed_at = now
+        return True
 
     def echoed(self) -> bool:
         """A ping came back. True when this opens the gate."""
         self._echoes += 1
-        if self._open or self._echoes < 2:
+        if self._closed_at is None or self._echoes < 2:
             return False
-        self._open = True
-        self.reopened += 1
+        self._reopen()
         return True
 
     def due(self, pushed: bool) -> bool:
         """Whether to ping now, given whether the adapter ``pushed`` since the
         last ping: while pushing, to notice an excess; while the gate is
         closed, to notice its end. An idle adapter costs the quota nothing."""
-        return pushed or not self._open
+        return pushed or self._closed_at is not None
+
+    def _reopen(self) -> None:
+        self._closed_at = None
+        self.reopened += 1

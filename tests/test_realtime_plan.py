@@ -169,15 +169,28 @@ def test_bad_governor_settings_are_refused() -> None:
 
 def test_the_canary_gate_closes_on_a_refusal_and_opens_after_two_echoes_on_one_join() -> None:
     canary = RateCanary()
-    assert canary.open and not canary.due(pushed=False) and canary.due(pushed=True)
+    assert canary.is_open(0.0) and not canary.due(pushed=False) and canary.due(pushed=True)
     assert canary.echoed() is False  # echoes while open change nothing
-    assert canary.refused() is True  # a new excess: slow down
-    assert not canary.open and canary.due(pushed=False)  # ping to see it end
-    assert canary.refused() is False  # the same excess, still judged over
+    assert canary.refused(1.0) is True  # a new excess: slow down
+    assert not canary.is_open(1.0) and canary.due(pushed=False)  # ping to see it end
+    assert canary.refused(2.0) is False  # the same excess, still judged over
     canary.joined()
     assert canary.echoed() is False  # one echo: that ping may yet shut the channel
     canary.joined()  # it did, and the channel was joined again
     assert canary.echoed() is False
     assert canary.echoed() is True  # the second echo on one join: the first passed
-    assert canary.open and (canary.refusals, canary.reopened) == (2, 1)
+    assert canary.is_open(3.0) and (canary.refusals, canary.reopened) == (2, 1)
     assert canary.echoed() is False
+
+
+def test_a_canary_gate_closed_too_long_opens_anyway() -> None:
+    """A canary that no longer comes back (a policy that stopped letting it
+    through) must not hold pushes for ever."""
+    canary = RateCanary(max_closed_s=120.0)
+    assert canary.refused(10.0) is True
+    assert not canary.is_open(129.9) and canary.closed_at == 10.0
+    assert canary.refused(100.0) is False  # refusals within do not extend it
+    assert canary.is_open(130.0) and canary.timed_out == 1 and canary.reopened == 1
+    assert canary.refused(131.0) is True  # shut again: a new excess
+    with pytest.raises(ValueError):
+        RateCanary(max_closed_s=0)

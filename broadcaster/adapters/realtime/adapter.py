@@ -348,7 +348,7 @@ class RealtimeAdapter(PushOutcomes, Adapter):
         if self._pacer.paused_for(now) > 0:
             raise self._pacer.error(now)
         canary = self._canary
-        if canary is not None and not canary.gate.open and link.ready:
+        if canary is not None and link.ready and not canary.gate.is_open(now):
             # The project is over its rate: a push would shut the channels
             # of those who get it. Wait for the canary, not the pause.
             raise self._pacer.error(now, canary.interval_s)

@@ -73,11 +73,16 @@ class Canary:
 
     def health(self) -> dict[str, object]:
         gate = self.gate
+        try:
+            is_open = gate.is_open(asyncio.get_running_loop().time())
+        except RuntimeError:  # no loop: no time has passed on one either
+            is_open = gate.closed_at is None
         return {
             "topic": self.topic,
-            "open": gate.open,
+            "open": is_open,
             "refusals": gate.refusals,
             "reopened": gate.reopened,
+            "timed_out": gate.timed_out,
             "pings": self.pings,
             "echoes": self.echoes,
         }

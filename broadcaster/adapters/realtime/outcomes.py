@@ -118,13 +118,14 @@ class PushOutcomes:
 
     def _on_lost(self, reason: str, refusal: str | None) -> None:
         if refusal == RATE_LIMIT and self._link is not None:
-            if self._canary is None or self._canary.gate.refused():
+            now = asyncio.get_running_loop().time()
+            if self._canary is None or self._canary.gate.refused(now):
                 self._throttle(reason)
             else:
                 # The same excess, still judged over: no new news about the
                 # rate to slow down for; only the pause starts again.
                 self.refusals[RATE_LIMIT] += 1
-                self._pacer.hold(asyncio.get_running_loop().time(), reason)
+                self._pacer.hold(now, reason)
             self._link.delay_next_attempt(self._pacer.pause_s)
             self._fail_everything(self._throttled_error)
         else:
