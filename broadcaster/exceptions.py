@@ -24,7 +24,8 @@ edge, with the original kept as ``__cause__``.
     │   └── AdapterRefused      a quota said no: neither an outage nor a success to
     │       │                   the breaker; .reason names the quota
     │       ├── AdapterThrottled  over a rate quota: retry the whole batch after
-    │       │                   .retry_after_s
+    │       │                   .retry_after_s (.refused: by the far side, or held
+    │       │                   back by the adapter's own cap)
     │       └── EventsRefused   .refused events can never fit (too large); every
     │                           other event of the batch was delivered
     ├── BreakerOpen             an adapter's circuit breaker refused the call: nothing
@@ -176,10 +177,16 @@ class AdapterRefused(AdapterError):
 
 class AdapterThrottled(AdapterRefused):
     """Over a rate quota: no event of the batch counts as delivered. Send the
-    whole batch again after ``retry_after_s`` seconds."""
+    whole batch again after ``retry_after_s`` seconds. ``refused``: the far
+    side refused for rate (True), or the adapter held the batch back itself
+    because its own cap under the quota would make it wait too long (False:
+    pacing, not a refusal)."""
 
-    def __init__(self, adapter: str, detail: str, retry_after_s: float) -> None:
+    def __init__(
+        self, adapter: str, detail: str, retry_after_s: float, *, refused: bool = True
+    ) -> None:
         self.retry_after_s = retry_after_s
+        self.refused = refused
         super().__init__(adapter, "rate_limit", detail)
 
 

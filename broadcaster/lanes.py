@@ -178,6 +178,8 @@ class Lane:
         self._helpers: list[asyncio.Task[None]] = []
         self.last_error: str | None = None
         self._repairing: set[int] = set()
+        # Sequence ids a refusal for rate holds back, counted once until they go.
+        self._rate_held: set[int] = set()
         self.breaker = breaker
         # Sequence ids this lane holds (queued, in flight, being parked): the
         # backfill must not send them a second time.
@@ -428,10 +430,11 @@ class Lane:
         self._release_slot()
         self._backoff = 0.0
         self.last_error = None
+        if self._rate_held:
+            self._rate_held.difference_update(r.sequence_id for r in batch)
         delivered = [r for r in batch if r.sequence_id not in refused] if refused else batch
         if delivered:
             self._stats.count_delivered(self.name, delivered, self._clock() - started)
-        self._settle(len(batch))
         ids = [r.sequence_id for r in delivered]
         if self._from_store:
             settled = [r.sequence_id for r in batch if r.sequence_id in self._from_store]
@@ -460,20 +463,28 @@ class Lane:
             log.error("could not record acknowledgements", error=str(exc), count=len(batch))
         finally:
             # Released only once the ACK is written, so a backfill query cannot
-            # read the row as undelivered after the lane let go of it.
+            # read the row as undelivered after the lane let go of it; settled
+            # only then too, so that flush() returns with every state recorded.
             self._release([r.sequence_id for r in batch])
+            self._settle(len(batch))
 
     def _throttled(self, batch: list[EventRecord], exc: AdapterThrottled) -> None:
         """A rate quota said no: not a failure (nothing is marked FAILED and the
-        breaker records nothing); the batch waits at the front for the pause."""
+        breaker records nothing); the batch waits at the front for the pause.
+        A refusal counts each event it holds back once, however many times
+        the batch is tried again before it goes."""
         self.last_error = str(exc)
-        self._stats.count_refused(self.name, [exc.reason] * len(batch))
+        if exc.refused:
+            held = self._rate_held
+            fresh = [r.sequence_id for r in batch if r.sequence_id not in held]
+            held.update(fresh)
+            self._stats.count_refused(self.name, [exc.reason] * len(fresh))
         self._stats.retried_batches[self.name] += 1
         # A non-zero backoff also keeps _launch_or_wake from sending before
         # _run has waited out the pause; the next success clears it.
         self._backoff = max(self._backoff, exc.retry_after_s, 1e-3)
         self._resume_at = max(self._resume_at, self._clock() + exc.retry_after_s)
-        log.info(
+        (log.info if exc.refused else log.debug)(
             "delivery throttled by a quota; will retry",
             error=str(exc),
             count=len(batch),

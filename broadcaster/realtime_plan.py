@@ -12,7 +12,18 @@ its channels shut with a ``system`` error (``Too many messages per second``).
 the caps the adapter works with (docs/configuration.md says which wins);
 :func:`refusal_reason` reads a server's refusal; :class:`RateGovernor` is the
 adapter's own message-rate cap, lowered when the server refuses for rate and
-raised again slowly. No I/O and no clock of its own: time is passed in.
+raised again slowly; :class:`RateCanary` judges from the adapter's canary
+channel whether the project is over its message rate. No I/O and no clock of
+its own: time is passed in.
+
+Supabase never refuses the *sender* of a broadcast for rate: it counts the
+push and every copy it delivers, judges the mean rate over the last minute,
+and while that is over the quota it shuts each channel that receives a
+message — the subscribers', not the publisher's. The adapter learns it the
+same way a subscriber does: it listens on a channel of its own (the canary)
+to which it broadcasts a ping now and then, with ``self: true``, so that the
+ping comes back to it and the server shuts that channel when the project is
+over its rate.
 """
 
 from __future__ import annotations
@@ -24,6 +35,9 @@ from enum import StrEnum
 from typing import Any, Final
 
 __all__ = [
+    "BACKOFF",
+    "CANARY_INTERVAL_S",
+    "CANARY_MESSAGES_PER_S",
     "DEFAULT_BATCH_MAX",
     "ENVELOPE_BYTES",
     "PAYLOAD_MARGIN",
@@ -32,9 +46,11 @@ __all__ = [
     "RATE_LIMIT",
     "RATE_MARGIN",
     "PlanQuotas",
+    "RateCanary",
     "RateGovernor",
     "RealtimeLimits",
     "RealtimePlan",
+    "pushes_per_s",
     "refusal_reason",
     "resolve_limits",
 ]
@@ -66,9 +82,9 @@ QUOTAS: Final[Mapping[RealtimePlan, PlanQuotas]] = {
     RealtimePlan.TEAM: PlanQuotas(2_500, 3_000_000, 2_500, 100, 10_000),
 }
 
-#: The share of a plan's message rate the adapter uses: the project's quota
-#: also counts what other clients of the project send, and the server judges
-#: an average the adapter cannot see.
+#: The share of a plan's message rate the adapter budgets for: the project's
+#: quota also counts what other clients of the project send, and the server
+#: judges an average the adapter cannot see.
 RATE_MARGIN: Final = 0.9
 #: The share of a plan's payload limit a push may fill. The server measures
 #: the decoded payload as Erlang terms, not the JSON bytes the adapter counts;
@@ -77,6 +93,14 @@ PAYLOAD_MARGIN: Final = 0.9
 #: Bytes of a push's payload around its events
 #: (``{"type":"broadcast","event":"events","payload":{"events":[...]}}``), rounded up.
 ENVELOPE_BYTES: Final = 128
+#: How often the adapter pings its canary channel while it is pushing.
+CANARY_INTERVAL_S: Final = 1.0
+#: What the pings cost the quota: each ping and the copy that comes back.
+CANARY_MESSAGES_PER_S: Final = 2 / CANARY_INTERVAL_S
+#: What a refusal for rate multiplies the push rate by, for good: Supabase
+#: says no only once a minute's mean is over, so the rate refused was already
+#: well over the quota, and a margin of a tenth would be refused again.
+BACKOFF: Final = 0.5
 #: ``REALTIME_BATCH_MAX`` when neither it nor a plan says otherwise.
 DEFAULT_BATCH_MAX: Final = 100
 #: Events per push by plan, where ``REALTIME_BATCH_MAX`` is not set: larger
@@ -96,7 +120,8 @@ PAYLOAD_TOO_LARGE: Final = "payload_too_large"
 class RealtimeLimits:
     """What the adapter works with.
 
-    ``max_messages_per_s``: pushes per second over all channels (0: no cap).
+    ``max_messages_per_s``: the adapter's own pushes per second over all
+    channels (0: no cap); the copies the server delivers come on top.
     ``batch_max`` / ``batch_bytes``: events and event bytes per push.
     ``max_event_bytes``: the largest event (its sealed JSON) a push can carry
     within the plan's payload limit; a larger one is refused without being
@@ -109,21 +134,35 @@ class RealtimeLimits:
     max_event_bytes: int | None
 
 
+def pushes_per_s(plan: RealtimePlan, subscribers: int) -> int:
+    """The pushes per second that keep a project on ``plan`` within its
+    message quota, less :data:`RATE_MARGIN` and the canary's pings
+    (:data:`CANARY_MESSAGES_PER_S`), when each push reaches ``subscribers``
+    subscribers: Supabase counts the push and every copy it delivers, so each
+    push costs ``1 + subscribers`` messages. At least one."""
+    if subscribers < 0:
+        raise ValueError("subscribers must be >= 0")
+    budget = QUOTAS[plan].messages_per_s * RATE_MARGIN - CANARY_MESSAGES_PER_S
+    return max(1, math.floor(budget / (1 + subscribers)))
+
+
 def resolve_limits(
     plan: RealtimePlan | None,
     *,
     max_messages_per_s: float = 0.0,
     batch_max: int | None = None,
     batch_bytes: int = 200_000,
+    subscribers: int = 1,
 ) -> RealtimeLimits:
     """The adapter's limits under ``plan`` and the explicit settings.
 
-    Quotas: the stricter wins. The message rate is the lower of
-    ``max_messages_per_s`` (0: not set) and the plan's rate less
-    :data:`RATE_MARGIN`; ``batch_bytes`` is capped by what the plan's payload
-    limit leaves for events. Tuning: ``batch_max`` (None: not set) wins over
-    the plan's batch size. Without a plan nothing is assumed: the settings
-    are used as given.
+    Quotas: the stricter wins. The push rate is the lower of
+    ``max_messages_per_s`` (pushes; 0: not set) and what the plan's message
+    quota less :data:`RATE_MARGIN` allows when each push reaches
+    ``subscribers`` subscribers (:func:`pushes_per_s`); ``batch_bytes`` is
+    capped by what the plan's payload limit leaves for events. Tuning:
+    ``batch_max`` (None: not set) wins over the plan's batch size. Without a
+    plan nothing is assumed: the settings are used as given.
     """
     if max_messages_per_s < 0 or batch_bytes < 1 or (batch_max is not None and batch_max < 1):
         raise ValueError("batch sizes must be >= 1 and the message rate >= 0")
@@ -135,7 +174,7 @@ def resolve_limits(
             None,
         )
     quota = QUOTAS[plan]
-    plan_rate = math.floor(quota.messages_per_s * RATE_MARGIN)
+    plan_rate = pushes_per_s(plan, subscribers)
     rate = plan_rate if max_messages_per_s == 0 else min(max_messages_per_s, plan_rate)
     max_event = math.floor(quota.max_payload_bytes * PAYLOAD_MARGIN) - ENVELOPE_BYTES
     return RealtimeLimits(
@@ -182,10 +221,11 @@ class RateGovernor:
     refuses for rate, then lower, rising back slowly.
 
     :meth:`refused` halves the cap (taken as the rate just observed when
-    there was none) and remembers the refused rate less :data:`RATE_MARGIN` as a learned
-    ceiling, so the cap never climbs back to where the server said no. Every
-    ``recover_s`` seconds without a refusal the cap grows by ``growth`` up to
-    the lower of the two ceilings. ``floor`` is the least it goes to.
+    there was none) and remembers the refused rate times :data:`BACKOFF` as
+    a learned ceiling, so the cap never climbs back to where the server said
+    no. Every ``recover_s`` seconds without a refusal the cap grows by
+    ``growth`` up to the lower of the two ceilings. ``floor`` is the least it
+    goes to.
     """
 
     def __init__(
@@ -231,8 +271,82 @@ class RateGovernor:
         current = self.cap(now)
         observed = max(self._floor, observed_per_s)
         base = observed if current == 0 else min(current, observed)
-        learned = max(self._floor, RATE_MARGIN * observed)
+        learned = max(self._floor, BACKOFF * observed)
         self._learned = learned if self._learned is None else min(self._learned, learned)
         self._cap = max(self._floor, base / 2)
         self._since = now
         return self._cap
+
+
+class RateCanary:
+    """Whether the adapter may push, judged from its canary channel.
+
+    The gate is open until the canary channel is shut for rate
+    (:meth:`refused`): the project is then over its message rate, and every
+    channel that receives a message is shut, the subscribers' too, so pushing
+    on would only lose copies. It opens again once the canary has come back
+    twice on one join of the channel (:meth:`echoed`): a ping that found the
+    project over its rate would have had the channel shut before the next
+    one could arrive on it. :meth:`joined` starts a fresh join. A gate closed
+    for ``max_closed_s`` opens anyway (:meth:`is_open`): longer than the
+    server remembers an excess, the canary has stopped telling anything, and
+    pushing again is how to find out.
+    """
+
+    def __init__(self, max_closed_s: float = 120.0) -> None:
+        if max_closed_s <= 0:
+            raise ValueError("max_closed_s must be > 0")
+        self._max_closed_s = max_closed_s
+        self._closed_at: float | None = None
+        self._echoes = 0
+        #: Times the canary channel was shut for rate.
+        self.refusals = 0
+        #: Times the gate opened again: on the canary's echoes, or timed out.
+        self.reopened = 0
+        self.timed_out = 0
+
+    @property
+    def closed_at(self) -> float | None:
+        """When the gate closed (None: open), as of the last look at the time."""
+        return self._closed_at
+
+    def is_open(self, now: float) -> bool:
+        """Whether pushes may go at ``now``."""
+        closed_at = self._closed_at
+        if closed_at is not None and now - closed_at >= self._max_closed_s:
+            self._reopen()
+            self.timed_out += 1
+        return self._closed_at is None
+
+    def joined(self) -> None:
+        """The canary channel was joined (again): no ping has come back on it yet."""
+        self._echoes = 0
+
+    def refused(self, now: float) -> bool:
+        """The canary channel was shut for rate at ``now``. Closes the gate;
+        True when it was open (a new excess: the one refusal that should slow
+        the adapter down), False while it stays closed."""
+        self.refusals += 1
+        self._echoes = 0
+        if not self.is_open(now):
+            return False
+        self._closed_at = now
+        return True
+
+    def echoed(self) -> bool:
+        """A ping came back. True when this opens the gate."""
+        self._echoes += 1
+        if self._closed_at is None or self._echoes < 2:
+            return False
+        self._reopen()
+        return True
+
+    def due(self, pushed: bool) -> bool:
+        """Whether to ping now, given whether the adapter ``pushed`` since the
+        last ping: while pushing, to notice an excess; while the gate is
+        closed, to notice its end. An idle adapter costs the quota nothing."""
+        return pushed or self._closed_at is not None
+
+    def _reopen(self) -> None:
+        self._closed_at = None
+        self.reopened += 1

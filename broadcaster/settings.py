@@ -318,6 +318,9 @@ class Settings(BaseSettings):
     realtime_max_messages_per_s: float = Field(default=0.0, ge=0)
     #: The Supabase plan whose Realtime quotas the adapter stays within (None: no assumption).
     realtime_plan: RealtimePlan | None = None
+    #: Subscribers the adapter budgets for on each channel under ``realtime_plan``:
+    #: Supabase counts every copy it delivers against the message quota.
+    realtime_subscribers: int = Field(default=1, ge=0, le=1_000_000)
     #: Join the channels as private ones (``config.private``), authorised by the access token.
     realtime_private_channels: bool = False
 
@@ -475,8 +478,9 @@ class Settings(BaseSettings):
 
     def realtime_limits(self) -> RealtimeLimits:
         """The Realtime adapter's caps: ``REALTIME_PLAN`` combined with
-        ``REALTIME_MAX_MESSAGES_PER_S``, ``REALTIME_BATCH_MAX`` and
-        ``REALTIME_BATCH_BYTES`` (:func:`~broadcaster.realtime_plan.resolve_limits`
+        ``REALTIME_SUBSCRIBERS``, ``REALTIME_MAX_MESSAGES_PER_S``,
+        ``REALTIME_BATCH_MAX`` and ``REALTIME_BATCH_BYTES``
+        (:func:`~broadcaster.realtime_plan.resolve_limits`
         says which wins). ``REALTIME_BATCH_MAX`` counts as set only when given."""
         explicit = "realtime_batch_max" in self.model_fields_set
         return resolve_limits(
@@ -484,6 +488,7 @@ class Settings(BaseSettings):
             max_messages_per_s=self.realtime_max_messages_per_s,
             batch_max=self.realtime_batch_max if explicit else None,
             batch_bytes=self.realtime_batch_bytes,
+            subscribers=self.realtime_subscribers,
         )
 
     def api_tokens(self) -> TokenSet:

@@ -9,8 +9,8 @@ their JSON lines as they finish and then a markdown table, one row per figure;
 
 Scenarios: sustained, dual-vs-single, publish-overhead, checksum-cost,
 event-cost, reconcile, store, failover, raw-limit, per-event, wakeup, admin-api,
-admin-body, receipts, probe-cost, producers (``python -m loadtests
-<scenario> --help`` for each).
+admin-body, receipts, probe-cost, producers, realtime-quota (``python -m
+loadtests <scenario> --help`` for each).
 Nothing here asserts a timing.
 """
 

@@ -257,16 +257,28 @@ def pin_helper(pid: int) -> None:
         os.sched_setaffinity(pid, _helper_cpus)
 
 
-def spawn(*args: str, stdin: bool = False) -> subprocess.Popen[str]:
+def spawn(
+    *args: str,
+    stdin: bool = False,
+    env: Mapping[str, str] | None = None,
+    stderr: Path | None = None,
+) -> subprocess.Popen[str]:
     """``python *args`` with piped stdout (and stdin if asked), stderr
-    inherited; on the helpers' CPUs if :func:`pin_cpus` split them."""
-    proc = subprocess.Popen(
-        [sys.executable, *args],
-        stdin=subprocess.PIPE if stdin else None,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=python_env(),
-    )
+    inherited (or appended to the file ``stderr``), :func:`python_env` with
+    ``env`` added; on the helpers' CPUs if :func:`pin_cpus` split them."""
+    log = stderr.open("ab") if stderr is not None else None
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            stdin=subprocess.PIPE if stdin else None,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=python_env(**(env or {})),
+        )
+    finally:
+        if log is not None:
+            log.close()  # the child has its own copy
     pin_helper(proc.pid)
     return proc
 

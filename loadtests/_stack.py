@@ -11,6 +11,12 @@ where the Realtime service is remote and consumers are other programs:
 * ``python -m loadtests.subscriber --control``: one subscriber per path, with
   the project's verifying consumers, measuring publish→receive latency.
 
+``realtime_limits`` makes the Realtime server enforce a Supabase plan's
+quotas (``--limits``); :meth:`Stack.server_counters` reads what it counted
+and refused (from its process, on SIGUSR1). ``receipts=True`` adds the admin
+API and has the subscriber post a receipt for every event it gets, so that
+:meth:`Broadcaster.reconcile` sees what it received.
+
 ``second_path`` swaps what stands in the Realtime adapter's place (its name,
 ``realtime``, stays, so routing, lanes and reports are unchanged): ``websocket``
 a second WebSocket fan-out server, whose subscriber is the same subscriber
@@ -24,6 +30,7 @@ the subscribers hold every event of the phase, and returns the figures.
 Background reconciliation is off (``RECONCILE_INTERVAL_S=0``) so results do
 not depend on whether a run happened to span a reconcile tick.
 
+The stand-ins for the second path are in :mod:`loadtests._second_paths`.
 This module stays a little over 500 lines: the stack's processes, its
 producers and its phase figures start, run and stop together.
 """
@@ -34,6 +41,8 @@ import asyncio
 import gc
 import json
 import os
+import secrets
+import signal
 import subprocess
 import tempfile
 import time
@@ -44,10 +53,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from broadcaster.adapters import Adapter, AdapterHealth, RealtimeAdapter, WebSocketAdapter
+from broadcaster.adapters import Adapter, RealtimeAdapter, WebSocketAdapter
+from broadcaster.admin import AdminServer, create_app
 from broadcaster.core import Broadcaster
-from broadcaster.events import EventRecord
 from broadcaster.realtime_server import LocalRealtimeServer
+from broadcaster.security import TokenSet
 from broadcaster.settings import load_settings
 
 from ._common import (
@@ -61,7 +71,15 @@ from ._common import (
     spawn,
     summarise,
 )
+from ._second_paths import (
+    FANOUT_BUFFER_BYTES,
+    SECOND_PATHS,
+    DropAdapter,
+    SecondWebSocketAdapter,
+    padding,
+)
 from .realtime_child import ChildRealtimeAdapter
+from .subscriber import RECEIPTS_TOKEN_ENV
 
 __all__ = [
     "FANOUT_BUFFER_BYTES",
@@ -75,51 +93,6 @@ __all__ = [
 ]
 
 ADAPTERS = ("websocket", "realtime")
-#: What :class:`Stack` can put in the Realtime adapter's place.
-SECOND_PATHS = ("realtime", "websocket", "none", "realtime-process")
-#: Each WebSocket fan-out's per-subscriber buffer here (the service's default
-#: is 16 MiB): at the single-write maximum the measuring subscriber, sharing
-#: the second core, can fall that far behind and be dropped (code 1013) —
-#: a limit of the harness's subscriber, not of the broadcaster.
-FANOUT_BUFFER_BYTES = 256 * 2**20
-
-
-class SecondWebSocketAdapter(WebSocketAdapter):
-    """A WebSocket fan-out under the Realtime adapter's name: the plainest
-    second network path (one pre-encoded frame per batch and subscriber, one
-    transport write, no acknowledgement round trip)."""
-
-    name = "realtime"
-
-
-class DropAdapter(Adapter):
-    """The Realtime adapter's place with no transport behind it: every batch
-    is acknowledged at once and dropped (counted in ``health().extra``).
-    What is left of dual-write's cost with it is the broadcaster's own: the
-    second lane, its acknowledgements in the store."""
-
-    name = "realtime"
-
-    def __init__(self) -> None:
-        self.events = 0
-        self.running = False
-
-    async def start(self) -> None:
-        self.running = True
-
-    async def send(self, batch: Sequence[EventRecord]) -> None:
-        self.events += len(batch)
-
-    async def close(self) -> None:
-        self.running = False
-
-    def health(self) -> AdapterHealth:
-        return AdapterHealth(name=self.name, connected=self.running, extra={"events": self.events})
-
-
-def padding(payload_bytes: int) -> str:
-    """Filler that brings a benchmark payload to about ``payload_bytes``."""
-    return "x" * max(0, payload_bytes - 60)
 
 
 @dataclass
@@ -170,10 +143,17 @@ class Stack:
         embedded_realtime: bool = False,
         settings: dict[str, Any] | None = None,
         second_path: str = "realtime",
+        realtime_limits: str = "none",
+        server_log: Path | None = None,
+        receipts: bool = False,
     ) -> None:
         if second_path not in SECOND_PATHS:
             raise ValueError(f"second_path must be one of {SECOND_PATHS}, not {second_path!r}")
         self.second_path = second_path
+        self._limits = realtime_limits
+        self._server_log = server_log
+        self._receipts_token = secrets.token_urlsafe(24) if receipts else None
+        self._embedded_server: LocalRealtimeServer | None = None
         self._store_url = store_url
         self._settings = dict(settings or {})
         self._embedded = embedded_realtime
@@ -218,13 +198,28 @@ class Stack:
         # Started at once (their imports take a while); the subscriber waits
         # for "start", sent once the Realtime server and the broadcaster listen.
         if real and not self._embedded:
-            self.server = spawn("-m", "broadcaster.realtime_server", "--port", str(rt_port))
+            self.server = spawn(
+                "-m",
+                "broadcaster.realtime_server",
+                "--port",
+                str(rt_port),
+                "--limits",
+                self._limits,
+                stderr=self._server_log,
+            )
+        admin_port = free_port()
+        receipts: list[str] = []
+        sub_env: dict[str, str] = {}
+        if self._receipts_token is not None:
+            receipts = ["--receipts", f"http://127.0.0.1:{admin_port}"]
+            sub_env[RECEIPTS_TOKEN_ENV] = self._receipts_token
         self.sub = spawn(
             "-m",
             "loadtests.subscriber",
             "--ws",
             f"ws://127.0.0.1:{ws_port}/events",
             *second,
+            *receipts,
             "--bin",
             str(self._bin_s),
             "--control",
@@ -232,10 +227,14 @@ class Stack:
             "--loop",
             running_loop_name(),
             stdin=True,
+            env=sub_env,
         )
         if real and self.server is None:
-            embedded = LocalRealtimeServer(host="127.0.0.1", port=rt_port, key=REALTIME_KEY)
+            embedded = LocalRealtimeServer(
+                host="127.0.0.1", port=rt_port, key=REALTIME_KEY, limits=self._limits
+            )
             await embedded.start()
+            self._embedded_server = embedded
             self._exit.push_async_callback(embedded.close)
         elif self.server is not None:
             assert self.server.stdout is not None
@@ -271,6 +270,9 @@ class Stack:
             Broadcaster(settings, adapters=adapters, max_pending=self._max_pending)
         )
         self.b.set_routing(self.b.routing.with_override("all"))
+        if self._receipts_token is not None:
+            app = create_app(self.b, TokenSet.of({"subscriber": self._receipts_token}))
+            await self._exit.enter_async_context(AdminServer(app, "127.0.0.1", admin_port))
         # As `broadcaster serve` does once started (run_service(freeze_gc=True)):
         # full collections then skip the ~62 000 objects built at startup
         # (otherwise a 20-50 ms stall every few seconds at 10 000 events/s).
@@ -303,6 +305,26 @@ class Stack:
         from each of ``adapters`` (or ``timeout_s`` passed); returns
         ``{"reached": bool, "counts": {adapter: n}}``."""
         return await self._command(f"wait {phase} {count} {timeout_s} {','.join(adapters)}")
+
+    async def receipts_posted(self, timeout_s: float = 30.0) -> dict[str, int]:
+        """With ``receipts=True``: wait until the subscriber has posted every
+        receipt it made so far; returns its counts (made, posted, dropped, rejected)."""
+        if self._receipts_token is None:
+            raise RuntimeError("the stack was made without receipts=True")
+        return await self._command(f"receipts {timeout_s}")
+
+    async def server_counters(self) -> dict[str, Any]:
+        """What the Realtime server counted and refused so far (its
+        ``snapshot()``: messages, refusals per quota, the judged rate)."""
+        if self._embedded_server is not None:
+            return self._embedded_server.snapshot()
+        server = self.server
+        if server is None or server.stdout is None:
+            raise RuntimeError("no Realtime server in this stack")
+        server.send_signal(signal.SIGUSR1)
+        line = await asyncio.to_thread(server.stdout.readline)
+        counters: dict[str, Any] = json.loads(line)
+        return counters
 
     async def _stop(self, *, report: bool) -> None:
         try:

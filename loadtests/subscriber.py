@@ -21,10 +21,20 @@ Two ways to end it:
   - ``wait PHASE COUNT TIMEOUT_S ADAPTER[,ADAPTER]``: until every named
     adapter has COUNT distinct events of PHASE, or the timeout;
     answers ``{"reached": bool, "counts": {adapter: n}}``;
+  - ``receipts TIMEOUT_S`` (with ``--receipts``): until every receipt made so
+    far has been posted (or given up on), or the timeout; answers
+    ``{"made": n, "posted": n, "dropped": n, "rejected": n}``;
   - ``report``: the report; then the process exits.
 
+``--receipts URL``: also post a receipt for every event received, on either
+path, to the broadcaster's ``URL/receipts`` (``POST /receipts``, as a remote
+consumer does) with the token in ``$LOADTESTS_RECEIPTS_TOKEN``, so that
+reconciliation sees what this subscriber got.
+
 Report: ``{"mismatches": {adapter: n}, "reconnects": {adapter: n} (WebSocket
-paths: times the subscription was dropped and made again), "<phase>/<adapter>": {"received",
+paths: times the subscription was dropped and made again), "realtime_link":
+{"losses", "rejoins"} (the Realtime connection: channels lost, a quota's shut
+down included, and joined again), "<phase>/<adapter>": {"received",
 "duplicates", "p50_ms", "p99_ms", "p999_ms", "max_ms", "first_t", "last_t",
 "bins": [[t, count, p50_ms, p99_ms], ...]}}`` with ``t`` wall-clock seconds.
 """
@@ -44,15 +54,16 @@ from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
-from broadcaster.consumer import ReceiptCollector
+from broadcaster.consumer import ReceiptCollector, ReceiptPoster
 from broadcaster.consumer.realtime import RealtimeSubscriber
 from broadcaster.consumer.websocket import WebSocketSubscriber
 from broadcaster.logs import configure_logging
 from broadcaster.loop import EVENT_LOOPS, run_on_loop
+from broadcaster.store.base import ConsumerReceipt
 
 from ._common import Bins, percentile, summarise
 
-__all__ = ["Recorder", "main", "percentile"]
+__all__ = ["RECEIPTS_TOKEN_ENV", "Receipts", "Recorder", "main", "percentile"]
 
 ADAPTERS = ("websocket", "realtime")
 
@@ -191,7 +202,41 @@ async def _stdin() -> asyncio.StreamReader:
     return reader
 
 
-async def _control(recorder: Recorder, reader: asyncio.StreamReader, stop: asyncio.Event) -> None:
+#: The environment variable ``--receipts`` takes its token from.
+RECEIPTS_TOKEN_ENV = "LOADTESTS_RECEIPTS_TOKEN"
+
+
+class Receipts:
+    """Every receipt the collectors make, posted through a :class:`ReceiptPoster`."""
+
+    def __init__(self, poster: ReceiptPoster) -> None:
+        self.poster = poster
+        self.made = 0
+
+    def add(self, receipt: ConsumerReceipt) -> None:
+        self.made += 1
+        self.poster.add(receipt)
+
+    def settled(self) -> bool:
+        stats = self.poster.stats
+        return stats.posted + stats.dropped + stats.rejected >= self.made
+
+    def figures(self) -> dict[str, int]:
+        stats = self.poster.stats
+        return {
+            "made": self.made,
+            "posted": stats.posted,
+            "dropped": stats.dropped,
+            "rejected": stats.rejected,
+        }
+
+
+async def _control(
+    recorder: Recorder,
+    reader: asyncio.StreamReader,
+    stop: asyncio.Event,
+    receipts: Receipts | None = None,
+) -> None:
     while not stop.is_set():
         line = (await reader.readline()).decode().strip()
         if not line or line == "report":
@@ -209,16 +254,41 @@ async def _control(recorder: Recorder, reader: asyncio.StreamReader, stop: async
             counts = {a: recorder.count(phase, a) for a in names}
             reached = all(n >= count for n in counts.values())
             print(json.dumps({"reached": reached, "counts": counts}), flush=True)
+        elif words[0] == "receipts" and len(words) == 2 and receipts is not None:
+            deadline = time.monotonic() + float(words[1])
+            while time.monotonic() < deadline and not receipts.settled():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            print(json.dumps(receipts.figures()), flush=True)
         else:
             print(json.dumps({"error": f"unknown command {line!r}"}), flush=True)
 
 
 async def _run(
-    ws_url: str, rt_url: str | None, bin_s: float, control: bool, *, rt_over_ws: bool = False
+    ws_url: str,
+    rt_url: str | None,
+    bin_s: float,
+    control: bool,
+    *,
+    rt_over_ws: bool = False,
+    receipts_url: str | None = None,
 ) -> dict[str, Any]:
     recorder = Recorder(bin_s)
-    ws_col = ReceiptCollector("websocket", on_event=recorder.handler("websocket"), track_seen=False)
-    rt_col = ReceiptCollector("realtime", on_event=recorder.handler("realtime"), track_seen=False)
+    receipts = None
+    if receipts_url is not None:
+        token = os.environ.get(RECEIPTS_TOKEN_ENV)
+        if not token:
+            raise SystemExit(f"--receipts needs a token in ${RECEIPTS_TOKEN_ENV}")
+        receipts = Receipts(ReceiptPoster(receipts_url, token))
+    on_receipt = receipts.add if receipts is not None else None
+    ws_col = ReceiptCollector(
+        "websocket",
+        on_event=recorder.handler("websocket"),
+        on_receipt=on_receipt,
+        track_seen=False,
+    )
+    rt_col = ReceiptCollector(
+        "realtime", on_event=recorder.handler("realtime"), on_receipt=on_receipt, track_seen=False
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -234,24 +304,34 @@ async def _run(
     # subscriber that falls too far behind, code 1013; what it sent meanwhile
     # never reaches this process, and the report must say why it is missing).
     fanouts: dict[str, WebSocketSubscriber] = {}
+    realtime: RealtimeSubscriber | None = None
     async with AsyncExitStack() as paths:
+        if receipts is not None:
+            # Entered first, left last: what the paths received is posted.
+            await paths.enter_async_context(receipts.poster)
         if rt_url is not None and rt_over_ws:
             fanouts["realtime"] = WebSocketSubscriber(rt_url, collector=rt_col)
             await paths.enter_async_context(fanouts["realtime"])
         elif rt_url is not None:
             # The server's apikey, inherited from the parent (python_env).
             key = os.environ.get("SUPABASE_KEY")
-            await paths.enter_async_context(RealtimeSubscriber(rt_url, key, collector=rt_col))
+            realtime = RealtimeSubscriber(rt_url, key, collector=rt_col)
+            await paths.enter_async_context(realtime)
         fanouts["websocket"] = WebSocketSubscriber(ws_url, collector=ws_col)
         await paths.enter_async_context(fanouts["websocket"])
         print("ready", flush=True)
-        task = loop.create_task(_control(recorder, reader, stop)) if reader else None
+        task = loop.create_task(_control(recorder, reader, stop, receipts)) if reader else None
         await stop.wait()
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     report = recorder.report()
     report["reconnects"] = {name: sub.connections - 1 for name, sub in fanouts.items()}
+    if realtime is not None:
+        link = realtime.link
+        report["realtime_link"] = {"losses": link.losses, "rejoins": max(0, link.connects - 1)}
+    if receipts is not None:
+        report["receipts"] = receipts.figures()
     return report
 
 
@@ -264,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
         "--realtime-ws", help="a WebSocket fan-out URL standing in for the Realtime path"
     )
     parser.add_argument("--bin", type=float, default=0.25, help="time bin width, seconds")
+    parser.add_argument(
+        "--receipts",
+        metavar="URL",
+        help="post receipts to URL/receipts (the broadcaster's admin API; "
+        f"token in ${RECEIPTS_TOKEN_ENV})",
+    )
     parser.add_argument("--control", action="store_true", help="read commands on stdin")
     parser.add_argument(
         "--loop", choices=EVENT_LOOPS, default="auto", help="event loop (broadcaster.loop)"
@@ -273,7 +359,15 @@ def main(argv: list[str] | None = None) -> int:
     rt_over_ws = args.realtime_ws is not None
     rt_url = args.realtime_ws if rt_over_ws else args.realtime
     result = run_on_loop(
-        _run(args.ws, rt_url, args.bin, args.control, rt_over_ws=rt_over_ws), loop=args.loop
+        _run(
+            args.ws,
+            rt_url,
+            args.bin,
+            args.control,
+            rt_over_ws=rt_over_ws,
+            receipts_url=args.receipts,
+        ),
+        loop=args.loop,
     )
     print(json.dumps(result), flush=True)
     return 0

@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Sequence
 
 import pytest
 
 from broadcaster.adapters.memory import MemoryAdapter
+from broadcaster.breaker import AdapterBreaker
 from broadcaster.breaker_policy import BreakerConfig
 from broadcaster.core import Broadcaster
-from broadcaster.events import EventFactory
+from broadcaster.events import EventFactory, EventRecord
+from broadcaster.exceptions import AdapterThrottled
 from broadcaster.lanes import Lane, TokenBucket
 from broadcaster.routing import bucket
 from broadcaster.settings import load_settings
@@ -332,6 +335,55 @@ async def test_a_failed_batch_is_retried_ahead_of_newer_records_in_sequence_orde
     assert rt.sequence_ids == [1, 2, 3, 4, 5, 6]
     assert [len(batch) for batch in rt.batches] == [2, 2, 2]
     assert await states(store, range(1, 7), "realtime") == {DeliveryState.ACKED: 6}
+
+
+class Throttling(MemoryAdapter):
+    """Says no to the first sends: ``refusals`` times as a quota refusal for
+    rate, then ``paced`` times as pacing under its own cap (neither is a
+    failure); then takes them."""
+
+    def __init__(self, refusals: int, paced: int) -> None:
+        super().__init__("realtime")
+        self.refusals = refusals
+        self.paced = paced
+
+    async def send(self, batch: Sequence[EventRecord]) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise AdapterThrottled(self.name, "Too many messages per second", 0.001)
+        if self.paced:
+            self.paced -= 1
+            raise AdapterThrottled(self.name, "behind the cap", 0.001, refused=False)
+        await super().send(batch)
+
+
+async def test_a_refusal_for_rate_counts_each_event_once_and_pacing_none() -> None:
+    """Retried after each pause, a batch a rate quota holds back counts once
+    per event in the refusals (/stats, the metrics), however many times it is
+    tried again; held back by the adapter's own pacing it counts as no
+    refusal. Neither touches a breaker that opens on any failure."""
+    store = MemoryStore()
+    factory = EventFactory()
+    records = await store.append(
+        [(factory.draft("SYSTEM", "e", {"i": i}), ("realtime",)) for i in range(4)]
+    )
+    rt = Throttling(refusals=3, paced=2)
+    await rt.start()
+    stats = DeliveryStats()
+    breaker = AdapterBreaker("realtime", config(error_threshold=0.0, min_calls=1))
+    lane = Lane(rt, store, stats, max_batch=4, max_in_flight=1, breaker=breaker)
+    lane.start()
+    try:
+        lane.enqueue(records)
+        async with asyncio.timeout(30):
+            await lane.wait_idle()
+    finally:
+        await lane.stop()
+    assert rt.sequence_ids == [1, 2, 3, 4]
+    assert stats.refused_by_reason("realtime") == {"rate_limit": 4}
+    assert stats.retried_batches["realtime"] == 5
+    assert breaker.state == "closed" and breaker.failure_rate == 0
+    assert await states(store, range(1, 5), "realtime") == {DeliveryState.ACKED: 4}
 
 
 async def test_token_bucket_paces() -> None:

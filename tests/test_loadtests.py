@@ -194,6 +194,33 @@ def test_sustained(smoke: Smoke) -> None:
     _check_adapters(r, ("websocket", "realtime"))
 
 
+def test_realtime_quota(smoke: Smoke) -> None:
+    r = smoke.results["realtime-quota"]
+    assert r["lost"] == 0
+    for name in ("pro", "pro_moderate"):
+        pro = r[name]
+        assert pro["realtime_plan"] == "pro" and pro["events"] > 0
+        # What the server counted: each push, and its copy to the subscriber.
+        server = pro["server"]
+        assert server["messages"] == server["broadcasts"] + server["fanout_frames"] > 0
+        assert server["quota_refusals"] == 0 and pro["adapter"]["refused"] == {}
+        assert pro["adapter"]["max_messages_per_s"] == 224  # pro, one subscriber
+        assert pro["breaker_trips"] == 0 and pro["realtime"]["received"] == pro["events"]
+    # The 300 KB event: refused by the Free plan's server, counted by both
+    # sides, delivered on the WebSocket path, missing on Realtime only.
+    big = r["too_large"]
+    assert (big["server_refused"], big["adapter_refused"]) == (1, 1)
+    assert big["realtime_state"] == "refused" and "payload_too_large" in big["realtime_error"]
+    assert (big["websocket_state"], big["websocket_received"]) == ("acked", 3)
+    assert big["realtime_received"] == 2
+    assert big["reported_missing_on_realtime"] and big["others_matched"]
+    free = r["free"]
+    assert free["realtime_plan"] is None and free["events"] > 0
+    assert free["lost"] == {"websocket": 0, "realtime": 0} and free["breaker_trips"] == 0
+    assert free["subscriber"]["receipts"]["posted"] == free["subscriber"]["receipts"]["made"]
+    assert free["server"]["peak_judged_messages_per_s"] >= 0
+
+
 def test_dual_vs_single(smoke: Smoke) -> None:
     r = smoke.results["dual-vs-single"]
     assert r["lost"] == 0

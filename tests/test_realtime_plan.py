@@ -7,14 +7,19 @@ from __future__ import annotations
 import pytest
 
 from broadcaster.realtime_plan import (
+    BACKOFF,
+    CANARY_MESSAGES_PER_S,
     DEFAULT_BATCH_MAX,
     ENVELOPE_BYTES,
     PAYLOAD_TOO_LARGE,
     QUOTAS,
     RATE_LIMIT,
+    RATE_MARGIN,
+    RateCanary,
     RateGovernor,
     RealtimeLimits,
     RealtimePlan,
+    pushes_per_s,
     refusal_reason,
     resolve_limits,
 )
@@ -43,24 +48,45 @@ def test_without_a_plan_the_settings_are_used_as_given() -> None:
 @pytest.mark.parametrize(
     ("plan", "rate", "batch_max", "max_event"),
     [
-        (FREE, 90, 1000, 230_400 - ENVELOPE_BYTES),
-        (PRO, 450, 200, 2_700_000 - ENVELOPE_BYTES),
-        (TEAM, 2_250, 100, 2_700_000 - ENVELOPE_BYTES),
+        (FREE, 44, 1000, 230_400 - ENVELOPE_BYTES),
+        (PRO, 224, 200, 2_700_000 - ENVELOPE_BYTES),
+        (TEAM, 1_124, 100, 2_700_000 - ENVELOPE_BYTES),
     ],
 )
 def test_a_plan_sets_a_margin_under_its_quotas(
     plan: RealtimePlan, rate: int, batch_max: int, max_event: int
 ) -> None:
-    limits = resolve_limits(plan)
+    limits = resolve_limits(plan)  # one subscriber per channel
     assert limits == RealtimeLimits(rate, batch_max, min(200_000, max_event), max_event)
-    assert limits.max_messages_per_s < QUOTAS[plan].messages_per_s
+    # A push and its copy to the subscriber are two messages; the canary's
+    # pings and their echoes two more a second.
+    used = 2 * limits.max_messages_per_s + CANARY_MESSAGES_PER_S
+    assert used <= QUOTAS[plan].messages_per_s * RATE_MARGIN
     assert max_event + ENVELOPE_BYTES < QUOTAS[plan].max_payload_bytes
+
+
+@pytest.mark.parametrize(
+    ("plan", "subscribers", "pushes"),
+    [
+        (PRO, 0, 448),  # nobody listens: the pushes (and the canary's 2)
+        (PRO, 1, 224),  # 224 pushes + 224 copies + 2 = 450 messages
+        (PRO, 4, 89),
+        (FREE, 2, 29),
+        (FREE, 1000, 1),  # never below one push a second
+    ],
+)
+def test_the_budget_counts_every_copy_the_server_delivers(
+    plan: RealtimePlan, subscribers: int, pushes: int
+) -> None:
+    assert pushes_per_s(plan, subscribers) == pushes
+    assert resolve_limits(plan, subscribers=subscribers).max_messages_per_s == pushes
+    assert pushes * (1 + subscribers) <= QUOTAS[plan].messages_per_s or pushes == 1
 
 
 def test_for_quotas_the_stricter_wins_and_an_explicit_batch_size_wins() -> None:
     # A lower explicit rate stays; a higher one is cut to the plan's.
     assert resolve_limits(PRO, max_messages_per_s=100).max_messages_per_s == 100
-    assert resolve_limits(PRO, max_messages_per_s=5000).max_messages_per_s == 450
+    assert resolve_limits(PRO, max_messages_per_s=5000).max_messages_per_s == 224
     # Batch bytes: never beyond what the plan's payload limit leaves.
     assert resolve_limits(FREE, batch_bytes=1_000_000).batch_bytes == 230_400 - ENVELOPE_BYTES
     assert resolve_limits(PRO, batch_bytes=1_000_000).batch_bytes == 1_000_000
@@ -70,7 +96,8 @@ def test_for_quotas_the_stricter_wins_and_an_explicit_batch_size_wins() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"max_messages_per_s": -1}, {"batch_bytes": 0}, {"batch_max": 0}]
+    "kwargs",
+    [{"max_messages_per_s": -1}, {"batch_bytes": 0}, {"batch_max": 0}, {"subscribers": -1}],
 )
 def test_bad_values_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
@@ -105,18 +132,23 @@ def test_the_governor_keeps_the_ceiling_until_a_refusal() -> None:
     assert governor.learned_ceiling is None and governor.refusals == 0
 
 
-def test_a_refusal_halves_the_cap_and_it_climbs_back_to_below_the_refused_rate() -> None:
+def test_a_refusal_halves_the_cap_and_it_never_climbs_back_past_half_the_refused_rate() -> None:
     governor = RateGovernor(recover_s=10.0, growth=2.0)
     # No cap yet: half the rate that was refused.
     assert governor.refused(0.0, observed_per_s=200.0) == 100.0
-    assert governor.learned_ceiling == 180.0 and governor.refusals == 1
-    assert governor.cap(9.9) == 100.0
-    assert governor.cap(10.0) == 180.0  # doubled, but not past 90 % of what was refused
-    assert governor.cap(100.0) == 180.0
+    assert governor.learned_ceiling == 100.0 and governor.refusals == 1
+    assert governor.cap(10.0) == 100.0  # never back past half of what was refused
     # A second refusal at a lower rate lowers the learned ceiling too.
-    assert governor.refused(100.0, observed_per_s=120.0) == 60.0
-    assert governor.learned_ceiling == pytest.approx(108.0)
-    assert governor.cap(130.0) == pytest.approx(108.0)
+    assert governor.refused(100.0, observed_per_s=80.0) == 40.0
+    assert governor.learned_ceiling == 40.0
+    assert governor.cap(130.0) == 40.0
+    # Halved from a configured ceiling, the cap climbs back to what was learned.
+    climbing = RateGovernor(300, recover_s=10.0, growth=2.0)
+    assert climbing.refused(0.0, observed_per_s=400.0) == 150.0
+    assert climbing.learned_ceiling == 400.0 * BACKOFF
+    assert climbing.cap(9.9) == 150.0
+    assert climbing.cap(10.0) == 200.0  # doubled, but only up to the learned 200
+    assert climbing.cap(100.0) == 200.0
 
 
 def test_with_a_ceiling_the_cap_is_halved_from_it_and_never_climbs_past_it() -> None:
@@ -133,3 +165,32 @@ def test_bad_governor_settings_are_refused() -> None:
     for kwargs in ({"ceiling": -1}, {"recover_s": 0}, {"growth": 1.0}, {"floor": 0}):
         with pytest.raises(ValueError):
             RateGovernor(**kwargs)  # type: ignore[arg-type]
+
+
+def test_the_canary_gate_closes_on_a_refusal_and_opens_after_two_echoes_on_one_join() -> None:
+    canary = RateCanary()
+    assert canary.is_open(0.0) and not canary.due(pushed=False) and canary.due(pushed=True)
+    assert canary.echoed() is False  # echoes while open change nothing
+    assert canary.refused(1.0) is True  # a new excess: slow down
+    assert not canary.is_open(1.0) and canary.due(pushed=False)  # ping to see it end
+    assert canary.refused(2.0) is False  # the same excess, still judged over
+    canary.joined()
+    assert canary.echoed() is False  # one echo: that ping may yet shut the channel
+    canary.joined()  # it did, and the channel was joined again
+    assert canary.echoed() is False
+    assert canary.echoed() is True  # the second echo on one join: the first passed
+    assert canary.is_open(3.0) and (canary.refusals, canary.reopened) == (2, 1)
+    assert canary.echoed() is False
+
+
+def test_a_canary_gate_closed_too_long_opens_anyway() -> None:
+    """A canary that no longer comes back (a policy that stopped letting it
+    through) must not hold pushes for ever."""
+    canary = RateCanary(max_closed_s=120.0)
+    assert canary.refused(10.0) is True
+    assert not canary.is_open(129.9) and canary.closed_at == 10.0
+    assert canary.refused(100.0) is False  # refusals within do not extend it
+    assert canary.is_open(130.0) and canary.timed_out == 1 and canary.reopened == 1
+    assert canary.refused(131.0) is True  # shut again: a new excess
+    with pytest.raises(ValueError):
+        RateCanary(max_closed_s=0)

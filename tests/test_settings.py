@@ -47,6 +47,7 @@ SPEC_FLAT_DEFAULTS: dict[str, Any] = {
     "REALTIME_BATCH_BYTES": 200_000,
     "REALTIME_MAX_MESSAGES_PER_S": 0,
     "REALTIME_PLAN": None,
+    "REALTIME_SUBSCRIBERS": 1,
     "REALTIME_PRIVATE_CHANNELS": False,
     "STORE_URL": "sqlite:///./broadcaster.db",
     "ADMIN_HOST": "127.0.0.1",
@@ -131,6 +132,7 @@ VARIABLES: list[tuple[str, str, Callable[[Settings], Any], Any]] = [
             ("REALTIME_BATCH_BYTES", "100000", 100_000),
             ("REALTIME_MAX_MESSAGES_PER_S", "10", 10.0),
             ("REALTIME_PLAN", "pro", "pro"),
+            ("REALTIME_SUBSCRIBERS", "3", 3),
             ("REALTIME_PRIVATE_CHANNELS", "true", True),
             ("STORE_URL", "postgresql://u@h/db", "postgresql://u@h/db"),
             ("ADMIN_HOST", "0.0.0.0", "0.0.0.0"),
@@ -456,6 +458,7 @@ INVALID = [
     ("REALTIME_BATCH_MAX", "0"),
     ("REALTIME_BATCH_BYTES", "10"),
     ("REALTIME_PLAN", "enterprise"),
+    ("REALTIME_SUBSCRIBERS", "-1"),
     ("REALTIME_PRIVATE_CHANNELS", "sometimes"),
     ("EVENT_MAX_BYTES", "0"),
     ("SUPABASE_URL", "not-a-url"),
@@ -709,13 +712,16 @@ def test_realtime_limits_combine_the_plan_with_explicit_settings(
 ) -> None:
     monkeypatch.setenv("REALTIME_PLAN", "free")
     limits = load_settings(None).realtime_limits()
-    assert (limits.max_messages_per_s, limits.batch_max, limits.batch_bytes) == (90, 1000, 200_000)
+    # One subscriber per channel by default: each push costs two messages.
+    assert (limits.max_messages_per_s, limits.batch_max, limits.batch_bytes) == (44, 1000, 200_000)
+    monkeypatch.setenv("REALTIME_SUBSCRIBERS", "2")
+    assert load_settings(None).realtime_limits().max_messages_per_s == 29
     # Explicit settings: a batch size wins; a quota only where it is stricter.
     monkeypatch.setenv("REALTIME_BATCH_MAX", "100")
     monkeypatch.setenv("REALTIME_MAX_MESSAGES_PER_S", "500")
     monkeypatch.setenv("REALTIME_BATCH_BYTES", "900000")
     limits = load_settings(None).realtime_limits()
-    assert (limits.max_messages_per_s, limits.batch_max) == (90, 100)
+    assert (limits.max_messages_per_s, limits.batch_max) == (29, 100)
     assert limits.max_event_bytes is not None and limits.batch_bytes == limits.max_event_bytes
     monkeypatch.delenv("REALTIME_PLAN")
     limits = load_settings(None).realtime_limits()

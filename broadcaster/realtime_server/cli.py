@@ -1,10 +1,16 @@
 """Running the server on its own: ``python -m broadcaster.realtime_server``
-(and ``broadcaster realtime-server``, which calls :func:`run`)."""
+(and ``broadcaster realtime-server``, which calls :func:`run`).
+
+Its stdout carries one line once it listens, its URL, and then one JSON line
+of its counters (:meth:`~.transport.Transport.snapshot`) each time it gets
+SIGUSR1: how a supervisor in another process (the load tests) reads what it
+counted and refused without stopping it."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -72,7 +78,12 @@ async def _run(
         host, port, key=key, limits=plan, jwt_secret=jwt_secret, private_roles=private_roles
     )
     await server.start()
-    # On stderr: stdout carries only the URL line, which supervisors read.
+
+    def print_counters() -> None:
+        print(json.dumps(server.snapshot()), flush=True)
+
+    loop.add_signal_handler(signal.SIGUSR1, print_counters)
+    # On stderr: stdout carries only the URL line and the counters.
     if not server.checks_key:
         print(
             "realtime-server: no --key and no SUPABASE_KEY: accepting any apikey",
@@ -95,7 +106,8 @@ async def _run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the server until SIGTERM/SIGINT; prints its URL on one stdout line."""
+    """Run the server until SIGTERM/SIGINT; prints its URL on one stdout line
+    (and its counters as a JSON line on each SIGUSR1)."""
     parser = argparse.ArgumentParser(
         prog="python -m broadcaster.realtime_server",
         description="Local Supabase Realtime (broadcast) protocol server.",

@@ -62,6 +62,10 @@ class ServerStats:
     joins: int = 0
     broadcasts: int = 0
     fanout_frames: int = 0
+    #: Messages as Supabase counts them against the message-rate quota (each
+    #: broadcast a client sends, each copy delivered, any other message on a
+    #: joined channel), counted with or without limits.
+    messages: int = 0
     acks: int = 0
     errors_replied: int = 0
     malformed: int = 0

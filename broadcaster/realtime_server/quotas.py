@@ -157,6 +157,8 @@ class RateCounter:
         self._over = False
         #: Mean count per second over the kept ticks, as of the last tick.
         self.average = 0.0
+        #: The highest :attr:`average` any tick has set.
+        self.peak = 0.0
 
     def _advance(self, now: float) -> None:
         if now < self._next_tick:
@@ -169,6 +171,7 @@ class RateCounter:
             self._buckets.append(self._pending)
             self._pending = 0
             self.average = sum(self._buckets) / len(self._buckets) / self.tick_s
+            self.peak = max(self.peak, self.average)
             # Set at or above the limit, cleared below it (maybe_trigger_limit).
             self._over = self.average >= self.limit
         self._next_tick += ticks * self.tick_s
@@ -239,6 +242,14 @@ class Quotas:
     def count_messages(self, now: float, n: int) -> None:
         """``n`` messages were sent or delivered at time ``now``."""
         self._message_counter(now).add(now, n)
+
+    def judged_messages_per_s(self, now: float) -> tuple[float, float]:
+        """The message rate as the server judges it at ``now``: the average of
+        the last tick and the highest one so far (zeros before the first join)."""
+        if self._messages is None:
+            return 0.0, 0.0
+        self._messages.over(now)  # brings the ticks up to ``now``
+        return self._messages.average, self._messages.peak
 
     def messages_over(self, now: float) -> bool:
         """Whether the message rate is over the limit: a channel that receives

@@ -161,9 +161,9 @@ class LocalRealtimeServer(Transport):
         topic = msg["topic"]
         sub = peer.joins[topic]
         self.stats.broadcasts += 1
+        self.count_messages(1)
         quotas = self._quotas
         if quotas is not None:
-            quotas.count_messages(self._clock(), 1)
             size = self.payload_size(msg)
             if not quotas.payload_fits(size):
                 self._count(Quota.PAYLOAD)
@@ -215,8 +215,7 @@ class LocalRealtimeServer(Transport):
     async def on_other(self, peer: Peer, msg: Message) -> None:
         """Any other event on a joined topic. Presence is not implemented and
         says so; anything else is ignored, as Supabase ignores it."""
-        if self._quotas is not None:
-            self._quotas.count_messages(self._clock(), 1)
+        self.count_messages(1)
         if msg["event"] == "presence":
             await self.reply(peer, msg, "error", {"reason": "unsupported event 'presence'"})
 

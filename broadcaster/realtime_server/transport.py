@@ -9,6 +9,7 @@ what is refused.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import time
 from abc import ABC, abstractmethod
@@ -349,6 +350,28 @@ class Transport(ABC):
     def _count(self, quota: Quota) -> None:
         setattr(self.stats, quota.value, getattr(self.stats, quota.value) + 1)
 
+    def count_messages(self, n: int) -> None:
+        """``n`` messages count against the message rate now (and in ``stats``)."""
+        if n <= 0:
+            return
+        self.stats.messages += n
+        if self._quotas is not None:
+            self._quotas.count_messages(self._clock(), n)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as one JSON-able dict, with every quota refusal
+        together (``quota_refusals``) and, under limits, the message rate as
+        the plan judges it now and at its highest (``judged_messages_per_s``,
+        ``peak_messages_per_s``; None without limits)."""
+        figures: dict[str, Any] = dataclasses.asdict(self.stats)
+        figures["quota_refusals"] = self.stats.quota_refusals
+        figures["limits"] = self.plan.name if self.plan is not None else "none"
+        judged: tuple[float | None, float | None] = (None, None)
+        if self._quotas is not None:
+            judged = self._quotas.judged_messages_per_s(self._clock())
+        figures["judged_messages_per_s"], figures["peak_messages_per_s"] = judged
+        return figures
+
     @abstractmethod
     async def handle_message(self, peer: Peer, msg: Message) -> None:
         """Act on one decoded client message."""
@@ -438,10 +461,10 @@ class Transport(ABC):
             if wire is not None and self._write(peer, wire):
                 reached.append((peer, sub))
         self.stats.fanout_frames += len(reached)
+        self.count_messages(len(reached))
         quotas = self._quotas
         if quotas is not None and reached:
             now = self._clock()
-            quotas.count_messages(now, len(reached))
             if quotas.messages_over(now):
                 for peer, sub in reached:
                     self._count(Quota.MESSAGES)

@@ -22,6 +22,7 @@ from . import (  # noqa
     producers,
     publish_overhead,
     raw_limit,
+    realtime_quota,
     receipts,
     reconcile,
     store,
@@ -50,5 +51,6 @@ SCENARIOS: dict[str, ModuleType] = {
         receipts,
         probe_cost,
         producers,
+        realtime_quota,
     )
 }

@@ -1,10 +1,12 @@
 """Running the server on its own (``broadcaster realtime-server``, ``python -m
 broadcaster.realtime_server``): its plan and private-channel options reach
-the server; bad ones exit 2. (Keys and the URL line: test_server.py.)"""
+the server, SIGUSR1 prints its counters; bad ones exit 2. (Keys and the URL
+line: test_server.py.)"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 
 import pytest
@@ -34,6 +36,16 @@ async def test_a_child_server_enforces_its_plan_and_checks_private_tokens() -> N
             await client.push(TOPIC, "broadcast", blob)
             reply = await client.recv()
             assert reply["payload"] == {"status": "error", "response": "payload_size_exceeded"}
+        # SIGUSR1: its counters, one JSON line on stdout, and it keeps running.
+        assert proc.stdout is not None
+        proc.send_signal(signal.SIGUSR1)
+        async with asyncio.timeout(10):
+            counters = json.loads(await proc.stdout.readline())
+        assert proc.returncode is None
+        assert counters["limits"] == "free" and counters["joins"] == 1
+        assert counters["payload_too_large"] == counters["quota_refusals"] == 1
+        assert counters["broadcasts"] == counters["messages"] == 1
+        assert counters["peak_messages_per_s"] >= counters["judged_messages_per_s"] >= 0
     finally:
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):

@@ -159,6 +159,9 @@ async def test_over_the_message_rate_each_receiving_channel_is_shut_down() -> No
             await sender.recv()
             await old.recv(), await new.recv()
         clock.now += 5  # the tick: 102 / 2 ticks / 5 s > 10 per second
+        assert server.stats.messages == 102
+        counted = server.snapshot()
+        assert counted["judged_messages_per_s"] == counted["peak_messages_per_s"] == 10.2
         ref = await sender.push(TOPIC, "broadcast", broadcast_payload(34))
         # The sender is never refused; each receiving channel gets the
         # message, then a system error and phx_close.

@@ -84,6 +84,20 @@ def test_over_from_the_tick_that_reaches_the_limit_until_one_below_it() -> None:
     assert counter.average == pytest.approx(300 / 7 / 5)
 
 
+def test_the_peak_is_the_highest_mean_any_tick_set() -> None:
+    counter = RateCounter(1000, now=0.0)
+    counter.add(1.0, 100)
+    counter.over(5.0)  # (0 + 100) / 2 / 5
+    counter.over(10.0)  # 100 / 3 / 5: lower
+    assert counter.peak == 10.0 and counter.average == pytest.approx(100 / 15)
+    quotas = Quotas(PLANS["free"])
+    assert quotas.judged_messages_per_s(0.0) == (0.0, 0.0)  # before the first join
+    quotas.joined(0.0)
+    quotas.count_messages(1.0, 2000)
+    assert quotas.judged_messages_per_s(5.0) == (200.0, 200.0)
+    assert quotas.judged_messages_per_s(10.0) == (pytest.approx(2000 / 15), 200.0)
+
+
 def test_the_mean_covers_the_last_twelve_ticks() -> None:
     counter = RateCounter(1000, now=0.0)
     for tick in range(1, 13):

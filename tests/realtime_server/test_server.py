@@ -117,6 +117,9 @@ async def test_broadcast_fans_out_to_others_and_acks_the_sender(
     await sender.expect_silence()  # self: false -> no echo
     await elsewhere.expect_silence()  # another topic
     assert server.stats.broadcasts == 1 and server.stats.fanout_frames == 1
+    # Counted as Supabase counts messages, with or without limits.
+    assert server.stats.messages == 2
+    assert server.snapshot()["peak_messages_per_s"] is None  # no plan judges them
 
 
 async def test_self_true_echoes_before_the_ack_and_ack_false_sends_no_reply(raw: Any) -> None:

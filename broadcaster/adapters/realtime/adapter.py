@@ -27,15 +27,19 @@ event alone is refused for good, :class:`~broadcaster.exceptions.EventsRefused`)
 a refusal for rate (an error reply, or a channel the server shuts with a
 ``system`` error) lowers the adapter's own rate cap and fails what is waiting
 with :class:`~broadcaster.exceptions.AdapterThrottled`, which the lane retries
-after the pause and the breaker does not count.
+after the pause and the breaker does not count. Supabase refuses for rate only
+by shutting channels that receive messages, which the adapter's own never
+do: its canary channel (:mod:`.canary`) does, and while the project is over
+its rate (from the canary's shutdown until its pings come back) ``send()``
+is throttled at once, pushing nothing, since every copy would be lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import orjson
 import structlog
@@ -43,22 +47,21 @@ from supabase import AsyncClient
 
 from ...events import Category, EventRecord
 from ...exceptions import (
-    AdapterError,
-    AdapterRejected,
     AdapterTimeout,
     AdapterUnavailable,
     ConfigError,
 )
 from ...realtime_plan import (
+    CANARY_INTERVAL_S,
     PAYLOAD_TOO_LARGE,
-    RATE_LIMIT,
     RealtimeLimits,
-    refusal_reason,
 )
 from ..base import Adapter, AdapterHealth
-from .batching import ChannelQueue, Inflight, Item, Pacer, Waiter
+from .batching import MAX_PACED_WAIT_S, ChannelQueue, Inflight, Item, Pacer, Waiter
+from .canary import Canary
 from .client_glue import PreEncodedPushClient, push_broadcast
 from .link import BROADCAST_EVENT, RealtimeLink, _redact, channel_topic, normalize_realtime_url
+from .outcomes import PushOutcomes, with_cause
 
 if TYPE_CHECKING:
     from ...settings import Settings
@@ -68,7 +71,7 @@ __all__ = ["RealtimeAdapter"]
 log = structlog.get_logger("broadcaster.adapters.realtime", adapter="realtime")
 
 
-class RealtimeAdapter(Adapter):
+class RealtimeAdapter(PushOutcomes, Adapter):
     """Delivers events to Supabase Realtime broadcast channels (docs/wire-format.md).
 
     ``url`` is the project URL (or its Realtime endpoint, ``.../realtime/v1``),
@@ -94,7 +97,9 @@ class RealtimeAdapter(Adapter):
     and only while a push of its channel awaits its reply (0: never waits).
     ``max_messages_per_s`` caps pushes per second over all channels (0: no
     cap); a refusal for rate lowers the cap below it (and below the rate
-    refused) and it climbs back slowly.
+    refused) and it climbs back slowly. ``canary_s``: how often the canary
+    channel is pinged while pushing (0: no canary; the adapter then learns
+    of an excess only if the server refuses a push itself).
     """
 
     name = "realtime"
@@ -113,6 +118,7 @@ class RealtimeAdapter(Adapter):
         private: bool = False,
         ack_timeout_s: float = 10.0,
         throttle_s: float = 1.0,
+        canary_s: float = CANARY_INTERVAL_S,
         connect_timeout_s: float = 5.0,
         reconnect_initial_s: float = 0.1,
         reconnect_max_s: float = 5.0,
@@ -122,6 +128,8 @@ class RealtimeAdapter(Adapter):
             raise ValueError("batch_max and batch_bytes must be >= 1, rates and times >= 0")
         if max_event_bytes is not None and max_event_bytes < 1:
             raise ValueError("max_event_bytes must be >= 1")
+        if canary_s < 0:
+            raise ValueError("canary_s must be >= 0")
         if not key:
             raise ConfigError("SUPABASE_KEY", "(unset)", "the project's API key is required")
         self.url = normalize_realtime_url(url)
@@ -139,6 +147,11 @@ class RealtimeAdapter(Adapter):
         self._reconnect_max = reconnect_max_s
         self._poll_s = poll_s
         self._topics = {cat: channel_topic(channel_prefix, cat) for cat in Category}
+        self._canary = (
+            Canary(channel_topic(channel_prefix, "canary"), canary_s, ack_timeout_s)
+            if canary_s > 0
+            else None
+        )
         self._channels: dict[Category, ChannelQueue] = {}
         self._inflight: set[Inflight] = set()
         self._link: RealtimeLink | None = None
@@ -197,6 +210,9 @@ class RealtimeAdapter(Adapter):
             ack=True,
             private=self._private,
             on_lost=self._on_lost,
+            canary_topic=self._canary.topic if self._canary is not None else None,
+            on_canary=self._canary.on_echo if self._canary is not None else None,
+            on_ready=self._canary.on_joined if self._canary is not None else None,
             connect_timeout_s=self._connect_timeout,
             reconnect_initial_s=self._reconnect_initial,
             reconnect_max_s=self._reconnect_max,
@@ -204,6 +220,8 @@ class RealtimeAdapter(Adapter):
             logger=log,
             client_factory=PreEncodedPushClient,
         )
+        if self._canary is not None:
+            self._canary.start(lambda: self._link, lambda: self.pushes)
         try:
             await self._link.start(keep_trying=True)
         except Exception as exc:
@@ -226,6 +244,8 @@ class RealtimeAdapter(Adapter):
             if channel.task is not None:
                 channel.task.cancel()
         await asyncio.gather(*(c.task for c in channels if c.task), return_exceptions=True)
+        if self._canary is not None:
+            await self._canary.close()
         self._fail_everything(lambda: AdapterUnavailable(self.name, "adapter closed"))
         self._channels.clear()
         link, self._link = self._link, None
@@ -259,6 +279,7 @@ class RealtimeAdapter(Adapter):
                 "throttled_for_s": self._throttled_for(),
                 "refused": dict(self.refusals),
                 "reconnects": max(0, link.connects - 1) if link else 0,
+                "canary": self._canary.health() if self._canary is not None else None,
             },
         )
 
@@ -326,6 +347,11 @@ class RealtimeAdapter(Adapter):
         now = loop.time()
         if self._pacer.paused_for(now) > 0:
             raise self._pacer.error(now)
+        canary = self._canary
+        if canary is not None and link.ready and not canary.gate.is_open(now):
+            # The project is over its rate: a push would shut the channels
+            # of those who get it. Wait for the canary, not the pause.
+            raise self._pacer.error(now, canary.interval_s)
         if not link.ready:
             # Back from a channel the server shut for rate: not an outage
             # unless the connection stays away longer than a reconnect takes.
@@ -333,10 +359,17 @@ class RealtimeAdapter(Adapter):
             if now < grace:
                 raise self._pacer.error(now, self._pacer.pause_s)
             raise AdapterUnavailable(self.name, f"not connected ({link.last_error})")
+        batch_max, batch_bytes, max_event = self._batch_max, self._batch_bytes, self._max_event
+        ahead = sum(c.pushes_queued(batch_max, batch_bytes) for c in self._channels.values())
+        if ahead:
+            wait_s = self._pacer.wait_s(ahead + -(-len(batch) // batch_max), now)
+            if wait_s > MAX_PACED_WAIT_S:
+                # Behind the cap for longer than a send should take: held back
+                # by the lane, not queued here where its wait would look slow.
+                raise self._pacer.paced_error(wait_s)
         waiter = Waiter(self.name, loop.create_future(), len(batch))
         # No await before every event is queued: this is what keeps pushes in
         # the order the send() calls began.
-        batch_max, batch_bytes, max_event = self._batch_max, self._batch_bytes, self._max_event
         for record in batch:
             size = len(record.wire)
             if max_event is not None and size > max_event:
@@ -378,7 +411,7 @@ class RealtimeAdapter(Adapter):
                 log.exception("realtime push failed unexpectedly", topic=channel.topic)
                 reason = f"internal error: {exc!r}"
                 for _, waiter in items:
-                    waiter.fail(_with_cause(AdapterUnavailable(self.name, reason), exc))
+                    waiter.fail(with_cause(AdapterUnavailable(self.name, reason), exc))
 
     async def _push(self, queue: ChannelQueue, items: list[Item]) -> None:
         waiters: dict[Waiter, int] = {}
@@ -420,9 +453,7 @@ class RealtimeAdapter(Adapter):
             cause = exc
             self._settle(
                 inflight,
-                lambda: _with_cause(
-                    AdapterUnavailable(self.name, f"push failed: {cause!r}"), cause
-                ),
+                lambda: with_cause(AdapterUnavailable(self.name, f"push failed: {cause!r}"), cause),
             )
             return
         self.pushes += 1
@@ -431,103 +462,3 @@ class RealtimeAdapter(Adapter):
             push.destroy()
             return
         inflight.push = push
-
-    def _on_error_reply(self, inflight: Inflight, reply: dict[str, Any]) -> None:
-        reason = refusal_reason(reply)
-        topic = inflight.channel.topic
-        if reason == PAYLOAD_TOO_LARGE:
-            self._refused_as_too_large(inflight, f"{topic}: server replied {reply}")
-        elif reason == RATE_LIMIT:
-            detail = f"{topic}: server replied {reply}"
-            self._throttle(detail)
-            self._fail_queued(self._throttled_error)
-            self._settle(inflight, self._throttled_error)
-        else:
-            self._settle(
-                inflight,
-                lambda: AdapterRejected(self.name, f"{topic}: server replied error {reply}"),
-            )
-
-    def _refused_as_too_large(self, inflight: Inflight, detail: str) -> None:
-        """The server's payload limit is below this push: one event alone is
-        refused for good; more are put back to go in smaller pushes."""
-        if not self._finish(inflight):
-            return
-        self.refusals[PAYLOAD_TOO_LARGE] += 1
-        items = inflight.items
-        if len(items) == 1:
-            record, waiter = items[0]
-            log.warning("event refused by the server: too large", sequence_id=record.sequence_id)
-            waiter.refuse(record.sequence_id, PAYLOAD_TOO_LARGE, detail)
-            return
-        # From now on no push carries more than half of what was refused;
-        # A push always takes one event, so each retry makes progress.
-        self._batch_bytes = max(1, min(self._batch_bytes, inflight.size // 2))
-        log.warning(
-            "push refused as too large; splitting",
-            events=len(items),
-            bytes=inflight.size,
-            batch_bytes=self._batch_bytes,
-        )
-        inflight.channel.put_back(items, inflight.size)
-
-    def _throttle(self, detail: str) -> None:
-        """A refusal for rate: pause, and lower the rate cap below what was refused."""
-        self.refusals[RATE_LIMIT] += 1
-        cap = self._pacer.refused(asyncio.get_running_loop().time(), detail)
-        log.warning(
-            "realtime refused for rate; slowing down",
-            detail=detail,
-            max_messages_per_s=round(cap, 1),
-            pause_s=self._pacer.pause_s,
-        )
-
-    def _throttled_error(self) -> AdapterError:
-        return self._pacer.error(asyncio.get_running_loop().time())
-
-    def _finish(self, inflight: Inflight) -> bool:
-        """Take ``inflight`` out of flight; False if something already did."""
-        if inflight.done:
-            return False
-        inflight.done = True
-        self._inflight.discard(inflight)
-        channel = inflight.channel
-        channel.inflight -= 1
-        channel.go.set()
-        if inflight.push is not None:
-            inflight.push.destroy()
-        return True
-
-    def _settle(self, inflight: Inflight, error: Callable[[], AdapterError] | None) -> None:
-        if not self._finish(inflight):
-            return
-        if error is None:
-            self.events_acked += len(inflight.items)
-            for waiter, count in inflight.waiters.items():
-                waiter.ack(count)
-        else:
-            for waiter in inflight.waiters:
-                waiter.fail(error())
-
-    def _on_lost(self, reason: str, refusal: str | None) -> None:
-        if refusal == RATE_LIMIT and self._link is not None:
-            self._throttle(reason)
-            self._link.delay_next_attempt(self._pacer.pause_s)
-            self._fail_everything(self._throttled_error)
-        else:
-            lost = f"connection lost: {reason}"
-            self._fail_everything(lambda: AdapterUnavailable(self.name, lost))
-
-    def _fail_queued(self, error: Callable[[], AdapterError]) -> None:
-        for channel in self._channels.values():
-            channel.fail_all(error)
-
-    def _fail_everything(self, error: Callable[[], AdapterError]) -> None:
-        for inflight in list(self._inflight):
-            self._settle(inflight, error)
-        self._fail_queued(error)
-
-
-def _with_cause(exc: AdapterError, cause: BaseException) -> AdapterError:
-    exc.__cause__ = cause
-    return exc

@@ -16,10 +16,31 @@ from ...exceptions import AdapterError, AdapterThrottled, EventsRefused
 from ...realtime_plan import RateGovernor
 from .client_glue import PushHandle
 
-__all__ = ["ChannelQueue", "Inflight", "Item", "Pacer", "PushMeter", "TokenBucket", "Waiter"]
+__all__ = [
+    "MAX_PACED_WAIT_S",
+    "ChannelQueue",
+    "Inflight",
+    "Item",
+    "Pacer",
+    "PushMeter",
+    "TokenBucket",
+    "Waiter",
+]
 
 #: Seconds of push history :class:`PushMeter` measures over.
 METER_S: Final = 5
+#: The longest a ``send()`` may expect its pushes to wait behind the cap; one
+#: that would wait longer is held back instead (:meth:`Pacer.paced_error`).
+#: The breaker judges a send by how long it takes, and a wait the adapter
+#: imposes on itself says nothing about the far side's health.
+MAX_PACED_WAIT_S: Final = 0.1
+#: Seconds of the cap's pushes :class:`Pacer` lets go at once after a lull.
+#: Supabase judges a mean over ticks of seconds, which a quarter of a
+#: second's budget sent at once barely moves; spacing every push instead
+#: makes the events of a burst wait behind the cap, and the breaker takes that
+#: wait for slowness. Much more at once, and the acknowledgements of the last
+#: pushes of the burst come back late.
+BURST_S: Final = 0.25
 
 
 class Waiter:
@@ -84,6 +105,13 @@ class ChannelQueue:
         if len(self.queue) >= batch_max or self.queued_bytes >= batch_bytes:
             self.go.set()
 
+    def pushes_queued(self, batch_max: int, batch_bytes: int) -> int:
+        """About how many pushes what is queued needs."""
+        if not self.queue:
+            return 0
+        by_count = -(-len(self.queue) // batch_max)
+        return max(by_count, -(-self.queued_bytes // batch_bytes))
+
     def take(self, batch_max: int, batch_bytes: int) -> list[Item]:
         """The next push's events: up to ``batch_max`` of them and
         ``batch_bytes`` of their bytes, but always at least one."""
@@ -134,20 +162,26 @@ class Inflight:
 
 
 class TokenBucket:
-    """``rate`` tokens per second (changeable), at most one saved up; FIFO waiters."""
+    """``rate`` tokens per second and at most ``burst`` saved up (both
+    changeable); FIFO waiters. It starts full."""
 
-    def __init__(self) -> None:
+    def __init__(self, burst: float = 1.0) -> None:
         self.rate = 1.0
-        self._tokens = 1.0
+        self.burst = max(1.0, burst)
+        self._tokens = self.burst
         self._last = asyncio.get_running_loop().time()
         self._lock = asyncio.Lock()
+
+    def available(self, now: float) -> float:
+        """Tokens there at ``now`` (loop time), waiters not counted."""
+        return min(self.burst, self._tokens + max(0.0, now - self._last) * self.rate)
 
     async def acquire(self) -> None:
         async with self._lock:
             loop = asyncio.get_running_loop()
             while True:
                 now = loop.time()
-                self._tokens = min(1.0, self._tokens + (now - self._last) * self.rate)
+                self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
                 self._last = now
                 if self._tokens >= 1.0:
                     self._tokens -= 1.0
@@ -209,18 +243,39 @@ class Pacer:
         rate = self._governor.cap(asyncio.get_running_loop().time())
         if rate > 0:
             if self._bucket is None:
-                self._bucket = TokenBucket()
+                self._bucket = TokenBucket(rate * BURST_S)
             self._bucket.rate = rate
+            self._bucket.burst = max(1.0, rate * BURST_S)
             await self._bucket.acquire()
 
     def pushed(self, now: float) -> None:
         self._meter.add(now)
+
+    def wait_s(self, pushes: int, now: float) -> float:
+        """Seconds until ``pushes`` more pushes may go under the cap at ``now``."""
+        rate = self._governor.cap(now)
+        if rate <= 0:
+            return 0.0
+        bucket = self._bucket
+        tokens = bucket.available(now) if bucket is not None else max(1.0, rate * BURST_S)
+        return max(0.0, (pushes - tokens) / rate)
+
+    def paced_error(self, wait_s: float) -> AdapterThrottled:
+        """What a send gets when its pushes would wait ``wait_s`` behind the cap."""
+        detail = f"{wait_s:.2f}s of pushes queued behind the rate cap"
+        return AdapterThrottled(self.adapter, detail, wait_s, refused=False)
 
     def refused(self, now: float, detail: str) -> float:
         """The server refused for rate: pause, lower the cap, return it."""
         self.detail = detail
         self.until = now + self.pause_s
         return self._governor.refused(now, self._meter.rate(now))
+
+    def hold(self, now: float, detail: str) -> None:
+        """The server refused for rate again within the same excess: pause
+        again, leaving the cap as it is."""
+        self.detail = detail
+        self.until = now + self.pause_s
 
     def paused_for(self, now: float) -> float:
         """Seconds left of the pause (0: none)."""

@@ -36,6 +36,7 @@ from .client_glue import (
 
 __all__ = [
     "BROADCAST_EVENT",
+    "CANARY_EVENT",
     "RealtimeLink",
     "broadcast_channel_params",
     "channel_topic",
@@ -46,6 +47,8 @@ log = structlog.get_logger("broadcaster.adapters.realtime", adapter="realtime")
 
 #: The broadcast event name every batch is sent under.
 BROADCAST_EVENT: Final = "events"
+#: The broadcast event name of the adapter's canary pings.
+CANARY_EVENT: Final = "canary"
 _FAILED_STATES: Final = frozenset(
     {
         RealtimeSubscribeStates.CHANNEL_ERROR,
@@ -64,15 +67,18 @@ def channel_topic(prefix: str, category: Category | str) -> str:
     return f"{prefix}:{value.lower()}"
 
 
-def broadcast_channel_params(*, ack: bool, private: bool = False) -> RealtimeChannelOptions:
+def broadcast_channel_params(
+    *, ack: bool, private: bool = False, self_broadcast: bool = False
+) -> RealtimeChannelOptions:
     """Join params (docs/wire-format.md; a fresh dict: the client mutates what it is given).
 
     ``private``: join as a private channel, which the server authorises with
     the access token the client sends on join (and again on each refresh).
+    ``self_broadcast``: the server sends this client's own broadcasts back to it.
     """
     return {
         "config": {
-            "broadcast": {"ack": ack, "self": False},
+            "broadcast": {"ack": ack, "self": self_broadcast},
             "presence": {"key": "", "enabled": False},
             "private": private,
         }
@@ -121,6 +127,9 @@ class RealtimeLink:
     channel for a quota (a ``system`` error), else None. ``on_ready()`` runs
     after each successful (re)join. ``on_broadcast(topic, payload)`` gets
     every ``broadcast_event`` broadcast. ``private`` joins private channels.
+    ``canary_topic`` is one more channel, joined with ``self: true`` so that
+    what this client broadcasts there comes back to it: ``on_canary()`` runs
+    for each :data:`CANARY_EVENT` broadcast received on it.
     ``client_factory`` is the class of each client (:class:`PreEncodedPushClient`
     or a subclass); a connection does not start while it lacks an attribute
     :mod:`.client_glue` relies on.
@@ -138,6 +147,8 @@ class RealtimeLink:
         on_broadcast: Callable[[str, BroadcastPayload], None] | None = None,
         on_lost: Callable[[str, str | None], None] | None = None,
         on_ready: Callable[[], None] | None = None,
+        canary_topic: str | None = None,
+        on_canary: Callable[[], None] | None = None,
         connect_timeout_s: float = 5.0,
         reconnect_initial_s: float = 0.1,
         reconnect_max_s: float = 5.0,
@@ -157,6 +168,8 @@ class RealtimeLink:
         self._on_broadcast = on_broadcast
         self._on_lost = on_lost
         self._on_ready = on_ready
+        self._canary_topic = canary_topic
+        self._on_canary = on_canary
         self._connect_timeout = connect_timeout_s
         self._backoff_initial = reconnect_initial_s
         self._backoff_max = reconnect_max_s
@@ -311,6 +324,16 @@ class RealtimeLink:
 
         return on_broadcast
 
+    def _canary_callback(self, handler: Callable[[], None]) -> Callable[[BroadcastPayload], None]:
+        def on_canary(_payload: BroadcastPayload) -> None:
+            # As with any broadcast: an exception must not end the reader.
+            try:
+                handler()
+            except Exception as exc:
+                self._log.exception("canary handler failed", error=repr(exc))
+
+        return on_canary
+
     async def _connect(self) -> None:
         ensure_supported_clients(self._client_factory)
         if self._project is None:
@@ -340,6 +363,14 @@ class RealtimeLink:
                 if self._on_broadcast is not None:
                     channel.on_broadcast(self._event, self._broadcast_callback(topic))
                 channels[topic] = channel
+            if self._canary_topic is not None:
+                params = broadcast_channel_params(
+                    ack=self._ack, private=self._private, self_broadcast=True
+                )
+                channel = project.channel(self._canary_topic, params)
+                if self._on_canary is not None:
+                    channel.on_broadcast(CANARY_EVENT, self._canary_callback(self._on_canary))
+                channels[self._canary_topic] = channel
             await asyncio.gather(
                 *(ch.subscribe(self._state_callback(client, t)) for t, ch in channels.items())
             )

@@ -11,7 +11,7 @@ from broadcaster.adapters.realtime import broadcast_channel_params, channel_topi
 from broadcaster.events import Category, EventFactory, EventRecord, seal
 from broadcaster.realtime_server import LocalRealtimeServer, Peer
 
-__all__ = ["FAST", "KEY", "Listener", "Msg", "RecordingServer", "Records"]
+__all__ = ["FAST", "KEY", "Listener", "Msg", "RecordingServer", "Records", "is_batch"]
 
 Msg = dict[str, Any]
 
@@ -64,10 +64,17 @@ class RecordingServer(LocalRealtimeServer):
         await super().on_access_token(peer, msg)
 
     async def on_broadcast(self, peer: Peer, msg: Msg) -> None:
-        events = msg["payload"].get("payload", {}).get("events", [])
-        self.pushes.append((msg["topic"], [e["sequence_id"] for e in events]))
-        self.push_sizes.append(len(events))
+        if is_batch(msg):  # not the adapter's canary pings
+            events = msg["payload"]["payload"]["events"]
+            self.pushes.append((msg["topic"], [e["sequence_id"] for e in events]))
+            self.push_sizes.append(len(events))
         await super().on_broadcast(peer, msg)
+
+
+def is_batch(msg: Msg) -> bool:
+    """Whether a broadcast push carries a batch of events (the adapter also
+    pings its canary channel now and then)."""
+    return bool(msg["payload"].get("event") == "events")
 
 
 class Listener:

@@ -20,6 +20,7 @@ from broadcaster.adapters.realtime import (
 from broadcaster.events import Category
 from broadcaster.exceptions import (
     AdapterRejected,
+    AdapterThrottled,
     AdapterTimeout,
     AdapterUnavailable,
     ConfigError,
@@ -85,7 +86,8 @@ def test_the_plan_sets_the_caps_the_adapter_uses() -> None:
     )
     limits = RealtimeAdapter.from_settings(settings).limits
     assert limits == settings.realtime_limits()
-    assert limits.max_messages_per_s == 90 and limits.max_event_bytes is not None
+    # Half of the plan's 90 % for pushes: each reaches one subscriber (a copy).
+    assert limits.max_messages_per_s == 44 and limits.max_event_bytes is not None
     assert limits.max_event_bytes < 256_000
 
 
@@ -95,7 +97,11 @@ async def test_send_delivers_batches_in_order_on_the_category_channel(
     adapter = await make_adapter(server.realtime_url)
     assert adapter.name == "realtime"
     health = adapter.health()
-    assert health.connected and len(health.extra["joined_channels"]) == len(Category)
+    # A channel per category, and the canary, which its own pings come back on.
+    assert health.connected and len(health.extra["joined_channels"]) == len(Category) + 1
+    joins = dict(server.join_payloads)
+    assert joins["realtime:events:canary"]["config"]["broadcast"] == {"ack": True, "self": True}
+    assert joins["realtime:events:critical"]["config"]["broadcast"]["self"] is False
     batch = records.make(5)
     await adapter.send(batch)
     await until(lambda: len(listener.events) == 5)
@@ -318,11 +324,30 @@ async def test_rate_cap_paces_pushes(
         server.realtime_url, batch_max=1, batch_ms=0, max_messages_per_s=40
     )
     started = time.monotonic()
-    await asyncio.gather(*(adapter.send(records.make(1)) for _ in range(12)))
+    await asyncio.gather(*(adapter.send(records.make(1)) for _ in range(13)))
     elapsed = time.monotonic() - started
-    assert adapter.pushes == 12
-    assert elapsed >= 11 / 40 * 0.9  # one token up front, then 40 per second
-    assert elapsed < 2.0
+    assert adapter.pushes == 13
+    # A quarter of a second's budget (10) up front, then 40 per second.
+    assert elapsed >= 2 / 40 * 0.9
+
+
+async def test_a_send_that_would_wait_long_behind_the_cap_is_held_back(
+    server: RecordingServer, records: Records, make_adapter: Any
+) -> None:
+    """Pushes queued behind the cap for longer than a send should take: the
+    send is throttled at once, nothing of it queued (the lane holds it back and
+    tries again), and it is pacing, not a refusal by the server."""
+    adapter = await make_adapter(
+        server.realtime_url, batch_max=1, batch_ms=0, max_messages_per_s=80
+    )
+    taken = asyncio.ensure_future(adapter.send(records.make(60)))
+    await until(lambda: adapter.pushes >= 1)
+    # 60 queued, 20 of them at once: the next push waits about half a second.
+    with pytest.raises(AdapterThrottled) as info:
+        await adapter.send(records.make(1))
+    assert not info.value.refused and 0.1 < info.value.retry_after_s <= 0.52
+    await taken
+    assert adapter.pushes == 60 and adapter.health().extra["refused"] == {}
 
 
 async def test_error_reply_raises_adapter_rejected(records: Records, make_adapter: Any) -> None:
@@ -412,7 +437,7 @@ async def test_server_restart_on_same_port_reconnects_and_rejoins(
         await srv.start()
         await until(lambda: adapter.health().connected)
         assert adapter.link.connects == 2
-        assert srv.stats.joins == 2 * len(Category)
+        assert srv.stats.joins == 2 * (len(Category) + 1)  # and the canary
         batch = records.make(4)
         await adapter.send(batch)
         assert srv.pushes[-1] == ("realtime:events:critical", [r.sequence_id for r in batch])

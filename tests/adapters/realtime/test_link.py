@@ -15,7 +15,8 @@ from tests._wait import until
 from tests.adapters.realtime._support import KEY, RecordingServer, Records
 
 SECRET = "link-tests-jwt-secret-0123456789abcdef"
-TOPICS = {f"realtime:events:{c.value.lower()}" for c in Category}
+#: The adapter's channels: one per category, and its canary (private too).
+TOPICS = {f"realtime:events:{c.value.lower()}" for c in Category} | {"realtime:events:canary"}
 
 
 async def test_private_channels_join_with_the_access_token_and_follow_its_refresh(

@@ -1,8 +1,8 @@
 """The Realtime adapter within quotas: an event too large for the plan is
 refused without being sent; a push the server refuses as too large is split
-and retried; a refusal for rate (an error reply, or a channel the server shuts
-with a ``system`` error, as Supabase does) slows the adapter down and is
-neither an outage to the breaker nor a loss. The refusals are the ones
+and retried; a refusal for rate (an error reply, or, as Supabase does, the
+adapter's canary channel shut with a ``system`` error) slows the adapter down
+and is neither an outage to the breaker nor a loss. The refusals are the ones
 Supabase's server sends (its BroadcastHandler and RealtimeChannel)."""
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from broadcaster.breaker_policy import BreakerConfig, BreakerState
 from broadcaster.events import Category, EventFactory
 from broadcaster.exceptions import AdapterThrottled, EventsRefused
 from broadcaster.lanes import Lane
-from broadcaster.realtime_server import Peer
+from broadcaster.realtime_server import Peer, Plan
 from broadcaster.stats import DeliveryStats
 from broadcaster.store import DeliveryState, MemoryStore
 from tests._wait import until
-from tests.adapters.realtime._support import Msg, RecordingServer, Records
+from tests.adapters.realtime._support import Listener, Msg, RecordingServer, Records, is_batch
+from tests.realtime_server._clients import FakeClock
 
 RATE_REPLY = {"reason": "MessagePerSecondRateLimitReached: Too many messages per second"}
 
@@ -37,7 +38,7 @@ class SizeLimited(RecordingServer):
         self.refused = 0
 
     async def on_broadcast(self, peer: Peer, msg: Msg) -> None:
-        if len(orjson.dumps(msg["payload"])) > self.limit:
+        if is_batch(msg) and len(orjson.dumps(msg["payload"])) > self.limit:
             self.refused += 1
             await self.reply(peer, msg, "error", "payload_size_exceeded")
             return
@@ -56,31 +57,15 @@ class RateLimited(RecordingServer):
         self.refused = 0
 
     async def on_broadcast(self, peer: Peer, msg: Msg) -> None:
+        if not is_batch(msg):
+            await super().on_broadcast(peer, msg)
+            return
         self.seen += 1
         if self.seen % self.every == 0 and self.refused < self.times:
             self.refused += 1
             await self.reply(peer, msg, "error", RATE_REPLY)
             return
         await super().on_broadcast(peer, msg)
-
-
-class ShutsChannels(RecordingServer):
-    """Over its message rate, Supabase's channel pushes a ``system`` error and
-    stops: a ``phx_close``, and the topic is no longer joined. This server
-    does that on the ``at``-th broadcast, which it does not take."""
-
-    def __init__(self, at: int) -> None:
-        super().__init__()
-        self.at = at
-        self.seen = 0
-
-    async def on_broadcast(self, peer: Peer, msg: Msg) -> None:
-        self.seen += 1
-        if self.seen != self.at:
-            await super().on_broadcast(peer, msg)
-            return
-        # Supabase's channel over its rate: a system error, then phx_close.
-        self.shut_down(peer, peer.joins[msg["topic"]], "Too many messages per second")
 
 
 async def test_an_event_too_large_for_the_plan_is_refused_unsent_and_the_rest_delivered(
@@ -147,25 +132,59 @@ async def test_a_rate_refusal_throttles_and_lowers_the_rate_cap(
         assert adapter.health().extra["refused"] == {"rate_limit": 1}
 
 
-async def test_a_channel_the_server_shuts_for_rate_is_rejoined_after_a_pause(
+#: A project whose message rate is quickly over: ten a second.
+TINY = Plan(
+    "tiny",
+    messages_per_second=10,
+    joins_per_second=10_000,
+    channels_per_connection=100,
+    concurrent_connections=100,
+    payload_kb=256,
+)
+
+
+async def test_over_the_projects_rate_the_canary_is_shut_and_sends_wait_until_it_is_back(
     records: Records, make_adapter: Any
 ) -> None:
-    async with ShutsChannels(at=2) as srv:
-        adapter = await make_adapter(srv.realtime_url, throttle_s=0.3)
-        await adapter.send(records.make(2))
-        with pytest.raises(AdapterThrottled):
-            await adapter.send(records.make(2))  # the channel is shut under it
-        link = adapter.link
-        assert link is not None and link.losses == 1
-        # While it comes back, sends are throttled, not unavailable.
-        with pytest.raises(AdapterThrottled):
-            await adapter.send(records.make(1))
-        await until(lambda: adapter.health().connected)
-        assert link.connects == 2
-        batch = records.make(3)
-        await adapter.send(batch)
-        assert srv.pushes[-1][1] == [r.sequence_id for r in batch]
-        assert adapter.health().extra["refused"] == {"rate_limit": 1}
+    """As Supabase does, the server never refuses the sender: over the rate
+    it shuts the channels that receive messages — the subscriber's, and the
+    adapter's canary, whose pings come back to it."""
+    clock = FakeClock()
+    async with RecordingServer(limits=TINY, clock=clock) as srv:
+        listener = Listener(srv.realtime_url)
+        await listener.start()
+        try:
+            adapter = await make_adapter(srv.realtime_url, canary_s=0.02, throttle_s=0.05)
+            canary = adapter.health().extra["canary"]
+            assert canary["topic"] == "events:canary" and canary["open"]
+            for _ in range(60):  # 60 pushes and 60 copies: 120 messages
+                await adapter.send(records.make(1))
+            clock.now += 5  # the tick: (0 + 120) / 2 / 5 > 10 a second
+            await adapter.send(records.make(1))  # the sender is never refused...
+            await until(lambda: srv.stats.too_many_messages >= 1)  # ...the listener is
+            # The next ping comes back over the rate: the canary is shut too.
+            await until(lambda: not adapter.health().extra["canary"]["open"])
+            with pytest.raises(AdapterThrottled) as info:
+                await adapter.send(records.make(1))
+            assert info.value.reason == "rate_limit"
+            assert "Too many messages per second" in str(info.value)
+            pushes = adapter.pushes
+            # Still over: pings go on, each shutting the canary, and the cap
+            # is lowered once for the excess, not once per ping.
+            cap = adapter.max_messages_per_s()
+            await until(lambda: adapter.health().extra["canary"]["refusals"] >= 3)
+            assert adapter.max_messages_per_s() == cap and adapter.pushes == pushes
+            clock.now += 60  # a quiet minute: the mean is under the rate again
+            await until(lambda: adapter.health().extra["canary"]["open"])
+            batch = records.make(3)
+            await adapter.send(batch)
+            assert srv.pushes[-1][1] == [r.sequence_id for r in batch]
+            extra = adapter.health().extra
+            assert extra["canary"]["reopened"] == 1
+            assert extra["refused"]["rate_limit"] == extra["canary"]["refusals"]
+            assert adapter.health().connected
+        finally:
+            await listener.close()
 
 
 async def test_through_a_lane_rate_refusals_lose_nothing_and_never_trip_the_breaker(
