@@ -55,6 +55,12 @@ class Rollouts:
         # id -> (version this instance saved, when it evaluated it): hold
         # time counts from there while nobody else changed the rollout.
         self._watched: dict[int, tuple[int, int]] = {}
+        # The last sequence id stored when this instance began driving
+        # rollouts (None: not driving). What was stored before it may have
+        # been in flight when the previous driver died, its receipts lost
+        # with that process's probes: reconciliation reports and repairs
+        # those events, but no gate counts a crash against the new path.
+        self._driving_from: int | None = None
 
     @property
     def horizon_ms(self) -> int:
@@ -101,6 +107,7 @@ class Rollouts:
         if not others:
             raise ValueError(f"no adapter besides the primary ({primary}) to roll out to")
         plan = Plan(category.value, others[0], steps, round(hold_s * 1000), gates, cutover)
+        await self.begin_driving()
         await self._b.flags.load(quiet=True)
         decision = policy.start(
             plan,
@@ -171,11 +178,21 @@ class Rollouts:
         whoever drives them next starts its stages' looks afresh."""
         self._evidence.clear()
         self._watched.clear()
+        self._driving_from = None
+
+    async def begin_driving(self) -> int:
+        """Mark where this instance began driving rollouts (once until
+        :meth:`forget`): gates judge only events stored after the mark, or
+        after the stage began if later. Returns the mark."""
+        if self._driving_from is None:
+            self._driving_from = await self._b.store.last_sequence_id()
+        return self._driving_from
 
     async def tick(self) -> list[RolloutRow]:
         """Evaluate every running rollout once, and apply again the flags of
         any active one whose category's flags differ from its own. Returns
         the active rollouts as they are now (a moved one as saved)."""
+        await self.begin_driving()
         await self._b.flags.load(quiet=True)
         rows = await self._b.store.rollouts(active_only=True)
         for gone in set(self._watched) - {row.id for row in rows}:
@@ -232,7 +249,7 @@ class Rollouts:
                 key,
                 category=rollout.plan.category,
                 adapter=adapter,
-                from_sequence_id=rollout.from_sequence_id,
+                from_sequence_id=max(rollout.from_sequence_id, await self.begin_driving()),
                 opens=opened,
             )
             self._evidence[rollout_id] = evidence
@@ -402,6 +419,12 @@ class RolloutController:
         return await self.rollouts.tick()
 
     async def _run(self) -> None:
+        if self._drives():
+            # At once, before traffic: the mark is where this process began.
+            try:
+                await self.rollouts.begin_driving()
+            except StoreError as exc:
+                log.error("rollouts not marked at start", error=str(exc))
         while True:
             await self._sleep(self.interval_s)
             try:
