@@ -308,8 +308,8 @@ async def test_only_the_lease_holder_drives_a_rollout_and_the_survivor_goes_on_f
         )
         assert (await asyncio.to_thread(get, other, "/rollouts/1"))["state"] == "running"
 
-        # Killed with step 2's events in flight: the survivor's probe sees
-        # what the holder sent, and the survivor sends again what it had not.
+        # Killed with step 2's events in flight: the survivor sends again
+        # what the holder had not, and reconciliation judges them.
         await asyncio.to_thread(post, other, "/events", user_activity(20, 20))
         driver.proc.send_signal(signal.SIGKILL)
         await asyncio.to_thread(driver.proc.wait, 60)
@@ -347,7 +347,10 @@ async def test_only_the_lease_holder_drives_a_rollout_and_the_survivor_goes_on_f
         flags = (await asyncio.to_thread(get, other, "/config"))["flags"]["categories"]
         assert flags["USER_ACTIVITY"]["percentage"] == 100
 
-        # Step 2's events, judged clean on the survivor's watch: it completes.
+        # Step 2's events stored since the survivor took over, judged clean
+        # on its watch: it completes. (What the holder left in flight is
+        # reconciliation's to judge: its probe's receipts died with it.)
+        await asyncio.to_thread(post, other, "/events", user_activity(20, 40))
         await until(lambda: get(other, "/rollouts/1")["state"] != "running", "the end")
         done = await asyncio.to_thread(get, other, "/rollouts/1")
         assert done["state"] == "completed", done
