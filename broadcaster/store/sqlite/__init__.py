@@ -4,9 +4,9 @@ Why it is built as it is: a ``publish()`` returns once its append committed,
 so the commit the producer waits for is kept as small as it can be — the
 event rows alone, written on the event loop's thread when that needs no
 lock and no fsync — and everything else (outbox rows, acknowledgements,
-checkpoints, receipts) is paid for in transactions nobody waits on. What it
-guarantees an operator (durability, a file deleted under it, health) is in
-``docs/deploying.md``.
+checkpoints, receipts) is paid for in transactions the producer does not
+wait for. What it guarantees an operator (durability, a file deleted under
+it, health) is in ``docs/deploying.md``.
 
 The rooms, in the order an event meets them:
 
@@ -21,8 +21,9 @@ The rooms, in the order an event meets them:
 * :mod:`._reads` — what lanes, subscribers and people read;
 * :mod:`._receipts` and :mod:`._reconcile` — what consumers report and what
   the reconciler reads; :mod:`._retention` — pruning and watermarks;
-* :mod:`._rollouts` and :mod:`._instances` — runtime configuration, audit,
-  rollouts, instances and leases;
+* :mod:`._tables` — the store methods of runtime configuration, audit,
+  rollouts, instances and leases, their bodies in :mod:`._rollouts` and
+  :mod:`._instances`;
 * :mod:`.schema` — the tables and their migrations.
 """
 

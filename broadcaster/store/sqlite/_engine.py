@@ -9,9 +9,10 @@ transactions (at most ``loop_write_max`` rows) run on the event loop's
 thread instead, on a second connection, when ``synchronous`` is ``NORMAL``
 or ``OFF``: such a commit is a WAL append to the page cache (no fsync),
 cheaper than the hop to the worker, which under load must win the GIL back
-from a busy loop after every statement. That connection does not wait for a
-lock: a write that finds the file locked is handed to the worker, which
-waits up to ``busy_timeout_ms``.
+from a busy loop after every statement; ``loop_write_max`` bounds how long
+one commit holds the loop (how it was chosen: ``loadtests/HISTORY.md``).
+That connection does not wait for a lock: a write that finds the file
+locked is handed to the worker, which waits up to ``busy_timeout_ms``.
 """
 
 from __future__ import annotations
