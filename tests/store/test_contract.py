@@ -424,7 +424,7 @@ async def test_stats_counts_and_oldest_undelivered(store: Store) -> None:
 @pytest.fixture
 def small_prune_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     # Several prune transactions even for a handful of events.
-    monkeypatch.setattr(sqlite, "PRUNE_CHUNK", 3)
+    monkeypatch.setattr(sqlite._retention, "PRUNE_CHUNK", 3)
     monkeypatch.setattr(postgres, "PRUNE_CHUNK", 3)
 
 

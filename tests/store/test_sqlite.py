@@ -70,9 +70,9 @@ async def test_undelivered_is_a_range_scan_of_the_outbox_key(tmp_path: Path) -> 
     async with SQLiteStore(tmp_path / "i.db"):
         pass
     conn = sqlite3.connect(tmp_path / "i.db")
-    from broadcaster.store.sqlite import _UNDELIVERED  # noqa: PLC0415
+    from broadcaster.store.sqlite._reads import UNDELIVERED  # noqa: PLC0415
 
-    plan = " ".join(str(r) for r in conn.execute(f"EXPLAIN QUERY PLAN {_UNDELIVERED}", ("a", 0, 1)))
+    plan = " ".join(str(r) for r in conn.execute(f"EXPLAIN QUERY PLAN {UNDELIVERED}", ("a", 0, 1)))
     conn.close()
     assert "SEARCH o USING PRIMARY KEY (adapter=? AND sequence_id>?)" in plan, plan
     assert "SCAN" not in plan, plan
@@ -308,10 +308,10 @@ async def test_undelivered_tail_is_a_range_scan_of_the_events_key(tmp_path: Path
     async with SQLiteStore(tmp_path / "i.db"):
         pass
     conn = sqlite3.connect(tmp_path / "i.db")
-    from broadcaster.store.sqlite import _UNDELIVERED_TAIL  # noqa: PLC0415
+    from broadcaster.store.sqlite._reads import UNDELIVERED_TAIL  # noqa: PLC0415
 
     plan = " ".join(
-        str(r) for r in conn.execute(f"EXPLAIN QUERY PLAN {_UNDELIVERED_TAIL}", (0, "a", 1))
+        str(r) for r in conn.execute(f"EXPLAIN QUERY PLAN {UNDELIVERED_TAIL}", (0, "a", 1))
     )
     conn.close()
     assert "SEARCH e USING INTEGER PRIMARY KEY (rowid>?)" in plan, plan
@@ -321,10 +321,10 @@ async def test_an_append_past_the_tail_bound_writes_the_outbox_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While no mark comes (acks lag, adapters down), reads must not add up an
-    ever longer tail: the append that takes it past _TAIL_MAX writes the rows."""
-    from broadcaster.store import sqlite as sqlite_store  # noqa: PLC0415
+    ever longer tail: the append that takes it past TAIL_MAX writes the rows."""
+    from broadcaster.store.sqlite import _writes  # noqa: PLC0415
 
-    monkeypatch.setattr(sqlite_store, "_TAIL_MAX", 4)
+    monkeypatch.setattr(_writes, "TAIL_MAX", 4)
     path = tmp_path / "bound.db"
     async with SQLiteStore(path) as store:
         await store.append(items(3))
@@ -773,9 +773,8 @@ async def test_append_now_writes_on_the_loop_or_writes_nothing(tmp_path: Path) -
         assert store.append_now(items(1)) is None
         other.execute("ROLLBACK")
         other.close()
-        store._held = asyncio.Event()  # a checkpoint pass holding writes
-        assert store.append_now(items(1)) is None
-        store._held = None
+        with store._engine.checkpoints.holding_writes():  # a checkpoint pass
+            assert store.append_now(items(1)) is None
         (later,) = await store.append(items(1))
         assert later.sequence_id == 4  # nothing was consumed by the refusals
     async with SQLiteStore(path, synchronous="FULL") as store:  # commits fsync: never on the loop
@@ -1070,13 +1069,13 @@ async def test_reading_history_is_a_range_read_of_the_events_key(tmp_path: Path)
     async with SQLiteStore(tmp_path / "h.db"):
         pass
     conn = sqlite3.connect(tmp_path / "h.db")
-    from broadcaster.store.sqlite import _FIRST_SEQUENCE_ID, _READ_EVENTS  # noqa: PLC0415
+    from broadcaster.store.sqlite._reads import FIRST_SEQUENCE_ID, READ_EVENTS  # noqa: PLC0415
 
     for params in ((0, None, None, 10), (0, '["CRITICAL"]', "websocket", 10)):
-        plan = " ".join(str(r) for r in conn.execute(f"EXPLAIN QUERY PLAN {_READ_EVENTS}", params))
+        plan = " ".join(str(r) for r in conn.execute(f"EXPLAIN QUERY PLAN {READ_EVENTS}", params))
         assert "SEARCH events USING INTEGER PRIMARY KEY (rowid>?)" in plan, plan
         assert "SCAN events" not in plan and "TEMP B-TREE" not in plan, plan  # no sort
-    plan = " ".join(str(r) for r in conn.execute(f"EXPLAIN QUERY PLAN {_FIRST_SEQUENCE_ID}"))
+    plan = " ".join(str(r) for r in conn.execute(f"EXPLAIN QUERY PLAN {FIRST_SEQUENCE_ID}"))
     conn.close()
     assert "SCAN" not in plan, plan
 

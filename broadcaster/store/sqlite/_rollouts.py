@@ -1,25 +1,28 @@
-"""The SQLite store's runtime configuration writes and progressive rollouts:
-the bodies of write transactions :class:`~broadcaster.store.sqlite.SQLiteStore`
-runs (on its worker thread) and of its reads, each given the connection.
+"""The SQLite store's runtime configuration, its audit trail and progressive
+rollouts: the bodies of write transactions
+:class:`~broadcaster.store.sqlite.SQLiteStore` runs (on its worker thread)
+and of its reads, each given the connection.
 
-A rollout row and the configuration change that goes with it are written in
-one transaction. At most one rollout per category is running or paused: the
-transaction checks before it inserts (SQLite serialises writers), and a
-partial unique index backs it.
+The configuration document and its audit entry are written in one
+transaction: both or neither; so are a rollout row and the configuration
+change that goes with it. At most one rollout per category is running or
+paused: the transaction checks before it inserts (SQLite serialises
+writers), and a partial unique index backs it.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Final
+from typing import Any, Final
 
-from ..exceptions import RolloutConflict
-from .base import AuditEntry, RolloutRow, audit_entry, rollout_actor, stale_rollout
+from ...exceptions import RolloutConflict
+from ..base import AuditEntry, RolloutRow, audit_entry, rollout_actor, stale_rollout
 
 __all__ = [
-    "AUDIT_PAGE",
     "create_rollout",
+    "read_audit",
+    "read_config",
     "read_rollout",
     "read_rollouts",
     "save_rollout",
@@ -34,8 +37,7 @@ _SAVE_CONFIG: Final = (
 _INSERT_AUDIT: Final = (
     "INSERT INTO audit (at_ms, actor, path, before_json, after_json) VALUES (?, ?, ?, ?, ?)"
 )
-#: One page of the audit trail: ``(after, limit)``.
-AUDIT_PAGE: Final = (
+_AUDIT_PAGE: Final = (
     "SELECT id, at_ms, actor, path, before_json, after_json FROM audit"
     " WHERE id > ? ORDER BY id LIMIT ?"
 )
@@ -55,6 +57,20 @@ def write_config(
     entry_id = cursor.lastrowid
     assert entry_id is not None
     return audit_entry(entry_id, now_ms, actor, path, before_json, after_json)
+
+
+def read_config(conn: sqlite3.Connection) -> dict[str, Any] | None:
+    """The runtime configuration document, or ``None`` if never saved."""
+    row = conn.execute("SELECT doc_json FROM runtime_config WHERE id = 1").fetchone()
+    if row is None:
+        return None
+    doc: dict[str, Any] = json.loads(row[0])
+    return doc
+
+
+def read_audit(conn: sqlite3.Connection, after: int, limit: int) -> list[AuditEntry]:
+    """Audit entries with id > ``after``, oldest first, at most ``limit``."""
+    return [audit_entry(*row) for row in conn.execute(_AUDIT_PAGE, (after, limit))]
 
 
 def create_rollout(

@@ -11,7 +11,7 @@ Schema (``SCHEMA_VERSION`` in ``meta``; created and migrated by :meth:`SQLiteSto
            , checksum, payload_keys TEXT) -- copied out of the wire for scan()
     -- per (sequence_id, adapter) routed pair up to meta.outbox_through, at most
     -- one row in one of these; none: acknowledged (later pairs, "the tail", are
-    -- queued; see below):
+    -- queued; see _outbox):
     outbox(adapter, sequence_id, state, error, updated_at_ms,     -- queued, failed,
            PRIMARY KEY (adapter, sequence_id)) WITHOUT ROWID      -- pending: to deliver
     deliveries(sequence_id, adapter, state, error, updated_at_ms, -- repaired; acked
@@ -44,7 +44,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Final
 
-from ..exceptions import StoreError
+from ...exceptions import StoreError
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate"]
 
@@ -55,7 +55,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # 1: events with their routing; per-adapter delivery state, split in two
     # tables so that what is still to deliver is a small, dense b-tree keyed for
     # undelivered(): each routed pair gets one outbox row (since version 6
-    # written after the append: see "the tail" in the module doc), an ack moves
+    # written after the append: see "the tail" in ``_outbox``), an ack moves
     # it to deliveries (cheaper than one table with a partial index).
     (
         """CREATE TABLE events (
@@ -166,7 +166,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             AND o.adapter = receipts.adapter AND o.id < receipts.id)""",
     ),
     # 6: outbox rows are written after the append, for the tail of events
-    # after outbox_through (see the module doc); every existing event has its
+    # after outbox_through (see ``_outbox``); every existing event has its
     # rows, so the tail starts empty. The view shows the tail's queued pairs.
     (
         """INSERT OR REPLACE INTO meta (key, value)
@@ -205,7 +205,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
                 WHERE d.sequence_id = e.sequence_id AND d.adapter = a.value)""",
     ),
     # 8: an append writes its event rows alone: meta's last_sequence_id and
-    # event_count are a floor (see _settle_high_mark), brought up to the
+    # event_count are a floor (see settle_high_mark), brought up to the
     # newest event before any delete takes it, by whatever deletes: ids are
     # never handed out again. The version also stops older code, which would
     # read the floor as the high-water mark.
