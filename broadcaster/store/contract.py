@@ -59,7 +59,7 @@ _UP: StoreHealth = StoreHealth(True)
 class Store(ABC):
     """Async store. Implementations never block the event loop on anything
     that can wait (locks, fsync, the network); SQLite commits its small writes
-    on the loop thread, a sub-millisecond page-cache write (see its module doc).
+    on the loop thread, page-cache writes that do not wait (see its module doc).
 
     Errors that mean "cannot durably accept" (disk full, database down) are
     raised as :class:`~broadcaster.exceptions.StoreUnavailable`.
