@@ -11,6 +11,7 @@ from broadcaster.events import EventDraft, EventFactory, seal
 from broadcaster.exceptions import StoreError, StoreUnavailable
 from broadcaster.store import DeliveryState, PostgresStore
 from broadcaster.store.postgres import MIGRATIONS, SCHEMA_VERSION
+from broadcaster.store.postgres.sql import FIRST_SEQUENCE_ID, INDEX_ORDER, READ_EVENTS
 
 from .conftest import PgServer
 
@@ -372,12 +373,6 @@ async def test_reading_history_is_a_range_read_of_the_primary_key(pg_url: str) -
     """read_events() and first_sequence_id() on a large table: the plan walks
     events_pkey from the cursor (and stops at the limit), never a whole-table
     scan and sort, also as a generic plan (what a prepared statement gets)."""
-    from broadcaster.store.postgres import (  # noqa: PLC0415
-        _FIRST_SEQUENCE_ID,
-        _INDEX_ORDER,
-        _READ_EVENTS,
-    )
-
     async with PostgresStore(pg_url):
         pass  # creates the schema
     async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
@@ -395,11 +390,11 @@ async def test_reading_history_is_a_range_read_of_the_primary_key(pg_url: str) -
                 params = {"after": 1000, "categories": categories, "adapter": adapter}
                 params["limit"] = 1000
                 async with conn.transaction():  # as read_events() runs it
-                    await conn.execute(_INDEX_ORDER)
-                    cur = await conn.execute(f"EXPLAIN {_READ_EVENTS}", params)
+                    await conn.execute(INDEX_ORDER)
+                    cur = await conn.execute(f"EXPLAIN {READ_EVENTS}", params)
                     plan = " ".join(str(row[0]) for row in await cur.fetchall())
                 assert "Index Scan using events_pkey" in plan, plan
                 assert "Sort" not in plan and "Seq Scan" not in plan, plan
-        cur = await conn.execute(f"EXPLAIN {_FIRST_SEQUENCE_ID}")
+        cur = await conn.execute(f"EXPLAIN {FIRST_SEQUENCE_ID}")
         plan = " ".join(str(row[0]) for row in await cur.fetchall())
         assert "events_pkey" in plan and "Seq Scan" not in plan, plan

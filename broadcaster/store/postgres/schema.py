@@ -1,12 +1,52 @@
-"""The PostgreSQL store's schema: its ordered migrations, applied by
-:meth:`~broadcaster.store.postgres.PostgresStore.open` in one transaction
-under an advisory lock (several processes may open the store at once)."""
+"""The PostgreSQL store's schema: its ordered migrations, and
+:func:`migrate`, which :meth:`~broadcaster.store.postgres.PostgresStore.open`
+runs in one transaction under an advisory lock (several processes may open
+the store at once); and :func:`postgres_store_exists`, which asks whether a
+database holds a store without creating one.
+
+Schema (version ``SCHEMA_VERSION``)::
+
+    meta(key text PRIMARY KEY, value bigint)  -- schema_version, event_count, receipt_count
+    SEQUENCE event_sequence_id (bigint, CACHE 1)
+    events(sequence_id bigint PRIMARY KEY, event_id, category, event_type,
+           created_at_ms bigint, routed_to text  -- JSON array
+           , wire bytea
+           , checksum, payload_keys text)        -- copied out of the wire for scan()
+    -- per (sequence_id, adapter) routed pair, exactly one row in one of:
+    outbox(adapter, sequence_id, state, error, updated_at_ms,     -- queued, failed,
+           PRIMARY KEY (adapter, sequence_id))                    -- pending: to deliver
+    deliveries(sequence_id, adapter, state, error, updated_at_ms, -- acked, repaired
+               PRIMARY KEY (sequence_id, adapter))
+    VIEW delivery_state  -- outbox UNION ALL deliveries, for people and reports
+    receipts(id bigserial PRIMARY KEY, sequence_id, adapter, event_type,
+             received_at_ms, checksum, checksum_ok boolean, consumer, payload_keys)
+    delivered_counts(adapter, state, n bigint)  -- rows of deliveries per (adapter, state)
+    watermarks(name text PRIMARY KEY, value bigint)  -- e.g. reconciled_through
+    audit(id bigserial PRIMARY KEY, at_ms bigint, actor, path,
+          before_json, after_json text)           -- JSON text
+    runtime_config(id smallint PRIMARY KEY CHECK (id = 1),  -- one row
+                   doc_json text, updated_at_ms bigint)
+
+The counters (``meta.event_count``, ``meta.receipt_count``, ``delivered_counts``)
+change in the transactions that change what they count, as each transaction's
+last statement and in key order (no lock-order deadlock between processes), so
+:meth:`~broadcaster.store.postgres.PostgresStore.stats` reads a few rows
+instead of counting millions. Pruning deletes from ``events``; the sequence
+never goes back.
+"""
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+import psycopg
+
+from ...exceptions import StoreError, StoreUnavailable
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate", "postgres_store_exists"]
+
+# Advisory lock key (an arbitrary constant, "bcst" + purpose).
+_MIGRATE_LOCK: Final = 0x62637374_0001
 
 #: Ordered schema migrations; migration ``n`` brings version ``n - 1`` to ``n``.
 #: Append new tuples for later tables; never edit a released one.
@@ -189,3 +229,51 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+async def migrate(conn: psycopg.AsyncConnection[Any]) -> int:
+    """Create or migrate the schema to :data:`SCHEMA_VERSION` in one
+    transaction on ``conn``; returns the version found. Raises
+    :class:`StoreError` if the database's schema is newer than this code."""
+    async with conn.transaction(), conn.cursor() as cur:
+        # Two processes starting together: one migrates, the other waits and
+        # then finds the schema current.
+        await cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+        await cur.execute(
+            "CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value bigint NOT NULL)"
+        )
+        await cur.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', 0)"
+            " ON CONFLICT (key) DO NOTHING"
+        )
+        await cur.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+        row = await cur.fetchone()
+        assert row is not None
+        found = int(row[0])
+        if found > SCHEMA_VERSION:
+            raise StoreError(
+                f"database schema version {found} is newer than this code's "
+                f"{SCHEMA_VERSION}; upgrade the broadcaster"
+            )
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version - 1]:
+                await cur.execute(statement)
+            await cur.execute("UPDATE meta SET value = %s WHERE key = 'schema_version'", (version,))
+    return found
+
+
+async def postgres_store_exists(url: str, *, connect_timeout: int = 5) -> bool:
+    """Whether the database at ``url`` holds a store (its ``meta`` table on
+    the connection's search path), asked without creating anything."""
+    try:
+        async with (
+            await psycopg.AsyncConnection.connect(
+                url, connect_timeout=connect_timeout, autocommit=True
+            ) as conn,
+            conn.cursor() as cur,
+        ):
+            await cur.execute("SELECT to_regclass('meta') IS NOT NULL")
+            row = await cur.fetchone()
+    except psycopg.Error as exc:
+        raise StoreUnavailable(f"PostgreSQL is not reachable: {exc}".strip()) from exc
+    return bool(row and row[0])
