@@ -33,8 +33,12 @@ log = structlog.get_logger("broadcaster.cluster")
 
 #: The lease of the instance that writes to Realtime.
 REALTIME_LEASE: Final = "realtime"
-#: Runtime flags changed on another instance apply here within a second.
+#: Runtime flags changed on another instance apply here within a second:
+#: re-read this often from a store that does not notify changes...
 FLAGS_EVERY_S: Final = 0.5
+#: ...and at least this often from one that does (PostgreSQL: ``LISTEN``),
+#: the safety net should a notification ever go unheard.
+FLAGS_SAFETY_S: Final = 10.0
 
 
 class ClusterStatus(TypedDict):
@@ -166,8 +170,14 @@ class Membership:
         log.warning("realtime lease lost: another instance writes to Realtime", reason=why)
 
     async def _follow_flags(self) -> None:
+        store = self._b.store
+        every_s = FLAGS_SAFETY_S if store.notifies_config_changes else FLAGS_EVERY_S
         while True:
-            await asyncio.sleep(FLAGS_EVERY_S)
+            try:
+                await store.wait_for_config_change(every_s)
+            except StoreError as exc:  # closed under us: poll until cancelled
+                log.warning("runtime flag changes not heard", error=str(exc))
+                await asyncio.sleep(FLAGS_EVERY_S)
             try:
                 await self._b.flags.load(quiet=True)
             except Exception as exc:  # a bad document or a store outage: keep what is in force

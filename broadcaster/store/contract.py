@@ -264,6 +264,16 @@ class Store(ABC):
         process can write, waits ``timeout``."""
         await asyncio.sleep(timeout)
 
+    #: Whether :meth:`wait_for_config_change` hears changes made by other
+    #: processes as they commit (else a caller polls).
+    notifies_config_changes: bool = False
+
+    async def wait_for_config_change(self, timeout: float) -> None:  # noqa: ASYNC109 (a bound, not a deadline)
+        """Return soon after the runtime configuration may have changed, or
+        after ``timeout`` seconds; a spurious return is allowed (callers
+        read to see). The default waits ``timeout``."""
+        await asyncio.sleep(timeout)
+
     @abstractmethod
     async def first_sequence_id(self) -> int:
         """The lowest sequence id still stored (0 when no event is)."""

@@ -230,6 +230,28 @@ async def test_two_stores_share_runtime_config_and_audit(pg_url: str) -> None:
         )
 
 
+async def test_a_config_change_on_one_store_wakes_a_listener_on_another(pg_url: str) -> None:
+    async with PostgresStore(pg_url) as a, PostgresStore(pg_url) as b:
+        assert b.notifies_config_changes
+        # The first wait opens the listening connection and returns at once:
+        # whatever changed before it listened, the caller reads now.
+        async with asyncio.timeout(30):
+            await b.wait_for_config_change(3600)
+        # The connection listens from here on: a change is heard even before
+        # the wait reads the socket.
+        woken = asyncio.create_task(b.wait_for_config_change(3600))
+        await a.save_runtime_config({"v": 1}, actor="a", path="PATCH", before=None, after=1)
+        # Far sooner than the hour it would otherwise wait.
+        async with asyncio.timeout(30):
+            await woken
+        assert await b.runtime_config() == {"v": 1}
+
+
+async def test_waiting_for_config_changes_on_a_closed_store_is_refused(pg_url: str) -> None:
+    with pytest.raises(StoreError, match="not open"):
+        await PostgresStore(pg_url).wait_for_config_change(1)
+
+
 async def test_runtime_config_survives_a_new_store_on_the_database(pg_url: str) -> None:
     async with PostgresStore(pg_url, clock=lambda: 1_700_000_000.25) as store:
         first = await store.save_runtime_config(

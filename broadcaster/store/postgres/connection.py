@@ -1,12 +1,15 @@
 """The PostgreSQL store's connections: the base every part of
 :class:`~broadcaster.store.postgres.PostgresStore` runs its transactions
-through, and the ``LISTEN`` connection a service following the store waits on.
+through, and the ``LISTEN`` connections a service following the store waits on.
 
 One connection, used by one call at a time (an asyncio lock): each call is a
 unit of work run with :meth:`ConnectedStore._run`, which translates
 psycopg's errors into the store's and keeps the store's health. Appends
 ``NOTIFY`` :data:`~broadcaster.store.postgres.sql.APPEND_CHANNEL` at commit;
-:meth:`ConnectedStore.wait_for_appends` listens on a connection of its own.
+:meth:`ConnectedStore.wait_for_appends` listens on a connection of its own;
+runtime configuration changes notify
+:data:`~broadcaster.store.postgres.sql.CONFIG_CHANNEL`, heard by
+:meth:`ConnectedStore.wait_for_config_change` on another.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from psycopg.conninfo import conninfo_to_dict
 from ...exceptions import StoreError, StoreUnavailable
 from .._batching import GroupCommit, MarkRequest
 from ..contract import Store
-from .sql import APPEND_CHANNEL
+from .listen import ChannelListener
+from .sql import APPEND_CHANNEL, CONFIG_CHANNEL
 
 __all__ = ["ConnectedStore"]
 
@@ -65,6 +69,8 @@ class ConnectedStore(Store):
     documents the constructor's arguments).
     """
 
+    notifies_config_changes = True
+
     def __init__(
         self,
         url: str,
@@ -84,8 +90,6 @@ class ConnectedStore(Store):
         self._op_timeout = op_timeout
         self._clock = clock
         self._conn: psycopg.AsyncConnection[Any] | None = None
-        # wait_for_appends()'s own connection (LISTEN).
-        self._listener: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
         self._opened = False
         self._marks = GroupCommit(self._flush_marks)
@@ -93,6 +97,10 @@ class ConnectedStore(Store):
         self._log = structlog.get_logger(
             _LOGGER_NAME, store="postgres", host=params.get("host"), dbname=params.get("dbname")
         )
+        # Connections of their own, LISTENing for appends and for runtime
+        # configuration changes.
+        self._appends = ChannelListener(self._listen_connection, APPEND_CHANNEL, self._log)
+        self._config_changes = ChannelListener(self._listen_connection, CONFIG_CHANNEL, self._log)
 
     @abstractmethod
     async def _flush_marks(self, requests: list[MarkRequest]) -> None:
@@ -162,26 +170,21 @@ class ConnectedStore(Store):
                     raise StoreUnavailable(f"postgres: {action}: {exc}") from exc
                 raise StoreError(f"postgres: {action}: {exc}") from exc
 
+    async def _listen_connection(self) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(
+            self._url, autocommit=True, **self._connect_kwargs
+        )
+
     async def wait_for_appends(self, timeout: float) -> None:  # noqa: ASYNC109 (a bound, not a deadline)
-        """See :meth:`Store.wait_for_appends`: ``LISTEN`` on a connection of
-        its own; every append notifies at its commit. A broken or refused
-        listening connection returns at once (the next call reconnects), so
-        a caller that reads after each return still sees every event."""
+        """See :meth:`Store.wait_for_appends`: every append notifies at its
+        commit (:class:`~broadcaster.store.postgres.listen.ChannelListener`)."""
         if not self._opened:
             raise StoreError("postgres store is not open")
-        try:
-            listener = self._listener
-            if listener is None or listener.closed or listener.broken:
-                listener = self._listener = await psycopg.AsyncConnection.connect(
-                    self._url, autocommit=True, **self._connect_kwargs
-                )
-                await listener.execute(f"LISTEN {APPEND_CHANNEL}")
-                return  # appends before LISTEN were not heard: read once now
-            async for _ in listener.notifies(timeout=timeout, stop_after=1):
-                pass
-        except psycopg.Error as exc:
-            listener, self._listener = self._listener, None
-            if listener is not None:
-                await listener.close()
-            self._log.warning("store listen failed", error=str(exc))
-            await asyncio.sleep(min(timeout, 1.0))
+        await self._appends.wait(timeout)
+
+    async def wait_for_config_change(self, timeout: float) -> None:  # noqa: ASYNC109 (a bound, not a deadline)
+        """See :meth:`Store.wait_for_config_change`: every runtime
+        configuration change notifies at its commit."""
+        if not self._opened:
+            raise StoreError("postgres store is not open")
+        await self._config_changes.wait(timeout)

@@ -30,6 +30,7 @@ from ..shared import (
     stale_rollout,
 )
 from .connection import ConnectedStore
+from .sql import CONFIG_CHANNEL
 
 __all__ = ["ConfigAndRollouts"]
 
@@ -70,6 +71,8 @@ async def _write_config(
     await cur.execute(_SAVE_CONFIG, (doc, now_ms))
     await cur.execute(_INSERT_AUDIT, (now_ms, actor, path, before_json, after_json))
     row = await cur.fetchone()
+    # Delivered at commit, to every instance: they re-read the flags at once.
+    await cur.execute(f"SELECT pg_notify('{CONFIG_CHANNEL}', '')")
     assert row is not None
     return audit_entry(int(row[0]), now_ms, actor, path, before_json, after_json)
 

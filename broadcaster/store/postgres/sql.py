@@ -16,6 +16,7 @@ __all__ = [
     "ADD_META",
     "ADD_META_AND_NOTIFY",
     "APPEND_CHANNEL",
+    "CONFIG_CHANNEL",
     "APPEND_LOCK",
     "CONSUMERS",
     "FACTS",
@@ -114,6 +115,8 @@ LOCK_AND_TAKE_IDS: Final = (
 )
 #: Where appends notify the services following the store (one round trip).
 APPEND_CHANNEL: Final = "broadcaster_events"
+#: Where runtime configuration changes notify every instance.
+CONFIG_CHANNEL: Final = "broadcaster_config"
 ADD_META_AND_NOTIFY: Final = (
     "UPDATE meta SET value = value + %s"
     f" FROM (SELECT pg_notify('{APPEND_CHANNEL}', '')) AS notified WHERE key = %s"

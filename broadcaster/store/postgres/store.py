@@ -74,9 +74,8 @@ class PostgresStore(EventWrites, EventReads, ConsumerReports, InstanceRegistry, 
             await self._marks.wait_idle()
         finally:
             self._opened = False
-            listener, self._listener = self._listener, None
-            if listener is not None:
-                await listener.close()
+            await self._appends.close()
+            await self._config_changes.close()
             async with self._lock:
                 await self._discard()
             self._log.info("store closed")
