@@ -30,7 +30,7 @@ import broadcaster
 from broadcaster.adapters.memory import MemoryAdapter
 from broadcaster.admin import MAX_BATCH, create_app
 from broadcaster.admin.guard import OPEN, permits, required
-from broadcaster.cli import _parser
+from broadcaster.cli.parser import build_parser
 from broadcaster.core import Broadcaster
 from broadcaster.events import Category, EventFactory, parse_frame, seal
 from broadcaster.routing import ADAPTER_NAMES
@@ -466,7 +466,7 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
 
 def test_cli_md_covers_every_subcommand_and_option() -> None:
     text = (DOCS / "cli.md").read_text(encoding="utf-8")
-    parser = _parser()
+    parser = build_parser()
     for option in _options(parser):
         assert f"`{option}" in text, f"broadcaster {option} is not in docs/cli.md"
     commands = _subcommands(parser)
