@@ -19,7 +19,7 @@ import pytest
 import structlog
 import uvloop
 
-from broadcaster import core
+from broadcaster import commit_scheduler
 from tests._env import SETTING_PREFIXES
 from tests._postgres import pg_server, pg_url
 
@@ -67,8 +67,8 @@ def commits_in_callers_step(monkeypatch: pytest.MonkeyPatch) -> None:
     no loop-lag bound, no per-turn time budget. For tests that count loop
     turns after commits: on a loaded machine (CI, coverage, asyncio debug
     mode) a VM pause mid-step must not send a commit to the writer task."""
-    monkeypatch.setattr(core, "_INLINE_MAX_LAG_S", 1.0)
-    monkeypatch.setattr(core, "_INLINE_BUDGET_S", 1.0)
+    monkeypatch.setattr(commit_scheduler, "_INLINE_MAX_LAG_S", 1.0)
+    monkeypatch.setattr(commit_scheduler, "_INLINE_BUDGET_S", 1.0)
 
 
 #: Grouped tests that xdist's ``--dist loadgroup`` failed to group.

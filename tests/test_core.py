@@ -13,7 +13,7 @@ import pytest
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from broadcaster import core
+from broadcaster import commit_scheduler
 from broadcaster.adapters.memory import MemoryAdapter
 from broadcaster.breaker_policy import BreakerConfig
 from broadcaster.core import Broadcaster, Receipt
@@ -63,7 +63,7 @@ def loop_keeps_up(monkeypatch: pytest.MonkeyPatch) -> None:
     """Take the loop-lag bound on commits in callers' steps out of the way:
     on a slow or loaded machine (CI, coverage, asyncio debug mode) the lag of
     an idle test loop can pass it. One test below exercises the bound."""
-    monkeypatch.setattr(core, "_INLINE_MAX_LAG_S", 1.0)
+    monkeypatch.setattr(commit_scheduler, "_INLINE_MAX_LAG_S", 1.0)
 
 
 def make(
@@ -585,11 +585,11 @@ async def test_commits_go_back_to_the_writer_task_while_the_loop_is_slow(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A bound far above an idle loop's lag on any machine, far below a busy one's.
-    monkeypatch.setattr(core, "_INLINE_MAX_LAG_S", 0.005)
+    monkeypatch.setattr(commit_scheduler, "_INLINE_MAX_LAG_S", 0.005)
     # The loop below spins, so its thread is saturated; a low share keeps other
     # processes on a loaded machine (two busy ones on two cores took it to
     # 50-66 % of a CPU) from making it look idle.
-    monkeypatch.setattr(core, "_SATURATED_SHARE", 0.2)
+    monkeypatch.setattr(commit_scheduler, "_SATURATED_SHARE", 0.2)
     store = WriteNowStore()
     stop = False
 
@@ -626,7 +626,7 @@ async def test_commits_stay_in_the_callers_step_while_the_loop_lags_but_idles(
     commits only pay off when the loop's thread has no idle time left, and its
     two turns per call made dual-write publish() p50 jump 3-6x at 2 000
     events/s on a slow VM, where the Realtime client's pushes made turns long."""
-    monkeypatch.setattr(core, "_INLINE_MAX_LAG_S", 0.005)
+    monkeypatch.setattr(commit_scheduler, "_INLINE_MAX_LAG_S", 0.005)
     store = WriteNowStore()
     stop = False
 

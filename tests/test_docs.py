@@ -30,18 +30,13 @@ import broadcaster
 from broadcaster.adapters.memory import MemoryAdapter
 from broadcaster.admin import MAX_BATCH, create_app
 from broadcaster.admin.guard import OPEN, permits, required
-from broadcaster.cli import _parser
+from broadcaster.cli.parser import build_parser
 from broadcaster.core import Broadcaster
 from broadcaster.events import Category, EventFactory, parse_frame, seal
 from broadcaster.routing import ADAPTER_NAMES
 from broadcaster.security import Scope, TokenSet
-from broadcaster.settings import (
-    _ADAPTER_FIELDS,
-    _CATEGORY_FIELDS,
-    Settings,
-    _variable_for,
-    load_settings,
-)
+from broadcaster.settings import Settings, load_settings
+from broadcaster.settings.families import ADAPTER_FIELDS, CATEGORY_FIELDS, variable_for
 from broadcaster.store.memory import MemoryStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -382,23 +377,23 @@ COMPUTED = object()
 
 def setting_variables() -> dict[str, Any]:
     """Every environment variable :class:`Settings` reads, named as
-    settings.py names it in its errors, with the default it takes."""
+    the settings package names it in its errors, with the default it takes."""
     defaults = Settings(_env_file=None)
     variables: dict[str, Any] = {}
     for field, info in Settings.model_fields.items():
         if field == "categories":
             for cat in Category:
-                for name in _CATEGORY_FIELDS:
+                for name in CATEGORY_FIELDS:
                     value = getattr(defaults.categories[cat], name)
-                    variables[_variable_for(("categories", cat.value, name))] = value
+                    variables[variable_for(("categories", cat.value, name))] = value
         elif field == "adapters":
             for adapter in ADAPTER_NAMES:
-                for name in _ADAPTER_FIELDS:
+                for name in ADAPTER_FIELDS:
                     value = getattr(defaults.adapters[adapter], name)
-                    variables[_variable_for(("adapters", adapter, name))] = value
+                    variables[variable_for(("adapters", adapter, name))] = value
         else:
             computed = info.default_factory is not None
-            variables[_variable_for((field,))] = COMPUTED if computed else info.default
+            variables[variable_for((field,))] = COMPUTED if computed else info.default
     return variables
 
 
@@ -466,7 +461,7 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
 
 def test_cli_md_covers_every_subcommand_and_option() -> None:
     text = (DOCS / "cli.md").read_text(encoding="utf-8")
-    parser = _parser()
+    parser = build_parser()
     for option in _options(parser):
         assert f"`{option}" in text, f"broadcaster {option} is not in docs/cli.md"
     commands = _subcommands(parser)

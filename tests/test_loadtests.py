@@ -319,7 +319,7 @@ async def test_call_parts_probe_times_by_mode_and_puts_the_methods_back(tmp_path
             await b.publish("SYSTEM", "e", {"i": 2})
             await b.publish("SYSTEM", "e", {"i": 3})
         await b.publish("SYSTEM", "e", {"i": 4})  # not timed: the probe is gone
-        assert "append_now" not in vars(b.store) and "_dispatch" not in vars(b)
+        assert "append_now" not in vars(b.store) and "dispatch" not in vars(b._handoff)
     counts = {key: len(values) for key, values in probe.cpu.items()}
     # Every call hands its one record over, whichever way it committed; it
     # commits in its own step unless the loop lags (then the writer task

@@ -26,7 +26,7 @@ each path's calls.
 
 ``--parts`` adds a probe that splits each call's CPU time into the store
 commit (``Store.append_now``, the call's own commit) and the hand-off of the
-committed record (the broadcaster's ``_dispatch``: it queues the record, and
+committed record (``Handoff.dispatch``: it queues the record, and
 the lanes take it a loop turn later, outside the call), per mode
 (``parts``: p10/p50 of each, and ``other``: the call's CPU less the two).
 The probe wraps those two methods on the running instances for the phase
@@ -115,9 +115,10 @@ class CallParts:
     """The probe of ``--parts``: the loop thread's CPU time of every one-event
     commit in ``publish()``'s own step and of every one-record hand-off
     (queued for the lanes), keyed by mode (dual: the event was routed to two adapters).
-    ``with probe.timing(b):`` wraps ``b.store.append_now`` and ``b._dispatch``
-    on the instances and puts the methods back on exit; timings of several
-    such phases (one path's rounds) pool in ``cpu``."""
+    ``with probe.timing(b):`` wraps ``b.store.append_now`` and the dispatch of
+    the broadcaster's :class:`~broadcaster.handoff.Handoff` on the instances
+    and puts the methods back on exit; timings of several such phases (one
+    path's rounds) pool in ``cpu``."""
 
     def __init__(self) -> None:
         self.cpu: dict[tuple[str, str], list[float]] = {
@@ -127,8 +128,10 @@ class CallParts:
     @contextlib.contextmanager
     def timing(self, b: Broadcaster) -> Iterator[None]:
         store, clock = b.store, time.thread_time
+        # The probe's one reach inside the broadcaster: its hand-off queue.
+        handoff = b._handoff
         append_now: Callable[[_Items], list[EventRecord] | None] = store.append_now
-        dispatch: Callable[[list[EventRecord], _Items], None] = b._dispatch
+        dispatch: Callable[[list[EventRecord], _Items], None] = handoff.dispatch
         commits, dual_commits = self.cpu["single", "commit"], self.cpu["dual", "commit"]
         handoffs, dual_handoffs = self.cpu["single", "handoff"], self.cpu["dual", "handoff"]
 
@@ -146,12 +149,12 @@ class CallParts:
                 (dual_handoffs if len(items[0][1]) > 1 else handoffs).append(clock() - c0)
 
         store.append_now = timed_append_now  # type: ignore[method-assign]
-        b._dispatch = timed_dispatch  # type: ignore[method-assign]
+        handoff.dispatch = timed_dispatch  # type: ignore[method-assign]
         try:
             yield
         finally:
             del store.append_now  # type: ignore[attr-defined]
-            del b._dispatch  # type: ignore[attr-defined]
+            del handoff.dispatch  # type: ignore[attr-defined]
 
     def figures(self, call_cpu_p50_ms: dict[str, float]) -> dict[str, Any]:
         """Per mode, p10/p50 ms of each part; ``other_p50_ms``: the calls'
