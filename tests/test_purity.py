@@ -16,6 +16,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "broadcaster"
 
 PURE_MODULES = [
     "events.py",
+    "event_shapes.py",
+    "event_factory.py",
+    "event_seal.py",
     "event_ids.py",
     "event_json.py",
     "event_integrity.py",
