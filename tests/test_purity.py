@@ -28,6 +28,8 @@ PURE_MODULES = [
     "exceptions.py",
     "reconcile/matching.py",
     "breaker_policy.py",
+    "breaker_config.py",
+    "breaker_window.py",
     "realtime_plan.py",
     "security.py",
     "realtime_server/protocol.py",
