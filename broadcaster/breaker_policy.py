@@ -63,6 +63,10 @@ Concurrent calls: each state change bumps :attr:`BreakerPolicy.epoch`. A caller
 that reads ``epoch`` when a call is admitted and passes it to ``record`` gets
 outcomes of calls that started before the last transition ignored — a batch
 that was in flight when the breaker opened cannot later count as a probe.
+
+The settings (:class:`BreakerConfig`, in :mod:`.breaker_config`) and the
+window (:class:`SlidingWindow`, in :mod:`.breaker_window`) live apart and are
+re-exported here; this module is the state machine that joins them.
 """
 
 from __future__ import annotations
@@ -72,12 +76,9 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from .exceptions import AdapterRefused, AdapterUnavailable
-
-if TYPE_CHECKING:
-    from .settings import Settings
+from .breaker_config import BreakerConfig
+from .breaker_window import CallOutcome, SlidingWindow
 
 __all__ = [
     "BreakerConfig",
@@ -100,14 +101,6 @@ class BreakerState(enum.StrEnum):
     HALF_OPEN = "half_open"
 
 
-class CallOutcome(enum.Enum):
-    """How one finished call is counted."""
-
-    SUCCESS = "success"
-    FAILURE = "failure"
-    SLOW = "slow"
-
-
 @dataclass(frozen=True, slots=True)
 class Transition:
     """One state change: ``from_state`` → ``to_state`` at ``at`` (caller's clock)."""
@@ -121,196 +114,6 @@ class Transition:
     def key(self) -> str:
         """``"closed->open"`` and so on: a label for counters."""
         return f"{self.from_state.value}->{self.to_state.value}"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BreakerConfig:
-    """Settings of one adapter's breaker. All keyword-only.
-
-    Defaults and why:
-
-    * ``error_threshold=0.05`` — the default of ``ADAPTER_<NAME>_ERROR_THRESHOLD``.
-    * ``latency_threshold_ms`` — required: the settings have per-adapter defaults
-      (websocket 200, realtime 150); :meth:`from_settings` fills it.
-    * ``latency_multiplier=2.0`` — the settings' default; a call slower than
-      ``latency_threshold_ms × latency_multiplier`` counts as failed.
-    * ``window_s=10.0`` — long enough to gather ``min_calls`` at modest rates,
-      short enough that a failure burst is judged within seconds.
-    * ``min_calls=20`` — with the 5 % threshold, the smallest sample where one
-      failure is *not* already above the threshold (1/20 = 5 %).
-    * ``recovery_time_s=30.0`` / ``half_open_requests=5`` — the settings' defaults.
-    * ``ramp_steps=(10, 25, 50, 100)`` — percent of live traffic after recovery;
-      strictly increasing, ending at 100.
-    * ``ramp_step_s=10.0`` — one window per step, so the rate rule sees a full
-      window of traffic at each share before it widens (30 s to full traffic).
-    * ``bucket_s=1.0`` — the window's resolution (memory is one bucket per
-      ``bucket_s`` of ``window_s``).
-    * ``immediate_trip_errors=(AdapterUnavailable,)`` — errors that open the
-      breaker on a single occurrence (see the module doc).
-    * ``neutral_errors=(AdapterRefused,)`` — errors that count as no outcome:
-      quota refusals (see the module doc).
-    """
-
-    error_threshold: float = 0.05
-    latency_threshold_ms: float
-    latency_multiplier: float = 2.0
-    window_s: float = 10.0
-    min_calls: int = 20
-    recovery_time_s: float = 30.0
-    half_open_requests: int = 5
-    ramp_steps: tuple[int, ...] = (10, 25, 50, 100)
-    ramp_step_s: float = 10.0
-    bucket_s: float = 1.0
-    immediate_trip_errors: tuple[type[BaseException], ...] = (AdapterUnavailable,)
-    neutral_errors: tuple[type[BaseException], ...] = (AdapterRefused,)
-
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        if not 0.0 <= self.error_threshold <= 1.0:
-            problems.append(f"error_threshold {self.error_threshold} not in [0, 1]")
-        if not self.latency_threshold_ms > 0:
-            problems.append(f"latency_threshold_ms {self.latency_threshold_ms} must be > 0")
-        if not self.latency_multiplier >= 1:
-            problems.append(f"latency_multiplier {self.latency_multiplier} must be >= 1")
-        if not self.bucket_s > 0 or not self.window_s >= self.bucket_s:
-            problems.append(f"need 0 < bucket_s ({self.bucket_s}) <= window_s ({self.window_s})")
-        if self.min_calls < 1:
-            problems.append(f"min_calls {self.min_calls} must be >= 1")
-        if not self.recovery_time_s > 0:
-            problems.append(f"recovery_time_s {self.recovery_time_s} must be > 0")
-        if self.half_open_requests < 1:
-            problems.append(f"half_open_requests {self.half_open_requests} must be >= 1")
-        steps = self.ramp_steps
-        if (
-            not steps
-            or steps[-1] != 100
-            or steps[0] < 1
-            or any(a >= b for a, b in zip(steps, steps[1:], strict=False))
-        ):
-            problems.append(f"ramp_steps {steps} must rise strictly from >= 1 to 100")
-        if not self.ramp_step_s > 0:
-            problems.append(f"ramp_step_s {self.ramp_step_s} must be > 0")
-        if problems:
-            raise ValueError("; ".join(problems))
-
-    @property
-    def slow_call_s(self) -> float:
-        """A successful call taking longer than this (seconds) counts as failed."""
-        return self.latency_threshold_ms * self.latency_multiplier / 1000.0
-
-    @classmethod
-    def from_settings(cls, settings: Settings, adapter_name: str) -> BreakerConfig:
-        """The config of ``adapter_name`` from the settings (``ADAPTER_<NAME>_*``,
-        ``BREAKER_*``); the other fields keep their defaults. Raises
-        ``ValueError`` for an adapter the settings do not know."""
-        try:
-            adapter = settings.adapters[adapter_name]
-        except KeyError:
-            known = ", ".join(sorted(settings.adapters))
-            raise ValueError(f"no settings for adapter {adapter_name!r}; known: {known}") from None
-        return cls(
-            error_threshold=adapter.error_threshold,
-            latency_threshold_ms=adapter.latency_threshold_ms,
-            latency_multiplier=settings.breaker_latency_multiplier,
-            recovery_time_s=settings.breaker_recovery_time_s,
-            half_open_requests=settings.breaker_half_open_requests,
-        )
-
-
-class SlidingWindow:
-    """Call outcomes of the last ``window_s`` seconds, in per-bucket counters.
-
-    Memory is fixed: ``ceil(window_s / bucket_s)`` buckets of three counters,
-    however many calls are recorded. The window at time ``now`` is the bucket
-    holding ``now`` plus the buckets before it, so it spans between
-    ``window_s - bucket_s`` and ``window_s`` seconds of history. A timestamp
-    older than the newest bucket seen (a clock that stepped back) is counted
-    in the newest bucket.
-    """
-
-    __slots__ = ("_bucket_s", "_calls", "_epochs", "_failures", "_head", "_size", "_slow", "_tot")
-
-    def __init__(self, window_s: float, bucket_s: float = 1.0) -> None:
-        if not bucket_s > 0 or not window_s >= bucket_s:
-            raise ValueError(f"need 0 < bucket_s ({bucket_s}) <= window_s ({window_s})")
-        self._bucket_s = bucket_s
-        self._size = math.ceil(window_s / bucket_s)
-        self._epochs: list[int | None] = [None] * self._size
-        self._calls = [0] * self._size
-        self._failures = [0] * self._size
-        self._slow = [0] * self._size
-        self._tot = [0, 0, 0]  # calls, failures, slow
-        self._head: int | None = None
-
-    @property
-    def buckets(self) -> int:
-        """Number of buckets (the memory bound)."""
-        return self._size
-
-    def _advance(self, now: float) -> int:
-        """Move the window to ``now``: drop buckets that left it. Returns the
-        index of the bucket holding ``now``."""
-        index = math.floor(now / self._bucket_s)
-        head = self._head
-        if head is None:
-            self._head = index
-            return index
-        if index <= head:
-            return head
-        for step in range(head + 1, min(index, head + self._size) + 1):
-            slot = step % self._size
-            if self._epochs[slot] is not None:
-                self._tot[0] -= self._calls[slot]
-                self._tot[1] -= self._failures[slot]
-                self._tot[2] -= self._slow[slot]
-                self._calls[slot] = self._failures[slot] = self._slow[slot] = 0
-                self._epochs[slot] = None
-        self._head = index
-        return index
-
-    def record(self, now: float, outcome: CallOutcome) -> None:
-        """Count one finished call at time ``now``."""
-        index = self._advance(now)
-        slot = index % self._size
-        self._epochs[slot] = index
-        self._calls[slot] += 1
-        self._tot[0] += 1
-        if outcome is CallOutcome.FAILURE:
-            self._failures[slot] += 1
-            self._tot[1] += 1
-        elif outcome is CallOutcome.SLOW:
-            self._slow[slot] += 1
-            self._tot[2] += 1
-
-    def calls(self, now: float) -> int:
-        """Calls recorded in the window at ``now``."""
-        self._advance(now)
-        return self._tot[0]
-
-    def failures(self, now: float) -> int:
-        """Failed calls (not counting slow ones) in the window at ``now``."""
-        self._advance(now)
-        return self._tot[1]
-
-    def slow(self, now: float) -> int:
-        """Slow (but successful) calls in the window at ``now``."""
-        self._advance(now)
-        return self._tot[2]
-
-    def failure_rate(self, now: float) -> float:
-        """``(failures + slow) / calls`` in the window at ``now``; 0.0 when empty."""
-        self._advance(now)
-        calls, failures, slow = self._tot
-        return (failures + slow) / calls if calls else 0.0
-
-    def clear(self) -> None:
-        """Forget every recorded call."""
-        self._epochs = [None] * self._size
-        self._calls = [0] * self._size
-        self._failures = [0] * self._size
-        self._slow = [0] * self._size
-        self._tot = [0, 0, 0]
-        self._head = None
 
 
 class BreakerPolicy:

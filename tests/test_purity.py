@@ -16,6 +16,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "broadcaster"
 
 PURE_MODULES = [
     "events.py",
+    "event_shapes.py",
+    "event_factory.py",
+    "event_seal.py",
     "event_ids.py",
     "event_json.py",
     "event_integrity.py",
@@ -29,6 +32,8 @@ PURE_MODULES = [
     "exceptions.py",
     "reconcile/matching.py",
     "breaker_policy.py",
+    "breaker_config.py",
+    "breaker_window.py",
     "realtime_plan.py",
     "security.py",
     "realtime_server/protocol.py",

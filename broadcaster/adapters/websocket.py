@@ -29,33 +29,32 @@ the broadcaster; instead a connection whose unsent backlog exceeds
 subscriber misses that way show up in reconciliation (docs/deploying.md) — the fan-out
 never buffers without bound on a subscriber's behalf.
 
-The wire protocol and per-connection records are in
-:mod:`.websocket_protocol`, the replay of a resume in :mod:`.websocket_resume`;
-both are re-exported here. This module stays a little over 500 lines: the
-handshake, the send path and close share one piece of state (which
-connections are live), and read best side by side.
+The adapter is put together from rooms of its own: the wire protocol and
+per-connection records (:mod:`.websocket_protocol`, its public names
+re-exported here), the handshake's checks (:mod:`.websocket_handshake`), the
+send path (:mod:`.websocket_fanout`) and the replay of a resume
+(:mod:`.websocket_resume`). This module keeps the adapter's lifecycle, its
+subscribers and the connection handler, which own the one piece of state the
+others share: which connections are live.
 """
 
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
-from collections.abc import Sequence
 from ssl import SSLContext
 from typing import TYPE_CHECKING
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
-from websockets.protocol import State
 
-from ..events import Category, EventRecord
 from ..exceptions import AdapterUnavailable, ConfigError
-from ..security import ApiToken, Permission, TokenSet
+from ..security import TokenSet
 from ..tls import server_ssl_context
 from .base import Adapter, AdapterHealth
+from .websocket_fanout import FanoutMixin
+from .websocket_handshake import HandshakeGate
 from .websocket_protocol import (
     _MAX_INCOMING_BYTES,
     ACCESS_TOKEN_PARAMETER,
@@ -70,7 +69,6 @@ from .websocket_protocol import (
     SubscriberInfo,
     _can_subscribe,
     _describe,
-    _presented_token,
     _remote,
     _request_from_path,
     _Subscriber,
@@ -108,7 +106,7 @@ _protocol_log = logging.getLogger("broadcaster.adapters.websocket.protocol")
 _protocol_log.addFilter(lambda record: record.levelno > logging.DEBUG)
 
 
-class WebSocketAdapter(ResumeMixin, Adapter):
+class WebSocketAdapter(FanoutMixin, ResumeMixin, Adapter):
     """WebSocket fan-out server at ``ws://host:port/events``.
 
     ``port=0`` binds a free port; read it back from :attr:`port` / :attr:`url`
@@ -181,6 +179,7 @@ class WebSocketAdapter(ResumeMixin, Adapter):
         self.host = host
         self._ssl = ssl
         self._tokens = tokens
+        self._gate = HandshakeGate(tokens, resumable=replay is not None)
         self._port = port
         self._max_buffer = max_buffer_bytes
         self._ping_interval = ping_interval
@@ -258,7 +257,7 @@ class WebSocketAdapter(ResumeMixin, Adapter):
                 self._handler,
                 self.host,
                 self._port,
-                process_request=self._process_request,
+                process_request=self._gate.check,
                 ssl=self._ssl,
                 logger=_protocol_log,
                 # Compression would cost CPU per frame per subscriber on the
@@ -348,56 +347,11 @@ class WebSocketAdapter(ResumeMixin, Adapter):
             self._membership.clear()
             await self._membership.wait()
 
-    def _authenticate(self, request: Request) -> ApiToken | None:
-        if self._tokens is None:
-            return None
-        return self._tokens.authenticate(_presented_token(request))
-
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        # Authentication first: an unknown client learns nothing else.
-        if self._tokens is not None:
-            token = self._authenticate(request)
-            if token is None:
-                log.warning("subscriber refused: no valid token", remote=_remote(connection))
-                response = connection.respond(
-                    http.HTTPStatus.UNAUTHORIZED,
-                    "a token allowing subscription is required: send"
-                    f" 'Authorization: Bearer <token>' or ?{ACCESS_TOKEN_PARAMETER}=<token>\n",
-                )
-                response.headers["WWW-Authenticate"] = 'Bearer realm="broadcaster"'
-                return response
-            if not token.allows(Permission.CONSUME):
-                log.warning(
-                    "subscriber refused: token may not subscribe",
-                    remote=_remote(connection),
-                    token=token.name,
-                    scope=token.scope.value,
-                )
-                return connection.respond(
-                    http.HTTPStatus.FORBIDDEN,
-                    f"token {token.name!r} has scope {token.scope.value!r}, which may not"
-                    " subscribe; a 'consumer' (or 'admin') token may\n",
-                )
-        # Refuse bad paths and filters at the HTTP handshake, so a client
-        # learns what is wrong from the status and body rather than a close.
-        try:
-            _, since = _request_from_path(request.path)
-        except LookupError as exc:
-            return connection.respond(http.HTTPStatus.NOT_FOUND, f"{exc}\n")
-        except ValueError as exc:
-            return connection.respond(http.HTTPStatus.BAD_REQUEST, f"{exc}\n")
-        if since is not None and self._replay is None:
-            return connection.respond(
-                http.HTTPStatus.BAD_REQUEST,
-                "this server keeps no history to resume from; connect without since\n",
-            )
-        return None
-
     async def _handler(self, connection: ServerConnection) -> None:
-        # _process_request already validated the path, so this cannot fail.
+        # The handshake gate already validated the path, so this cannot fail.
         request = connection.request
         categories, since = _request_from_path(request.path if request else "")
-        token = self._authenticate(request) if request is not None else None
+        token = self._gate.authenticate(request) if request is not None else None
         sub = _Subscriber(_remote(connection), categories, token.name if token else None, since)
         # Registered before the first await: a client whose handshake has
         # completed gets every event sent after that (held while it replays).
@@ -445,117 +399,3 @@ class WebSocketAdapter(ResumeMixin, Adapter):
     def _forget(self, connection: ServerConnection) -> None:
         if self._live.pop(connection, None) is not None:
             self._membership.set()
-
-    # -- delivery --------------------------------------------------------------
-
-    async def send(self, batch: Sequence[EventRecord]) -> None:
-        """Write ``batch`` to every open subscriber whose filter matches; return.
-
-        Never suspends: the frames are written synchronously, so batches reach
-        each connection in the order ``send`` was called (the ordering
-        contract of :class:`Adapter` holds without a lock). Raises
-        :class:`AdapterUnavailable` when the server is not running. Having no
-        subscribers is not an error.
-        """
-        if self._server is None:
-            raise AdapterUnavailable(self.name, "server not started")
-        if not batch or not self._live:
-            return
-        every: tuple[bytes, int] | None = None
-        by_filter: dict[frozenset[Category], tuple[bytes, int]] = {}
-        lowest: int | None = None
-        # Copy: a write failure or a slow drop removes entries as we go.
-        for connection, sub in list(self._live.items()):
-            wanted = sub.categories
-            if sub.held is not None:
-                self._hold(connection, sub, batch)
-                continue
-            if sub.seam:
-                if lowest is None:
-                    lowest = min(record.sequence_id for record in batch)
-                if lowest <= sub.seam:
-                    # A resumed connection and a batch reaching back into
-                    # what its replay sent (a backfill, a repair): its own frames.
-                    own = text_frames(
-                        [
-                            r.wire
-                            for r in batch
-                            if (wanted is None or r.category in wanted)
-                            and not sub.replayed(r.sequence_id)
-                        ]
-                    )
-                    if own[1]:
-                        self._write(connection, sub, *own)
-                    continue
-            if wanted is None:
-                if every is None:
-                    every = text_frames([record.wire for record in batch])
-                framed = every
-            else:
-                selected = by_filter.get(wanted)
-                if selected is None:
-                    selected = text_frames([r.wire for r in batch if r.category in wanted])
-                    by_filter[wanted] = selected
-                framed = selected
-            if framed[1]:
-                self._write(connection, sub, *framed)
-
-    def _write(
-        self,
-        connection: ServerConnection,
-        sub: _Subscriber,
-        data: bytes,
-        n: int,
-        *,
-        bounded: bool = True,
-    ) -> None:
-        transport = connection.transport
-        protocol = connection.protocol
-        if protocol.state is not State.OPEN or transport.is_closing():
-            # Closing: the handler will notice; stop feeding it now.
-            self._forget(connection)
-            return
-        try:
-            # The frames of a batch are framed once per filter (text_frames) and
-            # the same bytes go to every connection that wants them, as ONE
-            # transport write: no per-frame protocol call, no per-frame write
-            # (each write to an idle socket is a send() syscall), no drain()
-            # (waiting for one subscriber's socket would stall every other).
-            # Anything the protocol still holds (a pong) goes first; in state
-            # OPEN that is never the EOF marker (b"", only after a close frame).
-            pending = protocol.data_to_send()
-            if pending:
-                transport.write(b"".join(pending))
-            transport.write(data)
-        except Exception as exc:  # OSError from the transport
-            self._forget(connection)
-            log.warning("subscriber write failed", remote=sub.remote, error=repr(exc))
-            transport.abort()
-            return
-        sub.frames_sent += n
-        self._frames_sent += n
-        backlog = transport.get_write_buffer_size()
-        # A replay page (bounded=False) paces itself instead (_paced).
-        if bounded and backlog > self._max_buffer:
-            self._drop_slow(connection, sub, backlog)
-
-    def _drop_slow(self, connection: ServerConnection, sub: _Subscriber, backlog: int) -> None:
-        self._forget(connection)
-        self._dropped_slow += 1
-        log.warning(
-            "subscriber too slow; closing",
-            remote=sub.remote,
-            categories=_describe(sub.categories),
-            backlog_bytes=backlog,
-            max_buffer_bytes=self._max_buffer,
-            frames_sent=sub.frames_sent,
-        )
-        # The close frame queues behind the backlog: a slow-but-alive reader
-        # still learns why (1013) and can reconnect.
-        connection.protocol.send_close(SLOW_CLOSE_CODE, SLOW_CLOSE_REASON)
-        connection.send_data()
-        # A stalled peer will never read that far: abort after a grace period
-        # so its backlog is freed instead of held until keepalive gives up.
-        sub.abort_handle = asyncio.get_running_loop().call_later(
-            self._close_timeout, connection.transport.abort
-        )

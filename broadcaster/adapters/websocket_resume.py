@@ -33,7 +33,7 @@ class ResumeMixin:
     """The replay half of :class:`~broadcaster.adapters.websocket.WebSocketAdapter`."""
 
     if TYPE_CHECKING:
-        # Provided by the adapter.
+        # Provided by the adapter (_write and _drop_slow by the fan-out mixin).
         name: str
         _replay: ReplaySource | None
         _replay_page: int
@@ -78,7 +78,7 @@ class ResumeMixin:
         switch it to live (see the class doc). Ends quietly when the
         connection goes or is dropped meanwhile."""
         source = self._replay
-        assert source is not None  # _process_request refuses since without one
+        assert source is not None  # the handshake gate refuses since without one
         try:
             pruned = await source.pruned_through()
             last = await source.last_sequence_id()
