@@ -121,15 +121,20 @@ class RealtimeServerProcess:
             self.proc = await self._spawn(self.stderr)
         assert self.proc.stdout is not None
         line = ""
+        why = f"no URL printed within {self.start_timeout_s:g} s"
         try:
             async with asyncio.timeout(self.start_timeout_s):
                 line = (await self.proc.stdout.readline()).decode().strip()
         except TimeoutError:
             pass
+        else:
+            why = f"it printed {line!r}" if line else "its output ended"
         if line != self.url:
             await self.kill()
+            code = self.proc.returncode
             raise RuntimeError(
-                f"the local Realtime server did not start on port {self.port}: " + self._log_tail()
+                f"the local Realtime server did not start on port {self.port}"
+                f" ({why}; exit code {code}): {self._log_tail()}"
             )
         return self.url
 

@@ -763,7 +763,9 @@ def received_objects(draw: st.DrawFn) -> dict[str, Any]:
     return obj
 
 
-@settings(max_examples=300)
+# The traps found so far are pinned as examples below; random objects look
+# for new ones.
+@settings(max_examples=100)
 @given(received_objects())
 # The traps of cutting the checksum member out of the encoded wire object:
 @example({**_WIRE_EXAMPLE, "payload": {"a": 1, "checksum": {"algorithm": "crc32", "value": "0"}}})

@@ -284,7 +284,12 @@ async def scenario(
 
 
 async def test_sigkilled_realtime_server_fails_over_and_backfills(tmp_path: Path) -> None:
-    child = RealtimeServerProcess(key=secrets.token_urlsafe(16), start_timeout_s=20)
+    # Its log in a file, so that a start that fails says why; a generous
+    # start bound: a loaded machine starts Python slowly, and only a failure
+    # waits for it.
+    child = RealtimeServerProcess(
+        key=secrets.token_urlsafe(16), start_timeout_s=60, stderr=tmp_path / "realtime.log"
+    )
     await child.start()
     try:
         await scenario(

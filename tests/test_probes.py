@@ -406,7 +406,7 @@ def matched_per_adapter(report: dict[str, Any]) -> dict[str, int]:
 def test_serve_with_only_its_probes_reconciles_every_event_matched(tmp_path: Path) -> None:
     serve = Serve(tmp_path, INSTANCE_ID="e2e-probes")
     try:
-        receipts = serve.publish(10_000)
+        receipts = serve.publish(2_500)
         last = receipts[-1]["sequence_id"]
         wait_for(
             lambda: all(p["received"] >= len(receipts) for p in serve.probes().values()),
@@ -432,9 +432,10 @@ def test_serve_with_only_its_probes_reconciles_every_event_matched(tmp_path: Pat
 def test_subscribe_report_in_its_own_process_reports_under_its_consumer_name(
     tmp_path: Path,
 ) -> None:
-    # SPEC 12 / issue 26: serve and `subscribe --report` in separate processes,
-    # default settings otherwise (the probes on): every event is matched on
-    # each routed path, and the subscriber's receipts are in the store.
+    # serve and `subscribe --report` in separate processes, default settings
+    # otherwise (the probes on): every event is matched on each routed path,
+    # and the subscriber's receipts are in the store. Enough events for
+    # several batches of receipts (at most 1 000 each) from every consumer.
     serve = Serve(tmp_path, INSTANCE_ID="e2e-report")
     sub = subprocess.Popen(
         [
@@ -476,7 +477,7 @@ def test_subscribe_report_in_its_own_process_reports_under_its_consumer_name(
                 break
             except queue.Empty:
                 assert warmups < 120, "the subscriber never received an event"
-        receipts = serve.publish(10_000)
+        receipts = serve.publish(2_500)
         last = receipts[-1]["sequence_id"]
         while not lines.get(timeout=60).startswith(f"{last} "):
             pass
