@@ -22,6 +22,7 @@ from ..probes import ProbeView
 __all__ = [
     "AdapterStatus",
     "ClusterView",
+    "HealthStatus",
     "HealthView",
     "InstanceBeat",
     "StoreStatus",
@@ -31,7 +32,7 @@ __all__ = [
 
 #: ``ok``; ``degraded`` (a breaker not closed, an adapter not connected);
 #: ``down`` (the store refuses writes, or every breaker is open); ``stopped``.
-Status = Literal["ok", "degraded", "down", "stopped"]
+HealthStatus = Literal["ok", "degraded", "down", "stopped"]
 
 
 class StoreStatus(TypedDict):
@@ -79,7 +80,7 @@ class ClusterView(ClusterStatus):
 class HealthView(TypedDict):
     """The ``GET /health`` document."""
 
-    status: Status
+    status: HealthStatus
     store: StoreStatus
     #: Adapter name -> its connection and breaker.
     adapters: dict[str, AdapterStatus]
@@ -114,7 +115,7 @@ async def _cluster_health(b: Broadcaster, cluster: Membership) -> ClusterView:
     return view
 
 
-def _status(b: Broadcaster, store_up: bool, adapters: Mapping[str, AdapterStatus]) -> Status:
+def _status(b: Broadcaster, store_up: bool, adapters: Mapping[str, AdapterStatus]) -> HealthStatus:
     states = [a["breaker"] for a in adapters.values()]
     if not b.running:
         return "stopped"
@@ -169,7 +170,7 @@ def add_health_routes(
 
     @app.get("/health", tags=["open"])
     async def health() -> dict[str, Any]:
-        """Status, the store's and each adapter's connection and breaker state
+        """HealthStatus, the store's and each adapter's connection and breaker state
         (no token). A store that does not accept writes makes the status
         ``down``: nothing can be published."""
         # Plain: a HealthView annotation would add its schema to the OpenAPI document.
