@@ -170,7 +170,7 @@ def add_health_routes(
 
     @app.get("/health", tags=["open"])
     async def health() -> dict[str, Any]:
-        """HealthStatus, the store's and each adapter's connection and breaker state
+        """Status, the store's and each adapter's connection and breaker state
         (no token). A store that does not accept writes makes the status
         ``down``: nothing can be published."""
         # Plain: a HealthView annotation would add its schema to the OpenAPI document.
