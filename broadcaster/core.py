@@ -465,7 +465,7 @@ class Broadcaster:
             )
             raise FlushTimeout(pending, timeout or 0.0) from None
 
-    def health(self) -> dict[str, AdapterHealth]:
+    def health(self) -> dict[str, AdapterHealth[Mapping[str, object]]]:
         return {name: adapter.health() for name, adapter in self.adapters.items()}
 
     def store_health(self) -> StoreHealth:

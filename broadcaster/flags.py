@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from .events import Category
 from .exceptions import ConfigError
-from .routing import ADAPTER_NAMES, RoutingTable
+from .routing import ADAPTER_NAMES, CategoryFlags, RoutingTable
 from .settings import CategorySettings, Settings
 from .store.base import AuditEntry, ConfigChange, Store
 
-__all__ = ["CategoryPatch", "OverrideChange", "RuntimeFlags"]
+__all__ = ["CategoryFlags", "CategoryPatch", "FlagsSnapshot", "OverrideChange", "RuntimeFlags"]
 
 log = structlog.get_logger("broadcaster.flags")
 
@@ -63,6 +63,16 @@ class OverrideChange(BaseModel):
     override: Literal["websocket", "realtime", "all"] | None
 
 
+class FlagsSnapshot(TypedDict):
+    """Every runtime flag: what ``GET /config`` shows under ``flags``, and
+    the runtime configuration document the store keeps."""
+
+    #: Category name -> its flags, every category, in name order.
+    categories: dict[str, CategoryFlags]
+    #: ``websocket``, ``realtime``, ``all``, or None: routing by category.
+    override: str | None
+
+
 Listener = Callable[[RoutingTable], None]
 T = TypeVar("T")
 
@@ -83,16 +93,12 @@ class RuntimeFlags:
 
     # -- reading -------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
-        """``{"categories": {CAT: {enabled, percentage, adapters, cutover}}, "override": …}``."""
-        return {
-            "categories": {
-                cat.value: _category_doc(cs) for cat, cs in sorted(self._categories.items())
-            },
-            "override": self._override,
-        }
+    def snapshot(self) -> FlagsSnapshot:
+        """Every category's flags and the global override."""
+        return _document(self._categories, self._override)
 
-    def category(self, category: Category) -> dict[str, Any]:
+    def category(self, category: Category) -> CategoryFlags:
+        """One category's flags."""
         return _category_doc(self._categories[category])
 
     def table(self) -> RoutingTable:
@@ -234,20 +240,20 @@ class RuntimeFlags:
         self._apply(self.table())
 
 
-def _category_doc(cs: CategorySettings) -> dict[str, Any]:
-    return {
-        "enabled": cs.enabled,
-        "percentage": cs.percentage,
-        "adapters": list(cs.adapters),
-        "cutover": cs.cutover,
-    }
+def _category_doc(cs: CategorySettings) -> CategoryFlags:
+    return CategoryFlags(
+        enabled=cs.enabled,
+        percentage=cs.percentage,
+        adapters=list(cs.adapters),
+        cutover=cs.cutover,
+    )
 
 
 def _document(
     categories: Mapping[Category, CategorySettings], override: str | None
-) -> dict[str, Any]:
+) -> FlagsSnapshot:
     """The persisted runtime configuration: every category's flags and the override."""
-    return {
-        "categories": {cat.value: _category_doc(cs) for cat, cs in sorted(categories.items())},
-        "override": override,
-    }
+    return FlagsSnapshot(
+        categories={cat.value: _category_doc(cs) for cat, cs in sorted(categories.items())},
+        override=override,
+    )

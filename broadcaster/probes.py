@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 import structlog
 
@@ -41,7 +41,14 @@ from .security import Scope
 from .settings import Settings
 from .store.base import Store
 
-__all__ = ["PROBE_CONSUMER_PREFIX", "ProbeHealth", "Probes", "probe_consumer", "probe_ssl_context"]
+__all__ = [
+    "PROBE_CONSUMER_PREFIX",
+    "ProbeHealth",
+    "ProbeView",
+    "Probes",
+    "probe_consumer",
+    "probe_ssl_context",
+]
 
 log = structlog.get_logger("broadcaster.probes")
 
@@ -79,6 +86,24 @@ def probe_ssl_context(cert_file: Path) -> ssl.SSLContext:
     return context
 
 
+class ProbeView(TypedDict):
+    """:class:`ProbeHealth` as JSON-able data: one probe in ``/health``."""
+
+    #: Whether its subscription is open now.
+    connected: bool
+    #: Events it received, and those whose checksum (and signature) verified.
+    received: int
+    verified: int
+    #: Checksum mismatches plus events whose signature did not verify.
+    mismatches: int
+    #: Frames that were not a valid event.
+    malformed: int
+    #: Connections it opened, the first included.
+    connects: int
+    #: Why its last connection attempt failed, or None.
+    last_error: str | None
+
+
 @dataclass(frozen=True)
 class ProbeHealth:
     """What ``/health`` shows of one probe."""
@@ -92,16 +117,16 @@ class ProbeHealth:
     connects: int
     last_error: str | None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "connected": self.connected,
-            "received": self.received,
-            "verified": self.verified,
-            "mismatches": self.mismatches,
-            "malformed": self.malformed,
-            "connects": self.connects,
-            "last_error": self.last_error,
-        }
+    def as_dict(self) -> ProbeView:
+        return ProbeView(
+            connected=self.connected,
+            received=self.received,
+            verified=self.verified,
+            mismatches=self.mismatches,
+            malformed=self.malformed,
+            connects=self.connects,
+            last_error=self.last_error,
+        )
 
 
 class _Probe:
@@ -378,7 +403,7 @@ class Probes:
             except Exception as exc:  # the store is closing or down: say what is lost
                 log.error("probe receipts not written at shutdown", error=str(exc))
 
-    def health(self) -> dict[str, dict[str, Any]]:
+    def health(self) -> dict[str, ProbeView]:
         """Per probed adapter: connected, received, verified, mismatches,
         malformed, connects and the last connection error."""
         return {name: probe.health().as_dict() for name, probe in self._probes.items()}

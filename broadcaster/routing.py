@@ -16,12 +16,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 from .events import Category
 
 __all__ = [
     "ADAPTER_NAMES",
     "OVERRIDE_ALL",
+    "CategoryFlags",
     "CategoryRoute",
     "RoutingTable",
     "bucket",
@@ -48,6 +50,20 @@ class CategoryRoute:
     percentage: int
     adapters: tuple[str, ...]
     cutover: bool = False
+
+
+class CategoryFlags(TypedDict):
+    """One category's flags as JSON-able data: what ``GET /config`` shows of
+    it, the runtime configuration keeps, and a rollout writes and restores."""
+
+    #: Whether the category is dual-written at all.
+    enabled: bool
+    #: Share of its events (by sticky bucket, 0-100) sent beyond the primary.
+    percentage: int
+    #: The adapters a sampled event is written to (the primary gets every event).
+    adapters: list[str]
+    #: On its adapters other than the primary only.
+    cutover: bool
 
 
 @dataclass(frozen=True)

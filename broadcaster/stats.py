@@ -9,13 +9,41 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any
+from typing import TypedDict
 
 from .events import Category, EventRecord
 
-__all__ = ["DeliveryStats"]
+__all__ = ["AdapterCounts", "CategoryCounts", "DeliveryStats", "StatsSnapshot"]
 
 _category = attrgetter("category")
+
+
+class AdapterCounts(TypedDict):
+    """One category's events on one adapter, since the process started."""
+
+    #: Events routed to the adapter.
+    routed: int
+    #: Events the adapter acknowledged; backfilled and repaired ones count
+    #: too, so it may pass ``routed``.
+    delivered: int
+    #: Events of the batches that failed, once per failed try.
+    failed: int
+
+
+class CategoryCounts(TypedDict):
+    """One category's events, since the process started."""
+
+    #: Events stored and routed.
+    published: int
+    #: Adapter name -> its counts, for each adapter the category reached.
+    adapters: dict[str, AdapterCounts]
+
+
+class StatsSnapshot(TypedDict):
+    """:meth:`DeliveryStats.snapshot`: the counts by category."""
+
+    #: Category name -> its counts, every category.
+    categories: dict[str, CategoryCounts]
 
 
 @dataclass
@@ -80,21 +108,21 @@ class DeliveryStats:
         for record in records:
             self.failed[(record.category.value, adapter)] += 1
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> StatsSnapshot:
         """Per category and adapter, as JSON-able data."""
-        categories: dict[str, Any] = {}
+        categories: dict[str, CategoryCounts] = {}
         for cat in Category:
-            adapters: dict[str, Any] = {}
+            adapters: dict[str, AdapterCounts] = {}
             names = {a for (c, a) in self.routed if c == cat.value} | {
                 a for (c, a) in self.delivered if c == cat.value
             }
             for name in sorted(names):
                 routed = self.routed[(cat.value, name)]
                 delivered = self.delivered[(cat.value, name)]
-                adapters[name] = {
-                    "routed": routed,
-                    "delivered": delivered,
-                    "failed": self.failed[(cat.value, name)],
-                }
-            categories[cat.value] = {"published": self.published[cat.value], "adapters": adapters}
-        return {"categories": categories}
+                adapters[name] = AdapterCounts(
+                    routed=routed, delivered=delivered, failed=self.failed[(cat.value, name)]
+                )
+            categories[cat.value] = CategoryCounts(
+                published=self.published[cat.value], adapters=adapters
+            )
+        return StatsSnapshot(categories=categories)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from broadcaster.adapters import Adapter, AdapterHealth, WebSocketAdapter
+from broadcaster.adapters.memory import MemoryHealth
 from broadcaster.events import EventRecord
 
 __all__ = [
@@ -55,8 +56,10 @@ class DropAdapter(Adapter):
     async def close(self) -> None:
         self.running = False
 
-    def health(self) -> AdapterHealth:
-        return AdapterHealth(name=self.name, connected=self.running, extra={"events": self.events})
+    def health(self) -> AdapterHealth[MemoryHealth]:
+        return AdapterHealth(
+            name=self.name, connected=self.running, extra=MemoryHealth(events=self.events)
+        )
 
 
 def padding(payload_bytes: int) -> str:

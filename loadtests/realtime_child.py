@@ -25,6 +25,7 @@ import sys
 from collections.abc import Sequence
 
 from broadcaster.adapters.base import Adapter, AdapterHealth
+from broadcaster.adapters.memory import MemoryHealth
 from broadcaster.adapters.realtime import RealtimeAdapter
 from broadcaster.events import EventRecord, record_from_wire
 from broadcaster.exceptions import AdapterUnavailable
@@ -109,9 +110,11 @@ class ChildRealtimeAdapter(Adapter):
         if self._reader is not None:
             await self._reader
 
-    def health(self) -> AdapterHealth:
+    def health(self) -> AdapterHealth[MemoryHealth]:
         running = self._proc is not None and self._proc.returncode is None
-        return AdapterHealth(name=self.name, connected=running, extra={"events": self.events})
+        return AdapterHealth(
+            name=self.name, connected=running, extra=MemoryHealth(events=self.events)
+        )
 
 
 async def _serve(url: str) -> None:

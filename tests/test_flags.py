@@ -9,10 +9,17 @@ from pydantic import ValidationError
 
 from broadcaster.events import Category
 from broadcaster.exceptions import ConfigError
-from broadcaster.flags import CategoryPatch, OverrideChange, RuntimeFlags
+from broadcaster.flags import (
+    CategoryFlags,
+    CategoryPatch,
+    FlagsSnapshot,
+    OverrideChange,
+    RuntimeFlags,
+)
 from broadcaster.routing import RoutingTable
 from broadcaster.settings import load_settings
 from broadcaster.store.memory import MemoryStore
+from tests._shapes import assert_shape
 
 
 def make(store: MemoryStore) -> tuple[RuntimeFlags, list[RoutingTable]]:
@@ -93,3 +100,17 @@ async def test_load_applies_persisted_flags_and_rejects_bad_ones() -> None:
         with pytest.raises(ConfigError) as info:
             await fresh.load()
         assert info.value.variable == "runtime_config"
+
+
+async def test_the_flags_views_and_the_persisted_document_have_their_documented_shape() -> None:
+    store = MemoryStore()
+    flags, _ = make(store)
+    assert_shape(flags.snapshot(), FlagsSnapshot)
+    assert set(flags.snapshot()["categories"]) == {c.value for c in Category}
+    entry = await flags.patch_category(
+        Category.CRITICAL, CategoryPatch(cutover=True), actor="ops", path="PATCH"
+    )
+    assert_shape(flags.category(Category.CRITICAL), CategoryFlags)
+    assert_shape(entry.before, CategoryFlags)
+    assert_shape(entry.after, CategoryFlags)
+    assert await store.runtime_config() == flags.snapshot()

@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from broadcaster.admin import AdminServer
+from broadcaster.admin.health import HealthView
 from broadcaster.cli import main
 from broadcaster.consumer import RealtimeSubscriber, ReceiptCollector, ReceiptPoster
 from broadcaster.core import Broadcaster
@@ -36,6 +37,7 @@ from broadcaster.service import run_service
 from broadcaster.settings import Settings, load_settings
 from broadcaster.spawn import RealtimeServerProcess, free_port
 from broadcaster.store import store_from_url
+from tests._shapes import assert_shape
 from tests._tls import make_certs
 
 pytestmark = pytest.mark.slow
@@ -140,6 +142,7 @@ async def test_probes_receipt_every_event_on_both_paths(tmp_path: Path) -> None:
         assert all(p["connected"] for p in probes.values()), probes
         # The adapters' keys are unchanged beside it.
         assert set(health) == {"status", "store", "adapters", "probes", "cluster"}
+        assert_shape(health, HealthView)
         assert health["status"] == "ok"
         ids = await svc.post_events(EVENTS)
 

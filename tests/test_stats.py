@@ -9,8 +9,9 @@ from broadcaster.adapters.memory import MemoryAdapter
 from broadcaster.core import Broadcaster
 from broadcaster.events import EventFactory, EventRecord, seal
 from broadcaster.settings import load_settings
-from broadcaster.stats import DeliveryStats
+from broadcaster.stats import DeliveryStats, StatsSnapshot
 from broadcaster.store.memory import MemoryStore
+from tests._shapes import assert_shape
 
 
 def test_count_delivered_calls_hooks_with_the_batch_and_send_time() -> None:
@@ -28,6 +29,25 @@ def test_count_delivered_calls_hooks_with_the_batch_and_send_time() -> None:
     assert stats.delivered[("SYSTEM", "realtime")] == 2
     snapshot = stats.snapshot()["categories"]["SYSTEM"]
     assert snapshot["adapters"]["realtime"]["delivered"] == 2
+
+
+def test_the_snapshot_has_every_category_with_the_adapters_it_reached() -> None:
+    stats = DeliveryStats()
+    factory = EventFactory()
+    record = seal(factory.draft("SYSTEM", "t", {}), 1)
+    stats.count_routed(record.category, ["websocket", "realtime"])
+    stats.count_delivered("websocket", [record])
+    stats.count_failed("realtime", [record])
+    snapshot = stats.snapshot()
+    assert_shape(snapshot, StatsSnapshot)
+    assert snapshot["categories"]["SYSTEM"] == {
+        "published": 1,
+        "adapters": {
+            "realtime": {"routed": 1, "delivered": 0, "failed": 1},
+            "websocket": {"routed": 1, "delivered": 1, "failed": 0},
+        },
+    }
+    assert snapshot["categories"]["DEBUG"] == {"published": 0, "adapters": {}}
 
 
 async def test_broadcaster_reports_publish_and_delivery_latencies() -> None:

@@ -8,24 +8,37 @@ or stalls another's send.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
 from ..events import EventRecord
 
 __all__ = ["Adapter", "AdapterHealth"]
 
 
+#: The shape of an adapter's ``extra``: each adapter documents its own
+#: (a ``TypedDict``); an adapter known only as an :class:`Adapter` gives a mapping.
+ExtraT = TypeVar("ExtraT", bound=Mapping[str, object], covariant=True)
+
+
+def _no_extra() -> Any:
+    # Any: a field of a generic type cannot have a typed default. Only an
+    # adapter with no figures of its own leaves ``extra`` empty.
+    return {}
+
+
 @dataclass(frozen=True, slots=True)
-class AdapterHealth:
-    """A point-in-time view of an adapter, for ``/health`` and logs."""
+class AdapterHealth(Generic[ExtraT]):
+    """A point-in-time view of an adapter, for ``/health`` and logs:
+    ``extra`` holds the adapter's own figures (``AdapterHealth[WebSocketHealth]``
+    from a :class:`~broadcaster.adapters.WebSocketAdapter`, for instance)."""
 
     name: str
     connected: bool
     detail: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: ExtraT = field(default_factory=_no_extra)
 
 
 class Adapter(ABC):
@@ -64,7 +77,7 @@ class Adapter(ABC):
         """Release connections and tasks. Safe to call twice."""
 
     @abstractmethod
-    def health(self) -> AdapterHealth:
+    def health(self) -> AdapterHealth[Mapping[str, object]]:
         """Current state, without I/O."""
 
     async def __aenter__(self) -> Self:

@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import TypedDict
 
 from ..events import EventRecord
 from ..exceptions import AdapterUnavailable
 from .base import Adapter, AdapterHealth
 
-__all__ = ["MemoryAdapter"]
+__all__ = ["MemoryAdapter", "MemoryHealth"]
+
+
+class MemoryHealth(TypedDict):
+    """:meth:`MemoryAdapter.health`'s ``extra``."""
+
+    #: Events it has been sent, all batches together.
+    events: int
 
 
 class MemoryAdapter(Adapter):
@@ -54,9 +62,9 @@ class MemoryAdapter(Adapter):
     async def close(self) -> None:
         self.closed = True
 
-    def health(self) -> AdapterHealth:
+    def health(self) -> AdapterHealth[MemoryHealth]:
         return AdapterHealth(
             name=self.name,
             connected=self.started and not self.closed,
-            extra={"events": sum(len(b) for b in self.batches)},
+            extra=MemoryHealth(events=sum(len(b) for b in self.batches)),
         )

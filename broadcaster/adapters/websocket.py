@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from ssl import SSLContext
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -92,6 +92,7 @@ __all__ = [
     "ReplaySource",
     "SubscriberInfo",
     "WebSocketAdapter",
+    "WebSocketHealth",
     "parse_categories",
     "parse_since",
     "text_frames",
@@ -104,6 +105,17 @@ log = structlog.get_logger("broadcaster.adapters.websocket", adapter="websocket"
 # filter, not a level, so what reaches the handlers otherwise is unchanged).
 _protocol_log = logging.getLogger("broadcaster.adapters.websocket.protocol")
 _protocol_log.addFilter(lambda record: record.levelno > logging.DEBUG)
+
+
+class WebSocketHealth(TypedDict):
+    """:meth:`WebSocketAdapter.health`'s ``extra``."""
+
+    #: Connections receiving events now.
+    subscribers: int
+    #: Frames written to subscribers, all together.
+    frames_sent: int
+    #: Subscribers closed for falling too far behind.
+    dropped_slow: int
 
 
 class WebSocketAdapter(FanoutMixin, ResumeMixin, Adapter):
@@ -313,18 +325,18 @@ class WebSocketAdapter(FanoutMixin, ResumeMixin, Adapter):
         self._connections.clear()
         log.info("websocket server stopped", url=url)
 
-    def health(self) -> AdapterHealth:
+    def health(self) -> AdapterHealth[WebSocketHealth]:
         """``connected`` while serving; ``extra`` has subscriber and frame counts."""
         serving = self._server is not None and self._server.is_serving()
         return AdapterHealth(
             name=self.name,
             connected=serving,
             detail=self.url if serving else "not serving",
-            extra={
-                "subscribers": len(self._live),
-                "frames_sent": self._frames_sent,
-                "dropped_slow": self._dropped_slow,
-            },
+            extra=WebSocketHealth(
+                subscribers=len(self._live),
+                frames_sent=self._frames_sent,
+                dropped_slow=self._dropped_slow,
+            ),
         )
 
     # -- subscribers -----------------------------------------------------------

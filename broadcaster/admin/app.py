@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Final
 
 import structlog
 from fastapi import FastAPI, Request
@@ -30,6 +30,7 @@ from ..cluster import Membership
 from ..core import Broadcaster
 from ..exceptions import BroadcasterClosed, ConfigError, StoreError
 from ..metrics import BroadcasterMetrics
+from ..probes import ProbeView
 from ..rollout.manager import Rollouts
 from ..security import TokenSet
 from . import receipts
@@ -95,7 +96,7 @@ def create_app(
     *,
     metrics: BroadcasterMetrics | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    probes: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
+    probes: Callable[[], Mapping[str, ProbeView]] | None = None,
     cluster: Membership | None = None,
     rollouts: Rollouts | None = None,
 ) -> FastAPI:

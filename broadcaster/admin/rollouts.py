@@ -21,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, f
 
 from ..events import Category
 from ..exceptions import RolloutConflict
-from ..rollout.manager import Rollouts, describe
+from ..rollout.manager import Rollouts
 from ..rollout.plan import MAX_STEPS, Gates, steps_problem
+from ..rollout.view import describe
 from ..store.base import RolloutRow
 from .guard import token_of
 
@@ -155,7 +156,8 @@ async def get_rollout(request: Request, actor: Actor, rollout_id: RolloutId) -> 
     row = await _rollouts(request).get(rollout_id)
     if row is None:
         raise HTTPException(404, f"no rollout {rollout_id}")
-    return describe(row)
+    # Plain: a RolloutView annotation would add its schema to the OpenAPI document.
+    return dict(describe(row))
 
 
 async def _move(

@@ -43,7 +43,7 @@ read them).
 from __future__ import annotations
 
 from .cli import main, run
-from .peers import Peer, ServerStats, Subscription
+from .peers import Peer, ServerSnapshot, ServerStats, Subscription
 from .protocol import Message
 from .quotas import PLANS, Plan
 from .server import LocalRealtimeServer
@@ -58,6 +58,7 @@ __all__ = [
     "Message",
     "Peer",
     "Plan",
+    "ServerSnapshot",
     "ServerStats",
     "Subscription",
     "main",

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 from websockets.asyncio.server import ServerConnection
 
 from .protocol import Vsn
 
-__all__ = ["Peer", "ServerStats", "Subscription"]
+__all__ = ["Peer", "ServerSnapshot", "ServerStats", "Subscription"]
 
 
 @dataclass(slots=True)
@@ -97,3 +98,62 @@ class ServerStats:
             + self.too_many_messages
             + self.payload_too_large
         )
+
+    def snapshot(self, limits: str, judged: float | None, peak: float | None) -> ServerSnapshot:
+        """The counters as JSON-able data, with every quota refusal together,
+        the plan the server runs under (``limits``) and its judged and peak
+        message rates."""
+        return ServerSnapshot(
+            connections=self.connections,
+            joins=self.joins,
+            broadcasts=self.broadcasts,
+            fanout_frames=self.fanout_frames,
+            messages=self.messages,
+            acks=self.acks,
+            errors_replied=self.errors_replied,
+            malformed=self.malformed,
+            evicted=self.evicted,
+            refused=self.refused,
+            bad_version=self.bad_version,
+            too_many_connections=self.too_many_connections,
+            too_many_joins=self.too_many_joins,
+            too_many_channels=self.too_many_channels,
+            too_many_messages=self.too_many_messages,
+            payload_too_large=self.payload_too_large,
+            unauthorized=self.unauthorized,
+            quota_refusals=self.quota_refusals,
+            limits=limits,
+            judged_messages_per_s=judged,
+            peak_messages_per_s=peak,
+        )
+
+
+class ServerSnapshot(TypedDict):
+    """:meth:`ServerStats.snapshot`: what the server prints on SIGUSR1. The
+    counters are :class:`ServerStats`' (see each there)."""
+
+    connections: int
+    joins: int
+    broadcasts: int
+    fanout_frames: int
+    messages: int
+    acks: int
+    errors_replied: int
+    malformed: int
+    evicted: int
+    refused: int
+    bad_version: int
+    too_many_connections: int
+    too_many_joins: int
+    too_many_channels: int
+    too_many_messages: int
+    payload_too_large: int
+    unauthorized: int
+    #: Every refusal for a quota, all kinds together.
+    quota_refusals: int
+    #: The plan whose quotas the server enforces, or ``none``.
+    limits: str
+    #: Under a plan, the message rate as it judges it now (the mean over the
+    #: kept ticks) and at its highest; None without limits.
+    judged_messages_per_s: float | None
+    peak_messages_per_s: float | None

@@ -9,7 +9,6 @@ what is refused.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hmac
 import time
 from abc import ABC, abstractmethod
@@ -24,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from .peers import Peer, ServerStats, Subscription
+from .peers import Peer, ServerSnapshot, ServerStats, Subscription
 from .protocol import (
     VSN_1,
     Malformed,
@@ -358,19 +357,16 @@ class Transport(ABC):
         if self._quotas is not None:
             self._quotas.count_messages(self._clock(), n)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> ServerSnapshot:
         """The counters as one JSON-able dict, with every quota refusal
         together (``quota_refusals``) and, under limits, the message rate as
         the plan judges it now and at its highest (``judged_messages_per_s``,
         ``peak_messages_per_s``; None without limits)."""
-        figures: dict[str, Any] = dataclasses.asdict(self.stats)
-        figures["quota_refusals"] = self.stats.quota_refusals
-        figures["limits"] = self.plan.name if self.plan is not None else "none"
         judged: tuple[float | None, float | None] = (None, None)
         if self._quotas is not None:
             judged = self._quotas.judged_messages_per_s(self._clock())
-        figures["judged_messages_per_s"], figures["peak_messages_per_s"] = judged
-        return figures
+        limits = self.plan.name if self.plan is not None else "none"
+        return self.stats.snapshot(limits, *judged)
 
     @abstractmethod
     async def handle_message(self, peer: Peer, msg: Message) -> None:

@@ -241,6 +241,13 @@ class Report:
         """Events missing on some path (the ``broadcaster reconcile`` exit status)."""
         return self.total(Outcome.MISSING)
 
+    def totals(self) -> dict[str, int]:
+        """Pairs per outcome over every category and adapter, and the
+        duplicate receipts (``duplicate``)."""
+        return {o.value: self.total(o) for o in Outcome} | {
+            "duplicate": sum(self.duplicates.values())
+        }
+
     def as_dict(self) -> dict[str, object]:
         table: dict[str, dict[str, dict[str, int]]] = {}
         for (category, adapter, outcome), n in sorted(self.counts.items()):
@@ -255,8 +262,7 @@ class Report:
             row["duplicate"] = n
         return {
             "categories": table,
-            "totals": {o.value: self.total(o) for o in Outcome}
-            | {"duplicate": sum(self.duplicates.values())},
+            "totals": self.totals(),
             "missing": {a: ids[:100] for a, ids in self.missing.items()},
             "mismatched": {a: ids[:100] for a, ids in self.mismatched.items()},
             "consumers": self.consumers,

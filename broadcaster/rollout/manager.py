@@ -22,17 +22,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 
-from ..events import Category, format_timestamp
+from ..events import Category
 from ..exceptions import RolloutConflict, StoreError
 from ..store.base import ConfigChange, RolloutRow, RolloutWrite, rollout_actor
 from . import policy
 from .evidence import StageEvidence, breaker_opens
 from .plan import Gates, Plan, StageHealth
 from .policy import Decision, Move, Rollout, RolloutState
+from .view import describe
 
 if TYPE_CHECKING:
     from ..core import Broadcaster
@@ -328,53 +329,6 @@ def _described(plan: Plan, move: Move) -> str:
     if move.action in ("advance", "cutover"):
         return f"{where}: {move.reason}"
     return where
-
-
-def describe(row: RolloutRow) -> dict[str, Any]:
-    """A rollout as ``GET /rollouts/{id}`` shows it: the plan, where it stands
-    (``step`` of ``stages``, the category's ``percentage`` by it), the
-    ``reason`` for its last move and what it waits for (``note``), and its
-    timeline."""
-    rollout = Rollout.from_doc(row.doc)
-    plan = rollout.plan
-    stage = rollout.current
-    flags = rollout.flags()
-    return {
-        "id": row.id,
-        "category": row.category,
-        "state": row.state,
-        "adapter": plan.adapter,
-        "steps": list(plan.steps),
-        "hold_s": plan.hold_ms / 1000,
-        "gates": plan.gates.as_dict(),
-        "cutover": plan.cutover,
-        "step": stage.number,
-        "stages": plan.stages,
-        "percentage": flags["percentage"],
-        "in_cutover": bool(flags["cutover"]),
-        "stage_started_at": format_timestamp(rollout.stage_started_ms),
-        "from_sequence_id": rollout.from_sequence_id,
-        "held_s": rollout.held_ms / 1000,
-        "remaining_hold_s": rollout.remaining_hold_ms / 1000,
-        "reason": rollout.reason,
-        "note": rollout.note,
-        "flags_before": dict(rollout.start_flags),
-        "created_at": format_timestamp(row.created_at_ms),
-        "updated_at": format_timestamp(row.updated_at_ms),
-        "version": row.version,
-        "timeline": [
-            {
-                "at": format_timestamp(m.at_ms),
-                "action": m.action,
-                "step": m.stage + 1,
-                "percentage": m.percentage,
-                "cutover": m.cutover,
-                "reason": m.reason,
-                "by": m.by,
-            }
-            for m in rollout.moves
-        ],
-    }
 
 
 class RolloutController:

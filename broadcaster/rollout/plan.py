@@ -11,10 +11,11 @@ from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 __all__ = [
     "MAX_STEPS",
+    "GateLimits",
     "Gates",
     "Plan",
     "Stage",
@@ -64,6 +65,19 @@ class StageHealth:
     complete_through_ms: int = 0
 
 
+class GateLimits(TypedDict):
+    """:class:`Gates` as JSON-able data (a rollout's document, ``GET /rollouts/{id}``)."""
+
+    #: Highest share of a stage's judged events that may mismatch, 0 to 1.
+    max_mismatch_rate: float
+    #: Most events of a stage that may be missing on the new adapter.
+    max_missing: int
+    #: Most times the new adapter's breaker may open during a stage.
+    max_breaker_trips: int
+    #: Highest publish-to-receive p99 latency in ms; None: not gated.
+    max_realtime_p99_ms: int | None
+
+
 @dataclass(frozen=True, slots=True)
 class Gates:
     """Health gates; a value above its bound fails the gate.
@@ -99,13 +113,13 @@ class Gates:
             found.append(f"{adapter} p99 latency {health.p99_ms} ms > {limit} ms")
         return found
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "max_mismatch_rate": self.max_mismatch_rate,
-            "max_missing": self.max_missing,
-            "max_breaker_trips": self.max_breaker_trips,
-            "max_realtime_p99_ms": self.max_realtime_p99_ms,
-        }
+    def as_dict(self) -> GateLimits:
+        return GateLimits(
+            max_mismatch_rate=self.max_mismatch_rate,
+            max_missing=self.max_missing,
+            max_breaker_trips=self.max_breaker_trips,
+            max_realtime_p99_ms=self.max_realtime_p99_ms,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from ..exceptions import RolloutConflict
+from ..routing import CategoryFlags
 from .plan import Gates, Plan, Stage, StageHealth
 
 __all__ = [
@@ -108,7 +109,7 @@ class Rollout:
     from_sequence_id: int
     held_ms: int
     hold_done_ms: int | None
-    start_flags: Mapping[str, Any]
+    start_flags: CategoryFlags
     reason: str
     note: str
     moves: tuple[Move, ...]
@@ -121,18 +122,18 @@ class Rollout:
     def remaining_hold_ms(self) -> int:
         return max(0, self.plan.hold_ms - self.held_ms)
 
-    def stage_flags(self, index: int) -> dict[str, Any]:
+    def stage_flags(self, index: int) -> CategoryFlags:
         """The category's flags at stage ``index``: enabled, the stage's
         percentage, the starting adapters with the rollout's own."""
         stage = self.plan.stage(index)
         return self._flags(stage.percentage, stage.cutover)
 
-    def flags(self) -> dict[str, Any]:
+    def flags(self) -> CategoryFlags:
         """The category's flags where the rollout stands now: its stage's
         while active or completed, the rolled-back percentage, or the
         starting flags once aborted."""
         if self.state is RolloutState.ABORTED:
-            return dict(self.start_flags)
+            return self.start_flags.copy()
         if self.state is RolloutState.ROLLED_BACK:
             return self._flags(self._previous_percentage(), False)
         return self.stage_flags(self.stage)
@@ -140,11 +141,13 @@ class Rollout:
     def _previous_percentage(self) -> int:
         return self.plan.steps[self.stage - 1] if self.stage > 0 else 0
 
-    def _flags(self, percentage: int, cutover: bool) -> dict[str, Any]:
+    def _flags(self, percentage: int, cutover: bool) -> CategoryFlags:
         adapters = list(self.start_flags["adapters"])
         if self.plan.adapter not in adapters:
             adapters.append(self.plan.adapter)
-        return {"enabled": True, "percentage": percentage, "adapters": adapters, "cutover": cutover}
+        return CategoryFlags(
+            enabled=True, percentage=percentage, adapters=adapters, cutover=cutover
+        )
 
     def _moved(self, move: Move, **changes: Any) -> Rollout:
         return replace(self, reason=move.reason, moves=(*self.moves, move), **changes)
@@ -159,7 +162,7 @@ class Rollout:
             "from_sequence_id": self.from_sequence_id,
             "held_ms": self.held_ms,
             "hold_done_ms": self.hold_done_ms,
-            "start_flags": dict(self.start_flags),
+            "start_flags": self.start_flags.copy(),
             "reason": self.reason,
             "note": self.note,
             "moves": [m.as_dict() for m in self.moves],
@@ -191,7 +194,7 @@ class Rollout:
             from_sequence_id=int(doc["from_sequence_id"]),
             held_ms=int(doc["held_ms"]),
             hold_done_ms=doc["hold_done_ms"],
-            start_flags=dict(doc["start_flags"]),
+            start_flags=_flags_of(doc["start_flags"]),
             reason=str(doc["reason"]),
             note=str(doc["note"]),
             moves=tuple(Move(**m) for m in doc["moves"]),
@@ -205,7 +208,7 @@ class Decision:
 
     rollout: Rollout
     move: Move | None = None
-    flags: dict[str, Any] | None = None
+    flags: CategoryFlags | None = None
 
 
 def start(
@@ -213,7 +216,7 @@ def start(
     *,
     now_ms: int,
     from_sequence_id: int,
-    start_flags: Mapping[str, Any],
+    start_flags: CategoryFlags,
     by: str,
 ) -> Decision:
     """A new rollout of ``plan`` at its first stage; ``from_sequence_id`` is
@@ -228,7 +231,7 @@ def start(
         from_sequence_id=from_sequence_id,
         held_ms=0,
         hold_done_ms=None,
-        start_flags=dict(start_flags),
+        start_flags=start_flags.copy(),
         reason=move.reason,
         note=_holding(plan.hold_ms, 0),
         moves=(move,),
@@ -331,17 +334,27 @@ def abort(rollout: Rollout, *, now_ms: int, by: str) -> Decision:
         raise RolloutConflict(
             f"rollout is {rollout.state.value}: only a running or paused one can be aborted"
         )
-    flags = dict(rollout.start_flags)
+    flags = rollout.start_flags.copy()
     move = Move(
         now_ms,
         "abort",
         -1,
-        int(flags["percentage"]),
-        bool(flags.get("cutover", False)),
+        flags["percentage"],
+        flags["cutover"],
         f"aborted by {by}: the flags from before the rollout restored",
         by,
     )
     return Decision(rollout._moved(move, state=RolloutState.ABORTED, note=""), move, flags)
+
+
+def _flags_of(doc: Mapping[str, Any]) -> CategoryFlags:
+    """The category flags a rollout's document keeps (:meth:`Rollout.as_doc`)."""
+    return CategoryFlags(
+        enabled=bool(doc["enabled"]),
+        percentage=int(doc["percentage"]),
+        adapters=[str(name) for name in doc["adapters"]],
+        cutover=bool(doc["cutover"]),
+    )
 
 
 def _require(rollout: Rollout, state: RolloutState, verb: str) -> None:

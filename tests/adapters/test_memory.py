@@ -6,9 +6,10 @@ import asyncio
 
 import pytest
 
-from broadcaster.adapters.memory import MemoryAdapter
+from broadcaster.adapters.memory import MemoryAdapter, MemoryHealth
 from broadcaster.events import EventFactory, EventRecord, seal
 from broadcaster.exceptions import AdapterError, AdapterUnavailable
+from tests._shapes import assert_shape
 
 
 def records(n: int, start: int = 1) -> list[EventRecord]:
@@ -77,6 +78,7 @@ async def test_health_reports_connection_and_count() -> None:
         await adapter.send(records(2, start=4))
         health = adapter.health()
         assert (health.connected, health.extra) == (True, {"events": 5})
+        assert_shape(health.extra, MemoryHealth)
     assert adapter.closed
     assert adapter.health().connected is False
     assert adapter.health().extra == {"events": 5}

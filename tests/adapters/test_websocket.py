@@ -24,6 +24,7 @@ from broadcaster.adapters.websocket import (
     SLOW_CLOSE_CODE,
     SLOW_CLOSE_REASON,
     WebSocketAdapter,
+    WebSocketHealth,
     parse_categories,
     text_frames,
 )
@@ -32,6 +33,7 @@ from broadcaster.consumer.websocket import WebSocketSubscriber
 from broadcaster.events import Category, EventFactory, EventRecord, seal, verify_event_dict
 from broadcaster.exceptions import AdapterUnavailable
 from broadcaster.settings import Settings
+from tests._shapes import assert_shape
 from tests._wait import until
 
 CATEGORIES = list(Category)
@@ -171,6 +173,7 @@ async def test_port_url_and_health(adapter: WebSocketAdapter) -> None:
     assert health.name == "websocket"
     assert health.connected
     assert health.extra["subscribers"] == 0
+    assert_shape(health.extra, WebSocketHealth)
     await adapter.close()
     await adapter.close()  # idempotent
     assert not adapter.health().connected

@@ -14,6 +14,8 @@ from structlog.testing import capture_logs
 
 from broadcaster.adapters.memory import MemoryAdapter
 from broadcaster.admin import MAX_BATCH, AdminServer, create_app, generate_token
+from broadcaster.admin.health import HealthView
+from broadcaster.admin.stats import StatsView
 from broadcaster.core import Broadcaster
 from broadcaster.events import Category
 from broadcaster.exceptions import ConfigError
@@ -24,6 +26,7 @@ from broadcaster.store.base import ConsumerReceipt, Store
 from broadcaster.store.memory import MemoryStore
 from broadcaster.store.sqlite import SQLiteStore
 from tests._fakes import FlakyStore
+from tests._shapes import assert_shape
 
 TOKEN = "s3cret-token-for-ops"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -67,6 +70,7 @@ async def test_health_and_metrics_need_no_token(svc: Service) -> None:
     health = await svc.client.get("/health")
     assert health.status_code == 200
     body = health.json()
+    assert_shape(body, HealthView)
     assert body["status"] == "ok"
     assert body["adapters"]["realtime"]["breaker"] == "closed"
     assert body["adapters"]["websocket"]["connected"] is True
@@ -505,6 +509,12 @@ async def test_stats(svc: Service) -> None:
     assert stats["reconciliation"]["reconciled_through"] == 0
     assert stats["reconciliation"]["lag_s"] >= 0
     assert stats["reconciliation"]["last"] is None
+    assert_shape(stats, StatsView)
+    await svc.b.reconcile()
+    reconciled = (await svc.client.get("/stats", headers=AUTH)).json()
+    assert_shape(reconciled, StatsView)
+    assert reconciled["reconciliation"]["last"] is not None
+    assert reconciled["reconciliation"]["unrepaired_loss"] == 0
 
 
 async def test_reconciliation_report_and_run_with_repair(svc: Service) -> None:

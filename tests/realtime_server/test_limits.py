@@ -12,7 +12,8 @@ import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from broadcaster.realtime_server import PLANS, LocalRealtimeServer, Plan
+from broadcaster.realtime_server import PLANS, LocalRealtimeServer, Plan, ServerSnapshot
+from tests._shapes import assert_shape
 from tests._wait import until
 from tests.realtime_server._clients import (
     TOPIC,
@@ -161,6 +162,7 @@ async def test_over_the_message_rate_each_receiving_channel_is_shut_down() -> No
         clock.now += 5  # the tick: 102 / 2 ticks / 5 s > 10 per second
         assert server.stats.messages == 102
         counted = server.snapshot()
+        assert_shape(counted, ServerSnapshot)
         assert counted["judged_messages_per_s"] == counted["peak_messages_per_s"] == 10.2
         ref = await sender.push(TOPIC, "broadcast", broadcast_payload(34))
         # The sender is never refused; each receiving channel gets the

@@ -8,6 +8,7 @@ official ``realtime`` client is checked with that client.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import socket
 import subprocess
@@ -21,8 +22,9 @@ from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from broadcaster.realtime_server import LocalRealtimeServer, Peer
+from broadcaster.realtime_server import LocalRealtimeServer, Peer, ServerSnapshot
 from broadcaster.spawn import RealtimeServerProcess, free_port
+from tests._shapes import assert_shape
 from tests._wait import until
 from tests.realtime_server._clients import TOPIC, RawClient, broadcast_payload, refusal
 
@@ -119,7 +121,12 @@ async def test_broadcast_fans_out_to_others_and_acks_the_sender(
     assert server.stats.broadcasts == 1 and server.stats.fanout_frames == 1
     # Counted as Supabase counts messages, with or without limits.
     assert server.stats.messages == 2
-    assert server.snapshot()["peak_messages_per_s"] is None  # no plan judges them
+    snapshot = server.snapshot()
+    assert_shape(snapshot, ServerSnapshot)
+    # Every counter, under its own name.
+    assert dataclasses.asdict(server.stats).items() <= snapshot.items()
+    assert snapshot["limits"] == "none"
+    assert snapshot["peak_messages_per_s"] is None  # no plan judges them
 
 
 async def test_self_true_echoes_before_the_ack_and_ack_false_sends_no_reply(raw: Any) -> None:

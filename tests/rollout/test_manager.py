@@ -24,11 +24,13 @@ from broadcaster.flags import CategoryPatch
 from broadcaster.reconcile.reconciler import Reconciler
 from broadcaster.rollout.manager import RolloutController, Rollouts, describe
 from broadcaster.rollout.plan import Gates
+from broadcaster.rollout.view import RolloutView
 from broadcaster.routing import bucket
 from broadcaster.settings import load_settings
 from broadcaster.store.base import ConsumerReceipt, RolloutRow
 from broadcaster.store.sqlite import SQLiteStore
 from tests._fakes import FaultyAdapter
+from tests._shapes import assert_shape
 from tests._wait import until
 
 UA = Category.USER_ACTIVITY
@@ -217,6 +219,7 @@ async def test_a_rollout_advances_through_every_step_and_cuts_over(h: Harness) -
     assert audit[-1].after["cutover"] is True and "cutover" in audit[-1].path
     actions = [m["action"] for m in describe(row)["timeline"]]
     assert actions == ["start", "advance", "advance", "cutover", "complete"]
+    assert_shape(describe(row), RolloutView)
 
 
 async def test_mismatches_on_the_new_path_roll_back_on_the_next_look(h: Harness) -> None:
@@ -363,6 +366,15 @@ async def test_operators_pause_resume_and_abort(h: Harness) -> None:
     assert describe(resumed)["remaining_hold_s"] == HOLD_S - 4
     aborted = await h.rollouts.abort(row.id, by="ops")
     assert aborted.state == "aborted"
+    view = describe(aborted)
+    assert_shape(view, RolloutView)
+    assert [(m["action"], m["step"]) for m in view["timeline"]] == [
+        ("start", 1),
+        ("pause", 1),
+        ("resume", 1),
+        ("abort", 0),
+    ]
+    assert view["percentage"] == 0 and view["flags_before"] == h.b.flags.category(UA)
     assert h.b.flags.category(UA) == {
         "enabled": False,
         "percentage": 0,

@@ -4,6 +4,7 @@ values and an explicit clock, no store, no service."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -26,6 +27,8 @@ from broadcaster.rollout.policy import (
     resume,
     start,
 )
+from broadcaster.routing import CategoryFlags
+from tests._shapes import assert_shape
 
 BEFORE: dict[str, Any] = {
     "enabled": False,
@@ -260,6 +263,19 @@ def test_a_rollout_survives_its_document() -> None:
     d = look(d.rollout, StageHealth(missing=9), T0 + 30_000, T0)
     assert Rollout.from_doc(d.rollout.as_doc()) == d.rollout
     assert d.rollout.as_doc()["plan"]["hold_s"] == 60.0
+
+
+def test_a_rollout_names_the_categorys_flags_in_full_in_every_state() -> None:
+    r = started(plan(cutover=True))
+    rolled_back = look(r, StageHealth(missing=1), T0 + 1, T0).rollout
+    aborted = abort(r, now_ms=T0 + 1, by="ops").rollout
+    completed, _, _ = run_through(r, T0)
+    for each in (r, rolled_back, aborted, completed):
+        assert_shape(each.flags(), CategoryFlags)
+        assert Rollout.from_doc(json.loads(json.dumps(each.as_doc()))) == each
+    # A copy: a caller's change to the flags is not the rollout's.
+    aborted.flags()["percentage"] = 99
+    assert aborted.flags() == BEFORE
 
 
 def test_a_document_it_did_not_write_is_refused() -> None:

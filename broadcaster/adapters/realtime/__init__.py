@@ -9,6 +9,7 @@ listed there and checked by a test).
 
 from .adapter import RealtimeAdapter
 from .client_glue import FastBroadcastClient, PreEncodedPushClient
+from .health import RealtimeHealth
 from .link import (
     BROADCAST_EVENT,
     RealtimeLink,
@@ -22,6 +23,7 @@ __all__ = [
     "FastBroadcastClient",
     "PreEncodedPushClient",
     "RealtimeAdapter",
+    "RealtimeHealth",
     "RealtimeLink",
     "broadcast_channel_params",
     "channel_topic",

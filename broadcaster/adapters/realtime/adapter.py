@@ -60,6 +60,7 @@ from ..base import Adapter, AdapterHealth
 from .batching import MAX_PACED_WAIT_S, ChannelQueue, Inflight, Item, Pacer, Waiter
 from .canary import Canary
 from .client_glue import PreEncodedPushClient, push_broadcast
+from .health import RealtimeHealth
 from .link import BROADCAST_EVENT, RealtimeLink, _redact, channel_topic, normalize_realtime_url
 from .outcomes import PushOutcomes, with_cause
 
@@ -253,7 +254,7 @@ class RealtimeAdapter(PushOutcomes, Adapter):
             await link.close()
         log.info("realtime adapter closed")
 
-    def health(self) -> AdapterHealth:
+    def health(self) -> AdapterHealth[RealtimeHealth]:
         link = self._link
         connected = link is not None and link.ready
         if link is None:
@@ -264,23 +265,23 @@ class RealtimeAdapter(PushOutcomes, Adapter):
             name=self.name,
             connected=connected,
             detail=detail,
-            extra={
-                "url": _redact(self.url),
-                "private_channels": self._private,
-                "joined_channels": link.joined_topics() if link else [],
-                "outstanding_acks": len(self._inflight),
-                "queued_events": sum(len(c.queue) for c in self._channels.values()),
-                "pushes": self.pushes,
-                "events_acked": self.events_acked,
-                "max_messages_per_s": self.max_messages_per_s(),
-                "batch_max": self._batch_max,
-                "batch_bytes": self._batch_bytes,
-                "max_event_bytes": self._max_event,
-                "throttled_for_s": self._throttled_for(),
-                "refused": dict(self.refusals),
-                "reconnects": max(0, link.connects - 1) if link else 0,
-                "canary": self._canary.health() if self._canary is not None else None,
-            },
+            extra=RealtimeHealth(
+                url=_redact(self.url),
+                private_channels=self._private,
+                joined_channels=link.joined_topics() if link else [],
+                outstanding_acks=len(self._inflight),
+                queued_events=sum(len(c.queue) for c in self._channels.values()),
+                pushes=self.pushes,
+                events_acked=self.events_acked,
+                max_messages_per_s=self.max_messages_per_s(),
+                batch_max=self._batch_max,
+                batch_bytes=self._batch_bytes,
+                max_event_bytes=self._max_event,
+                throttled_for_s=self._throttled_for(),
+                refused=dict(self.refusals),
+                reconnects=max(0, link.connects - 1) if link else 0,
+                canary=self._canary.health() if self._canary is not None else None,
+            ),
         )
 
     @property

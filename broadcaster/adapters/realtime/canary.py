@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import TypedDict
 
 import structlog
 from realtime import AsyncRealtimeChannel
@@ -25,9 +26,27 @@ from ...realtime_plan import RateCanary
 from .client_glue import PushHandle, push_broadcast
 from .link import CANARY_EVENT, RealtimeLink
 
-__all__ = ["Canary"]
+__all__ = ["Canary", "CanaryHealth"]
 
 log = structlog.get_logger("broadcaster.adapters.realtime", adapter="realtime")
+
+
+class CanaryHealth(TypedDict):
+    """The canary in the Realtime adapter's ``health().extra``."""
+
+    #: Its channel, ``<prefix>:canary``.
+    topic: str
+    #: Whether its gate lets pushes go now.
+    open: bool
+    #: Times its channel was shut for rate.
+    refusals: int
+    #: Times the gate opened again (on the canary's echoes, or timed out),
+    #: and of those, timed out.
+    reopened: int
+    timed_out: int
+    #: Pings sent, and pings that came back.
+    pings: int
+    echoes: int
 
 
 class Canary:
@@ -71,21 +90,21 @@ class Canary:
         if self.gate.echoed():
             log.info("realtime canary back: the project is under its message rate again")
 
-    def health(self) -> dict[str, object]:
+    def health(self) -> CanaryHealth:
         gate = self.gate
         try:
             is_open = gate.is_open(asyncio.get_running_loop().time())
         except RuntimeError:  # no loop: no time has passed on one either
             is_open = gate.closed_at is None
-        return {
-            "topic": self.topic,
-            "open": is_open,
-            "refusals": gate.refusals,
-            "reopened": gate.reopened,
-            "timed_out": gate.timed_out,
-            "pings": self.pings,
-            "echoes": self.echoes,
-        }
+        return CanaryHealth(
+            topic=self.topic,
+            open=is_open,
+            refusals=gate.refusals,
+            reopened=gate.reopened,
+            timed_out=gate.timed_out,
+            pings=self.pings,
+            echoes=self.echoes,
+        )
 
     async def _run(
         self, link: Callable[[], RealtimeLink | None], pushes: Callable[[], int]

@@ -13,6 +13,7 @@ import pytest
 
 from broadcaster.adapters.realtime import (
     RealtimeAdapter,
+    RealtimeHealth,
     broadcast_channel_params,
     channel_topic,
     normalize_realtime_url,
@@ -28,6 +29,7 @@ from broadcaster.exceptions import (
 from broadcaster.realtime_plan import RealtimeLimits
 from broadcaster.realtime_server import LocalRealtimeServer, Peer
 from broadcaster.settings import load_settings
+from tests._shapes import assert_shape
 from tests._wait import until
 from tests.adapters.realtime._support import Listener, Msg, RecordingServer, Records
 
@@ -99,6 +101,7 @@ async def test_send_delivers_batches_in_order_on_the_category_channel(
     health = adapter.health()
     # A channel per category, and the canary, which its own pings come back on.
     assert health.connected and len(health.extra["joined_channels"]) == len(Category) + 1
+    assert_shape(health.extra, RealtimeHealth)
     joins = dict(server.join_payloads)
     assert joins["realtime:events:canary"]["config"]["broadcast"] == {"ack": True, "self": True}
     assert joins["realtime:events:critical"]["config"]["broadcast"]["self"] is False

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from broadcaster.adapters.realtime import RealtimeHealth
 from broadcaster.breaker import AdapterBreaker
 from broadcaster.breaker_policy import BreakerConfig, BreakerState
 from broadcaster.events import Category, EventFactory
@@ -21,6 +22,7 @@ from broadcaster.lanes import Lane
 from broadcaster.realtime_server import Peer, Plan
 from broadcaster.stats import DeliveryStats
 from broadcaster.store import DeliveryState, MemoryStore
+from tests._shapes import assert_shape
 from tests._wait import until
 from tests.adapters.realtime._support import Listener, Msg, RecordingServer, Records, is_batch
 from tests.realtime_server._clients import FakeClock
@@ -180,6 +182,7 @@ async def test_over_the_projects_rate_the_canary_is_shut_and_sends_wait_until_it
             await adapter.send(batch)
             assert srv.pushes[-1][1] == [r.sequence_id for r in batch]
             extra = adapter.health().extra
+            assert_shape(extra, RealtimeHealth)
             assert extra["canary"]["reopened"] == 1
             assert extra["refused"]["rate_limit"] == extra["canary"]["refusals"]
             assert adapter.health().connected
