@@ -398,6 +398,11 @@ def reconcile_report(serve: Serve) -> tuple[int, dict[str, Any]]:
     return result.returncode, report
 
 
+#: Events each end-to-end run posts: several batches of receipts (at most
+#: 1 000 each) from every consumer.
+E2E_EVENTS = 2_500
+
+
 def matched_per_adapter(report: dict[str, Any]) -> dict[str, int]:
     matched: dict[str, int] = {}
     for adapters in report["categories"].values():
@@ -409,7 +414,7 @@ def matched_per_adapter(report: dict[str, Any]) -> dict[str, int]:
 def test_serve_with_only_its_probes_reconciles_every_event_matched(tmp_path: Path) -> None:
     serve = Serve(tmp_path, INSTANCE_ID="e2e-probes")
     try:
-        receipts = serve.publish(2_500)
+        receipts = serve.publish(E2E_EVENTS)
         last = receipts[-1]["sequence_id"]
         wait_for(
             lambda: all(p["received"] >= len(receipts) for p in serve.probes().values()),
@@ -425,7 +430,7 @@ def test_serve_with_only_its_probes_reconciles_every_event_matched(tmp_path: Pat
     for r in receipts:
         for adapter in r["routed_to"]:
             routed[adapter] = routed.get(adapter, 0) + 1
-    assert routed == {"websocket": 10_000, "realtime": 10_000} and last == 10_000
+    assert routed == {"websocket": E2E_EVENTS, "realtime": E2E_EVENTS} and last == E2E_EVENTS
     code, report = reconcile_report(serve)
     assert code == 0, report
     assert matched_per_adapter(report) == routed
@@ -437,8 +442,7 @@ def test_subscribe_report_in_its_own_process_reports_under_its_consumer_name(
 ) -> None:
     # serve and `subscribe --report` in separate processes, default settings
     # otherwise (the probes on): every event is matched on each routed path,
-    # and the subscriber's receipts are in the store. Enough events for
-    # several batches of receipts (at most 1 000 each) from every consumer.
+    # and the subscriber's receipts are in the store.
     serve = Serve(tmp_path, INSTANCE_ID="e2e-report")
     sub = subprocess.Popen(
         [
@@ -480,7 +484,7 @@ def test_subscribe_report_in_its_own_process_reports_under_its_consumer_name(
                 break
             except queue.Empty:
                 assert warmups < 120, "the subscriber never received an event"
-        receipts = serve.publish(2_500)
+        receipts = serve.publish(E2E_EVENTS)
         last = receipts[-1]["sequence_id"]
         while not lines.get(timeout=60).startswith(f"{last} "):
             pass
@@ -511,8 +515,8 @@ def test_subscribe_report_in_its_own_process_reports_under_its_consumer_name(
     from_sub = {
         seq for seq, rs in found["websocket"].items() if any(r.consumer == "sub-e2e" for r in rs)
     }
-    # Connected throughout the 10 000 (and for the warm-up it printed).
-    assert set(range(last - 9_999, last + 1)) <= from_sub
+    # Connected throughout the E2E_EVENTS (and for the warm-up it printed).
+    assert set(range(last - E2E_EVENTS + 1, last + 1)) <= from_sub
 
 
 async def test_a_realtime_consumer_reports_through_a_receipt_poster(tmp_path: Path) -> None:
