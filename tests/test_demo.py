@@ -50,7 +50,11 @@ async def test_demo_flips_a_flag_survives_an_outage_and_repairs_what_was_missed(
 
     # Published, delivered, verified, nothing lost.
     assert summary.published >= 200  # of ~2400 asked for; a loaded CI machine gets fewer
-    assert summary.mismatches == 0 and summary.duplicates == 0
+    assert summary.mismatches == 0
+    # At least once: a machine loaded enough to time an acknowledgement out
+    # sends the batch again, and the demo counts each copy a subscriber got
+    # twice: never silent.
+    assert re.search(rf"^duplicates +{summary.duplicates}$", text, re.MULTILINE), text
     assert summary.lost == {"websocket": 0, "realtime": 0}
     assert summary.received["websocket"] == summary.published  # the primary gets everything
     assert 0 < summary.received["realtime"] < summary.published

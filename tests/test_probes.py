@@ -39,6 +39,7 @@ from broadcaster.spawn import RealtimeServerProcess, free_port
 from broadcaster.store import store_from_url
 from tests._shapes import assert_shape
 from tests._tls import make_certs
+from tests.test_service import bound_port
 
 pytestmark = pytest.mark.slow
 
@@ -295,7 +296,6 @@ class Serve:
     """``python -m broadcaster serve`` as a child process, on free ports."""
 
     def __init__(self, tmp_path: Path, **env: str) -> None:
-        self.admin_port = free_port()
         self.store_url = f"sqlite:///{tmp_path / 'serve.db'}"
         self.env = {
             k: v
@@ -304,8 +304,10 @@ class Serve:
         }
         self.env.update(
             STORE_URL=self.store_url,
-            ADMIN_PORT=str(self.admin_port),
-            WEBSOCKET_PORT=str(free_port()),
+            # Port 0: bound by the service, as it prints (nothing can take it
+            # between a pick here and the bind there).
+            ADMIN_PORT="0",
+            WEBSOCKET_PORT="0",
             BROADCASTER_ADMIN_TOKEN=ADMIN,
             RECONCILE_INTERVAL_S="0",
             # Judged as soon as reconcile runs: a receipt is matched at once
@@ -336,6 +338,8 @@ class Serve:
             _, err = self.proc.communicate(timeout=60)
             raise AssertionError(f"serve did not start: {lines} {err}")
         self.ws_url = next(line.split()[1] for line in lines if line.startswith("websocket"))
+        self.admin_port = bound_port(lines, "admin")
+        self.env["ADMIN_PORT"] = str(self.admin_port)
 
     @property
     def url(self) -> str:

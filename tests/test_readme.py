@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_service import REPO, free_port
+from broadcaster.spawn import free_port
+from tests.test_service import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,6 @@ from broadcaster.admin import AdminServer
 from broadcaster.core import Broadcaster
 from broadcaster.service import run_service
 from broadcaster.settings import load_settings
-from broadcaster.spawn import free_port
 from broadcaster.store import store_from_url
 from broadcaster.store.base import DeliveryState
 
@@ -113,11 +112,16 @@ async def test_port_in_use_fails_start(tmp_path: Path) -> None:
             await run_service(settings, out=io.StringIO(), stop=asyncio.Event())
 
 
+def bound_port(lines: list[str], name: str) -> int:
+    """The port of the URL ``serve`` printed on its ``name`` line."""
+    url = next(line.split()[1] for line in lines if line.startswith(name))
+    return int(url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+
+
 class Child:
     """``python -m broadcaster serve`` as a separate process."""
 
     def __init__(self, tmp_path: Path, **env: str) -> None:
-        self.admin_port = free_port()
         self.store_url = env.pop("STORE_URL", f"sqlite:///{tmp_path / 'child.db'}")
         self.env = {
             k: v
@@ -126,8 +130,10 @@ class Child:
         }
         self.env.update(
             STORE_URL=self.store_url,
-            ADMIN_PORT=str(self.admin_port),
-            WEBSOCKET_PORT=str(free_port()),
+            # Port 0: the service binds what is free and prints it; a port
+            # picked here could be taken by another test before it binds.
+            ADMIN_PORT="0",
+            WEBSOCKET_PORT="0",
             BROADCASTER_ADMIN_TOKEN=TOKEN,
             RECONCILE_INTERVAL_S="0",
             LOG_FORMAT="json",
@@ -153,6 +159,10 @@ class Child:
             self.proc.kill()
             _, err = self.proc.communicate(timeout=60)
             raise AssertionError(f"serve did not start: {self.lines} {err}")
+        self.admin_port = bound_port(self.lines, "admin")
+        # What it bound, for the CLI commands and restarts that use self.env.
+        self.env["ADMIN_PORT"] = str(self.admin_port)
+        self.env["WEBSOCKET_PORT"] = str(bound_port(self.lines, "websocket"))
 
     @property
     def url(self) -> str:
