@@ -7,6 +7,7 @@ show NAME``), not the files under ``mutants/``, whose layout is mutmut's
 business; the version is pinned in pyproject.toml's ``mutation`` extra.
 
     python scripts/mutation_report.py [--module NAME]
+    python scripts/mutation_report.py --list-unnoticed [--module NAME]
     python scripts/mutation_report.py --check-module NAME
 """
 
@@ -161,9 +162,13 @@ def _mutmut(*args: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/mutation_report.py", description=__doc__)
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--module", help="report only this module (dotted, under broadcaster/)")
-    group.add_argument("--check-module", metavar="NAME", help="exit 2 unless NAME is mutated")
+    parser.add_argument("--check-module", metavar="NAME", help="exit 2 unless NAME is mutated")
+    parser.add_argument("--module", help="report only this module (dotted, under broadcaster/)")
+    parser.add_argument(
+        "--list-unnoticed",
+        action="store_true",
+        help="print the names of the mutants the last run did not notice, one a line",
+    )
     args = parser.parse_args(argv)
 
     modules = core_modules()
@@ -179,8 +184,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     tallies = tally(parse_results(_mutmut("results", "--all", "true").splitlines()), args.module)
-    print(render(tallies))
     unnoticed = [name for t in tallies.values() for name in t.unnoticed]
+    if args.list_unnoticed:
+        for name in unnoticed:
+            print(name)
+        return 0
+    print(render(tallies))
     if unnoticed:
         print(f"\n{len(unnoticed)} mutants the unit tests did not notice:\n")
         for name in unnoticed:
