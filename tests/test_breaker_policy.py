@@ -566,3 +566,15 @@ def test_ramp_share_never_decreases_until_a_failure(gaps: list[float], fail_at: 
         assert share >= last
         last = share
     assert policy.state is CLOSED
+
+
+def test_calls_recorded_after_a_clear_leave_the_window_like_any_other() -> None:
+    window = SlidingWindow(window_s=2.0)
+    window.record(0.0, CallOutcome.FAILURE)
+    window.record(0.0, CallOutcome.SLOW)
+    window.clear()
+    window.record(1.0, CallOutcome.SUCCESS)
+    window.record(1.5, CallOutcome.FAILURE)
+    window.record(1.5, CallOutcome.SLOW)
+    assert (window.calls(1.5), window.failures(1.5), window.slow(1.5)) == (3, 1, 1)
+    assert (window.calls(10.0), window.failures(10.0), window.slow(10.0)) == (0, 0, 0)

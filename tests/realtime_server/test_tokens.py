@@ -195,6 +195,7 @@ def test_a_join_is_judged_by_its_own_token_else_the_apikey() -> None:
     assert token_for_join({}, "key") == "key"
     assert token_for_join({"access_token": None}, "key") == "key"
     assert token_for_join({"access_token": "sb_publishable_x"}, "key") == "key"
+    assert token_for_join({"user_token": "sb_publishable_x"}, "key") == "key"
     assert token_for_join({}, None) is None
 
 
