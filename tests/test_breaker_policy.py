@@ -358,6 +358,7 @@ def test_half_open_admits_n_probes_then_closes() -> None:
     [
         (False, FAST, timeout(), "probe failed: AdapterTimeout("),
         (True, SLOW, None, "probe failed: slow call (500 ms)"),
+        (True, 2.25, None, "probe failed: slow call (2250 ms)"),
         (False, FAST, None, "probe failed: failure"),
     ],
 )

@@ -503,6 +503,12 @@ def _signed_obj(signing_key: SigningKey | None = K1) -> dict[str, Any]:
             KEYS_1_AND_2,
             "signature does not match (key id 'k1')",
         ),
+        (  # JSON may carry a lone surrogate, which no encoding takes as it is
+            _signed_obj(K1)
+            | {"signature": {"algorithm": "hmac-sha256", "key_id": "k1", "value": "\udcff" * 64}},
+            KEYS_1_AND_2,
+            "signature does not match (key id 'k1')",
+        ),
     ],
 )
 def test_a_signature_that_proves_nothing_is_named_but_the_checksum_still_judged(
@@ -686,10 +692,11 @@ def test_verify_event_dict_ignores_the_checksum_field_in_canonical_bytes() -> No
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda o: o.pop("checksum"), "lacks a checksum"),
+        (lambda o: o.pop("checksum"), "^event lacks a checksum object$"),
         (lambda o: o.__setitem__("checksum", "abc"), "lacks a checksum"),
         (lambda o: o["checksum"].__setitem__("algorithm", "md5"), "malformed"),
         (lambda o: o["checksum"].pop("algorithm"), "malformed"),
+        (lambda o: o["checksum"].__setitem__("algorithm", ["sha256"]), "malformed"),
         (lambda o: o["checksum"].__setitem__("value", 5), "malformed"),
         (lambda o: o.pop("payload"), "lacks field 'payload'"),
         (lambda o: o.pop("event_type"), "lacks field 'event_type'"),
@@ -1096,6 +1103,13 @@ def test_invalid_input_raises_invalid_event_naming_the_field(
     located = error.at(3)
     assert located.field == field and located.index == 3
     assert str(located).startswith(f"event[3].{field}: ")
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
+def test_a_payload_holding_nan_or_infinity_is_refused_by_name(number: float) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        EventFactory(clock=Clock()).draft("CRITICAL", "t", {"deep": [{"n": number}]})
+    assert str(info.value) == "payload: NaN and Infinity are not valid JSON"
 
 
 @pytest.mark.parametrize(
