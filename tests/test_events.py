@@ -1201,12 +1201,19 @@ _cyclic["self"] = _cyclic
             "key payload['n'][1]['é\\ud800x'] is not valid Unicode",
         ),
         ({"s": "\ud800"}, "string at payload['s'] is not valid Unicode (lone surrogate)"),
+        # A key that is not ASCII but is valid Unicode is not the one refused.
+        ({"ü": 1, "s": "\ud800"}, "string at payload['s'] is not valid Unicode (lone surrogate)"),
         ({"t": ("a", "b\udc00")}, "string at payload['t'][1] is not valid Unicode"),
         # A surrogate pair spelled as two code points is two lone surrogates in a str.
         ({"emoji": "\ud83d\ude00"}, "string at payload['emoji'] is not valid Unicode"),
         # Shared containers are looked at once; other types and non-str keys skipped.
         ({"a": _shared, "b": _shared, "c": {1, 2}, 3: "\ud800"}, "string at payload[3]"),
         ({"k" * 100 + "\udfff": 1}, "key payload['kkkkkkkkkkkkkkkkkkk…kkkkkkkkkkkkk\\udfff']"),
+        # A step of 40 characters as Python writes it is shown whole.
+        ({"k" * 32 + "\udfff": 1}, "key payload['" + "k" * 32 + "\\udfff'] is not valid"),
+        # Eight steps are shown whole; from nine on, the first ones are counted.
+        ({"deep": _nested(7, "\ud800")}, "string at payload['deep']" + "[0]" * 7 + " is not"),
+        ({"deep": _nested(8, "\ud800")}, "string at payload[…1 levels…]" + "[0]" * 8 + " is not"),
         (
             {"deep": _nested(300, "\ud800")},
             "string at payload[…293 levels…][0][0][0][0][0][0][0][0] is not valid Unicode",
