@@ -594,6 +594,17 @@ def test_signing_key_refuses_what_cannot_sign(key_id: Any, secret: Any, message:
         SigningKey(key_id, secret)
 
 
+def test_signing_key_says_an_empty_secret_is_refused_and_takes_a_one_character_id() -> None:
+    with pytest.raises(ValueError, match="^signing key must not be empty$"):
+        SigningKey("k1", "")
+    assert SigningKey("k", "s").key_id == "k"
+
+
+def test_a_text_secret_from_undecodable_environment_bytes_signs_with_those_bytes() -> None:
+    """os.environ hands bytes that are not UTF-8 over as lone surrogates."""
+    assert SigningKey("k1", "s\udcff").secret == b"s\xff"
+
+
 def test_default_factory_frames_parse() -> None:
     record = seal(EventFactory().draft("CRITICAL", "order.created", {"order": 42}), 1)
     parse_frame(record.wire).verify()
