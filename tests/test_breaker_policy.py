@@ -581,10 +581,20 @@ def test_calls_recorded_after_a_clear_leave_the_window_like_any_other() -> None:
     assert (window.calls(10.0), window.failures(10.0), window.slow(10.0)) == (0, 0, 0)
 
 
-def test_config_accepts_the_least_latency_bounds() -> None:
+def test_config_accepts_every_value_at_its_bound() -> None:
     assert replace(CFG, latency_threshold_ms=0.5).latency_threshold_ms == 0.5
     assert replace(CFG, latency_multiplier=1.0).slow_call_s == CFG.latency_threshold_ms / 1000
     assert replace(CFG, latency_multiplier=1.5).latency_multiplier == 1.5
+    assert replace(CFG, window_s=2.0, bucket_s=2.0).window_s == 2.0
+    assert replace(CFG, recovery_time_s=0.5).recovery_time_s == 0.5
+    assert replace(CFG, ramp_step_s=0.5).ramp_step_s == 0.5
+    assert replace(CFG, ramp_steps=(1, 100)).ramp_steps == (1, 100)
+
+
+def test_config_names_every_bad_value_at_once() -> None:
+    with pytest.raises(ValueError) as info:
+        replace(CFG, min_calls=0, half_open_requests=0)
+    assert str(info.value) == "min_calls 0 must be >= 1; half_open_requests 0 must be >= 1"
 
 
 def test_a_window_refuses_buckets_it_cannot_hold_saying_both_sizes() -> None:
