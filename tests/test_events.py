@@ -1116,6 +1116,25 @@ def test_invalid_input_raises_invalid_event_naming_the_field(
     assert str(located).startswith(f"event[3].{field}: ")
 
 
+def test_an_unknown_category_or_a_bad_event_type_is_refused_saying_what_is_expected() -> None:
+    factory = EventFactory(clock=Clock())
+    with pytest.raises(InvalidEvent) as info:
+        factory.draft("URGENT", "t", {})
+    assert str(info.value) == (
+        "category: unknown category 'URGENT';"
+        " expected one of CRITICAL, PERFORMANCE, USER_ACTIVITY, SYSTEM, DEBUG"
+    )
+    with pytest.raises(InvalidEvent) as info:
+        factory.draft("CRITICAL", "a b", {})
+    assert str(info.value) == "event_type: 'a b' must be 1-128 characters of [A-Za-z0-9_.:-]"
+
+
+def test_a_payload_that_is_not_an_object_is_refused_naming_its_type() -> None:
+    with pytest.raises(InvalidEvent) as info:
+        EventFactory(clock=Clock()).draft("CRITICAL", "t", [1, 2])  # type: ignore[arg-type]
+    assert str(info.value) == "payload: must be a JSON object (dict), not list"
+
+
 @pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
 def test_a_payload_holding_nan_or_infinity_is_refused_by_name(number: float) -> None:
     with pytest.raises(InvalidEvent) as info:
