@@ -3,7 +3,8 @@ mutants mutmut made, how many the unit tests killed and how many survived,
 the score, then the diff of every mutant that was not killed.
 
 It reads mutmut's own commands (``mutmut results --all true`` and ``mutmut
-show NAME``), not the files under ``mutants/``, whose layout is mutmut's
+show NAME``, the latter run for every name in one process), not the files
+under ``mutants/``, whose layout is mutmut's
 business; the version is pinned in pyproject.toml's ``mutation`` extra.
 
     python scripts/mutation_report.py [--module NAME]
@@ -160,6 +161,29 @@ def _mutmut(*args: str) -> str:
     return done.stdout
 
 
+#: ``mutmut show NAME`` for each name read from stdin, in one process: a
+#: process per mutant would spend minutes starting mutmut hundreds of times.
+_SHOW_EACH = """
+import sys
+from mutmut.__main__ import cli
+for name in sys.stdin.read().split():
+    cli.main(["show", name], standalone_mode=False)
+    print()
+"""
+
+
+def _show(names: list[str]) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", _SHOW_EACH],
+        cwd=ROOT,
+        input="\n".join(names),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/mutation_report.py", description=__doc__)
     parser.add_argument("--check-module", metavar="NAME", help="exit 2 unless NAME is mutated")
@@ -192,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     print(render(tallies))
     if unnoticed:
         print(f"\n{len(unnoticed)} mutants the unit tests did not notice:\n")
-        for name in unnoticed:
-            print(_mutmut("show", name).rstrip() + "\n")
+        print(_show(unnoticed).rstrip())
     return 0
 
 

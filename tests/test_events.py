@@ -1129,6 +1129,16 @@ def test_an_unknown_category_or_a_bad_event_type_is_refused_saying_what_is_expec
     assert str(info.value) == "event_type: 'a b' must be 1-128 characters of [A-Za-z0-9_.:-]"
 
 
+def test_a_bad_key_or_source_is_refused_saying_what_is_expected() -> None:
+    factory = EventFactory(clock=Clock())
+    with pytest.raises(InvalidEvent) as info:
+        factory.draft("CRITICAL", "t", {}, key="k" * 513)
+    assert str(info.value) == "key: must be a valid Unicode string of at most 512 characters"
+    with pytest.raises(InvalidEvent) as info:
+        factory.draft("CRITICAL", "t", {}, source="")
+    assert str(info.value) == "source: must be a non-empty valid Unicode string of at most 128"
+
+
 def test_a_payload_that_is_not_an_object_is_refused_naming_its_type() -> None:
     with pytest.raises(InvalidEvent) as info:
         EventFactory(clock=Clock()).draft("CRITICAL", "t", [1, 2])  # type: ignore[arg-type]
