@@ -4,8 +4,8 @@ the score, then the diff of every mutant that was not killed.
 
 It reads mutmut's own commands (``mutmut results --all true`` and ``mutmut
 show NAME``, the latter run for every name in one process), not the files
-under ``mutants/``, whose layout is mutmut's
-business; the version is pinned in pyproject.toml's ``mutation`` extra.
+under ``mutants/``, whose layout is mutmut's business; the version is pinned
+in pyproject.toml's ``mutation`` extra.
 
     python scripts/mutation_report.py [--module NAME]
     python scripts/mutation_report.py --list-unnoticed [--module NAME]
