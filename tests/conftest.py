@@ -18,12 +18,18 @@ from pathlib import Path
 import pytest
 import structlog
 import uvloop
+from hypothesis import settings
 
 from broadcaster import commit_scheduler
 from tests._env import SETTING_PREFIXES
 from tests._postgres import pg_server, pg_url
 
 __all__ = ["pg_server", "pg_url"]  # fixtures: a real PostgreSQL (tests/_postgres.py)
+
+# scripts/mutation selects this profile: a mutant's verdict must not hang on a
+# random draw, on an example a previous mutant left in the database, or on a
+# deadline missed because the machine (or mutmut's indirection) was slow.
+settings.register_profile("mutation", derandomize=True, database=None, deadline=None)
 
 #: Test modules (paths under tests/) whose async tests run on both loops:
 #: those whose broadcaster, servers or clients run on the test's own loop (a

@@ -358,6 +358,7 @@ def test_half_open_admits_n_probes_then_closes() -> None:
     [
         (False, FAST, timeout(), "probe failed: AdapterTimeout("),
         (True, SLOW, None, "probe failed: slow call (500 ms)"),
+        (True, 2.25, None, "probe failed: slow call (2250 ms)"),
         (False, FAST, None, "probe failed: failure"),
     ],
 )
@@ -566,3 +567,67 @@ def test_ramp_share_never_decreases_until_a_failure(gaps: list[float], fail_at: 
         assert share >= last
         last = share
     assert policy.state is CLOSED
+
+
+def test_calls_recorded_after_a_clear_leave_the_window_like_any_other() -> None:
+    window = SlidingWindow(window_s=2.0)
+    window.record(0.0, CallOutcome.FAILURE)
+    window.record(0.0, CallOutcome.SLOW)
+    window.clear()
+    window.record(1.0, CallOutcome.SUCCESS)
+    window.record(1.5, CallOutcome.FAILURE)
+    window.record(1.5, CallOutcome.SLOW)
+    assert (window.calls(1.5), window.failures(1.5), window.slow(1.5)) == (3, 1, 1)
+    assert (window.calls(10.0), window.failures(10.0), window.slow(10.0)) == (0, 0, 0)
+
+
+def test_config_accepts_every_value_at_its_bound() -> None:
+    assert replace(CFG, latency_threshold_ms=0.5).latency_threshold_ms == 0.5
+    assert replace(CFG, latency_multiplier=1.0).slow_call_s == CFG.latency_threshold_ms / 1000
+    assert replace(CFG, latency_multiplier=1.5).latency_multiplier == 1.5
+    assert replace(CFG, window_s=2.0, bucket_s=2.0).window_s == 2.0
+    assert replace(CFG, recovery_time_s=0.5).recovery_time_s == 0.5
+    assert replace(CFG, ramp_step_s=0.5).ramp_step_s == 0.5
+    assert replace(CFG, ramp_steps=(1, 100)).ramp_steps == (1, 100)
+
+
+def test_config_names_every_bad_value_at_once() -> None:
+    with pytest.raises(ValueError) as info:
+        replace(CFG, min_calls=0, half_open_requests=0)
+    assert str(info.value) == "min_calls 0 must be >= 1; half_open_requests 0 must be >= 1"
+
+
+def test_a_window_refuses_buckets_it_cannot_hold_saying_both_sizes() -> None:
+    with pytest.raises(ValueError, match=r"^need 0 < bucket_s \(2\.0\) <= window_s \(1\.0\)$"):
+        SlidingWindow(window_s=1.0, bucket_s=2.0)
+
+
+def test_the_policy_counts_calls_over_its_configured_window_and_buckets() -> None:
+    policy = BreakerPolicy(replace(CFG, window_s=4.0, bucket_s=0.5))
+    policy.record(0.6, True, FAST)  # in the bucket [0.5, 1.0)
+    assert policy.calls(4.4) == 1
+    assert policy.calls(4.5) == 0  # that bucket has left the eight half-second ones
+
+
+def test_the_ramp_counts_from_the_close_not_from_half_open() -> None:
+    policy, now = half_open()
+    closed_at = now + 5
+    for _ in range(CFG.half_open_requests):
+        assert policy.allow(closed_at)
+        policy.record(closed_at, True, FAST)
+    assert policy.state is CLOSED
+    assert policy.share(closed_at + CFG.ramp_step_s - 0.1) == CFG.ramp_steps[0]
+    assert policy.share(closed_at + CFG.ramp_step_s) == CFG.ramp_steps[1]
+
+
+def test_a_call_that_failed_during_the_ramp_reopens_from_that_moment() -> None:
+    policy, t0 = recovered()
+    transition = policy.record(t0 + 3, False, FAST)
+    assert transition is not None and transition.at == t0 + 3
+    assert policy.opened_at == t0 + 3
+    assert policy.retry_at == t0 + 3 + CFG.recovery_time_s
+
+
+def test_a_successful_call_with_an_error_is_refused() -> None:
+    with pytest.raises(ValueError, match="^a successful call has no error$"):
+        BreakerPolicy(CFG).record(0.0, True, FAST, timeout())

@@ -503,6 +503,12 @@ def _signed_obj(signing_key: SigningKey | None = K1) -> dict[str, Any]:
             KEYS_1_AND_2,
             "signature does not match (key id 'k1')",
         ),
+        (  # JSON may carry a lone surrogate, which no encoding takes as it is
+            _signed_obj(K1)
+            | {"signature": {"algorithm": "hmac-sha256", "key_id": "k1", "value": "\udcff" * 64}},
+            KEYS_1_AND_2,
+            "signature does not match (key id 'k1')",
+        ),
     ],
 )
 def test_a_signature_that_proves_nothing_is_named_but_the_checksum_still_judged(
@@ -586,6 +592,17 @@ def test_signing_key_keeps_its_secret_out_of_repr_and_takes_text_as_utf8() -> No
 def test_signing_key_refuses_what_cannot_sign(key_id: Any, secret: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SigningKey(key_id, secret)
+
+
+def test_signing_key_says_an_empty_secret_is_refused_and_takes_a_one_character_id() -> None:
+    with pytest.raises(ValueError, match="^signing key must not be empty$"):
+        SigningKey("k1", "")
+    assert SigningKey("k", "s").key_id == "k"
+
+
+def test_a_text_secret_from_undecodable_environment_bytes_signs_with_those_bytes() -> None:
+    """os.environ hands bytes that are not UTF-8 over as lone surrogates."""
+    assert SigningKey("k1", "s\udcff").secret == b"s\xff"
 
 
 def test_default_factory_frames_parse() -> None:
@@ -686,10 +703,11 @@ def test_verify_event_dict_ignores_the_checksum_field_in_canonical_bytes() -> No
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda o: o.pop("checksum"), "lacks a checksum"),
+        (lambda o: o.pop("checksum"), "^event lacks a checksum object$"),
         (lambda o: o.__setitem__("checksum", "abc"), "lacks a checksum"),
         (lambda o: o["checksum"].__setitem__("algorithm", "md5"), "malformed"),
         (lambda o: o["checksum"].pop("algorithm"), "malformed"),
+        (lambda o: o["checksum"].__setitem__("algorithm", ["sha256"]), "malformed"),
         (lambda o: o["checksum"].__setitem__("value", 5), "malformed"),
         (lambda o: o.pop("payload"), "lacks field 'payload'"),
         (lambda o: o.pop("event_type"), "lacks field 'event_type'"),
@@ -1100,6 +1118,42 @@ def test_invalid_input_raises_invalid_event_naming_the_field(
     assert str(located).startswith(f"event[3].{field}: ")
 
 
+def test_an_unknown_category_or_a_bad_event_type_is_refused_saying_what_is_expected() -> None:
+    factory = EventFactory(clock=Clock())
+    with pytest.raises(InvalidEvent) as info:
+        factory.draft("URGENT", "t", {})
+    assert str(info.value) == (
+        "category: unknown category 'URGENT';"
+        " expected one of CRITICAL, PERFORMANCE, USER_ACTIVITY, SYSTEM, DEBUG"
+    )
+    with pytest.raises(InvalidEvent) as info:
+        factory.draft("CRITICAL", "a b", {})
+    assert str(info.value) == "event_type: 'a b' must be 1-128 characters of [A-Za-z0-9_.:-]"
+
+
+def test_a_bad_key_or_source_is_refused_saying_what_is_expected() -> None:
+    factory = EventFactory(clock=Clock())
+    with pytest.raises(InvalidEvent) as info:
+        factory.draft("CRITICAL", "t", {}, key="k" * 513)
+    assert str(info.value) == "key: must be a valid Unicode string of at most 512 characters"
+    with pytest.raises(InvalidEvent) as info:
+        factory.draft("CRITICAL", "t", {}, source="")
+    assert str(info.value) == "source: must be a non-empty valid Unicode string of at most 128"
+
+
+def test_a_payload_that_is_not_an_object_is_refused_naming_its_type() -> None:
+    with pytest.raises(InvalidEvent) as info:
+        EventFactory(clock=Clock()).draft("CRITICAL", "t", [1, 2])  # type: ignore[arg-type]
+    assert str(info.value) == "payload: must be a JSON object (dict), not list"
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
+def test_a_payload_holding_nan_or_infinity_is_refused_by_name(number: float) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        EventFactory(clock=Clock()).draft("CRITICAL", "t", {"deep": [{"n": number}]})
+    assert str(info.value) == "payload: NaN and Infinity are not valid JSON"
+
+
 @pytest.mark.parametrize(
     ("kwargs"),
     [
@@ -1189,12 +1243,19 @@ _cyclic["self"] = _cyclic
             "key payload['n'][1]['é\\ud800x'] is not valid Unicode",
         ),
         ({"s": "\ud800"}, "string at payload['s'] is not valid Unicode (lone surrogate)"),
+        # A key that is not ASCII but is valid Unicode is not the one refused.
+        ({"ü": 1, "s": "\ud800"}, "string at payload['s'] is not valid Unicode (lone surrogate)"),
         ({"t": ("a", "b\udc00")}, "string at payload['t'][1] is not valid Unicode"),
         # A surrogate pair spelled as two code points is two lone surrogates in a str.
         ({"emoji": "\ud83d\ude00"}, "string at payload['emoji'] is not valid Unicode"),
         # Shared containers are looked at once; other types and non-str keys skipped.
         ({"a": _shared, "b": _shared, "c": {1, 2}, 3: "\ud800"}, "string at payload[3]"),
         ({"k" * 100 + "\udfff": 1}, "key payload['kkkkkkkkkkkkkkkkkkk…kkkkkkkkkkkkk\\udfff']"),
+        # A step of 40 characters as Python writes it is shown whole.
+        ({"k" * 32 + "\udfff": 1}, "key payload['" + "k" * 32 + "\\udfff'] is not valid"),
+        # Eight steps are shown whole; from nine on, the first ones are counted.
+        ({"deep": _nested(7, "\ud800")}, "string at payload['deep']" + "[0]" * 7 + " is not"),
+        ({"deep": _nested(8, "\ud800")}, "string at payload[…1 levels…]" + "[0]" * 8 + " is not"),
         (
             {"deep": _nested(300, "\ud800")},
             "string at payload[…293 levels…][0][0][0][0][0][0][0][0] is not valid Unicode",

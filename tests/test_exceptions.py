@@ -10,15 +10,20 @@ import pytest
 import broadcaster.exceptions as exc_module
 from broadcaster.exceptions import (
     AdapterError,
+    AdapterRefused,
     AdapterRejected,
+    AdapterThrottled,
     AdapterTimeout,
     AdapterUnavailable,
+    BreakerOpen,
     BroadcasterClosed,
     BroadcasterError,
     ChecksumMismatch,
     ConfigError,
+    EventsRefused,
     FlushTimeout,
     FrameError,
+    HistoryPruned,
     InvalidEvent,
     RolloutConflict,
     SignatureMismatch,
@@ -182,3 +187,61 @@ def test_rollout_conflict_names_the_rollout_in_the_way() -> None:
     assert (error.reason, error.rollout_id) == ("USER_ACTIVITY has rollout 3 running", 3)
     assert str(error) == "USER_ACTIVITY has rollout 3 running"
     assert RolloutConflict("changed").rollout_id is None
+
+
+def test_history_pruned_carries_where_the_resume_asked_and_what_is_left() -> None:
+    error = HistoryPruned("websocket", 10, 250, "history pruned")
+    assert (error.adapter, error.since, error.oldest, error.reason) == (
+        "websocket",
+        10,
+        250,
+        "history pruned",
+    )
+    assert str(error) == "websocket: history pruned"
+    assert isinstance(error, AdapterRejected)
+
+
+def test_adapter_refused_carries_the_quota_and_what_the_far_side_said() -> None:
+    error = AdapterRefused("realtime", "payload_too_large", "Payload too large")
+    assert (error.adapter, error.reason, error.detail) == (
+        "realtime",
+        "payload_too_large",
+        "Payload too large",
+    )
+    assert str(error) == "realtime: refused (payload_too_large): Payload too large"
+
+
+def test_adapter_throttled_is_a_rate_limit_refusal_unless_held_back_by_pacing() -> None:
+    error = AdapterThrottled("realtime", "ClientJoinRateLimitReached", 1.5)
+    assert (error.adapter, error.reason, error.detail) == (
+        "realtime",
+        "rate_limit",
+        "ClientJoinRateLimitReached",
+    )
+    assert (error.retry_after_s, error.refused) == (1.5, True)
+    assert str(error) == "realtime: refused (rate_limit): ClientJoinRateLimitReached"
+    assert AdapterThrottled("realtime", "paced", 0.2, refused=False).refused is False
+
+
+def test_events_refused_names_each_refused_event_and_every_distinct_reason() -> None:
+    refused = {3: "payload_too_large", 7: "payload_too_large", 9: "topic_too_long"}
+    error = EventsRefused("realtime", refused, "2 of 5 events over the limits")
+    assert (error.adapter, error.refused, error.detail) == (
+        "realtime",
+        refused,
+        "2 of 5 events over the limits",
+    )
+    assert error.reason == "payload_too_large, topic_too_long"
+    assert str(error) == (
+        "realtime: refused (payload_too_large, topic_too_long): 2 of 5 events over the limits"
+    )
+
+
+def test_breaker_open_says_when_to_retry_and_half_open_says_nothing_of_when() -> None:
+    error = BreakerOpen("realtime", "open", 12.3456)
+    assert (error.adapter, error.state, error.retry_at) == ("realtime", "open", 12.3456)
+    assert str(error) == "realtime: circuit breaker open; retry at 12.346"
+    half_open = BreakerOpen("websocket", "half_open", None)
+    assert (half_open.state, half_open.retry_at) == ("half_open", None)
+    assert str(half_open) == "websocket: circuit breaker half_open"
+    assert not isinstance(error, AdapterError)

@@ -194,3 +194,70 @@ def test_a_canary_gate_closed_too_long_opens_anyway() -> None:
     assert canary.refused(131.0) is True  # shut again: a new excess
     with pytest.raises(ValueError):
         RateCanary(max_closed_s=0)
+
+
+def test_bad_values_are_refused_with_what_is_expected() -> None:
+    with pytest.raises(ValueError, match=r"^subscribers must be >= 0$"):
+        pushes_per_s(FREE, -1)
+    with pytest.raises(ValueError, match=r"^batch sizes must be >= 1 and the message rate >= 0$"):
+        resolve_limits(FREE, batch_bytes=0)
+    with pytest.raises(
+        ValueError, match=r"^need ceiling >= 0, recover_s > 0, growth > 1 and floor > 0$"
+    ):
+        RateGovernor(growth=1.0)
+    with pytest.raises(ValueError, match=r"^max_closed_s must be > 0$"):
+        RateCanary(max_closed_s=0)
+
+
+def test_the_least_valid_values_are_accepted() -> None:
+    assert resolve_limits(None, batch_max=1, batch_bytes=1) == RealtimeLimits(0.0, 1, 1, None)
+    assert RateGovernor(recover_s=0.5).cap(0.0) == 0
+    assert RateCanary(max_closed_s=0.5).refused(0.0) is True
+
+
+def test_by_default_the_cap_grows_by_a_quarter_every_five_seconds_from_the_refusal() -> None:
+    governor = RateGovernor(1000)
+    assert governor.refused(100.0, observed_per_s=2000.0) == 500.0
+    assert governor.cap(104.9) == 500.0
+    assert governor.cap(110.0) == 500.0 * 1.25**2  # two periods at once
+    assert governor.cap(114.9) == 500.0 * 1.25**2  # the next period counts from 110
+    assert governor.cap(115.0) == 500.0 * 1.25**3
+    assert governor.cap(120.0) == 1000.0  # up to the ceiling, not past it
+
+
+def test_a_refusal_at_a_higher_rate_never_raises_the_learned_ceiling() -> None:
+    governor = RateGovernor()
+    governor.refused(0.0, observed_per_s=200.0)
+    assert governor.learned_ceiling == 100.0
+    governor.refused(10.0, observed_per_s=1000.0)
+    assert governor.learned_ceiling == 100.0 and governor.refusals == 2
+
+
+def test_a_cap_down_at_the_floor_still_climbs_back() -> None:
+    governor = RateGovernor(2, recover_s=10.0, growth=2.0)
+    assert governor.refused(0.0, observed_per_s=10.0) == 1.0
+    assert governor.cap(10.0) == 2.0
+
+
+def test_by_default_a_canary_gate_opens_anyway_after_two_minutes() -> None:
+    canary = RateCanary()
+    canary.refused(0.0)
+    assert not canary.is_open(119.9)
+    assert canary.is_open(120.0)
+
+
+def test_a_refusal_forgets_the_echoes_heard_before_it() -> None:
+    canary = RateCanary()
+    canary.joined()
+    assert canary.echoed() is False  # open: an echo changes nothing
+    canary.refused(1.0)
+    assert canary.echoed() is False  # one echo since the refusal
+    assert canary.echoed() is True
+
+
+def test_the_canary_counts_every_reopening_and_every_timeout() -> None:
+    canary = RateCanary(max_closed_s=10.0)
+    for start in (0.0, 20.0):
+        canary.refused(start)
+        assert canary.is_open(start + 10.0)
+    assert (canary.refusals, canary.reopened, canary.timed_out) == (2, 2, 2)

@@ -313,3 +313,19 @@ def test_a_cut_over_category_with_no_other_adapter_stays_on_the_primary() -> Non
         adapters=("websocket",),
     )
     assert only_primary.route(Category.SYSTEM, "k") == ("websocket",)
+
+
+def test_copies_keep_the_configured_adapters_and_the_override() -> None:
+    only_websocket = RoutingTable(
+        enabled=True,
+        primary="websocket",
+        override="all",
+        categories={cat: CategoryRoute(True, 100, ("websocket", "realtime")) for cat in Category},
+        adapters=("websocket",),
+    )
+    changed = only_websocket.with_category(Category.SYSTEM, CategoryRoute(True, 50, ()))
+    assert (changed.override, changed.adapters) == ("all", ("websocket",))
+    assert changed.route(Category.SYSTEM, "k") == ("websocket",)
+    released = only_websocket.with_override(None)
+    assert released.adapters == ("websocket",)
+    assert released.route(Category.CRITICAL, "k") == ("websocket",)  # realtime not configured

@@ -128,3 +128,70 @@ def test_tokens_made_in_code() -> None:
 )
 def test_store_urls_lose_their_password(url: str, masked: str) -> None:
     assert mask_url_password(url) == masked
+
+
+@pytest.mark.parametrize(
+    ("admin", "tokens", "message"),
+    [
+        (
+            "short",
+            None,
+            "BROADCASTER_ADMIN_TOKEN=********: token 'admin' has 5 characters;"
+            f" at least {MIN_TOKEN_LENGTH} are required",
+        ),
+        (
+            None,
+            "[1, 2]",
+            "BROADCASTER_TOKENS=********: expected a JSON object"
+            ' {"<name>": {"token": ..., "scope": ...}}',
+        ),
+        (
+            None,
+            tokens_json(x={"token": LONG, "scope": "root"}),
+            "BROADCASTER_TOKENS=********: token 'x': unknown scope 'root';"
+            " known: admin, operator, read, ingest, consumer",
+        ),
+        (
+            None,
+            tokens_json(x={"token": LONG, "scope": "read", "ttl": 5, "note": ""}),
+            "BROADCASTER_TOKENS=********: token 'x': unknown field(s) note, ttl",
+        ),
+    ],
+)
+def test_a_bad_token_setting_says_what_is_expected(
+    admin: str | None, tokens: str | None, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_token_settings(admin, tokens)
+    assert str(info.value) == message
+
+
+def test_a_token_name_is_at_most_64_characters() -> None:
+    at_limit = tokens_json(**{"n" * 64: {"token": LONG, "scope": "read"}})
+    assert parse_token_settings(None, at_limit).names == ["n" * 64]
+    with pytest.raises(ConfigError, match="must be 1-64 printable characters"):
+        parse_token_settings(None, tokens_json(**{"n" * 65: {"token": LONG, "scope": "read"}}))
+
+
+def test_a_secret_that_is_not_utf8_is_taken_and_matched_byte_for_byte() -> None:
+    """The environment hands Python undecodable bytes as lone surrogates; a
+    token set from such a value still authenticates the same bytes."""
+    secret = LONG + "\udcff"
+    tokens = parse_token_settings(secret, None)
+    [token] = tokens
+    assert token.secret == LONG.encode() + b"\xff"
+    assert tokens.authenticate(secret) is token
+    assert tokens.authenticate(LONG.encode() + b"\xff") is token
+    assert tokens.authenticate(LONG + "\udcfe") is None
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://u:p@ss@h/db", "postgresql://u:********@h/db"),
+        ("postgresql://u:pa:ss@h/db", "postgresql://u:********@h/db"),
+        ("postgresql://h/db?password=a=b&user=u", "postgresql://h/db?password=********&user=u"),
+    ],
+)
+def test_a_password_holding_the_separators_is_masked_whole(url: str, masked: str) -> None:
+    assert mask_url_password(url) == masked

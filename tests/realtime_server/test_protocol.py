@@ -23,6 +23,15 @@ from broadcaster.realtime_server.protocol import (
 )
 
 TOPIC = "realtime:events:critical"
+ARRAY_EXPECTED = "expected a JSON array [join_ref, ref, topic, event, payload]"
+
+
+def says(result: object, reason: str) -> bool:
+    """``result`` is a refusal whose reason is ``reason`` (and, for a JSON
+    error, the parser's own words after it)."""
+    return isinstance(result, Malformed) and (
+        result.reason == reason or result.reason.startswith(reason + ": ")
+    )
 
 
 def user_broadcast_push(
@@ -108,17 +117,25 @@ def test_a_2_0_0_text_frame_is_a_json_array() -> None:
         ("[1, 2, 3]", VSN_1, "a JSON list, not an object"),
         ('{"event": "heartbeat"}', VSN_1, "topic and event must be strings"),
         ('{"topic": "t", "event": "e", "payload": [1]}', VSN_1, "payload must be an object"),
-        ('{"topic": "t", "event": "e", "ref": {"a": 1}}', VSN_1, "ref and join_ref"),
-        ('{"topic": "t", "event": "e", "join_ref": 1.5}', VSN_1, "ref and join_ref"),
-        ('{"topic": "t", "event": "e", "payload": {}}', VSN_2, "expected a JSON array"),
-        ('["1", "2", "t", "e"]', VSN_2, "expected a JSON array"),
+        (
+            '{"topic": "t", "event": "e", "ref": {"a": 1}}',
+            VSN_1,
+            "ref and join_ref must be strings or null",
+        ),
+        (
+            '{"topic": "t", "event": "e", "join_ref": 1.5}',
+            VSN_1,
+            "ref and join_ref must be strings or null",
+        ),
+        ('{"topic": "t", "event": "e", "payload": {}}', VSN_2, ARRAY_EXPECTED),
+        ('["1", "2", "t", "e"]', VSN_2, ARRAY_EXPECTED),
         ('["1", "2", "t", 5, {}]', VSN_2, "topic and event must be strings"),
         ("[", VSN_2, "not JSON"),
     ],
 )
 def test_malformed_text_frames_say_why(frame: str, vsn: str, reason: str) -> None:
     result = decode(frame, vsn)  # type: ignore[arg-type]
-    assert isinstance(result, Malformed) and reason in result.reason
+    assert says(result, reason), result
 
 
 def test_a_user_broadcast_push_is_read_as_a_broadcast() -> None:
@@ -149,19 +166,30 @@ def test_a_binary_user_payload_is_kept_as_bytes() -> None:
 @pytest.mark.parametrize(
     ("frame", "reason"),
     [
-        (b"", "empty"),
-        (b"\x00\x01\x01\x01\x01x", "kind 0"),
-        (b"\x04\x00", "kind 4"),
-        (b"\x03\x00\x00", "shorter than its header"),
-        (b"\x03\x00\x00\x09\x00\x00\x01realtime", "shorter than its header says"),
-        (bytes([3, 0, 0, 1, 1, 0, 1]) + b"\xffe{}", "UTF-8"),
-        (user_broadcast_push(metadata=b"{nope"), "metadata is not JSON"),
-        (user_broadcast_push(payload=b"{nope"), "payload is not JSON"),
+        (b"", "an empty binary frame"),
+        (b"\x00\x01\x01\x01\x01x", "binary frame of kind 0: only user broadcast pushes are read"),
+        (b"\x04\x00", "binary frame of kind 4: only user broadcast pushes are read"),
+        (b"\x03\x00\x00", "user broadcast push shorter than its header"),
+        (b"\x03\x00\x00\x00\x00\x00", "user broadcast push shorter than its header"),
+        (
+            b"\x03\x00\x00\x09\x00\x00\x01realtime",
+            "user broadcast push shorter than its header says",
+        ),
+        (bytes([3, 0, 0, 1, 1, 0, 1]) + b"\xffe{}", "user broadcast push header is not UTF-8"),
+        (user_broadcast_push(metadata=b"{nope"), "user broadcast push metadata is not JSON"),
+        (user_broadcast_push(payload=b"{nope"), "user broadcast push payload is not JSON"),
     ],
 )
 def test_malformed_binary_frames_say_why(frame: bytes, reason: str) -> None:
     result = decode(frame, VSN_2)
-    assert isinstance(result, Malformed) and reason in result.reason, result
+    assert says(result, reason), result
+
+
+def test_a_user_broadcast_push_of_its_header_alone_is_an_empty_broadcast() -> None:
+    """Seven bytes: the kind, five empty field sizes, binary encoding."""
+    msg = decode(bytes([3, 0, 0, 0, 0, 0, 0]), VSN_2)
+    assert not isinstance(msg, Malformed)
+    assert msg["user_broadcast"] == UserBroadcast("", b"", False, None)
 
 
 def test_replies_follow_the_clients_version() -> None:
@@ -234,3 +262,19 @@ def test_a_user_broadcast_reaches_2_0_0_in_binary_and_1_0_0_as_json() -> None:
     )
     with pytest.raises(ValueError, match="255 bytes"):
         encode_user_broadcast(VSN_2, "realtime:" + "x" * 250, opaque)
+
+
+def test_topic_and_event_names_of_255_bytes_fit_a_binary_frame_and_256_do_not() -> None:
+    blob = UserBroadcast("e" * 255, b"\x00", False)
+    wire = encode_user_broadcast(VSN_2, "t" * 255, blob)
+    assert wire is not None and wire.data[1:3] == bytes([255, 255])
+    refusal = "^topic and event names are at most 255 bytes in a binary frame$"
+    with pytest.raises(ValueError, match=refusal):
+        encode_user_broadcast(VSN_2, "t" * 256, blob)
+    with pytest.raises(ValueError, match=refusal):
+        encode_user_broadcast(VSN_2, "t", UserBroadcast("e" * 256, b"\x00", False))
+
+
+def test_pushes_are_text_frames_in_both_versions() -> None:
+    for vsn in (VSN_1, VSN_2):
+        assert encode_push(vsn, TOPIC, "system", {}, join_ref=None).text is True

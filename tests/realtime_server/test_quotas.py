@@ -183,6 +183,7 @@ def test_a_payload_fits_up_to_the_plans_kilobytes_and_the_padding() -> None:
         ({}, 6),
         ("abc", 9),
         ("é", 8),
+        (0, 3),
         (1, 3),
         (255, 3),
         (256, 6),
@@ -191,6 +192,8 @@ def test_a_payload_fits_up_to_the_plans_kilobytes_and_the_padding() -> None:
         (-(2**31), 6),
         (2**31, 8),
         (-(2**40), 10),
+        (2**2039, 1 + 3 + 255),  # the largest small big: 255 digits
+        (2**2040, 1 + 6 + 256),
         (2**2048, 1 + 6 + 257),
         (1.5, 10),
         (True, 7),
@@ -227,3 +230,22 @@ def test_a_binary_framed_broadcast_is_measured_as_its_tuple() -> None:
     assert user_broadcast_size("e", b"", False, {"persist": True}) == (
         1 + 2 + 6 + 8 + 5 + (5 + 12 + 6)
     )
+
+
+def test_a_new_counter_has_counted_nothing() -> None:
+    counter = RateCounter(100, now=0.0)
+    assert (counter.average, counter.peak) == (0.0, 0.0)
+
+
+def test_a_count_is_one_unless_told_otherwise() -> None:
+    counter = RateCounter(1, now=0.0)
+    for _ in range(4):
+        counter.add(1.0)
+    assert not counter.over(5.0)  # (0 + 4) / 2 ticks / 5 s < 1
+    assert counter.average == pytest.approx(0.4)
+
+
+def test_a_project_nobody_joined_is_not_over_its_message_rate() -> None:
+    quotas = Quotas(SMALL)
+    assert not quotas.messages_over(0.0)
+    assert quotas.judged_messages_per_s(5.0) == (0.0, 0.0)

@@ -195,6 +195,7 @@ def test_a_join_is_judged_by_its_own_token_else_the_apikey() -> None:
     assert token_for_join({}, "key") == "key"
     assert token_for_join({"access_token": None}, "key") == "key"
     assert token_for_join({"access_token": "sb_publishable_x"}, "key") == "key"
+    assert token_for_join({"user_token": "sb_publishable_x"}, "key") == "key"
     assert token_for_join({}, None) is None
 
 
@@ -218,3 +219,17 @@ def test_a_service_key_is_a_long_lived_service_role_token() -> None:
         "exp": int(NOW) + 10 * 365 * 86_400,
     }
     assert CHECK.authorize(key, NOW + 9 * 365 * 86_400) == decoded
+
+
+def test_minted_tokens_are_base64url_without_padding() -> None:
+    """RFC 7515: a JWT's segments carry no '=' padding; stricter verifiers refuse it."""
+    for sub in ("u", "us", "use"):  # every length modulo 3
+        minted = mint_token(SECRET, claims(sub=sub))
+        assert "=" not in minted and minted.count(".") == 2
+
+
+def test_a_secret_given_as_text_checks_tokens_signed_with_its_utf8_bytes() -> None:
+    check = TokenCheck("sécret-" + SECRET)
+    signed = jwt.encode(claims(), ("sécret-" + SECRET).encode(), algorithm="HS256")
+    verified = check.verify(signed, NOW)
+    assert isinstance(verified, dict) and verified["sub"] == "user-1"

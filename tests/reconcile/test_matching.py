@@ -264,3 +264,71 @@ def test_unobserved_is_not_loss() -> None:
     report.add(expected(), judge(expected(), [], LATE_NOW, POLICY, None))
     assert report.unrepaired_loss == 0
     assert report.as_dict()["totals"]["unobserved"] == 1  # type: ignore[index]
+
+
+def test_from_seconds_converts_each_bound_to_milliseconds() -> None:
+    assert MatchPolicy.from_seconds(1.5, 2, 3.25) == MatchPolicy(1_500, 2_000, 3_250)
+
+
+def test_the_buffer_and_max_delay_end_at_their_edge() -> None:
+    at_buffer = T0 + POLICY.buffer_ms
+    assert judge(expected(), [seen()], at_buffer - 1, POLICY).outcome is Outcome.AWAITING
+    assert judge(expected(), [seen()], at_buffer, POLICY).outcome is Outcome.MATCHED
+    at_max_delay = T0 + POLICY.max_delay_ms
+    assert judge(expected(), [], at_max_delay - 1, POLICY).outcome is Outcome.AWAITING
+    assert judge(expected(), [], at_max_delay, POLICY).outcome is Outcome.MISSING
+
+
+def test_by_default_every_event_was_watched_even_the_first() -> None:
+    first = expected(sequence_id=1)
+    assert judge(first, [], LATE_NOW, POLICY).outcome is Outcome.MISSING
+
+
+def test_unobserved_says_nobody_was_reporting() -> None:
+    result = judge(expected(), [], LATE_NOW, POLICY, None)
+    assert result.reason == "no consumer of the adapter was reporting"
+
+
+def test_duplicates_are_counted_whatever_the_outcome() -> None:
+    twice = [seen(10, checksum="ffff0000"), seen(20, checksum="ffff0000")]
+    assert judge(expected(), twice, JUDGED, POLICY).duplicates == 1
+    wrong_type = [seen(10, event_type="x"), seen(20, event_type="x", consumer="b", deliveries=2)]
+    assert judge(expected(), wrong_type, JUDGED, POLICY).duplicates == 1
+    repaired = judge(expected(repaired=True), [seen(10), seen(20)], LATE_NOW, POLICY)
+    assert repaired == Judgement(Outcome.REPAIRED, 1)
+
+
+def test_report_adds_up_duplicates_of_every_event_of_a_row() -> None:
+    report = Report()
+    report.add(expected(sequence_id=1), Judgement(Outcome.MATCHED, duplicates=2))
+    report.add(expected(sequence_id=2), Judgement(Outcome.LATE, duplicates=3))
+    assert report.duplicates == {("CRITICAL", "realtime"): 5}
+
+
+def test_report_as_dict_has_every_outcome_of_a_row_and_at_most_100_ids() -> None:
+    report = Report(consumers=[{"adapter": "realtime", "consumer": "probe"}])
+    for sequence_id in range(1, 103):
+        report.add(expected(sequence_id=sequence_id), Judgement(Outcome.MISSING))
+    report.add(expected(sequence_id=200, adapter="websocket"), Judgement(Outcome.MISMATCH))
+    report.duplicates[("SYSTEM", "websocket")] += 1
+    zeros = {o.value: 0 for o in Outcome} | {"duplicate": 0}
+    assert report.as_dict() == {
+        "categories": {
+            "CRITICAL": {
+                "realtime": zeros | {"missing": 102},
+                "websocket": zeros | {"mismatch": 1},
+            },
+            "SYSTEM": {"websocket": zeros | {"duplicate": 1}},
+        },
+        "totals": zeros | {"missing": 102, "mismatch": 1, "duplicate": 1},
+        "missing": {"realtime": list(range(1, 101))},
+        "mismatched": {"websocket": [200]},
+        "consumers": [{"adapter": "realtime", "consumer": "probe"}],
+    }
+
+
+def test_a_semantic_mismatch_says_the_payload_keys_differ() -> None:
+    result = judge(
+        expected(Category.PERFORMANCE), [seen(payload_keys=frozenset({"x"}))], JUDGED, POLICY
+    )
+    assert result.reason == "payload keys differ"

@@ -111,3 +111,46 @@ def test_percentile_is_the_nearest_rank() -> None:
     assert percentile(counts, 1.0) == 500
     assert percentile(counts, 0.0) == 10
     assert percentile({7: 1}, 0.99) == 7
+
+
+@pytest.mark.parametrize(
+    ("steps", "cutover", "problem"),
+    [
+        ((), False, "give at least one step"),
+        ((5, 5), False, "each step must be above the one before"),
+        ((1, 50), True, "a cutover needs a last step of 100"),
+    ],
+)
+def test_a_plan_says_in_full_what_is_wrong_with_its_steps(
+    steps: tuple[int, ...], cutover: bool, problem: str
+) -> None:
+    assert steps_problem(steps, cutover) == problem
+
+
+def test_a_plan_takes_up_to_its_most_steps_and_a_hold_of_zero() -> None:
+    steps = tuple(range(1, MAX_STEPS + 1))
+    assert steps_problem(steps, False) is None
+    assert plan(hold_ms=0).hold_ms == 0
+    with pytest.raises(ValueError, match=r"^hold_s: must be 0 or more, not -1\.5$"):
+        plan(hold_ms=-1500)
+
+
+def test_each_failing_gate_says_what_it_saw_against_its_bound() -> None:
+    health = StageHealth(judged=10, mismatches=1, missing=1, unobserved=1, breaker_trips=1)
+    assert Gates().failures(health, "realtime") == [
+        "mismatch rate 0.1 on realtime > 0 (1 of 10 events)",
+        "1 event missing on realtime > 0",
+        "1 event unobserved on realtime: no consumer of it was reporting receipts,"
+        " so nothing proves they arrived",
+        "realtime breaker opened 1 time > 0",
+    ]
+    again = StageHealth(missing=3, breaker_trips=2, p99_ms=300)
+    assert Gates(max_realtime_p99_ms=250).failures(again, "realtime") == [
+        "3 events missing on realtime > 0",
+        "realtime breaker opened 2 times > 0",
+        "realtime p99 latency 300 ms > 250 ms",
+    ]
+
+
+def test_latencies_past_ten_seconds_are_rounded_up_to_a_tenth() -> None:
+    assert [latency_bucket(ms) for ms in (10_000, 12_345, 12_301)] == [10_000, 12_400, 12_400]

@@ -19,6 +19,7 @@ from broadcaster.rollout.plan import (
 from broadcaster.rollout.policy import (
     ACTIVE_STATES,
     Decision,
+    Move,
     Rollout,
     RolloutState,
     abort,
@@ -283,3 +284,88 @@ def test_a_document_it_did_not_write_is_refused() -> None:
     for broken in ({**doc, "state": "sleeping"}, {k: v for k, v in doc.items() if k != "plan"}):
         with pytest.raises((KeyError, ValueError)):
             Rollout.from_doc(broken)
+
+
+# -- the timeline: every move says when, what, where the rollout stood, why and who ----
+
+
+def test_start_pause_and_resume_are_recorded_on_the_timeline() -> None:
+    begun = start(plan(), now_ms=T0, from_sequence_id=10, start_flags=BEFORE, by="ops")
+    assert begun.move == Move(T0, "start", 0, 1, False, "started by ops", "ops")
+    looked = look(begun.rollout, clean(T0), T0 + 30_000, T0).rollout
+    paused = pause(looked, now_ms=T0 + 31_000, by="alice")
+    assert paused.move == Move(T0 + 31_000, "pause", 0, 1, False, "paused by alice", "alice")
+    resumed = resume(paused.rollout, now_ms=T0 + 90_000, by="bob")
+    assert resumed.move == Move(T0 + 90_000, "resume", 0, 1, False, "resumed by bob", "bob")
+    assert resumed.rollout.note == "holding: 30 of 60 s clean"
+    assert resumed.rollout.moves == (begun.move, paused.move, resumed.move)
+
+
+def test_advance_cutover_and_complete_are_recorded_with_the_stage_reached() -> None:
+    r, _, decisions = run_through(started(plan(steps=(50, 100), cutover=True)), T0)
+    moves = [d.move for d in decisions]
+    assert [(m.action, m.stage, m.percentage, m.cutover, m.by) for m in moves if m] == [
+        ("advance", 1, 100, False, "rollout:1"),
+        ("cutover", 2, 100, True, "rollout:1"),
+        ("complete", 2, 100, True, "rollout:1"),
+    ]
+    assert moves[0] is not None and moves[0].reason == (
+        "step 1 (50 %) held clean for 60 s (50 events judged on realtime)"
+    )
+    assert moves[2] is not None and moves[2].reason == (
+        "cutover held clean for 60 s (50 events judged on realtime)"
+    )
+    assert [m.at_ms for m in r.moves[1:]] == [T0 + k * (HOLD_MS + 1) for k in (1, 2, 3)]
+    assert decisions[0].rollout.note == "holding: 0 of 60 s clean"
+    assert r.note == ""
+
+
+def test_one_event_judged_is_said_in_the_singular() -> None:
+    d = look(started(), clean(T0), T0 + HOLD_MS, T0)
+    d = look(d.rollout, clean(T0 + HOLD_MS, judged=1), T0 + HOLD_MS + 1, T0 + HOLD_MS)
+    assert d.move is not None and d.move.reason.endswith("(1 event judged on realtime)")
+
+
+def test_a_stage_held_but_not_yet_judged_says_so() -> None:
+    d = look(started(), clean(T0), T0 + HOLD_MS, T0)
+    assert d.rollout.note == (
+        "held clean; waiting for reconciliation to judge the stage's last events"
+    )
+
+
+def test_a_rollback_is_recorded_with_every_failing_gate() -> None:
+    gates = Gates(max_missing=1)
+    health = StageHealth(missing=2, breaker_trips=1)
+    cutting = replace(started(plan(gates=gates, cutover=True)), stage=3)
+    d = look(cutting, health, T0 + 1_000, T0)
+    failures = gates.failures(health, "realtime")
+    assert len(failures) == 2
+    assert d.move == Move(T0 + 1_000, "rollback", 2, 100, False, "; ".join(failures), "rollout:1")
+    assert d.rollout.note == ""
+
+
+def test_an_abort_is_recorded_with_the_flags_it_restores() -> None:
+    cut_before = {**BEFORE, "enabled": True, "percentage": 100, "cutover": True}
+    r = start(plan(), now_ms=T0, from_sequence_id=0, start_flags=cut_before, by="ops").rollout
+    d = abort(r, now_ms=T0 + 1, by="carol")
+    reason = "aborted by carol: the flags from before the rollout restored"
+    assert d.move == Move(T0 + 1, "abort", -1, 100, True, reason, "carol")
+    assert d.rollout.note == ""
+    # Flags from before cutover existed: no cutover.
+    older = {k: v for k, v in BEFORE.items() if k != "cutover"}
+    r = start(plan(), now_ms=T0, from_sequence_id=0, start_flags=older, by="ops").rollout
+    aborted = abort(r, now_ms=T0 + 1, by="ops")
+    assert aborted.move is not None and aborted.move.cutover is False
+
+
+def test_a_refused_operator_move_names_what_was_asked() -> None:
+    with pytest.raises(RolloutConflict, match="only a running one can pause$"):
+        pause(replace(started(), state=RolloutState.PAUSED), now_ms=T0, by="ops")
+    with pytest.raises(RolloutConflict, match="only a paused one can resume$"):
+        resume(started(), now_ms=T0, by="ops")
+
+
+def test_a_rollout_whose_hold_is_done_survives_its_document() -> None:
+    held = look(started(), clean(T0), T0 + HOLD_MS, T0).rollout
+    assert held.hold_done_ms == T0 + HOLD_MS
+    assert Rollout.from_doc(held.as_doc()) == held
