@@ -348,12 +348,13 @@ def abort(rollout: Rollout, *, now_ms: int, by: str) -> Decision:
 
 
 def _flags_of(doc: Mapping[str, Any]) -> CategoryFlags:
-    """The category flags a rollout's document keeps (:meth:`Rollout.as_doc`)."""
+    """The category flags a rollout's document keeps (:meth:`Rollout.as_doc`);
+    a document stored before cutover existed has none, which means none."""
     return CategoryFlags(
         enabled=bool(doc["enabled"]),
         percentage=int(doc["percentage"]),
         adapters=[str(name) for name in doc["adapters"]],
-        cutover=bool(doc["cutover"]),
+        cutover=bool(doc.get("cutover", False)),
     )
 
 

@@ -351,10 +351,11 @@ def test_an_abort_is_recorded_with_the_flags_it_restores() -> None:
     reason = "aborted by carol: the flags from before the rollout restored"
     assert d.move == Move(T0 + 1, "abort", -1, 100, True, reason, "carol")
     assert d.rollout.note == ""
-    # Flags from before cutover existed: no cutover.
-    older = {k: v for k, v in BEFORE.items() if k != "cutover"}
-    r = start(plan(), now_ms=T0, from_sequence_id=0, start_flags=older, by="ops").rollout
-    aborted = abort(r, now_ms=T0 + 1, by="ops")
+    # A rollout stored before cutover existed kept flags without it: no cutover.
+    doc = start(plan(), now_ms=T0, from_sequence_id=0, start_flags=cut_before, by="ops")
+    older = doc.rollout.as_doc()
+    del older["start_flags"]["cutover"]
+    aborted = abort(Rollout.from_doc(older), now_ms=T0 + 1, by="ops")
     assert aborted.move is not None and aborted.move.cutover is False
 
 
