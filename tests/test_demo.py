@@ -105,7 +105,7 @@ async def test_demo_flips_a_flag_survives_an_outage_and_repairs_what_was_missed(
     # back on its own by the fault on the keys its step to 25 % added, the
     # second cut the category over to Realtime.
     first, second = summary.rollouts
-    assert (first["state"], first["percentage"]) == ("rolled_back", 1), first
+    assert (first["state"], first["percentage"]) == ("rolled_back", 1), first["timeline"]
     assert "mismatch rate" in first["reason"]
     assert [m["action"] for m in first["timeline"]] == ["start", "advance", "rollback"]
     assert first["last_audit"]["actor"] == f"rollout:{first['id']}"

@@ -46,21 +46,25 @@ ROLLOUT_CATEGORY = Category.USER_ACTIVITY
 
 class DamagingRealtimeAdapter(RealtimeAdapter):
     """The demo's Realtime adapter with a fault it can switch on: while
-    :attr:`damaging` is ``(category, first_bucket)``, events of that category
-    whose sampling bucket is ``first_bucket`` or above leave with a payload
-    byte changed — a faulty proxy or encoder on the new path that only some
-    keys go through. Their consumer's checksum check fails. Keyed so, the
-    fault shows exactly when a rollout's step first routes those keys to the
-    new path, however fast or slow the machine."""
+    :attr:`damaging` is ``(category, first_bucket, after_sequence_id)``,
+    events of that category published after ``after_sequence_id`` whose
+    sampling bucket is ``first_bucket`` or above leave with a payload byte
+    changed — a faulty proxy or encoder on the new path that only some keys go
+    through. Their consumer's checksum check fails. Keyed so, the fault shows
+    exactly when a rollout's step first routes those keys to the new path,
+    however fast or slow the machine: events published before the rollout
+    set its flags (routed by the flags before it) are left alone."""
 
-    damaging: tuple[Category, int] | None = None
+    damaging: tuple[Category, int, int] | None = None
 
     async def send(self, batch: Sequence[EventRecord]) -> None:
         if self.damaging is not None:
-            category, first = self.damaging
+            category, first, after = self.damaging
             batch = [
                 self._damaged(r)
-                if r.category is category and bucket(category.value, r.routing_key) >= first
+                if r.category is category
+                and r.sequence_id > after
+                and bucket(category.value, r.routing_key) >= first
                 else r
                 for r in batch
             ]
@@ -99,13 +103,13 @@ class RolloutPhase(DemoBase):
             # Each damaged event's consumer logs a checksum mismatch: the
             # narration says what happens instead.
             with errors_counted(self.summary.warnings, {"checksum mismatch"}):
-                # The keys past the first 1 %: what the step to 25 % adds.
-                rt.damaging = (ROLLOUT_CATEGORY, 1)
                 try:
-                    first = await self._run(http, [1, 25, 100], cutover=False, fault_at=25)
+                    first = await self._run(
+                        http, [1, 25, 100], cutover=False, fault=(b, rt), fault_at=25
+                    )
                 finally:
                     rt.damaging = None
-            second = await self._run(http, [25, 100], cutover=True, fault_at=None)
+            second = await self._run(http, [25, 100], cutover=True, fault=None, fault_at=None)
             self.summary.rollouts = [first, second]
             routed = (await b.publish(ROLLOUT_CATEGORY, "page.view", {"n": -1})).routed_to
             self.summary.cutover_routing = list(routed)
@@ -137,14 +141,28 @@ class RolloutPhase(DemoBase):
                 pass
 
     async def _run(
-        self, http: httpx.AsyncClient, steps: list[int], *, cutover: bool, fault_at: int | None
+        self,
+        http: httpx.AsyncClient,
+        steps: list[int],
+        *,
+        cutover: bool,
+        fault: tuple[Broadcaster, DamagingRealtimeAdapter] | None,
+        fault_at: int | None,
     ) -> dict[str, Any]:
-        """Start one rollout and narrate its moves until it ends (and the
-        fault, once it reaches ``fault_at`` %); its final view."""
+        """Start one rollout and narrate its moves until it ends (with
+        ``fault``, the Realtime path damages what the steps past the first
+        add, narrated once the rollout reaches ``fault_at`` %); its final view."""
         plan = {"category": ROLLOUT_CATEGORY.value, "steps": steps, "hold_s": HOLD_S}
         response = await http.post("/rollouts", json={**plan, "cutover": cutover})
         response.raise_for_status()
         view: dict[str, Any] = response.json()
+        if fault is not None:
+            # The keys past the first step's, in events published under the
+            # rollout's flags: what its later steps add. The flags from before
+            # it (USER_ACTIVITY at 50 %) routed more keys, and those events
+            # may still be on their way.
+            b, rt = fault
+            rt.damaging = (ROLLOUT_CATEGORY, steps[0], await b.store.last_sequence_id())
         path = f"/rollouts/{view['id']}"
         self.note(
             f"{self.t()} rollout {view['id']}: steps {' → '.join(map(str, steps))} %"
