@@ -91,7 +91,8 @@ class PhasesMixin:
         ``alternate_s``: switch between dual- and single-write every so many
         seconds, starting with dual, and note per call which was in force when
         it began (``call_single``; routing is decided before ``publish()``'s
-        first await, so the note is exact); ends in dual-write. ``call_cpu``
+        first await, so the note is exact); runs past ``seconds`` until both
+        modes carried calls, and ends in dual-write. ``call_cpu``
         (with ``single_calls``): also the loop thread's CPU time during each
         call (``call_cpu``), to tell a call's own work from its waiting.
 
@@ -118,13 +119,22 @@ class PhasesMixin:
         deadline = started + seconds
         cpu.start()
 
+        def done() -> bool:
+            # An alternating phase goes on until both modes carried calls: on
+            # a loaded machine one stall can outlast a short phase's switch.
+            return alternate_s is None or len(set(call_single)) == 2
+
         async def produce(p: int) -> None:
+            nonlocal deadline
             i = 0
             clock, perf = time.time, time.perf_counter
             while True:
                 n = await bucket.take(1 if single_calls else max_batch, deadline)
                 if not n:
-                    break
+                    if done():
+                        break
+                    deadline = max(deadline, time.monotonic() + (alternate_s or 0.0))
+                    continue
                 t = clock()
                 single = single_now[0]
                 if single_calls:
