@@ -609,8 +609,9 @@ async def test_a_killed_realtime_server_shows_as_missing_then_repaired_never_sil
             await svc.b.flush(timeout=60)
 
             async def repaired() -> bool:
+                # Pending: held while the breaker ramps back, backfilled after.
                 report = await svc.b.reconcile()
-                return report.unrepaired_loss == 0
+                return report.unrepaired_loss == 0 and report.total(Outcome.PENDING) == 0
 
             await until(repaired, "repair did not bring the missing events to the probe")
             after = await svc.b.reconcile()
