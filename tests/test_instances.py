@@ -220,7 +220,14 @@ async def test_the_survivor_takes_the_lease_when_the_holder_is_killed_and_nothin
                 published += ids
             await until(lambda: set(published) <= set(watcher.ids), "every event on Realtime")
             await asyncio.to_thread(subscriber.read_until, done=max(published))
-            view = await asyncio.to_thread(get, survivor, "/instances")
+
+            def listed() -> list[str]:
+                view = get(survivor, "/instances")
+                return [i["instance_id"] for i in view["instances"]]
+
+            # The dead instance's heartbeat runs out: then only the survivor is listed.
+            alive = [survivor.env["INSTANCE_ID"]]
+            await until(lambda: listed() == alive, "the dead instance still listed")
     finally:
         reap(producers)
         if subscriber is not None:
@@ -230,8 +237,6 @@ async def test_the_survivor_takes_the_lease_when_the_holder_is_killed_and_nothin
     # At least once on Realtime: what the dead holder had sent without
     # recording it was sent again by the survivor.
     assert set(watcher.ids) == set(published)
-    # The dead instance's heartbeat ran out: only the survivor is listed.
-    assert [i["instance_id"] for i in view["instances"]] == [survivor.env["INSTANCE_ID"]]
     # For the record (-s): the timing is a benchmark's business, not a test's.
     print(f"lease taken over {taken_s:.2f} s after the SIGKILL (lease {LEASE_S} s)")
 
