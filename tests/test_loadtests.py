@@ -225,7 +225,8 @@ def test_realtime_quota(smoke: Smoke) -> None:
 
 def test_dual_vs_single(smoke: Smoke) -> None:
     r = smoke.results["dual-vs-single"]
-    assert r["lost"] == 0
+    lost = {mode: r[mode]["lost"] for mode in ("dual", "single")}
+    assert r["lost"] == 0, (lost, r["subscriber_reconnects"], r["realtime_link"])
     assert r["subscriber_reconnects"] == {}
     assert r["checksum_mismatches"] == 0
     for mode in ("dual", "single"):

@@ -226,6 +226,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     result["lost"] = dual["lost"] + single["lost"] + mixed.figures["lost"]
     result["subscriber_reconnects"] = stack.reconnects
+    # Realtime keeps no history: what was sent while the subscriber's link
+    # was down never reaches it, and the figures must say so.
+    result["realtime_link"] = stack.report.get("realtime_link")
     result["checksum_mismatches"] = phases[-1].figures["checksum_mismatches"]
     result["load_avg_1m"] = load
     if args.plot:
