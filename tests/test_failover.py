@@ -266,7 +266,12 @@ async def scenario(
             assert transitions["closed->open"] >= 1
             assert transitions["open->half_open"] >= 1
             assert transitions["half_open->closed"] >= 1
-            assert shares == [10, 25, 50, 100] or shares[-3:] == [25, 50, 100], shares
+            # The ramp rose through its steps to all traffic. Which steps a
+            # poll sees depends on the machine (a stall longer than a step
+            # skips one); the steps themselves are the policy's, pinned by
+            # tests/test_breaker_policy.py.
+            assert shares == sorted(shares) and set(shares) <= {10, 25, 50, 100}, shares
+            assert len(shares) >= 2 and shares[-1] == 100, shares
             await producer.stop()
 
             # (d) backfill: everything routed to Realtime reached its subscriber.
