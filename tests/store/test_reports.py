@@ -55,3 +55,29 @@ async def test_pruned_through_is_the_highest_id_prune_deleted(store: Store) -> N
     assert await store.pruned_through() == ids[4]
     assert await store.prune(through=ids[1], older_than_ms=2**62) == 0
     assert await store.pruned_through() == ids[4]
+
+
+async def test_a_batch_reporting_an_event_twice_stores_one_receipt_with_its_deliveries(
+    store: Store,
+) -> None:
+    """A consumer that got an event twice may report both deliveries in one
+    batch: one receipt is kept per (event, adapter, consumer), as first
+    written, counting the most deliveries reported; both reports count."""
+    factory = EventFactory()
+    [record] = await store.append([(factory.draft("CRITICAL", "e", {}), ("websocket",))])
+    seq, checksum = record.sequence_id, record.checksum
+    reports = [
+        (seq, "websocket", checksum, "web", 1_765_000_000_000, 1, True),
+        (seq, "websocket", "00", "web", 1_765_000_000_500, 3, True),
+        (seq, "websocket", checksum, "web", 1_765_000_000_900, 2, True),
+    ]
+    outcome = await store.record_reports(reports)
+    assert (outcome.accepted, outcome.mismatches, outcome.unknown) == (3, 1, [])
+    assert (await store.stats()).receipts == 1
+    stored = await store.get(seq)
+    assert stored is not None
+    [receipt] = stored.receipts
+    assert (receipt.checksum, receipt.checksum_ok, receipt.deliveries) == (checksum, True, 3)
+    assert receipt.received_at_ms == 1_765_000_000_000
+    [info] = await store.consumers()
+    assert (info.first_seen_ms, info.last_seen_ms) == (1_765_000_000_000, 1_765_000_000_900)
