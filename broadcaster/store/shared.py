@@ -24,9 +24,11 @@ from .records import (
 )
 
 __all__ = [
+    "ReceiptRow",
     "audit_entry",
     "config_json_of",
     "consumer_infos",
+    "judge_report_rows",
     "judge_reports",
     "merge_consumer",
     "plain_counts",
@@ -71,25 +73,42 @@ def plain_counts(
     return counts
 
 
-def judge_reports(
+#: A receipt as a row: :class:`ConsumerReceipt`'s fields in their order
+#: (sequence id, adapter, event type, received at ms, checksum, checksum ok,
+#: consumer, payload keys, deliveries), what the SQL stores write.
+ReceiptRow = tuple[int, str, str, int, str, bool, str, str | None, int]
+
+
+def judge_report_rows(
     reports: Sequence[Report], facts: Mapping[int, tuple[str, str]]
-) -> tuple[list[ConsumerReceipt], ReportOutcome]:
-    """The receipts to store for ``reports`` and the outcome, given
-    ``facts``: sequence id -> (event type, checksum) of the stored events."""
-    receipts: list[ConsumerReceipt] = []
+) -> tuple[list[ReceiptRow], list[Report], ReportOutcome]:
+    """The receipt rows to store for ``reports``, the reports of stored
+    events among them, and the outcome, given ``facts``: sequence id ->
+    (event type, checksum) of the stored events. Rows, not receipt objects:
+    a batch is thousands of reports, and the SQL stores write rows."""
+    rows: list[ReceiptRow] = []
+    known: list[Report] = []
     unknown: set[int] = set()
     mismatches = 0
-    for seq, adapter, checksum, consumer, received_ms, times, verified in reports:
+    for report in reports:
+        seq, adapter, checksum, consumer, received_ms, times, verified = report
         fact = facts.get(seq)
         if fact is None:
             unknown.add(seq)
             continue
         ok = verified and checksum == fact[1]
         mismatches += not ok
-        receipts.append(
-            ConsumerReceipt(seq, adapter, fact[0], received_ms, checksum, ok, consumer, None, times)
-        )
-    return receipts, ReportOutcome(len(receipts), mismatches, sorted(unknown))
+        rows.append((seq, adapter, fact[0], received_ms, checksum, ok, consumer, None, times))
+        known.append(report)
+    return rows, known, ReportOutcome(len(rows), mismatches, sorted(unknown))
+
+
+def judge_reports(
+    reports: Sequence[Report], facts: Mapping[int, tuple[str, str]]
+) -> tuple[list[ConsumerReceipt], ReportOutcome]:
+    """:func:`judge_report_rows` as receipt objects."""
+    rows, _, outcome = judge_report_rows(reports, facts)
+    return [ConsumerReceipt(*row) for row in rows], outcome
 
 
 def consumer_infos(receipts: Sequence[ConsumerReceipt]) -> list[ConsumerInfo]:

@@ -6,8 +6,7 @@ against. Receipts are idempotent per (event, adapter, consumer).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -15,7 +14,7 @@ import psycopg
 
 from ...events import record_from_wire
 from ..records import ConsumerInfo, ConsumerReceipt, EventFacts, Report, ReportOutcome
-from ..shared import consumer_infos, report_infos
+from ..shared import ReceiptRow, consumer_infos, judge_report_rows, report_infos
 from .connection import ConnectedStore
 from .sql import ADD_META, CONSUMERS, FACTS, MERGE_CONSUMERS, UPSERT_RECEIPTS
 
@@ -40,91 +39,41 @@ def _consumer_info(row: Sequence[Any]) -> ConsumerInfo:
     return ConsumerInfo(consumer, adapter, int(start), int(through), int(first), int(last), int(n))
 
 
+def _receipt_columns(rows: Iterable[ReceiptRow]) -> tuple[list[Any], ...]:
+    """``UPSERT_RECEIPTS``' arrays for receipt ``rows`` (at least one): one
+    row per key (ON CONFLICT cannot touch a row twice in a statement), the
+    first as written, with the most deliveries any reported (at least 1)."""
+    unique: dict[tuple[int, str, str], ReceiptRow] = {}
+    for row in rows:
+        key = (row[0], row[1], row[6])
+        first = unique.get(key)
+        if first is None:
+            unique[key] = row
+        elif row[8] > first[8]:
+            unique[key] = (*first[:8], row[8])
+    kept = [(*row[:8], max(row[8], 1)) for row in unique.values()]
+    return tuple(list(column) for column in zip(*kept, strict=True))
+
+
 def _receipt_arrays(
     receipts: Sequence[ConsumerReceipt],
 ) -> tuple[tuple[list[Any], ...], tuple[list[Any], ...]]:
     """``UPSERT_RECEIPTS``' and ``MERGE_CONSUMERS``' arrays for ``receipts``."""
-    # One row per key (ON CONFLICT cannot touch a row twice in a statement):
-    # the first receipt as written, with the most deliveries any reported.
-    unique: dict[tuple[int, str, str], ConsumerReceipt] = {}
-    for r in receipts:
-        key = (r.sequence_id, r.adapter, r.consumer)
-        first = unique.get(key)
-        if first is None:
-            unique[key] = r
-        elif r.deliveries > first.deliveries:
-            unique[key] = replace(first, deliveries=r.deliveries)
-    rows = list(unique.values())
-    columns = (
-        [r.sequence_id for r in rows],
-        [r.adapter for r in rows],
-        [r.event_type for r in rows],
-        [r.received_at_ms for r in rows],
-        [r.checksum for r in rows],
-        [r.checksum_ok for r in rows],
-        [r.consumer for r in rows],
-        [r.payload_keys for r in rows],
-        [max(r.deliveries, 1) for r in rows],
+    rows = (
+        (
+            r.sequence_id,
+            r.adapter,
+            r.event_type,
+            r.received_at_ms,
+            r.checksum,
+            r.checksum_ok,
+            r.consumer,
+            r.payload_keys,
+            r.deliveries,
+        )
+        for r in receipts
     )
-    return columns, _registry(consumer_infos(receipts))
-
-
-def _judged_arrays(
-    reports: Sequence[Report], facts: dict[int, tuple[str, str]]
-) -> tuple[tuple[list[Any], ...], tuple[list[Any], ...], ReportOutcome]:
-    """What :func:`~broadcaster.store.shared.judge_reports` then
-    :func:`_receipt_arrays` make of ``reports``, built straight into the
-    statements' arrays: a batch is thousands of reports, and a frozen
-    receipt object for each cost more than the rest of the Python work."""
-    # One row per key, as _receipt_arrays: the first report as written, with
-    # the most deliveries any reported. Values: [index in the columns, deliveries].
-    first: dict[tuple[int, str, str], list[int]] = {}
-    seqs: list[int] = []
-    adapters: list[str] = []
-    types: list[str] = []
-    received: list[int] = []
-    checksums: list[str] = []
-    oks: list[bool] = []
-    consumers: list[str] = []
-    unknown: set[int] = set()
-    known: list[Report] = []
-    mismatches = 0
-    for report in reports:
-        seq, adapter, checksum, consumer, received_ms, times, verified = report
-        fact = facts.get(seq)
-        if fact is None:
-            unknown.add(seq)
-            continue
-        known.append(report)
-        ok = verified and checksum == fact[1]
-        mismatches += not ok
-        key = (seq, adapter, consumer)
-        kept = first.get(key)
-        if kept is not None:
-            kept[1] = max(kept[1], times)
-            continue
-        first[key] = [len(seqs), times]
-        seqs.append(seq)
-        adapters.append(adapter)
-        types.append(fact[0])
-        received.append(received_ms)
-        checksums.append(checksum)
-        oks.append(ok)
-        consumers.append(consumer)
-    deliveries = [max(times, 1) for _, times in first.values()]
-    columns = (
-        seqs,
-        adapters,
-        types,
-        received,
-        checksums,
-        oks,
-        consumers,
-        [None] * len(seqs),
-        deliveries,
-    )
-    outcome = ReportOutcome(len(known), mismatches, sorted(unknown))
-    return columns, _registry(report_infos(known)), outcome
+    return _receipt_columns(rows), _registry(consumer_infos(receipts))
 
 
 async def _write_receipts(
@@ -173,9 +122,10 @@ class ConsumerReports(ConnectedStore):
                     if checksum is None:  # a row of a version before the column
                         checksum = record_from_wire(bytes(wire)).checksum
                     facts[int(seq)] = (event_type, checksum)
-                columns, registry, outcome = _judged_arrays(reports, facts)
-                if outcome.accepted:
-                    await _write_receipts(cur, columns, registry)
+                rows, known, outcome = judge_report_rows(reports, facts)
+                if rows:
+                    registry = _registry(report_infos(known))
+                    await _write_receipts(cur, _receipt_columns(rows), registry)
                 return outcome
 
         return await self._run("record_reports", body)

@@ -17,6 +17,7 @@ import orjson
 
 from ...events import record_from_wire
 from ..base import ConsumerInfo, EventFacts, Report, ReportOutcome, report_infos
+from ..shared import judge_report_rows
 from ._outbox import ADD_META, IN_IDS, high_mark
 
 __all__ = [
@@ -123,23 +124,10 @@ def record_reports(
         if checksum is None:  # a row of a version before the column
             checksum = record_from_wire(bytes(wire)).checksum
         facts[seq] = (event_type, checksum)
-    rows = []
-    known = []
-    unknown: set[int] = set()
-    mismatches = 0
-    for report in reports:
-        seq, adapter, checksum, consumer, received_ms, times, verified = report
-        fact = facts.get(seq)
-        if fact is None:
-            unknown.add(seq)
-            continue
-        ok = verified and checksum == fact[1]
-        mismatches += not ok
-        rows.append((seq, adapter, fact[0], received_ms, checksum, ok, consumer, None, times))
-        known.append(report)
+    rows, known, outcome = judge_report_rows(reports, facts)
     insert_receipts(conn, rows)
     merge_consumers(conn, [consumer_row(c) for c in report_infos(known)])
-    return ReportOutcome(len(rows), mismatches, sorted(unknown))
+    return outcome
 
 
 def register_consumer(
