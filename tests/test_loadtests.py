@@ -207,7 +207,7 @@ def test_realtime_quota(smoke: Smoke) -> None:
         assert pro["adapter"]["max_messages_per_s"] == 224  # pro, one subscriber
         # Breaker trips are a figure of the run, not of the code: a loaded
         # machine can time an acknowledgement out. Either way all arrive.
-        assert pro["breaker_trips"] >= 0 and pro["realtime"]["received"] == pro["events"]
+        assert pro["realtime"]["received"] == pro["events"]
     # The 300 KB event: refused by the Free plan's server, counted by both
     # sides, delivered on the WebSocket path, missing on Realtime only.
     big = r["too_large"]
