@@ -15,11 +15,13 @@ sequence order from two sources:
   ``data_version``, PostgreSQL's ``LISTEN``), and at least every
   ``idle_s`` as the safety net.
 
-Why a read never skips an event: every backend commits appends in id order
-(SQLite's one writer at a time, PostgreSQL's append lock held to ``COMMIT``),
-so what a read returns is a prefix of all that will ever be stored after the
-cursor; and once one of the service's own events has committed, every lower
-id is stored or never will be.
+Why a read never skips an event: what
+:meth:`~broadcaster.store.base.Store.read_routed` returns is a prefix of all
+that will ever be stored after the cursor (SQLite commits appends in id
+order, one writer at a time; PostgreSQL's appends commit side by side, and
+its reads stop before, or wait for, an id that may still commit); and given
+the service's own committed event as the bound, every lower id is read or
+never will be.
 """
 
 from __future__ import annotations

@@ -249,7 +249,10 @@ class Store(ABC):
         service that follows the store hands to its lanes. A page is a prefix
         of what will ever be stored after ``after``: an id missing inside it,
         or (given ``through``, and fewer than ``limit`` rows) missing up to
-        ``through``, never appears later."""
+        ``through``, never appears later. ``through`` must be below an id
+        already committed (the follower passes the one before its own next
+        event); a store whose appends commit out of id order may wait for
+        appends in flight below it to end."""
 
     @abstractmethod
     async def committed_through(self) -> int:

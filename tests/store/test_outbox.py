@@ -107,31 +107,70 @@ async def test_a_failed_transaction_is_refused_and_stores_nothing(pg_url: str) -
         assert await publisher.store.read_events(after=0, limit=10) == []
 
 
-async def test_an_id_in_flight_holds_back_the_next_until_it_commits(pg_url: str) -> None:
+class SeenSettling(PostgresStore):
+    """Tells when a read found a page it may not return as it is and waits
+    for the ids it covers to settle."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.settling = asyncio.Event()
+
+    async def committed_through(self) -> int:
+        self.settling.set()
+        return await super().committed_through()
+
+
+@pytest.mark.parametrize("bounded", [False, True], ids=["open", "through"])
+@pytest.mark.parametrize("ending", ["commit", "rollback"])
+async def test_an_id_in_flight_holds_readers_back_not_producers(
+    pg_url: str, ending: str, bounded: bool
+) -> None:
     async with (
         Publisher(store=PostgresStore(pg_url)) as outbox,
         Publisher(store=PostgresStore(pg_url)) as other,
+        SeenSettling(pg_url) as reader,
         await psycopg.AsyncConnection.connect(pg_url) as conn,
     ):
-        async with conn.transaction():
-            first = await outbox.publish("CRITICAL", "e", {}, connection=conn)
-            # Another producer appends meanwhile: it waits for the append
-            # lock, so it cannot take id N+1, let alone commit it, while N is
-            # in flight.
-            later = asyncio.create_task(other.publish("CRITICAL", "e", {}))
-            async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as watch:
-                async with asyncio.timeout(60):  # fails instead of hanging
-                    while True:
-                        cur = await watch.execute(
-                            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-                            " AND NOT granted"
-                        )
-                        row = await cur.fetchone()
-                        if row is not None and row[0] == 1:
-                            break
-                        await asyncio.sleep(0.01)
-            assert not later.done()
-            # (other's store connection is the one waiting: read through another)
-            assert await outbox.store.read_events(after=0, limit=10) == []
-        second = await later
-    assert second.sequence_id > first.sequence_id
+        await conn.execute("BEGIN")
+        first = await outbox.publish("CRITICAL", "e", {}, connection=conn)
+        # Another producer does not wait for the open transaction: it takes
+        # id N+1 and commits it while N is in flight.
+        second = await other.publish("CRITICAL", "e", {})
+        assert second.sequence_id > first.sequence_id
+        # A follower's read sees N+1 without N: it may not return that page
+        # (N could still commit), so it waits for N's transaction to end.
+        through = second.sequence_id if bounded else None
+        read = asyncio.create_task(
+            reader.read_routed(after=first.sequence_id - 1, limit=10, through=through)
+        )
+        async with asyncio.timeout(60):  # fails instead of hanging
+            await reader.settling.wait()
+        await conn.execute(ending.upper())
+        ids = [record.sequence_id for record, _ in await read]
+        if ending == "commit":
+            assert ids == [first.sequence_id, second.sequence_id]
+        else:  # N never will be: the read passes it
+            assert ids == [second.sequence_id]
+            # ... and remembers it: the next read needs no wait.
+            reader.settling.clear()
+            again = await reader.read_routed(after=first.sequence_id - 1, limit=10)
+            assert [record.sequence_id for record, _ in again] == ids
+            assert not reader.settling.is_set()
+
+
+async def test_readers_never_wait_for_transactions_that_do_not_append(pg_url: str) -> None:
+    async with (
+        Publisher(store=PostgresStore(pg_url)) as publisher,
+        await psycopg.AsyncConnection.connect(pg_url) as unrelated,
+    ):
+        # A long transaction of the application's own, with a transaction
+        # id, in the same database: not one the reads wait for.
+        await unrelated.execute("BEGIN")
+        await unrelated.execute("CREATE TEMP TABLE scratch (v int)")
+        await unrelated.execute("INSERT INTO scratch VALUES (1)")
+        receipt = await publisher.publish("CRITICAL", "e", {})
+        async with asyncio.timeout(60):  # fails instead of hanging
+            assert await publisher.store.committed_through() == receipt.sequence_id
+            page = await publisher.store.read_events(after=0, limit=10)
+        assert [r.sequence_id for r in page] == [receipt.sequence_id]
+        await unrelated.execute("ROLLBACK")

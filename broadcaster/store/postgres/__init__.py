@@ -3,11 +3,15 @@
 For several broadcaster processes sharing one store. What a caller must know:
 
 * **Sequence ids** come from the PostgreSQL sequence ``event_sequence_id``:
-  strictly increasing, never reused, unique across processes. An ``append``
-  holds a transaction-scoped advisory lock from ``nextval`` to ``COMMIT``, so
-  batches commit in id order: a reader paging with ``undelivered(after=...)``
-  can never see id N+1 committed while N is still in flight. A failed append
-  may leave a gap (sequence values are not rolled back); gaps are harmless.
+  strictly increasing, never reused, unique across processes. Appends run
+  side by side and may commit out of id order; each holds a
+  transaction-scoped advisory lock in shared mode from before its
+  ``nextval`` to its end. Reads that must not skip an id that commits late
+  (``read_routed``, ``read_events``, ``scan``, ``plain_page``,
+  ``committed_through``) stop before a missing id that may still commit, or
+  wait for the holders of that lock to end (``reads.py``,
+  ``committed_through``). A failed append leaves a gap (sequence values are
+  not rolled back); gaps are harmless.
 * **Durability** is PostgreSQL's: ``append`` returns after ``COMMIT``.
 * **Connection.** One connection, used by one call at a time (an asyncio
   lock); concurrent ``mark`` calls are coalesced into one transaction. If the

@@ -8,8 +8,9 @@ snapshot (REPEATABLE READ).
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, Final
 
 import orjson
 import psycopg
@@ -26,6 +27,7 @@ from ..records import (
 )
 from .connection import ConnectedStore
 from .sql import (
+    EVENT_COUNT,
     FIRST_SEQUENCE_ID,
     INDEX_ORDER,
     PAGE_LAST,
@@ -38,11 +40,20 @@ from .sql import (
     SCAN_EVENTS,
     SCAN_OUTBOX,
     SCAN_RECEIPTS,
+    SETTLE_MARK,
     STATES_OF,
+    STILL_HOLDING,
     UNDELIVERED,
 )
 
 __all__ = ["EventReads"]
+
+#: How long a reader first waits for the appends it must let end, and the
+#: longest it waits between two looks (the wait doubles).
+_FIRST_LOOK_S: Final = 0.0005
+_LAST_LOOK_S: Final = 0.005
+#: No id is higher.
+_NO_BOUND: Final = 2**63 - 1
 
 
 class EventReads(ConnectedStore):
@@ -133,38 +144,110 @@ class EventReads(ConnectedStore):
         return await self._run("last_sequence_id", body)
 
     async def committed_through(self) -> int:
-        """See :meth:`Store.committed_through`: appends commit in id order
-        (the append lock), so the newest visible id has every lower one
-        committed or abandoned."""
+        """See :meth:`Store.committed_through`: the highest id such that every
+        id up to it is stored, pruned, or never will be (0: none).
 
-        async def body(conn: psycopg.AsyncConnection[Any]) -> int:
+        Appends run side by side and may commit out of id order; each holds
+        the append lock, shared, from before its ``nextval`` to its end.
+        So: read the newest visible id M and, after it, who holds the lock;
+        any id below M was taken before M was, by a transaction that then
+        held the lock and has either ended (its ids are visible, or never
+        will be) or is among those holders. Once they have all ended, every
+        id up to M is settled. Transactions that do not append are never
+        waited for."""
+
+        async def mark(conn: psycopg.AsyncConnection[Any]) -> tuple[int, list[str]]:
             async with conn.cursor() as cur:
-                await cur.execute("SELECT coalesce(max(sequence_id), 0) FROM events")
+                await cur.execute(SETTLE_MARK)
                 row = await cur.fetchone()
                 assert row is not None
-                return int(row[0])
+                return int(row[0]), list(row[1])
 
-        return await self._run("committed_through", body)
+        high, holders = await self._run("committed_through", mark)
+        look = _FIRST_LOOK_S
+        while holders:
+            await asyncio.sleep(look)
+            look = min(look * 2, _LAST_LOOK_S)
+            holders = await self._run("committed_through", self._still_holding(holders))
+        self._settled_mark = max(self._settled_mark, high)
+        return high
+
+    @staticmethod
+    def _still_holding(
+        holders: list[str],
+    ) -> Callable[[psycopg.AsyncConnection[Any]], Awaitable[list[str]]]:
+        async def body(conn: psycopg.AsyncConnection[Any]) -> list[str]:
+            async with conn.cursor() as cur:
+                await cur.execute(STILL_HOLDING, (holders,))
+                row = await cur.fetchone()
+                assert row is not None
+                return list(row[0])
+
+        return body
 
     async def read_routed(
         self, *, after: int, limit: int, through: int | None = None
     ) -> list[tuple[EventRecord, tuple[str, ...]]]:
-        """See :meth:`Store.read_routed`: one range read of the primary key
-        (appends commit in id order: the append lock)."""
+        """See :meth:`Store.read_routed`: one range read of the primary key,
+        cut before the first id missing above the settled mark (one another
+        append may still commit). When that leaves nothing, or the page must
+        vouch for the ids up to ``through``, it waits for what it covers to
+        settle (:meth:`committed_through`) and reads again. (A follower is
+        woken again by the notification of the append it stopped at.)"""
         if limit <= 0:
             return []
-        high = 2**63 - 1 if through is None else through
+        high = _NO_BOUND if through is None else through
+        rows = await self._read_routed(after, high, limit)
+        taken = self._settled_prefix(after, rows)
+        if taken == len(rows) and (
+            through is None
+            or len(rows) == limit
+            or through <= self._settled_mark
+            or (rows and rows[-1][0] == through)
+        ):
+            return self._routed(rows)
+        if taken and through is None:
+            return self._routed(rows[:taken])
+        # Every id missing up to the settled mark will never be stored.
+        settled = await self.committed_through()
+        return self._routed(await self._read_routed(after, min(high, settled), limit))
 
-        async def body(conn: psycopg.AsyncConnection[Any]) -> list[tuple[bytes, str, str | None]]:
+    def _settled_prefix(self, after: int, rows: list[tuple[int, bytes, str, str | None]]) -> int:
+        """How many of ``rows`` (ascending) follow ``after`` with no id
+        missing between them that may still commit."""
+        expected = after + 1
+        for taken, (seq, _, _, _) in enumerate(rows):
+            if seq != expected and seq - 1 > self._settled_mark:
+                return taken
+            expected = seq + 1
+        return len(rows)
+
+    async def _read_routed(
+        self, after: int, high: int, limit: int
+    ) -> list[tuple[int, bytes, str, str | None]]:
+        if high <= after:
+            return []
+
+        async def body(
+            conn: psycopg.AsyncConnection[Any],
+        ) -> list[tuple[int, bytes, str, str | None]]:
             async with conn.cursor() as cur:
-                await cur.execute(READ_ROUTED, (after, high, limit))
-                return [(bytes(w), routed, keys) for w, routed, keys in await cur.fetchall()]
+                await cur.execute(READ_ROUTED, (after, min(limit, high - after), high))
+                return [
+                    (int(seq), bytes(w), routed, keys)
+                    for seq, w, routed, keys in await cur.fetchall()
+                ]
 
-        rows = await self._run("read_routed", body)
+        return await self._run("read_routed", body)
+
+    @staticmethod
+    def _routed(
+        rows: list[tuple[int, bytes, str, str | None]],
+    ) -> list[tuple[EventRecord, tuple[str, ...]]]:
         cache: dict[str, tuple[str, ...]] = {}
         return [
             (record_from_wire(wire, keys), parse_routed(routed, cache))
-            for wire, routed, keys in rows
+            for _, wire, routed, keys in rows
         ]
 
     async def read_events(
@@ -176,13 +259,13 @@ class EventReads(ConnectedStore):
         adapter: str | None = None,
     ) -> list[EventRecord]:
         """See :meth:`Store.read_events`: one range read of the primary key;
-        rows the filters refuse are skipped by the server. Appends commit in
-        id order (see the package doc), so a page never skips an id that
-        commits later."""
+        rows the filters refuse are skipped by the server. The page ends at
+        :meth:`committed_through`, so it never skips an id that commits later."""
         if limit <= 0:
             return []
         params = {
             "after": after,
+            "through": await self.committed_through(),
             "categories": None if categories is None else sorted(c.value for c in categories),
             "adapter": adapter,
             "limit": limit,
@@ -215,11 +298,15 @@ class EventReads(ConnectedStore):
         reads in one REPEATABLE READ transaction (one snapshot)."""
         if limit <= 0:
             return []
+        # A page ends where ids have settled (never one that commits later).
+        through = await self.committed_through()
+        if through <= after:
+            return []
 
         async def body(conn: psycopg.AsyncConnection[Any]) -> list[ScanRow]:
             async with conn.transaction(), conn.cursor() as cur:
                 await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                await cur.execute(SCAN_EVENTS, (after, limit))
+                await cur.execute(SCAN_EVENTS, (after, min(limit, through - after), through))
                 events = await cur.fetchall()
                 if not events:
                     return []
@@ -246,12 +333,16 @@ class EventReads(ConnectedStore):
         REPEATABLE READ transaction; no row of the page is sent to Python.
         Pairs are proven covered by receipts from totals: every receipt plainly
         matches a pair routed to its adapter and is a first delivery, and the
-        distinct (event, adapter) among them are as many as the routed pairs."""
+        distinct (event, adapter) among them are as many as the routed pairs.
+        The page ends where ids have settled (:meth:`committed_through`)."""
+        through = await self.committed_through()
+        if through <= after:
+            return PlainPage(0, {})
 
         async def body(conn: psycopg.AsyncConnection[Any]) -> PlainPage:
             async with conn.transaction(), conn.cursor() as cur:
                 await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                await cur.execute(PAGE_LAST, (after, limit))
+                await cur.execute(PAGE_LAST, (after, min(limit, through - after), through))
                 row = await cur.fetchone()
                 if row is None or row[0] is None:
                     return PlainPage(0, {})
@@ -283,10 +374,12 @@ class EventReads(ConnectedStore):
         async def body(conn: psycopg.AsyncConnection[Any]) -> StoreStats:
             async with conn.transaction(), conn.cursor() as cur:
                 await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                await cur.execute(
-                    "SELECT key, value FROM meta WHERE key IN ('event_count', 'receipt_count')"
-                )
-                meta = {key: int(value) for key, value in await cur.fetchall()}
+                await cur.execute("SELECT value FROM meta WHERE key = 'receipt_count'")
+                receipts = await cur.fetchone()
+                assert receipts is not None
+                await cur.execute(EVENT_COUNT)
+                events = await cur.fetchone()
+                assert events is not None
                 await cur.execute(
                     "SELECT adapter, state, n FROM delivered_counts WHERE n <> 0"
                     " UNION ALL SELECT adapter, state, count(*) FROM outbox GROUP BY 1, 2"
@@ -307,8 +400,8 @@ class EventReads(ConnectedStore):
                 assert row is not None
             return StoreStats(
                 last_sequence_id=int(row[0]) if row[1] else 0,
-                events=meta["event_count"],
-                receipts=meta["receipt_count"],
+                events=int(events[0]),
+                receipts=int(receipts[0]),
                 states=states,
                 oldest_undelivered_ms=oldest,
             )

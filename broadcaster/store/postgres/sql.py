@@ -14,17 +14,17 @@ from typing import Final
 __all__ = [
     "ADD_DELIVERED_COUNTS",
     "ADD_META",
-    "ADD_META_AND_NOTIFY",
     "APPEND_CHANNEL",
-    "CONFIG_CHANNEL",
     "APPEND_LOCK",
+    "CONFIG_CHANNEL",
+    "EVENT_COUNT",
     "CONSUMERS",
     "FACTS",
     "FIRST_SEQUENCE_ID",
     "INDEX_ORDER",
-    "INSERT_EVENTS",
-    "INSERT_OUTBOX",
-    "LOCK_AND_TAKE_IDS",
+    "INSERT_APPEND",
+    "NOTIFY_APPENDED",
+    "NOTIFY_IN_TRANSACTION",
     "MARK_DELIVERED",
     "MARK_SETTINGS",
     "MARK_UNDELIVERED",
@@ -37,6 +37,9 @@ __all__ = [
     "READ_EVENTS",
     "READ_ROUTED",
     "SCAN_DELIVERED",
+    "SETTLE_MARK",
+    "STILL_HOLDING",
+    "TAKE_IDS",
     "SCAN_EVENTS",
     "SCAN_OUTBOX",
     "SCAN_RECEIPTS",
@@ -46,25 +49,29 @@ __all__ = [
 ]
 
 
-# Advisory lock key (an arbitrary constant, "bcst" + purpose): appends hold it
-# from nextval to COMMIT, so that ids become visible in increasing order.
+# Advisory lock key (an arbitrary constant, "bcst" + purpose): every append
+# holds it *shared* from before its nextval to the end of its transaction.
+# Shared holders never wait for each other; the lock only lets a reader name
+# the transactions that may still commit an id it has not seen (reads.py,
+# ``committed_through``), without waiting for unrelated ones.
 APPEND_LOCK: Final = 0x62637374_0002
 
 
 #: Now on the database's clock, in epoch milliseconds.
 NOW_MS: Final = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
-# Multi-row inserts from arrays: one statement and one round trip per batch.
+# An append's rows in one statement and one round trip: the events and their
+# outbox rows from arrays, and the event counter (see EVENT_COUNT).
 # %b: binary parameters; text-format bytea arrays cost a regex escape per item.
-INSERT_EVENTS: Final = (
-    "INSERT INTO events (sequence_id, event_id, category, event_type, created_at_ms,"
-    " routed_to, wire, checksum, payload_keys) SELECT * FROM unnest(%b::bigint[],"
+INSERT_APPEND: Final = (
+    "WITH appended AS (INSERT INTO events (sequence_id, event_id, category, event_type,"
+    " created_at_ms, routed_to, wire, checksum, payload_keys) SELECT * FROM unnest(%b::bigint[],"
     " %b::text[], %b::text[], %b::text[], %b::bigint[], %b::text[], %b::bytea[],"
-    " %b::text[], %b::text[])"
-)
-INSERT_OUTBOX: Final = (
-    "INSERT INTO outbox (adapter, sequence_id, state, updated_at_ms)"
-    " SELECT a, i, 'queued', %b FROM unnest(%b::text[]) AS a CROSS JOIN unnest(%b::bigint[]) AS i"
+    " %b::text[], %b::text[])),"
+    " queued AS (INSERT INTO outbox (adapter, sequence_id, state, updated_at_ms)"
+    " SELECT a, i, 'queued', %b FROM unnest(%b::text[], %b::bigint[]) AS pairs (a, i))"
+    " INSERT INTO meta (key, value) VALUES ('event_count:' || pg_backend_pid() %% 64, %b)"
+    " ON CONFLICT (key) DO UPDATE SET value = meta.value + excluded.value"
 )
 
 
@@ -107,23 +114,56 @@ MARK_SETTINGS: Final = (
     "SELECT set_config('synchronous_commit', 'off', true),"
     " set_config('enable_seqscan', 'off', true)"
 )
-# The append lock, then the batch's ids, in one round trip (MATERIALIZED: the
-# lock is taken before any nextval).
-LOCK_AND_TAKE_IDS: Final = (
-    "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s))"
+# The append lock (shared), then the batch's ids, in one round trip
+# (MATERIALIZED: the lock is held before any nextval).
+TAKE_IDS: Final = (
+    "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared(%s))"
     " SELECT nextval('event_sequence_id') FROM locked, generate_series(1, %s)"
 )
-#: Where appends notify the services following the store (one round trip).
+_HOLDERS_WHERE: Final = (
+    "locktype = 'advisory' AND granted AND objsubid = 1"
+    f" AND classid = {APPEND_LOCK >> 32} AND objid = {APPEND_LOCK & 0xFFFFFFFF}"
+)
+# The newest visible id and the transactions appending at that moment (the
+# lock table is read live, after the statement's snapshot): every id up to it
+# is stored, pruned or never will be once those transactions have ended.
+SETTLE_MARK: Final = (
+    "SELECT (SELECT coalesce(max(sequence_id), 0) FROM events),"
+    f" ARRAY(SELECT virtualtransaction FROM pg_locks WHERE {_HOLDERS_WHERE})"
+)
+#: Which of these transactions still append.
+STILL_HOLDING: Final = (
+    f"SELECT ARRAY(SELECT virtualtransaction FROM pg_locks WHERE {_HOLDERS_WHERE}"
+    " AND virtualtransaction = ANY(%s::text[]))"
+)
+#: Where appends notify the services following the store.
 APPEND_CHANNEL: Final = "broadcaster_events"
 #: Where runtime configuration changes notify every instance.
 CONFIG_CHANNEL: Final = "broadcaster_config"
-ADD_META_AND_NOTIFY: Final = (
-    "UPDATE meta SET value = value + %s"
-    f" FROM (SELECT pg_notify('{APPEND_CHANNEL}', '')) AS notified WHERE key = %s"
+# After an append's COMMIT, in a transaction of its own. A notifying
+# transaction holds a database-wide lock through its commit, so a NOTIFY
+# inside the appends would line their commits (and WAL flushes) up one
+# behind the other again; this one writes nothing worth a flush.
+NOTIFY_APPENDED: Final = (
+    f"SELECT set_config('synchronous_commit', 'off', true), pg_notify('{APPEND_CHANNEL}', '')"
 )
+# Inside a caller's own transaction (the outbox): only its COMMIT may tell.
+NOTIFY_IN_TRANSACTION: Final = f"SELECT pg_notify('{APPEND_CHANNEL}', '')"
+# The event counter is kept in rows per connection (key 'event_count:<shard>',
+# INSERT_APPEND): a single row would be locked by each append until its
+# COMMIT and serialise them. Pruning subtracts from 'event_count'; the count
+# is the sum.
+EVENT_COUNT: Final = (
+    "SELECT coalesce(sum(value), 0) FROM meta"
+    " WHERE key = 'event_count' OR key LIKE 'event_count:%%'"
+)
+# Range reads that walk the key from the cursor: the upper bound is applied
+# outside the LIMITed walk (callers pass a limit no larger than the range).
+# With it inside, a table that grew faster than its statistics got a plan
+# that fetched every row above the cursor and sorted them, per page.
 READ_ROUTED: Final = (
-    "SELECT wire, routed_to, payload_keys FROM events"
-    " WHERE sequence_id > %s AND sequence_id <= %s ORDER BY sequence_id LIMIT %s"
+    "SELECT * FROM (SELECT sequence_id, wire, routed_to, payload_keys FROM events"
+    " WHERE sequence_id > %s ORDER BY sequence_id LIMIT %s) AS page WHERE sequence_id <= %s"
 )
 # read_events(): a range read of the events key. The filters are parameters
 # that may be NULL, so one statement serves every call; jsonb's ? tests
@@ -136,7 +176,7 @@ INDEX_ORDER: Final = (
     "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_sort', 'off', true)"
 )
 READ_EVENTS: Final = (
-    "SELECT wire FROM events WHERE sequence_id > %(after)s"
+    "SELECT wire FROM events WHERE sequence_id > %(after)s AND sequence_id <= %(through)s"
     " AND (%(categories)s::text[] IS NULL OR category = ANY(%(categories)s::text[]))"
     " AND (%(adapter)s::text IS NULL OR routed_to::jsonb ? %(adapter)s::text)"
     " ORDER BY sequence_id LIMIT %(limit)s"
@@ -145,9 +185,10 @@ FIRST_SEQUENCE_ID: Final = "SELECT coalesce(min(sequence_id), 0) FROM events"
 # scan(): one page is four range reads. CASE: the wire only for rows whose
 # checksum/payload_keys are NULL (written by an older version).
 SCAN_EVENTS: Final = (
-    "SELECT sequence_id, category, event_type, created_at_ms, checksum, payload_keys,"
-    " routed_to, CASE WHEN checksum IS NULL OR payload_keys IS NULL THEN wire END"
-    " FROM events WHERE sequence_id > %s ORDER BY sequence_id LIMIT %s"
+    "SELECT * FROM (SELECT sequence_id, category, event_type, created_at_ms, checksum,"
+    " payload_keys, routed_to, CASE WHEN checksum IS NULL OR payload_keys IS NULL THEN wire END"
+    " FROM events WHERE sequence_id > %s ORDER BY sequence_id LIMIT %s) AS page"
+    " WHERE sequence_id <= %s"
 )
 SCAN_DELIVERED: Final = (
     "SELECT sequence_id, adapter, state FROM deliveries WHERE sequence_id BETWEEN %s AND %s"
@@ -196,7 +237,8 @@ CONSUMERS: Final = (
 # plain_page(): the page's bounds, then three set-based checks, cheapest first.
 PAGE_LAST: Final = (
     "SELECT max(sequence_id) FROM"
-    " (SELECT sequence_id FROM events WHERE sequence_id > %s ORDER BY sequence_id LIMIT %s) AS p"
+    " (SELECT sequence_id FROM events WHERE sequence_id > %s ORDER BY sequence_id LIMIT %s)"
+    " AS page WHERE sequence_id <= %s"
 )
 PAGE_REPAIRED: Final = (
     "SELECT EXISTS (SELECT 1 FROM deliveries WHERE sequence_id BETWEEN %s AND %s"

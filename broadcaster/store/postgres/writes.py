@@ -26,15 +26,15 @@ from .connection import ConnectedStore
 from .sql import (
     ADD_DELIVERED_COUNTS,
     ADD_META,
-    ADD_META_AND_NOTIFY,
     APPEND_LOCK,
-    INSERT_EVENTS,
-    INSERT_OUTBOX,
-    LOCK_AND_TAKE_IDS,
+    INSERT_APPEND,
     MARK_DELIVERED,
     MARK_SETTINGS,
     MARK_UNDELIVERED,
+    NOTIFY_APPENDED,
+    NOTIFY_IN_TRANSACTION,
     SCAN_OUTBOX,
+    TAKE_IDS,
 )
 
 __all__ = ["PRUNE_CHUNK", "EventWrites"]
@@ -60,18 +60,20 @@ async def _append_rows(
     now_ms: int,
 ) -> list[EventRecord]:
     """In the caller's open transaction: give ``batch`` the next ids, seal and
-    insert it, and tell listeners (:meth:`PostgresStore.wait_for_appends`)
-    at commit. Holds the append lock until the transaction ends."""
-    # Serialise appends across processes until COMMIT so that ids become
-    # visible in increasing order (see the package doc).
-    await cur.execute(LOCK_AND_TAKE_IDS, (APPEND_LOCK, len(batch)))
+    insert it. Holds the append lock, shared, until the transaction ends:
+    appends run side by side, and readers know whom to wait for (see the
+    package doc)."""
+    await cur.execute(TAKE_IDS, (APPEND_LOCK, len(batch)))
     ids = sorted(int(row[0]) for row in await cur.fetchall())
     records = [seal(draft, seq) for (draft, _), seq in zip(batch, ids, strict=True)]
-    by_routing: dict[tuple[str, ...], list[int]] = {}
+    adapters: list[str] = []
+    queued: list[int] = []
     for (_, routed), seq in zip(batch, ids, strict=True):
-        by_routing.setdefault(routed, []).append(seq)
+        for adapter in dict.fromkeys(routed):
+            adapters.append(adapter)
+            queued.append(seq)
     await cur.execute(
-        INSERT_EVENTS,
+        INSERT_APPEND,
         (
             ids,
             [r.event_id for r in records],
@@ -82,15 +84,12 @@ async def _append_rows(
             [r.wire for r in records],
             [r.checksum for r in records],
             [r.payload_keys for r in records],
+            now_ms,
+            adapters,
+            queued,
+            len(records),
         ),
     )
-    for routed, seqs in by_routing.items():
-        adapters = list(dict.fromkeys(routed))
-        if adapters:
-            await cur.execute(INSERT_OUTBOX, (now_ms, adapters, seqs))
-    # Serialised by the append lock already; last, so held briefly. The
-    # notification is sent at COMMIT, and not at all on rollback.
-    await cur.execute(ADD_META_AND_NOTIFY, (len(records), "event_count"))
     return records
 
 
@@ -113,7 +112,16 @@ class EventWrites(ConnectedStore):
 
         async def body(conn: psycopg.AsyncConnection[Any]) -> list[EventRecord]:
             async with conn.transaction(), conn.cursor() as cur:
-                return await _append_rows(cur, batch, now_ms)
+                records = await _append_rows(cur, batch, now_ms)
+            # Committed: a failure to notify must not make the call look
+            # failed (a retry would store the events twice). Followers then
+            # find them at their next read (another append's notification or
+            # their idle poll).
+            try:
+                await conn.execute(NOTIFY_APPENDED)
+            except psycopg.Error as exc:
+                self._log.warning("could not notify followers of an append", error=str(exc))
+            return records
 
         return await self._run("append", body)
 
@@ -127,10 +135,12 @@ class EventWrites(ConnectedStore):
         delivered, if and only if the caller commits. The transactional
         outbox (docs/deploying.md).
 
-        Ordering: the append lock is taken in that transaction and held until
-        it ends, so no other append commits meanwhile and ids still become
-        visible in increasing order — at the price that every other producer
-        waits for the caller's ``COMMIT``: keep such transactions short.
+        Ordering: the append lock is taken, shared, in that transaction and
+        held until it ends. Other producers do not wait for it; readers of
+        the store wait for it to end before they pass the ids it holds, so
+        none of them sees a later id while this one may still commit
+        (see the package doc). Keep such transactions short: delivery of
+        every later event waits for them.
         Raises :class:`~broadcaster.exceptions.InvalidEvent` (field
         ``connection``) when ``conn`` has no transaction to write in, and
         :class:`StoreUnavailable` / :class:`StoreError` as :meth:`append`
@@ -149,7 +159,10 @@ class EventWrites(ConnectedStore):
             )
         try:
             async with conn.cursor() as cur:
-                return await _append_rows(cur, list(items), int(self._clock() * 1000))
+                records = await _append_rows(cur, list(items), int(self._clock() * 1000))
+                # Sent at the caller's COMMIT, and not at all on rollback.
+                await cur.execute(NOTIFY_IN_TRANSACTION)
+                return records
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"postgres: append_in: {exc}") from exc
         except psycopg.Error as exc:
