@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from broadcaster import Broadcaster, InvalidEvent, MemoryAdapter, Publisher
+from broadcaster.exceptions import StoreUnavailable
 from broadcaster.settings import load_settings
 from broadcaster.store import PostgresStore
 
@@ -174,3 +175,21 @@ async def test_readers_never_wait_for_transactions_that_do_not_append(pg_url: st
             page = await publisher.store.read_events(after=0, limit=10)
         assert [r.sequence_id for r in page] == [receipt.sequence_id]
         await unrelated.execute("ROLLBACK")
+
+
+async def test_a_read_waits_for_an_open_append_no_longer_than_the_store_timeout(
+    pg_url: str,
+) -> None:
+    async with (
+        Publisher(store=PostgresStore(pg_url)) as outbox,
+        Publisher(store=PostgresStore(pg_url)) as other,
+        PostgresStore(pg_url, op_timeout=1) as reader,
+        await psycopg.AsyncConnection.connect(pg_url) as conn,
+    ):
+        await conn.execute("BEGIN")
+        await outbox.publish("CRITICAL", "e", {}, connection=conn)
+        await other.publish("CRITICAL", "e", {})
+        with pytest.raises(StoreUnavailable, match="append transaction has been open"):
+            await reader.read_events(after=0, limit=10)
+        await conn.execute("COMMIT")
+        assert len(await reader.read_events(after=0, limit=10)) == 2

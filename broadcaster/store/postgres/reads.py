@@ -16,6 +16,7 @@ import orjson
 import psycopg
 
 from ...events import Category, EventRecord, record_from_wire
+from ...exceptions import StoreUnavailable
 from .._batching import assemble_scan, parse_routed, routed_pairs
 from ..records import (
     ConsumerReceipt,
@@ -165,7 +166,15 @@ class EventReads(ConnectedStore):
 
         high, holders = await self._run("committed_through", mark)
         look = _FIRST_LOOK_S
+        deadline = asyncio.get_running_loop().time() + self._op_timeout
         while holders:
+            if asyncio.get_running_loop().time() >= deadline:
+                # A caller's transaction holding an event stays open: say
+                # so rather than hang the read (the caller retries).
+                raise StoreUnavailable(
+                    f"postgres: committed_through: an append transaction has been open for"
+                    f" more than {self._op_timeout}s; events after it wait for it to end"
+                )
             await asyncio.sleep(look)
             look = min(look * 2, _LAST_LOOK_S)
             holders = await self._run("committed_through", self._still_holding(holders))
