@@ -27,7 +27,7 @@ def items(n: int) -> list[tuple[EventDraft, tuple[str, ...]]]:
 
 async def test_two_stores_interleave_with_unique_increasing_ids(pg_url: str) -> None:
     # Two instances stand for two broadcaster processes sharing the database;
-    # each has its own connection, so the sequence and advisory lock arbitrate.
+    # each has its own connection, so the sequence arbitrates.
     async with PostgresStore(pg_url) as a, PostgresStore(pg_url) as b:
 
         async def writer(store: PostgresStore) -> list[int]:
@@ -35,7 +35,9 @@ async def test_two_stores_interleave_with_unique_increasing_ids(pg_url: str) -> 
             for _ in range(15):
                 records = await store.append(items(20))
                 ids = [r.sequence_id for r in records]
-                assert ids == list(range(ids[0], ids[0] + 20))  # a batch is contiguous
+                # Strictly increasing; not always contiguous: appends run
+                # side by side and take their ids from one sequence.
+                assert ids == sorted(set(ids)) and len(ids) == 20
                 assert not got or ids[0] > got[-1]  # each writer sees increasing ids
                 got += ids
             return got
