@@ -23,6 +23,7 @@ __all__ = [
     "MarkRequest",
     "assemble_scan",
     "coalesce_marks",
+    "implied_pairs",
     "parse_routed",
     "routed_pairs",
 ]
@@ -133,6 +134,28 @@ def parse_routed(routed_json: str, cache: dict[str, tuple[str, ...]]) -> tuple[s
     if routed is None:
         routed = cache[routed_json] = tuple(orjson.loads(routed_json))
     return routed
+
+
+def implied_pairs(
+    events: Sequence[Sequence[Any]],
+    through: int,
+    rows: Iterable[Sequence[Any]],
+    routed_cache: dict[str, tuple[str, ...]],
+) -> list[tuple[int, str, str]]:
+    """``(sequence_id, adapter, state)`` for the routed pairs of ``events``
+    (rows of ``(sequence_id, routed_to)``) that have no row among ``rows``
+    (``(sequence_id, adapter, ...)`` of outbox and deliveries): queued in the
+    tail (after ``through``), acknowledged before it. (SQLite writes a tail's
+    outbox rows late; PostgreSQL writes them with the event, so every pair
+    without a row there is acknowledged.)"""
+    explicit = {(row[0], row[1]) for row in rows}
+    queued, acked = DeliveryState.QUEUED.value, DeliveryState.ACKED.value
+    return [
+        (seq, adapter, queued if seq > through else acked)
+        for seq, routed_json in events
+        for adapter in dict.fromkeys(parse_routed(routed_json, routed_cache))
+        if (seq, adapter) not in explicit
+    ]
 
 
 def routed_pairs(

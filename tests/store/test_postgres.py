@@ -53,6 +53,34 @@ async def test_two_stores_interleave_with_unique_increasing_ids(pg_url: str) -> 
         assert left == ids_a
 
 
+async def test_an_acknowledged_pair_leaves_no_row_and_the_view_shows_it(pg_url: str) -> None:
+    """Schema 9: a plain acknowledgement deletes the pair's outbox row and
+    writes none in deliveries; the delivery_state view still lists every
+    routed pair, and an error recorded before the ack stays on an explicit row."""
+    both = ("websocket", "realtime")
+    factory = EventFactory()
+    async with PostgresStore(pg_url) as store:
+        records = await store.append([(factory.draft("CRITICAL", "e", {}), both)] * 2)
+        first, second = (r.sequence_id for r in records)
+        await store.mark("realtime", [second], DeliveryState.FAILED, "timeout")
+        await store.mark("websocket", [first, second], DeliveryState.ACKED)
+        await store.mark("realtime", [first, second], DeliveryState.ACKED)
+    async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+        cur = await conn.execute("SELECT sequence_id, adapter, error FROM deliveries")
+        assert await cur.fetchall() == [(second, "realtime", "timeout")]
+        cur = await conn.execute("SELECT count(*) FROM outbox")
+        assert await cur.fetchone() == (0,)
+        cur = await conn.execute(
+            "SELECT sequence_id, adapter, state FROM delivery_state ORDER BY 1, 2"
+        )
+        assert await cur.fetchall() == [
+            (first, "realtime", "acked"),
+            (first, "websocket", "acked"),
+            (second, "realtime", "acked"),
+            (second, "websocket", "acked"),
+        ]
+
+
 async def test_schema_version_and_concurrent_open(pg_url: str) -> None:
     stores = [PostgresStore(pg_url) for _ in range(3)]
     await asyncio.gather(*(s.open() for s in stores))  # migrations serialised

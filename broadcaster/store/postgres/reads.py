@@ -17,7 +17,7 @@ import psycopg
 
 from ...events import Category, EventRecord, record_from_wire
 from ...exceptions import StoreUnavailable
-from .._batching import assemble_scan, parse_routed, routed_pairs
+from .._batching import assemble_scan, implied_pairs, parse_routed, routed_pairs
 from ..records import (
     ConsumerReceipt,
     DeliveryState,
@@ -107,6 +107,8 @@ class EventReads(ConnectedStore):
         (wire, routed_json, created_ms), deliveries, receipt_rows = found
         routed = tuple(orjson.loads(routed_json))
         by_adapter = {adapter: (state, error) for adapter, state, error in deliveries}
+        for adapter in routed:  # no row: acknowledged (schema 9)
+            by_adapter.setdefault(adapter, (DeliveryState.ACKED.value, None))
         return StoredEvent(
             record=record_from_wire(bytes(wire)),
             routed_to=routed,
@@ -331,6 +333,10 @@ class EventReads(ConnectedStore):
                     states += await cur.fetchall()
                 await cur.execute(SCAN_RECEIPTS, (low, high))
                 receipts = await cur.fetchall()
+            # Pairs with no row are acknowledged (schema 9).
+            states += implied_pairs(
+                [(row[0], row[6]) for row in events], _NO_BOUND, states, routed_cache
+            )
             return assemble_scan(events, states, receipts, routed_cache)
 
         return await self._run("scan", body)

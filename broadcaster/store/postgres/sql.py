@@ -22,6 +22,7 @@ __all__ = [
     "FACTS",
     "FIRST_SEQUENCE_ID",
     "INDEX_ORDER",
+    "ACK_PLAIN",
     "INSERT_APPEND",
     "NOTIFY_APPENDED",
     "NOTIFY_IN_TRANSACTION",
@@ -75,30 +76,70 @@ INSERT_APPEND: Final = (
 )
 
 
-def _mark_statement(source: str, target: str) -> str:
-    """A state change as one statement: move the ``source`` rows to ``target``
-    and update the rows already there. (All parts see one snapshot, so the
-    UPDATE touches only pre-existing ``target`` rows.) COALESCE keeps the last
-    error when a state carries none.
+_MARKED: Final = "adapter = %(adapter)s AND sequence_id = ANY(%(ids)b::bigint[])"
+# Pairs of these ids acknowledged implicitly: routed to the adapter (events'
+# routed_to), no row in the outbox and none in deliveries (schema 9).
+_IMPLIED: Final = (
+    " SELECT e.sequence_id, %(adapter)s, %(state)s, %(error)s, %(now)s FROM events AS e"
+    " WHERE e.sequence_id = ANY(%(ids)b::bigint[]) AND e.routed_to::jsonb ? %(adapter)s"
+    " AND NOT EXISTS (SELECT 1 FROM outbox AS o"
+    "  WHERE o.adapter = %(adapter)s AND o.sequence_id = e.sequence_id)"
+    " AND NOT EXISTS (SELECT 1 FROM deliveries AS d"
+    "  WHERE d.sequence_id = e.sequence_id AND d.adapter = %(adapter)s)"
+    " ON CONFLICT DO NOTHING"
+)
 
-    For the counters it returns the states of the matched ``deliveries`` rows
-    as they were (``state, n``) and the number of rows moved (``NULL, n``)."""
-    where = "adapter = %(adapter)s AND sequence_id = ANY(%(ids)b::bigint[])"
+
+def _mark_statement(source: str, target: str) -> str:
+    """A state change as one statement: move the ``source`` rows to ``target``,
+    update the rows already there, and give pairs acknowledged implicitly a
+    row in ``target``. (All parts see one snapshot, so the UPDATE touches
+    only pre-existing ``target`` rows, and the implied pairs are those with
+    no row before the statement.) COALESCE keeps the last error when a state
+    carries none.
+
+    For the counters it returns the states the pairs left: of the matched
+    ``deliveries`` rows as they were, and ``acked`` for the implied pairs
+    (``state, n``); and the number of rows moved (``NULL, n``)."""
     return (
-        f"WITH before AS (SELECT state, count(*) AS n FROM deliveries WHERE {where}"
+        f"WITH before AS (SELECT state, count(*) AS n FROM deliveries WHERE {_MARKED}"
         f" GROUP BY state),"
-        f" moved AS (DELETE FROM {source} WHERE {where} RETURNING sequence_id, error),"
+        f" moved AS (DELETE FROM {source} WHERE {_MARKED} RETURNING sequence_id, error),"
         f" inserted AS (INSERT INTO {target} (sequence_id, adapter, state, error, updated_at_ms)"
         f" SELECT sequence_id, %(adapter)s, %(state)s, COALESCE(%(error)s, error), %(now)s"
         f" FROM moved RETURNING 1),"
         f" updated AS (UPDATE {target} SET state = %(state)s, error = COALESCE(%(error)s, error),"
-        f" updated_at_ms = %(now)s WHERE {where} RETURNING 1)"
+        f" updated_at_ms = %(now)s WHERE {_MARKED} RETURNING 1),"
+        f" implied AS (INSERT INTO {target} (sequence_id, adapter, state, error, updated_at_ms)"
+        f"{_IMPLIED} RETURNING 1)"
         f" SELECT state, n FROM before UNION ALL SELECT NULL, count(*) FROM inserted"
+        f" UNION ALL SELECT 'acked', count(*) FROM implied"
     )
 
 
 MARK_DELIVERED: Final = _mark_statement("outbox", "deliveries")
 MARK_UNDELIVERED: Final = _mark_statement("deliveries", "outbox")
+# The acknowledgement (ACKED, no error given): the outbox rows go, and the pair
+# is acknowledged implicitly (schema 9), no deliveries row written; a row that
+# carries an error keeps it, as an explicit ACKED row. Rows already in
+# deliveries are updated; implied pairs are acknowledged already.
+ACK_PLAIN: Final = (
+    f"WITH moved AS (DELETE FROM outbox WHERE {_MARKED} RETURNING sequence_id, error),"
+    " kept AS (INSERT INTO deliveries (sequence_id, adapter, state, error, updated_at_ms)"
+    " SELECT sequence_id, %(adapter)s, %(state)s, error, %(now)s FROM moved"
+    " WHERE error IS NOT NULL RETURNING 1),"
+    # A pair has one row at most: only ids with no outbox row can have one in
+    # deliveries (usually none: every id was in the outbox).
+    " rest AS MATERIALIZED (SELECT unnest(%(ids)b::bigint[]) AS sequence_id"
+    " EXCEPT SELECT sequence_id FROM moved),"
+    " before AS (SELECT state, count(*) AS n FROM deliveries WHERE adapter = %(adapter)s"
+    " AND sequence_id IN (SELECT sequence_id FROM rest) GROUP BY state),"
+    " updated AS (UPDATE deliveries SET state = %(state)s, updated_at_ms = %(now)s"
+    " WHERE adapter = %(adapter)s AND sequence_id IN (SELECT sequence_id FROM rest) RETURNING 1)"
+    " SELECT state, n FROM before UNION ALL SELECT NULL, count(*) FROM moved"
+)
+
+
 UNDELIVERED: Final = (
     "SELECT e.wire FROM outbox AS o JOIN events AS e ON e.sequence_id = o.sequence_id"
     " WHERE o.adapter = %s AND o.sequence_id > %s ORDER BY o.sequence_id LIMIT %s"

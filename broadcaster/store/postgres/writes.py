@@ -24,6 +24,7 @@ from .._batching import MarkRequest, coalesce_marks, parse_routed
 from ..records import SETTLED_STATES, DeliveryState
 from .connection import ConnectedStore
 from .sql import (
+    ACK_PLAIN,
     ADD_DELIVERED_COUNTS,
     ADD_META,
     APPEND_LOCK,
@@ -191,7 +192,12 @@ class EventWrites(ConnectedStore):
         groups: list[tuple[str, list[dict[str, Any]]]] = []
         coalesced = coalesce_marks(requests)
         for r in coalesced:
-            statement = MARK_DELIVERED if r.state in SETTLED_STATES else MARK_UNDELIVERED
+            if r.state == DeliveryState.ACKED and r.error is None:
+                statement = ACK_PLAIN
+            elif r.state in SETTLED_STATES:
+                statement = MARK_DELIVERED
+            else:
+                statement = MARK_UNDELIVERED
             params = {
                 "state": r.state.value,
                 "error": r.error,
@@ -227,7 +233,8 @@ class EventWrites(ConnectedStore):
                             if delivered:
                                 counts[adapter, state] = counts.get((adapter, state), 0) + n
                             continue
-                        # deliveries rows that left ``old``: for ``state`` or the outbox
+                        # pairs that left ``old`` (deliveries rows, implied
+                        # acknowledgements): for ``state`` or the outbox
                         counts[adapter, old] = counts.get((adapter, old), 0) - n
                         if delivered:
                             counts[adapter, state] = counts.get((adapter, state), 0) + n
@@ -294,6 +301,19 @@ class EventWrites(ConnectedStore):
                     (doomed,),
                 )
                 counts = {(a, s): -int(n) for a, s, n in await cur.fetchall()}
+                # The doomed events' other routed pairs had no row: acknowledged
+                # implicitly (schema 9), and counted so.
+                rowed: dict[str, int] = {}
+                for (adapter, _), n in counts.items():
+                    rowed[adapter] = rowed.get(adapter, 0) - n
+                routed_of = dict(candidates)
+                for seq in doomed:
+                    for adapter in dict.fromkeys(parse_routed(routed_of[seq], routed_cache)):
+                        if rowed.get(adapter, 0) > 0:
+                            rowed[adapter] -= 1
+                        else:
+                            key = (adapter, DeliveryState.ACKED.value)
+                            counts[key] = counts.get(key, 0) - 1
                 await cur.execute(
                     "DELETE FROM receipts WHERE sequence_id = ANY(%s::bigint[])", (doomed,)
                 )

@@ -26,8 +26,8 @@ acknowledged, and reads say so. Why: moving every acked row to
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Final
 
 import orjson
 
@@ -42,7 +42,6 @@ __all__ = [
     "OUTBOX_THROUGH",
     "add_counts",
     "high_mark",
-    "implied_pairs",
     "settle_high_mark",
     "write_tail",
     "write_tail_after",
@@ -178,23 +177,3 @@ def write_tail_after(conn: sqlite3.Connection, through: int, last: int) -> None:
     for (routed_json,) in conn.execute(_TAIL_ROUTINGS, (through,)).fetchall():
         conn.execute(_WRITE_TAIL, (routed_json, through))
     conn.execute(_SET_OUTBOX_THROUGH, (last,))
-
-
-def implied_pairs(
-    events: Sequence[Sequence[Any]],
-    through: int,
-    rows: Iterable[Sequence[Any]],
-    routed_cache: dict[str, tuple[str, ...]],
-) -> list[tuple[int, str, str]]:
-    """``(sequence_id, adapter, state)`` for the routed pairs of ``events``
-    (rows of ``(sequence_id, routed_to)``) that have no row among ``rows``
-    (``(sequence_id, adapter, ...)`` of outbox and deliveries): queued in the
-    tail (after ``through``), acknowledged before it."""
-    explicit = {(row[0], row[1]) for row in rows}
-    queued, acked = DeliveryState.QUEUED.value, DeliveryState.ACKED.value
-    return [
-        (seq, adapter, queued if seq > through else acked)
-        for seq, routed_json in events
-        for adapter in dict.fromkeys(parse_routed(routed_json, routed_cache))
-        if (seq, adapter) not in explicit
-    ]

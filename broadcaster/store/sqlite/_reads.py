@@ -15,8 +15,9 @@ from typing import Final
 import orjson
 
 from ...events import record_from_wire
+from .._batching import implied_pairs
 from ..base import ConsumerReceipt, DeliveryState, StoredEvent, StoreStats
-from ._outbox import OUTBOX_THROUGH, high_mark, implied_pairs
+from ._outbox import OUTBOX_THROUGH, high_mark
 
 __all__ = [
     "FIRST_SEQUENCE_ID",

@@ -12,9 +12,9 @@ from typing import Any, Final
 
 import orjson
 
-from .._batching import assemble_scan, parse_routed, routed_pairs
+from .._batching import assemble_scan, implied_pairs, parse_routed, routed_pairs
 from ..base import PlainPage, ScanRow
-from ._outbox import OUTBOX_THROUGH, implied_pairs
+from ._outbox import OUTBOX_THROUGH
 
 __all__ = ["SCAN_OUTBOX", "plain_page", "scan"]
 
