@@ -86,7 +86,8 @@ _IMPLIED: Final = (
     "  WHERE o.adapter = %(adapter)s AND o.sequence_id = e.sequence_id)"
     " AND NOT EXISTS (SELECT 1 FROM deliveries AS d"
     "  WHERE d.sequence_id = e.sequence_id AND d.adapter = %(adapter)s)"
-    " ON CONFLICT DO NOTHING"
+    # The event may not be pruned meanwhile (prune locks it FOR UPDATE first).
+    " FOR KEY SHARE OF e ON CONFLICT DO NOTHING"
 )
 
 

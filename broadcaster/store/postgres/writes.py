@@ -281,9 +281,17 @@ class EventWrites(ConnectedStore):
                 adapters: dict[str, None] = {}
                 for routed_json in {row[1] for row in candidates}:
                     adapters.update(dict.fromkeys(parse_routed(routed_json, routed_cache)))
-                # Lock the delivered rows first: another process's mark() can then
-                # no longer move them back to the outbox before we commit, and the
-                # outbox check below (a new snapshot) sees every move made before.
+                # Lock the events and their delivered rows first: another
+                # process's mark() can then no longer move a pair back to the
+                # outbox before we commit (an acknowledged pair with no row is
+                # re-queued through its event, which that mark locks too), and
+                # the outbox check below (a new snapshot) sees every move made
+                # before.
+                await cur.execute(
+                    "SELECT 1 FROM events WHERE sequence_id = ANY(%s::bigint[])"
+                    " ORDER BY sequence_id FOR UPDATE",
+                    (ids,),
+                )
                 await cur.execute(
                     "SELECT 1 FROM deliveries WHERE sequence_id = ANY(%s::bigint[])"
                     " ORDER BY sequence_id, adapter FOR UPDATE",
