@@ -93,8 +93,10 @@ class ConnectedStore(Store):
         self._lock = asyncio.Lock()
         self._opened = False
         self._marks = GroupCommit(self._flush_marks)
-        # Every id up to this one is stored, pruned or never will be (reads.py).
+        # Every id up to this one is stored, pruned or never will be; and a
+        # mark whose holders have not all ended yet (reads.py).
         self._settled_mark = 0
+        self._pending_settle: tuple[int, list[str]] | None = None
         # Never log the URL: it may hold a password.
         self._log = structlog.get_logger(
             _LOGGER_NAME, store="postgres", host=params.get("host"), dbname=params.get("dbname")

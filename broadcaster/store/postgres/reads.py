@@ -158,15 +158,7 @@ class EventReads(ConnectedStore):
         will be) or is among those holders. Once they have all ended, every
         id up to M is settled. Transactions that do not append are never
         waited for."""
-
-        async def mark(conn: psycopg.AsyncConnection[Any]) -> tuple[int, list[str]]:
-            async with conn.cursor() as cur:
-                await cur.execute(SETTLE_MARK)
-                row = await cur.fetchone()
-                assert row is not None
-                return int(row[0]), list(row[1])
-
-        high, holders = await self._run("committed_through", mark)
+        high, holders = await self._run("committed_through", self._settle_mark)
         look = _FIRST_LOOK_S
         deadline = asyncio.get_running_loop().time() + self._op_timeout
         while holders:
@@ -182,6 +174,35 @@ class EventReads(ConnectedStore):
             holders = await self._run("committed_through", self._still_holding(holders))
         self._settled_mark = max(self._settled_mark, high)
         return high
+
+    @staticmethod
+    async def _settle_mark(conn: psycopg.AsyncConnection[Any]) -> tuple[int, list[str]]:
+        async with conn.cursor() as cur:
+            await cur.execute(SETTLE_MARK)
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row[0]), list(row[1])
+
+    async def _settled_now(self, need: int) -> bool:
+        """Whether every id up to ``need`` is known settled, finding out
+        without waiting: a mark taken by an earlier call counts once its
+        holders have ended; otherwise a new mark, kept for the next call.
+        (A follower calls again when woken: an append's notification, or its
+        idle read.)"""
+        pending = self._pending_settle
+        if pending is not None and pending[0] >= need:
+            high, holders = pending
+            holders = await self._run("read_routed", self._still_holding(holders))
+            self._pending_settle = (high, holders) if holders else None
+            if not holders:
+                self._settled_mark = max(self._settled_mark, high)
+            return self._settled_mark >= need
+        high, holders = await self._run("read_routed", self._settle_mark)
+        if holders:
+            self._pending_settle = (high, holders)
+            return False
+        self._settled_mark = max(self._settled_mark, high)
+        return self._settled_mark >= need
 
     @staticmethod
     def _still_holding(
@@ -201,10 +222,12 @@ class EventReads(ConnectedStore):
     ) -> list[tuple[EventRecord, tuple[str, ...]]]:
         """See :meth:`Store.read_routed`: one range read of the primary key,
         cut before the first id missing above the settled mark (one another
-        append may still commit). When that leaves nothing, or the page must
-        vouch for the ids up to ``through``, it waits for what it covers to
-        settle (:meth:`committed_through`) and reads again. (A follower is
-        woken again by the notification of the append it stopped at.)"""
+        append may still commit). When that leaves nothing, it finds out
+        without waiting whether the missing ids have settled meanwhile
+        (:meth:`_settled_now`) and, if not, returns nothing: the follower is
+        woken again by the next append's notification (the missing id's own,
+        when it commits) or its idle read. A page that must vouch for the ids
+        up to ``through`` waits for them to settle (:meth:`committed_through`)."""
         if limit <= 0:
             return []
         high = _NO_BOUND if through is None else through
@@ -217,7 +240,10 @@ class EventReads(ConnectedStore):
             or (rows and rows[-1][0] == through)
         ):
             return self._routed(rows)
-        if taken and through is None:
+        if through is None:
+            if not taken and await self._settled_now(rows[0][0] - 1):
+                rows = await self._read_routed(after, high, limit)
+                taken = self._settled_prefix(after, rows)
             return self._routed(rows[:taken])
         # Every id missing up to the settled mark will never be stored.
         settled = await self.committed_through()
