@@ -97,6 +97,8 @@ class ConnectedStore(Store):
         # mark whose holders have not all ended yet (reads.py).
         self._settled_mark = 0
         self._pending_settle: tuple[int, list[str]] | None = None
+        # The cursor a follower's read last stopped at (a missing id after it).
+        self._stopped_after: int | None = None
         # Never log the URL: it may hold a password.
         self._log = structlog.get_logger(
             _LOGGER_NAME, store="postgres", host=params.get("host"), dbname=params.get("dbname")

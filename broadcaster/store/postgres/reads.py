@@ -44,6 +44,7 @@ from .sql import (
     SETTLE_MARK,
     STATES_OF,
     STILL_HOLDING,
+    STILL_MISSING,
     UNDELIVERED,
 )
 
@@ -183,6 +184,32 @@ class EventReads(ConnectedStore):
             assert row is not None
             return int(row[0]), list(row[1])
 
+    async def _still_stopped(self, after: int) -> bool:
+        """Whether a follower that stopped at the id after ``after`` (a
+        missing id another append may commit) still must: the id is still
+        missing and an append it waits for still runs. One cheap look,
+        instead of a page read per wake."""
+        pending = self._pending_settle
+        if self._stopped_after != after or pending is None:
+            return False
+        high, holders = pending
+
+        async def look(conn: psycopg.AsyncConnection[Any]) -> tuple[bool, list[str]]:
+            async with conn.cursor() as cur:
+                await cur.execute(STILL_MISSING, (after + 1, holders))
+                row = await cur.fetchone()
+                assert row is not None
+                return bool(row[0]), list(row[1])
+
+        there, holders = await self._run("read_routed", look)
+        self._pending_settle = (high, holders) if holders else None
+        if not holders:
+            self._settled_mark = max(self._settled_mark, high)
+        if there or not holders:
+            self._stopped_after = None
+            return False
+        return True
+
     async def _settled_now(self, need: int) -> bool:
         """Whether every id up to ``need`` is known settled, finding out
         without waiting: a mark taken by an earlier call counts once its
@@ -231,6 +258,8 @@ class EventReads(ConnectedStore):
         if limit <= 0:
             return []
         high = _NO_BOUND if through is None else through
+        if through is None and await self._still_stopped(after):
+            return []
         rows = await self._read_routed(after, high, limit)
         taken = self._settled_prefix(after, rows)
         if taken == len(rows) and (
@@ -241,7 +270,10 @@ class EventReads(ConnectedStore):
         ):
             return self._routed(rows)
         if through is None:
-            if not taken and await self._settled_now(rows[0][0] - 1):
+            if not taken:
+                if not await self._settled_now(rows[0][0] - 1):
+                    self._stopped_after = after
+                    return []
                 rows = await self._read_routed(after, high, limit)
                 taken = self._settled_prefix(after, rows)
             return self._routed(rows[:taken])

@@ -40,6 +40,7 @@ __all__ = [
     "SCAN_DELIVERED",
     "SETTLE_MARK",
     "STILL_HOLDING",
+    "STILL_MISSING",
     "TAKE_IDS",
     "SCAN_EVENTS",
     "SCAN_OUTBOX",
@@ -176,6 +177,14 @@ SETTLE_MARK: Final = (
 #: Which of these transactions still append.
 STILL_HOLDING: Final = (
     f"SELECT ARRAY(SELECT virtualtransaction FROM pg_locks WHERE {_HOLDERS_WHERE}"
+    " AND virtualtransaction = ANY(%s::text[]))"
+)
+#: For a follower stopped at a missing id: whether it is there now, and which
+#: of the transactions it waits for still append (one cheap look instead of
+#: a page read per wake).
+STILL_MISSING: Final = (
+    "SELECT EXISTS (SELECT 1 FROM events WHERE sequence_id = %s),"
+    f" ARRAY(SELECT virtualtransaction FROM pg_locks WHERE {_HOLDERS_WHERE}"
     " AND virtualtransaction = ANY(%s::text[]))"
 )
 #: Where appends notify the services following the store.
