@@ -307,6 +307,13 @@ class PreEncodedPushClient(AsyncRealtimeClient):
         self.on_connection_lost: Callable[[str], None] | None = None
         #: Called with (topic, message) for each ``system`` error a channel gets.
         self.on_channel_refused: Callable[[str, str], None] | None = None
+        #: Topics whose incoming broadcasts are wanted (a callback listens);
+        #: None: every topic's. Another publisher's broadcasts on a channel
+        #: this client only sends on are dropped after one cheap parse: the
+        #: stock reader validates each frame with pydantic and formats a
+        #: debug string of it, which on a standby instance (joined, not the
+        #: writer) cost most of its CPU.
+        self.heard_topics: frozenset[str] | None = None
         self._reading = False
 
     @property
@@ -373,6 +380,8 @@ class PreEncodedPushClient(AsyncRealtimeClient):
             return self._settle_broadcast(msg)
         if event == "system":
             self._note_system(msg)
+        if event == "broadcast" and self.heard_topics is not None:
+            return msg.get("topic") not in self.heard_topics
         return False
 
     def _settle_broadcast(self, msg: dict[str, Any]) -> bool:

@@ -357,11 +357,13 @@ class RealtimeLink:
         async with asyncio.timeout(self._connect_timeout):
             await client.connect()
             channels: dict[str, AsyncRealtimeChannel] = {}
+            heard: set[str] = set()
             for topic in self.topics:
                 params = broadcast_channel_params(ack=self._ack, private=self._private)
                 channel = project.channel(topic, params)
                 if self._on_broadcast is not None:
                     channel.on_broadcast(self._event, self._broadcast_callback(topic))
+                    heard.add(channel.topic)
                 channels[topic] = channel
             if self._canary_topic is not None:
                 params = broadcast_channel_params(
@@ -370,7 +372,10 @@ class RealtimeLink:
                 channel = project.channel(self._canary_topic, params)
                 if self._on_canary is not None:
                     channel.on_broadcast(CANARY_EVENT, self._canary_callback(self._on_canary))
+                    heard.add(channel.topic)
                 channels[self._canary_topic] = channel
+            # Only channels a callback listens on need their broadcasts read.
+            client.heard_topics = frozenset(heard)
             await asyncio.gather(
                 *(ch.subscribe(self._state_callback(client, t)) for t, ch in channels.items())
             )

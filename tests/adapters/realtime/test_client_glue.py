@@ -202,6 +202,37 @@ async def test_a_system_error_is_reported_before_the_channel_errors() -> None:
         await discard_client(client)
 
 
+@pytest.mark.parametrize("heard", [True, False], ids=["heard", "not-heard"])
+async def test_broadcasts_on_a_topic_not_heard_are_dropped_unparsed(heard: bool) -> None:
+    """A publisher's client hears only the topics a callback listens on (its
+    canary): another publisher's broadcasts on its channels never reach the
+    stock reader, whose pydantic validation and debug formatting per frame
+    took most of a standby instance's CPU."""
+    async with RecordingServer() as srv:
+        client, channel = await _joined(srv.realtime_url)
+        topic = "realtime:events:critical"
+        client.heard_topics = frozenset({topic} if heard else ())
+        got: list[Any] = []
+        channel.on_broadcast("events", got.append)
+        peer = next(iter(srv.peers))
+        frame = {"event": "events", "payload": {"events": [1]}, "type": "broadcast"}
+        await srv.send_wire(peer, encode_push(peer.vsn, topic, "broadcast", frame, join_ref=None))
+        # A frame sent after it, which every client handles: once its effect
+        # shows, the broadcast before it has been read (or dropped).
+        system = {
+            "channel": "events:critical",
+            "extension": "system",
+            "status": "error",
+            "message": "marker",
+        }
+        seen: list[str] = []
+        client.on_channel_refused = lambda _topic, message: seen.append(message)
+        await srv.send_wire(peer, encode_push(peer.vsn, topic, "system", system, join_ref=None))
+        await until(lambda: seen == ["marker"])
+        assert len(got) == (1 if heard else 0)
+        await discard_client(client)
+
+
 async def test_a_connection_the_server_breaks_is_reported_lost_once() -> None:
     # The stock reader reads the deprecated ConnectionClosed.code here: with
     # warnings as errors its task would die without reporting anything.
