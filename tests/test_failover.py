@@ -269,8 +269,15 @@ async def scenario(
             # The ramp rose through its steps to all traffic. Which steps a
             # poll sees depends on the machine (a stall longer than a step
             # skips one); the steps themselves are the policy's, pinned by
-            # tests/test_breaker_policy.py.
-            assert shares == sorted(shares) and set(shares) <= {10, 25, 50, 100}, shares
+            # tests/test_breaker_policy.py. On a loaded machine the healed
+            # server can still answer slowly while the backlog drains: the
+            # breaker may open again during the ramp and restore once more
+            # (counted below). The last ramp must rise.
+            assert set(shares) <= {10, 25, 50, 100}, shares
+            restarts = [i for i in range(1, len(shares)) if shares[i] < shares[i - 1]]
+            last = shares[restarts[-1] :] if restarts else shares
+            assert last == sorted(last) and last[-1] == 100, shares
+            assert transitions["closed->open"] >= 1 + len(restarts), (shares, transitions)
             assert len(shares) >= 2 and shares[-1] == 100, shares
             await producer.stop()
 
