@@ -32,6 +32,7 @@ __all__ = [
     "judge_reports",
     "merge_consumer",
     "plain_counts",
+    "receipt_rows",
     "report_infos",
     "rollout_actor",
     "rollout_json_of",
@@ -77,6 +78,24 @@ def plain_counts(
 #: (sequence id, adapter, event type, received at ms, checksum, checksum ok,
 #: consumer, payload keys, deliveries), what the SQL stores write.
 ReceiptRow = tuple[int, str, str, int, str, bool, str, str | None, int]
+
+
+def receipt_rows(receipts: Iterable[ConsumerReceipt]) -> list[ReceiptRow]:
+    """``receipts`` as rows, each counted delivered at least once."""
+    return [
+        (
+            r.sequence_id,
+            r.adapter,
+            r.event_type,
+            r.received_at_ms,
+            r.checksum,
+            r.checksum_ok,
+            r.consumer,
+            r.payload_keys,
+            max(r.deliveries, 1),
+        )
+        for r in receipts
+    ]
 
 
 def judge_report_rows(

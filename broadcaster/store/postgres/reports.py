@@ -14,7 +14,13 @@ import psycopg
 
 from ...events import record_from_wire
 from ..records import ConsumerInfo, ConsumerReceipt, EventFacts, Report, ReportOutcome
-from ..shared import ReceiptRow, consumer_infos, judge_report_rows, report_infos
+from ..shared import (
+    ReceiptRow,
+    consumer_infos,
+    judge_report_rows,
+    receipt_rows,
+    report_infos,
+)
 from .connection import ConnectedStore
 from .sql import ADD_META, CONSUMERS, FACTS, MERGE_CONSUMERS, UPSERT_RECEIPTS
 
@@ -59,21 +65,7 @@ def _receipt_arrays(
     receipts: Sequence[ConsumerReceipt],
 ) -> tuple[tuple[list[Any], ...], tuple[list[Any], ...]]:
     """``UPSERT_RECEIPTS``' and ``MERGE_CONSUMERS``' arrays for ``receipts``."""
-    rows = (
-        (
-            r.sequence_id,
-            r.adapter,
-            r.event_type,
-            r.received_at_ms,
-            r.checksum,
-            r.checksum_ok,
-            r.consumer,
-            r.payload_keys,
-            r.deliveries,
-        )
-        for r in receipts
-    )
-    return _receipt_columns(rows), _registry(consumer_infos(receipts))
+    return _receipt_columns(receipt_rows(receipts)), _registry(consumer_infos(receipts))
 
 
 async def _write_receipts(

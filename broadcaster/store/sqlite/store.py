@@ -33,6 +33,7 @@ from ..base import (
     StoreStats,
     consumer_infos,
 )
+from ..shared import receipt_rows
 from . import _reads, _receipts, _reconcile, _retention, _writes
 from ._checkpoints import WAL_FRAMES_MAX
 from ._engine import LOOP_WRITE_MAX, Engine, NotNow, parse_synchronous
@@ -258,20 +259,7 @@ class SQLiteStore(ServiceTables, Store):
         (event, adapter, consumer); see :meth:`Store.record_receipts`."""
         if not receipts:
             return
-        rows = [
-            (
-                r.sequence_id,
-                r.adapter,
-                r.event_type,
-                r.received_at_ms,
-                r.checksum,
-                r.checksum_ok,
-                r.consumer,
-                r.payload_keys,
-                max(r.deliveries, 1),
-            )
-            for r in receipts
-        ]
+        rows = receipt_rows(receipts)
         infos = [_receipts.consumer_row(c) for c in consumer_infos(receipts)]
 
         def body(conn: sqlite3.Connection) -> None:
