@@ -202,9 +202,7 @@ class EventReads(ConnectedStore):
                 return bool(row[0]), list(row[1])
 
         there, holders = await self._run("read_routed", look)
-        self._pending_settle = (high, holders) if holders else None
-        if not holders:
-            self._settled_mark = max(self._settled_mark, high)
+        self._note_mark(high, holders)
         if there or not holders:
             self._stopped_after = None
             return False
@@ -220,16 +218,17 @@ class EventReads(ConnectedStore):
         if pending is not None and pending[0] >= need:
             high, holders = pending
             holders = await self._run("read_routed", self._still_holding(holders))
-            self._pending_settle = (high, holders) if holders else None
-            if not holders:
-                self._settled_mark = max(self._settled_mark, high)
-            return self._settled_mark >= need
-        high, holders = await self._run("read_routed", self._settle_mark)
-        if holders:
-            self._pending_settle = (high, holders)
-            return False
-        self._settled_mark = max(self._settled_mark, high)
+        else:
+            high, holders = await self._run("read_routed", self._settle_mark)
+        self._note_mark(high, holders)
         return self._settled_mark >= need
+
+    def _note_mark(self, high: int, holders: list[str]) -> None:
+        """A mark ``high`` whose appends ``holders`` still run: kept for a
+        later look, or, with none left, every id up to it settled."""
+        self._pending_settle = (high, holders) if holders else None
+        if not holders:
+            self._settled_mark = max(self._settled_mark, high)
 
     @staticmethod
     def _still_holding(
